@@ -1,0 +1,33 @@
+"""Persistence for mcpgw: an async ``Store`` Protocol and its SQLite implementation.
+
+No HTTP and no MCP in here; ``gateway`` and ``api`` depend on this package, never the reverse.
+Exceptions are documented in :mod:`store.errors`.
+"""
+
+from .errors import (
+    KeyNotFound,
+    OrganisationNotFound,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailable,
+)
+from .keys import generate_api_key, hash_api_key
+from .models import ApiKey, CreatedKey, Organisation
+from .protocol import Store
+from .sqlite import SqliteStore, open_sqlite_store
+
+__all__ = [
+    "ApiKey",
+    "CreatedKey",
+    "KeyNotFound",
+    "Organisation",
+    "OrganisationNotFound",
+    "SchemaVersionError",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "generate_api_key",
+    "hash_api_key",
+    "open_sqlite_store",
+]

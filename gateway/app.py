@@ -1,0 +1,114 @@
+"""Assembling the gateway: config in, ASGI app out.
+
+Everything long-lived (the store, upstream connection pools, the task group that owns stdio
+children and listen streams, the session reaper) is entered in the app's lifespan, in that
+order, and left in reverse; nothing opens at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.config import GatewayConfig
+from gateway.hostauth import HostAuth
+from gateway.httpio import OriginGuard
+from gateway.proxy import Proxy
+from gateway.recorder import NullRecorder, Recorder
+from gateway.router import Router
+from gateway.sessions import HostSession, SessionRegistry, start_reaper
+from gateway.stateless import StatelessHandler
+from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
+from gateway.upstream.connector import Connector, http_client_for
+from store import Store, open_sqlite_store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ORGANISATION = "default"
+
+
+@dataclass(slots=True)
+class Gateway:
+    """The running gateway's parts, for the app's routes and for tests that look inside."""
+
+    config: GatewayConfig
+    store: Store
+    registry: SessionRegistry
+    endpoint: Endpoint
+
+
+class _Late:
+    """An ASGI route target whose real handler exists only once the lifespan has started."""
+
+    def __init__(self) -> None:
+        self.target: Endpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.target is None:
+            raise RuntimeError("the gateway is not started")
+        await self.target(scope, receive, send)
+
+
+@asynccontextmanager
+async def running_gateway(config: GatewayConfig, recorder: Recorder | None = None) -> AsyncIterator[Gateway]:
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_sqlite_store(config.database))
+        organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(task_group.cancel_scope.cancel)
+        connectors: dict[str, Connector] = {}
+        for upstream in config.upstreams:
+            client = None
+            if upstream.transport in ("http", "sse"):
+                client = await stack.enter_async_context(http_client_for(upstream))
+            connectors[upstream.name] = Connector(upstream, task_group, client)
+        router = Router(config.upstreams)
+
+        def on_list_changed(session: HostSession, upstream: str, kind: str) -> None:
+            router.invalidate(session, upstream, kind)
+
+        registry = SessionRegistry(connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, on_list_changed)
+        stack.push_async_callback(registry.aclose)
+        proxy = Proxy(router, recorder or NullRecorder())
+        endpoint = Endpoint(
+            auth=HostAuth(store, required=config.auth.required, default_organisation_id=organisation.id),
+            guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
+            registry=registry,
+            proxy=proxy,
+            stateless=StatelessHandler(registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO),
+            max_body_bytes=config.security.max_body_bytes,
+        )
+        start_reaper(registry, task_group)
+        yield Gateway(config, store, registry, endpoint)
+
+
+def build_app(config: GatewayConfig, recorder: Recorder | None = None) -> Starlette:
+    mcp = _Late()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with running_gateway(config, recorder) as gateway:
+            mcp.target = gateway.endpoint
+            app.state.gateway = gateway
+            logger.info("mcpgw serving %d upstream(s): %s", len(config.upstreams), ", ".join(u.name for u in config.upstreams))
+            yield
+            mcp.target = None
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    routes = [
+        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
+        Route("/mcp/{organisationId}", mcp, methods=["GET", "POST", "DELETE"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

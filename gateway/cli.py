@@ -1,0 +1,104 @@
+"""The `mcpgw` command: serve, keys create, stdio.
+
+Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
+config ends the command with one line per problem, naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from gateway.config import ConfigError, GatewayConfig, config_path_from, load_config
+
+logger = logging.getLogger("mcpgw")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "stdio":
+            from gateway.bridge import run_bridge
+
+            return anyio.run(run_bridge, args.url, os.environ.get("MCPGW_API_KEY"))
+        config = load_config(config_path_from(args.config))
+        if args.command == "serve":
+            return _serve(config, args.host, args.port)
+        if args.command == "keys":
+            return anyio.run(_create_key, config, args.org, args.user, args.admin)
+    except ConfigError as exc:
+        print(f"mcpgw: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcpgw", description="A Model Context Protocol gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (default: $MCPGW_CONFIG, then ./config.yaml)"
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--host", help="listen address (overrides listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key and print it once, as JSON")
+    create.add_argument("--config", help=config_help)
+    create.add_argument("--org", required=True, help="organisation name (created if new)")
+    create.add_argument("--user", help="bind the key to this user id")
+    create.add_argument("--admin", action="store_true", help="an admin key (for the /api routes)")
+
+    stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
+    stdio.add_argument("--config", help=config_help)
+    stdio.add_argument("--url", required=True, help="the gateway's MCP URL, e.g. http://127.0.0.1:8080/mcp")
+    return parser
+
+
+def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from gateway.app import build_app
+    from gateway.config import is_loopback_host
+
+    listen_host = host or config.listen.host
+    if not config.auth.required and not is_loopback_host(listen_host):
+        print(
+            f"mcpgw: {config.path}: auth.required is false, so the gateway only listens on loopback; "
+            f"{listen_host!r} is not a loopback address",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(
+        build_app(config),
+        host=listen_host,
+        port=config.listen.port if port is None else port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+    )
+    return 0
+
+
+async def _create_key(config: GatewayConfig, organisation: str, user: str | None, admin: bool) -> int:
+    from store import open_sqlite_store
+
+    async with open_sqlite_store(config.database) as store:
+        org = await store.ensure_organisation(organisation)
+        created = await store.create_api_key(org.id, user_id=user, is_admin=admin)
+    print(json.dumps({"organisationId": org.id, "apiKeyId": created.key.id, "key": created.secret}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""What the gateway does with each message a host sends inside a session.
+
+Requests are answered by the gateway itself (ping, the merged lists) or forwarded to the one
+upstream that owns the named tool, prompt or resource. Host request ids pass upstream
+unchanged: each host session has its own upstream sessions, so a host's ids are unique in each.
+Only requests upstreams originate get gateway ids (see sessions.py), and their answers are
+mapped back here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.errors import RoutingError, UpstreamError, UpstreamTimeout
+from gateway.jsonrpc import (
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    JSONObject,
+    error,
+    params_of,
+    result,
+)
+from gateway.recorder import CallRecord, Recorder, outcome_of
+from gateway.router import Route, Router
+from gateway.sessions import HostSession
+from gateway.upstream.channel import MessageSink
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSONObject]]
+RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
+_ROUTED_BY = {"tools/call": ("tools", "name"), "prompts/get": ("prompts", "name"), "resources/read": ("resources", "uri"),
+              "resources/subscribe": ("resources", "uri"), "resources/unsubscribe": ("resources", "uri")}  # fmt: skip
+
+
+class Proxy:
+    def __init__(self, router: Router, recorder: Recorder) -> None:
+        self.router = router
+        self.recorder = recorder
+        self._handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "tools/list": self._list,
+            "prompts/list": self._list,
+            "resources/list": self._list,
+            "resources/templates/list": self._list,
+            "tools/call": self._routed,
+            "prompts/get": self._routed,
+            "resources/read": self._routed,
+            "resources/subscribe": self._routed,
+            "resources/unsubscribe": self._routed,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
+
+    async def request(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        session.touch()
+        handler = self._handlers.get(message["method"])
+        if handler is None:
+            return error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
+        return await handler(session, message, sink)
+
+    async def notification(self, session: HostSession, message: JSONObject) -> None:
+        session.touch()
+        method = message["method"]
+        if method == "notifications/cancelled":
+            upstream = session.in_flight.get(params_of(message).get("requestId"))  # type: ignore[arg-type]
+            if upstream is not None:
+                await _quietly(upstream.channel.notify(message))
+        elif method == "notifications/roots/list_changed":
+            for upstream in session.open_upstreams():
+                await _quietly(upstream.channel.notify(message))
+
+    async def response(self, session: HostSession, message: JSONObject) -> None:
+        """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
+        session.touch()
+        outbound = session.take_outbound(message.get("id"))
+        if outbound is None:
+            logger.info("session %s: a response to no pending request (id %r)", session.id, message.get("id"))
+            return
+        await _quietly(outbound.upstream.channel.respond({**message, "id": outbound.original_id}))
+
+    async def _ping(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        return result(message["id"], {})
+
+    async def _list(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        if params_of(message).get("cursor") is not None:
+            return error(message["id"], INVALID_PARAMS, "Invalid cursor: this gateway returns complete lists")
+        return result(message["id"], await self.router.list(session, message, sink))
+
+    async def _routed(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        kind, field = _ROUTED_BY[message["method"]]
+        params = params_of(message)
+        name = params.get(field)
+        if not isinstance(name, str):
+            return error(message["id"], INVALID_PARAMS, f"Invalid params: {field!r} must be a string")
+        return await self._forward(session, message, sink, kind, name, field)
+
+    async def _complete(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        ref = params_of(message).get("ref")
+        if not isinstance(ref, dict):
+            return error(message["id"], INVALID_PARAMS, "Invalid params: 'ref' must be an object")
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            return await self._forward(session, message, sink, "prompts", ref["name"], "ref.name")
+        if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            return await self._forward(session, message, sink, "resources", ref["uri"], "ref.uri")
+        return error(message["id"], INVALID_PARAMS, "Invalid params: unknown completion reference")
+
+    async def _set_level(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        level = params_of(message).get("level")
+        if not isinstance(level, str):
+            return error(message["id"], INVALID_PARAMS, "Invalid params: 'level' must be a string")
+        session.log_level = level
+        for upstream in session.open_upstreams():
+            if "logging" in upstream.capabilities:
+                try:
+                    await session.forward(upstream.name, message, None)
+                except UpstreamError as exc:
+                    logger.info("session %s: setLevel on %s failed: %s", session.id, upstream.name, exc)
+        return result(message["id"], {})
+
+    async def _forward(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, kind: str, name: str, field: str
+    ) -> JSONObject:
+        started = time.time()
+        request_id = message["id"]
+        route: Route | None = None
+        upstream_s: float | None = None
+        try:
+            route = await self.router.route(session, kind, name, message)
+            forwarded = _renamed(message, field, route.original) if route.original != name else message
+            upstream_started = time.perf_counter()
+            response = await session.forward(route.upstream, forwarded, sink)
+            upstream_s = time.perf_counter() - upstream_started
+            outcome = outcome_of(response)
+        except RoutingError as exc:
+            response, outcome = error(request_id, INVALID_PARAMS, str(exc)), "denied"
+        except UpstreamTimeout as exc:
+            response, outcome = error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
+        except UpstreamError as exc:
+            response, outcome = error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"
+        if message["method"] in RECORDED_METHODS:
+            await self.recorder.record(
+                CallRecord(
+                    session_id=session.id,
+                    organisation_id=session.principal.organisation_id,
+                    api_key_id=session.principal.api_key_id,
+                    method=message["method"],
+                    name=name,
+                    upstream=route.upstream if route else None,
+                    upstream_name=route.original if route else None,
+                    request_id=request_id,
+                    params=params_of(message),
+                    response=response,
+                    outcome=outcome,
+                    started_at=started,
+                    duration_s=time.time() - started,
+                    upstream_s=upstream_s,
+                )
+            )
+        return response
+
+
+def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:
+    params: dict[str, Any] = dict(params_of(message))
+    if field.startswith("ref."):
+        params["ref"] = {**params["ref"], field[4:]: original}
+    else:
+        params[field] = original
+    return {**message, "params": params}
+
+
+async def _quietly(pending: Awaitable[None]) -> None:
+    try:
+        await pending
+    except UpstreamError as exc:
+        logger.info("could not pass a message upstream: %s", exc)

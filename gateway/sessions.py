@@ -1,0 +1,282 @@
+"""Host sessions: what the gateway keeps for one `Mcp-Session-Id` it minted.
+
+A host session owns one upstream session per upstream it has used (opened lazily), the
+mapping of ids for requests upstreams send to the host (two upstreams may both use id 1, so
+the host sees gateway-minted ids), and the host's GET stream. The registry mints ids, binds
+each session to the API key that opened it, and reaps idle sessions and their children.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.errors import UpstreamError, UpstreamSessionExpired
+from gateway.hostauth import Principal
+from gateway.jsonrpc import JSONObject, RequestId
+from gateway.upstream.channel import MessageSink
+from gateway.upstream.connector import Connector, Handshake, UpstreamSession
+
+logger = logging.getLogger(__name__)
+
+_BUFFERED_WHILE_NO_STREAM = 256
+_LIST_CHANGED = {
+    "notifications/tools/list_changed": "tools",
+    "notifications/prompts/list_changed": "prompts",
+    "notifications/resources/list_changed": "resources",
+}
+
+
+@dataclass(slots=True)
+class _Outbound:
+    upstream: UpstreamSession
+    original_id: RequestId
+
+
+class ListenStream:
+    """The host's GET stream, or a small buffer of what arrived while it had none open."""
+
+    def __init__(self) -> None:
+        self._sink: MessageSink | None = None
+        self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM)
+        self._lock = anyio.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self._sink is not None
+
+    async def attach(self, sink: MessageSink) -> None:
+        async with self._lock:
+            self._sink = sink
+            while self._buffer:
+                await sink.send(self._buffer.popleft())
+
+    def detach(self, sink: MessageSink) -> None:
+        if self._sink is sink:
+            self._sink = None
+
+    async def send(self, message: JSONObject) -> None:
+        async with self._lock:
+            if self._sink is None:
+                self._buffer.append(message)
+            else:
+                await self._sink.send(message)
+
+
+class HostSession:
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        handshake: Handshake,
+        connectors: Mapping[str, Connector],
+        on_list_changed: Callable[[HostSession, str, str], None],
+        *,
+        stateless: bool = False,
+    ) -> None:
+        self.id = session_id
+        self.stateless = stateless
+        self.ended = anyio.Event()
+        self.principal = principal
+        self.handshake = handshake
+        self.listen = ListenStream()
+        self.last_activity = time.monotonic()
+        self.log_level: str | None = None
+        self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
+        self._connectors = connectors
+        self._on_list_changed = on_list_changed
+        self._upstreams: dict[str, UpstreamSession] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._outbound: dict[str, _Outbound] = {}
+        self._outbound_ids = itertools.count(1)
+        self._upstream_ids = itertools.count(1)
+        self.in_flight: dict[RequestId, UpstreamSession] = {}
+        self.closed = False
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def open_upstreams(self) -> list[UpstreamSession]:
+        return list(self._upstreams.values())
+
+    async def upstream(self, name: str) -> UpstreamSession:
+        """This session's upstream session for `name`, opened on first use or after a crash."""
+        current = self._upstreams.get(name)
+        if current is not None and not current.channel.closed:
+            return current
+        lock = self._locks.setdefault(name, anyio.Lock())
+        async with lock:
+            current = self._upstreams.get(name)
+            if current is not None and not current.channel.closed:
+                return current
+            if current is not None:
+                logger.info("session %s: upstream %s went away; reconnecting", self.id, name)
+            opened = await self._connectors[name].open_session(self.handshake, self._unsolicited_from(name))
+            self._upstreams[name] = opened
+            if self.log_level is not None and "logging" in opened.capabilities:
+                await self._replay_log_level(opened)
+            return opened
+
+    async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
+        request_id = message.get("id")
+        if self.stateless and request_id is not None:
+            # Many host processes may share this group; their ids need not be unique in it.
+            message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+        upstream = await self.upstream(name)
+        if request_id is not None:
+            self.in_flight[request_id] = upstream
+        try:
+            try:
+                response = await upstream.request(message, self.relay(upstream, sink))
+            except UpstreamSessionExpired:
+                await self.drop_upstream(name)
+                upstream = await self.upstream(name)
+                if request_id is not None:
+                    self.in_flight[request_id] = upstream
+                response = await upstream.request(message, self.relay(upstream, sink))
+        finally:
+            if request_id is not None:
+                self.in_flight.pop(request_id, None)
+        if self.stateless and request_id is not None:
+            response = {**response, "id": request_id}
+        return response
+
+    def relay(self, upstream: UpstreamSession, target: MessageSink | None) -> MessageSink:
+        return _Relay(self, upstream, target if target is not None else self.listen)
+
+    def _unsolicited_from(self, name: str) -> Callable[[JSONObject], Awaitable[None]]:
+        async def deliver(message: JSONObject) -> None:
+            upstream = self._upstreams.get(name)
+            if upstream is not None:
+                await _Relay(self, upstream, self.listen).send(message)
+
+        return deliver
+
+    def map_outbound(self, upstream: UpstreamSession, original_id: RequestId) -> str:
+        gateway_id = f"mcpgw-{next(self._outbound_ids)}"
+        self._outbound[gateway_id] = _Outbound(upstream, original_id)
+        return gateway_id
+
+    def take_outbound(self, gateway_id: object) -> _Outbound | None:
+        if not isinstance(gateway_id, str):
+            return None
+        return self._outbound.pop(gateway_id, None)
+
+    def note_list_changed(self, upstream: str, kind: str) -> None:
+        self._on_list_changed(self, upstream, kind)
+
+    async def drop_upstream(self, name: str) -> None:
+        upstream = self._upstreams.pop(name, None)
+        if upstream is not None:
+            await upstream.channel.aclose()
+
+    async def reap_idle_upstreams(self, now: float) -> None:
+        for name, upstream in list(self._upstreams.items()):
+            if now - upstream.last_used > upstream.config.idle_s and upstream not in self.in_flight.values():
+                logger.info("session %s: closing idle upstream session %s", self.id, name)
+                await self.drop_upstream(name)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.ended.set()
+        with anyio.CancelScope(shield=True):
+            for name in list(self._upstreams):
+                await self.drop_upstream(name)
+
+    async def _replay_log_level(self, upstream: UpstreamSession) -> None:
+        message = {
+            "jsonrpc": "2.0",
+            "id": f"mcpgw-setlevel-{secrets.token_hex(4)}",
+            "method": "logging/setLevel",
+            "params": {"level": self.log_level},
+        }
+        try:
+            await upstream.request(message, None)
+        except UpstreamError as exc:
+            logger.info("session %s: could not restore log level on %s: %s", self.id, upstream.name, exc)
+
+
+class _Relay:
+    """Carries what an upstream sends toward the host: ids of its requests remapped, lists refreshed."""
+
+    __slots__ = ("_session", "_target", "_upstream")
+
+    def __init__(self, session: HostSession, upstream: UpstreamSession, target: MessageSink) -> None:
+        self._session = session
+        self._upstream = upstream
+        self._target = target
+
+    async def send(self, message: JSONObject) -> None:
+        method = message.get("method")
+        if method is None:
+            return
+        if "id" in message:
+            gateway_id = self._session.map_outbound(self._upstream, message["id"])
+            message = {**message, "id": gateway_id}
+        elif method in _LIST_CHANGED:
+            self._session.note_list_changed(self._upstream.name, _LIST_CHANGED[method])
+        await self._target.send(message)
+
+
+@dataclass(slots=True)
+class SessionRegistry:
+    connectors: Mapping[str, Connector]
+    idle_s: float
+    stateless_gap_s: float
+    on_list_changed: Callable[[HostSession, str, str], None]
+    _sessions: dict[str, HostSession] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, principal: Principal, handshake: Handshake, *, stateless: bool = False) -> HostSession:
+        session_id = secrets.token_urlsafe(24)
+        session = HostSession(
+            session_id, principal, handshake, self.connectors, self.on_list_changed, stateless=stateless
+        )
+        self._sessions[session_id] = session
+        return session
+
+    def get(self, session_id: str, principal: Principal) -> HostSession | None:
+        """The session, only if the same API key (or, key-less, the same organisation) opened it."""
+        session = self._sessions.get(session_id)
+        if session is None or session.stateless or not principal.same_caller(session.principal):
+            return None
+        return session
+
+    async def end(self, session: HostSession) -> None:
+        self._sessions.pop(session.id, None)
+        await session.aclose()
+
+    async def reap(self) -> None:
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            limit = self.stateless_gap_s if session.stateless else self.idle_s
+            if now - session.last_activity > limit and not session.in_flight:
+                logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
+                await self.end(session)
+            else:
+                await session.reap_idle_upstreams(now)
+
+    async def run_reaper(self, interval_s: float) -> None:
+        while True:
+            # A periodic sweep: the interval is a schedule, not synchronisation.
+            await anyio.sleep(interval_s)
+            await self.reap()
+
+    async def aclose(self) -> None:
+        for session in list(self._sessions.values()):
+            await self.end(session)
+
+
+def start_reaper(registry: SessionRegistry, task_group: TaskGroup, interval_s: float = 15.0) -> None:
+    task_group.start_soon(registry.run_reaper, interval_s)

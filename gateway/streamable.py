@@ -1,0 +1,191 @@
+"""The host-facing MCP endpoint: Streamable HTTP at `/mcp` and `/mcp/{organisationId}`.
+
+One ASGI callable serves both protocol generations. A POST whose body carries the 2026-07-28
+per-request envelope (or whose `MCP-Protocol-Version` header names that revision) goes to the
+stateless path in `stateless.py`; everything else is the session-based protocol: `initialize`
+mints an `Mcp-Session-Id` bound to the caller's API key, later requests must present it, GET
+opens the session's server-to-host stream and DELETE ends the session.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from typing import Any
+
+import anyio
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+from starlette.types import Receive, Scope, Send
+
+from gateway.hostauth import HostAuth, Principal
+from gateway.httpio import (
+    BodyTooLarge,
+    EventStream,
+    OriginGuard,
+    ResponseStream,
+    headers_of,
+    read_body,
+    send_bytes,
+    send_json,
+    wait_for_disconnect,
+)
+from gateway.jsonrpc import (
+    INVALID_REQUEST,
+    JSONObject,
+    MessageError,
+    check_message,
+    error,
+    is_notification,
+    is_request,
+    loads,
+    meta_of,
+    params_of,
+    result,
+)
+from gateway.proxy import Proxy
+from gateway.sessions import HostSession, SessionRegistry
+from gateway.stateless import StatelessHandler
+from gateway.upstream.connector import Handshake
+
+logger = logging.getLogger(__name__)
+
+SERVER_INFO = {"name": "mcpgw", "version": package_version("mcpgw")}
+GATEWAY_CAPABILITIES: JSONObject = {
+    "tools": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "prompts": {"listChanged": True},
+    "logging": {},
+    "completions": {},
+}
+_MODERN_META_KEY = "io.modelcontextprotocol/protocolVersion"
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="mcpgw", error="invalid_token"')
+
+
+@dataclass(slots=True)
+class Endpoint:
+    auth: HostAuth
+    guard: OriginGuard
+    registry: SessionRegistry
+    proxy: Proxy
+    stateless: StatelessHandler
+    max_body_bytes: int
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = headers_of(scope)
+        problem = self.guard.problem(headers)
+        if problem is not None:
+            await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
+            return
+        principal = await self.auth.authenticate(headers)
+        if principal is None:
+            reason = "missing API key" if "authorization" not in headers and "x-api-key" not in headers else "unknown API key"
+            await send_json(send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE])
+            return
+        organisation = scope.get("path_params", {}).get("organisationId")
+        if organisation is not None and organisation != principal.organisation_id:
+            # Another tenant's URL: answer as if it did not exist.
+            await send_json(send, 404, error(None, INVALID_REQUEST, "Not Found"))
+            return
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send, headers, principal)
+        elif method == "GET":
+            await self._get(receive, send, headers, principal)
+        elif method == "DELETE":
+            await self._delete(send, headers, principal)
+        else:
+            await send_json(send, 405, error(None, INVALID_REQUEST, "Method Not Allowed"), [(b"allow", b"GET, POST, DELETE")])
+
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
+    ) -> None:
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            await send_json(send, 413, error(None, INVALID_REQUEST, f"Request body over {self.max_body_bytes} bytes"))
+            return
+        try:
+            parsed = loads(body)
+            if isinstance(parsed, list):
+                raise MessageError(INVALID_REQUEST, "Invalid Request: batches are not supported; send one message")
+            message = check_message(parsed)
+        except MessageError as exc:
+            await send_json(send, 400, error(None, exc.code, exc.message))
+            return
+        if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(message):
+            await self.stateless.handle(message, headers, principal, receive, send)
+            return
+        if message.get("method") == "initialize" and is_request(message):
+            await self._initialize(send, message, principal)
+            return
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        if is_request(message):
+            stream = ResponseStream(send, [], "text/event-stream" in headers.get("accept", "text/event-stream"))
+            await stream.finish(await self.proxy.request(session, message, stream))
+            return
+        if is_notification(message):
+            await self.proxy.notification(session, message)
+        else:
+            await self.proxy.response(session, message)
+        await send_bytes(send, 202, b"", [])
+
+    async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
+        params = params_of(message)
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        handshake = Handshake(version, _object(params.get("capabilities")), _object(params.get("clientInfo")))
+        session = self.registry.create(principal, handshake)
+        answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
+        await send_json(send, 200, result(message["id"], answer), [(b"mcp-session-id", session.id.encode())])
+
+    async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            await send_json(send, 400, error(None, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header"))
+            return None
+        session = self.registry.get(session_id, principal)
+        if session is None:
+            await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
+        return session
+
+    async def _get(self, receive: Receive, send: Send, headers: dict[str, str], principal: Principal) -> None:
+        if "text/event-stream" not in headers.get("accept", ""):
+            await send_json(send, 406, error(None, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream"))
+            return
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        if session.listen.open:
+            await send_json(send, 409, error(None, INVALID_REQUEST, "Conflict: this session already has a GET stream"))
+            return
+        stream = EventStream(send)
+        await stream.start([(b"mcp-session-id", session.id.encode())])
+        await session.listen.attach(stream)
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def until_ended() -> None:
+                    await session.ended.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until_ended)
+                await wait_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            session.listen.detach(stream)
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+
+    async def _delete(self, send: Send, headers: dict[str, str], principal: Principal) -> None:
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        await self.registry.end(session)
+        await send_bytes(send, 200, b"", [])
+
+
+def _object(value: Any) -> JSONObject:
+    return value if isinstance(value, dict) else {}

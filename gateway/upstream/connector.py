@@ -1,0 +1,150 @@
+"""Opening upstream sessions: one `Connector` per configured upstream.
+
+A connector turns an `UpstreamConfig` into live `UpstreamSession`s: it starts the transport
+(a stdio child, or an HTTP channel on the upstream's shared connection pool) and performs the
+`initialize` handshake with the host's own client info and capabilities, so the upstream sees
+the host it is really serving (it only asks for elicitation or sampling if the host can answer).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+from anyio.abc import TaskGroup
+
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.jsonrpc import JSONObject, notification
+from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
+from gateway.upstream.http import HttpChannel
+from gateway.upstream.stdio import StdioChannel
+
+# Ids of requests the gateway makes on its own; host ids are integers or the host's strings,
+# and within one upstream session only the gateway's handshake uses this one.
+_INIT_ID = "mcpgw-initialize"
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the host declared at `initialize`; passed on to every upstream it reaches."""
+
+    protocol_version: str
+    capabilities: JSONObject
+    client_info: JSONObject
+
+
+@dataclass(slots=True)
+class UpstreamSession:
+    """One upstream session opened on behalf of one host session."""
+
+    config: UpstreamConfig
+    channel: Channel
+    protocol_version: str
+    capabilities: JSONObject
+    server_info: JSONObject
+    instructions: str | None
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        self.last_used = time.monotonic()
+        try:
+            with anyio.fail_after(self.config.timeouts.call_s):
+                return await self.channel.request(message, sink)
+        except anyio.get_cancelled_exc_class():
+            await self._cancel_upstream(message, "the host cancelled the request")
+            raise
+        except TimeoutError:
+            await self._cancel_upstream(message, f"timed out after {self.config.timeouts.call_s:g}s")
+            raise UpstreamTimeout(self.name, f"no answer within {self.config.timeouts.call_s:g}s") from None
+
+    async def _cancel_upstream(self, message: JSONObject, reason: str) -> None:
+        if "id" not in message or self.channel.closed:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await self.channel.notify(
+                    notification("notifications/cancelled", {"requestId": message["id"], "reason": reason})
+                )
+            except UpstreamError:
+                pass  # nothing left to cancel
+
+
+class Connector:
+    def __init__(self, config: UpstreamConfig, task_group: TaskGroup, client: httpx2.AsyncClient | None) -> None:
+        self.config = config
+        self._task_group = task_group
+        self._client = client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def open_session(self, handshake: Handshake, unsolicited: Unsolicited) -> UpstreamSession:
+        config = self.config
+        try:
+            with anyio.fail_after(config.timeouts.connect_s):
+                channel = await self._open_channel(unsolicited)
+                try:
+                    response = await channel.request(self._initialize(handshake), DISCARD)
+                    if "error" in response:
+                        raise UpstreamUnavailable(config.name, f"refused initialize: {response['error'].get('message')}")
+                    result: dict[str, Any] = response.get("result") or {}
+                    version = str(result.get("protocolVersion") or handshake.protocol_version)
+                    if isinstance(channel, HttpChannel):
+                        channel.set_protocol_version(version)
+                    await channel.notify(notification("notifications/initialized"))
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await channel.aclose()
+                    raise
+        except TimeoutError:
+            raise UpstreamTimeout(config.name, f"no handshake within {config.timeouts.connect_s:g}s") from None
+        if isinstance(channel, HttpChannel):
+            channel.start_listening(self._task_group)
+        return UpstreamSession(
+            config=config,
+            channel=channel,
+            protocol_version=version,
+            capabilities=result.get("capabilities") or {},
+            server_info=result.get("serverInfo") or {},
+            instructions=result.get("instructions"),
+        )
+
+    async def _open_channel(self, unsolicited: Unsolicited) -> Channel:
+        config = self.config
+        if config.transport == "stdio":
+            return await StdioChannel.start(
+                config.name, config.command, config.env, config.cwd, unsolicited, self._task_group
+            )
+        if config.transport == "http":
+            assert self._client is not None and config.url is not None
+            return HttpChannel(config.name, self._client, config.url, unsolicited)
+        raise UpstreamUnavailable(config.name, f"transport {config.transport!r} is not supported yet")
+
+    @staticmethod
+    def _initialize(handshake: Handshake) -> JSONObject:
+        return {
+            "jsonrpc": "2.0",
+            "id": _INIT_ID,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": handshake.protocol_version,
+                "capabilities": handshake.capabilities,
+                "clientInfo": handshake.client_info,
+            },
+        }
+
+
+def http_client_for(config: UpstreamConfig) -> httpx2.AsyncClient:
+    """The connection pool every session of one HTTP upstream shares."""
+    timeout = httpx2.Timeout(connect=config.timeouts.connect_s, read=None, write=30.0, pool=config.timeouts.connect_s)
+    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
+    return httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, limits=limits)

@@ -1,0 +1,200 @@
+"""An upstream MCP server over Streamable HTTP, in either protocol generation.
+
+Handshake era (<= 2025-11-25): the channel is one upstream session; it learns `Mcp-Session-Id`
+from the `initialize` response, sends it on every request, keeps a GET stream open for
+server-initiated messages and DELETEs the session on close.
+2026-07-28: the channel is stateless; every POST carries the routing headers the revision
+requires (`Mcp-Method`, `Mcp-Name`), and cancelling a call is closing its response stream.
+All channels of one upstream share one `httpx2.AsyncClient`, so connections are pooled and
+reused across host sessions, never opened per call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+import httpx2
+from anyio.abc import TaskGroup
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
+
+from gateway.errors import UpstreamSessionExpired, UpstreamUnavailable
+from gateway.jsonrpc import JSONObject, MessageError, loads, dumps
+from gateway.upstream.channel import MessageSink, Unsolicited
+
+logger = logging.getLogger(__name__)
+
+HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
+_ACCEPT = "application/json, text/event-stream"
+_LISTEN_RETRY_S = 1.0
+
+
+class HttpChannel:
+    def __init__(
+        self,
+        name: str,
+        client: httpx2.AsyncClient,
+        url: str,
+        unsolicited: Unsolicited,
+        *,
+        extra_headers: HeaderSource | None = None,
+        modern_version: str | None = None,
+    ) -> None:
+        self._name = name
+        self._client = client
+        self._url = url
+        self._unsolicited = unsolicited
+        self._extra_headers = extra_headers
+        self._modern_version = modern_version
+        self._session_id: str | None = None
+        self._protocol_version: str | None = modern_version
+        self._closed = False
+        self._listen_scope: anyio.CancelScope | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    def set_protocol_version(self, version: str) -> None:
+        self._protocol_version = version
+
+    async def request(
+        self, message: JSONObject, sink: MessageSink | None, headers: Mapping[str, str] | None = None
+    ) -> JSONObject:
+        request_headers = await self._headers(message, headers)
+        try:
+            async with self._client.stream("POST", self._url, content=dumps(message), headers=request_headers) as resp:
+                if message.get("method") == "initialize":
+                    self._session_id = resp.headers.get("mcp-session-id")
+                if resp.status_code >= 400:
+                    return await self._error_response(resp, message)
+                content_type = resp.headers.get("content-type", "")
+                if content_type.startswith("text/event-stream"):
+                    return await self._relay_stream(resp, message, sink)
+                return _as_response(loads(await resp.aread()), message)
+        except httpx2.TimeoutException as exc:
+            raise UpstreamUnavailable(self._name, f"connection timed out ({type(exc).__name__})") from exc
+        except httpx2.TransportError as exc:
+            raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
+        except MessageError as exc:
+            raise UpstreamUnavailable(self._name, f"sent a body that is not JSON: {exc}") from exc
+
+    async def notify(self, message: JSONObject) -> None:
+        await self._post_one_way(message)
+
+    async def respond(self, message: JSONObject) -> None:
+        await self._post_one_way(message)
+
+    def start_listening(self, task_group: TaskGroup) -> None:
+        """Open the GET stream through which the upstream sends messages tied to no request."""
+        if self._modern_version is None and self._session_id is not None:
+            task_group.start_soon(self._listen)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        if self._session_id is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                try:
+                    await self._client.delete(self._url, headers=await self._headers(None, None))
+                except httpx2.HTTPError:
+                    pass  # the upstream reaps sessions it no longer hears from
+
+    async def _headers(self, message: JSONObject | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"accept": _ACCEPT, "content-type": "application/json"}
+        if self._extra_headers is not None:
+            headers.update(await self._extra_headers())
+        if self._session_id is not None:
+            headers["mcp-session-id"] = self._session_id
+        if self._protocol_version is not None:
+            headers["mcp-protocol-version"] = self._protocol_version
+        if self._modern_version is not None and message is not None and "method" in message:
+            method = message["method"]
+            headers[MCP_METHOD_HEADER] = method
+            name_key = NAME_BEARING_METHODS.get(method)
+            if name_key is not None:
+                value = message.get("params", {}).get(name_key)
+                if isinstance(value, str):
+                    headers[MCP_NAME_HEADER] = encode_header_value(value)
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def _relay_stream(self, resp: httpx2.Response, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        request_id = message.get("id")
+        async for event in httpx2.EventSource(resp):
+            if not event.data:
+                continue  # priming events and keep-alives carry no message
+            received = loads(event.data)
+            if not isinstance(received, dict):
+                continue
+            if "method" not in received and received.get("id") == request_id:
+                return received
+            if sink is not None:
+                await sink.send(received)
+            else:
+                await self._unsolicited(received)
+        raise UpstreamUnavailable(self._name, "the response stream ended before the response")
+
+    async def _error_response(self, resp: httpx2.Response, message: JSONObject) -> JSONObject:
+        body = await resp.aread()
+        try:
+            parsed = loads(body)
+        except MessageError:
+            parsed = None
+        if isinstance(parsed, dict) and "error" in parsed:
+            if resp.status_code == 404 and self._session_id is not None and parsed.get("id") is None:
+                raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
+            return _as_response(parsed, message)
+        if resp.status_code == 404 and self._session_id is not None:
+            raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
+        raise UpstreamUnavailable(self._name, f"answered HTTP {resp.status_code}")
+
+    async def _post_one_way(self, message: JSONObject) -> None:
+        try:
+            resp = await self._client.post(self._url, content=dumps(message), headers=await self._headers(message, None))
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
+        if resp.status_code == 404 and self._session_id is not None:
+            raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
+        if resp.status_code >= 400:
+            logger.warning("upstream %s answered HTTP %d to a %s", self._name, resp.status_code, message.get("method"))
+
+    async def _listen(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._listen_scope = scope
+            while not self._closed:
+                try:
+                    headers = await self._headers(None, None)
+                    headers["accept"] = "text/event-stream"
+                    async with self._client.stream("GET", self._url, headers=headers) as resp:
+                        if resp.status_code == 405:
+                            return  # this upstream offers no GET stream
+                        if resp.status_code >= 400:
+                            logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status_code)
+                            return
+                        async for event in httpx2.EventSource(resp):
+                            if event.data:
+                                received = loads(event.data)
+                                if isinstance(received, dict):
+                                    await self._unsolicited(received)
+                except (httpx2.HTTPError, MessageError) as exc:
+                    logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
+                # A dropped listen stream is re-opened after a pause, as the SDK client does.
+                await anyio.sleep(_LISTEN_RETRY_S)
+
+
+def _as_response(parsed: object, message: JSONObject) -> JSONObject:
+    if not isinstance(parsed, dict):
+        raise MessageError(-32600, "expected one JSON-RPC response object")
+    if parsed.get("id") is None:
+        parsed["id"] = message.get("id")
+    return parsed

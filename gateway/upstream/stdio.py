@@ -1,0 +1,213 @@
+"""An upstream MCP server run as a child process, speaking newline-delimited JSON-RPC on stdio.
+
+Every host session gets its own child (two host sessions never share upstream state), so the
+child's lifetime is the upstream session's: closing the channel ends the process group.
+stdio carries no notion of "which request this message belongs to", so related messages are
+routed by what they carry: progress by its token, everything else a request may cause (logs,
+elicitation, sampling, roots) to the newest call still running, the rest to `unsolicited`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from subprocess import PIPE
+
+import anyio
+from anyio.abc import Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+from mcp.client.stdio import get_default_environment
+from mcp.os.posix.utilities import terminate_posix_process_tree
+
+from gateway.errors import UpstreamUnavailable
+from gateway.jsonrpc import JSONObject, MessageError, RequestId, dumps, loads, meta_of
+from gateway.upstream.channel import MessageSink, Unsolicited
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+# Messages a running call can cause; anything else from the child is session-wide.
+_CALL_SCOPED = frozenset({"notifications/message", "elicitation/create", "sampling/createMessage", "roots/list"})
+
+
+@dataclass(slots=True)
+class _Pending:
+    sink: MessageSink | None
+    progress_token: object
+    done: anyio.Event = field(default_factory=anyio.Event)
+    response: JSONObject | None = None
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    """A bare `python` means the interpreter running the gateway, so the example config works in any venv."""
+    argv = list(command)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+class StdioChannel:
+    def __init__(self, name: str, process: Process, unsolicited: Unsolicited) -> None:
+        self._name = name
+        self._process = process
+        self._unsolicited = unsolicited
+        self._pending: dict[RequestId, _Pending] = {}
+        self._write_lock = anyio.Lock()
+        self._closed = False
+        self._scope = anyio.CancelScope()
+
+    @classmethod
+    async def start(
+        cls,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        unsolicited: Unsolicited,
+        task_group: TaskGroup,
+    ) -> StdioChannel:
+        full_env = {**get_default_environment(), **env}
+        try:
+            process = await anyio.open_process(
+                resolve_command(command),
+                stdin=PIPE,
+                stdout=PIPE,
+                stderr=PIPE,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise UpstreamUnavailable(name, f"cannot start {command[0]!r}: {exc}") from exc
+        channel = cls(name, process, unsolicited)
+        task_group.start_soon(channel._run)
+        return channel
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        request_id = message["id"]
+        pending = _Pending(sink, meta_of(message).get("progressToken"))
+        self._pending[request_id] = pending
+        try:
+            await self._write(message)
+            await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.response is None:
+            raise UpstreamUnavailable(self._name, "the process exited before answering")
+        return pending.response
+
+    async def notify(self, message: JSONObject) -> None:
+        await self._write(message)
+
+    async def respond(self, message: JSONObject) -> None:
+        await self._write(message)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._scope.cancel()
+        with anyio.CancelScope(shield=True):
+            if self._process.stdin is not None:
+                await self._process.stdin.aclose()
+            with anyio.move_on_after(2):
+                await self._process.wait()
+            if self._process.returncode is None:
+                await terminate_posix_process_tree(self._process, 2.0)
+            await self._process.aclose()
+        self._fail_pending()
+
+    async def _write(self, message: JSONObject) -> None:
+        if self._closed or self._process.stdin is None:
+            raise UpstreamUnavailable(self._name, "the process is not running")
+        try:
+            async with self._write_lock:
+                await self._process.stdin.send(dumps(message) + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise UpstreamUnavailable(self._name, "the process went away") from exc
+
+    async def _run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._drain_stderr)
+                await self._read_stdout()
+                tg.cancel_scope.cancel()
+        if not self._closed:
+            logger.warning("upstream %s: process exited (code %s)", self._name, self._process.returncode)
+            self._closed = True
+            self._fail_pending()
+
+    async def _read_stdout(self) -> None:
+        assert self._process.stdout is not None
+        reader = BufferedByteReceiveStream(self._process.stdout)
+        while True:
+            try:
+                line = await reader.receive_until(b"\n", MAX_LINE_BYTES)
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            except anyio.DelimiterNotFound:
+                logger.error("upstream %s: a message over %d bytes; closing", self._name, MAX_LINE_BYTES)
+                return
+            if not line.strip():
+                continue
+            try:
+                message = loads(line)
+            except MessageError:
+                logger.warning("upstream %s: ignoring a non-JSON line on stdout", self._name)
+                continue
+            if isinstance(message, dict):
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: JSONObject) -> None:
+        method = message.get("method")
+        if method is None:
+            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+            if pending is not None:
+                pending.response = message
+                pending.done.set()
+            return
+        target = self._route(method, message)
+        if target is not None:
+            await target.send(message)
+        else:
+            await self._unsolicited(message)
+
+    def _route(self, method: str, message: JSONObject) -> MessageSink | None:
+        if method == "notifications/progress":
+            token = message.get("params", {}).get("progressToken")
+            for pending in self._pending.values():
+                if pending.progress_token == token and pending.sink is not None:
+                    return pending.sink
+            return None
+        if method in _CALL_SCOPED:
+            for pending in reversed(self._pending.values()):
+                if pending.sink is not None:
+                    return pending.sink
+        return None
+
+    async def _drain_stderr(self) -> None:
+        assert self._process.stderr is not None
+        reader = BufferedByteReceiveStream(self._process.stderr)
+        while True:
+            try:
+                line = await reader.receive_until(b"\n", 1024 * 1024)
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError):
+                return
+            logger.info("upstream %s stderr: %s", self._name, line.decode(errors="replace"))
+
+    def _fail_pending(self) -> None:
+        for pending in list(self._pending.values()):
+            pending.done.set()
+
+
+def child_pid(channel: StdioChannel) -> int:
+    """The child's pid, for tests that need to kill it (a crash cannot be produced otherwise)."""
+    return channel._process.pid
+
+

@@ -1,0 +1,91 @@
+"""Schema migrations: an ordered list of SQL scripts; the schema version is ``PRAGMA user_version``.
+
+Script ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Scripts are only ever
+appended: a released script is never edited. :func:`apply_migrations` runs every pending script
+and sets the new version in one ``BEGIN IMMEDIATE`` transaction, reading the version inside it,
+so it is idempotent, all-or-nothing, and safe when several processes open a new file at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+import aiosqlite
+import anyio
+
+from .errors import SchemaVersionError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "apply_migrations", "read_schema_version"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: organisations and API keys.
+    """
+    CREATE TABLE organisations (
+        id TEXT PRIMARY KEY,
+        name TEXT UNIQUE NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        user_id TEXT,
+        is_admin INTEGER NOT NULL,
+        key_hash TEXT UNIQUE NOT NULL,
+        prefix TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX api_keys_organisation ON api_keys(organisation_id);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The version a database has once every known migration is applied."""
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """Yield the complete SQL statements of ``script`` (``sqlite3.complete_statement`` decides)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:60]!r}")
+
+
+async def read_schema_version(conn: aiosqlite.Connection) -> int:
+    """Return the database's ``PRAGMA user_version``."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def apply_migrations(conn: aiosqlite.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """Bring the schema up to ``len(migrations)`` and return that version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no open transaction.
+    Raises ``SchemaVersionError`` if the database is newer than ``migrations``; sqlite3 errors
+    propagate (the caller translates them) after the transaction is rolled back.
+    """
+    target = len(migrations)
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = await read_schema_version(conn)
+        if current > target:
+            raise SchemaVersionError(f"database schema version {current} is newer than this mcpgw's {target}")
+        for script in migrations[current:]:
+            for statement in split_statements(script):
+                await conn.execute(statement)
+        if current != target:
+            # PRAGMA takes no parameters; target is an int we computed.
+            await conn.execute(f"PRAGMA user_version = {target:d}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with anyio.CancelScope(shield=True):
+                await conn.execute("ROLLBACK")
+        raise
+    return target

@@ -1,0 +1,209 @@
+"""``SqliteStore``: the :class:`~store.protocol.Store` on one aiosqlite connection to a file.
+
+The connection runs in autocommit mode (``isolation_level=None``): each statement is its own
+transaction unless a method opens one with ``BEGIN IMMEDIATE``, and every read sees what other
+processes have committed so far. The file is in WAL mode, so the gateway's reads never wait for
+a CLI's write and vice versa; writers wait up to ``busy_timeout`` for each other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import aiosqlite
+import anyio
+
+from ._timestamps import format_timestamp, parse_timestamp, utc_now
+from .errors import KeyNotFound, OrganisationNotFound, StoreError, StoreUnavailable
+from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
+from .migrations import apply_migrations
+from .models import ApiKey, CreatedKey, Organisation
+
+__all__ = ["BUSY_TIMEOUT_MS", "SqliteStore", "open_sqlite_store"]
+
+BUSY_TIMEOUT_MS = 5000
+
+_PRAGMAS = (
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",  # first, so the ones below wait for locks too
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)
+
+# Primary result codes that mean "the database cannot be used right now", not "bad request".
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+_ORGANISATION_COLUMNS = "id, name, created_at"
+_API_KEY_COLUMNS = "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at"
+
+
+def _translate(exc: sqlite3.Error, action: str) -> StoreError:
+    """Return the StoreError for a sqlite3 error. sqlite messages never carry bound values."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"{action}: {exc}")
+    return StoreError(f"{action}: {exc}")
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Translate sqlite3 errors raised in the block into StoreErrors (the package boundary)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _translate(exc, action) from exc
+
+
+def _organisation(row: Any) -> Organisation:
+    return Organisation(id=row[0], name=row[1], created_at=parse_timestamp(row[2]))
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        organisation_id=row[1],
+        user_id=row[2],
+        is_admin=bool(row[3]),
+        prefix=row[4],
+        created_at=parse_timestamp(row[5]),
+        revoked_at=None if row[6] is None else parse_timestamp(row[6]),
+    )
+
+
+class SqliteStore:
+    """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
+        async with self._conn.execute(sql, parameters) as cursor:
+            return await cursor.fetchone()
+
+    async def _organisation_named(self, name: str) -> Organisation | None:
+        row = await self._fetchone(
+            f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE name = ?", (name,)
+        )
+        return None if row is None else _organisation(row)
+
+    async def ensure_organisation(self, name: str) -> Organisation:
+        with _translated("ensure organisation"):
+            existing = await self._organisation_named(name)
+            if existing is not None:
+                return existing
+            # Another process may create the same name between the two statements: the
+            # conflict clause makes that a no-op and the second read returns its row.
+            await self._conn.execute(
+                "INSERT INTO organisations (id, name, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (str(uuid4()), name, format_timestamp(utc_now())),
+            )
+            created = await self._organisation_named(name)
+        if created is None:
+            raise StoreError("organisation vanished while being ensured")
+        return created
+
+    async def get_organisation(self, organisation_id: str) -> Organisation | None:
+        with _translated("get organisation"):
+            row = await self._fetchone(
+                f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE id = ?",
+                (organisation_id,),
+            )
+        return None if row is None else _organisation(row)
+
+    async def create_api_key(
+        self, organisation_id: str, *, user_id: str | None = None, is_admin: bool = False
+    ) -> CreatedKey:
+        secret = generate_api_key()
+        key = ApiKey(
+            id=str(uuid4()),
+            organisation_id=organisation_id,
+            user_id=user_id,
+            is_admin=is_admin,
+            prefix=display_prefix(secret),
+            created_at=utc_now(),
+            revoked_at=None,
+        )
+        try:
+            await self._conn.execute(
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.organisation_id,
+                    key.user_id,
+                    int(key.is_admin),
+                    key.prefix,
+                    format_timestamp(key.created_at),
+                    None,
+                    hash_api_key(secret),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+                raise OrganisationNotFound(f"no organisation {organisation_id!r}") from exc
+            raise _translate(exc, "create API key") from exc
+        except sqlite3.Error as exc:
+            raise _translate(exc, "create API key") from exc
+        return CreatedKey(key=key, secret=secret)
+
+    async def find_api_key(self, secret: str) -> ApiKey | None:
+        if not secret.startswith(KEY_PREFIX):
+            return None
+        with _translated("find API key"):
+            row = await self._fetchone(
+                f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                (hash_api_key(secret),),
+            )
+        return None if row is None else _api_key(row)
+
+    async def revoke_api_key(self, api_key_id: str) -> None:
+        with _translated("revoke API key"):
+            async with self._conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (format_timestamp(utc_now()), api_key_id),
+            ) as cursor:
+                revoked = cursor.rowcount > 0
+            # Nothing updated: either already revoked (a no-op) or no such key.
+            exists = revoked or await self._fetchone("SELECT 1 FROM api_keys WHERE id = ?", (api_key_id,))
+        if not exists:
+            raise KeyNotFound(f"no API key {api_key_id!r}")
+
+
+async def _connect(path: str | Path) -> aiosqlite.Connection:
+    with _translated(f"open {path}"):
+        return await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+
+
+@asynccontextmanager
+async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
+    """Open (creating if needed) and migrate the SQLite database at ``path``; close it on exit.
+
+    Raises ``StoreUnavailable`` if the file cannot be opened or stays locked,
+    ``SchemaVersionError`` if a newer mcpgw has migrated it.
+    """
+    conn = await _connect(path)
+    try:
+        with _translated(f"open {path}"):
+            for pragma in _PRAGMAS:
+                await conn.execute(pragma)
+            await apply_migrations(conn)
+        yield SqliteStore(conn)
+    finally:
+        with anyio.CancelScope(shield=True), _translated(f"close {path}"):
+            await conn.close()
