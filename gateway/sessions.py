@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
+from gateway.eras import to_handshake_request
 from gateway.errors import UpstreamError, UpstreamSessionExpired
 from gateway.hostauth import Principal
 from gateway.jsonrpc import JSONObject, RequestId
@@ -128,9 +129,11 @@ class HostSession:
     async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
-        if self.stateless and request_id is not None:
+        if self.stateless:
             # Many host processes may share this group; their ids need not be unique in it.
-            message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+            message = to_handshake_request(message)
+            if request_id is not None:
+                message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
         upstream = await self.upstream(name)
         if request_id is not None:
             self.in_flight[request_id] = upstream
