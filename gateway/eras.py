@@ -13,6 +13,7 @@ from mcp_types.methods import CACHEABLE_METHODS
 from gateway.jsonrpc import JSONObject
 
 _ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 
 
 def to_handshake_request(message: JSONObject) -> JSONObject:
@@ -42,3 +43,15 @@ def to_modern_response(method: str, response: JSONObject) -> JSONObject:
     if not additions:
         return response
     return {**response, "result": {**result, **additions}}
+
+
+def with_server_info(response: JSONObject, server_info: JSONObject) -> JSONObject:
+    """Name the server that produced a result, as a 2026-07-28 server does in its `_meta`."""
+    result = response.get("result")
+    if not isinstance(result, dict) or not server_info:
+        return response
+    meta = result.get("_meta")
+    meta = meta if isinstance(meta, dict) else {}
+    if SERVER_INFO_META_KEY in meta:
+        return response
+    return {**response, "result": {**result, "_meta": {**meta, SERVER_INFO_META_KEY: server_info}}}

@@ -68,9 +68,8 @@ class Proxy:
         session.touch()
         method = message["method"]
         if method == "notifications/cancelled":
-            upstream = session.in_flight.get(params_of(message).get("requestId"))  # type: ignore[arg-type]
-            if upstream is not None:
-                await _quietly(upstream.channel.notify(message))
+            # Cancelling the host's request cancels its upstream call, which tells the upstream.
+            session.cancel_host_request(params_of(message).get("requestId"))
         elif method == "notifications/roots/list_changed":
             for upstream in session.open_upstreams():
                 await _quietly(upstream.channel.notify(message))

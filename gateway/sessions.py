@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.eras import to_handshake_request
+from gateway.eras import to_handshake_request, with_server_info
 from gateway.errors import UpstreamError, UpstreamSessionExpired
 from gateway.hostauth import Principal
 from gateway.jsonrpc import JSONObject, RequestId
@@ -100,6 +100,7 @@ class HostSession:
         self._outbound_ids = itertools.count(1)
         self._upstream_ids = itertools.count(1)
         self.in_flight: dict[RequestId, UpstreamSession] = {}
+        self.host_requests: dict[RequestId, anyio.CancelScope] = {}
         self.closed = False
 
     def touch(self) -> None:
@@ -150,8 +151,16 @@ class HostSession:
             if request_id is not None:
                 self.in_flight.pop(request_id, None)
         if self.stateless and request_id is not None:
-            response = {**response, "id": request_id}
+            response = with_server_info({**response, "id": request_id}, upstream.server_info)
         return response
+
+    def cancel_host_request(self, request_id: object) -> bool:
+        """Stop handling a request the host cancelled; its upstream call is cancelled on the way out."""
+        scope = self.host_requests.get(request_id)  # type: ignore[arg-type]
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
 
     def relay(self, upstream: UpstreamSession, target: MessageSink | None) -> MessageSink:
         return _Relay(self, upstream, target if target is not None else self.listen)

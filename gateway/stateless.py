@@ -18,7 +18,7 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
-from gateway.eras import to_modern_response
+from gateway.eras import to_modern_response, with_server_info
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.jsonrpc import JSONObject, error, is_request, result
@@ -68,7 +68,7 @@ class StatelessHandler:
             response = await self.proxy.request(session, message, sink)
             tg.cancel_scope.cancel()
         if response is not None:
-            response = to_modern_response(message["method"], response)
+            response = with_server_info(to_modern_response(message["method"], response), self.server_info)
             code = response.get("error", {}).get("code") if "error" in response else None
             await stream.finish(response, ERROR_CODE_HTTP_STATUS.get(code, 200) if code is not None else 200)
 

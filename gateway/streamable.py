@@ -124,7 +124,17 @@ class Endpoint:
             return
         if is_request(message):
             stream = ResponseStream(send, [], "text/event-stream" in headers.get("accept", "text/event-stream"))
-            await stream.finish(await self.proxy.request(session, message, stream))
+            response: JSONObject | None = None
+            with anyio.CancelScope() as scope:
+                session.host_requests[message["id"]] = scope
+                try:
+                    response = await self.proxy.request(session, message, stream)
+                finally:
+                    session.host_requests.pop(message["id"], None)
+            if response is None:
+                await stream.abandon()  # a cancelled request gets no response
+            else:
+                await stream.finish(response)
             return
         if is_notification(message):
             await self.proxy.notification(session, message)

@@ -1,0 +1,117 @@
+"""Profiling the gateway process: wrap its command in py-spy or cProfile, then rank functions.
+
+py-spy (preferred) samples the running gateway from outside at a fixed rate and records
+only non-idle samples, so a function's share of samples is its share of gateway CPU. Its
+raw output is collapsed stacks (``root;...;leaf count``); a function's *self* samples are
+those where it is the leaf, its *total* samples those where it appears anywhere in the
+stack (counted once per stack). Stacks under the import machinery (process start-up) are
+left out. cProfile is the fallback when py-spy is missing; it counts wall time inside
+functions (coroutine "cumulative" times are per resumption and can exceed the total).
+
+Each share is also shown as milliseconds per call: share x the gateway CPU per call that
+was measured from /proc during the window (under the profiler, so inflated by its overhead).
+"""
+
+from __future__ import annotations
+
+import pstats
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY_SPY_RATE_HZ = 250
+
+
+@dataclass(frozen=True)
+class Ranked:
+    function: str
+    self_share: float  # 0..1 of all gateway samples / profiled time
+    total_share: float
+
+
+def pick_profiler(requested: str) -> str:
+    """`auto` is py-spy when it is installed, else cProfile."""
+    if requested == "auto":
+        return "py-spy" if py_spy() is not None else "cprofile"
+    if requested == "py-spy" and py_spy() is None:
+        raise SystemExit("py-spy is not installed (pip install py-spy)")
+    return requested
+
+
+def py_spy() -> str | None:
+    beside_python = Path(sys.executable).parent / "py-spy"
+    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
+
+
+def wrap(profiler: str, module_argv: list[str], output: Path) -> list[str]:
+    """The command that runs `python -m <module_argv...>` under `profiler`, writing to `output`."""
+    if profiler == "py-spy":
+        spy = py_spy()
+        assert spy is not None
+        return [
+            spy, "record", "--rate", str(PY_SPY_RATE_HZ), "--format", "raw", "--function",
+            "--output", str(output), "--", sys.executable, "-m", *module_argv,
+        ]  # fmt: skip
+    return [sys.executable, "-m", "cProfile", "-o", str(output), "-m", *module_argv]
+
+
+def rank(profiler: str, output: Path) -> tuple[list[Ranked], int]:
+    """Every function with its self and total share, and the number of samples/calls behind it."""
+    return _rank_py_spy(output) if profiler == "py-spy" else _rank_cprofile(output)
+
+
+def _rank_py_spy(output: Path) -> tuple[list[Ranked], int]:
+    own: Counter[str] = Counter()
+    anywhere: Counter[str] = Counter()
+    total = 0
+    for line in output.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [_short(frame) for frame in stack.split(";")]
+        if any("importlib._bootstrap" in frame for frame in frames):
+            continue  # start-up imports, not request handling
+        count = int(count_text)
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            anywhere[frame] += count
+    ranked = [Ranked(f, own[f] / total, anywhere[f] / total) for f in anywhere] if total else []
+    return ranked, total
+
+
+def _rank_cprofile(output: Path) -> tuple[list[Ranked], int]:
+    stats = pstats.Stats(str(output)).stats  # type: ignore[attr-defined]
+    total_time = sum(row[2] for row in stats.values()) or 1.0
+    ranked = [
+        Ranked(_short(f"{name} ({file}:{line})"), row[2] / total_time, row[3] / total_time)
+        for (file, line, name), row in stats.items()
+    ]
+    return ranked, sum(row[1] for row in stats.values())
+
+
+def _short(frame: str) -> str:
+    """Shorten the file path inside a `function (path:line)` label."""
+    for prefix in (f"{ROOT}/", *(f"{p}/" for p in sys.path if p.endswith("site-packages"))):
+        frame = frame.replace(f"({prefix}", "(")
+    return frame.replace(f"({sys.prefix}/lib/python{sys.version_info[0]}.{sys.version_info[1]}/", "(stdlib/")
+
+
+def top(ranked: list[Ranked], by: str, n: int) -> list[Ranked]:
+    key = (lambda r: r.self_share) if by == "self" else (lambda r: r.total_share)
+    return sorted(ranked, key=key, reverse=True)[:n]
+
+
+def format_top(ranked: list[Ranked], by: str, n: int, cpu_ms_per_call: float | None) -> str:
+    """A table of the top `n` functions by `by` (self or total), with estimated ms per call."""
+    per_call = cpu_ms_per_call or 0.0
+    lines = [f"  {'self%':>6} {'self ms/call':>12} {'total%':>7} {'total ms/call':>13}  function (file:line)"]
+    for r in top(ranked, by, n):
+        lines.append(
+            f"  {r.self_share * 100:6.1f} {r.self_share * per_call:12.3f} "
+            f"{r.total_share * 100:7.1f} {r.total_share * per_call:13.3f}  {r.function}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The parity matrix: every passthrough behaviour, directly and through the gateway, same outcome.
+
+Each scenario runs once against the demo upstream directly (Streamable HTTP) and once through
+the gateway, where the demo is reached over stdio (`demo__`) and over HTTP (`web__`), in both
+protocol generations. Apart from the tool-name prefix, the outcomes must be equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.session import ClientRequestContext
+from mcp.shared.exceptions import MCPDeprecationWarning
+
+from tests.harness import RunningGateway
+
+MODES = ["legacy", "2026-07-28"]
+CALL_TIMEOUT = 20.0
+
+
+@dataclass
+class Seen:
+    """What the host's callbacks received during a scenario."""
+
+    progress: list[tuple[float, float | None, str | None]] = field(default_factory=list)
+    logs: list[tuple[str, Any]] = field(default_factory=list)
+    elicitations: list[str] = field(default_factory=list)
+    samplings: list[str] = field(default_factory=list)
+
+
+def client_for(url: str, mode: str, seen: Seen) -> Client:
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen.logs.append((params.level, params.data))
+
+    async def on_elicit(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        seen.elicitations.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Grace"})
+
+    async def on_sample(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        content = params.messages[0].content
+        seen.samplings.append(content.text if isinstance(content, types.TextContent) else "")
+        text = types.TextContent(type="text", text="old pond / a frog jumps in / splash")
+        return types.CreateMessageResult(role="assistant", content=text, model="test-model")
+
+    return Client(
+        url,
+        mode=mode,
+        logging_callback=on_log,
+        elicitation_callback=on_elicit,
+        sampling_callback=on_sample,
+        log_level=None if mode == "legacy" else "info",
+        cache=None,
+    )
+
+
+Scenario = Callable[[Client, str, Seen], Awaitable[Any]]
+
+
+def _result(result: types.CallToolResult) -> dict[str, Any]:
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def echo(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "echo", {"text": "hello ünïcode \u2603"}))
+
+
+async def structured(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "structured", {"a": 6, "b": 7}))
+
+
+async def tool_error(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "fail", {"message": "kaput"}))
+
+
+async def progress(client: Client, prefix: str, seen: Seen) -> Any:
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        seen.progress.append((value, total, message))
+
+    result = await client.call_tool(prefix + "count_slowly", {"steps": 3}, progress_callback=on_progress)
+    return _result(result), seen.progress
+
+
+async def logging(client: Client, prefix: str, seen: Seen) -> Any:
+    if client.protocol_version != "2026-07-28":
+        with pytest.warns(MCPDeprecationWarning):
+            await client.set_logging_level("info")
+    result = await client.call_tool(prefix + "log_levels", {})
+    return _result(result), seen.logs
+
+
+async def elicitation(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "ask_name", {})), seen.elicitations
+
+
+async def sampling(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "sample_haiku", {"topic": "frogs"})), seen.samplings
+
+
+async def cancellation(client: Client, prefix: str, seen: Seen) -> Any:
+    with anyio.move_on_after(0.3) as scope:
+        await client.call_tool(prefix + "wait", {"seconds": 30})
+    after = await client.call_tool(prefix + "wait", {"seconds": 0.01})
+    return scope.cancelled_caught, _result(after)
+
+
+async def resources(client: Client, prefix: str, seen: Seen) -> Any:
+    listed = await client.list_resources()
+    readme = await client.read_resource("demo://readme")
+    greeting = await client.read_resource("demo://greeting/Ada")
+    return (
+        [str(r.uri) for r in listed.resources],
+        readme.model_dump(mode="json", exclude_none=True, exclude={"ttl_ms", "cache_scope"}),
+        greeting.model_dump(mode="json", exclude_none=True, exclude={"ttl_ms", "cache_scope"}),
+    )
+
+
+async def prompts_and_completion(client: Client, prefix: str, seen: Seen) -> Any:
+    prompt = await client.get_prompt(prefix + "greet", {"name": "Ada"})
+    completion = await client.complete(
+        types.PromptReference(type="ref/prompt", name=prefix + "greet"), {"name": "name", "value": "a"}
+    )
+    return prompt.model_dump(mode="json", exclude_none=True), completion.completion.values
+
+
+async def listing(client: Client, prefix: str, seen: Seen) -> Any:
+    tools = await client.list_tools()
+    mine = [t for t in tools.tools if t.name.startswith(prefix)]
+    return sorted(
+        (t.name.removeprefix(prefix), t.model_dump(mode="json", exclude_none=True, exclude={"name"})) for t in mine
+    )
+
+
+SCENARIOS: list[Scenario] = [
+    echo, structured, tool_error, progress, logging, elicitation, sampling, cancellation, resources,
+    prompts_and_completion, listing,
+]  # fmt: skip
+LEGACY_ONLY: list[Scenario] = []
+
+
+async def _run(url: str, mode: str, prefix: str, scenario: Scenario) -> Any:
+    seen = Seen()
+    async with client_for(url, mode, seen) as client:
+        with anyio.fail_after(CALL_TIMEOUT):
+            return await scenario(client, prefix, seen)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("upstream", ["demo", "web"])
+async def test_gateway_matches_direct(
+    scenario: Scenario,
+    mode: str,
+    upstream: str,
+    demo_http_url: str,
+    gateway: RunningGateway,
+    web_gateway: RunningGateway,
+) -> None:
+    through = gateway if upstream == "demo" else web_gateway
+    direct = await _run(demo_http_url, mode, "", scenario)
+    proxied = await _run(through.url, mode, f"{upstream}__", scenario)
+    assert proxied == direct
+
+
+async def test_ping_is_answered(gateway: RunningGateway) -> None:
+    async with Client(gateway.url, mode="legacy") as client:
+        with anyio.fail_after(CALL_TIMEOUT), pytest.warns(MCPDeprecationWarning):
+            assert await client.send_ping() is not None
+
+
+async def test_resource_subscription_is_accepted_by_its_upstream(
+    web_gateway: RunningGateway, demo_http_url: str
+) -> None:
+    outcomes = []
+    for url in (demo_http_url, web_gateway.url):
+        async with Client(url, mode="legacy") as client:
+            with anyio.fail_after(CALL_TIMEOUT), pytest.warns(MCPDeprecationWarning):
+                subscribed = await client.subscribe_resource("demo://readme")
+                unsubscribed = await client.unsubscribe_resource("demo://readme")
+            outcomes.append((subscribed.model_dump(), unsubscribed.model_dump()))
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_third_party_server_answers_through_the_gateway(gateway: RunningGateway) -> None:
+    async with Client(gateway.url, mode="legacy") as client:
+        with anyio.fail_after(CALL_TIMEOUT):
+            tools = await client.list_tools()
+            result = await client.call_tool("time__get_current_time", {"timezone": "Europe/London"})
+    assert {"time__get_current_time", "time__convert_time"} <= {t.name for t in tools.tools}
+    assert not result.is_error
+    text = result.content[0]
+    assert isinstance(text, types.TextContent) and '"timezone": "Europe/London"' in text.text

@@ -1,0 +1,125 @@
+"""Real servers for the tests: the gateway under uvicorn, the demo upstream, in-process SDK servers.
+
+Everything listens on 127.0.0.1 on a port the kernel picks. The listening socket is bound
+before the server starts, so a test can connect at once: the kernel queues the connection
+until uvicorn accepts it, and nothing has to poll or sleep for readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import Process
+from starlette.types import ASGIApp
+
+from gateway.app import Gateway, build_app
+from gateway.config import load_config
+from gateway.recorder import Recorder
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 30.0
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@asynccontextmanager
+async def serve_asgi(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on an ephemeral loopback port; yield its base URL."""
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with anyio.fail_after(STARTUP_TIMEOUT):
+            await task
+        sock.close()
+
+
+@dataclass
+class RunningGateway:
+    base_url: str
+    app: Any
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def gateway(self) -> Gateway:
+        gateway: Gateway = self.app.state.gateway
+        return gateway
+
+
+def write_config(directory: Path, text: str) -> Path:
+    path = directory / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@asynccontextmanager
+async def serve_gateway(config_path: Path, recorder: Recorder | None = None) -> AsyncIterator[RunningGateway]:
+    app = build_app(load_config(config_path), recorder)
+    async with serve_asgi(app) as base_url:
+        running = RunningGateway(base_url, app)
+        yield running
+
+
+def demo_stdio_yaml(name: str = "demo", extra: str = "") -> str:
+    return f"""
+  - name: {name}
+    transport: stdio
+    command: [python, -m, gateway.demo]
+    env: {{PYTHONPATH: "{ROOT}"}}
+{extra}"""
+
+
+async def start_demo_http(*extra: str) -> tuple[Process, str]:
+    """Start the demo upstream over Streamable HTTP; return the process and its /mcp URL."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra], cwd=ROOT, env=env, stderr=None
+    )
+    try:
+        assert proc.stdout is not None
+        with anyio.fail_after(STARTUP_TIMEOUT):
+            buffered = b""
+            while b"\n" not in buffered:
+                buffered += await proc.stdout.receive()
+        line = buffered.decode().splitlines()[0]
+        assert line.startswith("READY "), line
+        return proc, line.split()[1]
+    except BaseException:
+        await stop_process(proc)
+        raise
+
+
+async def stop_process(proc: Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            with anyio.fail_after(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    await proc.aclose()
