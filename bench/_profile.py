@@ -1,15 +1,21 @@
 """Profiling the gateway process: wrap its command in py-spy or cProfile, then rank functions.
 
-py-spy (preferred) samples the running gateway from outside at a fixed rate and records
-only non-idle samples, so a function's share of samples is its share of gateway CPU. Its
-raw output is collapsed stacks (``root;...;leaf count``); a function's *self* samples are
-those where it is the leaf, its *total* samples those where it appears anywhere in the
-stack (counted once per stack). Stacks under the import machinery (process start-up) are
-left out. cProfile is the fallback when py-spy is missing; it counts wall time inside
-functions (coroutine "cumulative" times are per resumption and can exceed the total).
+py-spy (preferred) samples the gateway from outside at a fixed rate. It runs with ``--gil``:
+only samples of the thread holding the GIL count, i.e. Python code actually running
+(py-spy's own idle detection counts threads blocked in ``queue.get`` / ``Condition.wait``
+as busy on this machine). Time spent with the GIL released (socket syscalls, SQLite's C
+code) is therefore missing from the shares. The raw output is collapsed stacks
+(``root;...;leaf count``): a function's *self* share is the samples where it is the leaf;
+its *total* share the samples where it appears (once per stack) below the event loop's
+callback dispatch (``Handle._run``), so the table is not topped by ``run_forever`` and
+friends. Stacks under the import machinery (start-up) are left out. Self shares are also
+summed by package (h11, httpcore2, anyio, gateway, ...).
 
-Each share is also shown as milliseconds per call: share x the gateway CPU per call that
-was measured from /proc during the window (under the profiler, so inflated by its overhead).
+cProfile is the fallback when py-spy is missing; it profiles the whole process life and
+measures wall time inside functions (coroutine "cumulative" times are per resumption).
+
+Shares are also shown as milliseconds per call: share x the gateway CPU per call measured
+from /proc during the window (under the profiler, so inflated by its overhead).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from __future__ import annotations
 import pstats
 import shutil
 import sys
+import sysconfig
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_SPY_RATE_HZ = 250
+EVENT_LOOP_DISPATCH = "Handle._run ("  # asyncio runs every task step and callback through it
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def wrap(profiler: str, module_argv: list[str], output: Path) -> list[str]:
         spy = py_spy()
         assert spy is not None
         return [
-            spy, "record", "--rate", str(PY_SPY_RATE_HZ), "--format", "raw", "--function",
+            spy, "record", "--rate", str(PY_SPY_RATE_HZ), "--format", "raw", "--function", "--gil",
             "--output", str(output), "--", sys.executable, "-m", *module_argv,
         ]  # fmt: skip
     return [sys.executable, "-m", "cProfile", "-o", str(output), "-m", *module_argv]
@@ -77,10 +85,16 @@ def _rank_py_spy(output: Path) -> tuple[list[Ranked], int]:
         count = int(count_text)
         total += count
         own[frames[-1]] += count
-        for frame in set(frames):
+        for frame in set(_below_event_loop(frames)):
             anywhere[frame] += count
-    ranked = [Ranked(f, own[f] / total, anywhere[f] / total) for f in anywhere] if total else []
+    ranked = [Ranked(f, own[f] / total, anywhere[f] / total) for f in own | anywhere] if total else []
     return ranked, total
+
+
+def _below_event_loop(frames: list[str]) -> list[str]:
+    """The frames under the event loop's callback dispatch (so `total` is not topped by the loop itself)."""
+    cut = max((i for i, frame in enumerate(frames) if frame.startswith(EVENT_LOOP_DISPATCH)), default=-1)
+    return frames[cut + 1 :] or frames
 
 
 def _rank_cprofile(output: Path) -> tuple[list[Ranked], int]:
@@ -93,11 +107,35 @@ def _rank_cprofile(output: Path) -> tuple[list[Ranked], int]:
     return ranked, sum(row[1] for row in stats.values())
 
 
+_PREFIXES = (
+    (f"({sysconfig.get_path('purelib')}/", "("),
+    (f"({sysconfig.get_path('platlib')}/", "("),
+    (f"({ROOT}/", "("),
+    (f"({sysconfig.get_path('stdlib')}/", "(stdlib/"),
+)
+
+
 def _short(frame: str) -> str:
     """Shorten the file path inside a `function (path:line)` label."""
-    for prefix in (f"{ROOT}/", *(f"{p}/" for p in sys.path if p.endswith("site-packages"))):
-        frame = frame.replace(f"({prefix}", "(")
-    return frame.replace(f"({sys.prefix}/lib/python{sys.version_info[0]}.{sys.version_info[1]}/", "(stdlib/")
+    for prefix, replacement in _PREFIXES:
+        frame = frame.replace(prefix, replacement)
+    return frame
+
+
+def by_package(ranked: list[Ranked]) -> list[tuple[str, float]]:
+    """Self share summed by the top-level package (or stdlib module) of each function's file."""
+    shares: Counter[str] = Counter()
+    for r in ranked:
+        location = r.function.rpartition(" (")[2]
+        shares[location.split("/", 1)[0].removesuffix(")").rsplit(".py", 1)[0].rsplit(":", 1)[0]] += r.self_share
+    return shares.most_common()
+
+
+def format_packages(ranked: list[Ranked], n: int, cpu_ms_per_call: float | None) -> str:
+    per_call = cpu_ms_per_call or 0.0
+    lines = [f"  {'self%':>6} {'ms/call':>8}  package"]
+    lines += [f"  {share * 100:6.1f} {share * per_call:8.3f}  {name}" for name, share in by_package(ranked)[:n]]
+    return "\n".join(lines)
 
 
 def top(ranked: list[Ranked], by: str, n: int) -> list[Ranked]:

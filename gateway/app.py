@@ -84,7 +84,7 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
             guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
             registry=registry,
             proxy=proxy,
-            stateless=StatelessHandler(registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO),
+            stateless=StatelessHandler(registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO, task_group),
             max_body_bytes=config.security.max_body_bytes,
         )
         start_reaper(registry, task_group)

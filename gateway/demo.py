@@ -18,7 +18,8 @@ of SSE; `--stateless` serves the handshake era without sessions.
 
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
-(sampling), wait (timeouts/cancellation). Also a `demo://readme` resource, a
+(sampling), wait (timeouts/cancellation), touch (resources/updated to
+subscribers), add_tool (tools/list_changed). Also a `demo://readme` resource, a
 `demo://greeting/{name}` template, a `greet` prompt and argument completion for it.
 """
 
@@ -55,7 +56,9 @@ from mcp_types import (
     ResourceTemplateReference,
     SamplingMessage,
     SetLevelRequestParams,
+    SubscribeRequestParams,
     TextContent,
+    UnsubscribeRequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
@@ -186,6 +189,40 @@ def readme() -> str:
 @mcp.resource("demo://greeting/{name}", name="greeting", mime_type="text/plain")
 def greeting(name: str) -> str:
     return f"Hello, {name}!"
+
+
+# Handshake-era resource subscriptions: which sessions asked for updates to which URIs.
+_subscribers: dict[str, set[str | None]] = {}
+
+
+async def _subscribe(ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
+    _subscribers.setdefault(str(params.uri), set()).add(_session_key(getattr(ctx.request, "headers", None)))
+    return EmptyResult()
+
+
+async def _unsubscribe(ctx: ServerRequestContext[Any], params: UnsubscribeRequestParams) -> EmptyResult:
+    _subscribers.get(str(params.uri), set()).discard(_session_key(getattr(ctx.request, "headers", None)))
+    return EmptyResult()
+
+
+mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, _subscribe)
+mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, _unsubscribe)
+
+
+@mcp.tool(description="Mark `uri` as changed: its subscribers get notifications/resources/updated.")
+async def touch(uri: str, ctx: Context) -> str:
+    if _session_key(ctx.headers) in _subscribers.get(uri, set()):
+        await ctx.request_context.session.send_resource_updated(uri)
+    await ctx.notify_resource_updated(uri)
+    return f"touched {uri}"
+
+
+@mcp.tool(description="Add a tool named `name` (it echoes) and tell clients the tool list changed.")
+async def add_tool(name: str, ctx: Context) -> str:
+    mcp.add_tool(lambda text: text, name=name, description="Added at run time; echoes `text`.")
+    await ctx.request_context.session.send_tool_list_changed()
+    await ctx.notify_tools_changed()
+    return f"added {name}"
 
 
 @mcp.prompt(description="Greet someone by name.")

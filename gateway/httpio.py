@@ -123,13 +123,6 @@ class ResponseStream:
             else:
                 await send_bytes(self._send, status, dumps(response), [JSON_HEADER, *self._headers])
 
-    async def abandon(self) -> None:
-        """End the response without answering, as a server does for a request the host cancelled."""
-        async with self._lock:
-            if not self._streaming:
-                await self._send({"type": "http.response.start", "status": 200, "headers": self._sse_headers()})
-            await self._send({"type": "http.response.body", "body": b""})
-
     def _sse_headers(self) -> list[tuple[bytes, bytes]]:
         return [
             (b"content-type", b"text/event-stream"),

@@ -3,17 +3,26 @@
 There is no `initialize` and no `Mcp-Session-Id`; each request carries its protocol version,
 client info and capabilities in `params._meta`. The gateway still groups a host's requests into
 one session per (API key, client name+version), closed after an idle gap, and that group owns
-the upstream sessions its requests use. Requests from different host processes may share a
-group, so their ids are remapped on the way upstream. Cancelling is closing the response
-stream, so the call is cancelled upstream when the host disconnects.
+the upstream sessions its requests use (their ids are remapped: many host processes may share
+a group). Cancelling is closing the response stream.
+
+This revision has no server-to-host requests. When a handshake-era upstream asks for
+elicitation or sampling mid-call, the gateway answers the host with an `InputRequiredResult`
+and keeps the upstream call waiting; the host's retry (same request, plus `inputResponses` and
+the `requestState` the gateway minted) carries the answers up, and the call goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
@@ -21,14 +30,41 @@ from starlette.types import Receive, Send
 from gateway.eras import to_modern_response, with_server_info
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
-from gateway.jsonrpc import JSONObject, error, is_request, result
+from gateway.jsonrpc import INVALID_PARAMS, JSONObject, error, is_request, meta_of, params_of, result
 from gateway.proxy import Proxy
 from gateway.sessions import HostSession, SessionRegistry
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
 
-_NO_BACK_CHANNEL = -32601
+SUSPENDED_TTL_S = 600.0
+_LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
+_LEVELS = {name: rank for rank, name in enumerate(
+    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])}  # fmt: skip
+Event = tuple[Literal["notify", "ask", "done"], JSONObject]
+
+
+@dataclass(slots=True)
+class _Call:
+    """One host request in flight, possibly across several InputRequired rounds."""
+
+    session: HostSession
+    principal: Principal
+    method: str
+    events: MemoryObjectReceiveStream[Event]
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    log_level: int | None = None
+    expires_at: float = 0.0
+
+
+class _CallSink:
+    """Where the upstream's related messages go while a call runs: queued for the host handler."""
+
+    def __init__(self, events: MemoryObjectSendStream[Event]) -> None:
+        self._events = events
+
+    async def send(self, message: JSONObject) -> None:
+        await self._events.send(("ask" if "id" in message else "notify", message))
 
 
 @dataclass(slots=True)
@@ -37,7 +73,9 @@ class StatelessHandler:
     proxy: Proxy
     capabilities: JSONObject
     server_info: JSONObject
+    task_group: TaskGroup
     _groups: dict[tuple[str, str | None, str, str], HostSession] = field(default_factory=dict)
+    _suspended: dict[str, _Call] = field(default_factory=dict)
 
     async def handle(
         self, message: JSONObject, headers: dict[str, str], principal: Principal, receive: Receive, send: Send
@@ -54,23 +92,101 @@ class StatelessHandler:
         if message["method"] == "server/discover":
             await send_json(send, 200, result(message["id"], self._discover()))
             return
-        session = self._group(principal, route.client_info, route.client_capabilities)
+        self._expire_suspended()
+        state = params_of(message).get("requestState")
+        call = self._suspended.pop(state, None) if isinstance(state, str) else None
+        if call is not None and not principal.same_caller(call.principal):
+            self._suspended[state] = call  # type: ignore[index]
+            call = None
+        if call is not None:
+            await self._answer_inputs(call, params_of(message).get("inputResponses"))
+        else:
+            session = self._group(principal, route.client_info, route.client_capabilities)
+            call = self._start(session, principal, message)
+        level = meta_of(message).get(_LOG_LEVEL_META_KEY)
+        call.log_level = _LEVELS.get(level) if isinstance(level, str) else None
+        await self._drive(call, message["id"], receive, send)
+
+    def _start(self, session: HostSession, principal: Principal, message: JSONObject) -> _Call:
+        sender, events = anyio.create_memory_object_stream[Event](64)
+        call = _Call(session, principal, message["method"], events)
+
+        async def run() -> None:
+            async with sender:
+                with call.scope:
+                    response = await self.proxy.request(session, message, _CallSink(sender))
+                    await sender.send(("done", response))
+
+        self.task_group.start_soon(run)
+        return call
+
+    async def _drive(self, call: _Call, request_id: Any, receive: Receive, send: Send) -> None:
+        """Relay the call's events to this host request until it completes or needs input."""
         stream = ResponseStream(send, [], True)
-        sink = _NoBackChannel(session, stream)
-        response: JSONObject | None = None
+        answer: JSONObject | None = None
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 await wait_for_disconnect(receive)
-                tg.cancel_scope.cancel()  # the host closed the stream: that is its cancellation
+                call.scope.cancel()  # the host closed the stream: that is its cancellation
+                tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            response = await self.proxy.request(session, message, sink)
+            async for kind, payload in call.events:
+                if kind == "notify":
+                    if self._wanted(call, payload):
+                        await stream.send(payload)
+                    continue
+                if kind == "ask":
+                    answer = self._suspend(call, request_id, payload)
+                else:
+                    answer = to_modern_response(call.method, {**payload, "id": request_id})
+                break
             tg.cancel_scope.cancel()
-        if response is not None:
-            response = with_server_info(to_modern_response(message["method"], response), self.server_info)
-            code = response.get("error", {}).get("code") if "error" in response else None
-            await stream.finish(response, ERROR_CODE_HTTP_STATUS.get(code, 200) if code is not None else 200)
+        if answer is None or answer.get("result", {}).get("resultType") != "input_required":
+            call.events.close()  # finished, or abandoned by the host: no later round will read it
+        if answer is None:
+            return
+        code = answer["error"].get("code") if isinstance(answer.get("error"), dict) else None
+        await stream.finish(with_server_info(answer, self.server_info), ERROR_CODE_HTTP_STATUS.get(code, 200))
+
+    def _suspend(self, call: _Call, request_id: Any, ask: JSONObject) -> JSONObject:
+        token = secrets.token_urlsafe(32)
+        call.expires_at = time.monotonic() + SUSPENDED_TTL_S
+        self._suspended[token] = call
+        request = {"method": ask["method"], "params": ask.get("params", {})}
+        return result(
+            request_id, {"inputRequests": {ask["id"]: request}, "requestState": token, "resultType": "input_required"}
+        )
+
+    async def _answer_inputs(self, call: _Call, responses: Any) -> None:
+        if not isinstance(responses, dict):
+            return
+        for key, value in responses.items():
+            outbound = call.session.take_outbound(key)
+            if outbound is None:
+                continue
+            answer = result(outbound.original_id, value) if isinstance(value, dict) else error(
+                outbound.original_id, INVALID_PARAMS, "the host sent no usable answer"
+            )
+            try:
+                await outbound.upstream.channel.respond(answer)
+            except Exception as exc:  # noqa: BLE001 - the call itself will report the upstream's state
+                logger.info("could not pass an input response upstream: %s", exc)
+
+    def _wanted(self, call: _Call, message: JSONObject) -> bool:
+        if message.get("method") != "notifications/message":
+            return True
+        level = _LEVELS.get(str(params_of(message).get("level")))
+        return call.log_level is not None and level is not None and level >= call.log_level
+
+    def _expire_suspended(self) -> None:
+        now = time.monotonic()
+        for token, call in list(self._suspended.items()):
+            if call.expires_at < now:
+                del self._suspended[token]
+                call.scope.cancel()
+                call.events.close()
 
     def _discover(self) -> JSONObject:
         return {
@@ -93,21 +209,3 @@ class StatelessHandler:
             session = self.registry.create(principal, handshake, stateless=True)
             self._groups[key] = session
         return session
-
-
-class _NoBackChannel:
-    """Relays progress and logs; declines requests upstreams make, which this revision cannot carry."""
-
-    def __init__(self, session: HostSession, stream: ResponseStream) -> None:
-        self._session = session
-        self._stream = stream
-
-    async def send(self, message: JSONObject) -> None:
-        if "id" not in message:
-            await self._stream.send(message)
-            return
-        outbound = self._session.take_outbound(message["id"])
-        if outbound is not None:
-            reason = f"{message.get('method')} cannot reach a 2026-07-28 host through this gateway yet"
-            await outbound.upstream.channel.respond(error(outbound.original_id, _NO_BACK_CHANNEL, reason))
-

@@ -32,6 +32,7 @@ from gateway.httpio import (
 )
 from gateway.jsonrpc import (
     INVALID_REQUEST,
+    REQUEST_CANCELLED,
     JSONObject,
     MessageError,
     check_message,
@@ -131,10 +132,8 @@ class Endpoint:
                     response = await self.proxy.request(session, message, stream)
                 finally:
                     session.host_requests.pop(message["id"], None)
-            if response is None:
-                await stream.abandon()  # a cancelled request gets no response
-            else:
-                await stream.finish(response)
+            # A cancelled request is answered as the SDK's servers do: -32800.
+            await stream.finish(response or error(message["id"], REQUEST_CANCELLED, "Request cancelled"))
             return
         if is_notification(message):
             await self.proxy.notification(session, message)

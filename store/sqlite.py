@@ -9,8 +9,8 @@ a CLI's write and vice versa; writers wait up to ``busy_timeout`` for each other
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -18,56 +18,18 @@ from uuid import uuid4
 import aiosqlite
 import anyio
 
+from ._connection import configure, connect
+from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, utc_now
-from .errors import KeyNotFound, OrganisationNotFound, StoreError, StoreUnavailable
+from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .migrations import apply_migrations
 from .models import ApiKey, CreatedKey, Organisation
 
-__all__ = ["BUSY_TIMEOUT_MS", "SqliteStore", "open_sqlite_store"]
-
-BUSY_TIMEOUT_MS = 5000
-
-_PRAGMAS = (
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",  # first, so the ones below wait for locks too
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",
-)
-
-# Primary result codes that mean "the database cannot be used right now", not "bad request".
-_UNAVAILABLE_CODES = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-    }
-)
+__all__ = ["SqliteStore", "open_sqlite_store"]
 
 _ORGANISATION_COLUMNS = "id, name, created_at"
 _API_KEY_COLUMNS = "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at"
-
-
-def _translate(exc: sqlite3.Error, action: str) -> StoreError:
-    """Return the StoreError for a sqlite3 error. sqlite messages never carry bound values."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF in _UNAVAILABLE_CODES:
-        return StoreUnavailable(f"{action}: {exc}")
-    return StoreError(f"{action}: {exc}")
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Translate sqlite3 errors raised in the block into StoreErrors (the package boundary)."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise _translate(exc, action) from exc
 
 
 def _organisation(row: Any) -> Organisation:
@@ -103,7 +65,7 @@ class SqliteStore:
         return None if row is None else _organisation(row)
 
     async def ensure_organisation(self, name: str) -> Organisation:
-        with _translated("ensure organisation"):
+        with translated("ensure organisation"):
             existing = await self._organisation_named(name)
             if existing is not None:
                 return existing
@@ -120,7 +82,7 @@ class SqliteStore:
         return created
 
     async def get_organisation(self, organisation_id: str) -> Organisation | None:
-        with _translated("get organisation"):
+        with translated("get organisation"):
             row = await self._fetchone(
                 f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE id = ?",
                 (organisation_id,),
@@ -157,15 +119,15 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
                 raise OrganisationNotFound(f"no organisation {organisation_id!r}") from exc
-            raise _translate(exc, "create API key") from exc
+            raise translate(exc, "create API key") from exc
         except sqlite3.Error as exc:
-            raise _translate(exc, "create API key") from exc
+            raise translate(exc, "create API key") from exc
         return CreatedKey(key=key, secret=secret)
 
     async def find_api_key(self, secret: str) -> ApiKey | None:
         if not secret.startswith(KEY_PREFIX):
             return None
-        with _translated("find API key"):
+        with translated("find API key"):
             row = await self._fetchone(
                 f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
                 (hash_api_key(secret),),
@@ -173,7 +135,7 @@ class SqliteStore:
         return None if row is None else _api_key(row)
 
     async def revoke_api_key(self, api_key_id: str) -> None:
-        with _translated("revoke API key"):
+        with translated("revoke API key"):
             async with self._conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (format_timestamp(utc_now()), api_key_id),
@@ -185,11 +147,6 @@ class SqliteStore:
             raise KeyNotFound(f"no API key {api_key_id!r}")
 
 
-async def _connect(path: str | Path) -> aiosqlite.Connection:
-    with _translated(f"open {path}"):
-        return await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-
-
 @asynccontextmanager
 async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
     """Open (creating if needed) and migrate the SQLite database at ``path``; close it on exit.
@@ -197,13 +154,13 @@ async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
     Raises ``StoreUnavailable`` if the file cannot be opened or stays locked,
     ``SchemaVersionError`` if a newer mcpgw has migrated it.
     """
-    conn = await _connect(path)
+    with translated(f"open {path}"):
+        conn = await connect(path)
     try:
-        with _translated(f"open {path}"):
-            for pragma in _PRAGMAS:
-                await conn.execute(pragma)
+        with translated(f"open {path}"):
+            await configure(conn)
             await apply_migrations(conn)
         yield SqliteStore(conn)
     finally:
-        with anyio.CancelScope(shield=True), _translated(f"close {path}"):
+        with anyio.CancelScope(shield=True), translated(f"close {path}"):
             await conn.close()

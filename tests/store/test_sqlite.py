@@ -1,6 +1,7 @@
 import re
 import sqlite3
 import sys
+import threading
 import uuid
 from contextlib import closing
 from datetime import UTC
@@ -226,10 +227,10 @@ async def test_two_stores_opening_a_new_file_at_once_both_work(db_path: Path) ->
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            for name in ("a", "b", "c"):
+            for name in "abcdefgh":
                 tg.start_soon(open_and_use, name)
 
-    assert len(names) == 3
+    assert len(names) == 8
     assert len(set(names)) == 1
 
 
@@ -237,9 +238,15 @@ async def test_database_is_in_wal_mode(store: SqliteStore, db_path: Path) -> Non
     assert _query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-async def test_unopenable_path_raises_store_unavailable(tmp_path: Path) -> None:
+async def test_unopenable_path_raises_store_unavailable_and_leaves_no_thread(
+    tmp_path: Path,
+) -> None:
+    before = set(threading.enumerate())
+
     with pytest.raises(StoreUnavailable) as caught:
         async with open_sqlite_store(tmp_path / "missing" / "mcpgw.db"):
             pass
 
     assert isinstance(caught.value.__cause__, sqlite3.Error)
+    started = set(threading.enumerate()) - before
+    assert not [t for t in started if "_connection_worker_thread" in t.name]

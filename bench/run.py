@@ -1,0 +1,583 @@
+"""mcpgw benchmark: the gateway against the demo upstream called directly, side by side.
+
+    python bench/run.py [--seconds 10] [--out bench/results/latest.json]
+    python bench/run.py --profile            # where the gateway's CPU goes (16 clients)
+
+Starts the demo upstream (``bench/upstream.py``, i.e. ``gateway.demo`` over Streamable HTTP)
+and the gateway (``python -m gateway.cli serve`` = ``mcpgw serve``, with a generated config in
+a temporary directory), both on 127.0.0.1. Then, for every protocol mode (``legacy``,
+``2026-07-28``) and client count (1, 16), it runs the load generator (``bench/loadgen.py``,
+a separate process with N SDK ``Client`` sessions each calling ``echo`` back to back)
+against DIRECT (the demo's URL, tool ``echo``) and GATEWAY (the gateway's URL, tool
+``demo__echo``), interleaved, ``--reps`` times each, and reports the median of each metric
+over the repetitions: calls/s, p50/p99 latency, CPU per call of the gateway and of the
+upstream (from /proc/<pid>/stat over the measured window), and the load generator's own
+CPU use (near 100 % means the clients, not the servers, were the limit). It prints a table,
+writes everything as JSON to ``--out`` and checks the targets of DESIGN.md section 8.
+
+Everything is bounded (warm-up + window per run, deadlines on start-up and on each load
+generator) and every child process is stopped on exit, on errors and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import (  # noqa: E402  (bench/ is not a package)
+    ROOT,
+    Processes,
+    StartupError,
+    child_pid,
+    free_port,
+    log_tail,
+    stop,
+    wait_for_http,
+    wait_for_line,
+)
+
+import _profile  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+STARTUP_TIMEOUT_S = 60.0
+LOADGEN_SLACK_S = 150.0  # connect + teardown allowance on top of warm-up + window
+MODES = ("legacy", "2026-07-28")
+CLIENTS = (1, 16)
+
+# DESIGN.md section 8.
+TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
+TARGET_ADDED_P50_MS = 1.0  # gateway p50 - direct p50, at 1 client
+TARGET_GATEWAY_CPU_MS = 0.6  # gateway CPU per tools/call
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the load generator sends its calls, and which processes' CPU it reads."""
+
+    kind: str  # direct | gateway
+    url: str
+    tool: str
+    watch: dict[str, int]  # label -> pid
+
+
+@dataclass(frozen=True)
+class Run:
+    """One load-generator run, reduced to numbers."""
+
+    mode: str
+    clients: int
+    kind: str
+    rep: int
+    calls: int
+    failed: int
+    window_s: float
+    calls_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    gateway_cpu_ms_per_call: float | None
+    upstream_cpu_ms_per_call: float | None
+    loadgen_cpu_util: float  # CPU seconds / wall seconds of the load generator process
+    first_failure: str | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians over the repetitions of one (mode, clients, kind)."""
+
+    mode: str
+    clients: int
+    kind: str
+    reps: int
+    calls_per_s: float
+    p50_ms: float
+    p99_ms: float
+    gateway_cpu_ms_per_call: float | None
+    upstream_cpu_ms_per_call: float | None
+    loadgen_cpu_util: float
+    failed: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    mode: str
+    clients: int
+    throughput_ratio: float  # gateway calls/s / direct calls/s
+    added_p50_ms: float  # gateway p50 - direct p50
+    added_p99_ms: float
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    mode: str
+    clients: int
+    value: float | None
+    limit: float
+    passed: bool | None  # None: not measured in this invocation
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each direct/gateway pair (default 3)")
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts (default 1,16)")
+    parser.add_argument("--modes", default=",".join(MODES), help="protocol modes (default legacy,2026-07-28)")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/latest.json or profile.json)")
+    parser.add_argument("--profile", action="store_true", help="profile the gateway at the largest client count")
+    parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per profile table (default 25)")
+    parser.add_argument("--stock-demo", action="store_true", help="run `python -m gateway.demo` unmodified")
+    args = parser.parse_args(argv)
+    args.clients = [int(n) for n in args.clients.split(",")]
+    args.modes = args.modes.split(",")
+    if args.seconds <= 0 or args.warmup < 0 or args.reps < 1 or min(args.clients) < 1:
+        parser.error("--seconds > 0, --warmup >= 0, --reps >= 1 and client counts >= 1, please")
+    if args.out is None:
+        args.out = BENCH / "results" / ("profile.json" if args.profile else "latest.json")
+    return args
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def start_upstream(procs: Processes, workdir: Path, stock: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the demo upstream on an ephemeral port; return it and its /mcp URL once it is READY."""
+    if stock:
+        argv = [sys.executable, "-m", "gateway.demo", "--http", "--host", "127.0.0.1", "--port", "0"]
+    else:
+        argv = [sys.executable, str(BENCH / "upstream.py"), "--port", "0"]
+    log = workdir / "upstream.log"
+    child = procs.spawn(argv, log)
+    line = wait_for_line(child, log, "READY ", STARTUP_TIMEOUT_S)
+    return child, line.split()[1]
+
+
+def write_config(workdir: Path, upstream_url: str, port: int) -> Path:
+    config = workdir / "gateway.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        "database: ./bench.db\n"
+        "auth: {required: false}\n"
+        "upstreams:\n"
+        "  - name: demo\n"
+        "    transport: http\n"
+        f"    url: {upstream_url}\n"
+    )
+    return config
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    child: subprocess.Popen[bytes]  # the gateway, or the profiler running it
+    pid: int  # the gateway's own pid (for /proc CPU)
+    url: str
+    log: Path
+
+
+def start_gateway(
+    procs: Processes, workdir: Path, upstream_url: str, profiler: str | None = None, profile_out: Path | None = None
+) -> GatewayProcess:
+    """Start `mcpgw serve` (optionally under a profiler) and wait until its /healthz answers."""
+    port = free_port()
+    config = write_config(workdir, upstream_url, port)
+    module_argv = ["gateway.cli", "serve", "--config", str(config), "--port", str(port)]
+    if profiler is None:
+        argv = [sys.executable, "-m", *module_argv]
+    else:
+        assert profile_out is not None
+        argv = _profile.wrap(profiler, module_argv, profile_out)
+    log = workdir / f"gateway-{port}.log"
+    child = procs.spawn(argv, log)
+    pid = child_pid(child.pid, STARTUP_TIMEOUT_S) if profiler == "py-spy" else child.pid
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(child, f"{base}/healthz", log, STARTUP_TIMEOUT_S)
+    return GatewayProcess(child, pid, f"{base}/mcp", log)
+
+
+def stop_profiled_gateway(gateway: GatewayProcess) -> None:
+    """SIGTERM the gateway itself so it shuts down cleanly and the profiler writes its output."""
+    try:
+        os.kill(gateway.pid, signal.SIGTERM)
+        gateway.child.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    stop(gateway.child)
+
+
+def ensure_alive(child: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    if child.poll() is not None:
+        raise StartupError(f"the {name} exited (code {child.returncode}):\n{log_tail(log)}")
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_load(
+    procs: Processes, workdir: Path, endpoint: Endpoint, mode: str, clients: int, args: argparse.Namespace, rep: int
+) -> Run:
+    """One load-generator process against `endpoint`; its numbers as a `Run`."""
+    stem = f"{mode}-{clients}-{endpoint.kind}-{rep}"
+    result_file, log = workdir / f"{stem}.json", workdir / f"{stem}.log"
+    argv = [
+        sys.executable, str(BENCH / "loadgen.py"), "--url", endpoint.url, "--tool", endpoint.tool,
+        "--mode", mode, "--clients", str(clients), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+        "--result", str(result_file),
+        *(f"--cpu-pid={label}={pid}" for label, pid in endpoint.watch.items()),
+    ]  # fmt: skip
+    child = procs.spawn(argv, log)
+    try:
+        child.wait(timeout=args.warmup + args.seconds + LOADGEN_SLACK_S)
+    except subprocess.TimeoutExpired:
+        pass
+    stop(child)
+    if not result_file.exists():
+        raise RuntimeError(f"load generator {stem} failed (code {child.returncode}):\n{log_tail(log)}")
+    if child.returncode != 0:
+        print(f"  note: load generator {stem} exited {child.returncode} after writing its result", file=sys.stderr)
+    return to_run(json.loads(result_file.read_text()), mode, clients, endpoint.kind, rep)
+
+
+def to_run(raw: dict[str, Any], mode: str, clients: int, kind: str, rep: int) -> Run:
+    latencies = sorted(raw["latencies_ms"])
+    calls, window = raw["calls"], raw["window_s"]
+    cpu = raw["cpu_s"]
+
+    def per_call(label: str) -> float | None:
+        return cpu[label] * 1000 / calls if label in cpu and calls else None
+
+    return Run(
+        mode=mode,
+        clients=clients,
+        kind=kind,
+        rep=rep,
+        calls=calls,
+        failed=raw["failed_in_window"],
+        window_s=window,
+        calls_per_s=calls / window,
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
+        gateway_cpu_ms_per_call=per_call("gateway"),
+        upstream_cpu_ms_per_call=per_call("upstream"),
+        loadgen_cpu_util=raw["loadgen_cpu_s"] / window,
+        first_failure=raw["first_failure"],
+    )
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+def run_matrix(
+    procs: Processes, workdir: Path, args: argparse.Namespace, upstream: subprocess.Popen[bytes], upstream_url: str
+) -> tuple[list[Run], dict[str, Any]]:
+    """All modes x client counts x reps, direct and gateway interleaved (ABBA order across reps)."""
+    gateway = start_gateway(procs, workdir, upstream_url)
+    direct = Endpoint("direct", upstream_url, "echo", {"upstream": upstream.pid})
+    proxied = Endpoint("gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid})
+    runs: list[Run] = []
+    total = len(args.modes) * len(args.clients) * args.reps * 2
+    for mode in args.modes:
+        for clients in args.clients:
+            for rep in range(args.reps):
+                pair = (direct, proxied) if rep % 2 == 0 else (proxied, direct)
+                for endpoint in pair:
+                    run = run_load(procs, workdir, endpoint, mode, clients, args, rep)
+                    runs.append(run)
+                    print(f"[{len(runs):2}/{total}] {progress_line(run)}", file=sys.stderr, flush=True)
+                    ensure_alive(gateway.child, "gateway", gateway.log)
+                    ensure_alive(upstream, "upstream", workdir / "upstream.log")
+    return runs, recording_state(workdir / "bench.db")
+
+
+def progress_line(run: Run) -> str:
+    cpu = f" gw {run.gateway_cpu_ms_per_call:.3f} ms/call" if run.gateway_cpu_ms_per_call is not None else ""
+    failed = f" FAILED {run.failed}: {run.first_failure}" if run.failed or run.first_failure else ""
+    return (
+        f"{run.mode:10} N={run.clients:<3} {run.kind:7} rep {run.rep}: {run.calls_per_s:8.1f} calls/s "
+        f"p50 {run.p50_ms:6.2f} p99 {run.p99_ms:6.2f} ms{cpu}{failed}"
+    )
+
+
+def recording_state(database: Path) -> dict[str, Any]:
+    """Whether the gateway recorded the calls: row counts of its invocation-like tables."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            counts = {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names if "invocation" in n}
+    except sqlite3.Error as exc:
+        return {"on": None, "detail": f"could not read {database.name}: {exc}"}
+    if not counts:
+        return {"on": False, "detail": f"no invocation table in the gateway database (tables: {', '.join(names)})"}
+    return {"on": any(counts.values()), "rows": counts}
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+def summarise(runs: list[Run]) -> list[Summary]:
+    groups: dict[tuple[str, int, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.mode, run.clients, run.kind), []).append(run)
+    return [
+        Summary(
+            mode=mode,
+            clients=clients,
+            kind=kind,
+            reps=len(group),
+            calls_per_s=statistics.median(r.calls_per_s for r in group),
+            p50_ms=statistics.median(r.p50_ms for r in group),
+            p99_ms=statistics.median(r.p99_ms for r in group),
+            gateway_cpu_ms_per_call=median_or_none(r.gateway_cpu_ms_per_call for r in group),
+            upstream_cpu_ms_per_call=median_or_none(r.upstream_cpu_ms_per_call for r in group),
+            loadgen_cpu_util=statistics.median(r.loadgen_cpu_util for r in group),
+            failed=sum(r.failed for r in group),
+        )
+        for (mode, clients, kind), group in groups.items()
+    ]
+
+
+def median_or_none(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def compare(summaries: list[Summary]) -> list[Comparison]:
+    by_key = {(s.mode, s.clients, s.kind): s for s in summaries}
+    comparisons = []
+    for (mode, clients, kind), gateway in by_key.items():
+        direct = by_key.get((mode, clients, "direct"))
+        if kind != "gateway" or direct is None:
+            continue
+        comparisons.append(
+            Comparison(
+                mode=mode,
+                clients=clients,
+                throughput_ratio=gateway.calls_per_s / direct.calls_per_s,
+                added_p50_ms=gateway.p50_ms - direct.p50_ms,
+                added_p99_ms=gateway.p99_ms - direct.p99_ms,
+            )
+        )
+    return comparisons
+
+
+def check_targets(summaries: list[Summary], comparisons: list[Comparison], modes: list[str]) -> list[Check]:
+    by_key = {(c.mode, c.clients): c for c in comparisons}
+    checks = []
+    for mode in modes:
+        at16, at1 = by_key.get((mode, 16)), by_key.get((mode, 1))
+        ratio = at16.throughput_ratio if at16 else None
+        added = at1.added_p50_ms if at1 else None
+        checks.append(Check("throughput ratio >= 0.8", mode, 16, ratio, TARGET_THROUGHPUT_RATIO, _at_least(ratio)))
+        checks.append(Check("added p50 <= 1 ms", mode, 1, added, TARGET_ADDED_P50_MS, _at_most(added, 1.0)))
+    for s in summaries:
+        if s.kind == "gateway":
+            cpu = s.gateway_cpu_ms_per_call
+            limit = TARGET_GATEWAY_CPU_MS
+            checks.append(Check("gateway CPU <= 0.6 ms/call", s.mode, s.clients, cpu, limit, _at_most(cpu, limit)))
+    return checks
+
+
+def _at_least(value: float | None) -> bool | None:
+    return None if value is None else value >= TARGET_THROUGHPUT_RATIO
+
+
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str:
+    rows = [
+        f"{'mode':10} {'N':>3} {'target':8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'gw cpu ms/call':>14} {'up cpu ms/call':>14} {'loadgen cpu':>11} {'failed':>6}"
+    ]
+    ratios = {(c.mode, c.clients): c for c in comparisons}
+    for s in sorted(summaries, key=lambda s: (s.mode, s.clients, s.kind != "direct")):
+        gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
+        up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
+        rows.append(
+            f"{s.mode:10} {s.clients:>3} {s.kind:8} {s.calls_per_s:9.1f} {s.p50_ms:8.2f} {s.p99_ms:8.2f} "
+            f"{gw:>14} {up:>14} {s.loadgen_cpu_util * 100:10.0f}% {s.failed:>6}"
+        )
+        c = ratios.get((s.mode, s.clients))
+        if s.kind == "gateway" and c is not None:
+            rows.append(
+                f"{'':15}-> gateway/direct throughput {c.throughput_ratio:.2f}, "
+                f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms"
+            )
+    return "\n".join(rows)
+
+
+def format_checks(checks: list[Check]) -> str:
+    rows = []
+    for c in checks:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[c.passed]
+        value = "not measured" if c.value is None else f"{c.value:.3f}"
+        rows.append(f"  {verdict}  {c.target:28} {c.mode:10} N={c.clients:<3} {value}")
+    return "\n".join(rows)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "mcp_sdk": package_version("mcp"),
+        "mcpgw": package_version("mcpgw"),
+        "git": git_describe(),
+    }
+
+
+def git_describe() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "reps": args.reps,
+        "clients": args.clients,
+        "modes": args.modes,
+        "upstream": "python -m gateway.demo (stock)" if args.stock_demo else "bench/upstream.py (gateway.demo app)",
+        "statistic": "median over reps; p50/p99 are nearest-rank per run",
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+# --------------------------------------------------------------------------- modes of this script
+
+
+def benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
+    started = machine()
+    upstream, upstream_url = start_upstream(procs, workdir, args.stock_demo)
+    runs, recording = run_matrix(procs, workdir, args, upstream, upstream_url)
+    summaries = summarise(runs)
+    comparisons = compare(summaries)
+    checks = check_targets(summaries, comparisons, args.modes)
+    print()
+    print(format_table(summaries, comparisons))
+    print(f"\nrecording: {recording}")
+    print(f"targets (DESIGN.md section 8), nproc={started['nproc']}:")
+    print(format_checks(checks))
+    write_json(
+        args.out,
+        {
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": started,
+            "settings": settings(args),
+            "recording": recording,
+            "targets": [asdict(c) for c in checks],
+            "comparisons": [asdict(c) for c in comparisons],
+            "summary": [asdict(s) for s in summaries],
+            "runs": [asdict(r) for r in runs],
+        },
+    )
+    return 1 if any(r.failed or r.first_failure for r in runs) else 0
+
+
+def profile(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
+    """Per mode: a fresh gateway under the profiler, one run at the largest client count, top functions."""
+    profiler = _profile.pick_profiler(args.profiler)
+    clients = max(args.clients)
+    upstream, upstream_url = start_upstream(procs, workdir, args.stock_demo)
+    document: dict[str, Any] = {"machine": machine(), "settings": settings(args), "profiler": profiler, "modes": {}}
+    for mode in args.modes:
+        output = args.out.parent / f"profile-{mode}.{'raw.txt' if profiler == 'py-spy' else 'prof'}"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.unlink(missing_ok=True)
+        gateway = start_gateway(procs, workdir, upstream_url, profiler, output)
+        endpoint = Endpoint("gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid})
+        run = run_load(procs, workdir, endpoint, mode, clients, args, rep=0)
+        stop_profiled_gateway(gateway)
+        print(f"\n=== {mode}, {clients} clients, gateway under {profiler}: {progress_line(run)}")
+        if not output.exists():
+            raise RuntimeError(f"{profiler} wrote no profile:\n{log_tail(gateway.log)}")
+        ranked, samples = _profile.rank(profiler, output)
+        unit = "samples" if profiler == "py-spy" else "calls"
+        print(f"profile: {output} ({samples} {unit}); ms/call = share x measured gateway CPU/call (inflated)")
+        for by in ("self", "total"):
+            print(f"\ntop {args.top} by {by}:")
+            print(_profile.format_top(ranked, by, args.top, run.gateway_cpu_ms_per_call))
+        print("\nself time by package:")
+        print(_profile.format_packages(ranked, 15, run.gateway_cpu_ms_per_call))
+        document["modes"][mode] = {
+            "run": asdict(run),
+            "profile_file": str(output),
+            "samples": samples,
+            "top_self": [asdict(r) for r in _profile.top(ranked, "self", args.top)],
+            "top_total": [asdict(r) for r in _profile.top(ranked, "total", args.top)],
+            "self_by_package": dict(_profile.by_package(ranked)),
+        }
+    write_json(args.out, document)
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job may have it ignored
+        signal.signal(signum, _raise_interrupt)
+    with tempfile.TemporaryDirectory(prefix="mcpgw-bench-") as tmp, Processes() as procs:
+        try:
+            return (profile if args.profile else benchmark)(args, procs, Path(tmp))
+        except KeyboardInterrupt:
+            print("\ninterrupted; stopping child processes", file=sys.stderr)
+            return 130
+        except StartupError as exc:
+            print(f"\nbench: {exc}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

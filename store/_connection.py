@@ -1,0 +1,81 @@
+"""Opening and configuring the aiosqlite connection a SqliteStore runs on."""
+
+from __future__ import annotations
+
+import sqlite3
+from functools import partial
+from pathlib import Path
+
+import aiosqlite
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._sqlite_errors import is_busy
+
+__all__ = ["BUSY_TIMEOUT_MS", "configure", "connect"]
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for another connection's lock before failing."""
+
+_PRAGMAS = (
+    "PRAGMA synchronous = NORMAL",  # with WAL: durable at each checkpoint, never corrupt
+    "PRAGMA foreign_keys = ON",
+)
+
+
+async def connect(path: str | Path) -> aiosqlite.Connection:
+    """Open ``path`` in autocommit mode (``isolation_level=None``); raise sqlite3 errors.
+
+    The sqlite3 connection is opened first, in a worker thread, and only then handed to
+    aiosqlite: when ``aiosqlite.connect`` itself fails to open a file it leaves its worker
+    thread finishing after the caller has moved on (a thread exception once the loop closes).
+    """
+    opener = partial(
+        sqlite3.connect,
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,  # used by one thread at a time: this one, then aiosqlite's
+    )
+    with anyio.CancelScope(shield=True):  # opening does not wait for locks; keep the result
+        raw = await anyio.to_thread.run_sync(opener)
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return await aiosqlite.Connection(lambda: raw, iter_chunk_size=64)
+    except BaseException:
+        raw.close()
+        raise
+
+
+async def configure(conn: aiosqlite.Connection) -> None:
+    """Set the per-connection pragmas and switch the file to WAL if it is not already."""
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    await _use_wal(conn)
+    for pragma in _PRAGMAS:
+        await conn.execute(pragma)
+
+
+async def _journal_mode(conn: aiosqlite.Connection, sql: str) -> str:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return "" if row is None else str(row[0])
+
+
+async def _use_wal(conn: aiosqlite.Connection) -> None:
+    """Switch to WAL. SQLite does not call the busy handler for this (it needs an exclusive
+    lock and fails at once when another connection is opening the file too), so retry here,
+    backing off, until the busy timeout has passed."""
+    deadline = anyio.current_time() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            if await _journal_mode(conn, "PRAGMA journal_mode") == "wal":
+                return
+            await _journal_mode(conn, "PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or anyio.current_time() + delay > deadline:
+                raise
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.05)
