@@ -33,7 +33,7 @@ def _read_all(db_path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
 
 
-def test_sqlite_store_satisfies_the_store_protocol(store: SqliteStore) -> None:
+async def test_sqlite_store_satisfies_the_store_protocol(store: SqliteStore) -> None:
     as_protocol: Store = store  # checked by mypy
 
     assert as_protocol is store

@@ -1,0 +1,250 @@
+"""The host-facing endpoint on bad input: each case gets the right status and error, never a 500 or a hang."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.harness import RunningGateway, demo_stdio_yaml, serve_gateway, write_config
+
+TIMEOUT = 20.0
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+ACCEPT = {"accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+async def keyed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    config = write_config(
+        tmp_path_factory.mktemp("keyed"),
+        f"""
+database: ./gw.db
+auth: {{required: true}}
+security: {{max_body_bytes: 4096}}
+upstreams:{demo_stdio_yaml(extra="    tools: {deny: [fail]}")}
+""",
+    )
+    async with serve_gateway(config) as running:
+        yield running
+
+
+async def new_key(gateway: RunningGateway, organisation: str = "acme") -> tuple[str, str]:
+    store = gateway.gateway.store
+    org = await store.ensure_organisation(organisation)
+    created = await store.create_api_key(org.id)
+    return org.id, created.secret
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=TIMEOUT) as client:
+        yield client
+
+
+async def open_session(http: httpx2.AsyncClient, url: str, key: str) -> str:
+    response = await http.post(url, json=INIT, headers={**ACCEPT, "x-api-key": key})
+    assert response.status_code == 200
+    session_id = response.headers["mcp-session-id"]
+    await http.post(
+        url,
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={**ACCEPT, "x-api-key": key, "mcp-session-id": session_id},
+    )
+    return session_id
+
+
+async def rpc(
+    http: httpx2.AsyncClient, url: str, key: str, session: str, method: str, params: dict[str, Any]
+) -> httpx2.Response:
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
+    with anyio.fail_after(TIMEOUT):
+        return await http.post(url, json=body, headers={**ACCEPT, "x-api-key": key, "mcp-session-id": session})
+
+
+async def test_missing_key_is_401_with_www_authenticate(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    response = await http.post(keyed.url, json=INIT, headers=ACCEPT)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "missing API key" in response.json()["error"]["message"]
+
+
+async def test_unknown_key_is_401(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    response = await http.post(keyed.url, json=INIT, headers={**ACCEPT, "authorization": "Bearer mgw_nope"})
+    assert response.status_code == 401
+    assert "unknown API key" in response.json()["error"]["message"]
+
+
+async def test_key_works_as_bearer_or_x_api_key(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    for headers in ({"authorization": f"Bearer {key}"}, {"x-api-key": key}):
+        response = await http.post(keyed.url, json=INIT, headers={**ACCEPT, **headers})
+        assert response.status_code == 200, response.text
+        assert response.json()["result"]["serverInfo"]["name"] == "mcpgw"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", -32700),
+        (b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": 5}', -32600),
+        (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}', -32600),
+        (b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]', -32600),
+        (b'"just a string"', -32600),
+    ],
+    ids=["malformed", "wrong-version", "method-not-string", "id-object", "batch", "not-object"],
+)
+async def test_malformed_bodies_are_400_with_json_rpc_error(
+    keyed: RunningGateway, http: httpx2.AsyncClient, body: bytes, code: int
+) -> None:
+    _, key = await new_key(keyed)
+    response = await http.post(
+        keyed.url, content=body, headers={**ACCEPT, "x-api-key": key, "content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
+async def test_oversized_body_is_413(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    big = {**INIT, "params": {**INIT["params"], "padding": "x" * 10_000}}  # type: ignore[dict-item]
+    response = await http.post(keyed.url, json=big, headers={**ACCEPT, "x-api-key": key})
+    assert response.status_code == 413
+
+
+async def test_request_without_session_id_is_400(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    response = await http.post(keyed.url, json=body, headers={**ACCEPT, "x-api-key": key})
+    assert response.status_code == 400
+    assert "Mcp-Session-Id" in response.json()["error"]["message"]
+
+
+async def test_unknown_session_is_404(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    response = await rpc(http, keyed.url, key, "no-such-session", "tools/list", {})
+    assert response.status_code == 404
+
+
+async def test_session_of_another_key_is_404(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, owner = await new_key(keyed)
+    _, other = await new_key(keyed)
+    _, foreign = await new_key(keyed, "globex")
+    session = await open_session(http, keyed.url, owner)
+    assert (await rpc(http, keyed.url, owner, session, "ping", {})).status_code == 200
+    assert (await rpc(http, keyed.url, other, session, "ping", {})).status_code == 404
+    assert (await rpc(http, keyed.url, foreign, session, "ping", {})).status_code == 404
+
+
+async def test_organisation_url_of_another_tenant_is_404(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    organisation, key = await new_key(keyed)
+    other_org, _ = await new_key(keyed, "initech")
+    mine = await http.post(f"{keyed.url}/{organisation}", json=INIT, headers={**ACCEPT, "x-api-key": key})
+    theirs = await http.post(f"{keyed.url}/{other_org}", json=INIT, headers={**ACCEPT, "x-api-key": key})
+    assert mine.status_code == 200
+    assert theirs.status_code == 404
+
+
+async def test_unknown_method_is_method_not_found(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    response = await rpc(http, keyed.url, key, session, "tools/frobnicate", {})
+    assert response.json()["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize("name", ["demo__nope", "nope", "demo__fail", "", "other__echo"])
+async def test_unknown_or_filtered_tool_is_invalid_params(
+    keyed: RunningGateway, http: httpx2.AsyncClient, name: str
+) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    response = await rpc(http, keyed.url, key, session, "tools/call", {"name": name, "arguments": {}})
+    assert response.status_code == 200
+    assert response.json()["error"]["code"] == -32602
+    assert "Unknown tool" in response.json()["error"]["message"]
+
+
+async def test_filtered_tool_is_not_listed(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    response = await rpc(http, keyed.url, key, session, "tools/list", {})
+    names = {tool["name"] for tool in response.json()["result"]["tools"]}
+    assert "demo__echo" in names
+    assert "demo__fail" not in names
+
+
+async def test_tool_call_without_a_name_is_invalid_params(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    response = await rpc(http, keyed.url, key, session, "tools/call", {"arguments": {}})
+    assert response.json()["error"]["code"] == -32602
+
+
+async def test_delete_ends_the_session(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    deleted = await http.delete(keyed.url, headers={"x-api-key": key, "mcp-session-id": session})
+    assert deleted.status_code == 200
+    assert (await rpc(http, keyed.url, key, session, "ping", {})).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"host": "evil.example:8080"}, 421), ({"origin": "http://evil.example"}, 403)],
+    ids=["host", "origin"],
+)
+async def test_dns_rebinding_is_refused(
+    keyed: RunningGateway, http: httpx2.AsyncClient, headers: dict[str, str], status: int
+) -> None:
+    _, key = await new_key(keyed)
+    response = await http.post(keyed.url, json=INIT, headers={**ACCEPT, "x-api-key": key, **headers})
+    assert response.status_code == status
+
+
+async def test_loopback_origin_is_allowed(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    headers = {**ACCEPT, "x-api-key": key, "origin": "http://localhost:6274"}  # the MCP Inspector's origin
+    assert (await http.post(keyed.url, json=INIT, headers=headers)).status_code == 200
+
+
+async def test_modern_request_with_mismatched_name_header_is_400(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    _, key = await new_key(keyed)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "demo__echo", "_meta": meta}}
+    headers = {
+        **ACCEPT,
+        "x-api-key": key,
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "demo__other",
+    }
+    response = await http.post(keyed.url, json=body, headers=headers)
+    assert response.status_code == 400
+    assert "mcp-name" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_sdk_client_with_a_key_calls_tools(keyed: RunningGateway, mode: str) -> None:
+    _, key = await new_key(keyed)
+    async with (
+        httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}) as http,
+        Client(streamable_http_client(keyed.url, http_client=http), mode=mode) as client,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            result = await client.call_tool("demo__echo", {"text": "with a key"})
+    assert result.content[0].model_dump()["text"] == "with a key"
