@@ -8,6 +8,7 @@ files (never to an unread pipe, which could fill up and stall the child).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,9 @@ class Processes:
         for child in reversed(self._children):
             stop(child)
 
-    def spawn(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             child = subprocess.Popen(
                 list(argv),
@@ -70,10 +73,8 @@ def stop(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
 
 
 def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, sig)  # start_new_session: the group id is the child's pid
-    except ProcessLookupError:
-        pass
 
 
 def log_tail(log: Path, lines: int = 20) -> str:

@@ -124,17 +124,25 @@ def _short(frame: str) -> str:
 
 def by_package(ranked: list[Ranked]) -> list[tuple[str, float]]:
     """Self share summed by the top-level package (or stdlib module) of each function's file."""
-    shares: Counter[str] = Counter()
+    shares: dict[str, float] = {}
     for r in ranked:
-        location = r.function.rpartition(" (")[2]
-        shares[location.split("/", 1)[0].removesuffix(")").rsplit(".py", 1)[0].rsplit(":", 1)[0]] += r.self_share
-    return shares.most_common()
+        package = _package(r.function)
+        shares[package] = shares.get(package, 0.0) + r.self_share
+    return sorted(shares.items(), key=lambda item: item[1], reverse=True)
+
+
+def _package(function: str) -> str:
+    """`h11` for `validate (h11/_util.py:84)`, `threading` for `Condition.wait (threading.py:295)`."""
+    location = function.rpartition(" (")[2].removesuffix(")").rsplit(":", 1)[0]
+    return location.split("/", 1)[0].removesuffix(".py")
 
 
 def format_packages(ranked: list[Ranked], n: int, cpu_ms_per_call: float | None) -> str:
     per_call = cpu_ms_per_call or 0.0
     lines = [f"  {'self%':>6} {'ms/call':>8}  package"]
-    lines += [f"  {share * 100:6.1f} {share * per_call:8.3f}  {name}" for name, share in by_package(ranked)[:n]]
+    lines += [
+        f"  {share * 100:6.1f} {share * per_call:8.3f}  {name}" for name, share in by_package(ranked)[:n]
+    ]
     return "\n".join(lines)
 
 

@@ -45,7 +45,9 @@ class Snapshot:
 
 
 def snapshot(pids: dict[str, int]) -> Snapshot:
-    return Snapshot(time.perf_counter(), time.process_time(), {k: process_cpu_seconds(p) for k, p in pids.items()})
+    return Snapshot(
+        time.perf_counter(), time.process_time(), {k: process_cpu_seconds(p) for k, p in pids.items()}
+    )
 
 
 @dataclass
@@ -82,7 +84,9 @@ async def call_loop(client: Client, tool: str, text: str, calls: Calls, stop: an
             calls.latency.append(finished - started)
 
 
-async def measure(warmup: float, seconds: float, pids: dict[str, int], stop: anyio.Event) -> tuple[Snapshot, Snapshot]:
+async def measure(
+    warmup: float, seconds: float, pids: dict[str, int], stop: anyio.Event
+) -> tuple[Snapshot, Snapshot]:
     """Sleep through the warm-up, snapshot, sleep through the window, snapshot, stop the clients."""
     await anyio.sleep(warmup)
     first = snapshot(pids)
@@ -94,13 +98,16 @@ async def measure(warmup: float, seconds: float, pids: dict[str, int], stop: any
 
 def summarise(calls: Calls, first: Snapshot, last: Snapshot, clients: int) -> dict[str, Any]:
     """The window's calls and CPU deltas, as the JSON document run.py reads."""
-    inside = [lat for at, lat in zip(calls.done_at, calls.latency, strict=True) if first.wall <= at < last.wall]
+    inside = [
+        lat for at, lat in zip(calls.done_at, calls.latency, strict=True) if first.wall <= at < last.wall
+    ]
     failed = sum(1 for at in calls.failed_at if first.wall <= at < last.wall)
     window = last.wall - first.wall
     return {
         "clients": clients,
         "window_s": window,
         "calls": len(inside),
+        "calls_total": len(calls.done_at),  # warm-up included
         "latencies_ms": [round(lat * 1000, 4) for lat in inside],
         "failed_in_window": failed,
         "failures_total": dict(calls.failures),
@@ -108,6 +115,10 @@ def summarise(calls: Calls, first: Snapshot, last: Snapshot, clients: int) -> di
         "cpu_s": {k: last.cpu[k] - first.cpu[k] for k in last.cpu},
         "loadgen_cpu_s": last.own_cpu - first.own_cpu,
     }
+
+
+def write_result(path: str, summary: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(summary))  # once, after the window: blocking is harmless here
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     tg.start_soon(call_loop, client, args.tool, args.text, calls, stop)
                 tg.start_soon(timed)
             summary = summarise(calls, *window[0], args.clients)
-            Path(args.result).write_text(json.dumps(summary))  # before the sessions close
+            write_result(args.result, summary)  # before the sessions close
     return summary
 
 

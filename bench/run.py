@@ -33,14 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
+import urllib.parse
+from contextlib import closing, suppress
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import (  # noqa: E402  (bench/ is not a package)
+import _profile
+from _procs import (
     ROOT,
     Processes,
     StartupError,
@@ -52,11 +54,11 @@ from _procs import (  # noqa: E402  (bench/ is not a package)
     wait_for_line,
 )
 
-import _profile  # noqa: E402
-
 BENCH = Path(__file__).resolve().parent
 STARTUP_TIMEOUT_S = 60.0
 LOADGEN_SLACK_S = 150.0  # connect + teardown allowance on top of warm-up + window
+TIME_WAIT_S = 60.0  # Linux TCP_TIMEWAIT_LEN
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = ("legacy", "2026-07-28")
 CLIENTS = (1, 16)
 
@@ -77,6 +79,7 @@ class Endpoint:
     url: str
     tool: str
     watch: dict[str, int]  # label -> pid
+    upstream_port: int  # connections to it are counted (churn)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Run:
     gateway_cpu_ms_per_call: float | None
     upstream_cpu_ms_per_call: float | None
     loadgen_cpu_util: float  # CPU seconds / wall seconds of the load generator process
+    upstream_closes_per_call: float  # TCP connections to the upstream that ended, per call (churn)
     first_failure: str | None
 
 
@@ -114,6 +118,7 @@ class Summary:
     gateway_cpu_ms_per_call: float | None
     upstream_cpu_ms_per_call: float | None
     loadgen_cpu_util: float
+    upstream_closes_per_call: float
     failed: int
 
 
@@ -143,11 +148,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each direct/gateway pair (default 3)")
+    parser.add_argument(
+        "--reps", type=int, default=3, help="repetitions of each direct/gateway pair (default 3)"
+    )
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts (default 1,16)")
     parser.add_argument("--modes", default=",".join(MODES), help="protocol modes (default legacy,2026-07-28)")
-    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/latest.json or profile.json)")
-    parser.add_argument("--profile", action="store_true", help="profile the gateway at the largest client count")
+    parser.add_argument(
+        "--out", type=Path, help="JSON output (default bench/results/latest.json or profile.json)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the gateway at the largest client count"
+    )
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile table (default 25)")
     parser.add_argument("--stock-demo", action="store_true", help="run `python -m gateway.demo` unmodified")
@@ -176,6 +187,12 @@ def start_upstream(procs: Processes, workdir: Path, stock: bool) -> tuple[subpro
     return child, line.split()[1]
 
 
+def port_of(url: str) -> int:
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
 def write_config(workdir: Path, upstream_url: str, port: int) -> Path:
     config = workdir / "gateway.yaml"
     config.write_text(
@@ -199,7 +216,11 @@ class GatewayProcess:
 
 
 def start_gateway(
-    procs: Processes, workdir: Path, upstream_url: str, profiler: str | None = None, profile_out: Path | None = None
+    procs: Processes,
+    workdir: Path,
+    upstream_url: str,
+    profiler: str | None = None,
+    profile_out: Path | None = None,
 ) -> GatewayProcess:
     """Start `mcpgw serve` (optionally under a profiler) and wait until its /healthz answers."""
     port = free_port()
@@ -219,9 +240,13 @@ def start_gateway(
 
 
 def stop_profiled_gateway(gateway: GatewayProcess) -> None:
-    """SIGTERM the gateway itself so it shuts down cleanly and the profiler writes its output."""
+    """SIGINT the gateway itself so it shuts down cleanly and the profiler writes its output.
+
+    Not SIGTERM: uvicorn re-raises the signal it stopped for, and a default SIGTERM kills
+    the process before cProfile writes; SIGINT becomes KeyboardInterrupt, which lets it.
+    """
     try:
-        os.kill(gateway.pid, signal.SIGTERM)
+        os.kill(gateway.pid, signal.SIGINT)
         gateway.child.wait(timeout=60)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
@@ -237,31 +262,58 @@ def ensure_alive(child: subprocess.Popen[bytes], name: str, log: Path) -> None:
 
 
 def run_load(
-    procs: Processes, workdir: Path, endpoint: Endpoint, mode: str, clients: int, args: argparse.Namespace, rep: int
+    procs: Processes,
+    workdir: Path,
+    endpoint: Endpoint,
+    mode: str,
+    clients: int,
+    args: argparse.Namespace,
+    rep: int,
 ) -> Run:
     """One load-generator process against `endpoint`; its numbers as a `Run`."""
     stem = f"{mode}-{clients}-{endpoint.kind}-{rep}"
     result_file, log = workdir / f"{stem}.json", workdir / f"{stem}.log"
     argv = [
         sys.executable, str(BENCH / "loadgen.py"), "--url", endpoint.url, "--tool", endpoint.tool,
-        "--mode", mode, "--clients", str(clients), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
-        "--result", str(result_file),
+        "--mode", mode, "--clients", str(clients), "--result", str(result_file),
+        "--warmup", str(args.warmup), "--seconds", str(args.seconds),
         *(f"--cpu-pid={label}={pid}" for label, pid in endpoint.watch.items()),
     ]  # fmt: skip
+    started = time.monotonic()
     child = procs.spawn(argv, log)
-    try:
+    with suppress(subprocess.TimeoutExpired):
         child.wait(timeout=args.warmup + args.seconds + LOADGEN_SLACK_S)
-    except subprocess.TimeoutExpired:
-        pass
     stop(child)
     if not result_file.exists():
         raise RuntimeError(f"load generator {stem} failed (code {child.returncode}):\n{log_tail(log)}")
     if child.returncode != 0:
-        print(f"  note: load generator {stem} exited {child.returncode} after writing its result", file=sys.stderr)
-    return to_run(json.loads(result_file.read_text()), mode, clients, endpoint.kind, rep)
+        print(
+            f"  note: load generator {stem} exited {child.returncode} after writing its result",
+            file=sys.stderr,
+        )
+    closed = closed_connections(endpoint.upstream_port, time.monotonic() - started)
+    return to_run(json.loads(result_file.read_text()), mode, clients, endpoint.kind, rep, closed)
 
 
-def to_run(raw: dict[str, Any], mode: str, clients: int, kind: str, rep: int) -> Run:
+def closed_connections(port: int, within_s: float) -> int:
+    """TCP connections to or from `port` that entered TIME_WAIT in the last `within_s` seconds.
+
+    Whichever side closes a connection first keeps it in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN);
+    /proc/net/tcp shows the time left, so the young ones are the connections closed by this run.
+    Counting them shows connection churn: a client that reuses its connections closes none.
+    """
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, timer = fields[1], fields[2], fields[3], fields[5]
+        if state != "06" or port not in (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)):
+            continue
+        left_s = int(timer.split(":")[1], 16) / CLK_TCK
+        count += left_s > TIME_WAIT_S - within_s
+    return count
+
+
+def to_run(raw: dict[str, Any], mode: str, clients: int, kind: str, rep: int, closed: int) -> Run:
     latencies = sorted(raw["latencies_ms"])
     calls, window = raw["calls"], raw["window_s"]
     cpu = raw["cpu_s"]
@@ -284,6 +336,7 @@ def to_run(raw: dict[str, Any], mode: str, clients: int, kind: str, rep: int) ->
         gateway_cpu_ms_per_call=per_call("gateway"),
         upstream_cpu_ms_per_call=per_call("upstream"),
         loadgen_cpu_util=raw["loadgen_cpu_s"] / window,
+        upstream_closes_per_call=closed / max(1, raw["calls_total"]),
         first_failure=raw["first_failure"],
     )
 
@@ -299,12 +352,19 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 def run_matrix(
-    procs: Processes, workdir: Path, args: argparse.Namespace, upstream: subprocess.Popen[bytes], upstream_url: str
+    procs: Processes,
+    workdir: Path,
+    args: argparse.Namespace,
+    upstream: subprocess.Popen[bytes],
+    upstream_url: str,
 ) -> tuple[list[Run], dict[str, Any]]:
     """All modes x client counts x reps, direct and gateway interleaved (ABBA order across reps)."""
     gateway = start_gateway(procs, workdir, upstream_url)
-    direct = Endpoint("direct", upstream_url, "echo", {"upstream": upstream.pid})
-    proxied = Endpoint("gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid})
+    port = port_of(upstream_url)
+    direct = Endpoint("direct", upstream_url, "echo", {"upstream": upstream.pid}, port)
+    proxied = Endpoint(
+        "gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid}, port
+    )
     runs: list[Run] = []
     total = len(args.modes) * len(args.clients) * args.reps * 2
     for mode in args.modes:
@@ -334,11 +394,18 @@ def recording_state(database: Path) -> dict[str, Any]:
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
             names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            counts = {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names if "invocation" in n}
+            counts = {
+                n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]
+                for n in names
+                if "invocation" in n
+            }
     except sqlite3.Error as exc:
         return {"on": None, "detail": f"could not read {database.name}: {exc}"}
     if not counts:
-        return {"on": False, "detail": f"no invocation table in the gateway database (tables: {', '.join(names)})"}
+        return {
+            "on": False,
+            "detail": f"no invocation table in the gateway database (tables: {', '.join(names)})",
+        }
     return {"on": any(counts.values()), "rows": counts}
 
 
@@ -361,6 +428,7 @@ def summarise(runs: list[Run]) -> list[Summary]:
             gateway_cpu_ms_per_call=median_or_none(r.gateway_cpu_ms_per_call for r in group),
             upstream_cpu_ms_per_call=median_or_none(r.upstream_cpu_ms_per_call for r in group),
             loadgen_cpu_util=statistics.median(r.loadgen_cpu_util for r in group),
+            upstream_closes_per_call=statistics.median(r.upstream_closes_per_call for r in group),
             failed=sum(r.failed for r in group),
         )
         for (mode, clients, kind), group in groups.items()
@@ -398,13 +466,17 @@ def check_targets(summaries: list[Summary], comparisons: list[Comparison], modes
         at16, at1 = by_key.get((mode, 16)), by_key.get((mode, 1))
         ratio = at16.throughput_ratio if at16 else None
         added = at1.added_p50_ms if at1 else None
-        checks.append(Check("throughput ratio >= 0.8", mode, 16, ratio, TARGET_THROUGHPUT_RATIO, _at_least(ratio)))
+        checks.append(
+            Check("throughput ratio >= 0.8", mode, 16, ratio, TARGET_THROUGHPUT_RATIO, _at_least(ratio))
+        )
         checks.append(Check("added p50 <= 1 ms", mode, 1, added, TARGET_ADDED_P50_MS, _at_most(added, 1.0)))
     for s in summaries:
         if s.kind == "gateway":
             cpu = s.gateway_cpu_ms_per_call
             limit = TARGET_GATEWAY_CPU_MS
-            checks.append(Check("gateway CPU <= 0.6 ms/call", s.mode, s.clients, cpu, limit, _at_most(cpu, limit)))
+            checks.append(
+                Check("gateway CPU <= 0.6 ms/call", s.mode, s.clients, cpu, limit, _at_most(cpu, limit))
+            )
     return checks
 
 
@@ -422,7 +494,8 @@ def _at_most(value: float | None, limit: float) -> bool | None:
 def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str:
     rows = [
         f"{'mode':10} {'N':>3} {'target':8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'gw cpu ms/call':>14} {'up cpu ms/call':>14} {'loadgen cpu':>11} {'failed':>6}"
+        f"{'gw cpu ms/call':>14} {'up cpu ms/call':>14} {'loadgen cpu':>11} {'up conns/call':>13} "
+        f"{'failed':>6}"
     ]
     ratios = {(c.mode, c.clients): c for c in comparisons}
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, s.kind != "direct")):
@@ -430,7 +503,8 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
         rows.append(
             f"{s.mode:10} {s.clients:>3} {s.kind:8} {s.calls_per_s:9.1f} {s.p50_ms:8.2f} {s.p99_ms:8.2f} "
-            f"{gw:>14} {up:>14} {s.loadgen_cpu_util * 100:10.0f}% {s.failed:>6}"
+            f"{gw:>14} {up:>14} {s.loadgen_cpu_util * 100:10.0f}% "
+            f"{s.upstream_closes_per_call:13.2f} {s.failed:>6}"
         )
         c = ratios.get((s.mode, s.clients))
         if s.kind == "gateway" and c is not None:
@@ -467,7 +541,10 @@ def machine() -> dict[str, Any]:
 def git_describe() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -481,7 +558,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "reps": args.reps,
         "clients": args.clients,
         "modes": args.modes,
-        "upstream": "python -m gateway.demo (stock)" if args.stock_demo else "bench/upstream.py (gateway.demo app)",
+        "upstream": "python -m gateway.demo (stock)"
+        if args.stock_demo
+        else "bench/upstream.py (gateway.demo app)",
         "statistic": "median over reps; p50/p99 are nearest-rank per run",
     }
 
@@ -528,13 +607,19 @@ def profile(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
     profiler = _profile.pick_profiler(args.profiler)
     clients = max(args.clients)
     upstream, upstream_url = start_upstream(procs, workdir, args.stock_demo)
-    document: dict[str, Any] = {"machine": machine(), "settings": settings(args), "profiler": profiler, "modes": {}}
+    document: dict[str, Any] = {
+        "machine": machine(),
+        "settings": settings(args),
+        "profiler": profiler,
+        "modes": {},
+    }
     for mode in args.modes:
         output = args.out.parent / f"profile-{mode}.{'raw.txt' if profiler == 'py-spy' else 'prof'}"
         output.parent.mkdir(parents=True, exist_ok=True)
         output.unlink(missing_ok=True)
         gateway = start_gateway(procs, workdir, upstream_url, profiler, output)
-        endpoint = Endpoint("gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid})
+        watch = {"gateway": gateway.pid, "upstream": upstream.pid}
+        endpoint = Endpoint("gateway", gateway.url, "demo__echo", watch, port_of(upstream_url))
         run = run_load(procs, workdir, endpoint, mode, clients, args, rep=0)
         stop_profiled_gateway(gateway)
         print(f"\n=== {mode}, {clients} clients, gateway under {profiler}: {progress_line(run)}")

@@ -19,13 +19,14 @@ of SSE; `--stateless` serves the handshake era without sessions.
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
 (sampling), wait (timeouts/cancellation), touch (resources/updated to
-subscribers), add_tool (tools/list_changed). Also a `demo://readme` resource, a
+subscribers), add_tool (tools/list_changed), crash (exits mid-call). Also a `demo://readme` resource, a
 `demo://greeting/{name}` template, a `greet` prompt and argument completion for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import warnings
 from collections.abc import Mapping
@@ -179,6 +180,11 @@ async def sample_haiku(topic: str, sampled: Annotated[CreateMessageResult, Resol
 async def wait(seconds: float) -> str:
     await anyio.sleep(seconds)
     return "waited"
+
+
+@mcp.tool(description="Exit this server process at once, mid-call (to see how a client copes with a crash).")
+def crash() -> str:
+    os._exit(3)
 
 
 @mcp.resource("demo://readme", name="readme", description="About this server.", mime_type="text/plain")

@@ -109,6 +109,10 @@ class HostSession:
     def open_upstreams(self) -> list[UpstreamSession]:
         return list(self._upstreams.values())
 
+    def upstream_session(self, name: str) -> UpstreamSession | None:
+        """The open upstream session for `name`, if this host session has one."""
+        return self._upstreams.get(name)
+
     async def upstream(self, name: str) -> UpstreamSession:
         """This session's upstream session for `name`, opened on first use or after a crash."""
         current = self._upstreams.get(name)
@@ -249,6 +253,10 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def sessions(self) -> list[HostSession]:
+        """Live sessions, oldest first."""
+        return list(self._sessions.values())
 
     def create(self, principal: Principal, handshake: Handshake, *, stateless: bool = False) -> HostSession:
         session_id = secrets.token_urlsafe(24)

@@ -57,6 +57,7 @@ class StdioChannel:
         self._write_lock = anyio.Lock()
         self._closed = False
         self._scope = anyio.CancelScope()
+        self.exited = anyio.Event()
 
     @classmethod
     async def start(
@@ -88,6 +89,10 @@ class StdioChannel:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         request_id = message["id"]
@@ -142,6 +147,7 @@ class StdioChannel:
             logger.warning("upstream %s: process exited (code %s)", self._name, self._process.returncode)
             self._closed = True
             self._fail_pending()
+        self.exited.set()
 
     async def _read_stdout(self) -> None:
         assert self._process.stdout is not None
@@ -205,9 +211,5 @@ class StdioChannel:
         for pending in list(self._pending.values()):
             pending.done.set()
 
-
-def child_pid(channel: StdioChannel) -> int:
-    """The child's pid, for tests that need to kill it (a crash cannot be produced otherwise)."""
-    return channel._process.pid
 
 
