@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_SPY_RATE_HZ = 250
+CPROFILE_IDLE = {"<method 'poll' of 'select.epoll' objects>"}  # the event loop waiting: not work
 EVENT_LOOP_DISPATCH = "Handle._run ("  # asyncio runs every task step and callback through it
 
 
@@ -99,6 +100,7 @@ def _below_event_loop(frames: list[str]) -> list[str]:
 
 def _rank_cprofile(output: Path) -> tuple[list[Ranked], int]:
     stats = pstats.Stats(str(output)).stats  # type: ignore[attr-defined]
+    stats = {key: row for key, row in stats.items() if key[2] not in CPROFILE_IDLE}
     total_time = sum(row[2] for row in stats.values()) or 1.0
     ranked = [
         Ranked(_short(f"{name} ({file}:{line})"), row[2] / total_time, row[3] / total_time)
@@ -133,8 +135,9 @@ def by_package(ranked: list[Ranked]) -> list[tuple[str, float]]:
 
 def _package(function: str) -> str:
     """`h11` for `validate (h11/_util.py:84)`, `threading` for `Condition.wait (threading.py:295)`."""
-    location = function.rpartition(" (")[2].removesuffix(")").rsplit(":", 1)[0]
-    return location.split("/", 1)[0].removesuffix(".py")
+    location = function.rpartition(" (")[2].removesuffix(")").rsplit(":", 1)[0].removeprefix("stdlib/")
+    package = location.split("/", 1)[0].removesuffix(".py")
+    return "(C builtins)" if package == "~" else package
 
 
 def format_packages(ranked: list[Ranked], n: int, cpu_ms_per_call: float | None) -> str:
