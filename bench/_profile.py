@@ -12,7 +12,8 @@ friends. Stacks under the import machinery (start-up) are left out. Self shares 
 summed by package (h11, httpcore2, anyio, gateway, ...).
 
 cProfile is the fallback when py-spy is missing; it profiles the whole process life and
-measures wall time inside functions (coroutine "cumulative" times are per resumption).
+measures wall time inside functions (the event loop's epoll wait left out; coroutine
+"cumulative" times are per resumption).
 
 Shares are also shown as milliseconds per call: share x the gateway CPU per call measured
 from /proc during the window (under the profiler, so inflated by its overhead).

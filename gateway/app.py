@@ -8,7 +8,7 @@ order, and left in reverse; nothing opens at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.config import GatewayConfig
 from gateway.hostauth import HostAuth
+from gateway.legacy_sse import LegacySse
 from gateway.httpio import OriginGuard
 from gateway.proxy import Proxy
 from gateway.recorder import NullRecorder, Recorder
@@ -50,7 +51,7 @@ class _Late:
     """An ASGI route target whose real handler exists only once the lifespan has started."""
 
     def __init__(self) -> None:
-        self.target: Endpoint | None = None
+        self.target: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.target is None:
@@ -92,12 +93,14 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
 
 
 def build_app(config: GatewayConfig, recorder: Recorder | None = None) -> Starlette:
-    mcp = _Late()
+    mcp, sse_stream, sse_message = _Late(), _Late(), _Late()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running_gateway(config, recorder) as gateway:
             mcp.target = gateway.endpoint
+            legacy = LegacySse(gateway.endpoint)
+            sse_stream.target, sse_message.target = legacy.stream, legacy.message
             app.state.gateway = gateway
             logger.info("mcpgw serving %d upstream(s): %s", len(config.upstreams), ", ".join(u.name for u in config.upstreams))
             yield
@@ -109,6 +112,8 @@ def build_app(config: GatewayConfig, recorder: Recorder | None = None) -> Starle
     routes = [
         Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
         Route("/mcp/{organisationId}", mcp, methods=["GET", "POST", "DELETE"]),
+        Route("/sse", sse_stream, methods=["GET"]),
+        Route("/messages", sse_message, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

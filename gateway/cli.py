@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Request lines name URLs, which can carry session ids: keep the HTTP client's chatter out.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         if args.command == "stdio":
             from gateway.bridge import run_bridge

@@ -13,7 +13,7 @@ Run it as::
 
 With `--http`, once the socket is listening the server prints one line
 ``READY http://<host>:<port>/mcp`` to stdout (so `--port 0` gives tests an
-ephemeral port). `--json-response` answers POSTs with `application/json` instead
+ephemeral port); `--sse` serves the legacy HTTP+SSE transport at /sse instead. `--json-response` answers POSTs with `application/json` instead
 of SSE; `--stateless` serves the handshake era without sessions.
 
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
@@ -251,23 +251,27 @@ async def _complete(
 mcp.completion()(_complete)  # type: ignore[no-untyped-call]  # the SDK decorator is unannotated
 
 
-def build_app(*, json_response: bool = False, stateless: bool = False, host: str = "127.0.0.1") -> Any:
-    """The Streamable HTTP ASGI app (endpoint `/mcp`)."""
+def build_app(
+    *, json_response: bool = False, stateless: bool = False, host: str = "127.0.0.1", sse: bool = False
+) -> Any:
+    """The Streamable HTTP ASGI app (endpoint `/mcp`), or with `sse` the legacy SSE app (`/sse`)."""
+    if sse:
+        return mcp.sse_app(host=host)
     return mcp.streamable_http_app(json_response=json_response, stateless_http=stateless, host=host)
 
 
-async def _serve_http(host: str, port: int, *, json_response: bool, stateless: bool) -> None:
+async def _serve_http(host: str, port: int, *, json_response: bool, stateless: bool, sse: bool) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
     bound = sock.getsockname()[1]
-    app = build_app(json_response=json_response, stateless=stateless, host=host)
+    app = build_app(json_response=json_response, stateless=stateless, host=host, sse=sse)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     # Connections queue in the listen backlog until uvicorn accepts them, so the URL is usable now.
-    print(f"READY http://{url_host}:{bound}/mcp", flush=True)
+    print(f"READY http://{url_host}:{bound}/{'sse' if sse else 'mcp'}", flush=True)
     await server.serve(sockets=[sock])
 
 
@@ -280,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json-response", action="store_true", help="answer with JSON bodies instead of SSE")
     parser.add_argument("--stateless", action="store_true", help="handshake era without sessions")
+    parser.add_argument("--sse", action="store_true", help="serve the legacy HTTP+SSE transport at /sse")
     args = parser.parse_args(argv)
-    if args.http:
-        opts = {"json_response": args.json_response, "stateless": args.stateless}
+    if args.http or args.sse:
+        opts = {"json_response": args.json_response, "stateless": args.stateless, "sse": args.sse}
         anyio.run(lambda: _serve_http(args.host, args.port, **opts))
     else:
         mcp.run("stdio")

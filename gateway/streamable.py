@@ -72,22 +72,41 @@ class Endpoint:
     stateless: StatelessHandler
     max_body_bytes: int
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def admit(self, scope: Scope, send: Send) -> Principal | None:
+        """Guard, authenticate and scope a request; on refusal the answer is sent and None returned."""
         headers = headers_of(scope)
         problem = self.guard.problem(headers)
         if problem is not None:
             await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
-            return
+            return None
         principal = await self.auth.authenticate(headers)
         if principal is None:
-            reason = "missing API key" if "authorization" not in headers and "x-api-key" not in headers else "unknown API key"
+            missing = "authorization" not in headers and "x-api-key" not in headers
+            reason = "missing API key" if missing else "unknown API key"
             await send_json(send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE])
-            return
+            return None
         organisation = scope.get("path_params", {}).get("organisationId")
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.
             await send_json(send, 404, error(None, INVALID_REQUEST, "Not Found"))
+            return None
+        return principal
+
+    def initialize(self, message: JSONObject, principal: Principal) -> tuple[HostSession, JSONObject]:
+        """Open a host session for an `initialize` request; return it and the answer."""
+        params = params_of(message)
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        handshake = Handshake(version, _object(params.get("capabilities")), _object(params.get("clientInfo")))
+        session = self.registry.create(principal, handshake)
+        answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
+        return session, result(message["id"], answer)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = await self.admit(scope, send)
+        if principal is None:
             return
+        headers = headers_of(scope)
         method = scope["method"]
         if method == "POST":
             await self._post(scope, receive, send, headers, principal)
@@ -142,13 +161,8 @@ class Endpoint:
         await send_bytes(send, 202, b"", [])
 
     async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
-        params = params_of(message)
-        requested = params.get("protocolVersion")
-        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        handshake = Handshake(version, _object(params.get("capabilities")), _object(params.get("clientInfo")))
-        session = self.registry.create(principal, handshake)
-        answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
-        await send_json(send, 200, result(message["id"], answer), [(b"mcp-session-id", session.id.encode())])
+        session, answer = self.initialize(message, principal)
+        await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
     async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
         session_id = headers.get("mcp-session-id")

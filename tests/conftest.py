@@ -50,3 +50,28 @@ upstreams:
     )
     async with serve_gateway(config) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+async def demo_sse_url() -> AsyncIterator[str]:
+    proc, url = await start_demo_http("--sse")
+    yield url
+    await stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+async def sse_gateway(demo_sse_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    """Key-less gateway with the demo over the legacy HTTP+SSE transport (`old__`)."""
+    config = write_config(
+        tmp_path_factory.mktemp("sse-gateway"),
+        f"""
+database: ./gw.db
+auth: {{required: false}}
+upstreams:
+  - name: old
+    transport: sse
+    url: {demo_sse_url}
+""",
+    )
+    async with serve_gateway(config) as running:
+        yield running

@@ -21,6 +21,7 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.jsonrpc import JSONObject, notification
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.http import HttpChannel
+from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StdioChannel
 
 # Ids of requests the gateway makes on its own; host ids are integers or the host's strings,
@@ -127,7 +128,8 @@ class Connector:
         if config.transport == "http":
             assert self._client is not None and config.url is not None
             return HttpChannel(config.name, self._client, config.url, unsolicited)
-        raise UpstreamUnavailable(config.name, f"transport {config.transport!r} is not supported yet")
+        assert self._client is not None and config.url is not None
+        return await SseChannel.start(config.name, self._client, config.url, unsolicited, self._task_group)
 
     @staticmethod
     def _initialize(handshake: Handshake) -> JSONObject:

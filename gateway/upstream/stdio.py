@@ -2,9 +2,7 @@
 
 Every host session gets its own child (two host sessions never share upstream state), so the
 child's lifetime is the upstream session's: closing the channel ends the process group.
-stdio carries no notion of "which request this message belongs to", so related messages are
-routed by what they carry: progress by its token, everything else a request may cause (logs,
-elicitation, sampling, roots) to the newest call still running, the rest to `unsolicited`.
+Everything the child writes arrives on one stream; `Demux` matches it to the waiting calls.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from subprocess import PIPE
 
 import anyio
@@ -22,24 +19,13 @@ from mcp.client.stdio import get_default_environment
 from mcp.os.posix.utilities import terminate_posix_process_tree
 
 from gateway.errors import UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, MessageError, RequestId, dumps, loads, meta_of
+from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
+from gateway.upstream.demux import Demux
 
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
-# Messages a running call can cause; anything else from the child is session-wide.
-_CALL_SCOPED = frozenset({"notifications/message", "elicitation/create", "sampling/createMessage", "roots/list"})
-
-
-@dataclass(slots=True)
-class _Pending:
-    sink: MessageSink | None
-    progress_token: object
-    done: anyio.Event = field(default_factory=anyio.Event)
-    response: JSONObject | None = None
-
-
 def resolve_command(command: Sequence[str]) -> list[str]:
     """A bare `python` means the interpreter running the gateway, so the example config works in any venv."""
     argv = list(command)
@@ -52,8 +38,7 @@ class StdioChannel:
     def __init__(self, name: str, process: Process, unsolicited: Unsolicited) -> None:
         self._name = name
         self._process = process
-        self._unsolicited = unsolicited
-        self._pending: dict[RequestId, _Pending] = {}
+        self._demux = Demux(unsolicited)
         self._write_lock = anyio.Lock()
         self._closed = False
         self._scope = anyio.CancelScope()
@@ -95,14 +80,12 @@ class StdioChannel:
         return self._process.pid
 
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
-        request_id = message["id"]
-        pending = _Pending(sink, meta_of(message).get("progressToken"))
-        self._pending[request_id] = pending
+        pending = self._demux.expect(message, sink)
         try:
             await self._write(message)
             await pending.done.wait()
         finally:
-            self._pending.pop(request_id, None)
+            self._demux.forget(message["id"])
         if pending.response is None:
             raise UpstreamUnavailable(self._name, "the process exited before answering")
         return pending.response
@@ -126,7 +109,7 @@ class StdioChannel:
             if self._process.returncode is None:
                 await terminate_posix_process_tree(self._process, 2.0)
             await self._process.aclose()
-        self._fail_pending()
+        self._demux.fail_all()
 
     async def _write(self, message: JSONObject) -> None:
         if self._closed or self._process.stdin is None:
@@ -146,7 +129,7 @@ class StdioChannel:
         if not self._closed:
             logger.warning("upstream %s: process exited (code %s)", self._name, self._process.returncode)
             self._closed = True
-            self._fail_pending()
+            self._demux.fail_all()
         self.exited.set()
 
     async def _read_stdout(self) -> None:
@@ -168,34 +151,7 @@ class StdioChannel:
                 logger.warning("upstream %s: ignoring a non-JSON line on stdout", self._name)
                 continue
             if isinstance(message, dict):
-                await self._dispatch(message)
-
-    async def _dispatch(self, message: JSONObject) -> None:
-        method = message.get("method")
-        if method is None:
-            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-            if pending is not None:
-                pending.response = message
-                pending.done.set()
-            return
-        target = self._route(method, message)
-        if target is not None:
-            await target.send(message)
-        else:
-            await self._unsolicited(message)
-
-    def _route(self, method: str, message: JSONObject) -> MessageSink | None:
-        if method == "notifications/progress":
-            token = message.get("params", {}).get("progressToken")
-            for pending in self._pending.values():
-                if pending.progress_token == token and pending.sink is not None:
-                    return pending.sink
-            return None
-        if method in _CALL_SCOPED:
-            for pending in reversed(self._pending.values()):
-                if pending.sink is not None:
-                    return pending.sink
-        return None
+                await self._demux.dispatch(message)
 
     async def _drain_stderr(self) -> None:
         assert self._process.stderr is not None
@@ -206,10 +162,3 @@ class StdioChannel:
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError):
                 return
             logger.info("upstream %s stderr: %s", self._name, line.decode(errors="replace"))
-
-    def _fail_pending(self) -> None:
-        for pending in list(self._pending.values()):
-            pending.done.set()
-
-
-

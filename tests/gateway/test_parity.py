@@ -17,6 +17,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.harness import RunningGateway
@@ -38,6 +39,7 @@ class Seen:
 
 
 def client_for(url: str, mode: str, seen: Seen) -> Client:
+    """An SDK client with every callback recording into `seen`; a URL ending /sse uses that transport."""
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         seen.logs.append((params.level, params.data))
 
@@ -59,7 +61,7 @@ def client_for(url: str, mode: str, seen: Seen) -> Client:
             seen.notified.set()
 
     return Client(
-        url,
+        sse_client(url) if url.endswith("/sse") else url,
         mode=mode,
         message_handler=on_message,
         logging_callback=on_log,
@@ -141,7 +143,8 @@ async def prompts_and_completion(client: Client, prefix: str, seen: Seen) -> Any
 
 async def listing(client: Client, prefix: str, seen: Seen) -> Any:
     tools = await client.list_tools()
-    mine = [t for t in tools.tools if t.name.startswith(prefix)]
+    # Tools added at run time by other tests (tools_list_changed) are not part of the comparison.
+    mine = [t for t in tools.tools if t.name.startswith(prefix) and not t.name.startswith(prefix + "late_")]
     return sorted(
         (t.name.removeprefix(prefix), t.model_dump(mode="json", exclude_none=True, exclude={"name"})) for t in mine
     )
@@ -188,7 +191,7 @@ async def _run(url: str, mode: str, prefix: str, scenario: Scenario) -> Any:
     [(s, m) for s in SCENARIOS for m in MODES] + [(s, "legacy") for s in LEGACY_ONLY],
     ids=lambda v: v if isinstance(v, str) else v.__name__,
 )
-@pytest.mark.parametrize("upstream", ["demo", "web"])
+@pytest.mark.parametrize("upstream", ["demo", "web", "old"])
 async def test_gateway_matches_direct(
     scenario: Scenario,
     mode: str,
@@ -196,10 +199,20 @@ async def test_gateway_matches_direct(
     demo_http_url: str,
     gateway: RunningGateway,
     web_gateway: RunningGateway,
+    sse_gateway: RunningGateway,
 ) -> None:
-    through = gateway if upstream == "demo" else web_gateway
+    through = {"demo": gateway, "web": web_gateway, "old": sse_gateway}[upstream]
     direct = await _run(demo_http_url, mode, "", scenario)
     proxied = await _run(through.url, mode, f"{upstream}__", scenario)
+    assert proxied == direct
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS + LEGACY_ONLY, ids=lambda s: s.__name__)
+async def test_legacy_sse_hosts_see_what_they_see_directly(
+    scenario: Scenario, demo_sse_url: str, gateway: RunningGateway
+) -> None:
+    direct = await _run(demo_sse_url, "legacy", "", scenario)
+    proxied = await _run(f"{gateway.base_url}/sse", "legacy", "demo__", scenario)
     assert proxied == direct
 
 

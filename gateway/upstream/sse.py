@@ -1,0 +1,113 @@
+"""An upstream MCP server on the legacy HTTP+SSE transport (protocol revision 2024-11-05).
+
+The channel holds one GET stream open; the server's first event (`endpoint`) names the URL
+to POST messages to. Every answer, notification and server request then comes back down
+that one stream, so it is matched to the waiting calls as a stdio child's output is.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx2
+from anyio.abc import TaskGroup
+
+from gateway.errors import UpstreamUnavailable
+from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
+from gateway.upstream.channel import MessageSink, Unsolicited
+from gateway.upstream.demux import Demux
+
+logger = logging.getLogger(__name__)
+
+
+class SseChannel:
+    def __init__(self, name: str, client: httpx2.AsyncClient, url: str, unsolicited: Unsolicited) -> None:
+        self._name = name
+        self._client = client
+        self._url = url
+        self._demux = Demux(unsolicited)
+        self._endpoint: str | None = None
+        self._ready = anyio.Event()
+        self._closed = False
+        self._scope = anyio.CancelScope()
+
+    @classmethod
+    async def start(
+        cls, name: str, client: httpx2.AsyncClient, url: str, unsolicited: Unsolicited, task_group: TaskGroup
+    ) -> SseChannel:
+        channel = cls(name, client, url, unsolicited)
+        task_group.start_soon(channel._run)
+        await channel._ready.wait()
+        if channel._endpoint is None:
+            raise UpstreamUnavailable(name, "the SSE stream closed before naming its message endpoint")
+        return channel
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        pending = self._demux.expect(message, sink)
+        try:
+            await self._post(message)
+            await pending.done.wait()
+        finally:
+            self._demux.forget(message["id"])
+        if pending.response is None:
+            raise UpstreamUnavailable(self._name, "the SSE stream closed before the response")
+        return pending.response
+
+    async def notify(self, message: JSONObject) -> None:
+        await self._post(message)
+
+    async def respond(self, message: JSONObject) -> None:
+        await self._post(message)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._scope.cancel()
+        self._demux.fail_all()
+
+    async def _post(self, message: JSONObject) -> None:
+        if self._closed or self._endpoint is None:
+            raise UpstreamUnavailable(self._name, "the SSE stream is closed")
+        headers = {"content-type": "application/json"}
+        try:
+            response = await self._client.post(self._endpoint, content=dumps(message), headers=headers)
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise UpstreamUnavailable(self._name, f"answered HTTP {response.status_code} to a message")
+
+    async def _run(self) -> None:
+        with self._scope:
+            try:
+                headers = {"accept": "text/event-stream"}
+                async with self._client.stream("GET", self._url, headers=headers) as response:
+                    if response.status_code != 200:
+                        logger.warning("upstream %s: SSE stream refused (HTTP %d)", self._name, response.status_code)
+                        return
+                    async for event in httpx2.EventSource(response):
+                        if event.event == "endpoint":
+                            self._endpoint = self._same_origin(urljoin(self._url, event.data))
+                            self._ready.set()
+                        elif event.data:
+                            received = loads(event.data)
+                            if isinstance(received, dict):
+                                await self._demux.dispatch(received)
+            except (httpx2.HTTPError, MessageError) as exc:
+                logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
+            finally:
+                self._closed = True
+                self._ready.set()
+                self._demux.fail_all()
+
+    def _same_origin(self, endpoint: str) -> str | None:
+        """Only POST to the server we connected to: an endpoint elsewhere would leak our messages."""
+        ours, theirs = urlsplit(self._url), urlsplit(endpoint)
+        if (ours.scheme, ours.netloc) != (theirs.scheme, theirs.netloc):
+            logger.error("upstream %s: refusing a message endpoint on another origin: %s", self._name, endpoint)
+            return None
+        return endpoint
