@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.config import GatewayConfig
 from gateway.hostauth import HostAuth
-from gateway.legacy_sse import LegacySse
 from gateway.httpio import OriginGuard
+from gateway.legacy_sse import LegacySse
 from gateway.proxy import Proxy
 from gateway.recorder import NullRecorder, Recorder
 from gateway.router import Router
@@ -77,7 +77,9 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
         def on_list_changed(session: HostSession, upstream: str, kind: str) -> None:
             router.invalidate(session, upstream, kind)
 
-        registry = SessionRegistry(connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, on_list_changed)
+        registry = SessionRegistry(
+            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, on_list_changed
+        )
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder or NullRecorder())
         endpoint = Endpoint(
@@ -102,7 +104,11 @@ def build_app(config: GatewayConfig, recorder: Recorder | None = None) -> Starle
             legacy = LegacySse(gateway.endpoint)
             sse_stream.target, sse_message.target = legacy.stream, legacy.message
             app.state.gateway = gateway
-            logger.info("mcpgw serving %d upstream(s): %s", len(config.upstreams), ", ".join(u.name for u in config.upstreams))
+            logger.info(
+                "mcpgw serving %d upstream(s): %s",
+                len(config.upstreams),
+                ", ".join(u.name for u in config.upstreams),
+            )
             yield
             mcp.target = None
 

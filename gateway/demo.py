@@ -13,8 +13,9 @@ Run it as::
 
 With `--http`, once the socket is listening the server prints one line
 ``READY http://<host>:<port>/mcp`` to stdout (so `--port 0` gives tests an
-ephemeral port); `--sse` serves the legacy HTTP+SSE transport at /sse instead. `--json-response` answers POSTs with `application/json` instead
-of SSE; `--stateless` serves the handshake era without sessions.
+ephemeral port); `--sse` serves the legacy HTTP+SSE transport at /sse instead.
+`--json-response` answers POSTs with `application/json` instead of SSE; `--stateless`
+serves the handshake era without sessions.
 
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
@@ -262,7 +263,9 @@ def build_app(
 
 async def _serve_http(host: str, port: int, *, json_response: bool, stateless: bool, sse: bool) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections,
+    # without which each small response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

@@ -85,7 +85,9 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(send: Send, status: int, body: object, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(
+    send: Send, status: int, body: object, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     await send_bytes(send, status, dumps(body), [JSON_HEADER, *headers])
 
 
@@ -113,7 +115,9 @@ class ResponseStream:
         async with self._lock:
             if not self._streaming:
                 self._streaming = True
-                await self._send({"type": "http.response.start", "status": 200, "headers": self._sse_headers()})
+                await self._send(
+                    {"type": "http.response.start", "status": 200, "headers": self._sse_headers()}
+                )
             await self._send({"type": "http.response.body", "body": sse_event(message), "more_body": True})
 
     async def finish(self, response: JSONObject, status: int = 200) -> None:
@@ -144,7 +148,11 @@ class EventStream:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *headers],
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    *headers,
+                ],
             }
         )
         await self._send({"type": "http.response.body", "body": b": stream open\n\n", "more_body": True})

@@ -70,12 +70,14 @@ def check_message(value: Any) -> JSONObject:
         if params is not None and not isinstance(params, dict):
             raise MessageError(INVALID_REQUEST, 'Invalid Request: "params" must be an object')
     elif not ("result" in value or "error" in value):
-        raise MessageError(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
+        raise MessageError(
+            INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response"
+        )
     if "id" in value:
         request_id = value["id"]
-        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-            if not (request_id is None and "error" in value):
-                raise MessageError(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+        bad_id = isinstance(request_id, bool) or not isinstance(request_id, str | int)
+        if bad_id and not (request_id is None and "error" in value):  # an error may answer "no id"
+            raise MessageError(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
     return value
 
 

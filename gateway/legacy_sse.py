@@ -17,7 +17,15 @@ from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
 from gateway.hostauth import Principal
-from gateway.httpio import BodyTooLarge, EventStream, headers_of, read_body, send_bytes, send_json, wait_for_disconnect
+from gateway.httpio import (
+    BodyTooLarge,
+    EventStream,
+    headers_of,
+    read_body,
+    send_bytes,
+    send_json,
+    wait_for_disconnect,
+)
 from gateway.jsonrpc import (
     INVALID_REQUEST,
     REQUEST_CANCELLED,
@@ -102,17 +110,17 @@ class LegacySse:
             await connection.stream.send(answer)
             await session.listen.attach(connection.stream)  # this transport's one stream carries everything
             return
-        session = connection.session
-        if session is None:
+        current = connection.session
+        if current is None:
             if is_request(message):
                 await connection.stream.send(error(message["id"], INVALID_REQUEST, "Not initialized"))
             return
         if is_request(message):
-            connection.tasks.start_soon(self._answer, connection.stream, session, message)
+            connection.tasks.start_soon(self._answer, connection.stream, current, message)
         elif is_notification(message):
-            await self.endpoint.proxy.notification(session, message)
+            await self.endpoint.proxy.notification(current, message)
         else:
-            await self.endpoint.proxy.response(session, message)
+            await self.endpoint.proxy.response(current, message)
 
     async def _answer(self, stream: EventStream, session: HostSession, message: JSONObject) -> None:
         response: JSONObject | None = None

@@ -34,8 +34,13 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSONObject]]
 RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
-_ROUTED_BY = {"tools/call": ("tools", "name"), "prompts/get": ("prompts", "name"), "resources/read": ("resources", "uri"),
-              "resources/subscribe": ("resources", "uri"), "resources/unsubscribe": ("resources", "uri")}  # fmt: skip
+_ROUTED_BY = {
+    "tools/call": ("tools", "name"),
+    "prompts/get": ("prompts", "name"),
+    "resources/read": ("resources", "uri"),
+    "resources/subscribe": ("resources", "uri"),
+    "resources/unsubscribe": ("resources", "uri"),
+}
 
 
 class Proxy:
@@ -57,7 +62,9 @@ class Proxy:
             "logging/setLevel": self._set_level,
         }
 
-    async def request(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def request(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         session.touch()
         handler = self._handlers.get(message["method"])
         if handler is None:
@@ -89,9 +96,11 @@ class Proxy:
     async def _list(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         if params_of(message).get("cursor") is not None:
             return error(message["id"], INVALID_PARAMS, "Invalid cursor: this gateway returns complete lists")
-        return result(message["id"], await self.router.list(session, message, sink))
+        return result(message["id"], await self.router.list_all(session, message, sink))
 
-    async def _routed(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _routed(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         kind, field = _ROUTED_BY[message["method"]]
         params = params_of(message)
         name = params.get(field)
@@ -99,7 +108,9 @@ class Proxy:
             return error(message["id"], INVALID_PARAMS, f"Invalid params: {field!r} must be a string")
         return await self._forward(session, message, sink, kind, name, field)
 
-    async def _complete(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _complete(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         ref = params_of(message).get("ref")
         if not isinstance(ref, dict):
             return error(message["id"], INVALID_PARAMS, "Invalid params: 'ref' must be an object")
@@ -109,7 +120,9 @@ class Proxy:
             return await self._forward(session, message, sink, "resources", ref["uri"], "ref.uri")
         return error(message["id"], INVALID_PARAMS, "Invalid params: unknown completion reference")
 
-    async def _set_level(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _set_level(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         level = params_of(message).get("level")
         if not isinstance(level, str):
             return error(message["id"], INVALID_PARAMS, "Invalid params: 'level' must be a string")
@@ -123,7 +136,13 @@ class Proxy:
         return result(message["id"], {})
 
     async def _forward(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None, kind: str, name: str, field: str
+        self,
+        session: HostSession,
+        message: JSONObject,
+        sink: MessageSink | None,
+        kind: str,
+        name: str,
+        field: str,
     ) -> JSONObject:
         started = time.time()
         request_id = message["id"]

@@ -57,7 +57,9 @@ class Router:
         """An upstream said its list changed: route again from a fresh listing next time."""
         session.catalog.pop(kind, None)
 
-    async def list(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def list_all(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         """Answer tools/list, prompts/list, resources/list or resources/templates/list for the host."""
         method = message["method"]
         key = _ITEMS[method]
@@ -97,10 +99,10 @@ class Router:
     async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:
         base = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}
         if kind == "resources":
-            await self.list(session, {**base, "method": "resources/list"}, None)
-            await self.list(session, {**base, "method": "resources/templates/list"}, None)
+            await self.list_all(session, {**base, "method": "resources/list"}, None)
+            await self.list_all(session, {**base, "method": "resources/templates/list"}, None)
         else:
-            await self.list(session, {**base, "method": f"{kind}/list"}, None)
+            await self.list_all(session, {**base, "method": f"{kind}/list"}, None)
 
     async def _fetch_all(
         self, session: HostSession, name: str, message: JSONObject, key: str, sink: MessageSink | None
@@ -141,7 +143,13 @@ class Router:
                     continue
                 owner = table.routes.get(route_key)
                 if owner is not None and owner.upstream != name:
-                    logger.error("%s %r is offered by both %r and %r; refusing it", key, route_key, owner.upstream, name)
+                    logger.error(
+                        "%s %r is offered by both %r and %r; refusing it",
+                        key,
+                        route_key,
+                        owner.upstream,
+                        name,
+                    )
                     table.refused[route_key] = (owner.upstream, name)
                     del table.routes[route_key]
                     merged.pop(route_key, None)
@@ -179,7 +187,9 @@ def _lookup(table: Any, kind: str, name: str) -> Route | None:
         return None
     if name in table.refused:
         first, second = table.refused[name]
-        raise RoutingError(f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a prefix")
+        raise RoutingError(
+            f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a prefix"
+        )
     route = table.routes.get(name)
     if route is None and kind == "resources":
         for template, upstream in table.templates:

@@ -160,7 +160,7 @@ class HostSession:
 
     def cancel_host_request(self, request_id: object) -> bool:
         """Stop handling a request the host cancelled; its upstream call is cancelled on the way out."""
-        scope = self.host_requests.get(request_id)  # type: ignore[arg-type]
+        scope = self.host_requests.get(request_id) if isinstance(request_id, str | int) else None
         if scope is None:
             return False
         scope.cancel()

@@ -148,7 +148,8 @@ class StatelessHandler:
         if answer is None:
             return
         code = answer["error"].get("code") if isinstance(answer.get("error"), dict) else None
-        await stream.finish(with_server_info(answer, self.server_info), ERROR_CODE_HTTP_STATUS.get(code, 200))
+        status = ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+        await stream.finish(with_server_info(answer, self.server_info), status)
 
     def _suspend(self, call: _Call, request_id: Any, ask: JSONObject) -> JSONObject:
         token = secrets.token_urlsafe(32)
@@ -156,7 +157,8 @@ class StatelessHandler:
         self._suspended[token] = call
         request = {"method": ask["method"], "params": ask.get("params", {})}
         return result(
-            request_id, {"inputRequests": {ask["id"]: request}, "requestState": token, "resultType": "input_required"}
+            request_id,
+            {"inputRequests": {ask["id"]: request}, "requestState": token, "resultType": "input_required"},
         )
 
     async def _answer_inputs(self, call: _Call, responses: Any) -> None:
@@ -166,12 +168,14 @@ class StatelessHandler:
             outbound = call.session.take_outbound(key)
             if outbound is None:
                 continue
-            answer = result(outbound.original_id, value) if isinstance(value, dict) else error(
-                outbound.original_id, INVALID_PARAMS, "the host sent no usable answer"
+            answer = (
+                result(outbound.original_id, value)
+                if isinstance(value, dict)
+                else error(outbound.original_id, INVALID_PARAMS, "the host sent no usable answer")
             )
             try:
                 await outbound.upstream.channel.respond(answer)
-            except Exception as exc:  # noqa: BLE001 - the call itself will report the upstream's state
+            except Exception as exc:
                 logger.info("could not pass an input response upstream: %s", exc)
 
     def _wanted(self, call: _Call, message: JSONObject) -> bool:
@@ -200,7 +204,12 @@ class StatelessHandler:
 
     def _group(self, principal: Principal, client_info: object, capabilities: object) -> HostSession:
         info = client_info if isinstance(client_info, dict) else {}
-        key = (principal.organisation_id, principal.api_key_id, str(info.get("name", "")), str(info.get("version", "")))
+        key = (
+            principal.organisation_id,
+            principal.api_key_id,
+            str(info.get("name", "")),
+            str(info.get("version", "")),
+        )
         session = self._groups.get(key)
         if session is None or session.closed:
             handshake = Handshake(

@@ -83,7 +83,9 @@ class Endpoint:
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
             reason = "missing API key" if missing else "unknown API key"
-            await send_json(send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE])
+            await send_json(
+                send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE]
+            )
             return None
         organisation = scope.get("path_params", {}).get("organisationId")
         if organisation is not None and organisation != principal.organisation_id:
@@ -115,7 +117,12 @@ class Endpoint:
         elif method == "DELETE":
             await self._delete(send, headers, principal)
         else:
-            await send_json(send, 405, error(None, INVALID_REQUEST, "Method Not Allowed"), [(b"allow", b"GET, POST, DELETE")])
+            await send_json(
+                send,
+                405,
+                error(None, INVALID_REQUEST, "Method Not Allowed"),
+                [(b"allow", b"GET, POST, DELETE")],
+            )
 
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
@@ -123,17 +130,23 @@ class Endpoint:
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
-            await send_json(send, 413, error(None, INVALID_REQUEST, f"Request body over {self.max_body_bytes} bytes"))
+            await send_json(
+                send, 413, error(None, INVALID_REQUEST, f"Request body over {self.max_body_bytes} bytes")
+            )
             return
         try:
             parsed = loads(body)
             if isinstance(parsed, list):
-                raise MessageError(INVALID_REQUEST, "Invalid Request: batches are not supported; send one message")
+                raise MessageError(
+                    INVALID_REQUEST, "Invalid Request: batches are not supported; send one message"
+                )
             message = check_message(parsed)
         except MessageError as exc:
             await send_json(send, 400, error(None, exc.code, exc.message))
             return
-        if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(message):
+        if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(
+            message
+        ):
             await self.stateless.handle(message, headers, principal, receive, send)
             return
         if message.get("method") == "initialize" and is_request(message):
@@ -143,10 +156,12 @@ class Endpoint:
         if session is None:
             return
         if is_request(message):
-            stream = ResponseStream(send, [], "text/event-stream" in headers.get("accept", "text/event-stream"))
+            stream = ResponseStream(
+                send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
+            )
             response: JSONObject | None = None
-            with anyio.CancelScope() as scope:
-                session.host_requests[message["id"]] = scope
+            with anyio.CancelScope() as cancel_scope:
+                session.host_requests[message["id"]] = cancel_scope
                 try:
                     response = await self.proxy.request(session, message, stream)
                 finally:
@@ -167,7 +182,9 @@ class Endpoint:
     async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
         session_id = headers.get("mcp-session-id")
         if not session_id:
-            await send_json(send, 400, error(None, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header"))
+            await send_json(
+                send, 400, error(None, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header")
+            )
             return None
         session = self.registry.get(session_id, principal)
         if session is None:
@@ -176,13 +193,17 @@ class Endpoint:
 
     async def _get(self, receive: Receive, send: Send, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
-            await send_json(send, 406, error(None, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream"))
+            await send_json(
+                send, 406, error(None, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
+            )
             return
         session = await self._session(send, headers, principal)
         if session is None:
             return
         if session.listen.open:
-            await send_json(send, 409, error(None, INVALID_REQUEST, "Conflict: this session already has a GET stream"))
+            await send_json(
+                send, 409, error(None, INVALID_REQUEST, "Conflict: this session already has a GET stream")
+            )
             return
         stream = EventStream(send)
         await stream.start([(b"mcp-session-id", session.id.encode())])

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+
 import pytest
 
-from tests.harness import RunningGateway, demo_stdio_yaml, serve_gateway, start_demo_http, stop_process, write_config
+from tests.harness import (
+    RunningGateway,
+    demo_stdio_yaml,
+    serve_gateway,
+    start_demo_http,
+    stop_process,
+    write_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +42,9 @@ upstreams:{demo_stdio_yaml()}
 
 
 @pytest.fixture(scope="session")
-async def web_gateway(demo_http_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+async def web_gateway(
+    demo_http_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
     """Key-less gateway with the demo over Streamable HTTP (`web__`)."""
     config = write_config(
         tmp_path_factory.mktemp("web-gateway"),
@@ -60,7 +70,9 @@ async def demo_sse_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def sse_gateway(demo_sse_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+async def sse_gateway(
+    demo_sse_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
     """Key-less gateway with the demo over the legacy HTTP+SSE transport (`old__`)."""
     config = write_config(
         tmp_path_factory.mktemp("sse-gateway"),

@@ -31,7 +31,8 @@ STARTUP_TIMEOUT = 30.0
 
 
 def _listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (no delayed-ACK stalls).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
@@ -97,7 +98,10 @@ async def start_demo_http(*extra: str) -> tuple[Process, str]:
     """Start the demo upstream over Streamable HTTP; return the process and its /mcp URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await anyio.open_process(
-        [sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra], cwd=ROOT, env=env, stderr=None
+        [sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra],
+        cwd=ROOT,
+        env=env,
+        stderr=None,
     )
     try:
         assert proc.stdout is not None

@@ -8,6 +8,7 @@ the host it is really serving (it only asks for elicitation or sampling if the h
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,17 +70,16 @@ class UpstreamSession:
     async def _cancel_upstream(self, message: JSONObject, reason: str) -> None:
         if "id" not in message or self.channel.closed:
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            try:
-                await self.channel.notify(
-                    notification("notifications/cancelled", {"requestId": message["id"], "reason": reason})
-                )
-            except UpstreamError:
-                pass  # nothing left to cancel
+        cancelled = notification("notifications/cancelled", {"requestId": message["id"], "reason": reason})
+        # An upstream already gone has nothing left to cancel.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2), contextlib.suppress(UpstreamError):
+            await self.channel.notify(cancelled)
 
 
 class Connector:
-    def __init__(self, config: UpstreamConfig, task_group: TaskGroup, client: httpx2.AsyncClient | None) -> None:
+    def __init__(
+        self, config: UpstreamConfig, task_group: TaskGroup, client: httpx2.AsyncClient | None
+    ) -> None:
         self.config = config
         self._task_group = task_group
         self._client = client
@@ -96,7 +96,9 @@ class Connector:
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)
                     if "error" in response:
-                        raise UpstreamUnavailable(config.name, f"refused initialize: {response['error'].get('message')}")
+                        raise UpstreamUnavailable(
+                            config.name, f"refused initialize: {response['error'].get('message')}"
+                        )
                     result: dict[str, Any] = response.get("result") or {}
                     version = str(result.get("protocolVersion") or handshake.protocol_version)
                     if isinstance(channel, HttpChannel):
@@ -107,7 +109,9 @@ class Connector:
                         await channel.aclose()
                     raise
         except TimeoutError:
-            raise UpstreamTimeout(config.name, f"no handshake within {config.timeouts.connect_s:g}s") from None
+            raise UpstreamTimeout(
+                config.name, f"no handshake within {config.timeouts.connect_s:g}s"
+            ) from None
         if isinstance(channel, HttpChannel):
             channel.start_listening(self._task_group)
         return UpstreamSession(
@@ -147,6 +151,8 @@ class Connector:
 
 def http_client_for(config: UpstreamConfig) -> httpx2.AsyncClient:
     """The connection pool every session of one HTTP upstream shares."""
-    timeout = httpx2.Timeout(connect=config.timeouts.connect_s, read=None, write=30.0, pool=config.timeouts.connect_s)
+    timeout = httpx2.Timeout(
+        connect=config.timeouts.connect_s, read=None, write=30.0, pool=config.timeouts.connect_s
+    )
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
     return httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, limits=limits)

@@ -15,7 +15,9 @@ import anyio
 from gateway.jsonrpc import JSONObject, RequestId, meta_of
 from gateway.upstream.channel import MessageSink, Unsolicited
 
-_CALL_SCOPED = frozenset({"notifications/message", "elicitation/create", "sampling/createMessage", "roots/list"})
+_CALL_SCOPED = frozenset(
+    {"notifications/message", "elicitation/create", "sampling/createMessage", "roots/list"}
+)
 
 
 @dataclass(slots=True)

@@ -11,8 +11,9 @@ reused across host sessions, never opened per call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 import httpx2
@@ -20,7 +21,7 @@ from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 
 from gateway.errors import UpstreamSessionExpired, UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, MessageError, loads, dumps
+from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
 _ACCEPT = "application/json, text/event-stream"
 _LISTEN_RETRY_S = 1.0
+_DRAIN_S = 1.0
 
 
 class HttpChannel:
@@ -68,7 +70,9 @@ class HttpChannel:
     ) -> JSONObject:
         request_headers = await self._headers(message, headers)
         try:
-            async with self._client.stream("POST", self._url, content=dumps(message), headers=request_headers) as resp:
+            async with self._client.stream(
+                "POST", self._url, content=dumps(message), headers=request_headers
+            ) as resp:
                 if message.get("method") == "initialize":
                     self._session_id = resp.headers.get("mcp-session-id")
                 if resp.status_code >= 400:
@@ -102,11 +106,13 @@ class HttpChannel:
         if self._listen_scope is not None:
             self._listen_scope.cancel()
         if self._session_id is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                try:
-                    await self._client.delete(self._url, headers=await self._headers(None, None))
-                except httpx2.HTTPError:
-                    pass  # the upstream reaps sessions it no longer hears from
+            # Best effort: an upstream also reaps sessions it no longer hears from.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(2),
+                contextlib.suppress(httpx2.HTTPError),
+            ):
+                await self._client.delete(self._url, headers=await self._headers(None, None))
 
     async def _headers(self, message: JSONObject | None, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"accept": _ACCEPT, "content-type": "application/json"}
@@ -128,15 +134,19 @@ class HttpChannel:
             headers.update(extra)
         return headers
 
-    async def _relay_stream(self, resp: httpx2.Response, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _relay_stream(
+        self, resp: httpx2.Response, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
         request_id = message.get("id")
-        async for event in httpx2.EventSource(resp):
+        events = aiter(httpx2.EventSource(resp))
+        async for event in events:
             if not event.data:
                 continue  # priming events and keep-alives carry no message
             received = loads(event.data)
             if not isinstance(received, dict):
                 continue
             if "method" not in received and received.get("id") == request_id:
+                await _drain(events)
                 return received
             if sink is not None:
                 await sink.send(received)
@@ -160,13 +170,17 @@ class HttpChannel:
 
     async def _post_one_way(self, message: JSONObject) -> None:
         try:
-            resp = await self._client.post(self._url, content=dumps(message), headers=await self._headers(message, None))
+            resp = await self._client.post(
+                self._url, content=dumps(message), headers=await self._headers(message, None)
+            )
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
         if resp.status_code == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
         if resp.status_code >= 400:
-            logger.warning("upstream %s answered HTTP %d to a %s", self._name, resp.status_code, message.get("method"))
+            logger.warning(
+                "upstream %s answered HTTP %d to a %s", self._name, resp.status_code, message.get("method")
+            )
 
     async def _listen(self) -> None:
         with anyio.CancelScope() as scope:
@@ -179,7 +193,9 @@ class HttpChannel:
                         if resp.status_code == 405:
                             return  # this upstream offers no GET stream
                         if resp.status_code >= 400:
-                            logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status_code)
+                            logger.info(
+                                "upstream %s: GET stream refused (HTTP %d)", self._name, resp.status_code
+                            )
                             return
                         async for event in httpx2.EventSource(resp):
                             if event.data:
@@ -190,6 +206,17 @@ class HttpChannel:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
+
+
+async def _drain(events: AsyncIterator[httpx2.ServerSentEvent]) -> None:
+    """Read a response stream to its end, so its connection goes back to the pool.
+
+    A server closes the stream after the response; leaving it unread made httpcore drop the
+    connection, and every call paid for a new one. The bound covers a server that lingers.
+    """
+    with anyio.move_on_after(_DRAIN_S):
+        async for _ in events:
+            pass
 
 
 def _as_response(parsed: object, message: JSONObject) -> JSONObject:

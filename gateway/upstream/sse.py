@@ -87,7 +87,9 @@ class SseChannel:
                 headers = {"accept": "text/event-stream"}
                 async with self._client.stream("GET", self._url, headers=headers) as response:
                     if response.status_code != 200:
-                        logger.warning("upstream %s: SSE stream refused (HTTP %d)", self._name, response.status_code)
+                        logger.warning(
+                            "upstream %s: SSE stream refused (HTTP %d)", self._name, response.status_code
+                        )
                         return
                     async for event in httpx2.EventSource(response):
                         if event.event == "endpoint":
@@ -108,6 +110,8 @@ class SseChannel:
         """Only POST to the server we connected to: an endpoint elsewhere would leak our messages."""
         ours, theirs = urlsplit(self._url), urlsplit(endpoint)
         if (ours.scheme, ours.netloc) != (theirs.scheme, theirs.netloc):
-            logger.error("upstream %s: refusing a message endpoint on another origin: %s", self._name, endpoint)
+            logger.error(
+                "upstream %s: refusing a message endpoint on another origin: %s", self._name, endpoint
+            )
             return None
         return endpoint

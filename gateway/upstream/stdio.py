@@ -26,6 +26,8 @@ from gateway.upstream.demux import Demux
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
 def resolve_command(command: Sequence[str]) -> list[str]:
     """A bare `python` means the interpreter running the gateway, so the example config works in any venv."""
     argv = list(command)
@@ -138,7 +140,12 @@ class StdioChannel:
         while True:
             try:
                 line = await reader.receive_until(b"\n", MAX_LINE_BYTES)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            except (
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+            ):
                 return
             except anyio.DelimiterNotFound:
                 logger.error("upstream %s: a message over %d bytes; closing", self._name, MAX_LINE_BYTES)
@@ -159,6 +166,11 @@ class StdioChannel:
         while True:
             try:
                 line = await reader.receive_until(b"\n", 1024 * 1024)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError):
+            except (
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.DelimiterNotFound,
+                anyio.BrokenResourceError,
+            ):
                 return
             logger.info("upstream %s stderr: %s", self._name, line.decode(errors="replace"))

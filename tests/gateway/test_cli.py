@@ -86,7 +86,9 @@ async def test_a_key_created_while_serving_works_at_once(tmp_path: Path) -> None
         async with httpx2.AsyncClient() as http:
             refused = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert refused.status_code == 401
-        code, out, err = await run_mcpgw("keys", "create", "--config", str(config), "--org", "acme", "--user", "ada")
+        code, out, err = await run_mcpgw(
+            "keys", "create", "--config", str(config), "--org", "acme", "--user", "ada"
+        )
         assert code == 0, err
         created = json.loads(out)
         assert set(created) == {"organisationId", "apiKeyId", "key"}
@@ -105,7 +107,10 @@ async def test_a_key_created_while_serving_works_at_once(tmp_path: Path) -> None
     [
         ({"transport: stdio": "transport: carrier-pigeon"}, "upstreams[0].transport"),
         ({"listen:": "listen:\n  colour: blue"}, "listen.colour"),
-        ({"required: false": "required: false\n  secret: ${MCPGW_TEST_UNSET_VARIABLE}"}, "MCPGW_TEST_UNSET_VARIABLE"),
+        (
+            {"required: false": "required: false\n  secret: ${MCPGW_TEST_UNSET_VARIABLE}"},
+            "MCPGW_TEST_UNSET_VARIABLE",
+        ),
     ],
     ids=["bad-transport", "unknown-key", "unset-env"],
 )
@@ -130,7 +135,10 @@ async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -
     config = copy_example(tmp_path)
     async with mcpgw_serve(config, free_port()) as url:
         bridge = StdioServerParameters(
-            command=sys.executable, args=["-m", "gateway.cli", "stdio", "--url", url], env=_env(), cwd=str(ROOT)
+            command=sys.executable,
+            args=["-m", "gateway.cli", "stdio", "--url", url],
+            env=_env(),
+            cwd=str(ROOT),
         )
         progress: list[float] = []
 
@@ -140,7 +148,9 @@ async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -
         async with Client(bridge, mode="legacy") as client:
             with anyio.fail_after(TIMEOUT):
                 echoed = await client.call_tool("demo__echo", {"text": "bridged"})
-                counted = await client.call_tool("demo__count_slowly", {"steps": 2}, progress_callback=on_progress)
+                counted = await client.call_tool(
+                    "demo__count_slowly", {"steps": 2}, progress_callback=on_progress
+                )
     block = echoed.content[0]
     assert isinstance(block, types.TextContent) and block.text == "bridged"
     assert not counted.is_error

@@ -18,7 +18,11 @@ INIT = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
 }
 ACCEPT = {"accept": "application/json, text/event-stream"}
 
@@ -68,10 +72,14 @@ async def rpc(
 ) -> httpx2.Response:
     body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
     with anyio.fail_after(TIMEOUT):
-        return await http.post(url, json=body, headers={**ACCEPT, "x-api-key": key, "mcp-session-id": session})
+        return await http.post(
+            url, json=body, headers={**ACCEPT, "x-api-key": key, "mcp-session-id": session}
+        )
 
 
-async def test_missing_key_is_401_with_www_authenticate(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+async def test_missing_key_is_401_with_www_authenticate(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
     response = await http.post(keyed.url, json=INIT, headers=ACCEPT)
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -146,7 +154,9 @@ async def test_session_of_another_key_is_404(keyed: RunningGateway, http: httpx2
     assert (await rpc(http, keyed.url, foreign, session, "ping", {})).status_code == 404
 
 
-async def test_organisation_url_of_another_tenant_is_404(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+async def test_organisation_url_of_another_tenant_is_404(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
     organisation, key = await new_key(keyed)
     other_org, _ = await new_key(keyed, "initech")
     mine = await http.post(f"{keyed.url}/{organisation}", json=INIT, headers={**ACCEPT, "x-api-key": key})
@@ -183,7 +193,9 @@ async def test_filtered_tool_is_not_listed(keyed: RunningGateway, http: httpx2.A
     assert "demo__fail" not in names
 
 
-async def test_tool_call_without_a_name_is_invalid_params(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+async def test_tool_call_without_a_name_is_invalid_params(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
     _, key = await new_key(keyed)
     session = await open_session(http, keyed.url, key)
     response = await rpc(http, keyed.url, key, session, "tools/call", {"arguments": {}})
@@ -225,7 +237,12 @@ async def test_modern_request_with_mismatched_name_header_is_400(
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
     }
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "demo__echo", "_meta": meta}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "demo__echo", "_meta": meta},
+    }
     headers = {
         **ACCEPT,
         "x-api-key": key,

@@ -7,9 +7,9 @@ protocol generations. Apart from the tool-name prefix, the outcomes must be equa
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-import uuid
 from typing import Any
 
 import anyio
@@ -40,10 +40,13 @@ class Seen:
 
 def client_for(url: str, mode: str, seen: Seen) -> Client:
     """An SDK client with every callback recording into `seen`; a URL ending /sse uses that transport."""
+
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         seen.logs.append((params.level, params.data))
 
-    async def on_elicit(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+    async def on_elicit(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
         seen.elicitations.append(params.message)
         return types.ElicitResult(action="accept", content={"name": "Grace"})
 
@@ -146,7 +149,8 @@ async def listing(client: Client, prefix: str, seen: Seen) -> Any:
     # Tools added at run time by other tests (tools_list_changed) are not part of the comparison.
     mine = [t for t in tools.tools if t.name.startswith(prefix) and not t.name.startswith(prefix + "late_")]
     return sorted(
-        (t.name.removeprefix(prefix), t.model_dump(mode="json", exclude_none=True, exclude={"name"})) for t in mine
+        (t.name.removeprefix(prefix), t.model_dump(mode="json", exclude_none=True, exclude={"name"}))
+        for t in mine
     )
 
 
@@ -167,7 +171,11 @@ async def tools_list_changed(client: Client, prefix: str, seen: Seen) -> Any:
     await seen.notified.wait()
     after = {t.name for t in (await client.list_tools()).tools}
     echoed = await client.call_tool(prefix + added, {"text": "late"})
-    return sorted(n.removeprefix(prefix) for n in after - before) == [added], seen.notifications, _result(echoed)
+    return (
+        sorted(n.removeprefix(prefix) for n in after - before) == [added],
+        seen.notifications,
+        _result(echoed),
+    )
 
 
 SCENARIOS: list[Scenario] = [

@@ -27,7 +27,9 @@ def text_of(result: types.CallToolResult) -> str:
 
 
 @pytest.fixture(scope="module")
-async def fragile(tmp_path_factory: pytest.TempPathFactory, demo_http_url: str) -> AsyncIterator[RunningGateway]:
+async def fragile(
+    tmp_path_factory: pytest.TempPathFactory, demo_http_url: str
+) -> AsyncIterator[RunningGateway]:
     """Short call timeouts and idle limits, so lifecycles play out within a test."""
     config = write_config(
         tmp_path_factory.mktemp("fragile"),
@@ -69,7 +71,9 @@ async def test_a_slow_upstream_times_out_with_its_own_error(fragile: RunningGate
             assert text_of(await client.call_tool("demo__echo", {"text": "still here"})) == "still here"
 
 
-async def test_a_crash_mid_call_is_reported_as_gone_and_the_next_call_restarts_it(fragile: RunningGateway) -> None:
+async def test_a_crash_mid_call_is_reported_as_gone_and_the_next_call_restarts_it(
+    fragile: RunningGateway,
+) -> None:
     async with Client(fragile.url, mode="legacy") as client:
         with anyio.fail_after(TIMEOUT):
             await client.call_tool("demo__echo", {"text": "warm up"})
