@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(config, args.host, args.port)
         if args.command == "keys":
-            return anyio.run(_create_key, config, args.org, args.user, args.admin)
+            return anyio.run(
+                _create_key, config, args.org, args.user, args.admin, args.allow or ["*"], args.deny
+            )
     except ConfigError as exc:
         print(f"mcpgw: {exc}", file=sys.stderr)
         return 2
@@ -60,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--org", required=True, help="organisation name (created if new)")
     create.add_argument("--user", help="bind the key to this user id")
     create.add_argument("--admin", action="store_true", help="an admin key (for the /api routes)")
+    create.add_argument(
+        "--allow",
+        action="append",
+        metavar="GLOB",
+        help="only tools matching this (e.g. 'demo__*'); repeatable",
+    )
+    create.add_argument(
+        "--deny", action="append", default=[], metavar="GLOB", help="never tools matching this"
+    )
 
     stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
     stdio.add_argument("--config", help=config_help)
@@ -92,12 +103,16 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
     return 0
 
 
-async def _create_key(config: GatewayConfig, organisation: str, user: str | None, admin: bool) -> int:
+async def _create_key(
+    config: GatewayConfig, organisation: str, user: str | None, admin: bool, allow: list[str], deny: list[str]
+) -> int:
     from store import open_sqlite_store
 
     async with open_sqlite_store(config.database) as store:
         org = await store.ensure_organisation(organisation)
-        created = await store.create_api_key(org.id, user_id=user, is_admin=admin)
+        created = await store.create_api_key(
+            org.id, user_id=user, is_admin=admin, tools_allow=allow, tools_deny=deny
+        )
     print(json.dumps({"organisationId": org.id, "apiKeyId": created.key.id, "key": created.secret}))
     return 0
 

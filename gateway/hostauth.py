@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.config import ToolFilter
 from store import ApiKey, Store, hash_api_key
 
 _CACHE_TTL_S = 30.0
@@ -23,6 +24,7 @@ class Principal:
     api_key_id: str | None  # None only in key-less local mode
     user_id: str | None
     is_admin: bool
+    tools: ToolFilter = field(default_factory=ToolFilter)  # the key's narrowing, over host-visible names
 
     def same_caller(self, other: Principal) -> bool:
         return self.organisation_id == other.organisation_id and self.api_key_id == other.api_key_id
@@ -47,7 +49,13 @@ class HostAuth:
         key = await self._lookup(secret)
         if key is None:
             return None
-        return Principal(key.organisation_id, key.id, key.user_id, key.is_admin)
+        return Principal(
+            key.organisation_id,
+            key.id,
+            key.user_id,
+            key.is_admin,
+            ToolFilter(key.tools_allow, key.tools_deny),
+        )
 
     async def _lookup(self, secret: str) -> ApiKey | None:
         digest = hash_api_key(secret)

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from gateway.config import UpstreamConfig
+from gateway.config import ToolFilter, UpstreamConfig
 from gateway.errors import GatewayError, RoutingError
 from gateway.jsonrpc import JSONObject, params_of
 from gateway.sessions import HostSession
@@ -74,7 +74,7 @@ class Router:
         async with anyio.create_task_group() as tg:
             for name in self._order:
                 tg.start_soon(fetch, name)
-        items, table = self._merge(method, key, per_upstream)
+        items, table = self._merge(method, key, per_upstream, session.principal.tools)
         kind = _kind(method)
         previous = session.catalog.get(kind)
         if isinstance(previous, _Table):
@@ -127,7 +127,7 @@ class Router:
         return items
 
     def _merge(
-        self, method: str, key: str, per_upstream: dict[str, list[JSONObject]]
+        self, method: str, key: str, per_upstream: dict[str, list[JSONObject]], key_filter: ToolFilter
     ) -> tuple[list[JSONObject], _Table]:
         table = _Table()
         merged: dict[str, JSONObject] = {}
@@ -137,6 +137,8 @@ class Router:
                 if key == "tools" and not config.tools.permits(str(item.get("name"))):
                     continue
                 exposed, route_key, original = _exposure(config.prefix, key, item)
+                if key == "tools" and not key_filter.permits(exposed):
+                    continue  # the API key's own filter: it can only narrow the upstream's
                 if key == "resourceTemplates":
                     _add_template(table, item, name)
                 if route_key in table.refused:

@@ -38,6 +38,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX api_keys_organisation ON api_keys(organisation_id);
     """,
+    # 2: per-key tool filters (JSON arrays of globs over host-visible tool names).
+    """
+    ALTER TABLE api_keys ADD COLUMN tools_allow TEXT NOT NULL DEFAULT '["*"]';
+    ALTER TABLE api_keys ADD COLUMN tools_deny TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,6 +33,10 @@ class ApiKey:
     """The first characters of the secret, for display (``mgw_ab12cd``)."""
     created_at: datetime
     revoked_at: datetime | None
+    tools_allow: tuple[str, ...] = ("*",)
+    """Globs over host-visible tool names (``demo__*``) this key may see and call."""
+    tools_deny: tuple[str, ...] = ()
+    """Globs this key may not use, even when allowed; deny wins."""
 
 
 @dataclass(frozen=True, slots=True)

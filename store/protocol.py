@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from .models import ApiKey, CreatedKey, Organisation
@@ -25,9 +26,18 @@ class Store(Protocol):
         ...
 
     async def create_api_key(
-        self, organisation_id: str, *, user_id: str | None = None, is_admin: bool = False
+        self,
+        organisation_id: str,
+        *,
+        user_id: str | None = None,
+        is_admin: bool = False,
+        tools_allow: Sequence[str] = ("*",),
+        tools_deny: Sequence[str] = (),
     ) -> CreatedKey:
         """Create a key for the organisation; raise ``OrganisationNotFound`` if it does not exist.
+
+        ``tools_allow``/``tools_deny`` narrow which tools the key's sessions see (globs over
+        host-visible names); they never widen what the upstreams' own filters allow.
 
         The returned ``CreatedKey.secret`` is the only copy of the secret; only its hash is kept.
         """

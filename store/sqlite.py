@@ -8,8 +8,9 @@ a CLI's write and vice versa; writers wait up to ``busy_timeout`` for each other
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from .models import ApiKey, CreatedKey, Organisation
 __all__ = ["SqliteStore", "open_sqlite_store"]
 
 _ORGANISATION_COLUMNS = "id, name, created_at"
-_API_KEY_COLUMNS = "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at"
+_API_KEY_COLUMNS = (
+    "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at, tools_allow, tools_deny"
+)
 
 
 def _organisation(row: Any) -> Organisation:
@@ -45,6 +48,8 @@ def _api_key(row: Any) -> ApiKey:
         prefix=row[4],
         created_at=parse_timestamp(row[5]),
         revoked_at=None if row[6] is None else parse_timestamp(row[6]),
+        tools_allow=tuple(json.loads(row[7])),
+        tools_deny=tuple(json.loads(row[8])),
     )
 
 
@@ -90,7 +95,13 @@ class SqliteStore:
         return None if row is None else _organisation(row)
 
     async def create_api_key(
-        self, organisation_id: str, *, user_id: str | None = None, is_admin: bool = False
+        self,
+        organisation_id: str,
+        *,
+        user_id: str | None = None,
+        is_admin: bool = False,
+        tools_allow: Sequence[str] = ("*",),
+        tools_deny: Sequence[str] = (),
     ) -> CreatedKey:
         secret = generate_api_key()
         key = ApiKey(
@@ -101,10 +112,12 @@ class SqliteStore:
             prefix=display_prefix(secret),
             created_at=utc_now(),
             revoked_at=None,
+            tools_allow=tuple(tools_allow),
+            tools_deny=tuple(tools_deny),
         )
         try:
             await self._conn.execute(
-                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.organisation_id,
@@ -113,6 +126,8 @@ class SqliteStore:
                     key.prefix,
                     format_timestamp(key.created_at),
                     None,
+                    json.dumps(key.tools_allow),
+                    json.dumps(key.tools_deny),
                     hash_api_key(secret),
                 ),
             )

@@ -193,6 +193,24 @@ async def test_filtered_tool_is_not_listed(keyed: RunningGateway, http: httpx2.A
     assert "demo__fail" not in names
 
 
+async def test_a_key_filter_narrows_tools_and_never_widens_them(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    store = keyed.gateway.store
+    org = await store.ensure_organisation("acme")
+    narrow = (await store.create_api_key(org.id, tools_allow=["demo__*"], tools_deny=["demo__wait"])).secret
+    session = await open_session(http, keyed.url, narrow)
+    listed = await rpc(http, keyed.url, narrow, session, "tools/list", {})
+    names = {tool["name"] for tool in listed.json()["result"]["tools"]}
+    assert "demo__echo" in names
+    assert "demo__wait" not in names  # denied by the key
+    assert "demo__fail" not in names  # denied by the upstream's filter; the key's "demo__*" cannot widen it
+    refused = await rpc(
+        http, keyed.url, narrow, session, "tools/call", {"name": "demo__wait", "arguments": {}}
+    )
+    assert "Unknown tool" in refused.json()["error"]["message"]
+
+
 async def test_tool_call_without_a_name_is_invalid_params(
     keyed: RunningGateway, http: httpx2.AsyncClient
 ) -> None:
