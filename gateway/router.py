@@ -18,7 +18,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.errors import GatewayError, RoutingError
-from gateway.jsonrpc import JSONObject, params_of
+from gateway.jsonrpc import JSONObject, meta_of, params_of
 from gateway.sessions import HostSession
 from gateway.upstream.channel import MessageSink
 
@@ -97,7 +97,10 @@ class Router:
         return route
 
     async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:
-        base = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}
+        base: JSONObject = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}
+        meta = meta_of(message)
+        if meta:  # a 2026-07-28 host's envelope: the listing is made on its behalf
+            base["params"] = {"_meta": {k: v for k, v in meta.items() if k != "progressToken"}}
         if kind == "resources":
             await self.list_all(session, {**base, "method": "resources/list"}, None)
             await self.list_all(session, {**base, "method": "resources/templates/list"}, None)
@@ -108,8 +111,7 @@ class Router:
         self, session: HostSession, name: str, message: JSONObject, key: str, sink: MessageSink | None
     ) -> list[JSONObject]:
         capability = "resources" if key == "resourceTemplates" else key
-        upstream = await session.upstream(name)
-        if capability not in upstream.capabilities:
+        if capability not in await session.capabilities(name):
             return []
         params = {k: v for k, v in params_of(message).items() if k != "cursor"}
         items: list[JSONObject] = []

@@ -109,6 +109,14 @@ class HostSession:
     def open_upstreams(self) -> list[UpstreamSession]:
         return list(self._upstreams.values())
 
+    async def capabilities(self, name: str) -> JSONObject:
+        """What upstream `name` can do, as this session reaches it."""
+        if self.stateless:
+            modern = await self._connectors[name].modern()
+            if modern is not None:
+                return modern.capabilities
+        return (await self.upstream(name)).capabilities
+
     def upstream_session(self, name: str) -> UpstreamSession | None:
         """The open upstream session for `name`, if this host session has one."""
         return self._upstreams.get(name)
@@ -135,6 +143,9 @@ class HostSession:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
         if self.stateless:
+            modern = await self._connectors[name].modern()
+            if modern is not None:
+                return await modern.request(message, sink)  # 2026 both sides: it passes as it is
             # Many host processes may share this group; their ids need not be unique in it.
             message = to_handshake_request(message)
             if request_id is not None:

@@ -28,6 +28,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
 from gateway.eras import to_modern_response, with_server_info
+from gateway.forwarding import forwarded_headers, param_headers
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.jsonrpc import INVALID_PARAMS, JSONObject, error, is_request, meta_of, params_of, result
@@ -102,16 +103,19 @@ class StatelessHandler:
             await self._answer_inputs(call, params_of(message).get("inputResponses"))
         else:
             session = self._group(principal, route.client_info, route.client_capabilities)
-            call = self._start(session, principal, message)
+            call = self._start(session, principal, message, headers)
         level = meta_of(message).get(_LOG_LEVEL_META_KEY)
         call.log_level = _LEVELS.get(level) if isinstance(level, str) else None
         await self._drive(call, message["id"], receive, send)
 
-    def _start(self, session: HostSession, principal: Principal, message: JSONObject) -> _Call:
+    def _start(
+        self, session: HostSession, principal: Principal, message: JSONObject, headers: dict[str, str]
+    ) -> _Call:
         sender, events = anyio.create_memory_object_stream[Event](64)
         call = _Call(session, principal, message["method"], events)
 
         async def run() -> None:
+            forwarded_headers.set(param_headers(headers))
             async with sender:
                 with call.scope:
                     response = await self.proxy.request(session, message, _CallSink(sender))
@@ -124,6 +128,7 @@ class StatelessHandler:
         """Relay the call's events to this host request until it completes or needs input."""
         stream = ResponseStream(send, [], True)
         answer: JSONObject | None = None
+        suspended = False
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -138,12 +143,12 @@ class StatelessHandler:
                         await stream.send(payload)
                     continue
                 if kind == "ask":
-                    answer = self._suspend(call, request_id, payload)
+                    answer, suspended = self._suspend(call, request_id, payload), True
                 else:
                     answer = to_modern_response(call.method, {**payload, "id": request_id})
                 break
             tg.cancel_scope.cancel()
-        if answer is None or answer.get("result", {}).get("resultType") != "input_required":
+        if not suspended:
             call.events.close()  # finished, or abandoned by the host: no later round will read it
         if answer is None:
             return

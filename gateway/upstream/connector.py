@@ -16,14 +16,24 @@ from typing import Any
 import anyio
 import httpx2
 from anyio.abc import TaskGroup
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.forwarding import forwarded_headers
 from gateway.jsonrpc import JSONObject, notification
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.http import HttpChannel
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StdioChannel
+
+MODERN_VERSION = "2026-07-28"
+_REPROBE_S = 60.0
+
+
+async def _nowhere(message: JSONObject) -> None:
+    return None  # a stateless channel has no stream for messages outside a request
+
 
 # Ids of requests the gateway makes on its own; host ids are integers or the host's strings,
 # and within one upstream session only the gateway's handshake uses this one.
@@ -76,6 +86,23 @@ class UpstreamSession:
             await self.channel.notify(cancelled)
 
 
+@dataclass(slots=True)
+class ModernUpstream:
+    """An upstream speaking 2026-07-28: one stateless channel, shared by every host reaching it."""
+
+    config: UpstreamConfig
+    channel: HttpChannel
+    capabilities: JSONObject
+
+    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        call_s = self.config.timeouts.call_s
+        try:
+            with anyio.fail_after(call_s):
+                return await self.channel.request(message, sink, forwarded_headers.get())
+        except TimeoutError:
+            raise UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s") from None
+
+
 class Connector:
     def __init__(
         self, config: UpstreamConfig, task_group: TaskGroup, client: httpx2.AsyncClient | None
@@ -83,6 +110,46 @@ class Connector:
         self.config = config
         self._task_group = task_group
         self._client = client
+        self._modern: ModernUpstream | None = None
+        self._probed_at: float | None = None
+        self._probe_lock = anyio.Lock()
+
+    async def modern(self) -> ModernUpstream | None:
+        """This upstream as a 2026-07-28 server, if it is one (asked once with server/discover)."""
+        if self.config.transport != "http" or self._client is None or self.config.url is None:
+            return None
+        if self._fresh_probe():
+            return self._modern
+        async with self._probe_lock:
+            if not self._fresh_probe():
+                self._modern = await self._discover(self._client, self.config.url)
+                self._probed_at = time.monotonic()
+        return self._modern
+
+    def _fresh_probe(self) -> bool:
+        # A "no" is asked again now and then: the upstream may be upgraded, or was only down.
+        if self._probed_at is None:
+            return False
+        return self._modern is not None or time.monotonic() - self._probed_at < _REPROBE_S
+
+    async def _discover(self, client: httpx2.AsyncClient, url: str) -> ModernUpstream | None:
+        channel = HttpChannel(self.name, client, url, _nowhere, modern_version=MODERN_VERSION)
+        meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
+        probe = {
+            "jsonrpc": "2.0",
+            "id": "mcpgw-discover",
+            "method": "server/discover",
+            "params": {"_meta": meta},
+        }
+        try:
+            with anyio.fail_after(self.config.timeouts.connect_s):
+                response = await channel.request(probe, DISCARD)
+        except (UpstreamError, TimeoutError):
+            return None
+        result = response.get("result")
+        if not isinstance(result, dict) or MODERN_VERSION not in (result.get("supportedVersions") or []):
+            return None
+        return ModernUpstream(self.config, channel, result.get("capabilities") or {})
 
     @property
     def name(self) -> str:

@@ -183,3 +183,14 @@ async def test_a_name_two_upstreams_claim_is_refused_naming_both(colliding: Runn
                 await client.call_tool("search", {"query": "dune"})
     assert "search" not in names
     assert "'books'" in caught.value.error.message and "'films'" in caught.value.error.message
+
+
+async def test_a_2026_host_reaches_a_2026_upstream_without_an_upstream_session(
+    fragile: RunningGateway,
+) -> None:
+    async with Client(fragile.url, mode="2026-07-28") as client:
+        with anyio.fail_after(TIMEOUT):
+            counted = await client.call_tool("web__count_slowly", {"steps": 2})  # carries Mcp-Param-Steps
+    assert text_of(counted) == "counted 2"
+    group = [s for s in fragile.gateway.registry.sessions() if s.stateless][-1]
+    assert group.upstream_session("web") is None  # passed through statelessly, no initialize upstream
