@@ -1,4 +1,4 @@
-"""Shared fixtures: a demo upstream over HTTP and a gateway in front of it (and of more)."""
+"""Shared fixtures: the demo upstream over HTTP and SSE, and key-less gateways in front of it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from tests.harness import (
     RunningGateway,
     demo_stdio_yaml,
+    keyless_config,
     serve_gateway,
     start_demo_http,
     stop_process,
-    write_config,
 )
 
 
@@ -24,45 +24,6 @@ async def demo_http_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    """Key-less gateway with the demo over stdio (`demo__`) and a third-party server (`time__`)."""
-    config = write_config(
-        tmp_path_factory.mktemp("gateway"),
-        f"""
-database: ./gw.db
-auth: {{required: false}}
-upstreams:{demo_stdio_yaml()}
-  - name: time
-    transport: stdio
-    command: [python, -m, mcp_server_time, --local-timezone, UTC]
-""",
-    )
-    async with serve_gateway(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-async def web_gateway(
-    demo_http_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningGateway]:
-    """Key-less gateway with the demo over Streamable HTTP (`web__`)."""
-    config = write_config(
-        tmp_path_factory.mktemp("web-gateway"),
-        f"""
-database: ./gw.db
-auth: {{required: false}}
-upstreams:
-  - name: web
-    transport: http
-    url: {demo_http_url}
-    timeouts: {{call_s: 5}}
-""",
-    )
-    async with serve_gateway(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
 async def demo_sse_url() -> AsyncIterator[str]:
     proc, url = await start_demo_http("--sse")
     yield url
@@ -70,20 +31,34 @@ async def demo_sse_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    """The demo over stdio (`demo__`) and a third-party server from PyPI (`time__`)."""
+    upstreams = (
+        demo_stdio_yaml()
+        + """
+  - name: time
+    transport: stdio
+    command: [python, -m, mcp_server_time, --local-timezone, UTC]"""
+    )
+    async with serve_gateway(keyless_config(tmp_path_factory.mktemp("gateway"), upstreams)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def web_gateway(
+    demo_http_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
+    """The demo over Streamable HTTP (`web__`)."""
+    upstreams = f"\n  - {{name: web, transport: http, url: '{demo_http_url}', timeouts: {{call_s: 5}}}}"
+    async with serve_gateway(keyless_config(tmp_path_factory.mktemp("web"), upstreams)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 async def sse_gateway(
     demo_sse_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningGateway]:
-    """Key-less gateway with the demo over the legacy HTTP+SSE transport (`old__`)."""
-    config = write_config(
-        tmp_path_factory.mktemp("sse-gateway"),
-        f"""
-database: ./gw.db
-auth: {{required: false}}
-upstreams:
-  - name: old
-    transport: sse
-    url: {demo_sse_url}
-""",
-    )
-    async with serve_gateway(config) as running:
+    """The demo over the legacy HTTP+SSE transport (`old__`)."""
+    upstreams = f"\n  - {{name: old, transport: sse, url: '{demo_sse_url}'}}"
+    async with serve_gateway(keyless_config(tmp_path_factory.mktemp("sse"), upstreams)) as running:
         yield running

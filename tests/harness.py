@@ -85,6 +85,13 @@ async def serve_gateway(config_path: Path, recorder: Recorder | None = None) -> 
         yield running
 
 
+def keyless_config(directory: Path, upstreams_yaml: str, extra_yaml: str = "") -> Path:
+    """A key-less gateway config in `directory` with the given `upstreams:` entries."""
+    return write_config(
+        directory, f"database: ./gw.db\nauth: {{required: false}}\n{extra_yaml}upstreams:{upstreams_yaml}\n"
+    )
+
+
 def demo_stdio_yaml(name: str = "demo", extra: str = "") -> str:
     return f"""
   - name: {name}

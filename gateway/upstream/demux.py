@@ -8,6 +8,7 @@ sampling, roots) goes to the newest call still running; anything else is `unsoli
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -54,6 +55,18 @@ class Demux:
             await target.send(message)
         else:
             await self._unsolicited(message)
+
+    async def round_trip(
+        self, message: JSONObject, sink: MessageSink | None, write: Callable[[JSONObject], Awaitable[None]]
+    ) -> JSONObject | None:
+        """Write a request and wait for its response; None when the stream ended first."""
+        pending = self.expect(message, sink)
+        try:
+            await write(message)
+            await pending.done.wait()
+        finally:
+            self.forget(message["id"])
+        return pending.response
 
     def fail_all(self) -> None:
         """The stream ended: wake every waiting call (each finds no response)."""

@@ -49,15 +49,10 @@ class SseChannel:
         return self._closed
 
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
-        pending = self._demux.expect(message, sink)
-        try:
-            await self._post(message)
-            await pending.done.wait()
-        finally:
-            self._demux.forget(message["id"])
-        if pending.response is None:
+        response = await self._demux.round_trip(message, sink, self._post)
+        if response is None:
             raise UpstreamUnavailable(self._name, "the SSE stream closed before the response")
-        return pending.response
+        return response
 
     async def notify(self, message: JSONObject) -> None:
         await self._post(message)

@@ -82,15 +82,10 @@ class StdioChannel:
         return self._process.pid
 
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
-        pending = self._demux.expect(message, sink)
-        try:
-            await self._write(message)
-            await pending.done.wait()
-        finally:
-            self._demux.forget(message["id"])
-        if pending.response is None:
+        response = await self._demux.round_trip(message, sink, self._write)
+        if response is None:
             raise UpstreamUnavailable(self._name, "the process exited before answering")
-        return pending.response
+        return response
 
     async def notify(self, message: JSONObject) -> None:
         await self._write(message)

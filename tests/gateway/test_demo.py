@@ -6,86 +6,38 @@ Every behaviour runs over stdio and Streamable HTTP, in the handshake era
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
-from anyio.abc import Process
 from mcp import Client
 from mcp.client.session import ClientRequestContext, ElicitationFnT
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.harness import ROOT, start_demo_http, stop_process
+
 MODES = ["legacy", "2026-07-28"]
-STARTUP_TIMEOUT = 20.0
 CALL_TIMEOUT = 20.0
 
 Target = StdioServerParameters | str
 
 
-async def _start_demo(*extra: str) -> tuple[Process, str]:
-    """Start `python -m gateway.demo --http --port 0 ...`; return the process and its URL once it accepts."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await anyio.open_process(
-        [sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra],
-        cwd=ROOT,
-        env=env,
-        stderr=None,
-    )
-    try:
-        assert proc.stdout is not None
-        with anyio.fail_after(STARTUP_TIMEOUT):
-            buffered = b""
-            while b"\n" not in buffered:
-                buffered += await proc.stdout.receive()
-            line = buffered.decode().splitlines()[0]
-            assert line.startswith("READY "), line
-            url = line.split()[1]
-            host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
-            while True:  # the READY line already implies a listening socket; confirm it accepts
-                try:
-                    stream = await anyio.connect_tcp(host, int(port))
-                except OSError:
-                    await anyio.sleep(0.05)
-                    continue
-                await stream.aclose()
-                break
-    except BaseException:
-        await _stop(proc)
-        raise
-    return proc, url
-
-
-async def _stop(proc: Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            with anyio.fail_after(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    await proc.aclose()
-
-
 @pytest.fixture(scope="module")
 async def demo_url() -> AsyncIterator[str]:
-    proc, url = await _start_demo()
+    proc, url = await start_demo_http()
     yield url
-    await _stop(proc)
+    await stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 async def demo_json_url() -> AsyncIterator[str]:
-    proc, url = await _start_demo("--json-response")
+    proc, url = await start_demo_http("--json-response")
     yield url
-    await _stop(proc)
+    await stop_process(proc)
 
 
 @pytest.fixture(params=["stdio", "http"])

@@ -14,7 +14,7 @@ from mcp.shared.exceptions import MCPError
 from gateway.sessions import HostSession
 from gateway.upstream.http import HttpChannel
 from gateway.upstream.stdio import StdioChannel
-from tests.harness import RunningGateway, demo_stdio_yaml, serve_gateway, write_config
+from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.upstreams import catalogue_server, serve_mcp
 
 TIMEOUT = 20.0
@@ -31,21 +31,13 @@ async def fragile(
     tmp_path_factory: pytest.TempPathFactory, demo_http_url: str
 ) -> AsyncIterator[RunningGateway]:
     """Short call timeouts and idle limits, so lifecycles play out within a test."""
-    config = write_config(
-        tmp_path_factory.mktemp("fragile"),
-        f"""
-database: ./gw.db
-auth: {{required: false}}
-upstreams:{demo_stdio_yaml(extra="    timeouts: {call_s: 1}")}
-  - name: web
-    transport: http
-    url: {demo_http_url}
-  - name: sleepy
-    transport: stdio
-    command: [python, -m, gateway.demo]
-    idle_s: 0.000001
-""",
+    upstreams = (
+        demo_stdio_yaml(extra="    timeouts: {call_s: 1}")
+        + f"""
+  - {{name: web, transport: http, url: '{demo_http_url}'}}
+  - {{name: sleepy, transport: stdio, command: [python, -m, gateway.demo], idle_s: 0.000001}}"""
     )
+    config = keyless_config(tmp_path_factory.mktemp("fragile"), upstreams)
     async with serve_gateway(config) as running:
         yield running
 
@@ -152,16 +144,10 @@ async def test_deleting_the_host_session_ends_its_children(fragile: RunningGatew
 async def colliding(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
     """Two unprefixed upstreams that both offer `search`."""
     async with serve_mcp(catalogue_server("books")) as books, serve_mcp(catalogue_server("films")) as films:
-        config = write_config(
-            tmp_path_factory.mktemp("colliding"),
-            f"""
-database: ./gw.db
-auth: {{required: false}}
-upstreams:
+        upstreams = f"""
   - {{name: books, transport: http, url: "{books}", prefix: ""}}
-  - {{name: films, transport: http, url: "{films}", prefix: ""}}
-""",
-        )
+  - {{name: films, transport: http, url: "{films}", prefix: ""}}"""
+        config = keyless_config(tmp_path_factory.mktemp("colliding"), upstreams)
         async with serve_gateway(config) as running:
             yield running
 
