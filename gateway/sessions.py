@@ -24,7 +24,7 @@ from gateway.errors import UpstreamError, UpstreamSessionExpired
 from gateway.hostauth import Principal
 from gateway.jsonrpc import JSONObject, RequestId
 from gateway.upstream.channel import MessageSink
-from gateway.upstream.connector import Connector, Handshake, UpstreamSession
+from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
 
 logger = logging.getLogger(__name__)
 
@@ -43,33 +43,35 @@ class _Outbound:
 
 
 class ListenStream:
-    """The host's GET stream, or a small buffer of what arrived while it had none open."""
+    """Where a session's server-initiated messages go: the host's GET stream, its 2026-07-28
+    listen streams, or, while none is open, a small buffer."""
 
-    def __init__(self) -> None:
-        self._sink: MessageSink | None = None
-        self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM)
+    def __init__(self, *, buffered: bool = True) -> None:
+        self._sinks: list[MessageSink] = []
+        # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
+        self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
         self._lock = anyio.Lock()
 
     @property
     def open(self) -> bool:
-        return self._sink is not None
+        return bool(self._sinks)
 
     async def attach(self, sink: MessageSink) -> None:
         async with self._lock:
-            self._sink = sink
+            self._sinks.append(sink)
             while self._buffer:
                 await sink.send(self._buffer.popleft())
 
     def detach(self, sink: MessageSink) -> None:
-        if self._sink is sink:
-            self._sink = None
+        if sink in self._sinks:
+            self._sinks.remove(sink)
 
     async def send(self, message: JSONObject) -> None:
         async with self._lock:
-            if self._sink is None:
+            if not self._sinks:
                 self._buffer.append(message)
-            else:
-                await self._sink.send(message)
+            for sink in list(self._sinks):
+                await sink.send(message)
 
 
 class HostSession:
@@ -88,7 +90,7 @@ class HostSession:
         self.ended = anyio.Event()
         self.principal = principal
         self.handshake = handshake
-        self.listen = ListenStream()
+        self.listen = ListenStream(buffered=not stateless)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
         self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
@@ -109,12 +111,15 @@ class HostSession:
     def open_upstreams(self) -> list[UpstreamSession]:
         return list(self._upstreams.values())
 
+    async def modern(self, name: str) -> ModernUpstream | None:
+        """Upstream `name` as a 2026-07-28 server, when this (stateless) session may use it so."""
+        return await self._connectors[name].modern() if self.stateless else None
+
     async def capabilities(self, name: str) -> JSONObject:
         """What upstream `name` can do, as this session reaches it."""
-        if self.stateless:
-            modern = await self._connectors[name].modern()
-            if modern is not None:
-                return modern.capabilities
+        modern = await self.modern(name)
+        if modern is not None:
+            return modern.capabilities
         return (await self.upstream(name)).capabilities
 
     def upstream_session(self, name: str) -> UpstreamSession | None:
@@ -142,10 +147,10 @@ class HostSession:
     async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
+        modern = await self.modern(name)
+        if modern is not None:
+            return await modern.request(message, sink)  # 2026 on both sides: it passes as it is
         if self.stateless:
-            modern = await self._connectors[name].modern()
-            if modern is not None:
-                return await modern.request(message, sink)  # 2026 both sides: it passes as it is
             # Many host processes may share this group; their ids need not be unique in it.
             message = to_handshake_request(message)
             if request_id is not None:

@@ -32,6 +32,7 @@ from gateway.forwarding import forwarded_headers, param_headers
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.jsonrpc import INVALID_PARAMS, JSONObject, error, is_request, meta_of, params_of, result
+from gateway.listen import serve_listen
 from gateway.proxy import Proxy
 from gateway.sessions import HostSession, SessionRegistry
 from gateway.upstream.connector import Handshake
@@ -93,6 +94,10 @@ class StatelessHandler:
         if message["method"] == "server/discover":
             await send_json(send, 200, result(message["id"], self._discover()))
             return
+        if message["method"] == "subscriptions/listen":
+            session = self._group(principal, route.client_info, route.client_capabilities)
+            await self._listen(session, message, receive, send)
+            return
         self._expire_suspended()
         state = params_of(message).get("requestState")
         call = self._suspended.pop(state, None) if isinstance(state, str) else None
@@ -107,6 +112,24 @@ class StatelessHandler:
         level = meta_of(message).get(_LOG_LEVEL_META_KEY)
         call.log_level = _LEVELS.get(level) if isinstance(level, str) else None
         await self._drive(call, message["id"], receive, send)
+
+    async def _listen(self, session: HostSession, message: JSONObject, receive: Receive, send: Send) -> None:
+        stream = ResponseStream(send, [], True)
+        closed = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def until_gone() -> None:
+                await wait_for_disconnect(receive)
+                closed.set()
+
+            async def until_ended() -> None:
+                await session.ended.wait()
+                closed.set()
+
+            tg.start_soon(until_gone)
+            tg.start_soon(until_ended)
+            await serve_listen(session, self.proxy.router, message, stream, closed)
+            tg.cancel_scope.cancel()
 
     def _start(
         self, session: HostSession, principal: Principal, message: JSONObject, headers: dict[str, str]

@@ -178,13 +178,29 @@ async def tools_list_changed(client: Client, prefix: str, seen: Seen) -> Any:
     )
 
 
+async def listen_events(client: Client, prefix: str, seen: Seen) -> Any:
+    added = f"late_{uuid.uuid4().hex[:8]}"
+    events: list[str] = []
+    async with client.listen(
+        tools_list_changed=True, resource_subscriptions=["demo://readme"]
+    ) as subscription:
+        await client.call_tool(prefix + "touch", {"uri": "demo://readme"})
+        await client.call_tool(prefix + "add_tool", {"name": added})
+        async for event in subscription:
+            events.append(f"{type(event).__name__} {getattr(event, 'uri', '')}".strip())
+            if len(events) == 2:
+                break
+    return sorted(events)
+
+
 SCENARIOS: list[Scenario] = [
     echo, structured, tool_error, progress, logging, elicitation, sampling, cancellation, resources,
     prompts_and_completion, listing,
 ]  # fmt: skip
 # resources/subscribe and the list_changed notifications on a session stream are handshake-era
-# features; 2026-07-28 replaces them with subscriptions/listen.
+# features; 2026-07-28 replaces them with subscriptions/listen (listen_events).
 LEGACY_ONLY: list[Scenario] = [subscription, tools_list_changed]
+MODERN_ONLY: list[Scenario] = [listen_events]
 
 
 async def _run(url: str, mode: str, prefix: str, scenario: Scenario) -> Any:
@@ -196,7 +212,9 @@ async def _run(url: str, mode: str, prefix: str, scenario: Scenario) -> Any:
 
 @pytest.mark.parametrize(
     ("scenario", "mode"),
-    [(s, m) for s in SCENARIOS for m in MODES] + [(s, "legacy") for s in LEGACY_ONLY],
+    [(s, m) for s in SCENARIOS for m in MODES]
+    + [(s, "legacy") for s in LEGACY_ONLY]
+    + [(s, "2026-07-28") for s in MODERN_ONLY],
     ids=lambda v: v if isinstance(v, str) else v.__name__,
 )
 @pytest.mark.parametrize("upstream", ["demo", "web", "old"])
