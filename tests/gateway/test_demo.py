@@ -27,13 +27,6 @@ Target = StdioServerParameters | str
 
 
 @pytest.fixture(scope="module")
-async def demo_url() -> AsyncIterator[str]:
-    proc, url = await start_demo_http()
-    yield url
-    await stop_process(proc)
-
-
-@pytest.fixture(scope="module")
 async def demo_json_url() -> AsyncIterator[str]:
     proc, url = await start_demo_http("--json-response")
     yield url
@@ -46,7 +39,7 @@ def target(request: pytest.FixtureRequest) -> Target:
         return StdioServerParameters(
             command=sys.executable, args=["-m", "gateway.demo"], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}
         )
-    url: str = request.getfixturevalue("demo_url")
+    url: str = request.getfixturevalue("demo_http_url")  # the session's demo, from conftest
     return url
 
 
