@@ -26,7 +26,7 @@ from gateway.legacy_sse import LegacySse
 from gateway.proxy import Proxy
 from gateway.recorder import NullRecorder, Recorder
 from gateway.router import Router
-from gateway.sessions import HostSession, SessionRegistry, start_reaper
+from gateway.sessions import SessionRegistry, start_reaper
 from gateway.stateless import StatelessHandler
 from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.upstream.connector import Connector, http_client_for
@@ -74,12 +74,7 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
             connectors[upstream.name] = Connector(upstream, task_group, client)
         router = Router(config.upstreams)
 
-        def on_list_changed(session: HostSession, upstream: str, kind: str) -> None:
-            router.invalidate(session, upstream, kind)
-
-        registry = SessionRegistry(
-            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, on_list_changed
-        )
+        registry = SessionRegistry(connectors, config.sessions.idle_s, config.sessions.stateless_gap_s)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder or NullRecorder())
         endpoint = Endpoint(

@@ -58,7 +58,7 @@ class LegacySse:
 
     async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /sse: one connection, open until the host goes away."""
-        principal = await self.endpoint.admit(scope, send)
+        principal = await self.endpoint.admit(scope, headers_of(scope), send)
         if principal is None:
             return
         connection_id = secrets.token_urlsafe(24)
@@ -84,7 +84,7 @@ class LegacySse:
 
     async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
-        principal = await self.endpoint.admit(scope, send)
+        principal = await self.endpoint.admit(scope, headers_of(scope), send)
         if principal is None:
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -101,9 +101,9 @@ class LegacySse:
             await send_json(send, 400, error(None, exc.code, exc.message))
             return
         await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
-        await self._handle(connection, message, headers_of(scope))
+        await self._handle(connection, message)
 
-    async def _handle(self, connection: _Connection, message: JSONObject, headers: dict[str, str]) -> None:
+    async def _handle(self, connection: _Connection, message: JSONObject) -> None:
         if message.get("method") == "initialize" and is_request(message):
             session, answer = self.endpoint.initialize(message, connection.principal)
             connection.session = session

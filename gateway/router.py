@@ -53,10 +53,6 @@ class Router:
     def upstream_names(self) -> list[str]:
         return list(self._order)
 
-    def invalidate(self, session: HostSession, upstream: str, kind: str) -> None:
-        """An upstream said its list changed: route again from a fresh listing next time."""
-        session.catalog.pop(kind, None)
-
     async def list_all(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None
     ) -> JSONObject:

@@ -81,7 +81,6 @@ class HostSession:
         principal: Principal,
         handshake: Handshake,
         connectors: Mapping[str, Connector],
-        on_list_changed: Callable[[HostSession, str, str], None],
         *,
         stateless: bool = False,
     ) -> None:
@@ -95,7 +94,6 @@ class HostSession:
         self.log_level: str | None = None
         self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
         self._connectors = connectors
-        self._on_list_changed = on_list_changed
         self._upstreams: dict[str, UpstreamSession] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._outbound: dict[str, _Outbound] = {}
@@ -203,9 +201,6 @@ class HostSession:
             return None
         return self._outbound.pop(gateway_id, None)
 
-    def note_list_changed(self, upstream: str, kind: str) -> None:
-        self._on_list_changed(self, upstream, kind)
-
     async def drop_upstream(self, name: str) -> None:
         upstream = self._upstreams.pop(name, None)
         if upstream is not None:
@@ -255,7 +250,8 @@ class _Relay:
             gateway_id = self._session.map_outbound(self._upstream, message["id"])
             message = {**message, "id": gateway_id}
         elif method in _LIST_CHANGED:
-            self._session.note_list_changed(self._upstream.name, _LIST_CHANGED[method])
+            # The merged list changed: route from a fresh listing next time (see router.py).
+            self._session.catalog.pop(_LIST_CHANGED[method], None)
         await self._target.send(message)
 
 
@@ -264,7 +260,6 @@ class SessionRegistry:
     connectors: Mapping[str, Connector]
     idle_s: float
     stateless_gap_s: float
-    on_list_changed: Callable[[HostSession, str, str], None]
     _sessions: dict[str, HostSession] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -276,9 +271,7 @@ class SessionRegistry:
 
     def create(self, principal: Principal, handshake: Handshake, *, stateless: bool = False) -> HostSession:
         session_id = secrets.token_urlsafe(24)
-        session = HostSession(
-            session_id, principal, handshake, self.connectors, self.on_list_changed, stateless=stateless
-        )
+        session = HostSession(session_id, principal, handshake, self.connectors, stateless=stateless)
         self._sessions[session_id] = session
         return session
 

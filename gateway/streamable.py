@@ -72,9 +72,8 @@ class Endpoint:
     stateless: StatelessHandler
     max_body_bytes: int
 
-    async def admit(self, scope: Scope, send: Send) -> Principal | None:
+    async def admit(self, scope: Scope, headers: dict[str, str], send: Send) -> Principal | None:
         """Guard, authenticate and scope a request; on refusal the answer is sent and None returned."""
-        headers = headers_of(scope)
         problem = self.guard.problem(headers)
         if problem is not None:
             await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
@@ -105,10 +104,10 @@ class Endpoint:
         return session, result(message["id"], answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal = await self.admit(scope, send)
+        headers = headers_of(scope)
+        principal = await self.admit(scope, headers, send)
         if principal is None:
             return
-        headers = headers_of(scope)
         method = scope["method"]
         if method == "POST":
             await self._post(scope, receive, send, headers, principal)
