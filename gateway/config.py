@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -275,23 +275,25 @@ def _check_prefix(value: str) -> str:
     return value
 
 
-def _check_url(value: str) -> str:
+def _split_url(value: str) -> SplitResult | None:
+    """The URL's parts, or None when it does not parse (a malformed port included)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 -- raises ValueError for a malformed port
     except ValueError:
-        parts = None
+        return None
+    return parts
+
+
+def _check_url(value: str) -> str:
+    parts = _split_url(value)
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
     return value
 
 
 def _check_origin(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError:
-        parts = None
+    parts = _split_url(value)
     # A browser's Origin header never has a path, so "http://localhost:3000/" could never match.
     if parts is None or not parts.scheme or not parts.hostname or parts.path or parts.query or parts.fragment:
         raise ValueError(
