@@ -30,6 +30,7 @@ from gateway.sessions import SessionRegistry, start_reaper
 from gateway.stateless import StatelessHandler
 from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.upstream.connector import Connector, http_client_for
+from gateway.writer import running_recorder
 from store import Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)
@@ -60,10 +61,13 @@ class _Late:
 
 
 @asynccontextmanager
-async def running_gateway(config: GatewayConfig, recorder: Recorder | None = None) -> AsyncIterator[Gateway]:
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_sqlite_store(config.database))
         organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
+        recorder: Recorder = NullRecorder()
+        if config.recording.enabled:
+            recorder = await stack.enter_async_context(running_recorder(store, config.recording))
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
@@ -74,9 +78,11 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
             connectors[upstream.name] = Connector(upstream, task_group, client)
         router = Router(config.upstreams)
 
-        registry = SessionRegistry(connectors, config.sessions.idle_s, config.sessions.stateless_gap_s)
+        registry = SessionRegistry(
+            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, recorder
+        )
         stack.push_async_callback(registry.aclose)
-        proxy = Proxy(router, recorder or NullRecorder())
+        proxy = Proxy(router, recorder)
         endpoint = Endpoint(
             auth=HostAuth(store, required=config.auth.required, default_organisation_id=organisation.id),
             guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
@@ -89,12 +95,12 @@ async def running_gateway(config: GatewayConfig, recorder: Recorder | None = Non
         yield Gateway(config, store, registry, endpoint)
 
 
-def build_app(config: GatewayConfig, recorder: Recorder | None = None) -> Starlette:
+def build_app(config: GatewayConfig) -> Starlette:
     mcp, sse_stream, sse_message = _Late(), _Late(), _Late()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with running_gateway(config, recorder) as gateway:
+        async with running_gateway(config) as gateway:
             mcp.target = gateway.endpoint
             legacy = LegacySse(gateway.endpoint)
             sse_stream.target, sse_message.target = legacy.stream, legacy.message

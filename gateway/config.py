@@ -27,6 +27,8 @@ __all__ = [
     "ConfigProblem",
     "GatewayConfig",
     "ListenConfig",
+    "RecordingConfig",
+    "RetentionConfig",
     "SecurityConfig",
     "SessionsConfig",
     "Timeouts",
@@ -121,6 +123,22 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    max_age_days: float | None = 30.0  # None: keep forever
+    max_invocations: int | None = 1_000_000  # None: no limit
+    interval_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    enabled: bool = True
+    max_payload_bytes: int = 64 * 1024
+    redact_keys: tuple[str, ...] = ()  # added to gateway.redaction's built-in names
+    redact_patterns: tuple[str, ...] = ()  # added to the built-in patterns
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     path: Path
     listen: ListenConfig
@@ -129,6 +147,7 @@ class GatewayConfig:
     security: SecurityConfig
     sessions: SessionsConfig
     upstreams: tuple[UpstreamConfig, ...]
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
 
 def config_path_from(arg: str | None) -> Path:
@@ -329,6 +348,18 @@ def _check_env_name(value: str) -> str:
     return value
 
 
+def _check_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    try:
+        re.compile(f"(?:{value})|x")  # the patterns are joined into one alternation
+    except re.error as exc:
+        raise ValueError(f"{exc}; write flags scoped, like (?i:secret)") from exc
+    return value
+
+
 def _check_no_nul(value: str) -> str:
     if "\0" in value:
         raise ValueError("must not contain a NUL character")
@@ -399,6 +430,26 @@ class _UpstreamModel(_Model):
     idle_s: _Seconds = 600.0
 
 
+class _RedactModel(_Model):
+    keys: list[_Text] = Field(default_factory=list)
+    patterns: list[Annotated[str, Field(min_length=1), AfterValidator(_check_pattern)]] = Field(
+        default_factory=list
+    )
+
+
+class _RetentionModel(_Model):
+    max_age_days: Annotated[float, BeforeValidator(_float_from_text), Field(ge=0, allow_inf_nan=False)] = 30.0
+    max_invocations: Annotated[int, BeforeValidator(_int_from_text), Field(ge=0)] = 1_000_000
+    interval_s: _Seconds = 600.0
+
+
+class _RecordingModel(_Model):
+    enabled: _Bool = True
+    max_payload_bytes: _Bytes = 64 * 1024
+    redact: _RedactModel = Field(default_factory=_RedactModel)
+    retention: _RetentionModel = Field(default_factory=_RetentionModel)
+
+
 class _RootModel(_Model):
     listen: _ListenModel = Field(default_factory=_ListenModel)
     database: _Text = "./mcpgw.db"
@@ -406,9 +457,10 @@ class _RootModel(_Model):
     security: _SecurityModel = Field(default_factory=_SecurityModel)
     sessions: _SessionsModel = Field(default_factory=_SessionsModel)
     upstreams: list[_UpstreamModel] = Field(default_factory=list)
+    recording: _RecordingModel = Field(default_factory=_RecordingModel)
 
 
-_SECTIONS = frozenset({"listen", "auth", "security", "sessions", "upstreams"})
+_SECTIONS = frozenset({"listen", "auth", "security", "sessions", "upstreams", "recording"})
 
 # Which model a mapping at a given key path (list indexes dropped) is validated by.
 _MODEL_AT: dict[tuple[str, ...], type[_Model]] = {
@@ -420,6 +472,9 @@ _MODEL_AT: dict[tuple[str, ...], type[_Model]] = {
     ("upstreams",): _UpstreamModel,
     ("upstreams", "tools"): _ToolFilterModel,
     ("upstreams", "timeouts"): _TimeoutsModel,
+    ("recording",): _RecordingModel,
+    ("recording", "redact"): _RedactModel,
+    ("recording", "retention"): _RetentionModel,
 }
 
 
@@ -599,4 +654,20 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         ),
         sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
         upstreams=tuple(upstreams),
+        recording=_recording(model.recording),
+    )
+
+
+def _recording(model: _RecordingModel) -> RecordingConfig:
+    retention = model.retention
+    return RecordingConfig(
+        enabled=model.enabled,
+        max_payload_bytes=model.max_payload_bytes,
+        redact_keys=tuple(model.redact.keys),
+        redact_patterns=tuple(model.redact.patterns),
+        retention=RetentionConfig(
+            max_age_days=retention.max_age_days or None,  # 0 turns the limit off
+            max_invocations=retention.max_invocations or None,
+            interval_s=retention.interval_s,
+        ),
     )

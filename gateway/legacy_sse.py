@@ -80,7 +80,7 @@ class LegacySse:
             connection = self._connections.pop(connection_id, None)
             if connection is not None and connection.session is not None:
                 with anyio.CancelScope(shield=True):
-                    await self.endpoint.registry.end(connection.session)
+                    await self.endpoint.registry.end(connection.session, "closed")
 
     async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
@@ -105,9 +105,11 @@ class LegacySse:
 
     async def _handle(self, connection: _Connection, message: JSONObject) -> None:
         if message.get("method") == "initialize" and is_request(message):
-            session, answer = self.endpoint.initialize(message, connection.principal)
-            connection.session = session
+            session, answer = await self.endpoint.initialize(message, connection.principal)
             await connection.stream.send(answer)
+            if session is None:
+                return
+            connection.session = session
             await session.listen.attach(connection.stream)  # this transport's one stream carries everything
             return
         current = connection.session

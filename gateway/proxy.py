@@ -14,20 +14,26 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from gateway.errors import RoutingError, UpstreamError, UpstreamTimeout
 from gateway.jsonrpc import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
+    REQUEST_CANCELLED,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,
     JSONObject,
+    RequestId,
     error,
     params_of,
     result,
 )
-from gateway.recorder import CallRecord, Recorder, outcome_of
+from gateway.recorder import CallRecord, Recorder, RecordingFailed, outcome_of
 from gateway.router import Route, Router
 from gateway.sessions import HostSession
+from gateway.tracecontext import trace_for
 from gateway.upstream.channel import MessageSink
 
 logger = logging.getLogger(__name__)
@@ -144,43 +150,66 @@ class Proxy:
         name: str,
         field: str,
     ) -> JSONObject:
-        started = time.time()
+        if message["method"] not in RECORDED_METHODS:
+            try:
+                found = await self.router.route(session, kind, name, message)
+                forwarded = _renamed(message, field, found.original) if found.original != name else message
+                return await session.forward(found.upstream, forwarded, sink)
+            except (RoutingError, UpstreamError) as exc:
+                return _error_for(message["id"], exc)[0]
+        started, clock = time.time(), time.perf_counter()
         request_id = message["id"]
+        trace, traced = trace_for(message)
         route: Route | None = None
         upstream_s: float | None = None
+        response: JSONObject | None = None
+        outcome = "cancelled"  # unless the call gets further: the host, or the gateway stopping
         try:
-            route = await self.router.route(session, kind, name, message)
-            forwarded = _renamed(message, field, route.original) if route.original != name else message
+            route = await self.router.route(session, kind, name, traced)
+            forwarded = _renamed(traced, field, route.original) if route.original != name else traced
             upstream_started = time.perf_counter()
-            response = await session.forward(route.upstream, forwarded, sink)
-            upstream_s = time.perf_counter() - upstream_started
+            try:
+                response = await session.forward(route.upstream, forwarded, sink)
+            finally:
+                upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
-        except RoutingError as exc:
-            response, outcome = error(request_id, INVALID_PARAMS, str(exc)), "denied"
-        except UpstreamTimeout as exc:
-            response, outcome = error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
-        except UpstreamError as exc:
-            response, outcome = error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"
-        if message["method"] in RECORDED_METHODS:
-            await self.recorder.record(
-                CallRecord(
-                    session_id=session.id,
-                    organisation_id=session.principal.organisation_id,
-                    api_key_id=session.principal.api_key_id,
-                    method=message["method"],
-                    name=name,
-                    upstream=route.upstream if route else None,
-                    upstream_name=route.original if route else None,
-                    request_id=request_id,
-                    params=params_of(message),
-                    response=response,
-                    outcome=outcome,
-                    started_at=started,
-                    duration_s=time.time() - started,
-                    upstream_s=upstream_s,
-                )
+        except (RoutingError, UpstreamError) as exc:
+            response, outcome = _error_for(request_id, exc)
+        finally:
+            # Runs when cancelled too: a cancelled call is recorded before the host hears of it.
+            answered = response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
+            call = CallRecord(
+                session_id=session.record_id,
+                method=message["method"],
+                name=name,
+                upstream=route.upstream if route else None,
+                upstream_name=route.original if route else None,
+                request_id=request_id,
+                params=params_of(message),
+                response=answered,
+                outcome=outcome,
+                started_at=started,
+                duration_s=time.perf_counter() - clock,
+                upstream_s=upstream_s,
+                trace_id=trace.trace_id,
             )
-        return response
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.recorder.record(call)
+            except RecordingFailed as exc:
+                # The upstream did the work, but an unrecorded answer must not reach the host.
+                logger.error("session %s: call %r not recorded: %s", session.id, request_id, exc)
+                response = error(request_id, INTERNAL_ERROR, "The gateway could not record this call")
+        return answered if response is None else response
+
+
+def _error_for(request_id: RequestId, exc: UpstreamError | RoutingError) -> tuple[JSONObject, str]:
+    """The host's answer to a request the gateway could not complete, and its recorded outcome."""
+    if isinstance(exc, RoutingError):
+        return error(request_id, INVALID_PARAMS, str(exc)), "denied"
+    if isinstance(exc, UpstreamTimeout):
+        return error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
+    return error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"
 
 
 def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:

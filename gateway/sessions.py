@@ -12,6 +12,7 @@ import itertools
 import logging
 import secrets
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,15 @@ from gateway.eras import to_handshake_request, with_server_info
 from gateway.errors import UpstreamError, UpstreamSessionExpired
 from gateway.hostauth import Principal
 from gateway.jsonrpc import JSONObject, RequestId
+from gateway.recorder import NullRecorder, Recorder, RecordingFailed
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
+from store import SessionEnd, SessionStart, utc_now
 
 logger = logging.getLogger(__name__)
 
 _BUFFERED_WHILE_NO_STREAM = 256
+_CLIENT_NAMESPACE = uuid.UUID("0f0a3c1e-6d3b-5e8e-9a57-6d63706777c1")  # fixed: client ids must not change
 _LIST_CHANGED = {
     "notifications/tools/list_changed": "tools",
     "notifications/prompts/list_changed": "prompts",
@@ -85,6 +89,7 @@ class HostSession:
         stateless: bool = False,
     ) -> None:
         self.id = session_id
+        self.record_id = str(uuid.uuid4())  # the session's id in the record and the listing API
         self.stateless = stateless
         self.ended = anyio.Event()
         self.principal = principal
@@ -260,6 +265,7 @@ class SessionRegistry:
     connectors: Mapping[str, Connector]
     idle_s: float
     stateless_gap_s: float
+    recorder: Recorder = field(default_factory=NullRecorder)
     _sessions: dict[str, HostSession] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -269,9 +275,27 @@ class SessionRegistry:
         """Live sessions, oldest first."""
         return list(self._sessions.values())
 
-    def create(self, principal: Principal, handshake: Handshake, *, stateless: bool = False) -> HostSession:
+    async def create(
+        self, principal: Principal, handshake: Handshake, protocol_version: str, *, stateless: bool = False
+    ) -> HostSession:
+        """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be."""
         session_id = secrets.token_urlsafe(24)
         session = HostSession(session_id, principal, handshake, self.connectors, stateless=stateless)
+        client = handshake.client_info
+        name, version = client.get("name"), client.get("version")
+        await self.recorder.session_started(
+            SessionStart(
+                id=session.record_id,
+                mcp_session_id=session_id,
+                organisation_id=principal.organisation_id,
+                api_key_id=principal.api_key_id,
+                client_id=client_id_of(name),
+                client_name=name if isinstance(name, str) else None,
+                client_version=version if isinstance(version, str) else None,
+                protocol_version=protocol_version,
+                started_at=utc_now(),
+            )
+        )
         self._sessions[session_id] = session
         return session
 
@@ -282,9 +306,15 @@ class SessionRegistry:
             return None
         return session
 
-    async def end(self, session: HostSession) -> None:
-        self._sessions.pop(session.id, None)
+    async def end(self, session: HostSession, reason: str) -> None:
+        """End `session`: `reason` is deleted (by the host), idle, closed (stream gone) or shutdown."""
+        if self._sessions.pop(session.id, None) is None:
+            return
         await session.aclose()
+        try:
+            await self.recorder.session_ended(SessionEnd(session.record_id, utc_now(), reason))
+        except RecordingFailed as exc:
+            logger.error("session %s ended (%s) but the record could not say so: %s", session.id, reason, exc)
 
     async def reap(self) -> None:
         now = time.monotonic()
@@ -292,7 +322,7 @@ class SessionRegistry:
             limit = self.stateless_gap_s if session.stateless else self.idle_s
             if now - session.last_activity > limit and not session.in_flight:
                 logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
-                await self.end(session)
+                await self.end(session, "idle")
             else:
                 await session.reap_idle_upstreams(now)
 
@@ -304,7 +334,16 @@ class SessionRegistry:
 
     async def aclose(self) -> None:
         for session in list(self._sessions.values()):
-            await self.end(session)
+            await self.end(session, "shutdown")
+
+
+def client_id_of(name: object) -> str | None:
+    """A stable id for a host application (from its clientInfo name), the same in every session.
+
+    Hosts identify themselves only by name and version; this gives the listing API's `clientId`
+    a uuid that groups one application's sessions without storing anything new.
+    """
+    return str(uuid.uuid5(_CLIENT_NAMESPACE, name)) if isinstance(name, str) and name else None
 
 
 def start_reaper(registry: SessionRegistry, task_group: TaskGroup, interval_s: float = 15.0) -> None:

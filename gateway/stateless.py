@@ -23,7 +23,12 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    InboundModernRoute,
+    classify_inbound_request,
+)
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
@@ -31,10 +36,21 @@ from gateway.eras import to_modern_response, with_server_info
 from gateway.forwarding import forwarded_headers, param_headers
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
-from gateway.jsonrpc import INVALID_PARAMS, JSONObject, error, is_request, meta_of, params_of, result
+from gateway.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    JSONObject,
+    error,
+    is_request,
+    meta_of,
+    params_of,
+    result,
+)
 from gateway.listen import serve_listen
 from gateway.proxy import Proxy
+from gateway.recorder import RecordingFailed
 from gateway.sessions import HostSession, SessionRegistry
+from gateway.tracecontext import header_traceparent
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
@@ -94,8 +110,14 @@ class StatelessHandler:
         if message["method"] == "server/discover":
             await send_json(send, 200, result(message["id"], self._discover()))
             return
+        try:
+            session = await self._group(principal, route)
+        except RecordingFailed as exc:
+            logger.error("refusing a request whose session could not be recorded: %s", exc)
+            answer = error(message["id"], INTERNAL_ERROR, "The gateway cannot record sessions right now")
+            await send_json(send, 503, answer)
+            return
         if message["method"] == "subscriptions/listen":
-            session = self._group(principal, route.client_info, route.client_capabilities)
             await self._listen(session, message, receive, send)
             return
         self._expire_suspended()
@@ -107,7 +129,6 @@ class StatelessHandler:
         if call is not None:
             await self._answer_inputs(call, params_of(message).get("inputResponses"))
         else:
-            session = self._group(principal, route.client_info, route.client_capabilities)
             call = self._start(session, principal, message, headers)
         level = meta_of(message).get(_LOG_LEVEL_META_KEY)
         call.log_level = _LEVELS.get(level) if isinstance(level, str) else None
@@ -139,6 +160,7 @@ class StatelessHandler:
 
         async def run() -> None:
             forwarded_headers.set(param_headers(headers))
+            header_traceparent.set(headers.get("traceparent"))
             async with sender:
                 with call.scope:
                     response = await self.proxy.request(session, message, _CallSink(sender))
@@ -230,8 +252,9 @@ class StatelessHandler:
             "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info},
         }
 
-    def _group(self, principal: Principal, client_info: object, capabilities: object) -> HostSession:
-        info = client_info if isinstance(client_info, dict) else {}
+    async def _group(self, principal: Principal, route: InboundModernRoute) -> HostSession:
+        """The session this request belongs to: one per (API key, client name+version)."""
+        info = route.client_info if isinstance(route.client_info, dict) else {}
         key = (
             principal.organisation_id,
             principal.api_key_id,
@@ -240,9 +263,10 @@ class StatelessHandler:
         )
         session = self._groups.get(key)
         if session is None or session.closed:
+            capabilities = route.client_capabilities
             handshake = Handshake(
                 LATEST_HANDSHAKE_VERSION, capabilities if isinstance(capabilities, dict) else {}, info
             )
-            session = self.registry.create(principal, handshake, stateless=True)
+            session = await self.registry.create(principal, handshake, route.protocol_version, stateless=True)
             self._groups[key] = session
         return session

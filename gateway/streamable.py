@@ -31,6 +31,7 @@ from gateway.httpio import (
     wait_for_disconnect,
 )
 from gateway.jsonrpc import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
     REQUEST_CANCELLED,
     JSONObject,
@@ -45,8 +46,10 @@ from gateway.jsonrpc import (
     result,
 )
 from gateway.proxy import Proxy
+from gateway.recorder import RecordingFailed
 from gateway.sessions import HostSession, SessionRegistry
 from gateway.stateless import StatelessHandler
+from gateway.tracecontext import header_traceparent
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
@@ -93,13 +96,20 @@ class Endpoint:
             return None
         return principal
 
-    def initialize(self, message: JSONObject, principal: Principal) -> tuple[HostSession, JSONObject]:
-        """Open a host session for an `initialize` request; return it and the answer."""
+    async def initialize(
+        self, message: JSONObject, principal: Principal
+    ) -> tuple[HostSession | None, JSONObject]:
+        """Open a host session for an `initialize` request; return it (None if it could not be
+        recorded) and the answer."""
         params = params_of(message)
         requested = params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         handshake = Handshake(version, _object(params.get("capabilities")), _object(params.get("clientInfo")))
-        session = self.registry.create(principal, handshake)
+        try:
+            session = await self.registry.create(principal, handshake, version)
+        except RecordingFailed as exc:
+            logger.error("refusing a session that could not be recorded: %s", exc)
+            return None, error(message["id"], INTERNAL_ERROR, "The gateway cannot record sessions right now")
         answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
         return session, result(message["id"], answer)
 
@@ -155,6 +165,7 @@ class Endpoint:
         if session is None:
             return
         if is_request(message):
+            header_traceparent.set(headers.get("traceparent"))
             stream = ResponseStream(
                 send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
             )
@@ -175,7 +186,10 @@ class Endpoint:
         await send_bytes(send, 202, b"", [])
 
     async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
-        session, answer = self.initialize(message, principal)
+        session, answer = await self.initialize(message, principal)
+        if session is None:
+            await send_json(send, 503, answer)
+            return
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
     async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
@@ -226,7 +240,7 @@ class Endpoint:
         session = await self._session(send, headers, principal)
         if session is None:
             return
-        await self.registry.end(session)
+        await self.registry.end(session, "deleted")
         await send_bytes(send, 200, b"", [])
 
 

@@ -11,18 +11,39 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from ._timestamps import utc_now
 from .keys import generate_api_key, hash_api_key
-from .models import ApiKey, CreatedKey, Organisation
+from .models import (
+    ApiKey,
+    CreatedKey,
+    InvocationRecord,
+    Organisation,
+    Page,
+    RecordedInvocation,
+    RecordedSession,
+    RecordEvent,
+    Seek,
+    SessionEnd,
+    SessionStart,
+)
 from .protocol import Store
 from .sqlite import SqliteStore, open_sqlite_store
 
 __all__ = [
     "ApiKey",
     "CreatedKey",
+    "InvocationRecord",
     "KeyNotFound",
     "Organisation",
     "OrganisationNotFound",
+    "Page",
+    "RecordEvent",
+    "RecordedInvocation",
+    "RecordedSession",
     "SchemaVersionError",
+    "Seek",
+    "SessionEnd",
+    "SessionStart",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -30,4 +51,5 @@ __all__ = [
     "generate_api_key",
     "hash_api_key",
     "open_sqlite_store",
+    "utc_now",
 ]

@@ -5,9 +5,12 @@ The fixed width and the ``Z`` make the text sort in time order, so indexes over 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["format_timestamp", "parse_timestamp", "utc_now"]
+__all__ = ["format_timestamp", "from_unix_ms", "parse_timestamp", "to_unix_ms", "utc_now"]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -27,3 +30,15 @@ def format_timestamp(moment: datetime) -> str:
 def parse_timestamp(text: str) -> datetime:
     """Return the aware UTC datetime that ``format_timestamp`` wrote as ``text``."""
     return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def to_unix_ms(moment: datetime) -> int:
+    """Return ``moment`` (timezone-aware) as whole milliseconds since the epoch."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
+
+
+def from_unix_ms(ms: int) -> datetime:
+    """Return the aware UTC datetime for ``ms`` milliseconds since the epoch."""
+    return _EPOCH + timedelta(milliseconds=ms)

@@ -43,6 +43,57 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN tools_allow TEXT NOT NULL DEFAULT '["*"]';
     ALTER TABLE api_keys ADD COLUMN tools_deny TEXT NOT NULL DEFAULT '[]';
     """,
+    # 3: recorded sessions and invocations, and secrets the gateway keeps for itself.
+    # Times are unix milliseconds (INTEGER): half the index size of ISO text on the largest
+    # table, and keyset comparisons on integers. `seq` (the rowid) breaks ties in every order
+    # and is what invocations point at, so their session index holds integers, not uuids.
+    # Every listing is a keyset walk over one of these indexes (no OFFSET, no COUNT).
+    """
+    CREATE TABLE sessions (
+        seq INTEGER PRIMARY KEY,
+        id TEXT UNIQUE NOT NULL,
+        mcp_session_id TEXT NOT NULL,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        api_key_id TEXT,
+        client_id TEXT,
+        client_name TEXT,
+        client_version TEXT,
+        protocol_version TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_call_at INTEGER NOT NULL,
+        call_count INTEGER NOT NULL DEFAULT 0,
+        ended_at INTEGER,
+        end_reason TEXT
+    );
+    CREATE INDEX sessions_by_activity ON sessions(organisation_id, last_call_at);
+    CREATE INDEX sessions_by_key_activity ON sessions(organisation_id, api_key_id, last_call_at);
+    CREATE INDEX sessions_by_last_call ON sessions(last_call_at);
+    CREATE TABLE invocations (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        session_seq INTEGER NOT NULL REFERENCES sessions(seq) ON DELETE CASCADE,
+        method TEXT NOT NULL,
+        tool_name TEXT NOT NULL,
+        upstream TEXT,
+        upstream_name TEXT,
+        request_id TEXT,
+        arguments_json TEXT,
+        arguments_truncated INTEGER NOT NULL DEFAULT 0,
+        result_json TEXT,
+        result_truncated INTEGER NOT NULL DEFAULT 0,
+        success INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        upstream_ms INTEGER,
+        trace_id TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX invocations_by_session ON invocations(session_seq, created_at);
+    CREATE TABLE gateway_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

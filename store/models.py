@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Generic, TypeVar
 
-__all__ = ["ApiKey", "CreatedKey", "Organisation"]
+T = TypeVar("T")
+
+__all__ = [
+    "ApiKey",
+    "CreatedKey",
+    "InvocationRecord",
+    "Organisation",
+    "Page",
+    "RecordEvent",
+    "RecordedInvocation",
+    "RecordedSession",
+    "Seek",
+    "SessionEnd",
+    "SessionStart",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +61,122 @@ class CreatedKey:
     key: ApiKey
     secret: str = field(repr=False)
     """The full ``mgw_...`` key. Show it once; it cannot be recovered."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """A host session the gateway has just opened (a handshake session or a stateless group)."""
+
+    id: str
+    """A uuid4 string: the session's ``id`` in the listing API."""
+    mcp_session_id: str
+    """The ``Mcp-Session-Id`` the host uses; gateway-minted for 2026-07-28 groups too."""
+    organisation_id: str
+    api_key_id: str | None
+    client_id: str | None
+    client_name: str | None
+    client_version: str | None
+    protocol_version: str
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    id: str
+    ended_at: datetime
+    reason: str
+    """``deleted`` (the host said so), ``idle``, ``shutdown`` or ``upstream_gone``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRecord:
+    """One recorded request, already redacted and capped by the recorder."""
+
+    id: str
+    session_id: str
+    method: str
+    tool_name: str
+    """The tool or prompt name, or resource URI, as the host saw it."""
+    upstream: str | None
+    upstream_name: str | None
+    request_id: str | None
+    """The JSON-RPC id as JSON text (``7`` or ``"abc"``)."""
+    arguments_json: str | None
+    arguments_truncated: bool
+    result_json: str | None
+    result_truncated: bool
+    success: bool
+    outcome: str
+    duration_ms: int
+    upstream_ms: int | None
+    trace_id: str | None
+    created_at: datetime
+
+
+RecordEvent = SessionStart | InvocationRecord | SessionEnd
+"""What the recorder writes, in one transaction per batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSession:
+    """A session row as listed."""
+
+    id: str
+    mcp_session_id: str
+    organisation_id: str
+    api_key_id: str | None
+    client_id: str | None
+    client_name: str | None
+    client_version: str | None
+    protocol_version: str
+    started_at: datetime
+    last_call_at: datetime
+    call_count: int
+    ended_at: datetime | None
+    end_reason: str | None
+    key: tuple[int, int]
+    """The keyset position: (last call, unix ms; row number). Newest activity first."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedInvocation:
+    """An invocation row as listed."""
+
+    id: str
+    method: str
+    tool_name: str
+    upstream: str | None
+    upstream_name: str | None
+    request_id: str | None
+    arguments_json: str | None
+    arguments_truncated: bool
+    result_json: str | None
+    result_truncated: bool
+    success: bool
+    outcome: str
+    duration_ms: int
+    upstream_ms: int | None
+    trace_id: str | None
+    created_at: datetime
+    key: tuple[int, int]
+    """The keyset position: (created, unix ms; row number). Oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seek:
+    """Where a page starts: after (or before, walking back) a keyset position."""
+
+    key: tuple[int, int] | None = None
+    """None: from the start of the listing."""
+    backward: bool = False
+    """Walk toward the start: the page holds the rows just before ``key``."""
+    inclusive: bool = False
+    """The row at ``key`` itself belongs to the page (re-reading a page)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    rows: tuple[T, ...]
+    """In listing order, whichever way the walk went."""
+    more_before: bool
+    more_after: bool

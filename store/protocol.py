@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
-from .models import ApiKey, CreatedKey, Organisation
+from .models import (
+    ApiKey,
+    CreatedKey,
+    Organisation,
+    Page,
+    RecordedInvocation,
+    RecordedSession,
+    RecordEvent,
+    Seek,
+)
 
 __all__ = ["Store"]
 
@@ -49,4 +59,43 @@ class Store(Protocol):
 
     async def revoke_api_key(self, api_key_id: str) -> None:
         """Revoke the key; raise ``KeyNotFound`` if there is none. Revoking twice is a no-op."""
+        ...
+
+    async def write_records(self, events: Sequence[RecordEvent]) -> None:
+        """Commit ``events`` (session starts, invocations, session ends) in one transaction.
+
+        When this returns, every event is durable; when it raises, none was written. An
+        invocation counts toward its session's ``call_count`` and ``last_call_at``.
+        """
+        ...
+
+    async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
+        """Delete sessions idle since before ``older_than`` with their invocations, older calls,
+        and the oldest invocations beyond ``max_invocations``; return the number of rows deleted."""
+        ...
+
+    async def list_sessions(
+        self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
+    ) -> Page[RecordedSession]:
+        """A page of sessions, most recent activity first.
+
+        ``organisation_id=None`` lists every organisation (the operator's terminal view);
+        ``api_key_id`` narrows to the sessions one key opened, ``None`` does not narrow.
+        """
+        ...
+
+    async def get_session(
+        self, organisation_id: str | None, session_id: str, *, api_key_id: str | None
+    ) -> RecordedSession | None:
+        """The session with this id, if it is in the organisation (and opened by ``api_key_id``)."""
+        ...
+
+    async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
+        """A page of a session's invocations, oldest first. Check the caller may see the session
+        (``get_session``) before calling this."""
+        ...
+
+    async def gateway_secret(self, name: str) -> bytes:
+        """A random 32-byte secret kept in the database under ``name``, created on first use, so
+        every gateway process on this database agrees on it (e.g. the cursor signing key)."""
         ...

@@ -1,17 +1,24 @@
 """``SqliteStore``: the :class:`~store.protocol.Store` on one aiosqlite connection to a file.
 
-The connection runs in autocommit mode (``isolation_level=None``): each statement is its own
-transaction unless a method opens one with ``BEGIN IMMEDIATE``, and every read sees what other
-processes have committed so far. The file is in WAL mode, so the gateway's reads never wait for
-a CLI's write and vice versa; writers wait up to ``busy_timeout`` for each other.
+The connections run in autocommit mode (``isolation_level=None``): each statement is its own
+transaction, and every read sees what other processes have committed so far. The file is in WAL
+mode, so the gateway's reads never wait for a CLI's write and vice versa; writers wait up to
+``busy_timeout`` for each other.
+
+There are two connections (each aiosqlite connection is one thread, running one statement at a
+time): one for single statements (lookups, listings, small writes, pruning) and one that only
+``write_records`` uses, because its batch spans several statements inside ``BEGIN … COMMIT`` and
+nothing else may slip into that transaction. Listing pages never queue behind a batch either.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -20,12 +27,23 @@ import aiosqlite
 import anyio
 
 from ._connection import configure, connect
+from ._listing import get_session, list_invocations, list_sessions
+from ._records import prune_records, write_records
 from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, utc_now
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .migrations import apply_migrations
-from .models import ApiKey, CreatedKey, Organisation
+from .models import (
+    ApiKey,
+    CreatedKey,
+    Organisation,
+    Page,
+    RecordedInvocation,
+    RecordedSession,
+    RecordEvent,
+    Seek,
+)
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
 
@@ -56,8 +74,9 @@ def _api_key(row: Any) -> ApiKey:
 class SqliteStore:
     """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
         self._conn = conn
+        self._writer = writer
 
     async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, parameters) as cursor:
@@ -161,6 +180,57 @@ class SqliteStore:
         if not exists:
             raise KeyNotFound(f"no API key {api_key_id!r}")
 
+    async def write_records(self, events: Sequence[RecordEvent]) -> None:
+        with translated("write records"):
+            await write_records(self._writer, events)
+
+    async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
+        with translated("prune records"):
+            return await prune_records(self._conn, older_than=older_than, max_invocations=max_invocations)
+
+    async def list_sessions(
+        self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
+    ) -> Page[RecordedSession]:
+        with translated("list sessions"):
+            return await list_sessions(self._conn, organisation_id, api_key_id, seek, limit)
+
+    async def get_session(
+        self, organisation_id: str | None, session_id: str, *, api_key_id: str | None
+    ) -> RecordedSession | None:
+        with translated("get session"):
+            return await get_session(self._conn, organisation_id, session_id, api_key_id)
+
+    async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
+        with translated("list invocations"):
+            return await list_invocations(self._conn, session_id, seek, limit)
+
+    async def gateway_secret(self, name: str) -> bytes:
+        with translated("read gateway secret"):
+            # Two processes may race to create it: the first insert wins, both read the winner.
+            await self._conn.execute(
+                "INSERT INTO gateway_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, secrets.token_bytes(32)),
+            )
+            row = await self._fetchone("SELECT value FROM gateway_secrets WHERE name = ?", (name,))
+        if row is None:
+            raise StoreError(f"gateway secret {name!r} vanished")
+        return bytes(row[0])
+
+
+async def _open_connection(path: str | Path, *, migrate: bool) -> aiosqlite.Connection:
+    with translated(f"open {path}"):
+        conn = await connect(path)
+    try:
+        with translated(f"open {path}"):
+            await configure(conn)
+            if migrate:
+                await apply_migrations(conn)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+        raise
+    return conn
+
 
 @asynccontextmanager
 async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
@@ -169,13 +239,14 @@ async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
     Raises ``StoreUnavailable`` if the file cannot be opened or stays locked,
     ``SchemaVersionError`` if a newer mcpgw has migrated it.
     """
-    with translated(f"open {path}"):
-        conn = await connect(path)
-    try:
-        with translated(f"open {path}"):
-            await configure(conn)
-            await apply_migrations(conn)
-        yield SqliteStore(conn)
-    finally:
-        with anyio.CancelScope(shield=True), translated(f"close {path}"):
-            await conn.close()
+    async with AsyncExitStack() as stack:
+        for_statements = await _open_connection(path, migrate=True)
+        stack.push_async_callback(_close, for_statements, path)
+        writer = await _open_connection(path, migrate=False)
+        stack.push_async_callback(_close, writer, path)
+        yield SqliteStore(for_statements, writer)
+
+
+async def _close(conn: aiosqlite.Connection, path: str | Path) -> None:
+    with anyio.CancelScope(shield=True), translated(f"close {path}"):
+        await conn.close()

@@ -24,7 +24,6 @@ from starlette.types import ASGIApp
 
 from gateway.app import Gateway, build_app
 from gateway.config import load_config
-from gateway.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
@@ -78,8 +77,8 @@ def write_config(directory: Path, text: str) -> Path:
 
 
 @asynccontextmanager
-async def serve_gateway(config_path: Path, recorder: Recorder | None = None) -> AsyncIterator[RunningGateway]:
-    app = build_app(load_config(config_path), recorder)
+async def serve_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
+    app = build_app(load_config(config_path))
     async with serve_asgi(app) as base_url:
         running = RunningGateway(base_url, app)
         yield running
