@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from api import CURSOR_SECRET_NAME, api_routes
 from gateway.config import GatewayConfig
 from gateway.hostauth import HostAuth
 from gateway.httpio import OriginGuard
@@ -105,6 +106,10 @@ def build_app(config: GatewayConfig) -> Starlette:
             legacy = LegacySse(gateway.endpoint)
             sse_stream.target, sse_message.target = legacy.stream, legacy.message
             app.state.gateway = gateway
+            # The API needs the open store, so its routes join once the lifespan has one.
+            cursor_key = await gateway.store.gateway_secret(CURSOR_SECRET_NAME)
+            listing = api_routes(gateway.store, cursor_key, gateway.endpoint.auth.authenticate)
+            app.router.routes.extend(listing)
             logger.info(
                 "mcpgw serving %d upstream(s): %s",
                 len(config.upstreams),
@@ -112,6 +117,8 @@ def build_app(config: GatewayConfig) -> Starlette:
             )
             yield
             mcp.target = None
+            for route in listing:
+                app.router.routes.remove(route)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

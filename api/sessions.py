@@ -1,0 +1,175 @@
+"""The session/invocation listing API (`spec/sessions-list…`, `spec/session-invocations…`).
+
+- `GET /mcp/{organisationId}/sessions`: sessions, most recent activity first (`Limit` ≤ 200, default 20)
+- `GET /mcp/{organisationId}/sessions/{sessionId}`: one session and its first invocations inline
+- `GET /mcp/{organisationId}/sessions/{sessionId}/invocations`: its invocations, oldest first (default 50)
+
+A caller is an API key: an admin key sees every session of its organisation, any other key the
+sessions it opened. Everything else (another organisation, another key's session, an id that
+is not one) is the same 404, so nobody learns what exists elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.cursor import CursorCodec
+from api.paging import page_body, read_limit, read_seek
+from api.problems import Problem
+from store import RecordedInvocation, RecordedSession, Seek, Store
+
+__all__ = ["Caller", "SessionsApi"]
+
+INLINE_INVOCATIONS = 50
+"""How many invocations the session detail carries inline; the rest are paged."""
+
+
+class Caller(Protocol):
+    """Who is asking, as the gateway's host authentication resolves an API key."""
+
+    @property
+    def organisation_id(self) -> str: ...
+
+    @property
+    def api_key_id(self) -> str | None: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+
+Authenticate = Callable[[Mapping[str, str]], Awaitable[Caller | None]]
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def render_session(session: RecordedSession) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "clientId": session.client_id,
+        "apiKeyId": session.api_key_id,
+        "mcpSessionId": session.mcp_session_id,
+        "startedAt": _timestamp(session.started_at),
+        "lastCallAt": _timestamp(session.last_call_at),
+        "callCount": session.call_count,
+        "clientName": session.client_name,
+        "clientVersion": session.client_version,
+        "protocolVersion": session.protocol_version,
+        "endedAt": None if session.ended_at is None else _timestamp(session.ended_at),
+        "endReason": session.end_reason,
+    }
+
+
+def render_invocation(call: RecordedInvocation) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "toolName": call.tool_name,
+        "argumentsJson": call.arguments_json,
+        "resultJson": call.result_json,
+        "success": call.success,
+        "durationMs": call.duration_ms,
+        "traceId": call.trace_id,
+        "createdAt": _timestamp(call.created_at),
+        "method": call.method,
+        "outcome": call.outcome,
+        "upstream": call.upstream,
+        "upstreamToolName": call.upstream_name,
+        "upstreamMs": call.upstream_ms,
+        "jsonRpcId": call.request_id,
+        "argumentsTruncated": call.arguments_truncated,
+        "resultTruncated": call.result_truncated,
+    }
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), 200, media_type="application/json")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """The caller's view: which organisation, and whose sessions (None: every key's)."""
+
+    organisation_id: str
+    api_key_id: str | None
+
+    def query(self, *parts: str) -> str:
+        return "|".join((*parts, self.organisation_id, self.api_key_id or "*"))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsApi:
+    store: Store
+    codec: CursorCodec
+    authenticate: Authenticate
+
+    async def _scope(self, request: Request) -> _Scope:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        caller = await self.authenticate(headers)
+        if caller is None or caller.api_key_id is None:  # key-less mode opens MCP, never this API
+            raise Problem.unauthorized(missing="authorization" not in headers and "x-api-key" not in headers)
+        if request.path_params["organisationId"] != caller.organisation_id:
+            raise Problem.not_found()
+        return _Scope(caller.organisation_id, None if caller.is_admin else caller.api_key_id)
+
+    async def _session(self, request: Request, scope: _Scope) -> RecordedSession:
+        session_id = request.path_params["sessionId"]
+        found = None
+        if _is_uuid(session_id):
+            found = await self.store.get_session(
+                scope.organisation_id, session_id, api_key_id=scope.api_key_id
+            )
+        if found is None:
+            raise Problem.session_not_found()
+        return found
+
+    async def list_sessions(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        limit = read_limit(request.query_params, 20)
+        query = scope.query("sessions")
+        seek = read_seek(request.query_params, self.codec, query)
+        page = await self.store.list_sessions(
+            scope.organisation_id, api_key_id=scope.api_key_id, seek=seek, limit=limit
+        )
+        incoming = request.query_params.get("Cursor")
+        return _json(page_body(page, codec=self.codec, scope=query, incoming=incoming, render=render_session))
+
+    async def get_session(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        session = await self._session(request, scope)
+        page = await self.store.list_invocations(session.id, seek=Seek(), limit=INLINE_INVOCATIONS)
+        following = None
+        if page.more_after:
+            following = self.codec.mint(scope.query("invocations", session.id), Seek(page.rows[-1].key))
+        body = render_session(session)
+        body["invocations"] = [render_invocation(call) for call in page.rows]
+        body["invocationsNextCursor"] = following
+        return _json(body)
+
+    async def list_invocations(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        session = await self._session(request, scope)
+        limit = read_limit(request.query_params, 50)
+        query = scope.query("invocations", session.id)
+        seek = read_seek(request.query_params, self.codec, query)
+        page = await self.store.list_invocations(session.id, seek=seek, limit=limit)
+        incoming = request.query_params.get("Cursor")
+        return _json(
+            page_body(page, codec=self.codec, scope=query, incoming=incoming, render=render_invocation)
+        )
