@@ -1,4 +1,4 @@
-"""The `mcpgw` command: serve, keys create, stdio.
+"""The `mcpgw` command: serve, keys create, sessions [show ID], stdio.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -31,9 +31,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.bridge import run_bridge
 
             return anyio.run(run_bridge, args.url, os.environ.get("MCPGW_API_KEY"))
+        if args.command == "sessions" and args.show is None and args.session_id is not None:
+            parser.error("to see one session, run: mcpgw sessions show ID")
         config = load_config(config_path_from(args.config))
         if args.command == "serve":
             return _serve(config, args.host, args.port)
+        if args.command == "sessions":
+            from gateway.terminal import show_session, show_sessions
+
+            if args.show is None:
+                return anyio.run(show_sessions, config.database, args.limit or 20)
+            if args.session_id is None:
+                parser.error("sessions show needs a session ID")
+            return anyio.run(show_session, config.database, args.session_id, args.limit or 100)
         if args.command == "keys":
             return anyio.run(
                 _create_key, config, args.org, args.user, args.admin, args.allow or ["*"], args.deny
@@ -61,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--config", help=config_help)
     create.add_argument("--org", required=True, help="organisation name (created if new)")
     create.add_argument("--user", help="bind the key to this user id")
-    create.add_argument("--admin", action="store_true", help="an admin key (for the /api routes)")
+    create.add_argument(
+        "--admin", action="store_true", help="an admin key: lists every session of its organisation"
+    )
     create.add_argument(
         "--allow",
         action="append",
@@ -72,10 +84,23 @@ def _parser() -> argparse.ArgumentParser:
         "--deny", action="append", default=[], metavar="GLOB", help="never tools matching this"
     )
 
+    sessions = commands.add_parser("sessions", help="recent sessions, or one session's invocations")
+    sessions.add_argument("show", nargs="?", choices=["show"], help="show one session's invocations")
+    sessions.add_argument("session_id", nargs="?", metavar="ID", help="a session id from the list")
+    sessions.add_argument("--config", help=config_help)
+    sessions.add_argument("--limit", type=_positive, default=None, help="rows to show (20; 100 for show)")
+
     stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
     stdio.add_argument("--config", help=config_help)
     stdio.add_argument("--url", required=True, help="the gateway's MCP URL, e.g. http://127.0.0.1:8080/mcp")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:

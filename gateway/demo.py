@@ -20,7 +20,8 @@ serves the handshake era without sessions.
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
 (sampling), wait (timeouts/cancellation), touch (resources/updated to
-subscribers), add_tool (tools/list_changed), crash (exits mid-call). Also a `demo://readme` resource, a
+subscribers), add_tool (tools/list_changed), traceparent (echoes the W3C trace context it
+received), crash (exits mid-call). Also a `demo://readme` resource, a
 `demo://greeting/{name}` template, a `greet` prompt and argument completion for it.
 """
 
@@ -181,6 +182,13 @@ async def sample_haiku(topic: str, sampled: Annotated[CreateMessageResult, Resol
 async def wait(seconds: float) -> str:
     await anyio.sleep(seconds)
     return "waited"
+
+
+@mcp.tool(description="Return the W3C traceparent this request carried in _meta ('' if none).")
+def traceparent(ctx: Context) -> str:
+    meta: Any = ctx.request_context.meta or {}
+    value = meta.get("traceparent") if isinstance(meta, Mapping) else getattr(meta, "traceparent", None)
+    return value if isinstance(value, str) else ""
 
 
 @mcp.tool(description="Exit this server process at once, mid-call (to see how a client copes with a crash).")

@@ -2,7 +2,8 @@
 
 Two passes, both before anything is written:
 - **key names**: any value under a key whose words contain a secret-looking name
-  (`authorization`, `password`, `token`, `api_key`, …) is replaced, whatever its type.
+  (`authorization`, `password`, `token`, `api_key`, …) is replaced, whatever its type, also
+  inside strings that hold JSON (a JSON-encoded argument, a tool's JSON text content).
   Keys are compared word by word (`accessToken`, `access_token` and `X-Access-Token` are the
   words access+token), so `token` catches `refresh_token` but not `max_tokens`.
 - **values**: substrings that look like credentials (bearer tokens, JWTs, PEM private keys,
@@ -112,7 +113,19 @@ class Redactor:
         if isinstance(value, list):
             items = [self._by_key(item) for item in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            return self._inside_string(value)
         return value
+
+    def _inside_string(self, text: str) -> str:
+        """JSON carried as a string (tool arguments and text content often are) is redacted as
+        structure too; it is re-serialised only when something in it changed."""
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
+        redacted = self._by_key(parsed)
+        return text if redacted is parsed else orjson.dumps(redacted).decode()
 
     def render(self, value: Any) -> tuple[str | None, bool]:
         """`value` as redacted JSON text, capped; and whether it was truncated. None stays None."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import uvicorn
 from anyio.abc import Process
 from starlette.types import ASGIApp
@@ -80,8 +81,12 @@ def write_config(directory: Path, text: str) -> Path:
 async def serve_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
     app = build_app(load_config(config_path))
     async with serve_asgi(app) as base_url:
-        running = RunningGateway(base_url, app)
-        yield running
+        # uvicorn accepts the queued connection only once the lifespan (store, recorder, API
+        # routes) is up, so this answer is the readiness barrier for tests that look inside.
+        async with httpx2.AsyncClient() as client:
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                (await client.get(f"{base_url}/healthz")).raise_for_status()
+        yield RunningGateway(base_url, app)
 
 
 def keyless_config(directory: Path, upstreams_yaml: str, extra_yaml: str = "") -> Path:

@@ -80,6 +80,29 @@ async def test_the_example_config_serves_the_demo_upstream(tmp_path: Path) -> No
     assert (tmp_path / "mcpgw.db").exists()  # the embedded database lives beside the config
 
 
+async def test_mcpgw_sessions_lists_the_record_and_shows_one_sessions_calls(tmp_path: Path) -> None:
+    config = copy_example(tmp_path)
+    async with mcpgw_serve(config, free_port()) as url, Client(url, mode="legacy") as client:
+        with anyio.fail_after(TIMEOUT):
+            await client.call_tool("demo__echo", {"text": "one"})
+            await client.call_tool("demo__fail", {})
+    code, listing, err = await run_mcpgw("sessions", "--config", str(config))
+    assert code == 0, err
+    header, row = listing.splitlines()
+    assert header.split()[:4] == ["LAST", "CALL", "(UTC)", "SESSION"]
+    session_id = row.split()[2]
+    assert row.split()[-3:] == ["2", "ended", "(deleted)"]  # two calls; the client ended it with DELETE
+
+    code, shown, err = await run_mcpgw("sessions", "show", session_id, "--config", str(config))
+    assert code == 0, err
+    calls = [line.split() for line in shown.splitlines()[2:]]
+    assert [(c[2], c[3]) for c in calls] == [("demo__echo", "ok"), ("demo__fail", "tool_error")]
+    assert all(len(c[5]) == 32 for c in calls)  # the trace id
+
+    code, _, err = await run_mcpgw("sessions", "show", "no-such-session", "--config", str(config))
+    assert code == 1 and "no session" in err + _
+
+
 async def test_a_key_created_while_serving_works_at_once(tmp_path: Path) -> None:
     config = copy_example(tmp_path, **{"required: false": "required: true"})
     async with mcpgw_serve(config, free_port()) as url:
