@@ -6,11 +6,10 @@ Two passes, both before anything is written:
   inside strings that hold JSON (a JSON-encoded argument, a tool's JSON text content).
   Keys are compared word by word (`accessToken`, `access_token` and `X-Access-Token` are the
   words access+token), so `token` catches `refresh_token` but not `max_tokens`.
-- **values**: substrings that look like credentials (bearer tokens, JWTs, PEM private keys,
-  well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_`) are replaced wherever they
-  appear, including inside text content and JSON-in-a-string. This pass runs over the JSON
-  text, one C-speed regex pass; a match that would reach across a string boundary or cut an
-  escape in two is left alone, so the text stays valid JSON.
+- **values**: substrings of any string that look like credentials (bearer tokens, JWTs, PEM
+  private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_`) are replaced,
+  in text content too. Patterns run on each string value, never on the JSON text, so no
+  pattern can break the JSON.
 
 Then the JSON text is capped at `max_bytes` (UTF-8), cut at a character boundary and flagged,
 so a truncated value is no longer valid JSON and says so.
@@ -44,7 +43,6 @@ DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "credentials",
 )
 
-# No pattern may match `"` or `\`: see the module docstring.
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     r"\b(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*",
     r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # JWT (JWS compact form)
@@ -66,14 +64,6 @@ _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 def _words(key: str) -> tuple[str, ...]:
     return tuple(w.lower() for w in _WORD.findall(key))
-
-
-def _replace(match: re.Match[str]) -> str:
-    found, start = match.group(), match.start()
-    # A match must stay inside one JSON string and not cut an escape sequence in two, or the
-    # text would stop being JSON. The built-in patterns cannot; a configured one might.
-    crosses = '"' in found or found.endswith("\\") or (start > 0 and match.string[start - 1] == "\\")
-    return found if crosses else REDACTED
 
 
 class Redactor:
@@ -100,41 +90,44 @@ class Redactor:
             for i in range(len(words) - len(secret) + 1)
         )
 
-    def _by_key(self, value: Any) -> Any:
-        """`value` with every value under a secret-looking key replaced; shared where unchanged."""
+    def clean(self, value: Any) -> Any:
+        """`value` with secrets replaced; the very same object where nothing changed."""
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for key, item in value.items():
-                new = REDACTED if isinstance(key, str) and self.is_secret_key(key) else self._by_key(item)
+                new = REDACTED if isinstance(key, str) and self.is_secret_key(key) else self.clean(item)
                 if new is not item:
                     out = dict(value) if out is None else out
                     out[key] = new
             return value if out is None else out
         if isinstance(value, list):
-            items = [self._by_key(item) for item in value]
+            items = [self.clean(item) for item in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-        if isinstance(value, str) and value[:1] in ("{", "["):
-            return self._inside_string(value)
+        if isinstance(value, str):
+            return self._clean_text(value)
         return value
 
-    def _inside_string(self, text: str) -> str:
-        """JSON carried as a string (tool arguments and text content often are) is redacted as
-        structure too; it is re-serialised only when something in it changed."""
-        try:
-            parsed = orjson.loads(text)
-        except orjson.JSONDecodeError:
+    def _clean_text(self, text: str) -> str:
+        if text[:1] in ("{", "["):
+            # JSON carried as a string (arguments, text content) is cleaned as structure too,
+            # and re-serialised only when something in it changed.
+            try:
+                parsed = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                cleaned = self.clean(parsed)
+                return text if cleaned is parsed else orjson.dumps(cleaned).decode()
+        if self._values is None:
             return text
-        redacted = self._by_key(parsed)
-        return text if redacted is parsed else orjson.dumps(redacted).decode()
+        replaced = self._values.sub(REDACTED, text)
+        return text if replaced == text else replaced
 
     def render(self, value: Any) -> tuple[str | None, bool]:
         """`value` as redacted JSON text, capped; and whether it was truncated. None stays None."""
         if value is None:
             return None, False
-        text = orjson.dumps(self._by_key(value)).decode()
-        if self._values is not None:
-            text = self._values.sub(_replace, text)
-        encoded = text.encode()
+        encoded = orjson.dumps(self.clean(value))
         if len(encoded) <= self._max_bytes:
-            return text, False
+            return encoded.decode(), False
         return encoded[: self._max_bytes].decode("utf-8", "ignore"), True

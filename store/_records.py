@@ -125,7 +125,7 @@ async def prune_records(
 ) -> int:
     """Delete sessions whose last call is older than ``older_than`` (with their invocations) and
     old calls of sessions still in use, then the oldest invocations beyond ``max_invocations``;
-    return how many rows went.
+    return how many rows went (a deleted session's own invocations are not counted).
 
     Runs in the background, never on a request's path. Each statement deletes at most one
     batch and is its own short transaction, so the recorder's writer never waits long.

@@ -71,7 +71,8 @@ class Store(Protocol):
 
     async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
         """Delete sessions idle since before ``older_than`` with their invocations, older calls,
-        and the oldest invocations beyond ``max_invocations``; return the number of rows deleted."""
+        and the oldest invocations beyond ``max_invocations``; return the number of rows deleted
+        (not counting the invocations that go with a deleted session)."""
         ...
 
     async def list_sessions(

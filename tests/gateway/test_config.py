@@ -78,6 +78,8 @@ def test_example_config_commented_out_keys_are_valid_too(
     assert not legacy.tools.permits("delete_everything")
     assert config.security.max_body_bytes == 4 * 1024 * 1024
     assert config.sessions.stateless_gap_s == 1800.0
+    assert config.recording.redact_keys == ("ssn", "iban")
+    assert config.recording.retention.max_invocations == 1_000_000
 
 
 # --- defaults and resolution ----------------------------------------------------------------------
@@ -485,3 +487,46 @@ def test_config_path_comes_from_argument_then_env_then_default(monkeypatch: pyte
     assert config_path_from(None) == Path("/etc/mcpgw/from-env.yaml")
     monkeypatch.delenv("MCPGW_CONFIG")
     assert config_path_from(None) == Path("config.yaml")
+
+
+def test_recording_is_on_by_default_with_bounded_retention(tmp_path: Path) -> None:
+    recording = load_config(write(tmp_path, "upstreams: []\n")).recording
+    assert recording.enabled and recording.max_payload_bytes == 65536
+    assert (recording.retention.max_age_days, recording.retention.max_invocations) == (30.0, 1_000_000)
+
+
+def test_recording_settings_are_read_and_zero_turns_a_retention_limit_off(tmp_path: Path) -> None:
+    text = """\
+    recording:
+      enabled: false
+      max_payload_bytes: 1024
+      redact: {keys: [ssn], patterns: ['(?i:acct-)[0-9]+']}
+      retention: {max_age_days: 0, max_invocations: 500, interval_s: 60}
+    """
+    recording = load_config(write(tmp_path, text)).recording
+    assert not recording.enabled and recording.max_payload_bytes == 1024
+    assert (recording.redact_keys, recording.redact_patterns) == (("ssn",), ("(?i:acct-)[0-9]+",))
+    assert (recording.retention.max_age_days, recording.retention.max_invocations) == (None, 500)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [("'[unclosed'", "not a valid regular expression"), ("'(?i)acct'", "write flags scoped, like (?i:secret)")],
+)
+def test_a_bad_redaction_pattern_is_rejected_with_its_line(tmp_path: Path, pattern: str, reason: str) -> None:
+    error = load_error(tmp_path, f"recording:\n  redact:\n    patterns:\n      - {pattern}\n")
+    assert ":4: recording.redact.patterns[0]:" in str(error) and reason in str(error)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("retention: {max_age_days: -1}", "recording.retention.max_age_days"),
+        ("retention: {max_invocations: many}", "recording.retention.max_invocations"),
+        ("max_payload_bytes: 0", "recording.max_payload_bytes"),
+        ("redact: {names: [a]}", "recording.redact.names"),
+    ],
+)
+def test_bad_recording_values_are_rejected(tmp_path: Path, entry: str, key: str) -> None:
+    error = load_error(tmp_path, f"recording:\n  {entry}\n")
+    assert f"{key}:" in str(error)

@@ -1,0 +1,90 @@
+"""Secrets never reach the record: which keys and values are redacted, and that JSON stays JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.redaction import REDACTED, Redactor
+
+redactor = Redactor()
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "Authorization", "x-api-key", "apiKey", "API_KEY", "apikey", "access_token", "refreshToken",
+     "client_secret", "Cookie", "privateKey", "db_password", "X-Auth-Token", "credentials"],
+)  # fmt: skip
+def test_values_under_secret_looking_keys_are_replaced_whatever_their_type(key: str) -> None:
+    for value in ("s3cr3t", 12345, {"nested": "x"}, ["a", "b"]):
+        text, truncated = redactor.render({key: value, "kept": "visible"})
+        assert json.loads(text or "") == {key: REDACTED, "kept": "visible"} and not truncated
+
+
+@pytest.mark.parametrize(
+    "key", ["max_tokens", "tokenizer", "author", "keyboard", "monkey", "passage", "oauth_flow"]
+)
+def test_keys_that_only_contain_a_secret_word_as_part_of_another_are_kept(key: str) -> None:
+    text, _ = redactor.render({key: "value"})
+    assert json.loads(text or "") == {key: "value"}
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "Bearer abcdefghijklmnop0123",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+        "sk-proj-abcdefghijklmnopqrstuvwx",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz0123456789",
+        "xoxb-1234567890-abcdefghij",
+        "AKIAIOSFODNN7EXAMPLE",
+        "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+        "sk_live_abcdefghijklmnop1234",
+        "glpat-abcdefghijklmnopqrst",
+        "mgw_abcdefghijklmnopqrstuvwxyz0123456789",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF\n-----END PRIVATE KEY-----",
+    ],
+)
+def test_secret_looking_values_are_replaced_anywhere_in_text(secret: str) -> None:
+    text, _ = redactor.render({"content": [{"type": "text", "text": f"before {secret} after"}]})
+    assert secret not in (text or "")
+    assert json.loads(text or "")["content"][0]["text"] == f"before {REDACTED} after"
+
+
+def test_json_carried_in_a_string_is_redacted_as_structure() -> None:
+    inner = json.dumps({"user": "ada", "password": "hunter2", "list": [{"token": "t"}]})
+    text, _ = redactor.render({"payload": inner, "not_json": "{half"})
+    decoded = json.loads(text or "")
+    assert json.loads(decoded["payload"]) == {
+        "user": "ada",
+        "password": REDACTED,
+        "list": [{"token": REDACTED}],
+    }
+    assert decoded["not_json"] == "{half"
+
+
+def test_configured_patterns_apply_to_each_string_and_keep_the_json_valid() -> None:
+    custom = Redactor(patterns=[r"secret=\S+"])
+    text, _ = custom.render({"a": 'secret=abc" tail', "b": ["secret=xyz"], "c": "no"})
+    assert json.loads(text or "") == {"a": f"{REDACTED} tail", "b": [REDACTED], "c": "no"}
+
+
+def test_nothing_is_copied_when_nothing_is_secret() -> None:
+    value = {"a": [1, {"b": "c"}], "d": "e"}
+    assert redactor.clean(value) is value
+
+
+@pytest.mark.parametrize("limit", [10, 11, 12, 13])
+def test_a_value_over_the_cap_is_cut_at_a_character_boundary_and_flagged(limit: int) -> None:
+    capped = Redactor(max_bytes=limit)
+    text, truncated = capped.render({"t": "ééééééé"})
+    assert truncated and text is not None
+    assert len(text.encode()) <= limit and text.startswith('{"t":"é')
+    assert capped.render({"t": "é"}) == ('{"t":"é"}', False)
+
+
+def test_none_stays_none() -> None:
+    assert redactor.render(None) == (None, False)
