@@ -4,6 +4,7 @@ No HTTP and no MCP in here; ``gateway`` and ``api`` depend on this package, neve
 Exceptions are documented in :mod:`store.errors`.
 """
 
+from ._timestamps import utc_now
 from .errors import (
     KeyNotFound,
     OrganisationNotFound,
@@ -11,7 +12,6 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from ._timestamps import utc_now
 from .keys import generate_api_key, hash_api_key
 from .models import (
     ApiKey,

@@ -7,7 +7,6 @@ while it runs, or other statements would join the transaction (see ``SqliteStore
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,19 +15,18 @@ import aiosqlite
 import anyio
 
 from ._timestamps import to_unix_ms
+from .errors import StoreError
 from .models import InvocationRecord, RecordEvent, SessionEnd, SessionStart
 
 __all__ = ["prune_records", "write_records"]
-
-logger = logging.getLogger(__name__)
 
 _INSERT_SESSION = (
     "INSERT INTO sessions (id, mcp_session_id, organisation_id, api_key_id, client_id, client_name,"
     " client_version, protocol_version, started_at, last_call_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
-# INSERT … SELECT: an invocation whose session row is missing is dropped (and logged), instead of
-# failing the NOT NULL constraint and with it every other call in the batch.
+# INSERT … SELECT: an invocation whose session row is missing inserts nothing; write_records then
+# fails the batch with a StoreError naming the cause (the recorder retries the rows one by one).
 _INSERT_INVOCATION = (
     "INSERT INTO invocations (id, session_seq, method, tool_name, upstream, upstream_name, request_id,"
     " arguments_json, arguments_truncated, result_json, result_truncated, success, outcome, duration_ms,"
@@ -101,7 +99,8 @@ async def write_records(conn: aiosqlite.Connection, events: Sequence[RecordEvent
             async with conn.executemany(_INSERT_INVOCATION, [_invocation_row(c) for c in calls]) as cursor:
                 written = cursor.rowcount
             if written != len(calls):
-                logger.error("%d invocation(s) without a session row not recorded", len(calls) - written)
+                # Reported, never swallowed: the recorder must not answer a call it did not keep.
+                raise StoreError(f"{len(calls) - written} invocation(s) name a session that has no row")
             await conn.executemany(_COUNT_CALLS, [(n, last, sid) for sid, (n, last) in activity.items()])
         if ends:
             await conn.executemany(_END_SESSION, ends)

@@ -74,13 +74,12 @@ async def test_a_batch_counts_calls_into_their_sessions(store: SqliteStore) -> N
     assert (two.call_count, two.ended_at, two.end_reason) == (1, later, "idle")
 
 
-async def test_an_invocation_without_a_session_row_does_not_sink_its_batch(store: SqliteStore) -> None:
+async def test_an_invocation_without_a_session_row_fails_its_batch(store: SqliteStore) -> None:
     org = (await store.ensure_organisation("o")).id
     known, unknown = start(org), start(org)
-    await store.write_records([known, call(known, 1, T0), call(unknown, 2, T0)])
-
-    page = await store.list_invocations(known.id, seek=Seek(), limit=10)
-    assert [c.tool_name for c in page.rows] == ["tool-1"]
+    with pytest.raises(StoreError, match="no row"):
+        await store.write_records([known, call(known, 1, T0), call(unknown, 2, T0)])
+    assert await store.get_session(org, known.id, api_key_id=None) is None
 
 
 async def test_a_failed_batch_writes_nothing(store: SqliteStore) -> None:
