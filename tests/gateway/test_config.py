@@ -511,7 +511,10 @@ def test_recording_settings_are_read_and_zero_turns_a_retention_limit_off(tmp_pa
 
 @pytest.mark.parametrize(
     ("pattern", "reason"),
-    [("'[unclosed'", "not a valid regular expression"), ("'(?i)acct'", "write flags scoped, like (?i:secret)")],
+    [
+        ("'[unclosed'", "not a valid regular expression"),
+        ("'(?i)acct'", "write flags scoped, like (?i:secret)"),
+    ],
 )
 def test_a_bad_redaction_pattern_is_rejected_with_its_line(tmp_path: Path, pattern: str, reason: str) -> None:
     error = load_error(tmp_path, f"recording:\n  redact:\n    patterns:\n      - {pattern}\n")
