@@ -9,6 +9,7 @@ page 1 costs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -49,9 +50,10 @@ def session_from_row(row: Any) -> RecordedSession:
     )
 
 
-def _invocation_from_row(row: Any) -> RecordedInvocation:
+def _invocation_from_row(session_id: str, row: Any) -> RecordedInvocation:
     return RecordedInvocation(
         id=row[0],
+        session_id=session_id,
         method=row[1],
         tool_name=row[2],
         upstream=row[3],
@@ -178,6 +180,6 @@ async def list_invocations(
         descending=False,
         seek=seek,
         limit=limit,
-        convert=_invocation_from_row,
+        convert=partial(_invocation_from_row, session_id),
         key_of=lambda i: i.key,
     )

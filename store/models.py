@@ -118,18 +118,9 @@ RecordEvent = SessionStart | InvocationRecord | SessionEnd
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedSession:
-    """A session row as listed."""
+class RecordedSession(SessionStart):
+    """A session row as listed: how it started, and what happened since."""
 
-    id: str
-    mcp_session_id: str
-    organisation_id: str
-    api_key_id: str | None
-    client_id: str | None
-    client_name: str | None
-    client_version: str | None
-    protocol_version: str
-    started_at: datetime
     last_call_at: datetime
     call_count: int
     ended_at: datetime | None
@@ -139,25 +130,9 @@ class RecordedSession:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedInvocation:
+class RecordedInvocation(InvocationRecord):
     """An invocation row as listed."""
 
-    id: str
-    method: str
-    tool_name: str
-    upstream: str | None
-    upstream_name: str | None
-    request_id: str | None
-    arguments_json: str | None
-    arguments_truncated: bool
-    result_json: str | None
-    result_truncated: bool
-    success: bool
-    outcome: str
-    duration_ms: int
-    upstream_ms: int | None
-    trace_id: str | None
-    created_at: datetime
     key: tuple[int, int]
     """The keyset position: (created, unix ms; row number). Oldest first."""
 
