@@ -1,19 +1,22 @@
 """mcpgw benchmark: the gateway against the demo upstream called directly, side by side.
 
-    python bench/run.py [--seconds 10] [--out bench/results/latest.json]
+    python bench/run.py [--seconds 10] [--recording both|on|off] [--out bench/results/latest.json]
     python bench/run.py --profile            # where the gateway's CPU goes (16 clients)
 
 Starts the demo upstream (``bench/upstream.py``, i.e. ``gateway.demo`` over Streamable HTTP)
 and the gateway (``python -m gateway.cli serve`` = ``mcpgw serve``, with a generated config in
-a temporary directory), both on 127.0.0.1. Then, for every protocol mode (``legacy``,
-``2026-07-28``) and client count (1, 16), it runs the load generator (``bench/loadgen.py``,
-a separate process with N SDK ``Client`` sessions each calling ``echo`` back to back)
-against DIRECT (the demo's URL, tool ``echo``) and GATEWAY (the gateway's URL, tool
+a temporary directory), both on 127.0.0.1; with ``--recording both`` (the default) two
+gateways, one recording every call and one with ``recording: {enabled: false}``, each on its
+own database. Then, for every protocol mode (``legacy``, ``2026-07-28``) and client count
+(1, 16), it runs the load generator (``bench/loadgen.py``, a separate process with N SDK
+``Client`` sessions each calling ``echo`` back to back) against DIRECT (the demo's URL, tool
+``echo``), GATEWAY (recording on) and GW-NOREC (recording off) (the gateways' URLs, tool
 ``demo__echo``), interleaved, ``--reps`` times each, and reports the median of each metric
 over the repetitions: calls/s, p50/p99 latency, CPU per call of the gateway and of the
 upstream (from /proc/<pid>/stat over the measured window), and the load generator's own
-CPU use (near 100 % means the clients, not the servers, were the limit). It prints a table,
-writes everything as JSON to ``--out`` and checks the targets of DESIGN.md section 8.
+CPU use (near 100 % means the clients, not the servers, were the limit). It prints a table
+with the gateway/direct and recording on/off ratios, writes everything as JSON to ``--out``
+and checks the targets of DESIGN.md section 8.
 
 Everything is bounded (warm-up + window per run, deadlines on start-up and on each load
 generator) and every child process is stopped on exit, on errors and on Ctrl-C.
@@ -61,11 +64,15 @@ TIME_WAIT_S = 60.0  # Linux TCP_TIMEWAIT_LEN
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = ("legacy", "2026-07-28")
 CLIENTS = (1, 16)
+# Endpoint kinds: the upstream called directly, and the gateway with recording on / off.
+DIRECT, RECORDING, NOT_RECORDING = "direct", "gateway", "gw-norec"
+GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
 
 # DESIGN.md section 8.
 TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
 TARGET_ADDED_P50_MS = 1.0  # gateway p50 - direct p50, at 1 client
 TARGET_GATEWAY_CPU_MS = 0.6  # gateway CPU per tools/call
+TARGET_RECORDING_RATIO = 0.9  # recording on/off calls/s: recording costs under 10 %
 
 
 # --------------------------------------------------------------------------- data
@@ -75,7 +82,7 @@ TARGET_GATEWAY_CPU_MS = 0.6  # gateway CPU per tools/call
 class Endpoint:
     """Where the load generator sends its calls, and which processes' CPU it reads."""
 
-    kind: str  # direct | gateway
+    kind: str  # direct | gateway (recording on) | gw-norec (recording off)
     url: str
     tool: str
     watch: dict[str, int]  # label -> pid
@@ -126,8 +133,10 @@ class Summary:
 class Comparison:
     mode: str
     clients: int
-    throughput_ratio: float  # gateway calls/s / direct calls/s
-    added_p50_ms: float  # gateway p50 - direct p50
+    kind: str  # gateway | gw-norec
+    baseline: str  # direct, or gw-norec for the cost of recording
+    throughput_ratio: float  # kind calls/s / baseline calls/s
+    added_p50_ms: float  # kind p50 - baseline p50
     added_p99_ms: float
 
 
@@ -139,6 +148,7 @@ class Check:
     value: float | None
     limit: float
     passed: bool | None  # None: not measured in this invocation
+    kind: str = RECORDING  # which gateway the check is about
 
 
 # --------------------------------------------------------------------------- arguments
@@ -149,7 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
     parser.add_argument(
-        "--reps", type=int, default=3, help="repetitions of each direct/gateway pair (default 3)"
+        "--reps", type=int, default=3, help="repetitions of each direct/gateway group (default 3)"
+    )
+    parser.add_argument(
+        "--recording",
+        choices=tuple(GATEWAYS),
+        default="both",
+        help="gateway(s) with recording on, off, or both side by side (default both)",
     )
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="client counts (default 1,16)")
     parser.add_argument("--modes", default=",".join(MODES), help="protocol modes (default legacy,2026-07-28)")
@@ -193,12 +209,14 @@ def port_of(url: str) -> int:
     return port
 
 
-def write_config(workdir: Path, upstream_url: str, port: int) -> Path:
-    config = workdir / "gateway.yaml"
+def write_config(workdir: Path, kind: str, upstream_url: str, port: int) -> Path:
+    """`<kind>.yaml`, with its own database `<kind>.db`; recording off for the gw-norec kind."""
+    config = workdir / f"{kind}.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        "database: ./bench.db\n"
+        f"database: ./{kind}.db\n"
         "auth: {required: false}\n"
+        f"recording: {{enabled: {str(kind != NOT_RECORDING).lower()}}}\n"
         "upstreams:\n"
         "  - name: demo\n"
         "    transport: http\n"
@@ -209,22 +227,25 @@ def write_config(workdir: Path, upstream_url: str, port: int) -> Path:
 
 @dataclass(frozen=True)
 class GatewayProcess:
+    kind: str  # gateway (recording on) | gw-norec (recording off)
     child: subprocess.Popen[bytes]  # the gateway, or the profiler running it
     pid: int  # the gateway's own pid (for /proc CPU)
     url: str
     log: Path
+    database: Path
 
 
 def start_gateway(
     procs: Processes,
     workdir: Path,
     upstream_url: str,
+    kind: str = RECORDING,
     profiler: str | None = None,
     profile_out: Path | None = None,
 ) -> GatewayProcess:
     """Start `mcpgw serve` (optionally under a profiler) and wait until its /healthz answers."""
     port = free_port()
-    config = write_config(workdir, upstream_url, port)
+    config = write_config(workdir, kind, upstream_url, port)
     module_argv = ["gateway.cli", "serve", "--config", str(config), "--port", str(port)]
     if profiler is None:
         argv = [sys.executable, "-m", *module_argv]
@@ -236,7 +257,7 @@ def start_gateway(
     pid = child_pid(child.pid, STARTUP_TIMEOUT_S) if profiler == "py-spy" else child.pid
     base = f"http://127.0.0.1:{port}"
     wait_for_http(child, f"{base}/healthz", log, STARTUP_TIMEOUT_S)
-    return GatewayProcess(child, pid, f"{base}/mcp", log)
+    return GatewayProcess(kind, child, pid, f"{base}/mcp", log, workdir / f"{kind}.db")
 
 
 def stop_profiled_gateway(gateway: GatewayProcess) -> None:
@@ -358,55 +379,56 @@ def run_matrix(
     upstream: subprocess.Popen[bytes],
     upstream_url: str,
 ) -> tuple[list[Run], dict[str, Any]]:
-    """All modes x client counts x reps, direct and gateway interleaved (ABBA order across reps)."""
-    gateway = start_gateway(procs, workdir, upstream_url)
+    """All modes x client counts x reps, direct and the gateway(s) interleaved: forward order in
+    even reps, reversed in odd ones (ABBA with two endpoints, ABC CBA with three)."""
+    gateways = [start_gateway(procs, workdir, upstream_url, kind) for kind in GATEWAYS[args.recording]]
     port = port_of(upstream_url)
-    direct = Endpoint("direct", upstream_url, "echo", {"upstream": upstream.pid}, port)
-    proxied = Endpoint(
-        "gateway", gateway.url, "demo__echo", {"gateway": gateway.pid, "upstream": upstream.pid}, port
-    )
+    endpoints = [Endpoint(DIRECT, upstream_url, "echo", {"upstream": upstream.pid}, port)]
+    for gateway in gateways:
+        watch = {"gateway": gateway.pid, "upstream": upstream.pid}
+        endpoints.append(Endpoint(gateway.kind, gateway.url, "demo__echo", watch, port))
     runs: list[Run] = []
-    total = len(args.modes) * len(args.clients) * args.reps * 2
+    total = len(args.modes) * len(args.clients) * args.reps * len(endpoints)
     for mode in args.modes:
         for clients in args.clients:
             for rep in range(args.reps):
-                pair = (direct, proxied) if rep % 2 == 0 else (proxied, direct)
-                for endpoint in pair:
+                for endpoint in endpoints if rep % 2 == 0 else endpoints[::-1]:
                     run = run_load(procs, workdir, endpoint, mode, clients, args, rep)
                     runs.append(run)
                     print(f"[{len(runs):2}/{total}] {progress_line(run)}", file=sys.stderr, flush=True)
-                    ensure_alive(gateway.child, "gateway", gateway.log)
+                    for gateway in gateways:
+                        ensure_alive(gateway.child, gateway.kind, gateway.log)
                     ensure_alive(upstream, "upstream", workdir / "upstream.log")
-    return runs, recording_state(workdir / "bench.db")
+    return runs, {g.kind: recording_state(g.database, g.kind != NOT_RECORDING) for g in gateways}
 
 
 def progress_line(run: Run) -> str:
     cpu = f" gw {run.gateway_cpu_ms_per_call:.3f} ms/call" if run.gateway_cpu_ms_per_call is not None else ""
     failed = f" FAILED {run.failed}: {run.first_failure}" if run.failed or run.first_failure else ""
     return (
-        f"{run.mode:10} N={run.clients:<3} {run.kind:7} rep {run.rep}: {run.calls_per_s:8.1f} calls/s "
+        f"{run.mode:10} N={run.clients:<3} {run.kind:8} rep {run.rep}: {run.calls_per_s:8.1f} calls/s "
         f"p50 {run.p50_ms:6.2f} p99 {run.p99_ms:6.2f} ms{cpu}{failed}"
     )
 
 
-def recording_state(database: Path) -> dict[str, Any]:
-    """Whether the gateway recorded the calls: row counts of its invocation-like tables."""
+def recording_state(database: Path, enabled: bool) -> dict[str, Any]:
+    """Whether the gateway recorded the calls: the rows of its `invocations` and `sessions` tables.
+
+    `as_configured` is False when a gateway configured to record has no invocation rows, or
+    one configured not to record has some.
+    """
+    state: dict[str, Any] = {"enabled": enabled}
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
-            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            counts = {
-                n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]
-                for n in names
-                if "invocation" in n
-            }
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in ("invocations", "sessions"):
+                if table in names:
+                    state[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     except sqlite3.Error as exc:
-        return {"on": None, "detail": f"could not read {database.name}: {exc}"}
-    if not counts:
-        return {
-            "on": False,
-            "detail": f"no invocation table in the gateway database (tables: {', '.join(names)})",
-        }
-    return {"on": any(counts.values()), "rows": counts}
+        return {**state, "as_configured": None, "detail": f"could not read {database.name}: {exc}"}
+    if "invocations" not in state:
+        return {**state, "as_configured": False, "detail": f"no invocations table in {database.name}"}
+    return {**state, "as_configured": (state["invocations"] > 0) == enabled}
 
 
 # --------------------------------------------------------------------------- reduction
@@ -440,48 +462,62 @@ def median_or_none(values: Any) -> float | None:
     return statistics.median(present) if present else None
 
 
+# (kind, baseline): each gateway against direct, and recording on against recording off.
+PAIRS = ((NOT_RECORDING, DIRECT), (RECORDING, DIRECT), (RECORDING, NOT_RECORDING))
+
+
 def compare(summaries: list[Summary]) -> list[Comparison]:
     by_key = {(s.mode, s.clients, s.kind): s for s in summaries}
     comparisons = []
-    for (mode, clients, kind), gateway in by_key.items():
-        direct = by_key.get((mode, clients, "direct"))
-        if kind != "gateway" or direct is None:
-            continue
-        comparisons.append(
-            Comparison(
-                mode=mode,
-                clients=clients,
-                throughput_ratio=gateway.calls_per_s / direct.calls_per_s,
-                added_p50_ms=gateway.p50_ms - direct.p50_ms,
-                added_p99_ms=gateway.p99_ms - direct.p99_ms,
+    for mode, clients in sorted({(s.mode, s.clients) for s in summaries}):
+        for kind, baseline in PAIRS:
+            measured, base = by_key.get((mode, clients, kind)), by_key.get((mode, clients, baseline))
+            if measured is None or base is None:
+                continue
+            comparisons.append(
+                Comparison(
+                    mode=mode,
+                    clients=clients,
+                    kind=kind,
+                    baseline=baseline,
+                    throughput_ratio=measured.calls_per_s / base.calls_per_s,
+                    added_p50_ms=measured.p50_ms - base.p50_ms,
+                    added_p99_ms=measured.p99_ms - base.p99_ms,
+                )
             )
-        )
     return comparisons
 
 
-def check_targets(summaries: list[Summary], comparisons: list[Comparison], modes: list[str]) -> list[Check]:
-    by_key = {(c.mode, c.clients): c for c in comparisons}
+def check_targets(
+    summaries: list[Summary], comparisons: list[Comparison], modes: list[str], clients: list[int]
+) -> list[Check]:
+    """The section 8 targets, for the gateway with recording on; the CPU one for every gateway."""
+    by_key = {(c.mode, c.clients, c.kind, c.baseline): c for c in comparisons}
     checks = []
     for mode in modes:
-        at16, at1 = by_key.get((mode, 16)), by_key.get((mode, 1))
+        at16, at1 = by_key.get((mode, 16, RECORDING, DIRECT)), by_key.get((mode, 1, RECORDING, DIRECT))
         ratio = at16.throughput_ratio if at16 else None
         added = at1.added_p50_ms if at1 else None
-        checks.append(
-            Check("throughput ratio >= 0.8", mode, 16, ratio, TARGET_THROUGHPUT_RATIO, _at_least(ratio))
-        )
-        checks.append(Check("added p50 <= 1 ms", mode, 1, added, TARGET_ADDED_P50_MS, _at_most(added, 1.0)))
+        limit = TARGET_THROUGHPUT_RATIO
+        checks.append(Check("throughput ratio >= 0.8", mode, 16, ratio, limit, _at_least(ratio, limit)))
+        limit = TARGET_ADDED_P50_MS
+        checks.append(Check("added p50 <= 1 ms", mode, 1, added, limit, _at_most(added, limit)))
+        for n in clients:
+            cost = by_key.get((mode, n, RECORDING, NOT_RECORDING))
+            ratio = cost.throughput_ratio if cost else None
+            limit = TARGET_RECORDING_RATIO
+            checks.append(Check("recording on/off >= 0.9", mode, n, ratio, limit, _at_least(ratio, limit)))
     for s in summaries:
-        if s.kind == "gateway":
+        if s.kind != DIRECT:
             cpu = s.gateway_cpu_ms_per_call
             limit = TARGET_GATEWAY_CPU_MS
-            checks.append(
-                Check("gateway CPU <= 0.6 ms/call", s.mode, s.clients, cpu, limit, _at_most(cpu, limit))
-            )
+            target = "gateway CPU <= 0.6 ms/call"
+            checks.append(Check(target, s.mode, s.clients, cpu, limit, _at_most(cpu, limit), s.kind))
     return checks
 
 
-def _at_least(value: float | None) -> bool | None:
-    return None if value is None else value >= TARGET_THROUGHPUT_RATIO
+def _at_least(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value >= limit
 
 
 def _at_most(value: float | None, limit: float) -> bool | None:
@@ -497,8 +533,11 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
         f"{'gw cpu ms/call':>14} {'up cpu ms/call':>14} {'loadgen cpu':>11} {'up conns/call':>13} "
         f"{'failed':>6}"
     ]
-    ratios = {(c.mode, c.clients): c for c in comparisons}
-    for s in sorted(summaries, key=lambda s: (s.mode, s.clients, s.kind != "direct")):
+    ratios: dict[tuple[str, int, str], list[Comparison]] = {}
+    for c in comparisons:
+        ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
+    order = {DIRECT: 0, NOT_RECORDING: 1, RECORDING: 2}  # the on/off line comes after both gateways
+    for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
         rows.append(
@@ -506,10 +545,10 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
             f"{gw:>14} {up:>14} {s.loadgen_cpu_util * 100:10.0f}% "
             f"{s.upstream_closes_per_call:13.2f} {s.failed:>6}"
         )
-        c = ratios.get((s.mode, s.clients))
-        if s.kind == "gateway" and c is not None:
+        for c in ratios.get((s.mode, s.clients, s.kind), []):
+            what = f"{c.kind}/direct" if c.baseline == DIRECT else "recording on/off"
             rows.append(
-                f"{'':15}-> gateway/direct throughput {c.throughput_ratio:.2f}, "
+                f"{'':15}-> {what} throughput {c.throughput_ratio:.2f}, "
                 f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms"
             )
     return "\n".join(rows)
@@ -520,7 +559,7 @@ def format_checks(checks: list[Check]) -> str:
     for c in checks:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[c.passed]
         value = "not measured" if c.value is None else f"{c.value:.3f}"
-        rows.append(f"  {verdict}  {c.target:28} {c.mode:10} N={c.clients:<3} {value}")
+        rows.append(f"  {verdict}  {c.target:28} {c.kind:8} {c.mode:10} N={c.clients:<3} {value}")
     return "\n".join(rows)
 
 
@@ -558,6 +597,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "reps": args.reps,
         "clients": args.clients,
         "modes": args.modes,
+        "recording": args.recording,
         "upstream": "python -m gateway.demo (stock)"
         if args.stock_demo
         else "bench/upstream.py (gateway.demo app)",
@@ -580,10 +620,14 @@ def benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
     runs, recording = run_matrix(procs, workdir, args, upstream, upstream_url)
     summaries = summarise(runs)
     comparisons = compare(summaries)
-    checks = check_targets(summaries, comparisons, args.modes)
+    checks = check_targets(summaries, comparisons, args.modes, args.clients)
     print()
     print(format_table(summaries, comparisons))
-    print(f"\nrecording: {recording}")
+    print("\nrecording (rows in each gateway's database at the end):")
+    for kind, state in recording.items():
+        rows = f"{state.get('invocations', '?')} invocations, {state.get('sessions', '?')} sessions"
+        note = "" if state["as_configured"] else f"   <-- not as configured {state.get('detail', '')}"
+        print(f"  {kind:8} recording {'on ' if state['enabled'] else 'off'}: {rows}{note}")
     print(f"targets (DESIGN.md section 8), nproc={started['nproc']}:")
     print(format_checks(checks))
     write_json(
@@ -617,9 +661,10 @@ def profile(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
         output = args.out.parent / f"profile-{mode}.{'raw.txt' if profiler == 'py-spy' else 'prof'}"
         output.parent.mkdir(parents=True, exist_ok=True)
         output.unlink(missing_ok=True)
-        gateway = start_gateway(procs, workdir, upstream_url, profiler, output)
+        kind = NOT_RECORDING if args.recording == "off" else RECORDING
+        gateway = start_gateway(procs, workdir, upstream_url, kind, profiler, output)
         watch = {"gateway": gateway.pid, "upstream": upstream.pid}
-        endpoint = Endpoint("gateway", gateway.url, "demo__echo", watch, port_of(upstream_url))
+        endpoint = Endpoint(kind, gateway.url, "demo__echo", watch, port_of(upstream_url))
         run = run_load(procs, workdir, endpoint, mode, clients, args, rep=0)
         stop_profiled_gateway(gateway)
         print(f"\n=== {mode}, {clients} clients, gateway under {profiler}: {progress_line(run)}")
