@@ -13,7 +13,7 @@ import anyio.to_thread
 
 from ._sqlite_errors import is_busy
 
-__all__ = ["BUSY_TIMEOUT_MS", "configure", "connect"]
+__all__ = ["BUSY_TIMEOUT_MS", "configure", "connect", "connect_blocking"]
 
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another connection's lock before failing."""
@@ -79,3 +79,22 @@ async def _use_wal(conn: aiosqlite.Connection) -> None:
                 raise
         await anyio.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def connect_blocking(path: str | Path) -> sqlite3.Connection:
+    """Open and configure a plain sqlite3 connection (call it in a worker thread). The file must
+    already be in WAL mode and migrated: ``connect`` + ``configure`` did that."""
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,  # used from worker threads, one at a time (the store's lock)
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,24 +1,22 @@
-"""Writing what the recorder hands over, and pruning it again: SQL over one aiosqlite connection.
+"""Writing what the recorder hands over, and pruning it again: plain (blocking) sqlite3 code.
 
-``write_records`` is the group commit: one ``BEGIN IMMEDIATE`` … ``COMMIT`` per batch, a handful
-of ``executemany`` calls whatever the batch size. Its connection must be used by nothing else
-while it runs, or other statements would join the transaction (see ``SqliteStore``).
+These functions run in a worker thread on the store's writer connection, one call per thread
+hop: ``write_records`` is the group commit, one ``BEGIN IMMEDIATE`` … ``COMMIT`` with a handful of
+``executemany`` calls whatever the batch size, and each prune step is one short statement.
+The caller makes sure only one of them uses the connection at a time (see ``SqliteStore``).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
-
-import aiosqlite
-import anyio
 
 from ._timestamps import to_unix_ms
 from .errors import StoreError
 from .models import InvocationRecord, RecordEvent, SessionEnd, SessionStart
 
-__all__ = ["prune_records", "write_records"]
+__all__ = ["PRUNE_BATCH", "count_invocations", "prune_step", "write_records"]
 
 _INSERT_SESSION = (
     "INSERT INTO sessions (id, mcp_session_id, organisation_id, api_key_id, client_id, client_name,"
@@ -37,7 +35,6 @@ _COUNT_CALLS = (
     "UPDATE sessions SET call_count = call_count + ?, last_call_at = max(last_call_at, ?) WHERE id = ?"
 )
 _END_SESSION = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL"
-_PRUNE_BATCH = 5000
 
 
 def _session_row(start: SessionStart) -> tuple[object, ...]:
@@ -78,7 +75,7 @@ def _invocation_row(call: InvocationRecord) -> tuple[object, ...]:
     )
 
 
-async def write_records(conn: aiosqlite.Connection, events: Sequence[RecordEvent]) -> None:
+def write_records(conn: sqlite3.Connection, events: Sequence[RecordEvent]) -> None:
     """Commit ``events`` as one transaction; sqlite3 errors propagate after a rollback.
 
     Starts are written before the invocations that point at them and ends after, so a batch
@@ -91,79 +88,49 @@ async def write_records(conn: aiosqlite.Connection, events: Sequence[RecordEvent
     for call in calls:
         count, last = activity[call.session_id]
         activity[call.session_id] = (count + 1, max(last, to_unix_ms(call.created_at)))
-    await conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         if starts:
-            await conn.executemany(_INSERT_SESSION, starts)
+            conn.executemany(_INSERT_SESSION, starts)
         if calls:
-            async with conn.executemany(_INSERT_INVOCATION, [_invocation_row(c) for c in calls]) as cursor:
-                written = cursor.rowcount
+            written = conn.executemany(_INSERT_INVOCATION, [_invocation_row(c) for c in calls]).rowcount
             if written != len(calls):
                 # Reported, never swallowed: the recorder must not answer a call it did not keep.
                 raise StoreError(f"{len(calls) - written} invocation(s) name a session that has no row")
-            await conn.executemany(_COUNT_CALLS, [(n, last, sid) for sid, (n, last) in activity.items()])
+            conn.executemany(_COUNT_CALLS, [(n, last, sid) for sid, (n, last) in activity.items()])
         if ends:
-            await conn.executemany(_END_SESSION, ends)
-        await conn.execute("COMMIT")
+            conn.executemany(_END_SESSION, ends)
+        conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            with anyio.CancelScope(shield=True):
-                await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
         raise
 
 
-async def _delete_batch(conn: aiosqlite.Connection, sql: str, parameters: tuple[object, ...]) -> int:
-    async with conn.execute(sql, parameters) as cursor:
-        deleted = cursor.rowcount
-    await anyio.lowlevel.checkpoint()
-    return deleted
+def count_invocations(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM invocations").fetchone()
+    return 0 if row is None else int(row[0])
 
 
-async def prune_records(
-    conn: aiosqlite.Connection, *, older_than: datetime | None, max_invocations: int | None
-) -> int:
-    """Delete sessions whose last call is older than ``older_than`` (with their invocations) and
-    old calls of sessions still in use, then the oldest invocations beyond ``max_invocations``;
-    return how many rows went (a deleted session's own invocations are not counted).
+def prune_step(conn: sqlite3.Connection, step: str, value: int) -> int:
+    """Run the prune statement ``PRUNE_STEPS[step]`` once (at most ``PRUNE_BATCH`` rows, its own
+    transaction) with ``value`` (a cutoff in unix ms, or a row count); return the rows deleted."""
+    return conn.execute(PRUNE_STEPS[step], {"value": value, "batch": PRUNE_BATCH}).rowcount
 
-    Runs in the background, never on a request's path. Each statement deletes at most one
-    batch and is its own short transaction, so the recorder's writer never waits long.
-    """
-    deleted = 0
-    if older_than is not None:
-        cutoff = to_unix_ms(older_than)
-        while True:  # ON DELETE CASCADE takes each session's invocations with it
-            n = await _delete_batch(
-                conn,
-                "DELETE FROM sessions WHERE seq IN"
-                " (SELECT seq FROM sessions WHERE last_call_at < ? ORDER BY last_call_at LIMIT ?)",
-                (cutoff, _PRUNE_BATCH),
-            )
-            deleted += n
-            if n < _PRUNE_BATCH:
-                break
-        # Invocations are numbered in commit order, so the old calls of long-lived sessions sit
-        # at the lowest numbers: look at the oldest batch only, never scan the whole table. A
-        # call that ran much longer than its neighbours goes in a later pass.
-        while n := await _delete_batch(
-            conn,
-            "DELETE FROM invocations WHERE seq IN (SELECT seq FROM"
-            " (SELECT seq, created_at FROM invocations ORDER BY seq LIMIT ?) WHERE created_at < ?)",
-            (_PRUNE_BATCH, cutoff),
-        ):
-            deleted += n
-    if max_invocations is not None:
-        async with conn.execute("SELECT count(*) FROM invocations") as cursor:
-            row = await cursor.fetchone()
-        excess = 0 if row is None else int(row[0]) - max_invocations
-        while excess > 0:
-            n = await _delete_batch(
-                conn,
-                "DELETE FROM invocations WHERE seq IN (SELECT seq FROM invocations ORDER BY seq LIMIT ?)",
-                (min(excess, _PRUNE_BATCH),),
-            )
-            if n == 0:
-                break
-            deleted += n
-            excess -= n
-    return deleted
+
+PRUNE_BATCH = 1000
+"""Rows per prune statement: each holds the write lock for a few milliseconds only."""
+
+PRUNE_STEPS = {
+    # Sessions idle since before the cutoff; ON DELETE CASCADE takes their invocations along.
+    "sessions": "DELETE FROM sessions WHERE seq IN"
+    " (SELECT seq FROM sessions WHERE last_call_at < :value ORDER BY last_call_at LIMIT :batch)",
+    # Old calls of sessions still in use. Invocations are numbered in commit order, so they sit
+    # at the lowest numbers: look at the oldest batch only, never scan the table (a call that
+    # ran much longer than its neighbours goes in a later pass).
+    "calls": "DELETE FROM invocations WHERE seq IN (SELECT seq FROM"
+    " (SELECT seq, created_at FROM invocations ORDER BY seq LIMIT :batch) WHERE created_at < :value)",
+    # The oldest invocations, when there are more than the configured maximum.
+    "excess": "DELETE FROM invocations WHERE seq IN"
+    " (SELECT seq FROM invocations ORDER BY seq LIMIT min(:value, :batch))",
+}

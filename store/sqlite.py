@@ -5,10 +5,12 @@ transaction, and every read sees what other processes have committed so far. The
 mode, so the gateway's reads never wait for a CLI's write and vice versa; writers wait up to
 ``busy_timeout`` for each other.
 
-There are two connections (each aiosqlite connection is one thread, running one statement at a
-time): one for single statements (lookups, listings, small writes, pruning) and one that only
-``write_records`` uses, because its batch spans several statements inside ``BEGIN … COMMIT`` and
-nothing else may slip into that transaction. Listing pages never queue behind a batch either.
+There are two connections. Lookups, listings and small writes go through an aiosqlite
+connection (its own thread, one statement at a time). The recorder's group commits and the
+retention pruner use a plain sqlite3 connection of their own, one worker-thread call per batch
+(a whole ``BEGIN … COMMIT`` in one hop, where aiosqlite would make one per statement), taken in
+turn under a lock so nothing slips into another's transaction. Listing pages never queue
+behind a batch or a prune.
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 
-from ._connection import configure, connect
+from ._connection import configure, connect, connect_blocking
 from ._listing import get_session, list_invocations, list_sessions
-from ._records import prune_records, write_records
+from ._records import PRUNE_BATCH, count_invocations, prune_step, write_records
 from ._sqlite_errors import translate, translated
-from ._timestamps import format_timestamp, parse_timestamp, utc_now
+from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .migrations import apply_migrations
@@ -46,6 +50,8 @@ from .models import (
 )
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
+
+T = TypeVar("T")
 
 _ORGANISATION_COLUMNS = "id, name, created_at"
 _API_KEY_COLUMNS = (
@@ -74,9 +80,16 @@ def _api_key(row: Any) -> ApiKey:
 class SqliteStore:
     """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
 
-    def __init__(self, conn: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, writer: sqlite3.Connection) -> None:
         self._conn = conn
         self._writer = writer
+        self._writer_lock = anyio.Lock()
+
+    async def _on_writer(self, work: Callable[..., T], *args: object) -> T:
+        """Run ``work(writer, *args)`` in a worker thread, alone on the writer connection. Not
+        abandoned when cancelled: a transaction in flight always finishes or rolls back."""
+        async with self._writer_lock:
+            return await anyio.to_thread.run_sync(partial(work, self._writer, *args))
 
     async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, parameters) as cursor:
@@ -182,11 +195,28 @@ class SqliteStore:
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:
         with translated("write records"):
-            await write_records(self._writer, events)
+            await self._on_writer(write_records, events)
 
     async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
+        deleted = 0
         with translated("prune records"):
-            return await prune_records(self._conn, older_than=older_than, max_invocations=max_invocations)
+            steps: list[tuple[str, int]] = []
+            if older_than is not None:
+                cutoff = to_unix_ms(older_than)
+                steps += [("sessions", cutoff), ("calls", cutoff)]
+            if max_invocations is not None:
+                excess = await self._on_writer(count_invocations) - max_invocations
+                steps += [("excess", excess)] if excess > 0 else []
+            for step, value in steps:
+                # One short statement per thread hop, so recorder commits interleave with a prune.
+                while True:
+                    n = await self._on_writer(prune_step, step, value)
+                    deleted += n
+                    if step == "excess":
+                        value -= n
+                    if n < PRUNE_BATCH or (step == "excess" and value <= 0):
+                        break
+        return deleted
 
     async def list_sessions(
         self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
@@ -217,14 +247,13 @@ class SqliteStore:
         return bytes(row[0])
 
 
-async def _open_connection(path: str | Path, *, migrate: bool) -> aiosqlite.Connection:
+async def _open_connection(path: str | Path) -> aiosqlite.Connection:
     with translated(f"open {path}"):
         conn = await connect(path)
     try:
         with translated(f"open {path}"):
             await configure(conn)
-            if migrate:
-                await apply_migrations(conn)
+            await apply_migrations(conn)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await conn.close()
@@ -240,10 +269,11 @@ async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
     ``SchemaVersionError`` if a newer mcpgw has migrated it.
     """
     async with AsyncExitStack() as stack:
-        for_statements = await _open_connection(path, migrate=True)
+        for_statements = await _open_connection(path)
         stack.push_async_callback(_close, for_statements, path)
-        writer = await _open_connection(path, migrate=False)
-        stack.push_async_callback(_close, writer, path)
+        with translated(f"open {path}"), anyio.CancelScope(shield=True):
+            writer = await anyio.to_thread.run_sync(connect_blocking, path)
+        stack.callback(writer.close)
         yield SqliteStore(for_statements, writer)
 
 
