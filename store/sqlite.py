@@ -7,10 +7,10 @@ mode, so the gateway's reads never wait for a CLI's write and vice versa; writer
 
 There are two connections. Lookups, listings and small writes go through an aiosqlite
 connection (its own thread, one statement at a time). The recorder's group commits and the
-retention pruner use a plain sqlite3 connection of their own, one worker-thread call per batch
-(a whole ``BEGIN … COMMIT`` in one hop, where aiosqlite would make one per statement), taken in
-turn under a lock so nothing slips into another's transaction. Listing pages never queue
-behind a batch or a prune.
+retention pruner use a plain sqlite3 connection owned by a thread of its own
+(``_writer_thread.py``): a whole ``BEGIN … COMMIT`` batch is one call into that thread, where
+aiosqlite would make one round trip per statement, and calls run strictly one after another,
+so nothing slips into another's transaction. Listing pages never queue behind a batch or a prune.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import uuid4
 
 import aiosqlite
@@ -35,6 +34,7 @@ from ._listing import get_session, list_invocations, list_sessions
 from ._records import PRUNE_BATCH, count_invocations, prune_step, write_records
 from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
+from ._writer_thread import WriterThread
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .migrations import apply_migrations
@@ -50,8 +50,6 @@ from .models import (
 )
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
-
-T = TypeVar("T")
 
 _ORGANISATION_COLUMNS = "id, name, created_at"
 _API_KEY_COLUMNS = (
@@ -80,16 +78,9 @@ def _api_key(row: Any) -> ApiKey:
 class SqliteStore:
     """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
 
-    def __init__(self, conn: aiosqlite.Connection, writer: sqlite3.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, writer: WriterThread) -> None:
         self._conn = conn
         self._writer = writer
-        self._writer_lock = anyio.Lock()
-
-    async def _on_writer(self, work: Callable[..., T], *args: object) -> T:
-        """Run ``work(writer, *args)`` in a worker thread, alone on the writer connection. Not
-        abandoned when cancelled: a transaction in flight always finishes or rolls back."""
-        async with self._writer_lock:
-            return await anyio.to_thread.run_sync(partial(work, self._writer, *args))
 
     async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, parameters) as cursor:
@@ -195,7 +186,7 @@ class SqliteStore:
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:
         with translated("write records"):
-            await self._on_writer(write_records, events)
+            await self._writer.call(write_records, events)
 
     async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
         deleted = 0
@@ -205,12 +196,12 @@ class SqliteStore:
                 cutoff = to_unix_ms(older_than)
                 steps += [("sessions", cutoff), ("calls", cutoff)]
             if max_invocations is not None:
-                excess = await self._on_writer(count_invocations) - max_invocations
+                excess = await self._writer.call(count_invocations) - max_invocations
                 steps += [("excess", excess)] if excess > 0 else []
             for step, value in steps:
                 # One short statement per thread hop, so recorder commits interleave with a prune.
                 while True:
-                    n = await self._on_writer(prune_step, step, value)
+                    n = await self._writer.call(prune_step, step, value)
                     deleted += n
                     if step == "excess":
                         value -= n
@@ -272,8 +263,8 @@ async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
         for_statements = await _open_connection(path)
         stack.push_async_callback(_close, for_statements, path)
         with translated(f"open {path}"), anyio.CancelScope(shield=True):
-            writer = await anyio.to_thread.run_sync(connect_blocking, path)
-        stack.callback(writer.close)
+            writer = WriterThread(await anyio.to_thread.run_sync(connect_blocking, path))
+        stack.push_async_callback(writer.aclose)
         yield SqliteStore(for_statements, writer)
 
 

@@ -8,6 +8,7 @@ from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from store import (
@@ -185,3 +186,15 @@ async def test_every_listing_query_is_an_index_range_scan(db_path: Path, store: 
         for sql in selects:
             plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql))
             assert "INDEX" in plan and "TEMP B-TREE" not in plan and "SCAN" not in plan, (sql, plan)
+
+
+async def test_a_cancelled_write_still_commits_whole_and_the_writer_goes_on(store: SqliteStore) -> None:
+    org = (await store.ensure_organisation("o")).id
+    session = start(org)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # cancelled before the writer thread even reports back
+        await store.write_records([session, *(call(session, n, T0) for n in range(50))])
+    await store.write_records([call(session, 50, T0)])  # the writer thread is still serving
+
+    page = await store.list_invocations(session.id, seek=Seek(), limit=100)
+    assert len(page.rows) == 51
