@@ -32,7 +32,6 @@ import random
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import anyio
 import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import ROOT, Processes, StartupError, free_port, wait_for_http
+from _procs import ROOT, Processes, StartupError, free_port, git_describe, wait_for_http
 
 sys.path.insert(0, str(ROOT))
 from store import Seek, SqliteStore, open_sqlite_store
@@ -739,19 +738,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "git": git_describe(),
     }
-
-
-def git_describe() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 # --------------------------------------------------------------------------- main

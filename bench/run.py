@@ -46,11 +46,11 @@ from typing import Any, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _profile
 from _procs import (
-    ROOT,
     Processes,
     StartupError,
     child_pid,
     free_port,
+    git_describe,
     log_tail,
     stop,
     wait_for_http,
@@ -575,19 +575,6 @@ def machine() -> dict[str, Any]:
         "mcpgw": package_version("mcpgw"),
         "git": git_describe(),
     }
-
-
-def git_describe() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
