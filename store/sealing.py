@@ -1,0 +1,84 @@
+"""Secrets at rest: AES-256-GCM under named keys, so keys can rotate.
+
+A sealed value is ``v1`` + key id + nonce + ciphertext-and-tag, all in one bytes value:
+
+    b"\\x01" | len(key_id) (1 byte) | key_id (ASCII) | nonce (12 bytes) | ciphertext + 16-byte tag
+
+The key id says which key opens it, so a keyring holding the old and the new key opens both
+while rows are re-sealed under the new one. Each value is sealed with *associated data* naming
+where it belongs (table, row id, column), so a ciphertext copied into another row or column
+does not open. The cryptography itself is `cryptography`'s AESGCM; nothing here is hand-rolled
+beyond the framing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import StoreError
+
+__all__ = ["KEY_BYTES", "Keyring", "SealError", "new_key_id"]
+
+KEY_BYTES = 32
+_VERSION = 1
+_NONCE_BYTES = 12
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class SealError(StoreError):
+    """A sealed value cannot be opened: unknown key id, wrong place, or tampered with."""
+
+
+def new_key_id() -> str:
+    return "k" + os.urandom(6).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """Keys by id; ``current`` seals, every key opens."""
+
+    keys: Mapping[str, bytes] = field(repr=False)
+    current: str
+
+    def __post_init__(self) -> None:
+        if self.current not in self.keys:
+            raise ValueError(f"the current key {self.current!r} is not in the keyring")
+        for key_id, key in self.keys.items():
+            if not _KEY_ID.fullmatch(key_id):
+                raise ValueError(f"bad key id {key_id!r}: 1-64 letters, digits, '_' or '-'")
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"key {key_id!r} is {len(key)} bytes, not {KEY_BYTES}")
+
+    def seal(self, plaintext: bytes, where: str) -> bytes:
+        """Encrypt ``plaintext`` under the current key, bound to ``where`` (``credentials/<id>/token``)."""
+        nonce = os.urandom(_NONCE_BYTES)  # random 96-bit nonces: fine far beyond our volumes per key
+        sealed = AESGCM(self.keys[self.current]).encrypt(nonce, plaintext, where.encode())
+        key_id = self.current.encode("ascii")
+        return bytes([_VERSION, len(key_id)]) + key_id + nonce + sealed
+
+    def key_id_of(self, sealed: bytes) -> str:
+        if len(sealed) < 2 or sealed[0] != _VERSION:
+            raise SealError("not a sealed value")
+        return sealed[2 : 2 + sealed[1]].decode("ascii", "replace")
+
+    def open(self, sealed: bytes, where: str) -> bytes:
+        """Decrypt a value sealed for ``where``; ``SealError`` if it is not one this keyring opens."""
+        key_id = self.key_id_of(sealed)
+        key = self.keys.get(key_id)
+        if key is None:
+            raise SealError(f"sealed under key {key_id!r}, which this keyring does not hold")
+        start = 2 + sealed[1]
+        nonce, body = sealed[start : start + _NONCE_BYTES], sealed[start + _NONCE_BYTES :]
+        try:
+            return AESGCM(key).decrypt(nonce, body, where.encode())
+        except InvalidTag as exc:
+            raise SealError(f"a value sealed for another place, or tampered with ({where})") from exc
+
+    def needs_resealing(self, sealed: bytes) -> bool:
+        return self.key_id_of(sealed) != self.current
