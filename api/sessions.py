@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -24,7 +23,7 @@ from starlette.responses import Response
 from api.cursor import CursorCodec
 from api.paging import page_body, read_limit, read_seek
 from api.problems import Problem
-from store import RecordedInvocation, RecordedSession, Seek, Store
+from store import RecordedInvocation, RecordedSession, Seek, Store, format_timestamp
 
 __all__ = ["Caller", "SessionsApi"]
 
@@ -48,23 +47,19 @@ class Caller(Protocol):
 Authenticate = Callable[[Mapping[str, str]], Awaitable[Caller | None]]
 
 
-def _timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def render_session(session: RecordedSession) -> dict[str, Any]:
     return {
         "id": session.id,
         "clientId": session.client_id,
         "apiKeyId": session.api_key_id,
         "mcpSessionId": session.mcp_session_id,
-        "startedAt": _timestamp(session.started_at),
-        "lastCallAt": _timestamp(session.last_call_at),
+        "startedAt": format_timestamp(session.started_at),
+        "lastCallAt": format_timestamp(session.last_call_at),
         "callCount": session.call_count,
         "clientName": session.client_name,
         "clientVersion": session.client_version,
         "protocolVersion": session.protocol_version,
-        "endedAt": None if session.ended_at is None else _timestamp(session.ended_at),
+        "endedAt": None if session.ended_at is None else format_timestamp(session.ended_at),
         "endReason": session.end_reason,
     }
 
@@ -78,7 +73,7 @@ def render_invocation(call: RecordedInvocation) -> dict[str, Any]:
         "success": call.success,
         "durationMs": call.duration_ms,
         "traceId": call.trace_id,
-        "createdAt": _timestamp(call.created_at),
+        "createdAt": format_timestamp(call.created_at),
         "method": call.method,
         "outcome": call.outcome,
         "upstream": call.upstream,

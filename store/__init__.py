@@ -4,7 +4,7 @@ No HTTP and no MCP in here; ``gateway`` and ``api`` depend on this package, neve
 Exceptions are documented in :mod:`store.errors`.
 """
 
-from ._timestamps import utc_now
+from ._timestamps import format_timestamp, utc_now
 from .errors import (
     KeyNotFound,
     OrganisationNotFound,
@@ -48,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "format_timestamp",
     "generate_api_key",
     "hash_api_key",
     "open_sqlite_store",

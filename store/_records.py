@@ -16,7 +16,7 @@ from ._timestamps import to_unix_ms
 from .errors import StoreError
 from .models import InvocationRecord, RecordEvent, SessionEnd, SessionStart
 
-__all__ = ["PRUNE_BATCH", "count_invocations", "prune_step", "write_records"]
+__all__ = ["PRUNE_BATCH", "oldest_kept_invocation", "prune_step", "write_records"]
 
 _INSERT_SESSION = (
     "INSERT INTO sessions (id, mcp_session_id, organisation_id, api_key_id, client_id, client_name,"
@@ -107,9 +107,11 @@ def write_records(conn: sqlite3.Connection, events: Sequence[RecordEvent]) -> No
         raise
 
 
-def count_invocations(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT count(*) FROM invocations").fetchone()
-    return 0 if row is None else int(row[0])
+def oldest_kept_invocation(conn: sqlite3.Connection, keep: int) -> int | None:
+    """A row number below which every invocation is beyond the newest ``keep``; None when there
+    are no more than ``keep``. A walk down the rowid, in the background only."""
+    row = conn.execute("SELECT seq FROM invocations ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep,)).fetchone()
+    return None if row is None else int(row[0]) + 1
 
 
 def prune_step(conn: sqlite3.Connection, step: str, value: int) -> int:
@@ -130,7 +132,7 @@ PRUNE_STEPS = {
     # ran much longer than its neighbours goes in a later pass).
     "calls": "DELETE FROM invocations WHERE seq IN (SELECT seq FROM"
     " (SELECT seq, created_at FROM invocations ORDER BY seq LIMIT :batch) WHERE created_at < :value)",
-    # The oldest invocations, when there are more than the configured maximum.
+    # The oldest invocations, below the oldest one the configured maximum keeps.
     "excess": "DELETE FROM invocations WHERE seq IN"
-    " (SELECT seq FROM invocations ORDER BY seq LIMIT min(:value, :batch))",
+    " (SELECT seq FROM invocations WHERE seq < :value ORDER BY seq LIMIT :batch)",
 }

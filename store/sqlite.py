@@ -31,7 +31,7 @@ import anyio.to_thread
 
 from ._connection import configure, connect, connect_blocking
 from ._listing import get_session, list_invocations, list_sessions
-from ._records import PRUNE_BATCH, count_invocations, prune_step, write_records
+from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
 from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from ._writer_thread import WriterThread
@@ -196,16 +196,13 @@ class SqliteStore:
                 cutoff = to_unix_ms(older_than)
                 steps += [("sessions", cutoff), ("calls", cutoff)]
             if max_invocations is not None:
-                excess = await self._writer.call(count_invocations) - max_invocations
-                steps += [("excess", excess)] if excess > 0 else []
+                oldest_kept = await self._writer.call(oldest_kept_invocation, max_invocations)
+                steps += [] if oldest_kept is None else [("excess", oldest_kept)]
             for step, value in steps:
                 # One short statement per thread hop, so recorder commits interleave with a prune.
-                while True:
-                    n = await self._writer.call(prune_step, step, value)
+                while (n := await self._writer.call(prune_step, step, value)) > 0:
                     deleted += n
-                    if step == "excess":
-                        value -= n
-                    if n < PRUNE_BATCH or (step == "excess" and value <= 0):
+                    if n < PRUNE_BATCH:
                         break
         return deleted
 
