@@ -7,6 +7,8 @@ the file, the key path (``upstreams[1].transport``), the line and the reason, on
 `config.example.yaml` at the repository root documents every key.
 """
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import os
@@ -29,10 +31,12 @@ __all__ = [
     "ListenConfig",
     "RecordingConfig",
     "RetentionConfig",
+    "SecretsConfig",
     "SecurityConfig",
     "SessionsConfig",
     "Timeouts",
     "ToolFilter",
+    "UpstreamAuth",
     "UpstreamConfig",
     "config_path_from",
     "is_loopback_host",
@@ -83,6 +87,33 @@ class Timeouts:
     call_s: float = 60.0
 
 
+AuthKind: TypeAlias = Literal["none", "headers", "oauth", "user_headers"]
+IdentityMode: TypeAlias = Literal["user", "vk", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAuth:
+    """How the gateway authenticates to one upstream.
+
+    ``none`` and ``headers`` (static values, sent for everyone) need nothing per user;
+    ``oauth`` and ``user_headers`` need a credential per identity: the user behind the API key
+    (``user``), the API key itself (``vk``) or one host session (``session``).
+    """
+
+    kind: AuthKind = "none"
+    identity: IdentityMode = "user"
+    scopes: tuple[str, ...] = ()  # oauth: asked for at authorisation; empty = what the server says
+    client_id: str | None = None  # oauth: a pre-registered client; else a metadata document or RFC 7591
+    client_secret: str | None = field(default=None, repr=False)
+    client_metadata_url: str | None = None  # oauth: an https URL serving this client's metadata document
+    header_names: tuple[str, ...] = ()  # user_headers: what the form asks for
+    static_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # headers
+
+    @property
+    def per_identity(self) -> bool:
+        return self.kind in ("oauth", "user_headers")
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
@@ -96,6 +127,7 @@ class UpstreamConfig:
     tools: ToolFilter = ToolFilter()
     timeouts: Timeouts = Timeouts()
     idle_s: float = 600.0
+    auth: UpstreamAuth = UpstreamAuth()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +171,15 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretsConfig:
+    """The keys that seal credentials at rest: one from the config (or its ${ENV}), else a key file."""
+
+    key_file: Path
+    key: bytes | None = field(default=None, repr=False)  # 32 bytes; when set, the key file is not used
+    previous_keys: tuple[bytes, ...] = field(default=(), repr=False)  # still open, never seal
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     path: Path
     listen: ListenConfig
@@ -148,6 +189,8 @@ class GatewayConfig:
     sessions: SessionsConfig
     upstreams: tuple[UpstreamConfig, ...]
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    public_url: str = "http://127.0.0.1:8080"  # the base of the URLs users open (OAuth, forms)
+    secrets: SecretsConfig = field(default_factory=lambda: SecretsConfig(Path("mcpgw.keys")))
 
 
 def config_path_from(arg: str | None) -> Path:
@@ -342,6 +385,12 @@ def _check_header_value(value: str) -> str:
     return value
 
 
+def _check_scope(value: str) -> str:
+    if not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", value):  # RFC 6749 section 3.3
+        raise ValueError(f"a scope is one word of printable ASCII, no quotes or backslashes: {value!r}")
+    return value
+
+
 def _check_env_name(value: str) -> str:
     if not value or "=" in value or "\0" in value:
         raise ValueError(f"not a valid environment variable name: {value!r}")
@@ -407,6 +456,24 @@ class _TimeoutsModel(_Model):
     call_s: _Seconds = 60.0
 
 
+class _UpstreamAuthModel(_Model):
+    kind: Literal["none", "headers", "oauth", "user_headers"] = "none"
+    identity: Literal["user", "vk", "session"] | None = None
+    scopes: list[Annotated[str, AfterValidator(_check_scope)]] | None = None
+    client_id: _Text | None = None
+    client_secret: _Text | None = None
+    client_metadata_url: Annotated[str, AfterValidator(_check_url)] | None = None
+    # user_headers: a list of names; headers: a mapping of names to values.
+    headers: (
+        list[Annotated[str, AfterValidator(_check_header_name)]]
+        | dict[
+            Annotated[str, AfterValidator(_check_header_name)],
+            Annotated[str, AfterValidator(_check_header_value)],
+        ]
+        | None
+    ) = None
+
+
 class _UpstreamModel(_Model):
     name: Annotated[str, AfterValidator(_check_name)]
     transport: Literal["stdio", "http", "sse"]
@@ -428,6 +495,7 @@ class _UpstreamModel(_Model):
     tools: _ToolFilterModel = Field(default_factory=_ToolFilterModel)
     timeouts: _TimeoutsModel = Field(default_factory=_TimeoutsModel)
     idle_s: _Seconds = 600.0
+    auth: _UpstreamAuthModel = Field(default_factory=_UpstreamAuthModel)
 
 
 class _RedactModel(_Model):
@@ -450,17 +518,25 @@ class _RecordingModel(_Model):
     retention: _RetentionModel = Field(default_factory=_RetentionModel)
 
 
+class _SecretsModel(_Model):
+    key: str | None = None  # base64url of 32 bytes; "" (an unset ${VAR:-}) means none
+    previous_keys: list[_Text] = Field(default_factory=list)
+    key_file: _Text | None = None
+
+
 class _RootModel(_Model):
     listen: _ListenModel = Field(default_factory=_ListenModel)
+    public_url: Annotated[str, AfterValidator(_check_url)] | None = None
     database: _Text = "./mcpgw.db"
     auth: _AuthModel = Field(default_factory=_AuthModel)
     security: _SecurityModel = Field(default_factory=_SecurityModel)
     sessions: _SessionsModel = Field(default_factory=_SessionsModel)
     upstreams: list[_UpstreamModel] = Field(default_factory=list)
     recording: _RecordingModel = Field(default_factory=_RecordingModel)
+    secrets: _SecretsModel = Field(default_factory=_SecretsModel)
 
 
-_SECTIONS = frozenset({"listen", "auth", "security", "sessions", "upstreams", "recording"})
+_SECTIONS = frozenset({"listen", "auth", "security", "sessions", "upstreams", "recording", "secrets"})
 
 # Which model a mapping at a given key path (list indexes dropped) is validated by.
 _MODEL_AT: dict[tuple[str, ...], type[_Model]] = {
@@ -472,6 +548,8 @@ _MODEL_AT: dict[tuple[str, ...], type[_Model]] = {
     ("upstreams",): _UpstreamModel,
     ("upstreams", "tools"): _ToolFilterModel,
     ("upstreams", "timeouts"): _TimeoutsModel,
+    ("upstreams", "auth"): _UpstreamAuthModel,
+    ("secrets",): _SecretsModel,
     ("recording",): _RecordingModel,
     ("recording", "redact"): _RedactModel,
     ("recording", "retention"): _RetentionModel,
@@ -622,6 +700,7 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         if not stdio and up.url is None:
             problems.append(((*here, "url"), f"required key is missing for transport {up.transport!r}"))
 
+        auth = _upstream_auth(up, here, problems)
         cwd = None if up.cwd is None else str(base / Path(up.cwd).expanduser())
         upstreams.append(
             UpstreamConfig(
@@ -636,16 +715,19 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
                 tools=ToolFilter(allow=tuple(up.tools.allow), deny=tuple(up.tools.deny)),
                 timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
                 idle_s=up.idle_s,
+                auth=auth,
             )
         )
 
+    database = base / Path(model.database).expanduser()
+    secrets = _secrets(model.secrets, base, database, problems)
     if problems:
         raise _error(shown, [ConfigProblem(_key_path(loc), _line(root, loc), why) for loc, why in problems])
 
     return GatewayConfig(
         path=absolute,
         listen=ListenConfig(host=model.listen.host, port=model.listen.port),
-        database=base / Path(model.database).expanduser(),
+        database=database,
         auth=AuthConfig(required=model.auth.required),
         security=SecurityConfig(
             allowed_hosts=tuple(model.security.allowed_hosts),
@@ -655,7 +737,85 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
         upstreams=tuple(upstreams),
         recording=_recording(model.recording),
+        public_url=(model.public_url or _local_url(model.listen)).rstrip("/"),
+        secrets=secrets,
     )
+
+
+def _local_url(listen: _ListenModel) -> str:
+    host = f"[{listen.host}]" if ":" in listen.host and not listen.host.startswith("[") else listen.host
+    return f"http://{host}:{listen.port}"
+
+
+_AUTH_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "headers": ("headers",),
+    "oauth": ("identity", "scopes", "client_id", "client_secret", "client_metadata_url"),
+    "user_headers": ("identity", "headers"),
+}
+
+
+def _upstream_auth(up: _UpstreamModel, here: Loc, problems: list[tuple[Loc, str]]) -> UpstreamAuth:
+    model = up.auth
+    at: Loc = (*here, "auth")
+    for key in ("identity", "scopes", "client_id", "client_secret", "client_metadata_url", "headers"):
+        if getattr(model, key) is not None and key not in _AUTH_KEYS[model.kind]:
+            problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
+    if model.kind != "none" and up.transport == "stdio":
+        problems.append(((*at, "kind"), f"{model.kind!r} needs an http or sse upstream (stdio: use env)"))
+    names: tuple[str, ...] = ()
+    static: dict[str, str] = {}
+    if model.kind == "user_headers":
+        if not isinstance(model.headers, list) or not model.headers:
+            problems.append(((*at, "headers"), "user_headers needs a list of header names, like [X-Api-Key]"))
+        else:
+            # Header names are case-insensitive; the first spelling is the one the form shows.
+            first: dict[str, str] = {}
+            for name in model.headers:
+                first.setdefault(name.lower(), name)
+            names = tuple(first.values())
+    if model.kind == "headers":
+        if not isinstance(model.headers, dict) or not model.headers:
+            problems.append(((*at, "headers"), "headers needs a mapping of header names to values"))
+        else:
+            static = dict(model.headers)
+            for name in static:
+                if name.lower() in {h.lower() for h in (up.headers or {})}:
+                    problems.append(((*at, "headers", name), "also set in the upstream's own headers"))
+    if model.client_secret is not None and model.client_id is None:
+        problems.append(((*at, "client_secret"), "needs client_id"))
+    if model.client_metadata_url is not None and not model.client_metadata_url.startswith("https://"):
+        problems.append(((*at, "client_metadata_url"), "must be an https:// URL"))
+    return UpstreamAuth(
+        kind=model.kind,
+        identity=model.identity or "user",
+        scopes=tuple(model.scopes or ()),
+        client_id=model.client_id,
+        client_secret=model.client_secret,
+        client_metadata_url=model.client_metadata_url,
+        header_names=names,
+        static_headers=static,
+    )
+
+
+def _secrets(
+    model: _SecretsModel, base: Path, database: Path, problems: list[tuple[Loc, str]]
+) -> SecretsConfig:
+    def decode(text: str, loc: Loc) -> bytes:
+        try:
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            problems.append((loc, "must be 32 random bytes in base64url (make one: mcpgw secrets new-key)"))
+        return key
+
+    key = decode(model.key, ("secrets", "key")) if model.key else None
+    previous = tuple(decode(k, ("secrets", "previous_keys", i)) for i, k in enumerate(model.previous_keys))
+    if previous and key is None:
+        problems.append((("secrets", "previous_keys"), "needs secrets.key (previous keys only open)"))
+    key_file = base / Path(model.key_file).expanduser() if model.key_file else database.with_suffix(".keys")
+    return SecretsConfig(key_file=key_file, key=key, previous_keys=previous)
 
 
 def _recording(model: _RecordingModel) -> RecordingConfig:

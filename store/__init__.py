@@ -4,6 +4,7 @@ No HTTP and no MCP in here; ``gateway`` and ``api`` depend on this package, neve
 Exceptions are documented in :mod:`store.errors`.
 """
 
+from ._credentials import CredentialSql
 from ._timestamps import format_timestamp, utc_now
 from .errors import (
     KeyNotFound,
@@ -12,11 +13,20 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .keyfile import KeyFile, KeyFileError, add_current_key, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
 from .models import (
     ApiKey,
+    AuthFlow,
+    AuthMode,
+    Binding,
     CreatedKey,
+    Credential,
+    CredentialFilter,
+    CredentialRow,
+    CredentialStatus,
     InvocationRecord,
+    OAuthClient,
     Organisation,
     Page,
     RecordedInvocation,
@@ -27,13 +37,27 @@ from .models import (
     SessionStart,
 )
 from .protocol import Store
+from .sealing import FixedKeys, Keyring, Sealer, SealError, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
 
 __all__ = [
     "ApiKey",
+    "AuthFlow",
+    "AuthMode",
+    "Binding",
     "CreatedKey",
+    "Credential",
+    "CredentialFilter",
+    "CredentialRow",
+    "CredentialSql",
+    "CredentialStatus",
+    "FixedKeys",
     "InvocationRecord",
+    "KeyFile",
+    "KeyFileError",
     "KeyNotFound",
+    "Keyring",
+    "OAuthClient",
     "Organisation",
     "OrganisationNotFound",
     "Page",
@@ -41,6 +65,8 @@ __all__ = [
     "RecordedInvocation",
     "RecordedSession",
     "SchemaVersionError",
+    "SealError",
+    "Sealer",
     "Seek",
     "SessionEnd",
     "SessionStart",
@@ -48,9 +74,12 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "add_current_key",
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
+    "key_id_for",
+    "load_or_create_keyring",
     "open_sqlite_store",
     "utc_now",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import StoreError
 from .sealing import KEY_BYTES, Keyring, new_key_id
 
-__all__ = ["KeyFileError", "add_current_key", "load_keyring", "load_or_create_keyring"]
+__all__ = ["KeyFile", "KeyFileError", "add_current_key", "load_keyring", "load_or_create_keyring"]
 
 _HEADER = (
     "# mcpgw secret keys. The first key seals new secrets; every key listed opens them.\n"
@@ -103,3 +103,20 @@ def add_current_key(path: Path) -> Keyring:
     keyring = Keyring({key_id: os.urandom(KEY_BYTES), **old.keys}, key_id)
     _write(path, keyring, [key_id, *old.keys], exclusive=False)
     return keyring
+
+
+class KeyFile:
+    """A key file as a ``KeySource``: re-read whenever its modification time changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Keyring:
+        return load_keyring(self.path)
+
+    def stamp(self) -> object:
+        try:
+            status = self.path.stat()
+        except OSError:
+            return None  # load() says what is wrong
+        return (status.st_mtime_ns, status.st_size, status.st_ino)

@@ -94,6 +94,56 @@ MIGRATIONS: tuple[str, ...] = (
         value BLOB NOT NULL
     );
     """,
+    # 4: per-identity credentials for upstreams, the flows that obtain them, and the gateway's
+    # OAuth client registrations. `secret` columns hold AES-GCM sealed JSON (store/sealing.py),
+    # bound to their table, row and column. A binding (organisation, upstream, mode, subject)
+    # has at most one credential; flows are looked up by binding and by a hash of their state.
+    """
+    CREATE TABLE oauth_clients (
+        id TEXT PRIMARY KEY,
+        upstream TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (upstream, issuer, redirect_uri)
+    );
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        upstream TEXT NOT NULL,
+        auth_mode TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        header_names TEXT NOT NULL DEFAULT '[]',
+        oauth_client_id TEXT,
+        expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        last_refreshed_at INTEGER,
+        updated_at INTEGER,
+        UNIQUE (organisation_id, upstream, auth_mode, subject)
+    );
+    CREATE INDEX credentials_by_created ON credentials(organisation_id, created_at);
+    CREATE TABLE auth_flows (
+        id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        upstream TEXT NOT NULL,
+        auth_mode TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        auth_kind TEXT NOT NULL,
+        state_hash TEXT UNIQUE,
+        secret BLOB NOT NULL,
+        oauth_client_id TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        claimed_at INTEGER
+    );
+    CREATE INDEX auth_flows_by_binding ON auth_flows(organisation_id, upstream, auth_mode, subject);
+    CREATE INDEX auth_flows_by_expiry ON auth_flows(expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
 __all__ = [
     "ApiKey",
+    "AuthFlow",
+    "Binding",
     "CreatedKey",
+    "Credential",
+    "CredentialFilter",
+    "CredentialRow",
     "InvocationRecord",
+    "OAuthClient",
     "Organisation",
     "Page",
     "RecordEvent",
@@ -155,3 +162,94 @@ class Page(Generic[T]):
     """In listing order, whichever way the walk went."""
     more_before: bool
     more_after: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials for upstreams (issue 4). Secret parts are held sealed in the database; the values
+# below carry them opened only where the gateway needs them (``repr=False``), never in listings.
+
+AuthMode: TypeAlias = Literal["user", "vk", "session"]
+CredentialStatus: TypeAlias = Literal["active", "needs_reauth", "needs_update", "orphaned"]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Whose credential for which upstream: the unit a credential and its flows belong to."""
+
+    organisation_id: str
+    upstream: str
+    auth_mode: AuthMode
+    subject: str
+    """The user id (``user``), API key id (``vk``) or recorded session id (``session``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    id: str
+    binding: Binding
+    kind: Literal["token", "header"]
+    status: CredentialStatus
+    secret: Mapping[str, Any] = field(repr=False)
+    """Opened: ``access_token``/``refresh_token``/... for a token, header values for a header."""
+    header_names: tuple[str, ...]
+    """The names the values were submitted for (header rows)."""
+    oauth_client_id: str | None
+    expires_at: datetime | None
+    created_at: datetime
+    last_refreshed_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFlow:
+    """A pending OAuth consent or header submission: lives briefly and is claimed once."""
+
+    id: str
+    binding: Binding
+    auth_kind: Literal["oauth", "headers"]
+    secret: Mapping[str, Any] = field(repr=False)
+    """Opened: the OAuth ``state`` and PKCE ``code_verifier``; empty for header flows."""
+    oauth_client_id: str | None
+    created_at: datetime
+    expires_at: datetime
+    claimed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """The gateway's registration with one authorization server for one upstream."""
+
+    id: str
+    upstream: str
+    issuer: str
+    redirect_uri: str
+    client_id: str
+    client_secret: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRow:
+    """One row of the credential listing: a credential, or a pending flow with none beside it."""
+
+    id: str
+    kind: Literal["token", "header", "flow"]
+    auth_kind: Literal["oauth", "headers"]
+    binding: Binding
+    status: str
+    expires_at: datetime | None
+    created_at: datetime
+    last_refreshed_at: datetime | None
+    updated_at: datetime | None
+    oauth_client_id: str | None
+    key_prefix: str | None
+    """The display prefix of the API key a ``vk`` row binds to."""
+    key: tuple[int, str]
+    """The keyset position: (created, unix ms; id). Newest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialFilter:
+    status: str | None = None
+    auth_mode: str | None = None
+    kind: str | None = None
+    upstream: str | None = None

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from ._credentials import CredentialSql
 from .models import (
     ApiKey,
     CreatedKey,
@@ -94,6 +95,15 @@ class Store(Protocol):
     async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
         """A page of a session's invocations, oldest first. Check the caller may see the session
         (``get_session``) before calling this."""
+        ...
+
+    @property
+    def credentials(self) -> CredentialSql:
+        """Per-identity upstream credentials, pending flows and OAuth client registrations.
+
+        Secrets are sealed on the way in and opened on the way out (``store/_credentials.py``);
+        raises ``StoreError`` when the store was opened without a ``Sealer``.
+        """
         ...
 
     async def gateway_secret(self, name: str) -> bytes:

@@ -13,17 +13,28 @@ beyond the framing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import StoreError
 
-__all__ = ["KEY_BYTES", "Keyring", "SealError", "new_key_id"]
+__all__ = [
+    "KEY_BYTES",
+    "FixedKeys",
+    "KeySource",
+    "Keyring",
+    "SealError",
+    "Sealer",
+    "key_id_for",
+    "new_key_id",
+]
 
 KEY_BYTES = 32
 _VERSION = 1
@@ -37,6 +48,12 @@ class SealError(StoreError):
 
 def new_key_id() -> str:
     return "k" + os.urandom(6).hex()
+
+
+def key_id_for(key: bytes) -> str:
+    """A stable id for a key given in the config: the same key always gets the same id, and
+    the id reveals nothing useful about the key (a truncated hash of it)."""
+    return "c" + hashlib.sha256(b"mcpgw key id\0" + key).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +99,53 @@ class Keyring:
 
     def needs_resealing(self, sealed: bytes) -> bool:
         return self.key_id_of(sealed) != self.current
+
+
+class KeySource(Protocol):
+    def load(self) -> Keyring:
+        """The keyring as it is now; raises ``StoreError`` when it cannot be read."""
+        ...
+
+    def stamp(self) -> object:
+        """Something that changes when the keys change (a file's mtime), cheap to ask for."""
+        ...
+
+
+class Sealer:
+    """The keyring in use, re-read when its source changes.
+
+    ``mcpgw secrets rotate`` rewrites the key file beside a running gateway: the gateway then
+    seals with the new key from its next write on and opens values already re-sealed under it,
+    with no restart.
+    """
+
+    def __init__(self, source: KeySource) -> None:
+        self._source = source
+        self._stamp = source.stamp()
+        self._keyring = source.load()
+
+    @property
+    def keyring(self) -> Keyring:
+        stamp = self._source.stamp()
+        if stamp != self._stamp:
+            self._keyring, self._stamp = self._source.load(), stamp
+        return self._keyring
+
+    def seal(self, plaintext: bytes, where: str) -> bytes:
+        return self.keyring.seal(plaintext, where)
+
+    def open(self, sealed: bytes, where: str) -> bytes:
+        return self.keyring.open(sealed, where)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedKeys:
+    """Keys given by the config (or its environment): they change only with a restart."""
+
+    keyring: Keyring
+
+    def load(self) -> Keyring:
+        return self.keyring
+
+    def stamp(self) -> object:
+        return None

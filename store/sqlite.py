@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 
 from ._connection import configure, connect, connect_blocking
+from ._credentials import CredentialSql
 from ._listing import get_session, list_invocations, list_sessions
 from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
 from ._sqlite_errors import translate, translated
@@ -48,6 +49,7 @@ from .models import (
     RecordEvent,
     Seek,
 )
+from .sealing import Sealer
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
 
@@ -78,9 +80,19 @@ def _api_key(row: Any) -> ApiKey:
 class SqliteStore:
     """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
 
-    def __init__(self, conn: aiosqlite.Connection, writer: WriterThread) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, writer: WriterThread, sealer: Sealer | None = None
+    ) -> None:
         self._conn = conn
         self._writer = writer
+        self._credentials = None if sealer is None else CredentialSql(conn, sealer)
+
+    @property
+    def credentials(self) -> CredentialSql:
+        """Upstream credentials, their flows and OAuth clients; needs the store opened with keys."""
+        if self._credentials is None:
+            raise StoreError("this store was opened without keys, so it cannot hold credentials")
+        return self._credentials
 
     async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, parameters) as cursor:
@@ -250,7 +262,7 @@ async def _open_connection(path: str | Path) -> aiosqlite.Connection:
 
 
 @asynccontextmanager
-async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
+async def open_sqlite_store(path: str | Path, *, sealer: Sealer | None = None) -> AsyncIterator[SqliteStore]:
     """Open (creating if needed) and migrate the SQLite database at ``path``; close it on exit.
 
     Raises ``StoreUnavailable`` if the file cannot be opened or stays locked,
@@ -262,7 +274,7 @@ async def open_sqlite_store(path: str | Path) -> AsyncIterator[SqliteStore]:
         with translated(f"open {path}"), anyio.CancelScope(shield=True):
             writer = WriterThread(await anyio.to_thread.run_sync(connect_blocking, path))
         stack.push_async_callback(writer.aclose)
-        yield SqliteStore(for_statements, writer)
+        yield SqliteStore(for_statements, writer, sealer)
 
 
 async def _close(conn: aiosqlite.Connection, path: str | Path) -> None:

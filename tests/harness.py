@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
 
 
-def _listening_socket() -> socket.socket:
+def listening_socket() -> socket.socket:
+    """A loopback socket already listening on an ephemeral port, for `serve_asgi_on`."""
     # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (no delayed-ACK stalls).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -40,20 +41,32 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+def base_url_of(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @asynccontextmanager
-async def serve_asgi(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on an ephemeral loopback port; yield its base URL."""
-    sock = _listening_socket()
-    port = sock.getsockname()[1]
+async def serve_asgi_on(sock: socket.socket, app: ASGIApp) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on `sock` (from `listening_socket`); yield its base URL.
+
+    For apps that must know their own URL before they are built. Closes `sock` when done.
+    """
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base_url_of(sock)
     finally:
         server.should_exit = True
         with anyio.fail_after(STARTUP_TIMEOUT):
             await task
         sock.close()
+
+
+@asynccontextmanager
+async def serve_asgi(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on an ephemeral loopback port; yield its base URL."""
+    async with serve_asgi_on(listening_socket(), app) as base_url:
+        yield base_url
 
 
 @dataclass

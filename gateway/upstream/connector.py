@@ -222,4 +222,5 @@ def http_client_for(config: UpstreamConfig) -> httpx2.AsyncClient:
         connect=config.timeouts.connect_s, read=None, write=30.0, pool=config.timeouts.connect_s
     )
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
-    return httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, limits=limits)
+    headers = {**config.headers, **config.auth.static_headers}
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, limits=limits)
