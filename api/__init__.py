@@ -1,8 +1,10 @@
-"""The HTTP surfaces over the store that are not MCP: the session/invocation listing API and
-its OpenAPI document. Errors are problem+json (see :mod:`api.problems`). Never imports the
-gateway's proxy internals; the app hands it the store and a way to authenticate callers."""
+"""The HTTP surfaces over the store that are not MCP: the session/invocation listing API
+(problem+json errors, see :mod:`api.problems`), the credential sessions API under `/api/*`
+(BifrostError bodies, see :mod:`api.api_errors`) and the OpenAPI document. Never imports the
+gateway's proxy internals; the app hands it the store, a way to authenticate callers and, for
+reauth, a way to start a flow."""
 
-from .routes import CURSOR_SECRET_NAME, api_routes, openapi_document
+from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
 from .sessions import Caller
 
-__all__ = ["CURSOR_SECRET_NAME", "Caller", "api_routes", "openapi_document"]
+__all__ = ["CURSOR_SECRET_NAME", "Caller", "api_routes", "credential_routes", "openapi_document"]

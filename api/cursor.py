@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from typing import Any
 
 import orjson
 
@@ -49,11 +50,23 @@ class CursorCodec:
     def mint(self, query: str, seek: Seek) -> str:
         if seek.key is None:
             raise ValueError("a cursor needs a keyset position")
-        payload = orjson.dumps([_VERSION, *seek.key, int(seek.backward), int(seek.inclusive)])
-        return f"{_b64encode(payload)}.{_b64encode(self._tag(query, payload))}"
+        return self.seal(query, [*seek.key, int(seek.backward), int(seek.inclusive)])
 
     def read(self, query: str, cursor: str) -> Seek:
         """The position in `cursor`; `InvalidCursor` unless minted by this key for `query`."""
+        fields = self.open(query, cursor)
+        if len(fields) != 4:
+            raise InvalidCursor
+        sort_value, seq, backward, inclusive = fields
+        return Seek((int(sort_value), int(seq)), backward=bool(backward), inclusive=bool(inclusive))
+
+    def seal(self, query: str, fields: list[int | str]) -> str:
+        """A cursor carrying `fields` (JSON scalars), valid only for `query`."""
+        payload = orjson.dumps([_VERSION, *fields])
+        return f"{_b64encode(payload)}.{_b64encode(self._tag(query, payload))}"
+
+    def open(self, query: str, cursor: str) -> list[Any]:
+        """The fields `seal` put in `cursor`; `InvalidCursor` unless minted by this key for `query`."""
         if len(cursor) > _MAX_CURSOR_CHARS or cursor.count(".") != 1:
             raise InvalidCursor
         encoded_payload, encoded_tag = cursor.split(".")
@@ -64,7 +77,6 @@ class CursorCodec:
         if not hmac.compare_digest(tag, self._tag(query, payload)):
             raise InvalidCursor
         fields = orjson.loads(payload)  # we signed it, so it is ours and well-formed
-        if not (isinstance(fields, list) and len(fields) == 5 and fields[0] == _VERSION):
+        if not (isinstance(fields, list) and fields and fields[0] == _VERSION):
             raise InvalidCursor
-        _, sort_value, seq, backward, inclusive = fields
-        return Seek((int(sort_value), int(seq)), backward=bool(backward), inclusive=bool(inclusive))
+        return fields[1:]

@@ -8,19 +8,23 @@ order, and left in reverse; nothing opens at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import CURSOR_SECRET_NAME, api_routes
-from gateway.config import GatewayConfig
+from api import CURSOR_SECRET_NAME, api_routes, credential_routes
+from gateway.config import GatewayConfig, UpstreamConfig
+from gateway.connect import connect_routes
+from gateway.credentials.broker import CredentialBroker
+from gateway.credentials.keys import sealer_for
 from gateway.hostauth import HostAuth
 from gateway.httpio import OriginGuard
 from gateway.legacy_sse import LegacySse
@@ -32,7 +36,7 @@ from gateway.stateless import StatelessHandler
 from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.upstream.connector import Connector, http_client_for
 from gateway.writer import running_recorder
-from store import Store, open_sqlite_store
+from store import Binding, Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Gateway:
     store: Store
     registry: SessionRegistry
     endpoint: Endpoint
+    broker: CredentialBroker
 
 
 class _Late:
@@ -64,7 +69,8 @@ class _Late:
 @asynccontextmanager
 async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_sqlite_store(config.database))
+        sealer = sealer_for(config.secrets)
+        store = await stack.enter_async_context(open_sqlite_store(config.database, sealer=sealer))
         organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
         recorder: Recorder = NullRecorder()
         if config.recording.enabled:
@@ -78,10 +84,18 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
                 client = await stack.enter_async_context(http_client_for(upstream))
             connectors[upstream.name] = Connector(upstream, task_group, client)
         router = Router(config.upstreams)
+        # Authorization servers get a client of their own: upstream pools carry upstream headers.
+        oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))
 
+        async def verify(upstream: UpstreamConfig, headers: Mapping[str, str]) -> None:
+            await connectors[upstream.name].verify(headers)
+
+        upstreams = {upstream.name: upstream for upstream in config.upstreams}
+        broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify)
         registry = SessionRegistry(
-            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, recorder
+            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, recorder, broker
         )
+        broker.on_connected(registry.connected)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder)
         endpoint = Endpoint(
@@ -93,7 +107,8 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             max_body_bytes=config.security.max_body_bytes,
         )
         start_reaper(registry, task_group)
-        yield Gateway(config, store, registry, endpoint)
+        task_group.start_soon(broker.maintain)
+        yield Gateway(config, store, registry, endpoint, broker)
 
 
 def build_app(config: GatewayConfig) -> Starlette:
@@ -108,7 +123,18 @@ def build_app(config: GatewayConfig) -> Starlette:
             app.state.gateway = gateway
             # The API needs the open store, so its routes join once the lifespan has one.
             cursor_key = await gateway.store.gateway_secret(CURSOR_SECRET_NAME)
-            listing = api_routes(gateway.store, cursor_key, gateway.endpoint.auth.authenticate)
+            authenticate = gateway.endpoint.auth.authenticate
+            broker = gateway.broker
+
+            async def reauthorise(binding: Binding) -> tuple[str, str, str]:
+                flow = await broker.reauthorise(binding)
+                return flow.id, flow.auth_kind, broker.flow_url(flow.id)
+
+            listing = [
+                *api_routes(gateway.store, cursor_key, authenticate),
+                *credential_routes(gateway.store, cursor_key, authenticate, reauthorise, broker.forget),
+                *connect_routes(broker, authenticate),
+            ]
             app.router.routes.extend(listing)
             logger.info(
                 "mcpgw serving %d upstream(s): %s",

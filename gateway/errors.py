@@ -4,8 +4,13 @@
     ├── UpstreamError                 something went wrong talking to one upstream
     │   ├── UpstreamUnavailable       could not connect, or it went away mid-call
     │   ├── UpstreamTimeout           it did not answer within its `call_s`
-    │   └── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
-    └── RoutingError                  the host named a tool/resource/prompt nobody serves
+    │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
+    │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
+    ├── RoutingError                  the host named a tool/resource/prompt nobody serves
+    └── CredentialError               no usable credential for an upstream
+        ├── AuthRequired              the caller must connect an account first (carries the URL)
+        ├── OAuthError                an authorization server misbehaved or cannot be used
+        └── FlowProblem               a connect URL or OAuth callback that cannot go on (HTTP status)
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
 happen, with `raise ... from exc`; everything above deals only with this tree.
@@ -35,6 +40,42 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamSessionExpired(UpstreamError):
     """The upstream answered 404 for our session id: it no longer knows the session."""
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The upstream answered 401 or 403: the credential we sent is not (or no longer) good."""
+
+
+class CredentialError(GatewayError):
+    """No credential the gateway can use for an upstream on this caller's behalf."""
+
+
+class AuthRequired(CredentialError):
+    """The caller has no usable credential for the upstream; ``url`` is where to connect one."""
+
+    def __init__(self, upstream: str, url: str, flow_id: str, *, reason: str) -> None:
+        super().__init__(f"upstream {upstream!r}: {reason}")
+        self.upstream = upstream
+        self.url = url
+        self.flow_id = flow_id
+        self.reason = reason
+
+
+class OAuthError(CredentialError):
+    """Discovery, registration or a token request failed; ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class FlowProblem(CredentialError):
+    """A connect URL or callback that cannot go on; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class RoutingError(GatewayError):

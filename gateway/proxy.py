@@ -16,10 +16,11 @@ from typing import Any
 
 import anyio
 
-from gateway.errors import RoutingError, UpstreamError, UpstreamTimeout
+from gateway.errors import AuthRequired, CredentialError, RoutingError, UpstreamError, UpstreamTimeout
 from gateway.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     REQUEST_CANCELLED,
     UPSTREAM_TIMEOUT,
@@ -32,13 +33,15 @@ from gateway.jsonrpc import (
 )
 from gateway.recorder import CallRecord, Recorder, RecordingFailed, outcome_of
 from gateway.router import Route, Router
-from gateway.sessions import HostSession
+from gateway.sessions import LOCAL_REQUEST_PREFIX, HostSession
 from gateway.tracecontext import trace_for
 from gateway.upstream.channel import MessageSink
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSONObject]]
+CONNECT_META_KEY = "mcpgw/connect"
+URL_ELICITATION_REQUIRED = -32042  # 2025-11-25's "URL elicitation required" error
 RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
 _ROUTED_BY = {
     "tools/call": ("tools", "name"),
@@ -91,6 +94,8 @@ class Proxy:
         """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
         session.touch()
         outbound = session.take_outbound(message.get("id"))
+        if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
+            return  # the answer to a request of the gateway's own (a URL elicitation)
         if outbound is None:
             logger.info("session %s: a response to no pending request (id %r)", session.id, message.get("id"))
             return
@@ -155,8 +160,8 @@ class Proxy:
                 found = await self.router.route(session, kind, name, message)
                 forwarded = _renamed(message, field, found.original) if found.original != name else message
                 return await session.forward(found.upstream, forwarded, sink)
-            except (RoutingError, UpstreamError) as exc:
-                return _error_for(message["id"], exc)[0]
+            except (RoutingError, UpstreamError, CredentialError) as exc:
+                return _error_for(message, session, exc)[0]
         started, clock = time.time(), time.perf_counter()
         request_id = message["id"]
         trace, traced = trace_for(message)
@@ -169,12 +174,17 @@ class Proxy:
             forwarded = _renamed(traced, field, route.original) if route.original != name else traced
             upstream_started = time.perf_counter()
             try:
-                response = await session.forward(route.upstream, forwarded, sink)
+                if route.connect:
+                    response = await self._connect(session, route.upstream, request_id)
+                else:
+                    response = await session.forward(route.upstream, forwarded, sink)
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
-        except (RoutingError, UpstreamError) as exc:
-            response, outcome = _error_for(request_id, exc)
+        except (RoutingError, UpstreamError, CredentialError) as exc:
+            response, outcome = _error_for(message, session, exc)
+            if isinstance(exc, AuthRequired):
+                await _offer_elicitation(session, exc, sink)
         finally:
             # Runs when cancelled too: a cancelled call is recorded before the host hears of it.
             answered = response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
@@ -202,14 +212,65 @@ class Proxy:
                 response = error(request_id, INTERNAL_ERROR, "The gateway could not record this call")
         return answered if response is None else response
 
+    async def _connect(self, session: HostSession, upstream: str, request_id: RequestId) -> JSONObject:
+        """The connect tool: a link while the account is not connected, else says it is."""
+        await session.upstream(upstream)  # raises AuthRequired without a usable credential
+        return result(request_id, {"content": [_text(f"Your {upstream} account is connected.")]})
 
-def _error_for(request_id: RequestId, exc: UpstreamError | RoutingError) -> tuple[JSONObject, str]:
+
+def _error_for(
+    message: JSONObject, session: HostSession, exc: UpstreamError | RoutingError | CredentialError
+) -> tuple[JSONObject, str]:
     """The host's answer to a request the gateway could not complete, and its recorded outcome."""
+    request_id = message["id"]
+    if isinstance(exc, AuthRequired):
+        return _auth_required(message, session, exc), "auth_required"
+    if isinstance(exc, CredentialError):
+        if message["method"] == "tools/call":
+            return result(request_id, {"content": [_text(str(exc))], "isError": True}), "denied"
+        return error(request_id, INVALID_REQUEST, str(exc)), "denied"
     if isinstance(exc, RoutingError):
         return error(request_id, INVALID_PARAMS, str(exc)), "denied"
     if isinstance(exc, UpstreamTimeout):
         return error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
     return error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"
+
+
+def _auth_required(message: JSONObject, session: HostSession, exc: AuthRequired) -> JSONObject:
+    """A tool result the user can act on (hosts show tool errors to the model and the user);
+    other requests get an error carrying the same URL."""
+    text = (
+        f"{exc.upstream} needs you to connect your account first ({exc.reason}). "
+        f"Open {exc.url} to connect it, then try again."
+    )
+    elicitation = {"mode": "url", "elicitationId": exc.flow_id, "url": exc.url, "message": text}
+    if message["method"] == "tools/call":
+        meta = {CONNECT_META_KEY: {"upstream": exc.upstream, "url": exc.url}}
+        return result(message["id"], {"content": [_text(text)], "isError": True, "_meta": meta})
+    if session.handshake.protocol_version == "2025-11-25":
+        return error(message["id"], URL_ELICITATION_REQUIRED, text, {"elicitations": [elicitation]})
+    return error(message["id"], INVALID_REQUEST, text, {"url": exc.url})
+
+
+async def _offer_elicitation(session: HostSession, exc: AuthRequired, sink: MessageSink | None) -> None:
+    """Also ask a host that can show URL elicitations (2025-11-25) to open the link itself."""
+    elicitation = session.handshake.capabilities.get("elicitation")
+    if not isinstance(elicitation, dict) or "url" not in elicitation:
+        return
+    params = {"mode": "url", "elicitationId": exc.flow_id, "url": exc.url,
+              "message": f"Connect your {exc.upstream} account to continue."}  # fmt: skip
+    request = {
+        "jsonrpc": "2.0",
+        "id": session.local_request_id(),
+        "method": "elicitation/create",
+        "params": params,
+    }
+    with anyio.move_on_after(1):  # best effort: the tool result carries the URL anyway
+        await (sink or session.listen).send(request)
+
+
+def _text(text: str) -> JSONObject:
+    return {"type": "text", "text": text}
 
 
 def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:

@@ -17,7 +17,7 @@ import anyio
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
-from gateway.errors import GatewayError, RoutingError
+from gateway.errors import AuthRequired, GatewayError, RoutingError
 from gateway.jsonrpc import JSONObject, meta_of, params_of
 from gateway.sessions import HostSession
 from gateway.upstream.channel import MessageSink
@@ -33,6 +33,7 @@ _ITEMS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "r
 class Route:
     upstream: str
     original: str
+    connect: bool = False  # the gateway's own connect tool for this upstream, answered by the proxy
 
 
 @dataclass(slots=True)
@@ -42,6 +43,9 @@ class _Table:
     routes: dict[str, Route] = field(default_factory=dict)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)
     templates: list[tuple[UriTemplate, str]] = field(default_factory=list)
+    # Upstreams this caller has no credential for yet, by prefix: any name under the prefix goes
+    # there, so the call can answer with the link to connect the account.
+    unconnected: dict[str, str] = field(default_factory=dict)
 
 
 class Router:
@@ -60,10 +64,13 @@ class Router:
         method = message["method"]
         key = _ITEMS[method]
         per_upstream: dict[str, list[JSONObject]] = {}
+        unconnected: list[str] = []
 
         async def fetch(name: str) -> None:
             try:
                 per_upstream[name] = await self._fetch_all(session, name, message, key, sink)
+            except AuthRequired:
+                unconnected.append(name)
             except GatewayError as exc:
                 logger.warning("session %s: %s from %s failed: %s", session.id, method, name, exc)
 
@@ -71,6 +78,18 @@ class Router:
             for name in self._order:
                 tg.start_soon(fetch, name)
         items, table = self._merge(method, key, per_upstream, session.principal.tools)
+        for name in sorted(unconnected, key=self._order.index):
+            config = self._upstreams[name]
+            connect = _connect_tool(config)
+            if (
+                key == "tools"
+                and connect["name"] not in table.routes
+                and session.principal.tools.permits(connect["name"])
+            ):
+                items.append(connect)
+                table.routes[connect["name"]] = Route(name, CONNECT_TOOL, connect=True)
+            if config.prefix:
+                table.unconnected[config.prefix] = name
         kind = _kind(method)
         previous = session.catalog.get(kind)
         if isinstance(previous, _Table):
@@ -160,6 +179,19 @@ class Router:
 
 
 _SINGULAR = {"tools": "tool", "prompts": "prompt", "resources": "resource"}
+CONNECT_TOOL = "connect_account"
+
+
+def _connect_tool(config: UpstreamConfig) -> JSONObject:
+    """The one tool an upstream offers a caller who has not connected their account yet."""
+    return {
+        "name": f"{config.prefix or config.name + '__'}{CONNECT_TOOL}",
+        "description": (
+            f"Connect your account for {config.name}: its tools appear once you have. "
+            "Call this to get the link to open."
+        ),
+        "inputSchema": {"type": "object", "properties": {}},
+    }
 
 
 def _kind(method: str) -> str:
@@ -191,6 +223,10 @@ def _lookup(table: Any, kind: str, name: str) -> Route | None:
             f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a prefix"
         )
     route = table.routes.get(name)
+    if route is None and kind != "resources":
+        for prefix, upstream in table.unconnected.items():
+            if name.startswith(prefix):
+                return Route(upstream, name[len(prefix) :])
     if route is None and kind == "resources":
         for template, upstream in table.templates:
             if template.match(name) is not None:

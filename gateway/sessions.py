@@ -20,18 +20,22 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
+from gateway.credentials.binding import binding_for
+from gateway.credentials.broker import CredentialBroker
 from gateway.eras import to_handshake_request, with_server_info
-from gateway.errors import UpstreamError, UpstreamSessionExpired
+from gateway.errors import CredentialError, UpstreamError, UpstreamSessionExpired, UpstreamUnauthorized
 from gateway.hostauth import Principal
 from gateway.jsonrpc import JSONObject, RequestId
 from gateway.recorder import NullRecorder, Recorder, RecordingFailed
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
-from store import SessionEnd, SessionStart, utc_now
+from gateway.upstream.http import HeaderSource
+from store import Binding, SessionEnd, SessionStart, utc_now
 
 logger = logging.getLogger(__name__)
 
 _BUFFERED_WHILE_NO_STREAM = 256
+LOCAL_REQUEST_PREFIX = "mcpgw-local-"
 _CLIENT_NAMESPACE = uuid.UUID("0f0a3c1e-6d3b-5e8e-9a57-6d63706777c1")  # fixed: client ids must not change
 _LIST_CHANGED = {
     "notifications/tools/list_changed": "tools",
@@ -87,6 +91,7 @@ class HostSession:
         connectors: Mapping[str, Connector],
         *,
         stateless: bool = False,
+        broker: CredentialBroker | None = None,
     ) -> None:
         self.id = session_id
         self.record_id = str(uuid.uuid4())  # the session's id in the record and the listing API
@@ -99,6 +104,9 @@ class HostSession:
         self.log_level: str | None = None
         self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
         self._connectors = connectors
+        self._broker = broker
+        self._bindings: dict[str, Binding] = {}
+        self._sent: dict[str, Mapping[str, str]] = {}  # the credential last sent to each upstream
         self._upstreams: dict[str, UpstreamSession] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._outbound: dict[str, _Outbound] = {}
@@ -141,18 +149,63 @@ class HostSession:
                 return current
             if current is not None:
                 logger.info("session %s: upstream %s went away; reconnecting", self.id, name)
-            opened = await self._connectors[name].open_session(self.handshake, self._unsolicited_from(name))
+            opened = await self._connectors[name].open_session(
+                self.handshake, self._unsolicited_from(name), self._credential_source(name)
+            )
             self._upstreams[name] = opened
             if self.log_level is not None and "logging" in opened.capabilities:
                 await self._replay_log_level(opened)
             return opened
 
+    def binding(self, name: str) -> Binding | None:
+        """Whose credential this session uses for upstream `name`; None if it needs none."""
+        config = self._connectors[name].config
+        if self._broker is None or not config.auth.per_identity:
+            return None
+        if name not in self._bindings:
+            self._bindings[name] = binding_for(config, self.principal, self.record_id)
+        return self._bindings[name]
+
+    def _credential_source(self, name: str) -> HeaderSource | None:
+        binding, broker = self.binding(name), self._broker
+        if binding is None or broker is None:
+            return None
+
+        async def credential() -> Mapping[str, str]:
+            headers = await broker.headers(name, binding)
+            self._sent[name] = headers
+            return headers
+
+        return credential
+
     async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Send a host request to upstream `name`, with this caller's credential if it needs one.
+
+        A refused credential is refreshed (or reported) and the request tried once more.
+        """
+        try:
+            return await self._forward(name, message, sink)
+        except UpstreamUnauthorized:
+            binding = self.binding(name)
+            if binding is None or self._broker is None:
+                raise
+            await self._broker.rejected(name, binding, self._sent.pop(name, {}))
+            await self.drop_upstream(name)
+        try:
+            return await self._forward(name, message, sink)
+        except UpstreamUnauthorized:
+            assert binding is not None
+            await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=True)
+            raise
+
+    async def _forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
         modern = await self.modern(name)
         if modern is not None:
-            return await modern.request(message, sink)  # 2026 on both sides: it passes as it is
+            # 2026 on both sides: it passes as it is, with the caller's credential if any.
+            source = self._credential_source(name)
+            return await modern.request(message, sink, None if source is None else await source())
         if self.stateless:
             # Many host processes may share this group; their ids need not be unique in it.
             message = to_handshake_request(message)
@@ -195,6 +248,10 @@ class HostSession:
                 await _Relay(self, upstream, self.listen).send(message)
 
         return deliver
+
+    def local_request_id(self) -> str:
+        """An id for a request the gateway itself sends the host; its answer is dropped."""
+        return f"{LOCAL_REQUEST_PREFIX}{next(self._outbound_ids)}"
 
     def map_outbound(self, upstream: UpstreamSession, original_id: RequestId) -> str:
         gateway_id = f"mcpgw-{next(self._outbound_ids)}"
@@ -266,6 +323,7 @@ class SessionRegistry:
     idle_s: float
     stateless_gap_s: float
     recorder: Recorder = field(default_factory=NullRecorder)
+    broker: CredentialBroker | None = None
     _sessions: dict[str, HostSession] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -280,7 +338,9 @@ class SessionRegistry:
     ) -> HostSession:
         """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be."""
         session_id = secrets.token_urlsafe(24)
-        session = HostSession(session_id, principal, handshake, self.connectors, stateless=stateless)
+        session = HostSession(
+            session_id, principal, handshake, self.connectors, stateless=stateless, broker=self.broker
+        )
         client = handshake.client_info
         name, version = client.get("name"), client.get("version")
         await self.recorder.session_started(
@@ -315,6 +375,18 @@ class SessionRegistry:
             await self.recorder.session_ended(SessionEnd(session.record_id, utc_now(), reason))
         except RecordingFailed as exc:
             logger.error("session %s ended (%s) but the record could not say so: %s", session.id, reason, exc)
+
+    async def connected(self, binding: Binding) -> None:
+        """A binding just got its credential: its sessions' tool lists change (the connect tool
+        gives way to the upstream's own), so tell their hosts to list again."""
+        for session in list(self._sessions.values()):
+            try:
+                same = session.binding(binding.upstream) == binding
+            except CredentialError:
+                same = False  # this session cannot hold a credential for it at all
+            if same:
+                session.catalog.clear()
+                await session.listen.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     async def reap(self) -> None:
         now = time.monotonic()

@@ -62,6 +62,7 @@ SELECT * FROM (
 WHERE (:status IS NULL OR r.status = :status) AND (:mode IS NULL OR r.auth_mode = :mode)
   AND (:kind IS NULL OR r.kind = :kind) AND (:upstream IS NULL OR r.upstream = :upstream)
   AND (:after_created IS NULL OR (r.created_at, r.id) < (:after_created, :after_id))
+  AND (:row_id IS NULL OR r.id = :row_id)
 ORDER BY r.created_at DESC, r.id DESC
 LIMIT :limit
 """
@@ -230,7 +231,10 @@ class CredentialSql:
         after: tuple[int, str] | None,
         limit: int,
         now: datetime,
+        *,
+        row_id: str | None = None,
     ) -> list[CredentialRow]:
+        """A page of the listing after keyset position `after` (or just the row `row_id`)."""
         parameters = {
             "org": organisation_id,
             "now": to_unix_ms(now),
@@ -241,6 +245,7 @@ class CredentialSql:
             "after_created": None if after is None else after[0],
             "after_id": None if after is None else after[1],
             "limit": limit,
+            "row_id": row_id,
         }
         rows = await self._all(_LISTING, parameters)
         prefixes = await self._key_prefixes({r[6] for r in rows if r[5] == "vk"})

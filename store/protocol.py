@@ -58,6 +58,12 @@ class Store(Protocol):
         """Return the key whose secret this is, or ``None`` if unknown or revoked."""
         ...
 
+    async def live_api_keys(
+        self, organisation_id: str, *, api_key_id: str | None = None, user_id: str | None = None
+    ) -> list[ApiKey]:
+        """The organisation's keys that are not revoked, narrowed to one id and/or one user."""
+        ...
+
     async def revoke_api_key(self, api_key_id: str) -> None:
         """Revoke the key; raise ``KeyNotFound`` if there is none. Revoking twice is a no-op."""
         ...

@@ -174,6 +174,18 @@ class SqliteStore:
             raise translate(exc, "create API key") from exc
         return CreatedKey(key=key, secret=secret)
 
+    async def live_api_keys(
+        self, organisation_id: str, *, api_key_id: str | None = None, user_id: str | None = None
+    ) -> list[ApiKey]:
+        with translated("list API keys"):
+            async with self._conn.execute(
+                f"""SELECT {_API_KEY_COLUMNS} FROM api_keys
+                    WHERE organisation_id = ? AND revoked_at IS NULL
+                      AND (? IS NULL OR id = ?) AND (? IS NULL OR user_id = ?)""",
+                (organisation_id, api_key_id, api_key_id, user_id, user_id),
+            ) as cursor:
+                return [_api_key(row) for row in await cursor.fetchall()]
+
     async def find_api_key(self, secret: str) -> ApiKey | None:
         if not secret.startswith(KEY_PREFIX):
             return None

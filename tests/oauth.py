@@ -31,7 +31,6 @@ audience.
 from __future__ import annotations
 
 import base64
-import binascii
 import html
 import secrets
 import time
@@ -299,7 +298,8 @@ def _auth_app(server: AuthServer, *, advertise_pkce: bool) -> Starlette:
         # Starlette caches the parsed form on the request, so the SDK's handler reads the same one.
         resource = (await request.form()).get("resource")
         _token_request_resource.set(resource if isinstance(resource, str) else None)
-        return await token_handler.handle(request)
+        response: Response = await token_handler.handle(request)
+        return response
 
     async def consent_page(request: Request) -> Response:
         request_id = request.query_params.get("request", "")
@@ -375,7 +375,7 @@ async def _with_client_id_from_basic(request: Request) -> Request:
         return request
     try:
         client_id = unquote(base64.b64decode(header[6:], validate=True).decode().split(":", 1)[0])
-    except (ValueError, binascii.Error):
+    except ValueError:  # binascii.Error and UnicodeDecodeError among them
         return request  # the SDK's handler answers malformed credentials
     amended = b"&".join(part for part in (body, urlencode({"client_id": client_id}).encode()) if part)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +24,13 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import forwarded_headers
 from gateway.jsonrpc import JSONObject, notification
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
-from gateway.upstream.http import HttpChannel
+from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StdioChannel
 
 MODERN_VERSION = "2026-07-28"
 _REPROBE_S = 60.0
+_VERIFY_VERSION = "2025-11-25"  # the newest handshake revision: any server of that era accepts it
 
 
 async def _nowhere(message: JSONObject) -> None:
@@ -94,11 +96,16 @@ class ModernUpstream:
     channel: HttpChannel
     capabilities: JSONObject
 
-    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def request(
+        self, message: JSONObject, sink: MessageSink | None, credential: Mapping[str, str] | None = None
+    ) -> JSONObject:
         call_s = self.config.timeouts.call_s
+        headers = forwarded_headers.get()
+        if credential:
+            headers = {**headers, **credential}
         try:
             with anyio.fail_after(call_s):
-                return await self.channel.request(message, sink, forwarded_headers.get())
+                return await self.channel.request(message, sink, headers)
         except TimeoutError:
             raise UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s") from None
 
@@ -155,11 +162,13 @@ class Connector:
     def name(self) -> str:
         return self.config.name
 
-    async def open_session(self, handshake: Handshake, unsolicited: Unsolicited) -> UpstreamSession:
+    async def open_session(
+        self, handshake: Handshake, unsolicited: Unsolicited, credential: HeaderSource | None = None
+    ) -> UpstreamSession:
         config = self.config
         try:
             with anyio.fail_after(config.timeouts.connect_s):
-                channel = await self._open_channel(unsolicited)
+                channel = await self._open_channel(unsolicited, credential)
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)
                     if "error" in response:
@@ -190,7 +199,29 @@ class Connector:
             instructions=result.get("instructions"),
         )
 
-    async def _open_channel(self, unsolicited: Unsolicited) -> Channel:
+    async def verify(self, credential: Mapping[str, str]) -> None:
+        """Check `credential` with one `initialize`: `UpstreamUnauthorized` if it is refused."""
+
+        async def headers() -> Mapping[str, str]:
+            return credential
+
+        assert self._client is not None and self.config.url is not None
+        channel = HttpChannel(self.name, self._client, self.config.url, _nowhere, extra_headers=headers)
+        handshake = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "credential check"})
+        try:
+            with anyio.fail_after(self.config.timeouts.connect_s):
+                response = await channel.request(self._initialize(handshake), DISCARD)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                self.name, f"no answer within {self.config.timeouts.connect_s:g}s"
+            ) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+        if "error" in response:
+            raise UpstreamUnavailable(self.name, f"refused initialize: {response['error'].get('message')}")
+
+    async def _open_channel(self, unsolicited: Unsolicited, credential: HeaderSource | None) -> Channel:
         config = self.config
         if config.transport == "stdio":
             return await StdioChannel.start(
@@ -198,7 +229,7 @@ class Connector:
             )
         if config.transport == "http":
             assert self._client is not None and config.url is not None
-            return HttpChannel(config.name, self._client, config.url, unsolicited)
+            return HttpChannel(config.name, self._client, config.url, unsolicited, extra_headers=credential)
         assert self._client is not None and config.url is not None
         return await SseChannel.start(config.name, self._client, config.url, unsolicited, self._task_group)
 

@@ -20,7 +20,7 @@ import httpx2
 from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 
-from gateway.errors import UpstreamSessionExpired, UpstreamUnavailable
+from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
 from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
 
@@ -156,6 +156,8 @@ class HttpChannel:
 
     async def _error_response(self, resp: httpx2.Response, message: JSONObject) -> JSONObject:
         body = await resp.aread()
+        if resp.status_code in (401, 403):
+            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status_code})")
         try:
             parsed = loads(body)
         except MessageError:
@@ -177,6 +179,8 @@ class HttpChannel:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
         if resp.status_code == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
+        if resp.status_code in (401, 403):
+            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status_code})")
         if resp.status_code >= 400:
             logger.warning(
                 "upstream %s answered HTTP %d to a %s", self._name, resp.status_code, message.get("method")

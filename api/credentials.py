@@ -1,0 +1,182 @@
+"""The credential sessions API (`spec/credential-sessions.openapi.yaml`), admin keys only.
+
+- `GET /api/mcp/sessions`: credentials and pending flows of the caller's organisation, newest
+  first; filters `status`, `auth_mode`, `kind`, `mcp_client`; paged by `limit` (1-200, default
+  50) and the opaque `cursor` the previous page gave as `next_cursor`.
+- `POST /api/mcp/sessions/{id}/reauth`: a fresh connect URL bound to the row's own identity
+  (`authorize_url` for OAuth, `submit_url` for headers); 403 for an orphaned row and for a
+  user-mode row of another user (it would mint a credential for whoever opens the URL).
+- `DELETE /api/mcp/sessions/{id}`: the binding's pending flows, then its credential.
+
+Secrets never appear here: rows carry status and times, never a token or header value.
+Errors are the spec's BifrostError (`api/api_errors.py`); another organisation's row is 404.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.api_errors import ApiError
+from api.cursor import CursorCodec, InvalidCursor
+from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
+
+__all__ = ["AdminCaller", "Authenticate", "CredentialsApi", "Forget", "Reauthorise"]
+
+_DEFAULT_LIMIT = 50
+_MAX_LIMIT = 200
+_FILTERS = {
+    "status": ("active", "orphaned", "pending", "needs_reauth", "needs_update"),
+    "auth_mode": ("user", "vk", "session"),
+    "kind": ("token", "header", "flow"),
+}
+
+
+class AdminCaller(Protocol):
+    @property
+    def organisation_id(self) -> str: ...
+
+    @property
+    def api_key_id(self) -> str | None: ...
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+
+Authenticate = Callable[[Mapping[str, str]], Awaitable[AdminCaller | None]]
+Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
+"""Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open)."""
+Forget = Callable[[Binding], None]
+
+
+def render_row(row: CredentialRow, caller: AdminCaller) -> dict[str, Any]:
+    binding = row.binding
+    user_mode, vk_mode = binding.auth_mode == "user", binding.auth_mode == "vk"
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "auth_kind": row.auth_kind,
+        "auth_mode": binding.auth_mode,
+        "user_id": binding.subject if user_mode else None,
+        "user": None,  # mcpgw keeps no user table: user ids are what keys are bound to
+        "virtual_key": {"id": binding.subject, "name": row.key_prefix or binding.subject}
+        if vk_mode
+        else None,
+        "mcp_client": {"client_id": binding.upstream, "name": binding.upstream},
+        "session_id": binding.subject if binding.auth_mode == "session" else None,
+        "status": row.status,
+        "expires_at": _time(row.expires_at),
+        "created_at": format_timestamp(row.created_at),
+        "last_refreshed_at": _time(row.last_refreshed_at),
+        "updated_at": _time(row.updated_at),
+        "oauth_config_id": row.oauth_client_id,
+        "can_reauth": _may_reauth(binding, row.status, caller),
+    }
+
+
+def _time(moment: Any) -> str | None:
+    return None if moment is None else format_timestamp(moment)
+
+
+def _may_reauth(binding: Binding, status: str, caller: AdminCaller) -> bool:
+    if status == "orphaned":
+        return False
+    return binding.auth_mode != "user" or caller.user_id == binding.subject
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsApi:
+    store: Store
+    codec: CursorCodec
+    authenticate: Authenticate
+    reauthorise: Reauthorise
+    forget: Forget
+
+    async def _admin(self, request: Request) -> AdminCaller:
+        caller = await self.authenticate(request.headers)
+        if caller is None or caller.api_key_id is None or not caller.is_admin:
+            raise ApiError.unauthorized()
+        return caller
+
+    async def list(self, request: Request) -> Response:
+        caller = await self._admin(request)
+        query = request.query_params
+        where = CredentialFilter(
+            status=_choice(query, "status"),
+            auth_mode=_choice(query, "auth_mode"),
+            kind=_choice(query, "kind"),
+            upstream=query.get("mcp_client") or None,
+        )
+        limit = _limit(query.get("limit"))
+        scope = "|".join(("credentials", caller.organisation_id, *(str(v) for v in vars_of(where))))
+        after = None
+        if query.get("cursor"):
+            try:
+                created, row_id = self.codec.open(scope, query["cursor"])
+                after = (int(created), str(row_id))
+            except (InvalidCursor, ValueError, TypeError):
+                raise ApiError(400, "invalid_cursor", "The cursor is invalid for this query.") from None
+        rows = await self.store.credentials.listing(
+            caller.organisation_id, where, after, limit + 1, utc_now()
+        )
+        following = self.codec.seal(scope, list(rows[limit - 1].key)) if len(rows) > limit else None
+        body = {"sessions": [render_row(row, caller) for row in rows[:limit]], "next_cursor": following}
+        return Response(orjson.dumps(body), 200, media_type="application/json")
+
+    async def reauth(self, request: Request) -> Response:
+        caller = await self._admin(request)
+        row = await self._row(caller, request.path_params["id"])
+        if row.status == "orphaned":
+            raise ApiError(403, "orphaned", "This credential's identity no longer reaches the upstream.")
+        if not _may_reauth(row.binding, row.status, caller):
+            raise ApiError(
+                403, "not_bound_user", "Only the user this credential belongs to can re-authorise it."
+            )
+        flow_id, kind, url = await self.reauthorise(row.binding)
+        key = "authorize_url" if kind == "oauth" else "submit_url"
+        return Response(orjson.dumps({key: url, "session_id": flow_id}), 200, media_type="application/json")
+
+    async def delete(self, request: Request) -> Response:
+        caller = await self._admin(request)
+        row = await self._row(caller, request.path_params["id"])
+        await self.store.credentials.delete(caller.organisation_id, row.id)
+        self.forget(row.binding)
+        return Response(status_code=204)
+
+    async def _row(self, caller: AdminCaller, row_id: str) -> CredentialRow:
+        for row in await self.store.credentials.listing(
+            caller.organisation_id, CredentialFilter(), None, _MAX_LIMIT, utc_now(), row_id=row_id
+        ):
+            return row
+        raise ApiError(404, "not_found", "No such MCP session.")
+
+
+def vars_of(where: CredentialFilter) -> tuple[str | None, ...]:
+    return (where.status, where.auth_mode, where.kind, where.upstream)
+
+
+def _choice(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if value not in _FILTERS[name]:
+        raise ApiError(400, "invalid_filter", f"{name} must be one of {', '.join(_FILTERS[name])}.")
+    return value
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return _DEFAULT_LIMIT
+    value = int(raw) if re.fullmatch(r"[0-9]{1,4}", raw.strip()) else 0
+    if not 1 <= value <= _MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {_MAX_LIMIT}.")
+    return value

@@ -1,0 +1,402 @@
+"""Per-identity credentials for upstreams: finding, refreshing, obtaining and retiring them.
+
+The proxy asks `headers()` for what to send an upstream on a caller's behalf. Without a usable
+credential it raises `AuthRequired` carrying the URL of a pending flow (15 minutes, bound to the
+caller's binding, claimed once). The user opens that URL: an OAuth flow redirects to the
+authorization server and comes back to `complete_oauth`; a header flow shows a form whose
+values `submit_headers` verifies with one upstream call before keeping them. Tokens are
+refreshed on use, one refresh in flight per credential; a refresh the server refuses
+(`invalid_grant`, 401) turns the credential `needs_reauth`, a 5xx or network error does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+
+import anyio
+import httpx2
+
+from gateway.config import ToolFilter, UpstreamConfig
+from gateway.credentials.oauth import OAuthUpstream, Tokens, new_pkce_secret
+from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
+from gateway.hostauth import Principal
+from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
+
+logger = logging.getLogger(__name__)
+
+FLOW_TTL = timedelta(minutes=15)
+_REFRESH_AHEAD = timedelta(seconds=60)  # refresh a token this long before it expires
+_CACHE_S = 30.0
+_MAINTAIN_S = 60.0
+
+Verifier = Callable[[UpstreamConfig, Mapping[str, str]], Awaitable[None]]
+Listener = Callable[[Binding], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    credential_id: str
+    headers: Mapping[str, str]
+    good_until: float  # monotonic
+
+
+class CredentialBroker:
+    def __init__(
+        self,
+        store: Store,
+        upstreams: Mapping[str, UpstreamConfig],
+        http: httpx2.AsyncClient,
+        public_url: str,
+        verify: Verifier,
+    ) -> None:
+        self._store = store
+        self._upstreams = upstreams
+        self._public_url = public_url
+        self._verify = verify
+        self.redirect_uri = f"{public_url}/oauth/callback"
+        self._oauth = {
+            name: OAuthUpstream(config, http, store, self.redirect_uri)
+            for name, config in upstreams.items()
+            if config.auth.kind == "oauth"
+        }
+        self._cache: dict[Binding, _Cached] = {}
+        self._refresh_locks: dict[str, anyio.Lock] = {}
+        self._listeners: list[Listener] = []
+
+    def on_connected(self, listener: Listener) -> None:
+        """Call `listener` when a binding gets a fresh credential (its sessions re-list tools)."""
+        self._listeners.append(listener)
+
+    def flow_url(self, flow_id: str) -> str:
+        return f"{self._public_url}/connect/{flow_id}"
+
+    # -- using credentials ---------------------------------------------------------------------
+
+    async def headers(self, upstream: str, binding: Binding) -> Mapping[str, str]:
+        """What to send `upstream` for `binding`; `AuthRequired` when there is nothing usable."""
+        cached = self._cache.get(binding)
+        if cached is not None and cached.good_until > time.monotonic():
+            return cached.headers
+        config = self._upstreams[upstream]
+        credential = await self._store.credentials.credential_for(binding)
+        if credential is None:
+            raise await self.auth_required(config, binding, "no credential yet: connect the account first")
+        if credential.status == "orphaned":
+            # The call got this far, so the policy lets this identity reach the upstream again.
+            await self._store.credentials.set_status(credential.id, "active")
+        elif credential.status != "active":
+            raise await self.auth_required(config, binding, f"the credential is {credential.status}")
+        if credential.kind == "header":
+            return await self._header_values(config, credential)
+        if _expiring(credential.expires_at):
+            credential = await self._refresh(config, credential)
+        return self._remember(credential, {"authorization": f"Bearer {credential.secret['access_token']}"})
+
+    async def rejected(
+        self, upstream: str, binding: Binding, sent: Mapping[str, str], *, final: bool = False
+    ) -> None:
+        """The upstream refused what `headers()` gave: return once a retry may work (a token was
+        refreshed meanwhile or now); raise `AuthRequired` when the user must act (and always
+        when `final`: the retry was refused too)."""
+        self._cache.pop(binding, None)
+        config = self._upstreams[upstream]
+        credential = await self._store.credentials.credential_for(binding)
+        if credential is None:
+            raise await self.auth_required(config, binding, "no credential yet: connect the account first")
+        if credential.kind == "token" and not final:
+            if sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
+                return  # already replaced since: try the new one
+            if credential.secret.get("refresh_token"):
+                await self._refresh(config, credential, force=True)
+                return
+        status = "needs_reauth" if credential.kind == "token" else "needs_update"
+        await self._store.credentials.set_status(credential.id, status)
+        raise await self.auth_required(
+            config, binding, f"the upstream refused the credential; it is now {status}"
+        )
+
+    async def _header_values(self, config: UpstreamConfig, credential: Credential) -> Mapping[str, str]:
+        if {n.lower() for n in credential.header_names} != {n.lower() for n in config.auth.header_names}:
+            await self._store.credentials.set_status(credential.id, "needs_update")
+            raise await self.auth_required(
+                config, credential.binding, "the upstream asks for other headers now"
+            )
+        values = {name: str(credential.secret[name]) for name in credential.header_names}
+        return self._remember(credential, values)
+
+    def _remember(self, credential: Credential, headers: Mapping[str, str]) -> Mapping[str, str]:
+        until = time.monotonic() + _CACHE_S
+        if credential.expires_at is not None:
+            left = (credential.expires_at - _REFRESH_AHEAD - utc_now()).total_seconds()
+            until = min(until, time.monotonic() + left)
+        self._cache[credential.binding] = _Cached(credential.id, headers, until)
+        return headers
+
+    async def _refresh(self, config: UpstreamConfig, seen: Credential, *, force: bool = False) -> Credential:
+        lock = self._refresh_locks.setdefault(seen.id, anyio.Lock())
+        async with lock:
+            # Whoever held the lock before us may have refreshed already: use theirs.
+            current = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
+            if current is None or current.status != "active":
+                raise await self.auth_required(
+                    config, seen.binding, "the credential was removed or needs reauth"
+                )
+            replaced = current.secret.get("access_token") != seen.secret.get("access_token")
+            if replaced and not _expiring(current.expires_at):
+                return current
+            if not force and not _expiring(current.expires_at):
+                return current
+            refresh_token = current.secret.get("refresh_token")
+            if not refresh_token:
+                await self._store.credentials.set_status(current.id, "needs_reauth")
+                raise await self.auth_required(
+                    config, seen.binding, "the token expired and cannot be refreshed"
+                )
+            oauth = self._oauth[config.name]
+            try:
+                server = await oauth.server()
+                client = await self._client_of(oauth, current)
+                tokens = await oauth.refresh(server, client, str(refresh_token))
+            except OAuthError as exc:
+                if exc.permanent:
+                    logger.info(
+                        "upstream %s: refresh refused (%s); credential needs reauth", config.name, exc
+                    )
+                    await self._store.credentials.set_status(current.id, "needs_reauth")
+                    raise await self.auth_required(
+                        config, seen.binding, "the authorization server refused a refresh"
+                    ) from None
+                if not force and current.expires_at is not None and current.expires_at > utc_now():
+                    logger.warning(
+                        "upstream %s: refresh failed (%s); using the token until it expires", config.name, exc
+                    )
+                    return current
+                raise
+            now = utc_now()
+            await self._store.credentials.refreshed(current.id, tokens.as_secret(), tokens.expires_at, now)
+            refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
+            assert refreshed is not None
+            return refreshed
+
+    async def _client_of(self, oauth: OAuthUpstream, credential: Credential) -> OAuthClient:
+        client = None
+        if credential.oauth_client_id is not None:
+            client = await self._store.credentials.oauth_client_by_id(credential.oauth_client_id)
+        return client if client is not None else await oauth.client(await oauth.server())
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    async def auth_required(self, config: UpstreamConfig, binding: Binding, reason: str) -> AuthRequired:
+        flow = await self.start_flow(config, binding, reuse=True)
+        return AuthRequired(config.name, self.flow_url(flow.id), flow.id, reason=reason)
+
+    async def start_flow(self, config: UpstreamConfig, binding: Binding, *, reuse: bool) -> AuthFlow:
+        """A pending flow for `binding`: a live one from before if `reuse` and it has time left."""
+        kind = "oauth" if config.auth.kind == "oauth" else "headers"
+        now = utc_now()
+        if reuse:
+            live = await self._store.credentials.live_flow(binding, kind, now + FLOW_TTL / 2)
+            if live is not None:
+                return live
+        flow_id = str(uuid.uuid4())
+        secret = new_pkce_secret() if kind == "oauth" else {}
+        await self._store.credentials.create_flow(
+            flow_id, binding, kind, secret=secret, oauth_client_id=None, now=now, expires_at=now + FLOW_TTL
+        )
+        flow = await self._store.credentials.flow(flow_id)
+        assert flow is not None
+        return flow
+
+    async def open_flow(self, flow_id: str, caller: Principal | None) -> tuple[AuthFlow, UpstreamConfig]:
+        """The flow behind a connect URL, if it can still be used, by this caller."""
+        flow = await self._store.credentials.flow(flow_id) if _is_uuid(flow_id) else None
+        if flow is None:
+            raise FlowProblem(404, "There is no such connection request.")
+        config = self._upstreams.get(flow.binding.upstream)
+        if config is None or not config.auth.per_identity:
+            raise FlowProblem(404, "There is no such connection request.")
+        if flow.claimed_at is not None:
+            raise FlowProblem(400, "This connection request was already used. Ask for a new one.")
+        if flow.expires_at <= utc_now():
+            raise FlowProblem(410, "This connection request has expired. Call the tool again for a new one.")
+        if caller is not None and not _same_identity(flow.binding, caller):
+            raise FlowProblem(403, "This connection request belongs to someone else.")
+        return flow, config
+
+    async def authorize_url(self, flow: AuthFlow) -> str:
+        oauth = self._oauth[flow.binding.upstream]
+        server = await oauth.server()
+        client = await oauth.client(server)
+        return oauth.authorize_url(server, client, dict(flow.secret))
+
+    async def complete_oauth(
+        self, state: str, code: str | None, iss: str | None, error: str | None
+    ) -> Binding:
+        flow = await self._store.credentials.flow_by_state(state)
+        if flow is None:
+            raise FlowProblem(400, "Unknown or already used state: start again from the tool.")
+        if flow.claimed_at is not None:
+            raise FlowProblem(400, "This authorisation was already completed (replayed state).")
+        if flow.expires_at <= utc_now():
+            raise FlowProblem(410, "This connection request has expired. Call the tool again for a new one.")
+        if not await self._store.credentials.claim_flow(flow.id, utc_now()):
+            raise FlowProblem(400, "This authorisation was already completed (replayed state).")
+        if error is not None or not code:
+            raise FlowProblem(
+                400, f"The authorization server did not authorise the gateway ({error or 'no code'})."
+            )
+        oauth = self._oauth.get(flow.binding.upstream)
+        if oauth is None:
+            raise FlowProblem(404, "There is no such connection request.")
+        try:
+            server = await oauth.server()
+            oauth.check_issuer(server, iss)
+            client = await oauth.client(server)
+            tokens = await oauth.exchange(server, client, code, str(flow.secret["code_verifier"]))
+        except OAuthError as exc:
+            logger.warning("upstream %s: code exchange failed: %s", flow.binding.upstream, exc)
+            raise FlowProblem(502, f"The gateway could not finish the authorisation: {exc}") from None
+        await self._keep(flow.binding, "token", tokens.as_secret(), (), client.id, tokens)
+        return flow.binding
+
+    async def submit_headers(
+        self, flow_id: str, values: Mapping[str, str], caller: Principal | None
+    ) -> Binding:
+        flow, config = await self.open_flow(flow_id, caller)
+        if flow.auth_kind != "headers":
+            raise FlowProblem(400, "This connection request is not a header form.")
+        given = {name.lower(): value.strip() for name, value in values.items()}
+        kept = {name: given.get(name.lower(), "") for name in config.auth.header_names}  # undeclared: dropped
+        missing = [name for name, value in kept.items() if not value]
+        if missing:
+            raise FlowProblem(400, f"Missing required header: {', '.join(missing)}.")
+        if any(c in value for value in kept.values() for c in "\r\n\0"):
+            raise FlowProblem(400, "A header value must not contain line breaks.")
+        try:
+            await self._verify(config, kept)
+        except UpstreamUnauthorized:
+            raise FlowProblem(422, f"{config.name} refused these values; nothing was stored.") from None
+        except UpstreamError as exc:
+            raise FlowProblem(
+                502, f"Could not check the values with {config.name} ({exc.reason}); try again."
+            ) from None
+        if not await self._store.credentials.claim_flow(flow.id, utc_now()):
+            raise FlowProblem(400, "This connection request was already used. Ask for a new one.")
+        await self._keep(flow.binding, "header", kept, config.auth.header_names, None, None)
+        return flow.binding
+
+    async def reauthorise(self, credential_binding: Binding) -> AuthFlow:
+        config = self._upstreams.get(credential_binding.upstream)
+        if config is None or not config.auth.per_identity:
+            raise FlowProblem(409, "The upstream is no longer configured for per-user credentials.")
+        return await self.start_flow(config, credential_binding, reuse=False)
+
+    async def _keep(
+        self,
+        binding: Binding,
+        kind: str,
+        secret: Mapping[str, object],
+        names: tuple[str, ...],
+        client_id: str | None,
+        tokens: Tokens | None,
+    ) -> None:
+        await self._store.credentials.save(
+            str(uuid.uuid4()),
+            binding,
+            kind=kind,
+            secret=secret,
+            header_names=names,
+            oauth_client_id=client_id,
+            expires_at=None if tokens is None else tokens.expires_at,
+            now=utc_now(),
+        )
+        self._cache.pop(binding, None)
+        for listener in self._listeners:
+            await listener(binding)
+
+    def forget(self, binding: Binding) -> None:
+        self._cache.pop(binding, None)
+
+    # -- policy --------------------------------------------------------------------------------
+
+    async def maintain(self, interval_s: float = _MAINTAIN_S) -> None:
+        """Reconcile statuses at start and then every `interval_s`; drop flows long expired."""
+        while True:
+            try:
+                changed = await self.reconcile()
+                if changed:
+                    logger.info("credentials: %d status change(s) after a policy check", changed)
+                await self._store.credentials.prune_flows(utc_now() - timedelta(days=1))
+            except StoreError as exc:
+                logger.warning("credentials: maintenance skipped: %s", exc)
+            # A periodic sweep: the interval is a schedule, not synchronisation.
+            await anyio.sleep(interval_s)
+
+    async def reconcile(self) -> int:
+        """Bring statuses in line with config and key policy: orphaned when the identity lost
+        the upstream, back when it regained it, needs_update when declared headers changed."""
+        changed = 0
+        for credential_id, binding, status, names in await self._store.credentials.all_bindings():
+            config = self._upstreams.get(binding.upstream)
+            reachable = (
+                config is not None and config.auth.per_identity and await self._reachable(binding, config)
+            )
+            target = status
+            if not reachable:
+                target = "orphaned"
+            elif status == "orphaned":
+                target = "active"
+            if (
+                config is not None
+                and reachable
+                and config.auth.kind == "user_headers"
+                and target == "active"
+                and {n.lower() for n in names} != {n.lower() for n in config.auth.header_names}
+            ):
+                target = "needs_update"
+            if target != status and await self._store.credentials.set_status(credential_id, target):
+                self._cache.pop(binding, None)
+                changed += 1
+        return changed
+
+    async def _reachable(self, binding: Binding, config: UpstreamConfig) -> bool:
+        if binding.subject == "local" or binding.auth_mode == "session":
+            return True
+        by = {"api_key_id": binding.subject} if binding.auth_mode == "vk" else {"user_id": binding.subject}
+        keys = await self._store.live_api_keys(binding.organisation_id, **by)
+        return any(_may_reach(ToolFilter(k.tools_allow, k.tools_deny), config.prefix) for k in keys)
+
+
+def _may_reach(tools: ToolFilter, prefix: str) -> bool:
+    """Whether a key's tool filter leaves any tool under `prefix` (globs checked as patterns)."""
+    everything = prefix + "*"
+    if any(fnmatchcase(everything, pattern) for pattern in tools.deny):
+        return False  # a deny pattern that covers the whole prefix
+    return any(fnmatchcase(everything, pattern) or pattern.startswith(prefix) for pattern in tools.allow)
+
+
+def _expiring(expires_at: datetime | None) -> bool:
+    return expires_at is not None and expires_at - _REFRESH_AHEAD <= utc_now()
+
+
+def _same_identity(binding: Binding, caller: Principal) -> bool:
+    if caller.organisation_id != binding.organisation_id:
+        return False
+    if binding.auth_mode == "user":
+        return caller.user_id == binding.subject
+    if binding.auth_mode == "vk":
+        return caller.api_key_id == binding.subject
+    return True  # a session has no other proof of identity than holding the URL
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
