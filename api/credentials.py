@@ -59,15 +59,16 @@ Forget = Callable[[Binding], None]
 
 
 def render_row(row: CredentialRow, caller: AdminCaller) -> dict[str, Any]:
+    """One row; fields that do not apply to it are left out (the spec's omitempty), not null."""
     binding = row.binding
     user_mode, vk_mode = binding.auth_mode == "user", binding.auth_mode == "vk"
-    return {
+    fields = {
         "id": row.id,
         "kind": row.kind,
         "auth_kind": row.auth_kind,
         "auth_mode": binding.auth_mode,
         "user_id": binding.subject if user_mode else None,
-        "user": None,  # mcpgw keeps no user table: user ids are what keys are bound to
+        # No `user` summary: mcpgw keeps no user table, user ids are what keys are bound to.
         "virtual_key": {"id": binding.subject, "name": row.key_prefix or binding.subject}
         if vk_mode
         else None,
@@ -81,6 +82,7 @@ def render_row(row: CredentialRow, caller: AdminCaller) -> dict[str, Any]:
         "oauth_config_id": row.oauth_client_id,
         "can_reauth": _may_reauth(binding, row.status, caller),
     }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _time(moment: Any) -> str | None:

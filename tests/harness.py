@@ -91,9 +91,12 @@ def write_config(directory: Path, text: str) -> Path:
 
 
 @asynccontextmanager
-async def serve_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
+async def serve_gateway(
+    config_path: Path, sock: socket.socket | None = None
+) -> AsyncIterator[RunningGateway]:
+    """Run the gateway of `config_path`; on `sock` when its config must name its own URL."""
     app = build_app(load_config(config_path))
-    async with serve_asgi(app) as base_url:
+    async with serve_asgi_on(sock or listening_socket(), app) as base_url:
         # uvicorn accepts the queued connection only once the lifespan (store, recorder, API
         # routes) is up, so this answer is the readiness barrier for tests that look inside.
         async with httpx2.AsyncClient() as client:

@@ -1,0 +1,229 @@
+"""Per-user header credentials: the first call links to a form, the form's values are checked
+with the upstream before they are kept, and each user's calls carry only their own values."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from store import Binding, CredentialFilter, utc_now
+from tests.api.conftest import McpClient, spec_validator
+from tests.harness import RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+from tests.upstreams import KeyedUpstream, serve_keyed_upstream
+
+ALICE_KEY, BOB_KEY = "vault-key-alice-8c1f07d2", "vault-key-bob-42aa90e1"
+WRONG_KEY = "vault-key-wrong-5b3e11c9"
+TIMEOUT = 30.0
+ROW = spec_validator("credential-sessions.openapi.yaml", "MCPSessionsListResponse")
+
+
+@dataclass
+class World:
+    gateway: RunningGateway
+    upstream: KeyedUpstream
+    http: httpx2.AsyncClient
+    alice: McpClient
+    bob: McpClient
+    admin: dict[str, str]
+    directory: Path
+
+
+def config_text(base_url: str, upstream_url: str, names: str = "[X-Api-Key]") -> str:
+    return f"""
+database: ./gw.db
+public_url: {base_url}
+auth: {{required: true}}
+upstreams:
+  - name: vault
+    transport: http
+    url: {upstream_url}
+    auth: {{kind: user_headers, identity: user, headers: {names}}}
+"""
+
+
+@pytest.fixture
+async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[World]:
+    caplog.set_level(logging.DEBUG)
+    owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
+    async with serve_keyed_upstream(owners) as upstream, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        sock = listening_socket()
+        config = write_config(tmp_path, config_text(base_url_of(sock), upstream.url))
+        async with serve_gateway(config, sock) as gateway:
+            store = gateway.gateway.store
+            org = await store.ensure_organisation("default")
+            alice = await store.create_api_key(org.id, user_id="alice")
+            bob = await store.create_api_key(org.id, user_id="bob")
+            admin = await store.create_api_key(org.id, is_admin=True, user_id="alice")
+            yield World(
+                gateway,
+                upstream,
+                http,
+                McpClient(http, gateway.url, alice.secret),
+                McpClient(http, gateway.url, bob.secret),
+                {"authorization": f"Bearer {admin.secret}"},
+                tmp_path,
+            )
+
+
+def connect_url(answer: dict[str, Any]) -> str:
+    result = answer["result"]
+    assert result["isError"] is True, result
+    url: str = result["_meta"]["mcpgw/connect"]["url"]
+    assert url in result["content"][0]["text"]
+    return url
+
+
+def text_of(answer: dict[str, Any]) -> str:
+    result = answer["result"]
+    assert not result.get("isError"), result
+    text: str = result["content"][0]["text"]
+    return text
+
+
+async def test_a_user_connects_with_a_form_and_then_calls_with_their_own_key(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        listed = await world.alice.request(session, "tools/list", {})
+        assert [t["name"] for t in listed["result"]["tools"]] == ["vault__connect_account"]
+
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        form = await world.http.get(url)
+        assert form.status_code == 200 and 'name="X-Api-Key"' in form.text and 'type="password"' in form.text
+        assert form.headers["cache-control"] == "no-store"
+
+        refused = await world.http.post(url, data={"X-Api-Key": WRONG_KEY})
+        assert refused.status_code == 422 and WRONG_KEY not in refused.text
+        store = world.gateway.gateway.store
+        rows = await store.credentials.listing(await org_id(world), CredentialFilter(), None, 10, utc_now())
+        assert [(r.kind, r.status) for r in rows] == [("flow", "pending")]  # nothing stored
+
+        missing = await world.http.post(url, data={"X-Other": "x"})
+        assert missing.status_code == 400 and "X-Api-Key" in missing.text
+
+        saved = await world.http.post(url, data={"X-Api-Key": ALICE_KEY, "X-Undeclared": "dropped"})
+        assert saved.status_code == 200, saved.text
+        assert ALICE_KEY not in saved.text
+        replay = await world.http.post(url, data={"X-Api-Key": ALICE_KEY})
+        assert replay.status_code == 400
+
+        assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
+        listed = await world.alice.request(session, "tools/list", {})
+        assert [t["name"] for t in listed["result"]["tools"]] == ["vault__whoami"]
+        last = world.upstream.seen[-1]
+        assert last["x-api-key"] == ALICE_KEY and "x-undeclared" not in last
+        assert all(not h.get("authorization") for h in world.upstream.seen)  # the host's key stays home
+
+
+async def test_two_users_never_share_a_credential(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        alice_session, bob_session = await world.alice.open(), await world.bob.open()
+        alice_url = connect_url(await world.alice.call(alice_session, "vault__whoami", {}))
+        bob_url = connect_url(await world.bob.call(bob_session, "vault__whoami", {}))
+        assert alice_url != bob_url
+
+        someone_else = await world.http.get(alice_url, headers={"x-api-key": world.bob.key})
+        assert someone_else.status_code == 403
+        assert (await world.http.post(alice_url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+
+        assert connect_url(await world.bob.call(bob_session, "vault__whoami", {})) == bob_url
+        assert (await world.http.post(bob_url, data={"X-Api-Key": BOB_KEY})).status_code == 200
+        assert text_of(await world.bob.call(bob_session, "vault__whoami", {})) == "bob"
+        assert text_of(await world.alice.call(alice_session, "vault__whoami", {})) == "alice"
+
+
+async def test_the_call_without_a_credential_is_recorded_as_auth_required(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        await world.alice.call(session, "vault__whoami", {})
+        org = await org_id(world)
+        listed = await world.http.get(f"{world.gateway.base_url}/mcp/{org}/sessions", headers=world.admin)
+        [recorded] = listed.json()["data"]
+        detail = await world.http.get(
+            f"{world.gateway.base_url}/mcp/{org}/sessions/{recorded['id']}", headers=world.admin
+        )
+        [call] = detail.json()["invocations"]
+        assert (call["outcome"], call["success"], call["upstream"]) == ("auth_required", False, "vault")
+
+
+async def test_bad_flow_urls_get_clear_answers(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        base = world.gateway.base_url
+        assert (
+            await world.http.get(f"{base}/connect/00000000-0000-4000-8000-000000000000")
+        ).status_code == 404
+        assert (await world.http.get(f"{base}/connect/not-a-uuid")).status_code == 404
+        store = world.gateway.gateway.store
+        expired = "6a0d5c1e-7f7e-4c55-9b1e-2f7d1c6e0a01"
+        past = utc_now() - timedelta(minutes=1)
+        await store.credentials.create_flow(
+            expired, Binding(await org_id(world), "vault", "user", "alice"), "headers",
+            secret={}, oauth_client_id=None, now=past - timedelta(minutes=15), expires_at=past,
+        )  # fmt: skip
+        assert (await world.http.get(f"{base}/connect/{expired}")).status_code == 410
+        assert (await world.http.get(f"{base}/oauth/callback?state=nope&code=x")).status_code == 400
+        assert (await world.http.get(f"{base}/oauth/callback")).status_code == 400
+
+
+async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_asks_for_them_again(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        await world.http.post(url, data={"X-Api-Key": ALICE_KEY})
+        bob_session = await world.bob.open()
+        await world.bob.call(bob_session, "vault__whoami", {})
+
+        api = f"{world.gateway.base_url}/api/mcp/sessions"
+        assert (await world.http.get(api)).status_code == 401
+        assert (await world.http.get(api, headers={"x-api-key": world.alice.key})).status_code == 401
+        listed = await world.http.get(api, headers=world.admin)
+        assert listed.status_code == 200
+        ROW.validate(listed.json())
+        rows = {(r["kind"], r["user_id"], r["status"], r["auth_kind"]) for r in listed.json()["sessions"]}
+        assert rows == {("header", "alice", "active", "headers"), ("flow", "bob", "pending", "headers")}
+        pending = await world.http.get(api, params={"status": "pending"}, headers=world.admin)
+        assert [r["user_id"] for r in pending.json()["sessions"]] == ["bob"]
+        assert (await world.http.get(api, params={"status": "bogus"}, headers=world.admin)).status_code == 400
+
+    # The admin now asks for a second header: alice's stored values no longer fit.
+    async with serve_keyed_upstream({ALICE_KEY: "alice"}) as upstream:
+        sock = listening_socket()
+        config = write_config(
+            world.directory, config_text(base_url_of(sock), upstream.url, "[X-Api-Key, X-Team]")
+        )
+        async with serve_gateway(config, sock) as restarted:
+            with anyio.fail_after(TIMEOUT):
+                listed = await world.http.get(f"{restarted.base_url}/api/mcp/sessions", headers=world.admin)
+                statuses = {r["user_id"]: r["status"] for r in listed.json()["sessions"]}
+                assert statuses["alice"] == "needs_update"
+                client = McpClient(world.http, restarted.url, world.alice.key)
+                again = await client.call(await client.open(), "vault__whoami", {})
+                form = await world.http.get(connect_url(again))
+                assert 'name="X-Team"' in form.text
+
+    assert secrets_left(world.directory, caplog) == []
+
+
+def secrets_left(directory: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Which test secrets appear in clear in the database files or the gateway's log."""
+    found = []
+    for secret in (ALICE_KEY, BOB_KEY, WRONG_KEY):
+        for file in directory.iterdir():
+            if file.is_file() and secret.encode() in file.read_bytes():
+                found.append(f"{secret} in {file.name}")
+        if secret in caplog.text:
+            found.append(f"{secret} in the log")
+    return found
+
+
+async def org_id(world: World) -> str:
+    return (await world.gateway.gateway.store.ensure_organisation("default")).id
