@@ -16,6 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,6 +34,7 @@ from gateway.upstream.http import HeaderSource
 from store import Binding, SessionEnd, SessionStart, utc_now
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _BUFFERED_WHILE_NO_STREAM = 256
 LOCAL_REQUEST_PREFIX = "mcpgw-local-"
@@ -149,8 +151,12 @@ class HostSession:
                 return current
             if current is not None:
                 logger.info("session %s: upstream %s went away; reconnecting", self.id, name)
-            opened = await self._connectors[name].open_session(
-                self.handshake, self._unsolicited_from(name), self._credential_source(name)
+            connector = self._connectors[name]
+            opened = await self._retrying_credential(
+                name,
+                lambda: connector.open_session(
+                    self.handshake, self._unsolicited_from(name), self._credential_source(name)
+                ),
             )
             self._upstreams[name] = opened
             if self.log_level is not None and "logging" in opened.capabilities:
@@ -179,22 +185,24 @@ class HostSession:
         return credential
 
     async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
-        """Send a host request to upstream `name`, with this caller's credential if it needs one.
+        """Send a host request to upstream `name`, with this caller's credential if it needs one."""
+        return await self._retrying_credential(name, lambda: self._forward(name, message, sink))
 
-        A refused credential is refreshed (or reported) and the request tried once more.
-        """
+    async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt`; if the upstream refuses the credential, have the broker refresh it (or
+        say the user must act: `AuthRequired`) and run it once more on a fresh upstream session."""
         try:
-            return await self._forward(name, message, sink)
+            return await attempt()
         except UpstreamUnauthorized:
             binding = self.binding(name)
             if binding is None or self._broker is None:
                 raise
             await self._broker.rejected(name, binding, self._sent.pop(name, {}))
-            await self.drop_upstream(name)
+            if name in self._upstreams:
+                await self.drop_upstream(name)
         try:
-            return await self._forward(name, message, sink)
+            return await attempt()
         except UpstreamUnauthorized:
-            assert binding is not None
             await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=True)
             raise
 

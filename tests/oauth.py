@@ -103,6 +103,7 @@ class AuthServer:
     refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     pending: dict[str, _PendingConsent] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)  # every token ever minted, for leak checks
 
     @property
     def metadata_url(self) -> str:
@@ -162,6 +163,7 @@ class AuthServer:
             claims={"iss": self.issuer},
         )
         self.access_tokens[access.token] = access
+        self.issued.append(access.token)
         refresh_token = keep_refresh_token
         if refresh_token is None:
             refresh = RefreshToken(
@@ -172,6 +174,7 @@ class AuthServer:
                 subject=subject,
             )
             self.refresh_tokens[refresh.token] = refresh
+            self.issued.append(refresh.token)
             refresh_token = refresh.token
         return OAuthToken(
             access_token=access.token,

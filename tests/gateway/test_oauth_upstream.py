@@ -1,0 +1,238 @@
+"""Per-user OAuth for an upstream, against a real authorization server and an upstream that
+accepts only tokens minted for its own audience. No browser: the tests follow the redirects
+and submit the consent form with a plain HTTP client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx2
+import pytest
+
+from tests.api.conftest import McpClient
+from tests.gateway.test_user_headers import connect_url, text_of
+from tests.harness import RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+from tests.oauth import AuthServer, ProtectedUpstream, consent, running_auth_server, serve_protected_upstream
+
+TIMEOUT = 30.0
+
+
+@dataclass
+class World:
+    gateway: RunningGateway
+    auth: AuthServer
+    upstream: ProtectedUpstream
+    http: httpx2.AsyncClient
+    alice: McpClient
+    bob: McpClient
+    admin: dict[str, str]  # an admin key bound to alice
+    other_admin: dict[str, str]  # an admin key bound to nobody
+    directory: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.gateway.base_url}/api/mcp/sessions"
+
+
+@pytest.fixture
+async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[World]:
+    caplog.set_level(logging.DEBUG)
+    async with (
+        running_auth_server() as auth,
+        serve_protected_upstream(auth) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        sock = listening_socket()
+        config = write_config(
+            tmp_path,
+            f"""
+database: ./gw.db
+public_url: {base_url_of(sock)}
+auth: {{required: true}}
+upstreams:
+  - name: gh
+    transport: http
+    url: {upstream.url}
+    auth: {{kind: oauth, identity: user, scopes: [read]}}
+""",
+        )
+        async with serve_gateway(config, sock) as gateway:
+            store = gateway.gateway.store
+            org = await store.ensure_organisation("default")
+            alice = await store.create_api_key(org.id, user_id="alice")
+            bob = await store.create_api_key(org.id, user_id="bob")
+            admin = await store.create_api_key(org.id, is_admin=True, user_id="alice")
+            other = await store.create_api_key(org.id, is_admin=True)
+            yield World(
+                gateway,
+                auth,
+                upstream,
+                http,
+                McpClient(http, gateway.url, alice.secret),
+                McpClient(http, gateway.url, bob.secret),
+                {"authorization": f"Bearer {admin.secret}"},
+                {"authorization": f"Bearer {other.secret}"},
+                tmp_path,
+            )
+
+
+async def authorise(world: World, url: str, user: str) -> httpx2.Response:
+    """Open a connect URL as a browser would, consent as `user`, and land on the callback."""
+    to_server = await world.http.get(url, follow_redirects=False)
+    assert to_server.status_code == 302, to_server.text
+    to_consent = await world.http.get(to_server.headers["location"], follow_redirects=False)
+    assert to_consent.status_code == 302, to_consent.text
+    back = await consent(world.http, to_consent.headers["location"], user)
+    assert back.status_code == 302
+    return await world.http.get(back.headers["location"], follow_redirects=False)
+
+
+async def rows(world: World) -> list[dict[str, Any]]:
+    listed = await world.http.get(world.api, headers=world.admin)
+    assert listed.status_code == 200, listed.text
+    found: list[dict[str, Any]] = listed.json()["sessions"]
+    return found
+
+
+async def test_a_user_connects_through_consent_and_calls_as_themselves(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "gh__whoami", {}))
+
+        to_server = await world.http.get(url, follow_redirects=False)
+        authorize = parse_qs(urlsplit(to_server.headers["location"]).query)
+        assert authorize["code_challenge_method"] == ["S256"] and authorize["resource"] == [
+            world.upstream.url
+        ]
+        assert authorize["scope"] == ["read"] and authorize["state"][0]
+
+        callback = await authorise(world, url, "alice@example")
+        assert callback.status_code == 200, callback.text
+        assert text_of(await world.alice.call(session, "gh__whoami", {})) == "alice@example"
+        assert world.auth.registrations == 1  # registered once (RFC 7591), kept for next time
+
+        replay = await world.http.get(str(callback.request.url), follow_redirects=False)
+        assert replay.status_code == 400  # a state is claimed once
+
+        assert connect_url(await world.bob.call(await world.bob.open(), "gh__whoami", {})) != url
+        host_keys = {world.alice.key, world.bob.key}
+        assert world.upstream.seen_authorizations
+        assert not any(key in value for value in world.upstream.seen_authorizations for key in host_keys)
+
+
+async def test_an_expired_token_is_refreshed_once_for_concurrent_calls(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "gh__whoami", {}))
+        await authorise(world, url, "alice@example")
+        world.auth.expire_access_tokens()
+        answers: list[str] = []
+
+        async def call() -> None:
+            answers.append(text_of(await world.alice.call(session, "gh__whoami", {})))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(call)
+        assert answers == ["alice@example"] * 5
+        # Refresh tokens rotate here, so a second refresh with the same token would have failed.
+        assert world.auth.refreshes == 1
+        [row] = await rows(world)
+        assert row["status"] == "active" and row["last_refreshed_at"]
+
+
+async def test_a_refused_refresh_needs_reauth_and_reauth_makes_it_active_again(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        await authorise(
+            world, connect_url(await world.alice.call(session, "gh__whoami", {})), "alice@example"
+        )
+
+        world.auth.fail_token_endpoint_with = 503  # an outage is not the user's problem
+        world.auth.expire_access_tokens()
+        failed = await world.alice.call(session, "gh__whoami", {})
+        assert "error" in failed or failed["result"].get("isError")
+        assert [r["status"] for r in await rows(world)] == ["active"]
+
+        world.auth.fail_token_endpoint_with = None
+        world.auth.revoke_refresh_tokens()
+        again = connect_url(await world.alice.call(session, "gh__whoami", {}))
+        [row] = await rows(world)
+        assert (row["status"], row["kind"], row["can_reauth"]) == ("needs_reauth", "token", True)
+
+        refused = await world.http.post(f"{world.api}/{row['id']}/reauth", headers=world.other_admin)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_bound_user"
+        started = await world.http.post(f"{world.api}/{row['id']}/reauth", headers=world.admin)
+        assert started.status_code == 200, started.text
+        reauth = started.json()
+        assert set(reauth) == {"authorize_url", "session_id"} and reauth["authorize_url"] != again
+
+        assert (await authorise(world, reauth["authorize_url"], "alice@example")).status_code == 200
+        assert [r["status"] for r in await rows(world)] == ["active"]
+        assert text_of(await world.alice.call(session, "gh__whoami", {})) == "alice@example"
+
+
+async def test_deleting_a_credential_asks_the_user_to_connect_again(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        await authorise(
+            world, connect_url(await world.alice.call(session, "gh__whoami", {})), "alice@example"
+        )
+        [row] = await rows(world)
+        assert (await world.http.delete(f"{world.api}/{row['id']}", headers=world.admin)).status_code == 204
+        assert (await world.http.delete(f"{world.api}/{row['id']}", headers=world.admin)).status_code == 404
+        assert connect_url(await world.alice.call(session, "gh__whoami", {}))
+
+
+async def test_no_token_is_kept_or_logged_in_clear(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        await authorise(
+            world, connect_url(await world.alice.call(session, "gh__whoami", {})), "alice@example"
+        )
+        world.auth.expire_access_tokens()
+        assert text_of(await world.alice.call(session, "gh__whoami", {})) == "alice@example"
+    assert len(world.auth.issued) >= 3
+    assert leaks(world.directory, caplog.text, world.auth.issued) == []
+
+
+def leaks(directory: Path, log: str, secrets: list[str]) -> list[str]:
+    found = []
+    files = {file.name: file.read_bytes() for file in directory.iterdir() if file.is_file()}
+    for secret in secrets:
+        found += [f"{secret[:8]}… in {name}" for name, data in files.items() if secret.encode() in data]
+        if secret in log:
+            found.append(f"{secret[:8]}… in the log")
+    return found
+
+
+async def test_an_authorization_server_without_pkce_is_refused(tmp_path: Path) -> None:
+    async with (
+        running_auth_server(advertise_pkce=False) as auth,
+        serve_protected_upstream(auth) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        sock = listening_socket()
+        config = write_config(
+            tmp_path,
+            f"""
+database: ./gw.db
+public_url: {base_url_of(sock)}
+auth: {{required: false}}
+upstreams:
+  - {{name: gh, transport: http, url: "{upstream.url}", auth: {{kind: oauth}}}}
+""",
+        )
+        async with serve_gateway(config, sock) as gateway:
+            with anyio.fail_after(TIMEOUT):
+                client = McpClient(http, gateway.url, "")
+                url = connect_url(await client.call(await client.open(), "gh__whoami", {}))
+                page = await http.get(url, follow_redirects=False)
+                assert page.status_code == 502 and "PKCE" in page.text
+                assert auth.registrations == 0
