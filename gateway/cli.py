@@ -1,4 +1,4 @@
-"""The `mcpgw` command: serve, keys create, sessions [show ID], stdio.
+"""The `mcpgw` command: serve, keys create, sessions [show ID], secrets rotate|new-key, stdio.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -7,9 +7,11 @@ config ends the command with one line per problem, naming the file, the key and 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Request lines name URLs, which can carry session ids: keep the HTTP client's chatter out.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
+        if args.command == "secrets" and args.secrets_command == "new-key":
+            print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
+            return 0
         if args.command == "stdio":
             from gateway.bridge import run_bridge
 
@@ -44,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.session_id is None:
                 parser.error("sessions show needs a session ID")
             return anyio.run(show_session, config.database, args.session_id, args.limit or 100)
+        if args.command == "secrets":
+            return anyio.run(_rotate, config, args.drop_old)
         if args.command == "keys":
             return anyio.run(
                 _create_key, config, args.org, args.user, args.admin, args.allow or ["*"], args.deny
@@ -89,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     sessions.add_argument("session_id", nargs="?", metavar="ID", help="a session id from the list")
     sessions.add_argument("--config", help=config_help)
     sessions.add_argument("--limit", type=_positive, default=None, help="rows to show (20; 100 for show)")
+
+    secrets_parser = commands.add_parser("secrets", help="the keys that encrypt stored credentials")
+    secret_commands = secrets_parser.add_subparsers(dest="secrets_command", required=True)
+    rotate = secret_commands.add_parser(
+        "rotate", help="seal every stored secret under a new key (safe while the gateway runs)"
+    )
+    rotate.add_argument("--config", help=config_help)
+    rotate.add_argument(
+        "--drop-old", action="store_true", help="then remove old keys no stored value uses any more"
+    )
+    secret_commands.add_parser("new-key", help="print a new random key for secrets.key")
 
     stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
     stdio.add_argument("--config", help=config_help)
@@ -139,6 +157,33 @@ async def _create_key(
             org.id, user_id=user, is_admin=admin, tools_allow=allow, tools_deny=deny
         )
     print(json.dumps({"organisationId": org.id, "apiKeyId": created.key.id, "key": created.secret}))
+    return 0
+
+
+async def _rotate(config: GatewayConfig, drop_old: bool) -> int:
+    """Re-seal under the current key: a new one added to the key file, or the config's own
+    (after the operator moved the old one to secrets.previous_keys)."""
+    from gateway.credentials.keys import sealer_for
+    from store import add_current_key, drop_keys_except, open_sqlite_store
+
+    from_file = config.secrets.key is None
+    if from_file:
+        sealer_for(config.secrets)  # creates the file if there is none yet
+        add_current_key(config.secrets.key_file)
+    sealer = sealer_for(config.secrets)
+    async with open_sqlite_store(config.database, sealer=sealer) as store:
+        resealed = await store.credentials.reseal()
+        in_use = await store.credentials.key_ids_in_use()
+    dropped: list[str] = []
+    if drop_old and from_file:
+        dropped = drop_keys_except(config.secrets.key_file, in_use)
+    report = {
+        "keyId": sealer.keyring.current,
+        "resealed": resealed,
+        "keysInUse": sorted(in_use),
+        "dropped": dropped,
+    }
+    print(json.dumps(report))
     return 0
 
 

@@ -13,7 +13,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .keyfile import KeyFile, KeyFileError, add_current_key, load_or_create_keyring
+from .keyfile import KeyFile, KeyFileError, add_current_key, drop_keys_except, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
 from .models import (
     ApiKey,
@@ -75,6 +75,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "add_current_key",
+    "drop_keys_except",
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",

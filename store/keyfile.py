@@ -19,7 +19,14 @@ from pathlib import Path
 from .errors import StoreError
 from .sealing import KEY_BYTES, Keyring, new_key_id
 
-__all__ = ["KeyFile", "KeyFileError", "add_current_key", "load_keyring", "load_or_create_keyring"]
+__all__ = [
+    "KeyFile",
+    "KeyFileError",
+    "add_current_key",
+    "drop_keys_except",
+    "load_keyring",
+    "load_or_create_keyring",
+]
 
 _HEADER = (
     "# mcpgw secret keys. The first key seals new secrets; every key listed opens them.\n"
@@ -103,6 +110,15 @@ def add_current_key(path: Path) -> Keyring:
     keyring = Keyring({key_id: os.urandom(KEY_BYTES), **old.keys}, key_id)
     _write(path, keyring, [key_id, *old.keys], exclusive=False)
     return keyring
+
+
+def drop_keys_except(path: Path, keep: set[str]) -> list[str]:
+    """Remove from ``path`` every key but the current one and those in ``keep``; return the
+    ids dropped. Run it only after re-sealing, with ``keep`` = the key ids values still use."""
+    old = load_keyring(path)
+    kept = [key_id for key_id in old.keys if key_id == old.current or key_id in keep]
+    _write(path, Keyring({k: old.keys[k] for k in kept}, old.current), kept, exclusive=False)
+    return [key_id for key_id in old.keys if key_id not in kept]
 
 
 class KeyFile:

@@ -3,7 +3,9 @@ with the upstream before they are kept, and each user's calls carry only their o
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,7 +18,7 @@ import pytest
 
 from store import Binding, CredentialFilter, utc_now
 from tests.api.conftest import McpClient, spec_validator
-from tests.harness import RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+from tests.harness import ROOT, RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
 from tests.upstreams import KeyedUpstream, serve_keyed_upstream
 
 ALICE_KEY, BOB_KEY = "vault-key-alice-8c1f07d2", "vault-key-bob-42aa90e1"
@@ -227,3 +229,30 @@ def secrets_left(directory: Path, caplog: pytest.LogCaptureFixture) -> list[str]
 
 async def org_id(world: World) -> str:
     return (await world.gateway.gateway.store.ensure_organisation("default")).id
+
+
+async def test_rotating_the_key_beside_a_running_gateway_reseals_everything(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        store = world.gateway.gateway.store
+        (before,) = await store.credentials.key_ids_in_use()
+
+        rotated = await anyio.run_process(
+            [sys.executable, "-m", "gateway.cli", "secrets", "rotate", "--drop-old",
+             "--config", str(world.directory / "config.yaml")],
+            cwd=ROOT,
+        )  # fmt: skip
+        report = json.loads(rotated.stdout)
+        assert report["resealed"] == 2  # her credential, and the (claimed) flow that made it
+        assert report["dropped"] == [before] and report["keyId"] != before
+
+        # The running gateway reads the rewritten key file: it opens what was re-sealed...
+        alice = await store.credentials.credential_for(Binding(await org_id(world), "vault", "user", "alice"))
+        assert alice is not None and alice.secret["X-Api-Key"] == ALICE_KEY
+        # ...and seals what comes next under the new key.
+        bob_url = connect_url(await world.bob.call(await world.bob.open(), "vault__whoami", {}))
+        assert (await world.http.post(bob_url, data={"X-Api-Key": BOB_KEY})).status_code == 200
+        assert await store.credentials.key_ids_in_use() == {report["keyId"]}
+        assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
