@@ -256,3 +256,34 @@ async def test_rotating_the_key_beside_a_running_gateway_reseals_everything(worl
         assert (await world.http.post(bob_url, data={"X-Api-Key": BOB_KEY})).status_code == 200
         assert await store.credentials.key_ids_in_use() == {report["keyId"]}
         assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
+
+
+async def test_a_credential_is_orphaned_while_its_user_has_no_key_that_reaches_the_upstream(
+    world: World,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        gateway = world.gateway.gateway
+        org = await org_id(world)
+        operator = await gateway.store.create_api_key(org, is_admin=True)  # bound to nobody
+        admin = {"authorization": f"Bearer {operator.secret}"}
+        api = f"{world.gateway.base_url}/api/mcp/sessions"
+
+        async def row_after_policy_check() -> dict[str, Any]:
+            await gateway.broker.reconcile()  # what the gateway's minute-by-minute check runs
+            [row] = (await world.http.get(api, headers=admin)).json()["sessions"]
+            return dict(row)
+
+        for key in await gateway.store.live_api_keys(org, user_id="alice"):
+            await gateway.store.revoke_api_key(key.id)
+        orphaned = await row_after_policy_check()
+        assert (orphaned["status"], orphaned["can_reauth"]) == ("orphaned", False)
+        refused = await world.http.post(f"{api}/{orphaned['id']}/reauth", headers=admin)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "orphaned"
+
+        await gateway.store.create_api_key(org, user_id="alice", tools_deny=["vault__*"])
+        assert (await row_after_policy_check())["status"] == "orphaned"
+        await gateway.store.create_api_key(org, user_id="alice", tools_allow=["vault__*"])
+        assert (await row_after_policy_check())["status"] == "active"
