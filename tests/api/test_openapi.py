@@ -13,7 +13,9 @@ from starlette.routing import Route
 from tests.api.conftest import SPEC
 from tests.harness import RunningGateway
 
-SPEC_FILES = sorted(p.name for p in SPEC.glob("session*.openapi.yaml"))
+SPEC_FILES = sorted(p.name for p in SPEC.glob("*.openapi.yaml"))
+# The credential spec is an excerpt of a larger API: only the schemas its MCP paths use count.
+_UNUSED = {"BifrostErrorExtraFields", "ModelProvider"}
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +38,21 @@ def _resolve(document: dict[str, Any], node: Any) -> Any:
 
 
 def test_the_spec_files_are_there() -> None:
-    assert SPEC_FILES == ["session-invocations.openapi.yaml", "sessions-list.openapi.yaml"]
+    assert SPEC_FILES == [
+        "credential-sessions.openapi.yaml",
+        "session-invocations.openapi.yaml",
+        "sessions-list.openapi.yaml",
+    ]
 
 
 def test_every_api_route_is_documented(keyed: RunningGateway, document: dict[str, Any]) -> None:
     app_paths = {r.path for r in keyed.app.router.routes if isinstance(r, Route)}
     api_paths = {
-        p for p in app_paths if p.startswith("/mcp/{organisationId}/sessions") or p == "/openapi.json"
+        p
+        for p in app_paths
+        if p.startswith(("/mcp/{organisationId}/sessions", "/api/")) or p == "/openapi.json"
     }
-    assert len(api_paths) == 4
+    assert len(api_paths) == 7
     assert set(document["paths"]) == api_paths
     assert document["openapi"].startswith("3.1")
 
@@ -55,7 +63,7 @@ def test_operations_match_the_spec(document: dict[str, Any], spec_file: str) -> 
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             ours = document["paths"][path][method]
-            spec_params = {(p["name"], p["in"]): p for p in operation["parameters"]}
+            spec_params = {(p["name"], p["in"]): p for p in operation.get("parameters", [])}
             our_params = {
                 (p["name"], p["in"]): p for p in (_resolve(document, q) for q in ours["parameters"])
             }
@@ -75,6 +83,8 @@ def test_schemas_have_every_spec_field_with_the_same_type(document: dict[str, An
     spec = yaml.safe_load((SPEC / spec_file).read_text())
     ours = document["components"]["schemas"]
     for name, schema in spec["components"]["schemas"].items():
+        if name in _UNUSED:
+            continue
         assert name in ours
         assert ours[name].get("required") == schema.get("required"), name
         for field, definition in schema["properties"].items():
