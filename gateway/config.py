@@ -761,8 +761,10 @@ def _upstream_auth(up: _UpstreamModel, here: Loc, problems: list[tuple[Loc, str]
     for key in ("identity", "scopes", "client_id", "client_secret", "client_metadata_url", "headers"):
         if getattr(model, key) is not None and key not in _AUTH_KEYS[model.kind]:
             problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
-    if model.kind != "none" and up.transport == "stdio":
-        problems.append(((*at, "kind"), f"{model.kind!r} needs an http or sse upstream (stdio: use env)"))
+    if model.kind in ("oauth", "user_headers") and up.transport != "http":
+        problems.append(((*at, "kind"), f"{model.kind!r} needs an http (Streamable HTTP) upstream"))
+    elif model.kind == "headers" and up.transport == "stdio":
+        problems.append(((*at, "kind"), "'headers' needs an http or sse upstream (stdio: use env)"))
     names: tuple[str, ...] = ()
     static: dict[str, str] = {}
     if model.kind == "user_headers":

@@ -64,11 +64,22 @@ def test_example_config_commented_out_keys_are_valid_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOCS_TOKEN", "s3cret")
+    monkeypatch.setenv("INTERNAL_TOKEN", "t0k")
+    monkeypatch.setenv("MCPGW_SECRET_KEY", "A" * 43)
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
-    assert [u.name for u in config.upstreams] == ["demo", "docs", "legacy"]
-    demo, docs, legacy = config.upstreams
+    assert [u.name for u in config.upstreams] == ["demo", "docs", "github", "search", "internal", "legacy"]
+    demo, docs, github, search, internal, legacy = config.upstreams
+    assert (github.auth.kind, github.auth.identity, github.auth.scopes) == ("oauth", "user", ("read",))
+    assert (search.auth.kind, search.auth.identity, search.auth.header_names) == (
+        "user_headers",
+        "vk",
+        ("X-Api-Key",),
+    )
+    assert internal.auth.static_headers == {"Authorization": "Bearer t0k"}
+    assert config.public_url == "https://mcp.example.com"
+    assert config.secrets.key == bytes(32) and config.secrets.key_file == tmp_path / "mcpgw.keys"
     assert demo.env == {"DEMO_LOG_LEVEL": "info"}
     assert demo.cwd == str(tmp_path)
     assert docs.headers == {"Authorization": "Bearer s3cret"}
@@ -533,3 +544,59 @@ def test_a_bad_redaction_pattern_is_rejected_with_its_line(tmp_path: Path, patte
 def test_bad_recording_values_are_rejected(tmp_path: Path, entry: str, key: str) -> None:
     error = load_error(tmp_path, f"recording:\n  {entry}\n")
     assert f"{key}:" in str(error)
+
+
+# --- upstream credentials -------------------------------------------------------------------------
+
+
+def test_auth_defaults_to_none_and_public_url_to_the_listen_address(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "listen: {host: '::1', port: 9000}\nupstreams: [{name: a, transport: stdio, command: [x]}]\n",
+        )
+    )
+    assert config.upstreams[0].auth.kind == "none" and not config.upstreams[0].auth.per_identity
+    assert config.public_url == "http://[::1]:9000"
+    assert config.secrets.key_file == tmp_path / "mcpgw.keys" and config.secrets.key is None
+
+
+@pytest.mark.parametrize(
+    ("auth", "where", "why"),
+    [
+        ("{kind: oauth}", "upstreams[0].auth.kind", "'oauth' needs an http (Streamable HTTP) upstream"),
+        ("{kind: user_headers, headers: {A: b}}", "upstreams[0].auth.headers", "a list of header names"),
+        ("{kind: user_headers}", "upstreams[0].auth.headers", "a list of header names"),
+        ("{kind: headers, headers: [A]}", "upstreams[0].auth.headers", "a mapping of header names"),
+        ("{kind: none, scopes: [a]}", "upstreams[0].auth.scopes", "not allowed for auth kind 'none'"),
+        ("{kind: oauth, headers: [A]}", "upstreams[0].auth.headers", "not allowed for auth kind 'oauth'"),
+        ("{kind: oauth, client_secret: s}", "upstreams[0].auth.client_secret", "needs client_id"),
+        ("{kind: oauth, scopes: ['a b']}", "upstreams[0].auth.scopes[0]", "one word of printable ASCII"),
+        ("{kind: oauth, identity: team}", "upstreams[0].auth.identity", "'user', 'vk' or 'session'"),
+        (
+            "{kind: oauth, client_metadata_url: 'http://x/c.json'}",
+            "upstreams[0].auth.client_metadata_url",
+            "https",
+        ),
+        (
+            "{kind: user_headers, headers: ['bad name']}",
+            "upstreams[0].auth.headers",
+            "not a valid HTTP header name",
+        ),
+    ],
+)
+def test_bad_upstream_auth_is_refused_with_its_key_and_reason(
+    tmp_path: Path, auth: str, where: str, why: str
+) -> None:
+    transport = (
+        "transport: stdio, command: [x]" if "'oauth' needs" in why else "transport: http, url: 'http://h/mcp'"
+    )
+    error = load_error(tmp_path, f"upstreams: [{{name: a, {transport}, auth: {auth}}}]\n")
+    assert where in str(error) and why in str(error), str(error)
+
+
+def test_a_secrets_key_must_be_32_bytes_of_base64url(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "secrets: {key: c2hvcnQ}\n")
+    assert "secrets.key: must be 32 random bytes in base64url" in str(error)
+    error = load_error(tmp_path, f"secrets: {{previous_keys: [{'A' * 43}]}}\n")
+    assert "needs secrets.key" in str(error)
