@@ -287,3 +287,31 @@ async def test_a_credential_is_orphaned_while_its_user_has_no_key_that_reaches_t
         assert (await row_after_policy_check())["status"] == "orphaned"
         await gateway.store.create_api_key(org, user_id="alice", tools_allow=["vault__*"])
         assert (await row_after_policy_check())["status"] == "active"
+
+
+async def test_a_host_that_shows_url_elicitations_is_asked_to_open_the_link(world: World) -> None:
+    with anyio.fail_after(TIMEOUT):
+        init = {
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"url": {}}},
+                       "clientInfo": {"name": "url-host", "version": "1"}},
+        }  # fmt: skip
+        headers = {"accept": "application/json, text/event-stream", "x-api-key": world.alice.key}
+        opened = await world.http.post(world.gateway.url, json=init, headers=headers)
+        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+        await world.http.post(
+            world.gateway.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        )
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "vault__whoami"}}
+        messages = []
+        async with world.http.stream("POST", world.gateway.url, json=call, headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for event in httpx2.EventSource(response):
+                if event.data:
+                    messages.append(json.loads(event.data))
+        ask, answer = messages
+        assert ask["method"] == "elicitation/create" and ask["params"]["mode"] == "url"
+        assert ask["params"]["url"] == connect_url(answer)
+        # The host's answer to the gateway's own request is taken quietly.
+        reply = {"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}}
+        assert (await world.http.post(world.gateway.url, json=reply, headers=headers)).status_code == 202
