@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -25,9 +25,10 @@ from starlette.responses import Response
 
 from api.api_errors import ApiError
 from api.cursor import CursorCodec, InvalidCursor
+from api.sessions import Authenticate, Caller
 from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
 
-__all__ = ["AdminCaller", "Authenticate", "CredentialsApi", "Forget", "Reauthorise"]
+__all__ = ["CredentialsApi", "Forget", "Reauthorise"]
 
 _DEFAULT_LIMIT = 50
 _MAX_LIMIT = 200
@@ -38,27 +39,12 @@ _FILTERS = {
 }
 
 
-class AdminCaller(Protocol):
-    @property
-    def organisation_id(self) -> str: ...
-
-    @property
-    def api_key_id(self) -> str | None: ...
-
-    @property
-    def user_id(self) -> str | None: ...
-
-    @property
-    def is_admin(self) -> bool: ...
-
-
-Authenticate = Callable[[Mapping[str, str]], Awaitable[AdminCaller | None]]
 Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
 """Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open)."""
 Forget = Callable[[Binding], None]
 
 
-def render_row(row: CredentialRow, caller: AdminCaller) -> dict[str, Any]:
+def render_row(row: CredentialRow, caller: Caller) -> dict[str, Any]:
     """One row; fields that do not apply to it are left out (the spec's omitempty), not null."""
     binding = row.binding
     user_mode, vk_mode = binding.auth_mode == "user", binding.auth_mode == "vk"
@@ -89,7 +75,7 @@ def _time(moment: Any) -> str | None:
     return None if moment is None else format_timestamp(moment)
 
 
-def _may_reauth(binding: Binding, status: str, caller: AdminCaller) -> bool:
+def _may_reauth(binding: Binding, status: str, caller: Caller) -> bool:
     if status == "orphaned":
         return False
     return binding.auth_mode != "user" or caller.user_id == binding.subject
@@ -103,7 +89,7 @@ class CredentialsApi:
     reauthorise: Reauthorise
     forget: Forget
 
-    async def _admin(self, request: Request) -> AdminCaller:
+    async def _admin(self, request: Request) -> Caller:
         caller = await self.authenticate(request.headers)
         if caller is None or caller.api_key_id is None or not caller.is_admin:
             raise ApiError.unauthorized()
@@ -154,7 +140,7 @@ class CredentialsApi:
         self.forget(row.binding)
         return Response(status_code=204)
 
-    async def _row(self, caller: AdminCaller, row_id: str) -> CredentialRow:
+    async def _row(self, caller: Caller, row_id: str) -> CredentialRow:
         for row in await self.store.credentials.listing(
             caller.organisation_id, CredentialFilter(), None, _MAX_LIMIT, utc_now(), row_id=row_id
         ):

@@ -20,7 +20,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from api.api_errors import ApiError, api_error_response
-from api.credentials import Authenticate as CredentialsAuthenticate
 from api.credentials import CredentialsApi, Forget, Reauthorise
 from api.cursor import CursorCodec
 from api.problems import Problem, problem_response
@@ -113,7 +112,7 @@ def api_routes(store: Store, cursor_key: bytes, authenticate: Authenticate) -> l
 def credential_routes(
     store: Store,
     cursor_key: bytes,
-    authenticate: CredentialsAuthenticate,
+    authenticate: Authenticate,
     reauthorise: Reauthorise,
     forget: Forget,
 ) -> list[BaseRoute]:

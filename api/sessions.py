@@ -41,6 +41,9 @@ class Caller(Protocol):
     def api_key_id(self) -> str | None: ...
 
     @property
+    def user_id(self) -> str | None: ...
+
+    @property
     def is_admin(self) -> bool: ...
 
 

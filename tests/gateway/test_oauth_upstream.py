@@ -16,8 +16,8 @@ import httpx2
 import pytest
 
 from tests.api.conftest import McpClient
-from tests.gateway.test_user_headers import connect_url, text_of
-from tests.harness import RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
+from tests.harness import RunningGateway
 from tests.oauth import AuthServer, ProtectedUpstream, consent, running_auth_server, serve_protected_upstream
 
 TIMEOUT = 30.0
@@ -48,38 +48,22 @@ async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterat
         serve_protected_upstream(auth) as upstream,
         httpx2.AsyncClient(timeout=TIMEOUT) as http,
     ):
-        sock = listening_socket()
-        config = write_config(
-            tmp_path,
-            f"""
-database: ./gw.db
-public_url: {base_url_of(sock)}
+        body = f"""
 auth: {{required: true}}
 upstreams:
   - name: gh
     transport: http
     url: {upstream.url}
     auth: {{kind: oauth, identity: user, scopes: [read]}}
-""",
-        )
-        async with serve_gateway(config, sock) as gateway:
-            store = gateway.gateway.store
-            org = await store.ensure_organisation("default")
-            alice = await store.create_api_key(org.id, user_id="alice")
-            bob = await store.create_api_key(org.id, user_id="bob")
-            admin = await store.create_api_key(org.id, is_admin=True, user_id="alice")
-            other = await store.create_api_key(org.id, is_admin=True)
+"""
+        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
+            users = await people(gateway, http)
+            org = await gateway.gateway.store.ensure_organisation("default")
+            other = await gateway.gateway.store.create_api_key(org.id, is_admin=True)
             yield World(
-                gateway,
-                auth,
-                upstream,
-                http,
-                McpClient(http, gateway.url, alice.secret),
-                McpClient(http, gateway.url, bob.secret),
-                {"authorization": f"Bearer {admin.secret}"},
-                {"authorization": f"Bearer {other.secret}"},
-                tmp_path,
-            )
+                gateway, auth, upstream, http, users.alice, users.bob, users.admin,
+                {"authorization": f"Bearer {other.secret}"}, tmp_path,
+            )  # fmt: skip
 
 
 async def authorise(world: World, url: str, user: str) -> httpx2.Response:
@@ -202,34 +186,18 @@ async def test_no_token_is_kept_or_logged_in_clear(world: World, caplog: pytest.
     assert leaks(world.directory, caplog.text, world.auth.issued) == []
 
 
-def leaks(directory: Path, log: str, secrets: list[str]) -> list[str]:
-    found = []
-    files = {file.name: file.read_bytes() for file in directory.iterdir() if file.is_file()}
-    for secret in secrets:
-        found += [f"{secret[:8]}… in {name}" for name, data in files.items() if secret.encode() in data]
-        if secret in log:
-            found.append(f"{secret[:8]}… in the log")
-    return found
-
-
 async def test_an_authorization_server_without_pkce_is_refused(tmp_path: Path) -> None:
     async with (
         running_auth_server(advertise_pkce=False) as auth,
         serve_protected_upstream(auth) as upstream,
         httpx2.AsyncClient(timeout=TIMEOUT) as http,
     ):
-        sock = listening_socket()
-        config = write_config(
-            tmp_path,
-            f"""
-database: ./gw.db
-public_url: {base_url_of(sock)}
+        body = f"""
 auth: {{required: false}}
 upstreams:
   - {{name: gh, transport: http, url: "{upstream.url}", auth: {{kind: oauth}}}}
-""",
-        )
-        async with serve_gateway(config, sock) as gateway:
+"""
+        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
             with anyio.fail_after(TIMEOUT):
                 client = McpClient(http, gateway.url, "")
                 url = connect_url(await client.call(await client.open(), "gh__whoami", {}))

@@ -18,7 +18,8 @@ import pytest
 
 from store import Binding, CredentialFilter, utc_now
 from tests.api.conftest import McpClient, spec_validator
-from tests.harness import ROOT, RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
+from tests.harness import ROOT, RunningGateway
 from tests.upstreams import KeyedUpstream, serve_keyed_upstream
 
 ALICE_KEY, BOB_KEY = "vault-key-alice-8c1f07d2", "vault-key-bob-42aa90e1"
@@ -38,10 +39,8 @@ class World:
     directory: Path
 
 
-def config_text(base_url: str, upstream_url: str, names: str = "[X-Api-Key]") -> str:
+def config_body(upstream_url: str, names: str = "[X-Api-Key]") -> str:
     return f"""
-database: ./gw.db
-public_url: {base_url}
 auth: {{required: true}}
 upstreams:
   - name: vault
@@ -55,39 +54,13 @@ upstreams:
 async def world(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[World]:
     caplog.set_level(logging.DEBUG)
     owners = {ALICE_KEY: "alice", BOB_KEY: "bob"}
-    async with serve_keyed_upstream(owners) as upstream, httpx2.AsyncClient(timeout=TIMEOUT) as http:
-        sock = listening_socket()
-        config = write_config(tmp_path, config_text(base_url_of(sock), upstream.url))
-        async with serve_gateway(config, sock) as gateway:
-            store = gateway.gateway.store
-            org = await store.ensure_organisation("default")
-            alice = await store.create_api_key(org.id, user_id="alice")
-            bob = await store.create_api_key(org.id, user_id="bob")
-            admin = await store.create_api_key(org.id, is_admin=True, user_id="alice")
-            yield World(
-                gateway,
-                upstream,
-                http,
-                McpClient(http, gateway.url, alice.secret),
-                McpClient(http, gateway.url, bob.secret),
-                {"authorization": f"Bearer {admin.secret}"},
-                tmp_path,
-            )
-
-
-def connect_url(answer: dict[str, Any]) -> str:
-    result = answer["result"]
-    assert result["isError"] is True, result
-    url: str = result["_meta"]["mcpgw/connect"]["url"]
-    assert url in result["content"][0]["text"]
-    return url
-
-
-def text_of(answer: dict[str, Any]) -> str:
-    result = answer["result"]
-    assert not result.get("isError"), result
-    text: str = result["content"][0]["text"]
-    return text
+    async with (
+        serve_keyed_upstream(owners) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+        serve_gateway_at_own_url(tmp_path, config_body(upstream.url)) as gateway,
+    ):
+        users = await people(gateway, http)
+        yield World(gateway, upstream, http, users.alice, users.bob, users.admin, tmp_path)
 
 
 async def test_a_user_connects_with_a_form_and_then_calls_with_their_own_key(world: World) -> None:
@@ -198,11 +171,8 @@ async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_ask
 
     # The admin now asks for a second header: alice's stored values no longer fit.
     async with serve_keyed_upstream({ALICE_KEY: "alice"}) as upstream:
-        sock = listening_socket()
-        config = write_config(
-            world.directory, config_text(base_url_of(sock), upstream.url, "[X-Api-Key, X-Team]")
-        )
-        async with serve_gateway(config, sock) as restarted:
+        body = config_body(upstream.url, "[X-Api-Key, X-Team]")
+        async with serve_gateway_at_own_url(world.directory, body) as restarted:
             with anyio.fail_after(TIMEOUT):
                 listed = await world.http.get(f"{restarted.base_url}/api/mcp/sessions", headers=world.admin)
                 statuses = {r["user_id"]: r["status"] for r in listed.json()["sessions"]}
@@ -212,19 +182,7 @@ async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_ask
                 form = await world.http.get(connect_url(again))
                 assert 'name="X-Team"' in form.text
 
-    assert secrets_left(world.directory, caplog) == []
-
-
-def secrets_left(directory: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Which test secrets appear in clear in the database files or the gateway's log."""
-    found = []
-    for secret in (ALICE_KEY, BOB_KEY, WRONG_KEY):
-        for file in directory.iterdir():
-            if file.is_file() and secret.encode() in file.read_bytes():
-                found.append(f"{secret} in {file.name}")
-        if secret in caplog.text:
-            found.append(f"{secret} in the log")
-    return found
+    assert leaks(world.directory, caplog.text, [ALICE_KEY, BOB_KEY, WRONG_KEY]) == []
 
 
 async def org_id(world: World) -> str:

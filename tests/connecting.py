@@ -1,0 +1,73 @@
+"""Helpers for the per-user credential tests: a gateway that knows its own URL, the people
+who use it, and reading the connect link out of a call's answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from tests.api.conftest import McpClient
+from tests.harness import RunningGateway, base_url_of, listening_socket, serve_gateway, write_config
+
+
+@asynccontextmanager
+async def serve_gateway_at_own_url(directory: Path, body: str) -> AsyncIterator[RunningGateway]:
+    """A gateway whose config names its own address as `public_url` (connect links and the
+    OAuth redirect URI start with it), so it listens on a socket bound before the config."""
+    sock = listening_socket()
+    config = write_config(directory, f"database: ./gw.db\npublic_url: {base_url_of(sock)}\n{body}")
+    async with serve_gateway(config, sock) as gateway:
+        yield gateway
+
+
+@dataclass
+class People:
+    alice: McpClient  # a key bound to user alice
+    bob: McpClient  # a key bound to user bob
+    admin: dict[str, str]  # headers of an admin key, itself bound to alice
+
+
+async def people(gateway: RunningGateway, http: httpx2.AsyncClient) -> People:
+    store = gateway.gateway.store
+    org = await store.ensure_organisation("default")
+    alice = await store.create_api_key(org.id, user_id="alice")
+    bob = await store.create_api_key(org.id, user_id="bob")
+    admin = await store.create_api_key(org.id, is_admin=True, user_id="alice")
+    return People(
+        McpClient(http, gateway.url, alice.secret),
+        McpClient(http, gateway.url, bob.secret),
+        {"authorization": f"Bearer {admin.secret}"},
+    )
+
+
+def connect_url(answer: dict[str, Any]) -> str:
+    """The link a call without a usable credential answers with (checked to be in the text too)."""
+    result = answer["result"]
+    assert result["isError"] is True, result
+    url: str = result["_meta"]["mcpgw/connect"]["url"]
+    assert url in result["content"][0]["text"]
+    return url
+
+
+def text_of(answer: dict[str, Any]) -> str:
+    result = answer["result"]
+    assert not result.get("isError"), result
+    text: str = result["content"][0]["text"]
+    return text
+
+
+def leaks(directory: Path, log: str, secrets: list[str]) -> list[str]:
+    """Where any of `secrets` appears in clear: the files in `directory` (the database, its WAL,
+    the key file) or the captured log."""
+    found = []
+    files = {file.name: file.read_bytes() for file in directory.iterdir() if file.is_file()}
+    for secret in secrets:
+        found += [f"{secret[:8]}… in {name}" for name, data in files.items() if secret.encode() in data]
+        if secret in log:
+            found.append(f"{secret[:8]}… in the log")
+    return found
