@@ -198,7 +198,8 @@ class CredentialBroker:
 
     async def start_flow(self, config: UpstreamConfig, binding: Binding, *, reuse: bool) -> AuthFlow:
         """A pending flow for `binding`: a live one from before if `reuse` and it has time left."""
-        kind = "oauth" if config.auth.kind == "oauth" else "headers"
+        kind = _flow_kind(config)
+        assert kind is not None, "only per-identity upstreams have flows"
         now = utc_now()
         if reuse:
             live = await self._store.credentials.live_flow(binding, kind, now + FLOW_TTL / 2)
@@ -219,7 +220,7 @@ class CredentialBroker:
         if flow is None:
             raise FlowProblem(404, "There is no such connection request.")
         config = self._upstreams.get(flow.binding.upstream)
-        if config is None or not config.auth.per_identity:
+        if config is None or _flow_kind(config) != flow.auth_kind:  # the upstream's auth changed since
             raise FlowProblem(404, "There is no such connection request.")
         if flow.claimed_at is not None:
             raise FlowProblem(400, "This connection request was already used. Ask for a new one.")
@@ -379,6 +380,10 @@ def _may_reach(tools: ToolFilter, prefix: str) -> bool:
     if any(fnmatchcase(everything, pattern) for pattern in tools.deny):
         return False  # a deny pattern that covers the whole prefix
     return any(fnmatchcase(everything, pattern) or pattern.startswith(prefix) for pattern in tools.allow)
+
+
+def _flow_kind(config: UpstreamConfig) -> str | None:
+    return {"oauth": "oauth", "user_headers": "headers"}.get(config.auth.kind)
 
 
 def _expiring(expires_at: datetime | None) -> bool:

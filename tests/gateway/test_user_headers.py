@@ -273,3 +273,32 @@ async def test_a_host_that_shows_url_elicitations_is_asked_to_open_the_link(worl
         # The host's answer to the gateway's own request is taken quietly.
         reply = {"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}}
         assert (await world.http.post(world.gateway.url, json=reply, headers=headers)).status_code == 202
+
+
+async def test_a_stateless_2026_host_connects_and_calls_the_same_way(world: World) -> None:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-host", "version": "1"},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "x-api-key": world.alice.key,
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "vault__whoami",
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "vault__whoami", "_meta": meta},
+    }
+    with anyio.fail_after(TIMEOUT):
+        first = await world.http.post(world.gateway.url, json=call, headers=headers)
+        assert first.status_code == 200, first.text
+        url = connect_url(first.json())
+        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        second = await world.http.post(world.gateway.url, json=call, headers=headers)
+        assert text_of(second.json()) == "alice"
+        assert world.upstream.seen[-1]["x-api-key"] == ALICE_KEY
