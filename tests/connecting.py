@@ -3,6 +3,7 @@ who use it, and reading the connect link out of a call's answer."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from tests.harness import RunningGateway, base_url_of, listening_socket, serve_g
 
 
 @asynccontextmanager
-async def serve_gateway_at_own_url(directory: Path, body: str) -> AsyncIterator[RunningGateway]:
+async def serve_gateway_at_own_url(
+    directory: Path, body: str, sock: socket.socket | None = None
+) -> AsyncIterator[RunningGateway]:
     """A gateway whose config names its own address as `public_url` (connect links and the
-    OAuth redirect URI start with it), so it listens on a socket bound before the config."""
-    sock = listening_socket()
+    OAuth redirect URI start with it), so it listens on a socket bound before the config
+    (pass `sock` when the test needs the address sooner, e.g. to register a client)."""
+    sock = sock or listening_socket()
     config = write_config(directory, f"database: ./gw.db\npublic_url: {base_url_of(sock)}\n{body}")
     async with serve_gateway(config, sock) as gateway:
         yield gateway

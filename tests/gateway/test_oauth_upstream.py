@@ -17,7 +17,7 @@ import pytest
 
 from tests.api.conftest import McpClient
 from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
-from tests.harness import RunningGateway
+from tests.harness import RunningGateway, base_url_of, listening_socket
 from tests.oauth import AuthServer, ProtectedUpstream, consent, running_auth_server, serve_protected_upstream
 
 TIMEOUT = 30.0
@@ -204,3 +204,36 @@ upstreams:
                 page = await http.get(url, follow_redirects=False)
                 assert page.status_code == 502 and "PKCE" in page.text
                 assert auth.registrations == 0
+
+
+async def test_a_configured_confidential_client_is_used_instead_of_registering(tmp_path: Path) -> None:
+    async with (
+        running_auth_server() as auth,
+        serve_protected_upstream(auth) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        sock = listening_socket()
+        metadata = (await http.get(auth.metadata_url)).json()
+        registered = await http.post(
+            metadata["registration_endpoint"],
+            json={"redirect_uris": [f"{base_url_of(sock)}/oauth/callback"], "client_name": "by hand",
+                  "token_endpoint_auth_method": "client_secret_basic"},
+        )  # fmt: skip
+        client = registered.json()
+        body = f"""
+auth: {{required: false}}
+upstreams:
+  - name: gh
+    transport: http
+    url: "{upstream.url}"
+    auth: {{kind: oauth, client_id: "{client["client_id"]}", client_secret: "{client["client_secret"]}"}}
+"""
+        async with serve_gateway_at_own_url(tmp_path, body, sock) as gateway:
+            with anyio.fail_after(TIMEOUT):
+                host = McpClient(http, gateway.url, "")
+                session = await host.open()
+                url = connect_url(await host.call(session, "gh__whoami", {}))
+                world = World(gateway, auth, upstream, http, host, host, {}, {}, tmp_path)
+                assert (await authorise(world, url, "carol@example")).status_code == 200
+                assert text_of(await host.call(session, "gh__whoami", {})) == "carol@example"
+        assert auth.registrations == 1  # only the one made by hand above
