@@ -18,9 +18,10 @@ def sealer_for(config: SecretsConfig) -> Sealer:
     _, created = load_or_create_keyring(config.key_file)
     if created:
         logger.warning(
-            "created %s, the key that encrypts stored credentials. Back it up, but not beside the "
-            "database: without it they cannot be read; with the database, anyone can read them. "
-            "Set secrets.key (from the environment) to keep the key elsewhere.",
+            "created %s, the key that encrypts stored credentials. Back it up, and keep that backup "
+            "apart from the database's: without the key they cannot be read; with it and the "
+            "database, anyone can read them. Set secrets.key (from the environment) to keep the "
+            "key elsewhere.",
             config.key_file,
         )
     return Sealer(KeyFile(config.key_file))
