@@ -16,7 +16,14 @@ from typing import Any
 
 import anyio
 
-from gateway.errors import AuthRequired, CredentialError, RoutingError, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    AuthRequired,
+    CredentialError,
+    OAuthError,
+    RoutingError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -225,6 +232,10 @@ def _error_for(
     request_id = message["id"]
     if isinstance(exc, AuthRequired):
         return _auth_required(message, session, exc), "auth_required"
+    if isinstance(exc, OAuthError) and not exc.permanent:  # an outage at the authorization server
+        return error(
+            request_id, UPSTREAM_UNAVAILABLE, f"Could not refresh the credential: {exc}"
+        ), "upstream_error"
     if isinstance(exc, CredentialError):
         if message["method"] == "tools/call":
             return result(request_id, {"content": [_text(str(exc))], "isError": True}), "denied"

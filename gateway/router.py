@@ -17,7 +17,7 @@ import anyio
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
-from gateway.errors import AuthRequired, GatewayError, RoutingError
+from gateway.errors import AuthRequired, CredentialError, GatewayError, RoutingError
 from gateway.jsonrpc import JSONObject, meta_of, params_of
 from gateway.sessions import HostSession
 from gateway.upstream.channel import MessageSink
@@ -43,9 +43,10 @@ class _Table:
     routes: dict[str, Route] = field(default_factory=dict)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)
     templates: list[tuple[UriTemplate, str]] = field(default_factory=list)
-    # Upstreams this caller has no credential for yet, by prefix: any name under the prefix goes
-    # there, so the call can answer with the link to connect the account.
-    unconnected: dict[str, str] = field(default_factory=dict)
+    # Upstreams whose listing failed for want of a usable credential, by prefix: any name under
+    # the prefix goes there, so the call answers with what to do (the link to connect the
+    # account, or that the authorization server is down) instead of "unknown tool".
+    uncredentialed: dict[str, str] = field(default_factory=dict)
 
 
 class Router:
@@ -64,13 +65,13 @@ class Router:
         method = message["method"]
         key = _ITEMS[method]
         per_upstream: dict[str, list[JSONObject]] = {}
-        unconnected: list[str] = []
+        uncredentialed: dict[str, CredentialError] = {}
 
         async def fetch(name: str) -> None:
             try:
                 per_upstream[name] = await self._fetch_all(session, name, message, key, sink)
-            except AuthRequired:
-                unconnected.append(name)
+            except CredentialError as exc:
+                uncredentialed[name] = exc
             except GatewayError as exc:
                 logger.warning("session %s: %s from %s failed: %s", session.id, method, name, exc)
 
@@ -78,18 +79,19 @@ class Router:
             for name in self._order:
                 tg.start_soon(fetch, name)
         items, table = self._merge(method, key, per_upstream, session.principal.tools)
-        for name in sorted(unconnected, key=self._order.index):
+        for name in sorted(uncredentialed, key=self._order.index):
             config = self._upstreams[name]
             connect = _connect_tool(config)
             if (
-                key == "tools"
+                isinstance(uncredentialed[name], AuthRequired)
+                and key == "tools"
                 and connect["name"] not in table.routes
                 and session.principal.tools.permits(connect["name"])
             ):
                 items.append(connect)
                 table.routes[connect["name"]] = Route(name, CONNECT_TOOL, connect=True)
             if config.prefix:
-                table.unconnected[config.prefix] = name
+                table.uncredentialed[config.prefix] = name
         kind = _kind(method)
         previous = session.catalog.get(kind)
         if isinstance(previous, _Table):
@@ -224,7 +226,7 @@ def _lookup(table: Any, kind: str, name: str) -> Route | None:
         )
     route = table.routes.get(name)
     if route is None and kind != "resources":
-        for prefix, upstream in table.unconnected.items():
+        for prefix, upstream in table.uncredentialed.items():
             if name.startswith(prefix):
                 return Route(upstream, name[len(prefix) :])
     if route is None and kind == "resources":

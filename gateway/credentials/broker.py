@@ -148,10 +148,8 @@ class CredentialBroker:
                     config, seen.binding, "the credential was removed or needs reauth"
                 )
             replaced = current.secret.get("access_token") != seen.secret.get("access_token")
-            if replaced and not _expiring(current.expires_at):
-                return current
-            if not force and not _expiring(current.expires_at):
-                return current
+            if not _expiring(current.expires_at) and (replaced or not force):
+                return current  # still good: refreshed by whoever held the lock, or not due yet
             refresh_token = current.secret.get("refresh_token")
             if not refresh_token:
                 await self._store.credentials.set_status(current.id, "needs_reauth")

@@ -141,7 +141,7 @@ async def test_a_refused_refresh_needs_reauth_and_reauth_makes_it_active_again(w
         world.auth.fail_token_endpoint_with = 503  # an outage is not the user's problem
         world.auth.expire_access_tokens()
         failed = await world.alice.call(session, "gh__whoami", {})
-        assert "error" in failed or failed["result"].get("isError")
+        assert failed["error"]["code"] == -32001 and "refresh" in failed["error"]["message"]
         assert [r["status"] for r in await rows(world)] == ["active"]
 
         world.auth.fail_token_endpoint_with = None
