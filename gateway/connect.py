@@ -1,4 +1,5 @@
-"""The pages a person opens to connect an account: `/connect/{flow}` and `/oauth/callback`.
+"""The pages a person opens to connect an account: `/connect/{flow}` and `/oauth/callback`
+(and the gateway's OAuth client metadata document, which authorization servers fetch).
 
 An OAuth flow's URL redirects to the authorization server; the server sends the browser back
 to the callback, where the gateway exchanges the code itself (the browser never sees a token).
@@ -18,10 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.credentials.broker import CredentialBroker
+from gateway.credentials.oauth import CLIENT_DOCUMENT_PATH, client_document
 from gateway.errors import FlowProblem, OAuthError
 from gateway.hostauth import Principal, key_from_headers
 from store import StoreError
@@ -41,10 +43,18 @@ _HEADERS = {
 
 def connect_routes(broker: CredentialBroker, authenticate: Authenticate) -> list[BaseRoute]:
     pages = _Pages(broker, authenticate)
-    return [
+    routes: list[BaseRoute] = [
         Route("/connect/{flow_id}", pages.connect, methods=["GET", "POST"]),
         Route("/oauth/callback", pages.callback, methods=["GET"]),
     ]
+    if broker.document_url is not None:
+        document = client_document(broker.document_url, broker.redirect_uri)
+
+        async def client_metadata(request: Request) -> Response:
+            return JSONResponse(document, headers={"cache-control": "max-age=3600"})
+
+        routes.append(Route(CLIENT_DOCUMENT_PATH, client_metadata, methods=["GET"]))
+    return routes
 
 
 class _Pages:

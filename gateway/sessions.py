@@ -31,7 +31,7 @@ from gateway.recorder import NullRecorder, Recorder, RecordingFailed
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource
-from store import Binding, SessionEnd, SessionStart, utc_now
+from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -379,6 +379,11 @@ class SessionRegistry:
         if self._sessions.pop(session.id, None) is None:
             return
         await session.aclose()
+        if self.broker is not None:
+            try:
+                await self.broker.session_ended(session.principal.organisation_id, session.record_id)
+            except StoreError as exc:
+                logger.warning("session %s: its own credentials could not be removed: %s", session.id, exc)
         try:
             await self.recorder.session_ended(SessionEnd(session.record_id, utc_now(), reason))
         except RecordingFailed as exc:

@@ -224,6 +224,12 @@ class CredentialSql:
                 return True
         return False
 
+    async def delete_session_bindings(self, organisation_id: str, session_id: str) -> int:
+        """Remove what `session`-mode bindings of one (ended) session hold: flows, then credentials."""
+        where = "organisation_id = ? AND auth_mode = 'session' AND subject = ?"
+        await self._run(f"DELETE FROM auth_flows WHERE {where}", (organisation_id, session_id))
+        return await self._run(f"DELETE FROM credentials WHERE {where}", (organisation_id, session_id))
+
     async def listing(
         self,
         organisation_id: str,

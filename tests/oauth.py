@@ -104,6 +104,10 @@ class AuthServer:
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     pending: dict[str, _PendingConsent] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)  # every token ever minted, for leak checks
+    # Client ID metadata documents: a client id that is a URL names its own metadata document,
+    # fetched when the client is first seen (when the server was started to support them).
+    metadata_documents: bool = False
+    documents_fetched: list[str] = field(default_factory=list)
 
     @property
     def metadata_url(self) -> str:
@@ -192,7 +196,13 @@ class _Provider(OAuthAuthorizationServerProvider[AuthorizationCode, RefreshToken
         self.server = server
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        return self.server.clients.get(client_id)
+        known = self.server.clients.get(client_id)
+        if known is None and self.server.metadata_documents and client_id.startswith(("https://", "http://")):
+            known = await _client_from_document(client_id, self.server.scopes)
+            if known is not None:
+                self.server.documents_fetched.append(client_id)
+                self.server.clients[client_id] = known  # cached, as servers cache documents
+        return known
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         self.server.clients[client_info.client_id] = client_info
@@ -262,6 +272,21 @@ class _Provider(OAuthAuthorizationServerProvider[AuthorizationCode, RefreshToken
         self.server.refresh_tokens.pop(token.token, None)
 
 
+async def _client_from_document(url: str, scopes: Sequence[str]) -> OAuthClientInformationFull | None:
+    """The client a metadata document describes, if it is one and names itself by `url`. Such
+    a client may ask for any scope this server offers (a document registers no scope)."""
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.get(url)
+    if response.status_code != 200:
+        return None
+    document = response.json()
+    if not isinstance(document, dict) or document.get("client_id") != url:
+        return None
+    if document.get("token_endpoint_auth_method", "none") != "none":
+        return None  # a document cannot carry a secret
+    return OAuthClientInformationFull.model_validate({"scope": " ".join(scopes), **document})
+
+
 def _auth_app(server: AuthServer, *, advertise_pkce: bool) -> Starlette:
     provider = _Provider(server)
     settings = AuthSettings.model_validate(
@@ -283,6 +308,7 @@ def _auth_app(server: AuthServer, *, advertise_pkce: bool) -> Starlette:
             "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
             "code_challenge_methods_supported": ["S256"] if advertise_pkce else None,
             "authorization_response_iss_parameter_supported": True,
+            "client_id_metadata_document_supported": True if server.metadata_documents else None,
         }
     )
     token_handler = TokenHandler(provider, ClientAuthenticator(provider))
@@ -413,6 +439,7 @@ async def running_auth_server(
     advertise_pkce: bool = True,
     scopes: Sequence[str] = DEFAULT_SCOPES,
     rotate_refresh_tokens: bool = True,
+    metadata_documents: bool = False,
 ) -> AsyncIterator[AuthServer]:
     """Run an authorization server on an ephemeral loopback port."""
     with listening_socket() as sock:
@@ -421,6 +448,7 @@ async def running_auth_server(
             access_ttl_s=access_ttl_s,
             scopes=tuple(scopes),
             rotate_refresh_tokens=rotate_refresh_tokens,
+            metadata_documents=metadata_documents,
         )
         async with serve_asgi_on(sock, _auth_app(server, advertise_pkce=advertise_pkce)):
             yield server

@@ -23,7 +23,7 @@ import anyio
 import httpx2
 
 from gateway.config import ToolFilter, UpstreamConfig
-from gateway.credentials.oauth import OAuthUpstream, Tokens, new_pkce_secret
+from gateway.credentials.oauth import OAuthUpstream, Tokens, document_url_for, new_pkce_secret
 from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
 from gateway.hostauth import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
@@ -60,8 +60,9 @@ class CredentialBroker:
         self._public_url = public_url
         self._verify = verify
         self.redirect_uri = f"{public_url}/oauth/callback"
+        self.document_url = document_url_for(public_url)
         self._oauth = {
-            name: OAuthUpstream(config, http, store, self.redirect_uri)
+            name: OAuthUpstream(config, http, store, self.redirect_uri, self.document_url)
             for name, config in upstreams.items()
             if config.auth.kind == "oauth"
         }
@@ -318,6 +319,13 @@ class CredentialBroker:
         self._cache.pop(binding, None)
         for listener in self._listeners:
             await listener(binding)
+
+    async def session_ended(self, organisation_id: str, session_id: str) -> None:
+        """A session's own credentials (identity `session`) end with it."""
+        if any(config.auth.identity == "session" for config in self._upstreams.values()):
+            await self._store.credentials.delete_session_bindings(organisation_id, session_id)
+            for binding in [b for b in self._cache if b.auth_mode == "session" and b.subject == session_id]:
+                self._cache.pop(binding, None)
 
     def forget(self, binding: Binding) -> None:
         self._cache.pop(binding, None)

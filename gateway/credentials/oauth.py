@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -39,11 +40,12 @@ from mcp.client.auth.utils import (
 from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken
 from pydantic import AnyUrl, ValidationError
 
-from gateway.config import UpstreamConfig
+from gateway.config import UpstreamConfig, is_loopback_host
 from gateway.errors import OAuthError
 from store import OAuthClient, Store, utc_now
 
 _DISCOVERY_TTL_S = 3600.0
+CLIENT_DOCUMENT_PATH = "/oauth/client-metadata.json"
 _CLIENT_NAME = "mcpgw"
 
 
@@ -71,6 +73,27 @@ class Tokens:
         return {"access_token": self.access_token, "refresh_token": self.refresh_token, "scope": self.scope}
 
 
+def client_document(client_id: str, redirect_uri: str) -> dict[str, Any]:
+    """The gateway's OAuth client metadata document, served at its own client id URL."""
+    return {
+        "client_id": client_id,
+        "client_name": _CLIENT_NAME,
+        "redirect_uris": [redirect_uri],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    }
+
+
+def document_url_for(public_url: str) -> str | None:
+    """Where the gateway's client document lives, if a server may fetch it as a client id:
+    https, or plain http on a loopback address (as OAuth 2.1 allows loopback redirects)."""
+    parts = urlsplit(public_url)
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname or "")):
+        return f"{public_url}{CLIENT_DOCUMENT_PATH}"
+    return None
+
+
 def new_pkce_secret() -> dict[str, str]:
     """A flow's secret part: its `state` and PKCE verifier (RFC 7636: 43-128 unreserved chars)."""
     return {"state": generate_token(43), "code_verifier": generate_token(64)}
@@ -80,13 +103,19 @@ class OAuthUpstream:
     """OAuth for one upstream: discovery (cached), the client, and the three kinds of request."""
 
     def __init__(
-        self, config: UpstreamConfig, client: httpx2.AsyncClient, store: Store, redirect_uri: str
+        self,
+        config: UpstreamConfig,
+        client: httpx2.AsyncClient,
+        store: Store,
+        redirect_uri: str,
+        document_url: str | None,
     ) -> None:
         assert config.url is not None
         self.config = config
         self._http = client
         self._store = store
         self.redirect_uri = redirect_uri
+        self._document_url = document_url
         self._server: AuthServer | None = None
         self._discovered_at = 0.0
         self._lock = anyio.Lock()
@@ -161,10 +190,12 @@ class OAuthUpstream:
         known = await credentials.oauth_client(self.config.name, server.issuer, self.redirect_uri)
         if known is not None:
             return known
+        document = auth.client_metadata_url or self._document_url
         if auth.client_id is not None:
             client_id, secret = auth.client_id, auth.client_secret
-        elif auth.client_metadata_url is not None and server.metadata.client_id_metadata_document_supported:
-            client_id, secret = auth.client_metadata_url, None
+        elif document is not None and server.metadata.client_id_metadata_document_supported:
+            # Preferred over registering (MCP 2025-11-25): nothing to keep per server.
+            client_id, secret = document, None
         else:
             client_id, secret = await self._register(server)
         made = OAuthClient(

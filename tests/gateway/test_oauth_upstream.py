@@ -237,3 +237,30 @@ upstreams:
                 assert (await authorise(world, url, "carol@example")).status_code == 200
                 assert text_of(await host.call(session, "gh__whoami", {})) == "carol@example"
         assert auth.registrations == 1  # only the one made by hand above
+
+
+async def test_a_server_that_reads_client_metadata_documents_gets_the_gateways_own(tmp_path: Path) -> None:
+    async with (
+        running_auth_server(metadata_documents=True) as auth,
+        serve_protected_upstream(auth) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        body = f"""
+auth: {{required: false}}
+upstreams:
+  - {{name: gh, transport: http, url: "{upstream.url}", auth: {{kind: oauth}}}}
+"""
+        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
+            with anyio.fail_after(TIMEOUT):
+                host = McpClient(http, gateway.url, "")
+                session = await host.open()
+                url = connect_url(await host.call(session, "gh__whoami", {}))
+                world = World(gateway, auth, upstream, http, host, host, {}, {}, tmp_path)
+                assert (await authorise(world, url, "dana@example")).status_code == 200
+                assert text_of(await host.call(session, "gh__whoami", {})) == "dana@example"
+                document = f"{gateway.base_url}/oauth/client-metadata.json"
+                assert auth.documents_fetched == [document]  # its URL is its client id
+                assert (await http.get(document)).json()["redirect_uris"] == [
+                    f"{gateway.base_url}/oauth/callback"
+                ]
+        assert auth.registrations == 0  # nothing registered: the document is the client

@@ -302,3 +302,33 @@ async def test_a_stateless_2026_host_connects_and_calls_the_same_way(world: Worl
         second = await world.http.post(world.gateway.url, json=call, headers=headers)
         assert text_of(second.json()) == "alice"
         assert world.upstream.seen[-1]["x-api-key"] == ALICE_KEY
+
+
+async def test_session_credentials_belong_to_one_session_and_end_with_it(tmp_path: Path) -> None:
+    async with (
+        serve_keyed_upstream({ALICE_KEY: "alice"}) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+        serve_gateway_at_own_url(
+            tmp_path, config_body(upstream.url).replace("identity: user", "identity: session")
+        ) as gateway,
+    ):
+        users = await people(gateway, http)
+        with anyio.fail_after(TIMEOUT):
+            first, second = await users.alice.open(), await users.alice.open()
+            url = connect_url(await users.alice.call(first, "vault__whoami", {}))
+            assert (await http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+            assert text_of(await users.alice.call(first, "vault__whoami", {})) == "alice"
+            assert connect_url(await users.alice.call(second, "vault__whoami", {})) != url
+
+            api = f"{gateway.base_url}/api/mcp/sessions"
+            rows = (await http.get(api, headers=users.admin)).json()["sessions"]
+            assert sorted((r["kind"], r["auth_mode"]) for r in rows) == [
+                ("flow", "session"),
+                ("header", "session"),
+            ]
+            ended = await http.delete(
+                gateway.url, headers={"x-api-key": users.alice.key, "mcp-session-id": first}
+            )
+            assert ended.status_code in (200, 204)
+            rows = (await http.get(api, headers=users.admin)).json()["sessions"]
+            assert [r["kind"] for r in rows] == ["flow"]  # the second session's link remains
