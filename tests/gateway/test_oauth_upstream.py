@@ -186,24 +186,43 @@ async def test_no_token_is_kept_or_logged_in_clear(world: World, caplog: pytest.
     assert leaks(world.directory, caplog.text, world.auth.issued) == []
 
 
+def keyless_body(upstream_url: str, auth: str = "{kind: oauth}") -> str:
+    """A key-less gateway in front of one OAuth upstream `gh`."""
+    return f"""
+auth: {{required: false}}
+upstreams:
+  - {{name: gh, transport: http, url: "{upstream_url}", auth: {auth}}}
+"""
+
+
+async def connect_and_whoami(world: World, user: str) -> str:
+    """A key-less host's first call, the whole consent as `user`, and the call again."""
+    session = await world.alice.open()
+    url = connect_url(await world.alice.call(session, "gh__whoami", {}))
+    assert (await authorise(world, url, user)).status_code == 200
+    return text_of(await world.alice.call(session, "gh__whoami", {}))
+
+
+def keyless_world(
+    gateway: RunningGateway, auth: AuthServer, upstream: ProtectedUpstream, http: httpx2.AsyncClient
+) -> World:
+    host = McpClient(http, gateway.url, "")
+    return World(gateway, auth, upstream, http, host, host, {}, {}, Path())
+
+
 async def test_an_authorization_server_without_pkce_is_refused(tmp_path: Path) -> None:
     async with (
         running_auth_server(advertise_pkce=False) as auth,
         serve_protected_upstream(auth) as upstream,
         httpx2.AsyncClient(timeout=TIMEOUT) as http,
+        serve_gateway_at_own_url(tmp_path, keyless_body(upstream.url)) as gateway,
     ):
-        body = f"""
-auth: {{required: false}}
-upstreams:
-  - {{name: gh, transport: http, url: "{upstream.url}", auth: {{kind: oauth}}}}
-"""
-        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
-            with anyio.fail_after(TIMEOUT):
-                client = McpClient(http, gateway.url, "")
-                url = connect_url(await client.call(await client.open(), "gh__whoami", {}))
-                page = await http.get(url, follow_redirects=False)
-                assert page.status_code == 502 and "PKCE" in page.text
-                assert auth.registrations == 0
+        with anyio.fail_after(TIMEOUT):
+            client = McpClient(http, gateway.url, "")
+            url = connect_url(await client.call(await client.open(), "gh__whoami", {}))
+            page = await http.get(url, follow_redirects=False)
+            assert page.status_code == 502 and "PKCE" in page.text
+            assert auth.registrations == 0
 
 
 async def test_a_configured_confidential_client_is_used_instead_of_registering(tmp_path: Path) -> None:
@@ -220,22 +239,17 @@ async def test_a_configured_confidential_client_is_used_instead_of_registering(t
                   "token_endpoint_auth_method": "client_secret_basic"},
         )  # fmt: skip
         client = registered.json()
-        body = f"""
-auth: {{required: false}}
-upstreams:
-  - name: gh
-    transport: http
-    url: "{upstream.url}"
-    auth: {{kind: oauth, client_id: "{client["client_id"]}", client_secret: "{client["client_secret"]}"}}
-"""
-        async with serve_gateway_at_own_url(tmp_path, body, sock) as gateway:
+        configured = (
+            f'{{kind: oauth, client_id: "{client["client_id"]}", client_secret: "{client["client_secret"]}"}}'
+        )
+        async with serve_gateway_at_own_url(
+            tmp_path, keyless_body(upstream.url, configured), sock
+        ) as gateway:
             with anyio.fail_after(TIMEOUT):
-                host = McpClient(http, gateway.url, "")
-                session = await host.open()
-                url = connect_url(await host.call(session, "gh__whoami", {}))
-                world = World(gateway, auth, upstream, http, host, host, {}, {}, tmp_path)
-                assert (await authorise(world, url, "carol@example")).status_code == 200
-                assert text_of(await host.call(session, "gh__whoami", {})) == "carol@example"
+                assert (
+                    await connect_and_whoami(keyless_world(gateway, auth, upstream, http), "carol@example")
+                    == "carol@example"
+                )
         assert auth.registrations == 1  # only the one made by hand above
 
 
@@ -244,23 +258,16 @@ async def test_a_server_that_reads_client_metadata_documents_gets_the_gateways_o
         running_auth_server(metadata_documents=True) as auth,
         serve_protected_upstream(auth) as upstream,
         httpx2.AsyncClient(timeout=TIMEOUT) as http,
+        serve_gateway_at_own_url(tmp_path, keyless_body(upstream.url)) as gateway,
     ):
-        body = f"""
-auth: {{required: false}}
-upstreams:
-  - {{name: gh, transport: http, url: "{upstream.url}", auth: {{kind: oauth}}}}
-"""
-        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
-            with anyio.fail_after(TIMEOUT):
-                host = McpClient(http, gateway.url, "")
-                session = await host.open()
-                url = connect_url(await host.call(session, "gh__whoami", {}))
-                world = World(gateway, auth, upstream, http, host, host, {}, {}, tmp_path)
-                assert (await authorise(world, url, "dana@example")).status_code == 200
-                assert text_of(await host.call(session, "gh__whoami", {})) == "dana@example"
-                document = f"{gateway.base_url}/oauth/client-metadata.json"
-                assert auth.documents_fetched == [document]  # its URL is its client id
-                assert (await http.get(document)).json()["redirect_uris"] == [
-                    f"{gateway.base_url}/oauth/callback"
-                ]
+        with anyio.fail_after(TIMEOUT):
+            assert (
+                await connect_and_whoami(keyless_world(gateway, auth, upstream, http), "dana@example")
+                == "dana@example"
+            )
+            document = f"{gateway.base_url}/oauth/client-metadata.json"
+            assert auth.documents_fetched == [document]  # its URL is its client id
+            assert (await http.get(document)).json()["redirect_uris"] == [
+                f"{gateway.base_url}/oauth/callback"
+            ]
         assert auth.registrations == 0  # nothing registered: the document is the client
