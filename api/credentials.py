@@ -105,7 +105,9 @@ class CredentialsApi:
             upstream=query.get("mcp_client") or None,
         )
         limit = _limit(query.get("limit"))
-        scope = "|".join(("credentials", caller.organisation_id, *(str(v) for v in vars_of(where))))
+        # A cursor is good only for the organisation and filters it was minted under.
+        filters = (where.status, where.auth_mode, where.kind, where.upstream)
+        scope = "|".join(("credentials", caller.organisation_id, *(str(v) for v in filters)))
         after = None
         if query.get("cursor"):
             try:
@@ -146,10 +148,6 @@ class CredentialsApi:
         ):
             return row
         raise ApiError(404, "not_found", "No such MCP session.")
-
-
-def vars_of(where: CredentialFilter) -> tuple[str | None, ...]:
-    return (where.status, where.auth_mode, where.kind, where.upstream)
 
 
 def _choice(query: Mapping[str, str], name: str) -> str | None:

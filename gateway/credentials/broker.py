@@ -41,7 +41,6 @@ Listener = Callable[[Binding], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    credential_id: str
     headers: Mapping[str, str]
     good_until: float  # monotonic
 
@@ -136,7 +135,7 @@ class CredentialBroker:
         if credential.expires_at is not None:
             left = (credential.expires_at - _REFRESH_AHEAD - utc_now()).total_seconds()
             until = min(until, time.monotonic() + left)
-        self._cache[credential.binding] = _Cached(credential.id, headers, until)
+        self._cache[credential.binding] = _Cached(headers, until)
         return headers
 
     async def _refresh(self, config: UpstreamConfig, seen: Credential, *, force: bool = False) -> Credential:
