@@ -34,7 +34,7 @@ from gateway.router import Router
 from gateway.sessions import SessionRegistry, start_reaper
 from gateway.stateless import StatelessHandler
 from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
-from gateway.upstream.connector import Connector, http_client_for
+from gateway.upstream.connector import Connector, pool_for, sse_client_for
 from gateway.writer import running_recorder
 from store import Binding, Store, open_sqlite_store
 
@@ -79,10 +79,15 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
         for upstream in config.upstreams:
-            client = None
-            if upstream.transport in ("http", "sse"):
-                client = await stack.enter_async_context(http_client_for(upstream))
-            connectors[upstream.name] = Connector(upstream, task_group, client)
+            connector = Connector(upstream, task_group)
+            if upstream.transport == "http":
+                connector = Connector(
+                    upstream, task_group, pool=await stack.enter_async_context(pool_for(upstream))
+                )
+            elif upstream.transport == "sse":
+                client = await stack.enter_async_context(sse_client_for(upstream))
+                connector = Connector(upstream, task_group, sse_client=client)
+            connectors[upstream.name] = connector
         router = Router(config.upstreams)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
         oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from typing import Any
 
 import anyio
@@ -27,8 +28,10 @@ from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StdioChannel
+from gateway.upstream.wire import Pool
 
 MODERN_VERSION = "2026-07-28"
+USER_AGENT = f"mcpgw/{package_version('mcpgw')}"
 _REPROBE_S = 60.0
 _VERIFY_VERSION = "2025-11-25"  # the newest handshake revision: any server of that era accepts it
 
@@ -112,24 +115,29 @@ class ModernUpstream:
 
 class Connector:
     def __init__(
-        self, config: UpstreamConfig, task_group: TaskGroup, client: httpx2.AsyncClient | None
+        self,
+        config: UpstreamConfig,
+        task_group: TaskGroup,
+        pool: Pool | None = None,
+        sse_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self._task_group = task_group
-        self._client = client
+        self._pool = pool
+        self._sse_client = sse_client
         self._modern: ModernUpstream | None = None
         self._probed_at: float | None = None
         self._probe_lock = anyio.Lock()
 
     async def modern(self) -> ModernUpstream | None:
         """This upstream as a 2026-07-28 server, if it is one (asked once with server/discover)."""
-        if self.config.transport != "http" or self._client is None or self.config.url is None:
+        if self._pool is None:
             return None
         if self._fresh_probe():
             return self._modern
         async with self._probe_lock:
             if not self._fresh_probe():
-                self._modern = await self._discover(self._client, self.config.url)
+                self._modern = await self._discover(self._pool)
                 self._probed_at = time.monotonic()
         return self._modern
 
@@ -139,8 +147,8 @@ class Connector:
             return False
         return self._modern is not None or time.monotonic() - self._probed_at < _REPROBE_S
 
-    async def _discover(self, client: httpx2.AsyncClient, url: str) -> ModernUpstream | None:
-        channel = HttpChannel(self.name, client, url, _nowhere, modern_version=MODERN_VERSION)
+    async def _discover(self, pool: Pool) -> ModernUpstream | None:
+        channel = HttpChannel(self.name, pool, _nowhere, modern_version=MODERN_VERSION)
         meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
         probe = {
             "jsonrpc": "2.0",
@@ -205,8 +213,8 @@ class Connector:
         async def headers() -> Mapping[str, str]:
             return credential
 
-        assert self._client is not None and self.config.url is not None
-        channel = HttpChannel(self.name, self._client, self.config.url, _nowhere, extra_headers=headers)
+        assert self._pool is not None
+        channel = HttpChannel(self.name, self._pool, _nowhere, extra_headers=headers)
         handshake = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "credential check"})
         try:
             with anyio.fail_after(self.config.timeouts.connect_s):
@@ -228,10 +236,12 @@ class Connector:
                 config.name, config.command, config.env, config.cwd, unsolicited, self._task_group
             )
         if config.transport == "http":
-            assert self._client is not None and config.url is not None
-            return HttpChannel(config.name, self._client, config.url, unsolicited, extra_headers=credential)
-        assert self._client is not None and config.url is not None
-        return await SseChannel.start(config.name, self._client, config.url, unsolicited, self._task_group)
+            assert self._pool is not None
+            return HttpChannel(config.name, self._pool, unsolicited, extra_headers=credential)
+        assert self._sse_client is not None and config.url is not None
+        return await SseChannel.start(
+            config.name, self._sse_client, config.url, unsolicited, self._task_group
+        )
 
     @staticmethod
     def _initialize(handshake: Handshake) -> JSONObject:
@@ -247,11 +257,23 @@ class Connector:
         }
 
 
-def http_client_for(config: UpstreamConfig) -> httpx2.AsyncClient:
-    """The connection pool every session of one HTTP upstream shares."""
+def pool_for(config: UpstreamConfig) -> Pool:
+    """The connection pool every session of one Streamable HTTP upstream shares."""
+    assert config.url is not None
+    return Pool(
+        config.url,
+        {**config.headers, **config.auth.static_headers},
+        connect_s=config.timeouts.connect_s,
+        user_agent=USER_AGENT,
+        ssl_context=httpx2.create_ssl_context(),
+    )
+
+
+def sse_client_for(config: UpstreamConfig) -> httpx2.AsyncClient:
+    """The client a legacy HTTP+SSE upstream's sessions share."""
     timeout = httpx2.Timeout(
         connect=config.timeouts.connect_s, read=None, write=30.0, pool=config.timeouts.connect_s
     )
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
-    headers = {**config.headers, **config.auth.static_headers}
+    headers = {**config.headers, **config.auth.static_headers, "user-agent": USER_AGENT}
     return httpx2.AsyncClient(headers=headers, timeout=timeout, limits=limits)

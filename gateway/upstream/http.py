@@ -5,8 +5,8 @@ from the `initialize` response, sends it on every request, keeps a GET stream op
 server-initiated messages and DELETEs the session on close.
 2026-07-28: the channel is stateless; every POST carries the routing headers the revision
 requires (`Mcp-Method`, `Mcp-Name`), and cancelling a call is closing its response stream.
-All channels of one upstream share one `httpx2.AsyncClient`, so connections are pooled and
-reused across host sessions, never opened per call.
+All channels of one upstream share one `wire.Pool`, so connections are pooled and reused
+across host sessions, never opened per call.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_
 from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
 from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
+from gateway.upstream.wire import ConnectTimeout, Pool, Response, WireError
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,15 @@ class HttpChannel:
     def __init__(
         self,
         name: str,
-        client: httpx2.AsyncClient,
-        url: str,
+        pool: Pool,
         unsolicited: Unsolicited,
         *,
         extra_headers: HeaderSource | None = None,
         modern_version: str | None = None,
     ) -> None:
         self._name = name
-        self._client = client
-        self._url = url
+        self._pool = pool
+        self._stub = httpx2.Request("POST", pool.url)  # httpx2's SSE decoder wants a request to name
         self._unsolicited = unsolicited
         self._extra_headers = extra_headers
         self._modern_version = modern_version
@@ -70,23 +70,25 @@ class HttpChannel:
     ) -> JSONObject:
         request_headers = await self._headers(message, headers)
         try:
-            async with self._client.stream(
-                "POST", self._url, content=dumps(message), headers=request_headers
-            ) as resp:
+            resp = await self._pool.request("POST", request_headers, dumps(message))
+            try:
                 if message.get("method") == "initialize":
                     self._session_id = resp.headers.get("mcp-session-id")
-                if resp.status_code >= 400:
+                if resp.status >= 400:
                     return await self._error_response(resp, message)
-                content_type = resp.headers.get("content-type", "")
-                if content_type.startswith("text/event-stream"):
+                if resp.headers.get("content-type", "").startswith("text/event-stream"):
                     return await self._relay_stream(resp, message, sink)
-                return _as_response(loads(await resp.aread()), message)
-        except httpx2.TimeoutException as exc:
-            raise UpstreamUnavailable(self._name, f"connection timed out ({type(exc).__name__})") from exc
-        except httpx2.TransportError as exc:
-            raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
-        except MessageError as exc:
-            raise UpstreamUnavailable(self._name, f"sent a body that is not JSON: {exc}") from exc
+                return _as_response(loads(await resp.read()), message)
+            finally:
+                resp.close()
+        except ConnectTimeout as exc:
+            raise UpstreamUnavailable(self._name, f"connection timed out ({exc})") from exc
+        except WireError as exc:
+            raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
+        except (MessageError, httpx2.HTTPError) as exc:
+            raise UpstreamUnavailable(
+                self._name, f"sent a body that is not a JSON-RPC message: {exc}"
+            ) from exc
 
     async def notify(self, message: JSONObject) -> None:
         await self._post_one_way(message)
@@ -110,9 +112,9 @@ class HttpChannel:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(2),
-                contextlib.suppress(httpx2.HTTPError),
+                contextlib.suppress(WireError),
             ):
-                await self._client.delete(self._url, headers=await self._headers(None, None))
+                (await self._pool.request("DELETE", await self._headers(None, None))).close()
 
     async def _headers(self, message: JSONObject | None, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"accept": _ACCEPT, "content-type": "application/json"}
@@ -135,10 +137,10 @@ class HttpChannel:
         return headers
 
     async def _relay_stream(
-        self, resp: httpx2.Response, message: JSONObject, sink: MessageSink | None
+        self, resp: Response, message: JSONObject, sink: MessageSink | None
     ) -> JSONObject:
         request_id = message.get("id")
-        events = aiter(httpx2.EventSource(resp))
+        events = aiter(self._events(resp))
         async for event in events:
             if not event.data:
                 continue  # priming events and keep-alives carry no message
@@ -154,36 +156,38 @@ class HttpChannel:
                 await self._unsolicited(received)
         raise UpstreamUnavailable(self._name, "the response stream ended before the response")
 
-    async def _error_response(self, resp: httpx2.Response, message: JSONObject) -> JSONObject:
-        body = await resp.aread()
-        if resp.status_code in (401, 403):
-            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status_code})")
+    async def _error_response(self, resp: Response, message: JSONObject) -> JSONObject:
+        body = await resp.read()
+        if resp.status in (401, 403):
+            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status})")
         try:
             parsed = loads(body)
         except MessageError:
             parsed = None
         if isinstance(parsed, dict) and "error" in parsed:
-            if resp.status_code == 404 and self._session_id is not None and parsed.get("id") is None:
+            if resp.status == 404 and self._session_id is not None and parsed.get("id") is None:
                 raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
             return _as_response(parsed, message)
-        if resp.status_code == 404 and self._session_id is not None:
+        if resp.status == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
-        raise UpstreamUnavailable(self._name, f"answered HTTP {resp.status_code}")
+        raise UpstreamUnavailable(self._name, f"answered HTTP {resp.status}")
 
     async def _post_one_way(self, message: JSONObject) -> None:
         try:
-            resp = await self._client.post(
-                self._url, content=dumps(message), headers=await self._headers(message, None)
-            )
-        except httpx2.HTTPError as exc:
-            raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
-        if resp.status_code == 404 and self._session_id is not None:
+            resp = await self._pool.request("POST", await self._headers(message, None), dumps(message))
+            try:
+                await resp.read()
+            finally:
+                resp.close()
+        except WireError as exc:
+            raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
+        if resp.status == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
-        if resp.status_code in (401, 403):
-            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status_code})")
-        if resp.status_code >= 400:
+        if resp.status in (401, 403):
+            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status})")
+        if resp.status >= 400:
             logger.warning(
-                "upstream %s answered HTTP %d to a %s", self._name, resp.status_code, message.get("method")
+                "upstream %s answered HTTP %d to a %s", self._name, resp.status, message.get("method")
             )
 
     async def _listen(self) -> None:
@@ -193,23 +197,43 @@ class HttpChannel:
                 try:
                     headers = await self._headers(None, None)
                     headers["accept"] = "text/event-stream"
-                    async with self._client.stream("GET", self._url, headers=headers) as resp:
-                        if resp.status_code == 405:
+                    resp = await self._pool.request("GET", headers)
+                    try:
+                        if resp.status == 405:
                             return  # this upstream offers no GET stream
-                        if resp.status_code >= 400:
-                            logger.info(
-                                "upstream %s: GET stream refused (HTTP %d)", self._name, resp.status_code
-                            )
+                        if resp.status >= 400:
+                            logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status)
                             return
-                        async for event in httpx2.EventSource(resp):
+                        async for event in self._events(resp):
                             if event.data:
                                 received = loads(event.data)
                                 if isinstance(received, dict):
                                     await self._unsolicited(received)
-                except (httpx2.HTTPError, MessageError) as exc:
+                    finally:
+                        resp.close()
+                except (WireError, httpx2.HTTPError, MessageError) as exc:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
+
+    def _events(self, resp: Response) -> AsyncIterator[httpx2.ServerSentEvent]:
+        """The response body as server-sent events, decoded by httpx2's parser."""
+        wrapped = httpx2.Response(
+            resp.status,
+            headers=resp.headers,
+            stream=_Body(resp),
+            request=self._stub,
+        )
+        return aiter(httpx2.EventSource(wrapped))
+
+
+class _Body(httpx2.AsyncByteStream):
+    def __init__(self, resp: Response) -> None:
+        self._resp = resp
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._resp.chunks():
+            yield chunk
 
 
 async def _drain(events: AsyncIterator[httpx2.ServerSentEvent]) -> None:

@@ -1,0 +1,407 @@
+"""A lean HTTP/1.1 client for upstream MCP traffic, the gateway's hot path.
+
+Every `tools/call` through the gateway is one POST to an upstream. Through httpx2, httpcore2 and
+anyio's socket streams that POST cost about 0.9 ms of CPU here (`bench/run.py --profile`), more
+than the whole per-call budget (DESIGN §8). This client keeps only what upstream MCP traffic
+needs:
+- keep-alive connections pooled per upstream URL (LIFO, capped, idle ones expire);
+- one `write` per request (head and body together);
+- responses parsed by llhttp through `httptools`, the parser uvicorn already runs for the host
+  side, from an asyncio protocol, so no stream wrappers sit between the socket and the parser.
+No redirects, proxies, cookies or content codings: an upstream is a configured URL, and a
+server only compresses when asked. OAuth and the legacy SSE transport keep using httpx2.
+
+A request on a kept-alive connection is never retried: a POST may have reached the server
+(RFC 9110 §9.2.2). Instead, a connection idle for a while is checked for a close the event loop
+has not seen yet before it is reused, as httpcore does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import select
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httptools
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(r"[\r\n\0]")
+_HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
+_CHECK_AFTER_IDLE_S = 1.0  # a connection idle this long is probed for a close before reuse
+
+
+class WireError(Exception):
+    """The upstream could not be reached, or the connection broke before the response ended."""
+
+
+class ConnectTimeout(WireError):
+    pass
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """`name: value` lines for a request head; refuses what would split or corrupt it."""
+    lines = []
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+            raise WireError(f"refusing to send the header {name!r}: it is not a valid HTTP header")
+        lines.append(f"{name}: {value}\r\n")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise WireError("refusing to send a header value HTTP/1.1 cannot carry (not Latin-1)") from exc
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection carrying one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.idle_since = 0.0
+        self.alive = True
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.head_done = False
+        self.complete = False
+        self._close_delimited = False
+        self.body: deque[bytes] = deque()
+        self._buffered = 0
+        self.error: WireError | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(WireError(f"sent a malformed HTTP response ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        if self.head_done and self._close_delimited and not self.complete:
+            self.complete = True  # the body ran until the server closed: that was its end
+        elif not self.complete:
+            self._fail(WireError(f"the connection closed before the response ended ({exc or 'EOF'})"))
+        self._pool.lost(self)
+        self._wake()
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self.headers = {}  # an interim response (100 Continue, 103): the real one follows
+            return
+        self.status = status
+        self.head_done = True
+        self._close_delimited = (
+            "content-length" not in self.headers
+            and "transfer-encoding" not in self.headers
+            and status not in (204, 304)
+        )
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+            self._wake()
+
+    # used by Pool and Response
+
+    def send(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._reset()
+        self._transport.write(data)
+
+    def take(self) -> bytes:
+        chunk = b"".join(self.body)
+        self.body.clear()
+        self._buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def wait(self) -> None:
+        """Until the parser or the socket has news (head, body, end, or an error)."""
+        if self.error is not None:
+            raise self.error
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def reusable(self) -> bool:
+        return self.alive and self.complete and not self._close_delimited and self._parser.should_keep_alive()
+
+    def still_open(self, now: float) -> bool:
+        """False if the server closed the connection, even when the event loop has not noticed."""
+        if not self.alive or self._transport is None or self._transport.is_closing():
+            return False
+        if now - self.idle_since < _CHECK_AFTER_IDLE_S:
+            return True
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return not readable  # an idle connection has nothing to read unless it was closed
+
+    def close(self) -> None:
+        self.alive = False
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, error: WireError) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Response:
+    """The status and headers of an upstream response; the body is read on demand.
+
+    `close()` must follow: it hands a finished connection back to the pool and drops one whose
+    body was not read to its end.
+    """
+
+    def __init__(self, connection: _Connection, pool: Pool) -> None:
+        self._connection: _Connection | None = connection
+        self._pool = pool
+        self.status = connection.status
+        self.headers = connection.headers
+
+    async def read(self) -> bytes:
+        chunks = [chunk async for chunk in self.chunks()]
+        return b"".join(chunks)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            return
+        while True:
+            if connection.body:
+                yield connection.take()
+            elif connection.complete:
+                return
+            else:
+                await connection.wait()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._pool.release(self._connection)
+            self._connection = None
+
+
+class Pool:
+    """Keep-alive connections to one upstream URL; every request goes to that URL."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        connect_s: float,
+        user_agent: str,
+        max_connections: int = 256,
+        max_idle: int = 64,
+        idle_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._target = target
+        self._connect_s = connect_s
+        self._max_connections = max_connections
+        self._max_idle = max_idle
+        self._idle_s = idle_s
+        base = {"host": parts.netloc.rpartition("@")[2], "user-agent": user_agent}
+        self._static = {**base, **{name.lower(): value for name, value in headers.items()}}
+        self._static_block = header_block(self._static)
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self._closed = False
+
+    async def request(self, method: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+        """Send one request and return once the response's head has arrived."""
+        head = self._head(method, headers, body)
+        connection = await self._acquire()
+        try:
+            connection.send(head + body if body else head)
+            while not connection.head_done:
+                await connection.wait()
+        except BaseException:
+            connection.close()
+            self.release(connection)
+            raise
+        return Response(connection, self)
+
+    def _head(self, method: str, headers: Mapping[str, str], body: bytes) -> bytes:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        if self._static.keys() & lowered.keys():
+            block = header_block({**self._static, **lowered})  # a request value replaces ours
+        else:
+            block = self._static_block + header_block(lowered)
+        length = f"content-length: {len(body)}\r\n" if body or method == "POST" else ""
+        return f"{method} {self._target} HTTP/1.1\r\n".encode() + block + length.encode() + b"\r\n"
+
+    async def _acquire(self) -> _Connection:
+        if self._closed:
+            raise WireError("the connection pool is closed")
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < self._idle_s and connection.still_open(now):
+                return connection
+            self._discard(connection)
+        try:
+            async with asyncio.timeout(self._connect_s):
+                if self._open >= self._max_connections:
+                    handed = await self._wait_for_slot()
+                    if handed is not None:
+                        return handed
+                self._open += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self._open -= 1
+                    self._wake_waiter(None)
+                    raise
+        except TimeoutError:
+            raise ConnectTimeout(
+                f"no connection to {self._host}:{self._port} within {self._connect_s:g}s"
+            ) from None
+
+    async def _wait_for_slot(self) -> _Connection | None:
+        """At the connection cap: wait for a connection handed back (or None: a slot to connect)."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            # Cancelled after being handed something: pass it on rather than lose it.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed = waiter.result()
+                if handed is not None:
+                    self.release(handed)
+                else:
+                    self._wake_waiter(None)
+            raise
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self),
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl else None,
+            )
+        except TimeoutError:
+            raise  # the pool's deadline, not a connection error (TimeoutError is an OSError)
+        except (OSError, ssl.SSLError) as exc:
+            raise WireError(f"could not connect to {self._host}:{self._port} ({exc})") from exc
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        """Take a connection back: reused if its response ended cleanly, else closed."""
+        if self._closed or not connection.reusable():
+            self._discard(connection)
+            return
+        connection.idle_since = time.monotonic()
+        if self._wake_waiter(connection):
+            return
+        if len(self._idle) >= self._max_idle:
+            self._discard(self._idle.pop(0))
+        self._idle.append(connection)
+
+    def lost(self, connection: _Connection) -> None:
+        """The server closed a connection; one waiting in the pool is forgotten at once."""
+        if connection in self._idle:
+            self._idle.remove(connection)
+            self._open -= 1
+            self._wake_waiter(None)
+
+    def _discard(self, connection: _Connection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+        connection.close()
+        self._open -= 1
+        self._wake_waiter(None)
+
+    def _wake_waiter(self, connection: _Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(WireError("the connection pool is closed"))
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
