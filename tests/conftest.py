@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import pytest
+import uvloop
 
 from tests.harness import (
     RunningGateway,
@@ -14,6 +16,14 @@ from tests.harness import (
     start_demo_http,
     stop_process,
 )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], Any]]:
+    """uvloop, the loop `mcpgw serve` runs on (uvicorn picks it), so the tests exercise the
+    transports and timing users get rather than the standard library's."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

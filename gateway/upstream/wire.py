@@ -12,8 +12,8 @@ No redirects, proxies, cookies or content codings: an upstream is a configured U
 server only compresses when asked. OAuth and the legacy SSE transport keep using httpx2.
 
 A request on a kept-alive connection is never retried: a POST may have reached the server
-(RFC 9110 §9.2.2). Instead, a connection idle for a while is checked for a close the event loop
-has not seen yet before it is reused, as httpcore does.
+(RFC 9110 §9.2.2). Instead, an idle connection is checked for a close the event loop has not
+seen yet before it is reused, as httpcore does (one `select` with no wait).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -34,7 +35,6 @@ import httptools
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
-_CHECK_AFTER_IDLE_S = 1.0  # a connection idle this long is probed for a close before reuse
 
 
 class WireError(Exception):
@@ -77,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self._close_delimited = False
+        self._keep_alive = False
         self.body: deque[bytes] = deque()
         self._buffered = 0
         self.error: WireError | None = None
@@ -84,8 +85,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -123,6 +123,8 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
+        # Read now: llhttp resets its flags once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
         self._close_delimited = (
             "content-length" not in self.headers
             and "transfer-encoding" not in self.headers
@@ -172,14 +174,12 @@ class _Connection(asyncio.Protocol):
             raise self.error
 
     def reusable(self) -> bool:
-        return self.alive and self.complete and not self._close_delimited and self._parser.should_keep_alive()
+        return self.alive and self.complete and self._keep_alive and not self._close_delimited
 
-    def still_open(self, now: float) -> bool:
+    def still_open(self) -> bool:
         """False if the server closed the connection, even when the event loop has not noticed."""
         if not self.alive or self._transport is None or self._transport.is_closing():
             return False
-        if now - self.idle_since < _CHECK_AFTER_IDLE_S:
-            return True
         sock = self._transport.get_extra_info("socket")
         if sock is None:
             return True
@@ -301,7 +301,7 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < self._idle_s and connection.still_open(now):
+            if now - connection.idle_since < self._idle_s and connection.still_open():
                 return connection
             self._discard(connection)
         try:

@@ -1,0 +1,237 @@
+"""The upstream HTTP client (`gateway/upstream/wire.py`) against real servers on 127.0.0.1.
+
+Well-behaved upstreams are uvicorn serving a small ASGI app. The faults (a malformed response,
+a connection dropped mid-body, a server closing kept-alive connections without saying so) come
+from plain asyncio TCP servers written for each test, because no well-behaved server makes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from gateway.upstream.wire import ConnectTimeout, Pool, WireError
+from tests.harness import serve_asgi
+
+TIMEOUT = 10.0
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class EchoApp:
+    """Answers each request with its body; notes the client port each request came from."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+        self.headers: list[dict[str, str]] = []
+        self.hold: anyio.Event | None = None
+        self.in_flight = 0
+        self.all_in = anyio.Event()
+        self.expect_in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.ports.append(scope["client"][1])
+        self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if self.hold is not None:
+            self.in_flight += 1
+            if self.in_flight == self.expect_in_flight:
+                self.all_in.set()
+            await self.hold.wait()
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@asynccontextmanager
+async def raw_server(reply: Reply) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server answering each connection with `reply`; yields its URL and a list that
+    grows by one per connection accepted."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await reply(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/mcp", accepted
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    return b""
+
+
+def pool_for(url: str, *, max_connections: int = 256, connect_s: float = 5.0) -> Pool:
+    return Pool(
+        url, {"x-static": "yes"}, connect_s=connect_s, user_agent="test", max_connections=max_connections
+    )
+
+
+async def post(pool: Pool, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    response = await pool.request("POST", headers or {}, body)
+    try:
+        return response.status, await response.read()
+    finally:
+        response.close()
+
+
+async def test_calls_in_a_row_share_one_connection_and_carry_every_header() -> None:
+    app = EchoApp()
+    async with serve_asgi(app) as base_url, pool_for(f"{base_url}/mcp") as pool:
+        with anyio.fail_after(TIMEOUT):
+            for n in range(20):
+                assert await post(pool, b"call %d" % n, {"Mcp-Session-Id": "abc"}) == (200, b"call %d" % n)
+    assert len(set(app.ports)) == 1
+    sent = app.headers[-1]
+    assert sent["x-static"] == "yes" and sent["mcp-session-id"] == "abc" and sent["user-agent"] == "test"
+    assert sent["host"] == base_url.removeprefix("http://")
+
+
+async def test_a_request_header_replaces_the_configured_one_of_the_same_name() -> None:
+    app = EchoApp()
+    async with serve_asgi(app) as base_url, pool_for(f"{base_url}/mcp") as pool:
+        with anyio.fail_after(TIMEOUT):
+            await post(pool, b"x", {"X-Static": "per-user"})
+    assert app.headers[0]["x-static"] == "per-user"
+
+
+async def test_at_the_connection_cap_requests_wait_for_a_free_connection() -> None:
+    app = EchoApp()
+    app.hold, app.expect_in_flight = anyio.Event(), 2
+    results: list[tuple[int, bytes]] = []
+    async with serve_asgi(app) as base_url, pool_for(f"{base_url}/mcp", max_connections=2) as pool:
+
+        async def call(n: int) -> None:
+            results.append(await post(pool, b"%d" % n))
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for n in range(5):
+                    tg.start_soon(call, n)
+                await app.all_in.wait()
+                assert app.in_flight == 2  # the other three wait in the pool, not on the server
+                app.hold.set()
+    assert sorted(body for _, body in results) == [b"0", b"1", b"2", b"3", b"4"]
+    assert len(set(app.ports)) == 2
+
+
+async def test_waiting_for_a_connection_past_the_connect_deadline_is_a_connect_timeout() -> None:
+    app = EchoApp()
+    app.hold, app.expect_in_flight = anyio.Event(), 1
+    async with (
+        serve_asgi(app) as base_url,
+        pool_for(f"{base_url}/mcp", max_connections=1, connect_s=0.2) as pool,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post, pool, b"held")
+                await app.all_in.wait()
+                with pytest.raises(ConnectTimeout, match=r"within 0\.2s"):
+                    await post(pool, b"second")
+                app.hold.set()
+
+
+async def test_nothing_listening_is_a_clear_connection_error() -> None:
+    async with raw_server(read_request) as (url, _):
+        pass  # the port is closed again: nothing listens there now
+    async with pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="could not connect"):
+            await post(pool, b"x")
+
+
+@pytest.mark.parametrize(
+    ("framing", "reused"),
+    [
+        (b"content-length: 11\r\n\r\nhello world", True),
+        (b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", True),
+        (b"\r\nhello world", False),  # no length: the body runs to the close
+    ],
+    ids=["content-length", "chunked", "close-delimited"],
+)
+async def test_every_body_framing_arrives_whole(framing: bytes, reused: bool) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n" + framing)
+            await writer.drain()
+            if not reused:
+                return
+
+    async with raw_server(reply) as (url, accepted), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT):
+            assert await post(pool, b"one") == (200, b"hello world")
+            assert await post(pool, b"two") == (200, b"hello world")
+    assert len(accepted) == (1 if reused else 2)
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        # Claims keep-alive, then closes at once, as a server whose idle timeout just ran out.
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(reply) as (url, accepted), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(3):
+                assert await post(pool, b"x") == (200, b"ok")
+    assert len(accepted) == 3
+
+
+async def test_a_malformed_response_is_an_error_not_a_hang() -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"this is not HTTP\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # keep the connection open: only the parser can notice
+
+    async with raw_server(reply) as (url, _), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="malformed HTTP response"):
+            await post(pool, b"x")
+
+
+async def test_a_connection_dropped_mid_body_is_an_error() -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+
+    async with raw_server(reply) as (url, _), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="closed before the response ended"):
+            await post(pool, b"x")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-user-key": "abc\r\nx-admin: yes"}, {"bad name": "v"}, {"x-key": "caf\u00e9\u2603"}],
+    ids=["crlf-in-value", "space-in-name", "not-latin-1"],
+)
+async def test_a_header_that_would_corrupt_the_request_is_refused_before_sending(
+    headers: dict[str, str],
+) -> None:
+    async with raw_server(read_request) as (url, accepted), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="refusing to send"):
+            await post(pool, b"x", headers)
+    assert accepted == []
