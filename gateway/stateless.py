@@ -14,6 +14,7 @@ the `requestState` the gateway minted) carries the answers up, and the call goes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -33,12 +34,14 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
 from gateway.eras import to_modern_response, with_server_info
+from gateway.errors import UpstreamError
 from gateway.forwarding import forwarded_headers, param_headers
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    METHOD_NOT_FOUND,
     JSONObject,
     error,
     is_request,
@@ -57,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 SUSPENDED_TTL_S = 600.0
 _LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
+# What an upstream may ask a host mid-call: elicitation, sampling, roots/list.
+_INPUT_CAPABILITIES = ("elicitation", "sampling", "roots")
 _LEVELS = {name: rank for rank, name in enumerate(
     ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])}  # fmt: skip
 Event = tuple[Literal["notify", "ask", "done"], JSONObject]
@@ -126,13 +131,47 @@ class StatelessHandler:
         if call is not None and not principal.same_caller(call.principal):
             self._suspended[state] = call  # type: ignore[index]
             call = None
+        level = meta_of(message).get(_LOG_LEVEL_META_KEY)
+        log_level = _LEVELS.get(level) if isinstance(level, str) else None
         if call is not None:
             await self._answer_inputs(call, params_of(message).get("inputResponses"))
-        else:
+        elif _can_answer_input(route.client_capabilities):
             call = self._start(session, principal, message, headers)
-        level = meta_of(message).get(_LOG_LEVEL_META_KEY)
-        call.log_level = _LEVELS.get(level) if isinstance(level, str) else None
+        else:
+            await self._answer_inline(session, message, headers, log_level, receive, send)
+            return
+        call.log_level = log_level
         await self._drive(call, message["id"], receive, send)
+
+    async def _answer_inline(
+        self,
+        session: HostSession,
+        message: JSONObject,
+        headers: dict[str, str],
+        log_level: int | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A call from a host that cannot be asked for input: run in the request's own task.
+
+        No InputRequired round can follow, so the call needs no task, queue or task group of
+        its own: the relay to the host is direct, a few tenths of a millisecond less per call.
+        """
+        forwarded_headers.set(param_headers(headers))
+        header_traceparent.set(headers.get("traceparent"))
+        stream = ResponseStream(send, [], True)
+        sink = _DirectSink(session, stream, log_level)
+        with anyio.CancelScope() as scope:
+            # Closing the response stream is this revision's cancellation.
+            watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, scope))
+            try:
+                response = await self.proxy.request(session, message, sink)
+            finally:
+                watcher.cancel()
+        if scope.cancelled_caught:
+            return
+        answer = to_modern_response(message["method"], {**response, "id": message["id"]})
+        await stream.finish(with_server_info(answer, self.server_info), _status_of(answer))
 
     async def _listen(self, session: HostSession, message: JSONObject, receive: Receive, send: Send) -> None:
         stream = ResponseStream(send, [], True)
@@ -184,7 +223,7 @@ class StatelessHandler:
             tg.start_soon(watch)
             async for kind, payload in call.events:
                 if kind == "notify":
-                    if self._wanted(call, payload):
+                    if _wanted(call.log_level, payload):
                         await stream.send(payload)
                     continue
                 if kind == "ask":
@@ -197,9 +236,7 @@ class StatelessHandler:
             call.events.close()  # finished, or abandoned by the host: no later round will read it
         if answer is None:
             return
-        code = answer["error"].get("code") if isinstance(answer.get("error"), dict) else None
-        status = ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
-        await stream.finish(with_server_info(answer, self.server_info), status)
+        await stream.finish(with_server_info(answer, self.server_info), _status_of(answer))
 
     def _suspend(self, call: _Call, request_id: Any, ask: JSONObject) -> JSONObject:
         token = secrets.token_urlsafe(32)
@@ -227,12 +264,6 @@ class StatelessHandler:
                 await outbound.upstream.channel.respond(answer)
             except Exception as exc:
                 logger.info("could not pass an input response upstream: %s", exc)
-
-    def _wanted(self, call: _Call, message: JSONObject) -> bool:
-        if message.get("method") != "notifications/message":
-            return True
-        level = _LEVELS.get(str(params_of(message).get("level")))
-        return call.log_level is not None and level is not None and level >= call.log_level
 
     def _expire_suspended(self) -> None:
         now = time.monotonic()
@@ -270,3 +301,49 @@ class StatelessHandler:
             session = await self.registry.create(principal, handshake, route.protocol_version, stateless=True)
             self._groups[key] = session
         return session
+
+
+class _DirectSink:
+    """Related messages of an inline call, straight onto the host's response stream."""
+
+    def __init__(self, session: HostSession, stream: ResponseStream, log_level: int | None) -> None:
+        self._session = session
+        self._stream = stream
+        self._log_level = log_level
+
+    async def send(self, message: JSONObject) -> None:
+        if "id" not in message:
+            if _wanted(self._log_level, message):
+                await self._stream.send(message)
+            return
+        # An upstream asking a host that declared it cannot answer: refuse at once, as that
+        # host would, rather than leave the upstream waiting for the call's timeout.
+        outbound = self._session.take_outbound(message["id"])
+        if outbound is not None:
+            refusal = error(outbound.original_id, METHOD_NOT_FOUND, "The host does not support this request")
+            try:
+                await outbound.upstream.channel.respond(refusal)
+            except UpstreamError as exc:
+                logger.info("could not refuse an upstream request: %s", exc)
+
+
+def _can_answer_input(capabilities: object) -> bool:
+    """Whether the host declared a capability an upstream's request to it would need."""
+    return isinstance(capabilities, dict) and any(k in capabilities for k in _INPUT_CAPABILITIES)
+
+
+def _wanted(log_level: int | None, message: JSONObject) -> bool:
+    if message.get("method") != "notifications/message":
+        return True
+    level = _LEVELS.get(str(params_of(message).get("level")))
+    return log_level is not None and level is not None and level >= log_level
+
+
+def _status_of(answer: JSONObject) -> int:
+    code = answer["error"].get("code") if isinstance(answer.get("error"), dict) else None
+    return ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    await wait_for_disconnect(receive)
+    scope.cancel()

@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.client.sse import sse_client
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from tests.harness import RunningGateway
 
@@ -38,8 +38,11 @@ class Seen:
     notified: anyio.Event = field(default_factory=anyio.Event)
 
 
-def client_for(url: str, mode: str, seen: Seen) -> Client:
-    """An SDK client with every callback recording into `seen`; a URL ending /sse uses that transport."""
+def client_for(url: str, mode: str, seen: Seen, *, bare: bool = False) -> Client:
+    """An SDK client with every callback recording into `seen`; a URL ending /sse uses that transport.
+
+    `bare`: no elicitation or sampling callbacks, so the host declares it cannot be asked.
+    """
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         seen.logs.append((params.level, params.data))
@@ -68,10 +71,13 @@ def client_for(url: str, mode: str, seen: Seen) -> Client:
         mode=mode,
         message_handler=on_message,
         logging_callback=on_log,
-        elicitation_callback=on_elicit,
-        sampling_callback=on_sample,
+        elicitation_callback=None if bare else on_elicit,
+        sampling_callback=None if bare else on_sample,
         log_level=None if mode == "legacy" else "info",
         cache=None,
+        # The gateway groups 2026-07-28 requests by client name and version, and a group's upstream
+        # sessions keep the capabilities of its first request: a different host, a different name.
+        client_info=types.Implementation(name="bare-host", version="1") if bare else None,
     )
 
 
@@ -116,6 +122,17 @@ async def elicitation(client: Client, prefix: str, seen: Seen) -> Any:
 
 async def sampling(client: Client, prefix: str, seen: Seen) -> Any:
     return _result(await client.call_tool(prefix + "sample_haiku", {"topic": "frogs"})), seen.samplings
+
+
+async def asking_a_host_that_cannot_answer(client: Client, prefix: str, seen: Seen) -> Any:
+    """The elicitation and sampling tools, called by a host that declared neither capability."""
+    outcomes = []
+    for tool, arguments in (("ask_name", {}), ("sample_haiku", {"topic": "frogs"})):
+        try:
+            outcomes.append(_result(await client.call_tool(prefix + tool, arguments)))
+        except MCPError as exc:
+            outcomes.append({"code": exc.error.code, "message": exc.error.message})
+    return outcomes
 
 
 async def cancellation(client: Client, prefix: str, seen: Seen) -> Any:
@@ -203,9 +220,9 @@ LEGACY_ONLY: list[Scenario] = [subscription, tools_list_changed]
 MODERN_ONLY: list[Scenario] = [listen_events]
 
 
-async def _run(url: str, mode: str, prefix: str, scenario: Scenario) -> Any:
+async def _run(url: str, mode: str, prefix: str, scenario: Scenario, *, bare: bool = False) -> Any:
     seen = Seen()
-    async with client_for(url, mode, seen) as client:
+    async with client_for(url, mode, seen, bare=bare) as client:
         with anyio.fail_after(CALL_TIMEOUT):
             return await scenario(client, prefix, seen)
 
@@ -230,6 +247,27 @@ async def test_gateway_matches_direct(
     through = {"demo": gateway, "web": web_gateway, "old": sse_gateway}[upstream]
     direct = await _run(demo_http_url, mode, "", scenario)
     proxied = await _run(through.url, mode, f"{upstream}__", scenario)
+    assert proxied == direct
+
+
+BARE: list[Scenario] = [s for s in SCENARIOS if s not in (elicitation, sampling)] + [
+    asking_a_host_that_cannot_answer
+]
+
+
+@pytest.mark.parametrize("scenario", BARE, ids=lambda s: s.__name__)
+@pytest.mark.parametrize("upstream", ["demo", "web"])
+async def test_2026_hosts_that_cannot_be_asked_see_what_they_see_directly(
+    scenario: Scenario,
+    upstream: str,
+    demo_http_url: str,
+    gateway: RunningGateway,
+    web_gateway: RunningGateway,
+) -> None:
+    """Hosts declaring no elicitation, sampling or roots take the gateway's inline path."""
+    through = {"demo": gateway, "web": web_gateway}[upstream]
+    direct = await _run(demo_http_url, "2026-07-28", "", scenario, bare=True)
+    proxied = await _run(through.url, "2026-07-28", f"{upstream}__", scenario, bare=True)
     assert proxied == direct
 
 
