@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
-import httpx2
 from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 
 from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
 from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
+from gateway.upstream.events import Event, EventDecoder
 from gateway.upstream.wire import ConnectTimeout, Pool, Response, WireError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ class HttpChannel:
     ) -> None:
         self._name = name
         self._pool = pool
-        self._stub = httpx2.Request("POST", pool.url)  # httpx2's SSE decoder wants a request to name
         self._unsolicited = unsolicited
         self._extra_headers = extra_headers
         self._modern_version = modern_version
@@ -85,7 +84,7 @@ class HttpChannel:
             raise UpstreamUnavailable(self._name, f"connection timed out ({exc})") from exc
         except WireError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
-        except (MessageError, httpx2.HTTPError) as exc:
+        except MessageError as exc:
             raise UpstreamUnavailable(
                 self._name, f"sent a body that is not a JSON-RPC message: {exc}"
             ) from exc
@@ -140,21 +139,22 @@ class HttpChannel:
         self, resp: Response, message: JSONObject, sink: MessageSink | None
     ) -> JSONObject:
         request_id = message.get("id")
-        events = aiter(self._events(resp))
-        async for event in events:
-            if not event.data:
-                continue  # priming events and keep-alives carry no message
-            received = loads(event.data)
-            if not isinstance(received, dict):
-                continue
-            if "method" not in received and received.get("id") == request_id:
-                await _drain(events)
-                return received
-            if sink is not None:
-                await sink.send(received)
-            else:
-                await self._unsolicited(received)
-        raise UpstreamUnavailable(self._name, "the response stream ended before the response")
+        decoder = EventDecoder()
+        while True:
+            chunk = await resp.chunk()
+            for event in decoder.feed(chunk) if chunk else decoder.close():
+                received = _message_in(event)
+                if received is None:
+                    continue
+                if "method" not in received and received.get("id") == request_id:
+                    await _drain(resp)
+                    return received
+                if sink is not None:
+                    await sink.send(received)
+                else:
+                    await self._unsolicited(received)
+            if not chunk:
+                raise UpstreamUnavailable(self._name, "the response stream ended before the response")
 
     async def _error_response(self, resp: Response, message: JSONObject) -> JSONObject:
         body = await resp.read()
@@ -204,46 +204,38 @@ class HttpChannel:
                         if resp.status >= 400:
                             logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status)
                             return
-                        async for event in self._events(resp):
-                            if event.data:
-                                received = loads(event.data)
-                                if isinstance(received, dict):
+                        decoder = EventDecoder()
+                        while chunk := await resp.chunk():
+                            for event in decoder.feed(chunk):
+                                received = _message_in(event)
+                                if received is not None:
                                     await self._unsolicited(received)
                     finally:
                         resp.close()
-                except (WireError, httpx2.HTTPError, MessageError) as exc:
+                except (WireError, MessageError) as exc:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
 
-    def _events(self, resp: Response) -> AsyncIterator[httpx2.ServerSentEvent]:
-        """The response body as server-sent events, decoded by httpx2's parser."""
-        wrapped = httpx2.Response(
-            resp.status,
-            headers=resp.headers,
-            stream=_Body(resp),
-            request=self._stub,
-        )
-        return aiter(httpx2.EventSource(wrapped))
+
+def _message_in(event: Event) -> JSONObject | None:
+    """The JSON-RPC message an event carries; None for priming events and keep-alives."""
+    if not event.data:
+        return None
+    received = loads(event.data)
+    return received if isinstance(received, dict) else None
 
 
-class _Body(httpx2.AsyncByteStream):
-    def __init__(self, resp: Response) -> None:
-        self._resp = resp
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._resp.chunks():
-            yield chunk
-
-
-async def _drain(events: AsyncIterator[httpx2.ServerSentEvent]) -> None:
+async def _drain(resp: Response) -> None:
     """Read a response stream to its end, so its connection goes back to the pool.
 
-    A server closes the stream after the response; leaving it unread made httpcore drop the
-    connection, and every call paid for a new one. The bound covers a server that lingers.
+    A server closes the stream after the response, usually in the same packet; one left
+    unread would cost a new connection for the next call. The bound covers a server that lingers.
     """
+    if resp.complete:
+        return
     with anyio.move_on_after(_DRAIN_S):
-        async for _ in events:
+        while await resp.chunk():
             pass
 
 

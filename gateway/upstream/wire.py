@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import cast
 from urllib.parse import urlsplit
@@ -214,21 +214,31 @@ class Response:
         self.status = connection.status
         self.headers = connection.headers
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (read or not)."""
+        return self._connection is None or self._connection.complete
+
     async def read(self) -> bytes:
-        chunks = [chunk async for chunk in self.chunks()]
+        chunks = []
+        while chunk := await self.chunk():
+            chunks.append(chunk)
         return b"".join(chunks)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunk(self) -> bytes:
+        """The body received since the last call, waiting for some; b"" once it has all been read.
+
+        A method rather than an async generator: one left unfinished (a stream read up to the
+        response it carries) costs the event loop a finaliser task per call.
+        """
         connection = self._connection
-        if connection is None:
-            return
-        while True:
+        while connection is not None:
             if connection.body:
-                yield connection.take()
-            elif connection.complete:
-                return
-            else:
-                await connection.wait()
+                return connection.take()
+            if connection.complete:
+                return b""
+            await connection.wait()
+        return b""
 
     def close(self) -> None:
         if self._connection is not None:
