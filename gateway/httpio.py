@@ -6,10 +6,10 @@ the hot path of every call, and building request objects it does not need costs 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
-import anyio
 from starlette.types import Receive, Scope, Send
 
 from gateway.jsonrpc import JSONObject, dumps
@@ -107,7 +107,7 @@ class ResponseStream:
         self._headers = list(headers)
         self._sse_allowed = sse_allowed
         self._streaming = False
-        self._lock = anyio.Lock()
+        self._lock = asyncio.Lock()  # per response: asyncio's is the cheaper one
 
     async def send(self, message: JSONObject) -> None:
         if not self._sse_allowed:
@@ -141,7 +141,7 @@ class EventStream:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._lock = anyio.Lock()
+        self._lock = asyncio.Lock()  # per response: asyncio's is the cheaper one
 
     async def start(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
         await self._send(

@@ -12,9 +12,11 @@ that still cannot be written fails its caller with `RecordingFailed`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import orjson
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from gateway.config import RecordingConfig
 from gateway.recorder import CallRecord, RecordingFailed
@@ -36,19 +37,23 @@ logger = logging.getLogger(__name__)
 _RETRY_FOR_S = 10.0
 _WAIT_FOR_COMMIT_S = 30.0
 _MAX_BATCH = 1000
+_MAX_QUEUED = 100_000
 _ARGUMENT_PARAMS = {"tools/call": "arguments", "prompts/get": "arguments"}
 
 
 class _Pending:
     __slots__ = ("done", "error", "event")
 
-    def __init__(self, event: RecordEvent) -> None:
+    def __init__(self, event: RecordEvent, done: asyncio.Future[None]) -> None:
         self.event = event
-        self.done = anyio.Event()
+        self.done = done
         self.error: str | None = None
 
 
 class StoreRecorder:
+    """Hands rows to one writer task. asyncio primitives rather than anyio's here: this runs
+    for every recorded call, and anyio's resolve the running library on each use."""
+
     def __init__(self, store: Store, config: RecordingConfig, task_group: TaskGroup) -> None:
         self._store = store
         self._config = config
@@ -57,8 +62,10 @@ class StoreRecorder:
             patterns=(*DEFAULT_SECRET_PATTERNS, *config.redact_patterns),
             max_bytes=config.max_payload_bytes,
         )
-        self._send, receive = anyio.create_memory_object_stream[_Pending](max_buffer_size=100_000)
-        task_group.start_soon(self._write_loop, receive)
+        self._queue: deque[_Pending] = deque()
+        self._queued = asyncio.Event()
+        self._closed = False
+        task_group.start_soon(self._write_loop)
 
     async def session_started(self, start: SessionStart) -> None:
         await self._commit(start)
@@ -101,30 +108,29 @@ class StoreRecorder:
         )
 
     async def _commit(self, event: RecordEvent) -> None:
-        pending = _Pending(event)
+        if self._closed or len(self._queue) >= _MAX_QUEUED:
+            raise RecordingFailed("the recorder is overloaded or stopped")
+        pending = _Pending(event, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._queued.set()
         try:
-            self._send.send_nowait(pending)
-        except (anyio.WouldBlock, anyio.ClosedResourceError) as exc:
-            raise RecordingFailed("the recorder is overloaded or stopped") from exc
-        # Shielded: a host that goes away mid-commit must not leave its row half-reported.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_WAIT_FOR_COMMIT_S) as waited:
-            await pending.done.wait()
-        if waited.cancelled_caught:
-            raise RecordingFailed(f"no commit within {_WAIT_FOR_COMMIT_S:.0f}s")
+            async with asyncio.timeout(_WAIT_FOR_COMMIT_S):
+                # Shielded: a caller that goes away mid-commit leaves the row to be written.
+                await asyncio.shield(pending.done)
+        except TimeoutError:
+            raise RecordingFailed(f"no commit within {_WAIT_FOR_COMMIT_S:.0f}s") from None
         if pending.error is not None:
             raise RecordingFailed(pending.error)
 
-    async def _write_loop(self, receive: MemoryObjectReceiveStream[_Pending]) -> None:
-        async with receive:
-            async for first in receive:
-                batch = [first]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                with anyio.CancelScope(shield=True):
-                    await self._write(batch)
+    async def _write_loop(self) -> None:
+        while self._queue or not self._closed:
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+            with anyio.CancelScope(shield=True):
+                await self._write(batch)
 
     async def _write(self, batch: Sequence[_Pending]) -> None:
         try:
@@ -138,7 +144,8 @@ class StoreRecorder:
                     await self._write([pending])
         finally:
             for pending in batch:
-                pending.done.set()
+                if not pending.done.done():
+                    pending.done.set_result(None)
 
     async def _write_retrying(self, events: Sequence[RecordEvent]) -> None:
         deadline = time.monotonic() + _RETRY_FOR_S
@@ -157,7 +164,8 @@ class StoreRecorder:
 
     def close(self) -> None:
         """Stop taking new rows; the writer commits what is queued, then ends."""
-        self._send.close()
+        self._closed = True
+        self._queued.set()
 
     async def prune_forever(self) -> None:
         retention = self._config.retention

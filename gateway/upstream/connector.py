@@ -8,6 +8,7 @@ the host it is really serving (it only asks for elicitation or sampling if the h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
@@ -73,7 +74,8 @@ class UpstreamSession:
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         self.last_used = time.monotonic()
         try:
-            with anyio.fail_after(self.config.timeouts.call_s):
+            # asyncio's timeout, not anyio's: this wraps every forwarded call (see wire.py).
+            async with asyncio.timeout(self.config.timeouts.call_s):
                 return await self.channel.request(message, sink)
         except anyio.get_cancelled_exc_class():
             await self._cancel_upstream(message, "the host cancelled the request")
@@ -107,7 +109,7 @@ class ModernUpstream:
         if credential:
             headers = {**headers, **credential}
         try:
-            with anyio.fail_after(call_s):
+            async with asyncio.timeout(call_s):
                 return await self.channel.request(message, sink, headers)
         except TimeoutError:
             raise UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s") from None
