@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
 _ACCEPT = "application/json, text/event-stream"
 _LISTEN_RETRY_S = 1.0
-_DRAIN_S = 1.0
 
 
 class HttpChannel:
@@ -147,8 +146,7 @@ class HttpChannel:
                 if received is None:
                     continue
                 if "method" not in received and received.get("id") == request_id:
-                    await _drain(resp)
-                    return received
+                    return received  # closing the response lets the stream end on its own
                 if sink is not None:
                     await sink.send(received)
                 else:
@@ -224,19 +222,6 @@ def _message_in(event: Event) -> JSONObject | None:
         return None
     received = loads(event.data)
     return received if isinstance(received, dict) else None
-
-
-async def _drain(resp: Response) -> None:
-    """Read a response stream to its end, so its connection goes back to the pool.
-
-    A server closes the stream after the response, usually in the same packet; one left
-    unread would cost a new connection for the next call. The bound covers a server that lingers.
-    """
-    if resp.complete:
-        return
-    with anyio.move_on_after(_DRAIN_S):
-        while await resp.chunk():
-            pass
 
 
 def _as_response(parsed: object, message: JSONObject) -> JSONObject:

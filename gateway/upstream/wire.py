@@ -35,6 +35,7 @@ import httptools
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
+_PARK_S = 1.0  # how long an abandoned response may take to end before its connection is closed
 
 
 class WireError(Exception):
@@ -69,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self.idle_since = 0.0
         self.alive = True
+        self._parked: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -106,7 +108,11 @@ class _Connection(asyncio.Protocol):
             self.complete = True  # the body ran until the server closed: that was its end
         elif not self.complete:
             self._fail(WireError(f"the connection closed before the response ended ({exc or 'EOF'})"))
-        self._pool.lost(self)
+        if self._parked is not None:
+            self._unpark()
+            self._pool.release(self)  # not reusable now: it is counted out
+        else:
+            self._pool.lost(self)
         self._wake()
 
     # httptools callbacks
@@ -133,6 +139,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._parked is not None:
+            return  # the rest of a body nobody reads any more
         self.body.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:
@@ -143,9 +151,39 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            if self._parked is not None:
+                self._unpark()
+                self._pool.release(self)
             self._wake()
 
     # used by Pool and Response
+
+    def park(self) -> bool:
+        """Let the unread rest of this response arrive without a reader, then rejoin the pool.
+
+        An SSE response usually ends a moment after the event the gateway was waiting for; the
+        caller need not wait for that end, and the connection is still worth keeping. False if
+        it cannot be kept (it will not end by itself, or is already broken).
+        """
+        if not (self.alive and self.head_done and self._keep_alive) or self._close_delimited:
+            return False
+        self.body.clear()
+        self._buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        self._parked = asyncio.get_running_loop().call_later(_PARK_S, self._give_up)
+        return True
+
+    def _unpark(self) -> None:
+        if self._parked is not None:
+            self._parked.cancel()
+            self._parked = None
+
+    def _give_up(self) -> None:
+        self._parked = None
+        self.close()
+        self._pool.release(self)  # closed: counted out of the pool
 
     def send(self, data: bytes) -> None:
         assert self._transport is not None
@@ -241,9 +279,12 @@ class Response:
         return b""
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._pool.release(self._connection)
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if not connection.complete and connection.park():
+            return  # it rejoins the pool when the body ends
+        self._pool.release(connection)
 
 
 class Pool:

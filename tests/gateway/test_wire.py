@@ -235,3 +235,55 @@ async def test_a_header_that_would_corrupt_the_request_is_refused_before_sending
         with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="refusing to send"):
             await post(pool, b"x", headers)
     assert accepted == []
+
+
+def sse_reply(end: asyncio.Event | None) -> Reply:
+    """An SSE response whose one event arrives at once and whose end follows only once `end`
+    is set (never, without one), as from a server closing its stream after the response."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        event = b"event: message\ndata: {}\n\n"
+        while True:
+            await read_request(reader)
+            writer.write(head + b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            if end is None:
+                await reader.read()  # until the client gives up on the connection
+                return
+            await end.wait()
+            end.clear()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    return reply
+
+
+async def read_first_event(pool: Pool) -> bytes:
+    response = await pool.request("POST", {}, b"x")
+    try:
+        return await response.chunk()
+    finally:
+        response.close()  # before the body has ended
+
+
+# One connection at most in these two: the second call can only have the first connection
+# back, or a new one once the first is given up.
+
+
+async def test_a_stream_closed_after_its_event_goes_back_to_the_pool_once_it_ends() -> None:
+    end = asyncio.Event()
+    async with raw_server(sse_reply(end)) as (url, accepted), pool_for(url, max_connections=1) as pool:
+        with anyio.fail_after(TIMEOUT):
+            assert b"data: {}" in await read_first_event(pool)
+            end.set()  # the stream ends only now, after the reader has gone
+            assert b"data: {}" in await read_first_event(pool)
+    assert len(accepted) == 1
+
+
+async def test_a_stream_that_never_ends_after_its_event_is_closed_and_replaced() -> None:
+    async with raw_server(sse_reply(None)) as (url, accepted), pool_for(url, max_connections=1) as pool:
+        with anyio.fail_after(TIMEOUT):
+            assert b"data: {}" in await read_first_event(pool)
+            assert b"data: {}" in await read_first_event(pool)
+    assert len(accepted) == 2
