@@ -173,15 +173,17 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self._transport.resume_reading()
         self._parked = asyncio.get_running_loop().call_later(_PARK_S, self._give_up)
+        self._pool.parked.add(self)
         return True
 
     def _unpark(self) -> None:
         if self._parked is not None:
             self._parked.cancel()
             self._parked = None
+        self._pool.parked.discard(self)
 
     def _give_up(self) -> None:
-        self._parked = None
+        self._unpark()
         self.close()
         self._pool.release(self)  # closed: counted out of the pool
 
@@ -319,6 +321,7 @@ class Pool:
         self._static = {**base, **{name.lower(): value for name, value in headers.items()}}
         self._static_block = header_block(self._static)
         self._idle: list[_Connection] = []
+        self.parked: set[_Connection] = set()  # see _Connection.park
         self._open = 0
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
@@ -441,7 +444,7 @@ class Pool:
 
     async def aclose(self) -> None:
         self._closed = True
-        for connection in self._idle:
+        for connection in [*self._idle, *self.parked]:
             connection.close()
         self._idle.clear()
         while self._waiters:

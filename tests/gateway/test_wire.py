@@ -59,9 +59,11 @@ async def raw_server(reply: Reply) -> AsyncIterator[tuple[str, list[int]]]:
     """A TCP server answering each connection with `reply`; yields its URL and a list that
     grows by one per connection accepted."""
     accepted: list[int] = []
+    handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(1)
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await reply(reader, writer)
         finally:
@@ -73,6 +75,9 @@ async def raw_server(reply: Reply) -> AsyncIterator[tuple[str, list[int]]]:
         yield f"http://127.0.0.1:{port}/mcp", accepted
     finally:
         server.close()
+        for handler in handlers:  # a reply may still wait for a request that will not come
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
