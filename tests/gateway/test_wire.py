@@ -8,15 +8,24 @@ from plain asyncio TCP servers written for each test, because no well-behaved se
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.types import Receive, Scope, Send
 
 from gateway.upstream.wire import ConnectTimeout, Pool, WireError
-from tests.harness import serve_asgi
+from tests.harness import listening_socket, serve_asgi
 
 TIMEOUT = 10.0
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -292,3 +301,62 @@ async def test_a_stream_that_never_ends_after_its_event_is_closed_and_replaced()
             assert b"data: {}" in await read_first_event(pool)
             assert b"data: {}" in await read_first_event(pool)
     assert len(accepted) == 2
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@asynccontextmanager
+async def serve_tls(app: EchoApp, cert: Path, key: Path) -> AsyncIterator[str]:
+    sock = listening_socket()
+    config = uvicorn.Config(app, log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key))
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    finally:
+        server.should_exit = True
+        with anyio.fail_after(TIMEOUT):
+            await task
+        sock.close()
+
+
+async def test_https_upstreams_are_verified_against_the_trusted_certificates(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    app = EchoApp()
+    async with serve_tls(app, cert, key) as url:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with Pool(url, {}, connect_s=5.0, user_agent="test", ssl_context=trusted) as pool:
+            with anyio.fail_after(TIMEOUT):
+                assert await post(pool, b"over TLS") == (200, b"over TLS")
+        async with Pool(url, {}, connect_s=5.0, user_agent="test") as pool:  # the system's trust only
+            with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="CERTIFICATE_VERIFY_FAILED"):
+                await post(pool, b"refused")
+    assert app.ports and len(app.headers) == 1  # the unverified server never saw a request
