@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one message per line: as much as a whole response may be
+
+
+class EventStreamError(ValueError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,8 @@ class EventDecoder:
             buffer = buffer[:-1]
         lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         self._pending = lines.pop() + (b"\r" if held else b"")
+        if len(self._pending) > MAX_LINE_BYTES:
+            raise EventStreamError(f"an event stream line over {MAX_LINE_BYTES} bytes")
         events = []
         for line in lines:
             event = self._line(line.decode("utf-8", "replace"))

@@ -11,6 +11,7 @@ across host sessions, never opened per call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,7 +23,7 @@ from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_
 from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
 from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
 from gateway.upstream.channel import MessageSink, Unsolicited
-from gateway.upstream.events import Event, EventDecoder
+from gateway.upstream.events import Event, EventDecoder, EventStreamError
 from gateway.upstream.wire import ConnectTimeout, Pool, Response, WireError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
 _ACCEPT = "application/json, text/event-stream"
 _LISTEN_RETRY_S = 1.0
+_ONE_WAY_S = 30.0  # a notification or response is acknowledged at once (202) by any sane server
 
 
 class HttpChannel:
@@ -172,13 +174,17 @@ class HttpChannel:
 
     async def _post_one_way(self, message: JSONObject) -> None:
         try:
-            resp = await self._pool.request("POST", await self._headers(message, None), dumps(message))
-            try:
-                await resp.read()
-            finally:
-                resp.close()
+            async with asyncio.timeout(_ONE_WAY_S):
+                resp = await self._pool.request("POST", await self._headers(message, None), dumps(message))
+                try:
+                    await resp.read()
+                finally:
+                    resp.close()
         except WireError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
+        except TimeoutError:
+            method = message.get("method", "response")
+            raise UpstreamUnavailable(self._name, f"no answer to a {method} within {_ONE_WAY_S:g}s") from None
         if resp.status == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
         if resp.status in (401, 403):
@@ -210,8 +216,10 @@ class HttpChannel:
                                     await self._unsolicited(received)
                     finally:
                         resp.close()
-                except (WireError, MessageError) as exc:
+                except (WireError, MessageError, EventStreamError) as exc:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
+                except Exception:  # this task lives in the gateway's task group: never let it end it
+                    logger.exception("upstream %s: GET stream failed", self._name)
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
 

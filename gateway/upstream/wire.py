@@ -19,6 +19,7 @@ seen yet before it is reused, as httpcore does (one `select` with no wait).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import select
 import socket
@@ -28,7 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -36,6 +37,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
 _PARK_S = 1.0  # how long an abandoned response may take to end before its connection is closed
+# What a misbehaving upstream may send before it is cut off, so it cannot exhaust the gateway.
+MAX_HEADERS = 256
+MAX_HEAD_BYTES = 64 * 1024
+MAX_INTERIM = 8  # 1xx responses before the real one
+MAX_BODY_BYTES = 64 * 1024 * 1024  # for `Response.read`; streams are read piece by piece
 
 
 class WireError(Exception):
@@ -76,6 +82,9 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self._interim = 0
+        self.expecting = False  # a request was sent and its response has not ended
         self.head_done = False
         self.complete = False
         self._close_delimited = False
@@ -95,8 +104,16 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(WireError(f"sent a malformed HTTP response ({exc})"))
+            if not self.head_done:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    raise WireError(f"sent a response head over {MAX_HEAD_BYTES} bytes")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, WireError) as exc:
+            if not self.complete:  # else the fault lies past a response that is whole: keep it
+                cause = exc if isinstance(exc, WireError) else exc.__context__
+                if not isinstance(cause, WireError):  # the parser's own complaint
+                    cause = WireError(f"sent a malformed HTTP response ({exc})")
+                self._fail(cause)
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -104,7 +121,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
-        if self.head_done and self._close_delimited and not self.complete:
+        if self.head_done and self._close_delimited and not self.complete and exc is None:
             self.complete = True  # the body ran until the server closed: that was its end
         elif not self.complete:
             self._fail(WireError(f"the connection closed before the response ended ({exc or 'EOF'})"))
@@ -115,9 +132,16 @@ class _Connection(asyncio.Protocol):
             self._pool.lost(self)
         self._wake()
 
-    # httptools callbacks
+    # httptools callbacks (an exception raised in one fails the parse: see data_received)
+
+    def on_message_begin(self) -> None:
+        if not self.expecting:
+            # Bytes after the response ended, or on an idle connection: nothing asked for them.
+            raise WireError("sent data no request asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADERS:
+            raise WireError(f"sent a response head over {MAX_HEADERS} headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
@@ -125,6 +149,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise WireError(f"sent over {MAX_INTERIM} interim (1xx) responses")
             self.headers = {}  # an interim response (100 Continue, 103): the real one follows
             return
         self.status = status
@@ -133,7 +160,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
         self._close_delimited = (
             "content-length" not in self.headers
-            and "transfer-encoding" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
             and status not in (204, 304)
         )
         self._wake()
@@ -151,6 +178,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self.expecting = False
             if self._parked is not None:
                 self._unpark()
                 self._pool.release(self)
@@ -187,9 +215,16 @@ class _Connection(asyncio.Protocol):
         self.close()
         self._pool.release(self)  # closed: counted out of the pool
 
+    def sendable(self) -> bool:
+        return self.alive and self._transport is not None and not self._transport.is_closing()
+
     def send(self, data: bytes) -> None:
         assert self._transport is not None
         self._reset()
+        if self._paused:  # left paused by a response that was not read to its end
+            self._paused = False
+            self._transport.resume_reading()
+        self.expecting = True
         self._transport.write(data)
 
     def take(self) -> bytes:
@@ -223,8 +258,9 @@ class _Connection(asyncio.Protocol):
         sock = self._transport.get_extra_info("socket")
         if sock is None:
             return True
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return not readable  # an idle connection has nothing to read unless it was closed
+        poller = select.poll()  # not select(): it fails on descriptors past 1023
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)  # an idle connection has nothing to read unless it was closed
 
     def close(self) -> None:
         self.alive = False
@@ -260,8 +296,11 @@ class Response:
         return self._connection is None or self._connection.complete
 
     async def read(self) -> bytes:
-        chunks = []
+        chunks, size = [], 0
         while chunk := await self.chunk():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise WireError(f"sent a response body over {MAX_BODY_BYTES} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -307,7 +346,7 @@ class Pool:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        self.url = url
+        self.url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no credentials
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
@@ -318,6 +357,9 @@ class Pool:
         self._max_idle = max_idle
         self._idle_s = idle_s
         base = {"host": parts.netloc.rpartition("@")[2], "user-agent": user_agent}
+        if parts.username is not None:  # credentials in the URL: Basic auth, as httpx2 sends them
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            base["authorization"] = f"Basic {base64.b64encode(pair).decode()}"
         self._static = {**base, **{name.lower(): value for name, value in headers.items()}}
         self._static_block = header_block(self._static)
         self._idle: list[_Connection] = []
@@ -330,6 +372,9 @@ class Pool:
         """Send one request and return once the response's head has arrived."""
         head = self._head(method, headers, body)
         connection = await self._acquire()
+        if not connection.sendable():  # lost between being handed over and now: nothing sent yet
+            self.release(connection)
+            connection = await self._acquire()
         try:
             connection.send(head + body if body else head)
             while not connection.head_done:
@@ -364,12 +409,13 @@ class Pool:
                     handed = await self._wait_for_slot()
                     if handed is not None:
                         return handed
-                self._open += 1
+                    # else a closed connection's slot was passed on: it is ours, still counted
+                else:
+                    self._open += 1
                 try:
                     return await self._connect()
                 except BaseException:
-                    self._open -= 1
-                    self._wake_waiter(None)
+                    self._free_slot()
                     raise
         except TimeoutError:
             raise ConnectTimeout(
@@ -389,7 +435,7 @@ class Pool:
                 if handed is not None:
                     self.release(handed)
                 else:
-                    self._wake_waiter(None)
+                    self._free_slot()
             raise
 
     async def _connect(self) -> _Connection:
@@ -424,15 +470,18 @@ class Pool:
         """The server closed a connection; one waiting in the pool is forgotten at once."""
         if connection in self._idle:
             self._idle.remove(connection)
-            self._open -= 1
-            self._wake_waiter(None)
+            self._free_slot()
 
     def _discard(self, connection: _Connection) -> None:
         if connection in self._idle:
             self._idle.remove(connection)
         connection.close()
-        self._open -= 1
-        self._wake_waiter(None)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A connection is gone: its slot goes to the first waiter, else back to the count."""
+        if not self._wake_waiter(None):
+            self._open -= 1
 
     def _wake_waiter(self, connection: _Connection | None) -> bool:
         while self._waiters:

@@ -363,3 +363,44 @@ async def test_https_upstreams_are_verified_against_the_trusted_certificates(tmp
             with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="CERTIFICATE_VERIFY_FAILED"):
                 await post(pool, b"refused")
     assert app.ports and len(app.headers) == 1  # the unverified server never saw a request
+
+
+async def test_bytes_after_a_response_end_close_the_connection_instead_of_feeding_the_next() -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            # A response, then the head of another nobody asked for.
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n"
+            )
+            await writer.drain()
+
+    async with raw_server(reply) as (url, accepted), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT):
+            assert await post(pool, b"one") == (200, b"ok")
+            assert await post(pool, b"two") == (200, b"ok")
+    assert len(accepted) == 2  # the first connection was not trusted again
+
+
+@pytest.mark.parametrize(
+    ("head", "complaint"),
+    [
+        (b"".join(b"x-h%d: v\r\n" % n for n in range(300)), "over 256 headers"),
+        (b"x-big: " + b"v" * 70_000 + b"\r\n", "over 65536 bytes"),
+        (b"", "interim"),
+    ],
+    ids=["many-headers", "huge-header", "endless-interim"],
+)
+async def test_an_upstream_cannot_make_the_gateway_hold_an_endless_head(head: bytes, complaint: str) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if head:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + head)
+        else:
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" * 20)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(reply) as (url, _), pool_for(url) as pool:
+        with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match=complaint):
+            await post(pool, b"x")
