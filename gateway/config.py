@@ -372,9 +372,17 @@ def _check_host(value: str) -> str:
     return value
 
 
+# Framing and connection headers: mcpgw sets these itself, and a second value would let the
+# upstream read the request differently from how it was sent.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                               "te", "trailer", "upgrade", "expect"})  # fmt: skip
+
+
 def _check_header_name(value: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         raise ValueError(f"not a valid HTTP header name: {value!r}")
+    if value.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"{value!r} is set by mcpgw itself and cannot be configured")
     return value
 
 

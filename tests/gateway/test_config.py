@@ -454,6 +454,12 @@ def test_header_values_cannot_inject_lines(tmp_path: Path, monkeypatch: pytest.M
     assert "upstreams[0].headers.A: an HTTP header value must not contain CR, LF or NUL" in str(error)
 
 
+def test_framing_headers_cannot_be_configured(tmp_path: Path) -> None:
+    upstream = "{name: a, transport: http, url: 'http://x/mcp', headers: {Content-Length: '0'}}"
+    error = load_error(tmp_path, f"upstreams: [{upstream}]\n")
+    assert "'Content-Length' is set by mcpgw itself and cannot be configured" in str(error)
+
+
 def test_origin_with_a_path_is_rejected(tmp_path: Path) -> None:
     error = load_error(tmp_path, "security:\n  allowed_origins: ['https://app.example.com/']\n")
     assert "security.allowed_origins[0]: must be an origin" in str(error)
