@@ -94,6 +94,20 @@ async def take_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     await read_request(reader)
 
 
+def answer_once(response: bytes, *, keep_open: bool = False) -> Reply:
+    """Read one request and send `response` as it is; then close, or keep the connection open
+    so that only the client's parser can notice what is wrong."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+        if keep_open:
+            await reader.read()
+
+    return reply
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
@@ -206,12 +220,8 @@ async def test_every_body_framing_arrives_whole(framing: bytes, reused: bool) ->
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        # Claims keep-alive, then closes at once, as a server whose idle timeout just ran out.
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        await writer.drain()
-
+    # Claims keep-alive, then closes at once, as a server whose idle timeout just ran out.
+    reply = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     async with raw_server(reply) as (url, accepted), pool_for(url) as pool:
         with anyio.fail_after(TIMEOUT):
             for _ in range(3):
@@ -220,23 +230,14 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
 
 
 async def test_a_malformed_response_is_an_error_not_a_hang() -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"this is not HTTP\r\n\r\n")
-        await writer.drain()
-        await reader.read()  # keep the connection open: only the parser can notice
-
+    reply = answer_once(b"this is not HTTP\r\n\r\n", keep_open=True)
     async with raw_server(reply) as (url, _), pool_for(url) as pool:
         with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="malformed HTTP response"):
             await post(pool, b"x")
 
 
 async def test_a_connection_dropped_mid_body_is_an_error() -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-
+    reply = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
     async with raw_server(reply) as (url, _), pool_for(url) as pool:
         with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match="closed before the response ended"):
             await post(pool, b"x")
@@ -383,24 +384,17 @@ async def test_bytes_after_a_response_end_close_the_connection_instead_of_feedin
 
 
 @pytest.mark.parametrize(
-    ("head", "complaint"),
+    ("response", "complaint"),
     [
-        (b"".join(b"x-h%d: v\r\n" % n for n in range(300)), "over 256 headers"),
-        (b"x-big: " + b"v" * 70_000 + b"\r\n", "over 65536 bytes"),
-        (b"", "interim"),
+        (b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % n for n in range(300)), "over 256 headers"),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"v" * 70_000 + b"\r\n", "over 65536 bytes"),
+        (b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" * 20, "interim"),
     ],
     ids=["many-headers", "huge-header", "endless-interim"],
 )
-async def test_an_upstream_cannot_make_the_gateway_hold_an_endless_head(head: bytes, complaint: str) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        if head:
-            writer.write(b"HTTP/1.1 200 OK\r\n" + head)
-        else:
-            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" * 20)
-        await writer.drain()
-        await reader.read()
-
-    async with raw_server(reply) as (url, _), pool_for(url) as pool:
+async def test_an_upstream_cannot_make_the_gateway_hold_an_endless_head(
+    response: bytes, complaint: str
+) -> None:
+    async with raw_server(answer_once(response, keep_open=True)) as (url, _), pool_for(url) as pool:
         with anyio.fail_after(TIMEOUT), pytest.raises(WireError, match=complaint):
             await post(pool, b"x")
