@@ -13,7 +13,7 @@ server only compresses when asked. OAuth and the legacy SSE transport keep using
 
 A request on a kept-alive connection is never retried: a POST may have reached the server
 (RFC 9110 §9.2.2). Instead, an idle connection is checked for a close the event loop has not
-seen yet before it is reused, as httpcore does (one `select` with no wait).
+seen yet before it is reused, as httpcore does (one `poll` with no wait).
 """
 
 from __future__ import annotations
@@ -346,7 +346,6 @@ class Pool:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        self.url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no credentials
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
