@@ -79,15 +79,11 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
         for upstream in config.upstreams:
-            connector = Connector(upstream, task_group)
-            if upstream.transport == "http":
-                connector = Connector(
-                    upstream, task_group, pool=await stack.enter_async_context(pool_for(upstream))
-                )
-            elif upstream.transport == "sse":
-                client = await stack.enter_async_context(sse_client_for(upstream))
-                connector = Connector(upstream, task_group, sse_client=client)
-            connectors[upstream.name] = connector
+            http = upstream.transport == "http"
+            sse = upstream.transport == "sse"
+            pool = await stack.enter_async_context(pool_for(upstream)) if http else None
+            client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
+            connectors[upstream.name] = Connector(upstream, task_group, pool=pool, sse_client=client)
         router = Router(config.upstreams)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
         oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))
