@@ -54,6 +54,9 @@ from .sealing import Sealer
 __all__ = ["SqliteStore", "open_sqlite_store"]
 
 _ORGANISATION_COLUMNS = "id, name, created_at"
+_WRITE_HERE_MAX = 32
+"""Record events committed on the event loop's thread at most (see WriterThread.write): a bigger
+batch could hold the loop up for more than a millisecond."""
 _API_KEY_COLUMNS = (
     "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at, tools_allow, tools_deny"
 )
@@ -210,7 +213,7 @@ class SqliteStore:
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:
         with translated("write records"):
-            await self._writer.call(write_records, events)
+            await self._writer.write(write_records, events, here=len(events) <= _WRITE_HERE_MAX)
 
     async def prune_records(self, *, older_than: datetime | None, max_invocations: int | None) -> int:
         deleted = 0

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
 
+from gateway import writer
 from tests.api.conftest import ACCEPT, McpClient, Tenant, new_tenant
 from tests.harness import RunningGateway
 
@@ -200,3 +204,25 @@ async def test_large_arguments_are_stored_capped_and_flagged(
     assert call["argumentsTruncated"] and call["resultTruncated"]
     assert len(call["argumentsJson"].encode()) <= 64 * 1024
     assert call["argumentsJson"].startswith('{"text":"éé')
+
+
+async def test_a_call_whose_row_cannot_be_committed_in_time_is_answered_with_an_error(
+    keyed: RunningGateway, database: Path, http: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, client, session = await fresh(keyed, http, "unrecordable")
+    monkeypatch.setattr(writer, "_WAIT_FOR_COMMIT_S", 0.5)  # instead of 30 s
+    with closing(sqlite3.connect(database, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # the database stays locked past the deadline
+        try:
+            with anyio.fail_after(10):
+                refused = await client.call(session, "demo__echo", {"text": "first"})
+        finally:
+            other.execute("COMMIT")
+    assert refused["error"]["code"] == -32603
+    assert "first" not in json.dumps(refused)  # the upstream's answer did not get out
+
+    answered = await client.call(session, "demo__echo", {"text": "second"})
+    assert answered["result"]["content"] == [{"type": "text", "text": "second"}]
+    # The first row is written once the lock goes (recorded but unanswered is allowed).
+    calls = await recorded(http, keyed, tenant)
+    assert [json.loads(c["argumentsJson"])["text"] for c in calls] == ["first", "second"]
