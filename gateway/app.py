@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx2
@@ -66,6 +67,31 @@ class _Late:
         await self.target(scope, receive, send)
 
 
+class _GatewayApp(Starlette):
+    """Starlette, except that MCP requests go straight to the endpoint.
+
+    They are nearly all the traffic, and the endpoint answers every error itself: Starlette's
+    error middleware, exception middleware and route matching cost ~0.03 ms of CPU per call.
+    """
+
+    def __init__(self, mcp: _Late, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._mcp = mcp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._mcp.target
+        if endpoint is not None and scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path == "/mcp":
+                await endpoint({**scope, "path_params": {}}, receive, send)
+                return
+            organisation = path[5:] if path.startswith("/mcp/") else ""
+            if organisation and "/" not in organisation:
+                await endpoint({**scope, "path_params": {"organisationId": organisation}}, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 @asynccontextmanager
 async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
     async with AsyncExitStack() as stack:
@@ -113,6 +139,8 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
 
 
 def build_app(config: GatewayConfig) -> Starlette:
+    """The gateway's ASGI app. Its MCP routes only answer before the lifespan has started (with
+    an error); after, `_GatewayApp` hands MCP requests to the endpoint directly."""
     mcp, sse_stream, sse_message = _Late(), _Late(), _Late()
 
     @asynccontextmanager
@@ -157,4 +185,4 @@ def build_app(config: GatewayConfig) -> Starlette:
         Route("/messages", sse_message, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return _GatewayApp(mcp, routes=routes, lifespan=lifespan)

@@ -18,6 +18,9 @@ SPEC_FILES = sorted(p.name for p in SPEC.glob("*.openapi.yaml"))
 _UNUSED = {"BifrostErrorExtraFields", "ModelProvider"}
 
 
+# The tests that use it are async too, though they await nothing: pytest-asyncio runs async tests
+# on the uvloop runner (tests/conftest.py) and sync ones on another, and a sync test asking for
+# this fixture would tear down the session's gateways to switch runners.
 @pytest.fixture(scope="module")
 async def document(keyed: RunningGateway) -> dict[str, Any]:
     async with httpx2.AsyncClient() as http:
@@ -45,7 +48,7 @@ def test_the_spec_files_are_there() -> None:
     ]
 
 
-def test_every_api_route_is_documented(keyed: RunningGateway, document: dict[str, Any]) -> None:
+async def test_every_api_route_is_documented(keyed: RunningGateway, document: dict[str, Any]) -> None:
     app_paths = {r.path for r in keyed.app.router.routes if isinstance(r, Route)}
     api_paths = {
         p
@@ -58,7 +61,7 @@ def test_every_api_route_is_documented(keyed: RunningGateway, document: dict[str
 
 
 @pytest.mark.parametrize("spec_file", SPEC_FILES)
-def test_operations_match_the_spec(document: dict[str, Any], spec_file: str) -> None:
+async def test_operations_match_the_spec(document: dict[str, Any], spec_file: str) -> None:
     spec = yaml.safe_load((SPEC / spec_file).read_text())
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
@@ -79,7 +82,9 @@ def test_operations_match_the_spec(document: dict[str, Any], spec_file: str) -> 
 
 
 @pytest.mark.parametrize("spec_file", SPEC_FILES)
-def test_schemas_have_every_spec_field_with_the_same_type(document: dict[str, Any], spec_file: str) -> None:
+async def test_schemas_have_every_spec_field_with_the_same_type(
+    document: dict[str, Any], spec_file: str
+) -> None:
     spec = yaml.safe_load((SPEC / spec_file).read_text())
     ours = document["components"]["schemas"]
     for name, schema in spec["components"]["schemas"].items():
@@ -95,6 +100,6 @@ def test_schemas_have_every_spec_field_with_the_same_type(document: dict[str, An
                 assert mine["items"] == definition["items"], (name, field)
 
 
-def test_every_schema_is_valid_json_schema(document: dict[str, Any]) -> None:
+async def test_every_schema_is_valid_json_schema(document: dict[str, Any]) -> None:
     for schema in document["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
