@@ -165,6 +165,28 @@ async def test_organisation_url_of_another_tenant_is_404(
     assert theirs.status_code == 404
 
 
+@pytest.mark.parametrize("suffix", ["", "/{organisation}"])
+async def test_other_http_methods_on_the_mcp_url_are_405_naming_the_allowed_ones(
+    keyed: RunningGateway, http: httpx2.AsyncClient, suffix: str
+) -> None:
+    organisation, key = await new_key(keyed)
+    url = keyed.url + suffix.format(organisation=organisation)
+    response = await http.put(url, json=INIT, headers={**ACCEPT, "x-api-key": key})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST, DELETE"
+    assert response.json()["error"]["message"] == "Method Not Allowed"
+
+
+async def test_a_path_below_the_organisation_url_is_not_the_mcp_endpoint(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    organisation, key = await new_key(keyed)
+    response = await http.post(
+        f"{keyed.url}/{organisation}/nope", json=INIT, headers={**ACCEPT, "x-api-key": key}
+    )
+    assert response.status_code == 404
+
+
 async def test_unknown_method_is_method_not_found(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
     _, key = await new_key(keyed)
     session = await open_session(http, keyed.url, key)
