@@ -64,8 +64,9 @@ TIME_WAIT_S = 60.0  # Linux TCP_TIMEWAIT_LEN
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = ("legacy", "2026-07-28")
 CLIENTS = (1, 16)
-# Endpoint kinds: the upstream called directly, and the gateway with recording on / off.
-DIRECT, RECORDING, NOT_RECORDING = "direct", "gateway", "gw-norec"
+# Endpoint kinds: the upstream called directly, the gateway with recording on / off, and (with
+# --relay) a byte-copying relay in front of the upstream: what any proxy costs on this machine.
+DIRECT, RECORDING, NOT_RECORDING, RELAY = "direct", "gateway", "gw-norec", "relay"
 GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
 
 # DESIGN.md section 8.
@@ -82,7 +83,7 @@ TARGET_RECORDING_RATIO = 0.9  # recording on/off calls/s: recording costs under 
 class Endpoint:
     """Where the load generator sends its calls, and which processes' CPU it reads."""
 
-    kind: str  # direct | gateway (recording on) | gw-norec (recording off)
+    kind: str  # direct | gateway (recording on) | gw-norec (recording off) | relay
     url: str
     tool: str
     watch: dict[str, int]  # label -> pid
@@ -178,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile table (default 25)")
     parser.add_argument("--stock-demo", action="store_true", help="run `python -m gateway.demo` unmodified")
+    parser.add_argument(
+        "--relay", action="store_true", help="also measure a byte-copying relay (bench/relay.py): the ceiling"
+    )
     args = parser.parse_args(argv)
     args.clients = [int(n) for n in args.clients.split(",")]
     args.modes = args.modes.split(",")
@@ -199,6 +203,14 @@ def start_upstream(procs: Processes, workdir: Path, stock: bool) -> tuple[subpro
         argv = [sys.executable, str(BENCH / "upstream.py"), "--port", "0"]
     log = workdir / "upstream.log"
     child = procs.spawn(argv, log)
+    line = wait_for_line(child, log, "READY ", STARTUP_TIMEOUT_S)
+    return child, line.split()[1]
+
+
+def start_relay(procs: Processes, workdir: Path, upstream_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start bench/relay.py in front of the upstream; return it and its /mcp URL once it is READY."""
+    log = workdir / "relay.log"
+    child = procs.spawn([sys.executable, str(BENCH / "relay.py"), "--upstream", upstream_url], log)
     line = wait_for_line(child, log, "READY ", STARTUP_TIMEOUT_S)
     return child, line.split()[1]
 
@@ -384,6 +396,11 @@ def run_matrix(
     gateways = [start_gateway(procs, workdir, upstream_url, kind) for kind in GATEWAYS[args.recording]]
     port = port_of(upstream_url)
     endpoints = [Endpoint(DIRECT, upstream_url, "echo", {"upstream": upstream.pid}, port)]
+    if args.relay:  # its CPU shows in the gateway column: it is the process in the middle
+        relay, relay_url = start_relay(procs, workdir, upstream_url)
+        endpoints.append(
+            Endpoint(RELAY, relay_url, "echo", {"gateway": relay.pid, "upstream": upstream.pid}, port)
+        )
     for gateway in gateways:
         watch = {"gateway": gateway.pid, "upstream": upstream.pid}
         endpoints.append(Endpoint(gateway.kind, gateway.url, "demo__echo", watch, port))
@@ -462,8 +479,8 @@ def median_or_none(values: Any) -> float | None:
     return statistics.median(present) if present else None
 
 
-# (kind, baseline): each gateway against direct, and recording on against recording off.
-PAIRS = ((NOT_RECORDING, DIRECT), (RECORDING, DIRECT), (RECORDING, NOT_RECORDING))
+# (kind, baseline): the relay and each gateway against direct, and recording on against off.
+PAIRS = ((RELAY, DIRECT), (NOT_RECORDING, DIRECT), (RECORDING, DIRECT), (RECORDING, NOT_RECORDING))
 
 
 def compare(summaries: list[Summary]) -> list[Comparison]:
@@ -508,7 +525,7 @@ def check_targets(
             limit = TARGET_RECORDING_RATIO
             checks.append(Check("recording on/off >= 0.9", mode, n, ratio, limit, _at_least(ratio, limit)))
     for s in summaries:
-        if s.kind != DIRECT:
+        if s.kind in (RECORDING, NOT_RECORDING):
             cpu = s.gateway_cpu_ms_per_call
             limit = TARGET_GATEWAY_CPU_MS
             target = "gateway CPU <= 0.6 ms/call"
@@ -536,7 +553,7 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
     ratios: dict[tuple[str, int, str], list[Comparison]] = {}
     for c in comparisons:
         ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
-    order = {DIRECT: 0, NOT_RECORDING: 1, RECORDING: 2}  # the on/off line comes after both gateways
+    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3}  # on/off comes after both gateways
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
@@ -585,6 +602,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "modes": args.modes,
         "recording": args.recording,
+        "relay": args.relay,
         "upstream": "python -m gateway.demo (stock)"
         if args.stock_demo
         else "bench/upstream.py (gateway.demo app)",
