@@ -26,14 +26,24 @@ class _Side(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
+        self._early: list[bytes] = []  # received before the other end was connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
 
+    def pair(self, peer: _Side) -> None:
+        self.peer, peer.peer = peer, self
+        for side in (self, peer):
+            for data in side._early:
+                side.data_received(data)
+            side._early.clear()
+
     def data_received(self, data: bytes) -> None:
-        assert self.peer is not None and self.peer.transport is not None
-        self.peer.transport.write(data)
+        if self.peer is None or self.peer.transport is None:
+            self._early.append(data)
+        elif not self.peer.transport.is_closing():
+            self.peer.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -41,7 +51,7 @@ class _Side(asyncio.Protocol):
 
 
 class _Downstream(_Side):
-    """The client's connection: reading waits until the upstream connection is open."""
+    """The client's connection; its own connection to the upstream is opened as it arrives."""
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__()
@@ -50,19 +60,20 @@ class _Downstream(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert self.transport is not None
-        self.transport.pause_reading()
         self._connecting = asyncio.ensure_future(self._connect())  # kept: tasks are weakly held
 
     async def _connect(self) -> None:
-        assert self.transport is not None
         try:
             _, upstream = await asyncio.get_running_loop().create_connection(_Side, *self._upstream)
         except OSError:
-            self.transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return
-        upstream.peer, self.peer = self, upstream
-        self.transport.resume_reading()
+        if self.transport is None or self.transport.is_closing():  # the client has gone already
+            if upstream.transport is not None:
+                upstream.transport.close()
+            return
+        self.pair(upstream)
 
 
 async def _serve(upstream_url: str, port: int) -> None:
