@@ -543,7 +543,7 @@ class Layers:
         try:
             await self.store_page(query, seek)
         finally:
-            await conn.set_trace_callback(None)
+            await conn.set_trace_callback(None)  # type: ignore[arg-type]  # None turns it off
         return seen
 
     def run_sql(self, statements: list[str]) -> int:

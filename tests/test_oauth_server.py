@@ -92,7 +92,7 @@ async def authorize(
             "response_type": "code",
             "client_id": client.client_id,
             "redirect_uri": REDIRECT_URI,
-            "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge": create_s256_code_challenge(verifier),  # type: ignore[no-untyped-call]
             "code_challenge_method": "S256",
             "state": state,
             "scope": "read",

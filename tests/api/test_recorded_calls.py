@@ -52,7 +52,7 @@ async def test_each_outcome_is_recorded_as_the_host_saw_it(
     keyed: RunningGateway, http: httpx2.AsyncClient
 ) -> None:
     tenant, client, session = await fresh(keyed, http, "outcomes")
-    sent = [
+    sent: list[tuple[str, dict[str, Any]]] = [
         ("demo__echo", {"text": "hello", "nested": {"list": [1, 2.5, None, True]}}),
         ("demo__fail", {"message": "it broke"}),
         ("demo__structured", {"a": 6, "b": 7}),

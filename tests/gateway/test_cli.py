@@ -163,10 +163,10 @@ async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -
             env=_env(),
             cwd=str(ROOT),
         )
-        progress: list[float] = []
+        reported: list[float] = []
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reported.append(progress)
 
         async with Client(bridge, mode="legacy") as client:
             with anyio.fail_after(TIMEOUT):
@@ -177,4 +177,4 @@ async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -
     block = echoed.content[0]
     assert isinstance(block, types.TextContent) and block.text == "bridged"
     assert not counted.is_error
-    assert progress == [1, 2]
+    assert reported == [1, 2]

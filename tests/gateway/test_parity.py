@@ -101,8 +101,8 @@ async def tool_error(client: Client, prefix: str, seen: Seen) -> Any:
 
 
 async def progress(client: Client, prefix: str, seen: Seen) -> Any:
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        seen.progress.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.progress.append((progress, total, message))
 
     result = await client.call_tool(prefix + "count_slowly", {"steps": 3}, progress_callback=on_progress)
     return _result(result), seen.progress

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.jsonrpc import meta_of
 from gateway.tracecontext import TraceParent, header_traceparent, trace_for
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -36,11 +37,11 @@ def test_the_upstream_gets_a_child_of_the_hosts_span_and_other_meta_is_kept() ->
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                "params": {"name": "x", "_meta": {"traceparent": VALID, "progressToken": 7}}}  # fmt: skip
     trace, forwarded = trace_for(message)
-    child = TraceParent.parse(forwarded["params"]["_meta"]["traceparent"])
+    child = TraceParent.parse(meta_of(forwarded)["traceparent"])
     assert child == trace and child.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert child.span_id != "00f067aa0ba902b7" and child.flags == "01"
-    assert forwarded["params"]["_meta"]["progressToken"] == 7
-    assert message["params"]["_meta"]["traceparent"] == VALID  # the host's message is not changed
+    assert meta_of(forwarded)["progressToken"] == 7
+    assert meta_of(message)["traceparent"] == VALID  # the host's message is not changed
 
 
 def test_the_http_header_is_used_when_meta_has_none_and_meta_wins_over_it() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from store import (
     InvocationRecord,
+    RecordEvent,
     Seek,
     SessionEnd,
     SessionStart,
@@ -66,7 +67,13 @@ async def test_a_batch_counts_calls_into_their_sessions(store: SqliteStore) -> N
     org = (await store.ensure_organisation("o")).id
     first, second = start(org), start(org)
     later = T0 + timedelta(seconds=5)
-    events = [first, second, call(first, 1, T0), call(first, 2, later), call(second, 3, T0)]
+    events: list[RecordEvent] = [
+        first,
+        second,
+        call(first, 1, T0),
+        call(first, 2, later),
+        call(second, 3, T0),
+    ]
     await store.write_records([*events, SessionEnd(second.id, later, "idle")])
 
     one = await store.get_session(org, first.id, api_key_id=None)
@@ -144,7 +151,8 @@ async def test_retention_drops_old_sessions_with_their_calls_and_caps_the_row_co
 ) -> None:
     org = (await store.ensure_organisation("o")).id
     old, live = start(org, at=T0 - timedelta(days=40)), start(org, at=T0 - timedelta(days=40))
-    events = [old, live, call(old, 0, T0 - timedelta(days=40)), call(live, 1, T0 - timedelta(days=35))]
+    events: list[RecordEvent] = [old, live, call(old, 0, T0 - timedelta(days=40))]
+    events += [call(live, 1, T0 - timedelta(days=35))]
     events += [call(live, n, T0 - timedelta(minutes=60 - n)) for n in range(2, 12)]
     await store.write_records(events)
 
@@ -180,7 +188,7 @@ async def test_every_listing_query_is_an_index_range_scan(db_path: Path, store: 
     await store.list_sessions(org, api_key_id="k", seek=Seek(first.rows[0].key, backward=True), limit=1)
     calls = await store.list_invocations(session.id, seek=Seek(), limit=2)
     await store.list_invocations(session.id, seek=Seek(calls.rows[-1].key), limit=2)
-    await store._conn.set_trace_callback(None)
+    await store._conn.set_trace_callback(None)  # type: ignore[arg-type]  # None turns it off
     selects = [sql for sql in statements if sql.startswith("SELECT")]
     assert len(selects) >= 6
     with closing(sqlite3.connect(db_path)) as db:
