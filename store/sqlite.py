@@ -226,8 +226,9 @@ class SqliteStore:
                 oldest_kept = await self._writer.call(oldest_kept_invocation, max_invocations)
                 steps += [] if oldest_kept is None else [("excess", oldest_kept)]
             for step, value in steps:
-                # One short statement per thread hop, so recorder commits interleave with a prune.
-                while (n := await self._writer.call(prune_step, step, value)) > 0:
+                # One short statement per thread hop, so recorder commits interleave with a prune;
+                # counted as writes, so the WAL is checkpointed during a long prune too.
+                while (n := await self._writer.write(prune_step, step, value, here=False)) > 0:
                     deleted += n
                     if n < PRUNE_BATCH:
                         break
