@@ -20,7 +20,7 @@ import yaml
 from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, serve_gateway, write_config
 
 TIMEOUT = 20.0
-SPEC = ROOT.parent / "shared" / "spec"
+SPEC = ROOT / "docs" / "spec"  # the listing contracts, kept in the repository
 ACCEPT = {"accept": "application/json, text/event-stream"}
 
 

@@ -1,4 +1,4 @@
-"""`/openapi.json` documents every API route and agrees with the contract in `../shared/spec/`."""
+"""`/openapi.json` documents every API route and agrees with the contract in `docs/spec/`."""
 
 from __future__ import annotations
 
