@@ -79,4 +79,9 @@ class FlowProblem(CredentialError):
 
 
 class RoutingError(GatewayError):
-    """A name the host sent maps to no upstream (or is filtered away)."""
+    """A name the host sent maps to no upstream (or is filtered away); ``data`` is what the
+    host's error carries beside the message (a missing resource's ``uri``, as the spec's does)."""
+
+    def __init__(self, message: str, data: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.data = data

@@ -16,10 +16,14 @@ from gateway.jsonrpc import JSONObject, dumps
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 JSON_HEADER = (b"content-type", b"application/json")
+_OWS = " \t"
 
 
 def headers_of(scope: Scope) -> dict[str, str]:
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    """The request's headers, names lower-case (as ASGI gives them), values without the optional
+    whitespace around them: RFC 9110 5.5 leaves it out of the field value, and llhttp (uvicorn's
+    parser) keeps what trails."""
+    return {name.decode("latin-1"): value.decode("latin-1").strip(_OWS) for name, value in scope["headers"]}
 
 
 class BodyTooLarge(Exception):

@@ -241,7 +241,7 @@ def _error_for(
             return result(request_id, {"content": [_text(str(exc))], "isError": True}), "denied"
         return error(request_id, INVALID_REQUEST, str(exc)), "denied"
     if isinstance(exc, RoutingError):
-        return error(request_id, INVALID_PARAMS, str(exc)), "denied"
+        return error(request_id, INVALID_PARAMS, str(exc), exc.data), "denied"
     if isinstance(exc, UpstreamTimeout):
         return error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
     return error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"

@@ -110,7 +110,10 @@ class Router:
             await self._refresh(session, kind, message)
             route = _lookup(session.catalog.get(kind), kind, name)
         if route is None:
-            raise RoutingError(f"Unknown {_SINGULAR[kind]}: {name}")
+            # A missing resource is the spec's resource-not-found: invalid params, naming the URI.
+            raise RoutingError(
+                f"Unknown {_SINGULAR[kind]}: {name}", {"uri": name} if kind == "resources" else None
+            )
         return route
 
     async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:

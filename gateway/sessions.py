@@ -44,6 +44,7 @@ _LIST_CHANGED = {
     "notifications/prompts/list_changed": "prompts",
     "notifications/resources/list_changed": "resources",
 }
+_ANNOUNCEMENTS = frozenset({*_LIST_CHANGED, "notifications/resources/updated"})
 
 
 @dataclass(slots=True)
@@ -322,6 +323,11 @@ class _Relay:
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
             self._session.catalog.pop(_LIST_CHANGED[method], None)
+        if self._session.stateless and method in _ANNOUNCEMENTS:
+            # 2026-07-28 announces changes on listen streams only, even those an upstream of the
+            # handshake era sent on the response stream of the call that caused them.
+            await self._session.listen.send(message)
+            return
         await self._target.send(message)
 
 

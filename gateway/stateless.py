@@ -30,6 +30,7 @@ from mcp.shared.inbound import (
     InboundModernRoute,
     classify_inbound_request,
 )
+from mcp_types.methods import CLIENT_REQUESTS, SPEC_CLIENT_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
@@ -111,6 +112,10 @@ class StatelessHandler:
         if isinstance(route, InboundLadderRejection):
             status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
             await send_json(send, status, error(message["id"], route.code, route.message, route.data))
+            return
+        if _removed_in(route.protocol_version, message["method"]):
+            answer = error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
+            await send_json(send, ERROR_CODE_HTTP_STATUS[METHOD_NOT_FOUND], answer)
             return
         if message["method"] == "server/discover":
             await send_json(send, 200, result(message["id"], self._discover()))
@@ -325,6 +330,13 @@ class _DirectSink:
                 await outbound.upstream.channel.respond(refusal)
             except UpstreamError as exc:
                 logger.info("could not refuse an upstream request: %s", exc)
+
+
+def _removed_in(version: str, method: str) -> bool:
+    """A method of an earlier revision that `version` dropped (ping, logging/setLevel, the
+    resources/subscribe pair, initialize): not found, though the gateway serves it to
+    handshake-era hosts."""
+    return method in SPEC_CLIENT_METHODS and (method, version) not in CLIENT_REQUESTS
 
 
 def _can_answer_input(capabilities: object) -> bool:

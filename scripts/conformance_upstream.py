@@ -186,7 +186,9 @@ class _Defaults(BaseModel):
     age: int = Field(default=30, description="User age")
     score: float = Field(default=95.5, description="User score")
     status: str = Field(
-        default="active", description="User status", json_schema_extra={"enum": ["active", "inactive", "pending"]}
+        default="active",
+        description="User status",
+        json_schema_extra={"enum": ["active", "inactive", "pending"]},
     )
     verified: bool = Field(default=True, description="Verification status")
 
@@ -204,12 +206,15 @@ def _options(*pairs: tuple[str, str]) -> list[dict[str, str]]:
 
 class _Enums(BaseModel):
     untitledSingle: str = Field(
-        description="Simple enum without titles", json_schema_extra={"enum": ["active", "inactive", "pending"]}
+        description="Simple enum without titles",
+        json_schema_extra={"enum": ["active", "inactive", "pending"]},
     )
     titledSingle: str = Field(
         description="Enum with titled options (oneOf)",
         json_schema_extra={
-            "oneOf": _options(("low", "Low Priority"), ("medium", "Medium Priority"), ("high", "High Priority"))
+            "oneOf": _options(
+                ("low", "Low Priority"), ("medium", "Medium Priority"), ("high", "High Priority")
+            )
         },
     )
     untitledMulti: list[str] = Field(
@@ -219,12 +224,17 @@ class _Enums(BaseModel):
     titledMulti: list[str] = Field(
         description="Multi-select with titled options",
         json_schema_extra={
-            "items": {"anyOf": _options(("feature", "New Feature"), ("bug", "Bug Fix"), ("docs", "Documentation"))}
+            "items": {
+                "anyOf": _options(("feature", "New Feature"), ("bug", "Bug Fix"), ("docs", "Documentation"))
+            }
         },
     )
     legacyEnum: str = Field(
         description="Legacy enum with enumNames",
-        json_schema_extra={"enum": ["small", "medium", "large"], "enumNames": ["Small Size", "Medium Size", "Large Size"]},
+        json_schema_extra={
+            "enum": ["small", "medium", "large"],
+            "enumNames": ["Small Size", "Medium Size", "Large Size"],
+        },
     )
 
 

@@ -10,8 +10,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp_types import ToolListChangedNotification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.harness import serve_asgi
@@ -77,3 +80,70 @@ async def serve_keyed_upstream(owners: Mapping[str, str]) -> AsyncIterator[Keyed
     guarded = _RequireKey(server.streamable_http_app(), owners)
     async with serve_asgi(guarded) as base_url:
         yield KeyedUpstream(f"{base_url}/mcp", guarded.seen)
+
+
+def changing_server() -> MCPServer:
+    """A server whose `add_tool` adds a tool and announces it to every kind of listener: 2026-07-28
+    `subscriptions/listen` streams, and handshake-era sessions either on their GET stream or, with
+    `related`, on the calling request's own response stream (as servers that tie every
+    notification to the request that caused it do)."""
+    server: MCPServer = MCPServer("changing")
+
+    @server.tool(description="Add an echo tool named `name` and say the tool list changed.")
+    async def add_tool(name: str, ctx: Context, related: bool = False) -> str:
+        server.add_tool(lambda text: text, name=name, description="Added at run time; echoes `text`.")
+        if related:
+            await ctx.session.send_notification(
+                ToolListChangedNotification(), related_request_id=ctx.request_id
+            )
+        else:
+            await ctx.session.send_tool_list_changed()
+        await ctx.notify_tools_changed()
+        return f"added {name}"
+
+    return server
+
+
+class _HandshakeOnly:
+    """An upstream that predates 2026-07-28: a request in that revision is refused as an older SDK
+    server refuses it (400, no session), so the gateway reaches it through a handshake-era session.
+
+    A filter in front of a real server, because no installed server can be told to drop a revision.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": -32600, "message": "Bad Request: Missing session ID"},
+                }
+                await JSONResponse(body, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def serve_handshake_only(server: MCPServer) -> AsyncIterator[str]:
+    """Serve `server` over Streamable HTTP in the handshake era only; yield its /mcp URL."""
+    async with serve_asgi(_HandshakeOnly(server.streamable_http_app())) as base_url:
+        yield f"{base_url}/mcp"
+
+
+def shelf_server() -> MCPServer:
+    """A server with a `shelf://book/{title}` template that has only the book titled `known`:
+    any other title is the SDK's resource-not-found error (-32602, `data: {uri}`)."""
+    server: MCPServer = MCPServer("shelf")
+
+    @server.resource("shelf://book/{title}", name="book", mime_type="text/plain")
+    def book(title: str) -> str:
+        if title != "known":
+            raise ResourceNotFoundError(f"no book titled {title!r}")
+        return "a known book"
+
+    return server
