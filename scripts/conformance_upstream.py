@@ -162,7 +162,7 @@ async def test_tool_with_progress(ctx: Context) -> str:
 
 @server.tool(description="Asks the client's model (sampling) to answer `prompt`.")
 async def test_sampling(prompt: str, ctx: Context) -> str:
-    result = await ctx.session.create_message(  # type: ignore[deprecated]  # handshake-era request
+    result = await ctx.session.create_message(  # a handshake-era request
         messages=[SamplingMessage(role="user", content=_text(prompt))],
         max_tokens=100,
         related_request_id=ctx.request_id,
@@ -200,7 +200,7 @@ async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
     return f"Elicitation result: action={result.action}, content={content}"
 
 
-def _options(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+def _options(*pairs: tuple[str, str]) -> Any:  # JSON for a schema
     return [{"const": value, "title": title} for value, title in pairs]
 
 
