@@ -122,6 +122,8 @@ async def _listen_upstream(
                 tg.cancel_scope.cancel()
             return
         upstream = await session.upstream(name)  # opened now, so its announcements reach the relay
+        with anyio.move_on_after(_SUBSCRIBE_S):
+            await upstream.announcing()
         if "subscribe" in (upstream.capabilities.get("resources") or {}):
             for uri in wanted.get("resourceSubscriptions") or ():
                 if (await router.route(session, "resources", uri, message)).upstream == name:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import ToolListChangedNotification
@@ -107,31 +108,33 @@ def changing_server() -> MCPServer:
 class _HandshakeOnly:
     """An upstream that predates 2026-07-28: a request in that revision is refused as an older SDK
     server refuses it (400, no session), so the gateway reaches it through a handshake-era session.
+    With `slow_stream_s`, its GET stream takes that long to open, as a busy server's may.
 
-    A filter in front of a real server, because no installed server can be told to drop a revision.
+    A filter in front of a real server, because no installed server can be told to drop a revision
+    or to be slow to open a stream.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, slow_stream_s: float) -> None:
         self.app = app
+        self.slow_stream_s = slow_stream_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
-                body = {
-                    "jsonrpc": "2.0",
-                    "id": None,
-                    "error": {"code": -32600, "message": "Bad Request: Missing session ID"},
-                }
-                await JSONResponse(body, 400)(scope, receive, send)
+                error = {"code": -32600, "message": "Bad Request: Missing session ID"}
+                await JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, 400)(scope, receive, send)
                 return
+            if scope["method"] == "GET" and self.slow_stream_s:
+                # The fault under test is a late stream: this delay is the fault, not a wait.
+                await anyio.sleep(self.slow_stream_s)
         await self.app(scope, receive, send)
 
 
 @asynccontextmanager
-async def serve_handshake_only(server: MCPServer) -> AsyncIterator[str]:
+async def serve_handshake_only(server: MCPServer, *, slow_stream_s: float = 0.0) -> AsyncIterator[str]:
     """Serve `server` over Streamable HTTP in the handshake era only; yield its /mcp URL."""
-    async with serve_asgi(_HandshakeOnly(server.streamable_http_app())) as base_url:
+    async with serve_asgi(_HandshakeOnly(server.streamable_http_app(), slow_stream_s)) as base_url:
         yield f"{base_url}/mcp"
 
 

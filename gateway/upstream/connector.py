@@ -84,6 +84,12 @@ class UpstreamSession:
             await self._cancel_upstream(message, f"timed out after {self.config.timeouts.call_s:g}s")
             raise UpstreamTimeout(self.name, f"no answer within {self.config.timeouts.call_s:g}s") from None
 
+    async def announcing(self) -> None:
+        """Return once what this upstream announces outside any call can reach the gateway: at
+        once, but for a Streamable HTTP session, whose GET stream opens in the background."""
+        if isinstance(self.channel, HttpChannel):
+            await self.channel.listening.wait()
+
     async def _cancel_upstream(self, message: JSONObject, reason: str) -> None:
         if "id" not in message or self.channel.closed:
             return

@@ -53,6 +53,9 @@ class HttpChannel:
         self._protocol_version: str | None = modern_version
         self._closed = False
         self._listen_scope: anyio.CancelScope | None = None
+        # Set once the GET stream is open, or known not to be coming: until then, what the
+        # upstream announces (list changes, resource updates) has nowhere to go and is lost.
+        self.listening = anyio.Event()
 
     @property
     def closed(self) -> bool:
@@ -100,11 +103,14 @@ class HttpChannel:
         """Open the GET stream through which the upstream sends messages tied to no request."""
         if self._modern_version is None and self._session_id is not None:
             task_group.start_soon(self._listen)
+        else:
+            self.listening.set()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.listening.set()
         if self._listen_scope is not None:
             self._listen_scope.cancel()
         if self._session_id is not None:
@@ -203,6 +209,7 @@ class HttpChannel:
                     headers["accept"] = "text/event-stream"
                     resp = await self._pool.request("GET", headers)
                     try:
+                        self.listening.set()  # open, or refused: either way, nothing more to wait for
                         if resp.status == 405:
                             return  # this upstream offers no GET stream
                         if resp.status >= 400:

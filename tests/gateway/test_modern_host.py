@@ -146,11 +146,17 @@ async def test_routing_headers_with_surrounding_whitespace_are_read_without_it(
 
 @pytest.fixture(scope="module")
 async def changing_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    """`modern__`: a 2026-07-28 upstream; `old__`: the same kind of server in the handshake era only."""
-    async with serve_mcp(changing_server()) as modern, serve_handshake_only(changing_server()) as old:
+    """`modern__`: a 2026-07-28 upstream; `old__`: the same kind of server in the handshake era only;
+    `slow__`: that again, slow to open its GET stream."""
+    async with (
+        serve_mcp(changing_server()) as modern,
+        serve_handshake_only(changing_server()) as old,
+        serve_handshake_only(changing_server(), slow_stream_s=1.0) as slow,
+    ):
         upstreams = f"""
   - {{name: modern, transport: http, url: '{modern}'}}
-  - {{name: old, transport: http, url: '{old}'}}"""
+  - {{name: old, transport: http, url: '{old}'}}
+  - {{name: slow, transport: http, url: '{slow}'}}"""
         async with serve_gateway(keyless_config(tmp_path_factory.mktemp("changing"), upstreams)) as running:
             yield running
 
@@ -162,6 +168,8 @@ async def changing_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
         ("http-2026", "modern__add_tool", {}),
         ("http-handshake", "old__add_tool", {}),
         ("http-handshake-on-the-call-stream", "old__add_tool", {"related": True}),
+        # Acknowledging the listen before the upstream's stream is open would lose the event.
+        ("http-handshake-slow-to-open-its-stream", "slow__add_tool", {}),
     ],
 )
 async def test_a_tool_list_change_reaches_the_hosts_listen_stream(
