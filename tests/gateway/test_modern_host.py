@@ -29,6 +29,9 @@ from tests.upstreams import changing_server, serve_handshake_only, serve_mcp, sh
 MODERN = "2026-07-28"
 TIMEOUT = 20.0
 RESOURCE_NOT_FOUND = -32602  # SEP-2164: a missing resource is invalid params, naming the URI
+# The gateway groups 2026-07-28 requests by client name and version, and a group's upstream
+# sessions keep the capabilities of its first request: these hosts must not share the SDK's name.
+HOST = types.Implementation(name="modern-host", version="1")
 
 
 def envelope(
@@ -219,7 +222,7 @@ async def test_reading_a_uri_no_upstream_serves_names_the_uri_in_the_error(
     gateway: RunningGateway, mode: str
 ) -> None:
     missing = "demo://nowhere/at-all"
-    async with Client(gateway.url, mode=mode, cache=None) as client:
+    async with Client(gateway.url, mode=mode, client_info=HOST, cache=None) as client:
         with anyio.fail_after(TIMEOUT), pytest.raises(MCPError) as raised:
             await client.read_resource(missing)
     assert raised.value.error.code == RESOURCE_NOT_FOUND
@@ -232,7 +235,7 @@ async def test_an_upstreams_resource_not_found_reaches_the_host_with_its_uri(
     shelf_gateways: dict[str, RunningGateway], upstream: str, mode: str
 ) -> None:
     missing = "shelf://book/unknown"
-    async with Client(shelf_gateways[upstream].url, mode=mode, cache=None) as client:
+    async with Client(shelf_gateways[upstream].url, mode=mode, client_info=HOST, cache=None) as client:
         with anyio.fail_after(TIMEOUT):
             found = await client.read_resource("shelf://book/known")
             with pytest.raises(MCPError) as raised:
