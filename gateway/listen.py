@@ -3,7 +3,8 @@
 The gateway acknowledges the host's filter first, then gathers events from every upstream:
 a 2026-07-28 upstream gets its own listen request (its frames are relayed, re-tagged with the
 host's subscription id); a handshake-era upstream session is subscribed to the host's resource
-URIs, and what it announces (list_changed, resources/updated) is filtered onto the stream.
+URIs (its GET stream open first, over HTTP), and what it announces (list_changed,
+resources/updated), on that stream or on a call's, is filtered onto the stream.
 The stream ends when the host closes it.
 """
 
