@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from api import CURSOR_SECRET_NAME, api_routes, credential_routes
+from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.connect import connect_routes
 from gateway.credentials.broker import CredentialBroker
@@ -31,6 +32,7 @@ from gateway.httpio import OriginGuard
 from gateway.legacy_sse import LegacySse
 from gateway.proxy import Proxy
 from gateway.recorder import NullRecorder, Recorder
+from gateway.redaction import Redactor
 from gateway.router import Router
 from gateway.sessions import SessionRegistry, start_reaper
 from gateway.stateless import StatelessHandler
@@ -77,12 +79,15 @@ class _GatewayApp(Starlette):
     def __init__(self, mcp: _Late, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._mcp = mcp
+        # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host
+        # header, which a client chooses: a path is either served or 404.
+        self.router.redirect_slashes = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._mcp.target
         if endpoint is not None and scope["type"] == "http" and not scope.get("root_path"):
             path: str = scope["path"]
-            if path == "/mcp":
+            if path in ("/mcp", "/mcp/"):
                 await endpoint({**scope, "path_params": {}}, receive, send)
                 return
             organisation = path[5:] if path.startswith("/mcp/") else ""
@@ -98,18 +103,25 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         sealer = sealer_for(config.secrets)
         store = await stack.enter_async_context(open_sqlite_store(config.database, sealer=sealer))
         organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
+        # One gateway per database: what the record shows open now, a previous run left open.
+        if stale := await store.end_open_sessions("gateway_restart"):
+            logger.info("ended %d session(s) the previous run left open (reason gateway_restart)", stale)
         recorder: Recorder = NullRecorder()
         if config.recording.enabled:
             recorder = await stack.enter_async_context(running_recorder(store, config.recording))
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
+        # What upstreams write to the gateway's log is redacted by the record's own rules.
+        log_redactor = Redactor.with_defaults(config.recording.redact_keys, config.recording.redact_patterns)
         for upstream in config.upstreams:
             http = upstream.transport == "http"
             sse = upstream.transport == "sse"
             pool = await stack.enter_async_context(pool_for(upstream)) if http else None
             client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
-            connectors[upstream.name] = Connector(upstream, task_group, pool=pool, sse_client=client)
+            connectors[upstream.name] = Connector(
+                upstream, task_group, pool=pool, sse_client=client, log_redactor=log_redactor
+            )
         router = Router(config.upstreams)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
         oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))
@@ -134,7 +146,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             max_body_bytes=config.security.max_body_bytes,
         )
         start_reaper(registry, task_group)
-        task_group.start_soon(broker.maintain)
+        start_guarded(task_group, "credential maintenance", broker.maintain)
         yield Gateway(config, store, registry, endpoint, broker)
 
 
@@ -157,7 +169,7 @@ def build_app(config: GatewayConfig) -> Starlette:
 
             async def reauthorise(binding: Binding) -> tuple[str, str, str]:
                 flow = await broker.reauthorise(binding)
-                return flow.id, flow.auth_kind, broker.flow_url(flow.id)
+                return flow.id, flow.auth_kind, broker.flow_url(flow)
 
             listing = [
                 *api_routes(gateway.store, cursor_key, authenticate),
@@ -170,12 +182,16 @@ def build_app(config: GatewayConfig) -> Starlette:
                 len(config.upstreams),
                 ", ".join(u.name for u in config.upstreams),
             )
-            yield
-            mcp.target = None
-            for route in listing:
-                app.router.routes.remove(route)
+            try:
+                yield
+            finally:  # /healthz and the MCP routes say so once the gateway has stopped, for any reason
+                mcp.target = None
+                for route in listing:
+                    app.router.routes.remove(route)
 
     async def health(request: Request) -> JSONResponse:
+        if mcp.target is None:
+            return JSONResponse({"status": "stopped"}, 503)
         return JSONResponse({"status": "ok"})
 
     routes = [

@@ -122,10 +122,8 @@ def _positive(text: str) -> int:
 
 
 def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
-    import uvicorn
-
-    from gateway.app import build_app
     from gateway.config import is_loopback_host
+    from gateway.serving import serve
 
     listen_host = host or config.listen.host
     if not config.auth.required and not is_loopback_host(listen_host):
@@ -135,15 +133,7 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(
-        build_app(config),
-        host=listen_host,
-        port=config.listen.port if port is None else port,
-        log_level="info",
-        access_log=False,
-        lifespan="on",
-    )
-    return 0
+    return serve(config, listen_host, config.listen.port if port is None else port)
 
 
 async def _create_key(

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
@@ -191,6 +191,13 @@ class GatewayConfig:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     public_url: str = "http://127.0.0.1:8080"  # the base of the URLs users open (OAuth, forms)
     secrets: SecretsConfig = field(default_factory=lambda: SecretsConfig(Path("mcpgw.keys")))
+    public_url_configured: bool = False  # else public_url follows the address served on
+
+    def served_at(self, host: str, port: int) -> "GatewayConfig":
+        """This config as served on `host`:`port` (after --host/--port, and once a port 0 is
+        bound): `public_url` names that address unless the config sets one."""
+        public_url = self.public_url if self.public_url_configured else local_url(host, port)
+        return replace(self, listen=ListenConfig(host, port), public_url=public_url)
 
 
 def config_path_from(arg: str | None) -> Path:
@@ -745,14 +752,16 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
         upstreams=tuple(upstreams),
         recording=_recording(model.recording),
-        public_url=(model.public_url or _local_url(model.listen)).rstrip("/"),
+        public_url=(model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/"),
         secrets=secrets,
+        public_url_configured=model.public_url is not None,
     )
 
 
-def _local_url(listen: _ListenModel) -> str:
-    host = f"[{listen.host}]" if ":" in listen.host and not listen.host.startswith("[") else listen.host
-    return f"http://{host}:{listen.port}"
+def local_url(host: str, port: int) -> str:
+    """The base URL of a gateway listening on `host`:`port`."""
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{port}"
 
 
 _AUTH_KEYS: dict[str, tuple[str, ...]] = {

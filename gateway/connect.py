@@ -44,7 +44,7 @@ _HEADERS = {
 def connect_routes(broker: CredentialBroker, authenticate: Authenticate) -> list[BaseRoute]:
     pages = _Pages(broker, authenticate)
     routes: list[BaseRoute] = [
-        Route("/connect/{flow_id}", pages.connect, methods=["GET", "POST"]),
+        Route("/connect/{link}", pages.connect, methods=["GET", "POST"]),
         Route("/oauth/callback", pages.callback, methods=["GET"]),
     ]
     if broker.document_url is not None:
@@ -63,10 +63,10 @@ class _Pages:
         self._authenticate = authenticate
 
     async def connect(self, request: Request) -> Response:
-        flow_id = request.path_params["flow_id"]
+        link = request.path_params["link"]
         try:
             caller = await self._caller(request)
-            flow, config = await self._broker.open_flow(flow_id, caller)
+            flow, config = await self._broker.open_flow(link, caller)
             if flow.auth_kind == "oauth":
                 if request.method != "GET":
                     return _page(405, "Open this link in a browser.")
@@ -74,7 +74,7 @@ class _Pages:
             if request.method == "GET":
                 return _form(config.name, config.auth.header_names)
             values = await _form_values(request)
-            await self._broker.submit_headers(flow_id, values, caller)
+            await self._broker.submit_headers(link, values, caller)
             return _page(
                 200, f"Saved. Your {config.name} credentials are connected; you can close this page."
             )
@@ -82,11 +82,11 @@ class _Pages:
             if problem.status == 422:
                 return _form(config.name, config.auth.header_names, problem.message, status=422)
             return _page(problem.status, problem.message)
-        except OAuthError as exc:
-            logger.warning("connect %s: %s", flow_id, exc)
+        except OAuthError as exc:  # the link is a capability: never in the log
+            logger.warning("connect page: %s", exc)
             return _page(502, f"The authorization server cannot be used right now: {exc}")
         except StoreError as exc:
-            logger.warning("connect %s: %s", flow_id, exc)
+            logger.warning("connect page: %s", exc)
             return _page(503, "The gateway's database is unavailable; try again shortly.")
 
     async def callback(self, request: Request) -> Response:

@@ -26,6 +26,12 @@ def headers_of(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1").strip(_OWS) for name, value in scope["headers"]}
 
 
+def is_json(headers: Mapping[str, str]) -> bool:
+    """Whether the body is declared JSON (`application/json`, any case, parameters allowed)."""
+    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type == "application/json"
+
+
 class BodyTooLarge(Exception):
     pass
 

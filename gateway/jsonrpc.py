@@ -23,6 +23,9 @@ INTERNAL_ERROR: Final = -32603
 UPSTREAM_UNAVAILABLE: Final = -32001
 UPSTREAM_TIMEOUT: Final = -32002
 REQUEST_CANCELLED: Final = -32800
+# orjson encodes no deeper than this, and reads up to 1024: a message between the two can be
+# read but never passed on, so each side refuses it where it arrives (see `TooDeep`).
+MAX_DEPTH: Final = 254
 
 
 class MessageError(ValueError):
@@ -34,8 +37,19 @@ class MessageError(ValueError):
         self.message = message
 
 
+class TooDeep(MessageError):
+    """A message nested deeper than `MAX_DEPTH`: `value` is what was read of it."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(INVALID_PARAMS, f"nested more than {MAX_DEPTH} levels deep")
+        self.value = value
+
+
 def dumps(message: Any) -> bytes:
-    return orjson.dumps(message)
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError as exc:  # only depth, for anything decoded from JSON
+        raise TooDeep(message) from exc
 
 
 def loads(body: bytes | str) -> Any:
@@ -43,6 +57,21 @@ def loads(body: bytes | str) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from exc
+
+
+def loads_relayable(body: bytes | str) -> Any:
+    """`loads`, refusing with `TooDeep` what could not be encoded again.
+
+    Counting brackets (at C speed, strings included, so it over-counts) clears nearly every
+    message; only one with more brackets than `MAX_DEPTH` pays for a trial encoding.
+    """
+    value = loads(body)
+    brackets = (
+        body.count(b"{") + body.count(b"[") if isinstance(body, bytes) else body.count("{") + body.count("[")
+    )
+    if brackets > MAX_DEPTH:
+        dumps(value)
+    return value
 
 
 def is_request(message: JSONObject) -> bool:

@@ -21,6 +21,7 @@ from gateway.httpio import (
     BodyTooLarge,
     EventStream,
     headers_of,
+    is_json,
     read_body,
     send_bytes,
     send_json,
@@ -28,7 +29,6 @@ from gateway.httpio import (
 )
 from gateway.jsonrpc import (
     INVALID_REQUEST,
-    REQUEST_CANCELLED,
     JSONObject,
     MessageError,
     check_message,
@@ -84,13 +84,18 @@ class LegacySse:
 
     async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
-        principal = await self.endpoint.admit(scope, headers_of(scope), send)
+        headers = headers_of(scope)
+        principal = await self.endpoint.admit(scope, headers, send)
         if principal is None:
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         connection = self._connections.get((query.get("session_id") or [""])[0])
         if connection is None or not principal.same_caller(connection.principal):
             await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
+            return
+        if not is_json(headers):
+            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
+            await send_json(send, 415, error(None, INVALID_REQUEST, text))
             return
         try:
             message = check_message(loads(await read_body(receive, self.endpoint.max_body_bytes)))
@@ -125,11 +130,4 @@ class LegacySse:
             await self.endpoint.proxy.response(current, message)
 
     async def _answer(self, stream: EventStream, session: HostSession, message: JSONObject) -> None:
-        response: JSONObject | None = None
-        with anyio.CancelScope() as scope:
-            session.host_requests[message["id"]] = scope
-            try:
-                response = await self.endpoint.proxy.request(session, message, stream)
-            finally:
-                session.host_requests.pop(message["id"], None)
-        await stream.send(response or error(message["id"], REQUEST_CANCELLED, "Request cancelled"))
+        await stream.send(await self.endpoint.proxy.answer(session, message, stream))

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from gateway.background import log_failure
 from gateway.errors import (
     AuthRequired,
     CredentialError,
@@ -34,6 +35,7 @@ from gateway.jsonrpc import (
     UPSTREAM_UNAVAILABLE,
     JSONObject,
     RequestId,
+    TooDeep,
     error,
     params_of,
     result,
@@ -77,6 +79,27 @@ class Proxy:
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
         }
+
+    async def answer(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Serve one request of a session's host to its final response, whatever happens: the
+        host may cancel it (notifications/cancelled: -32800, as the SDK's servers answer), and a
+        failure of the gateway's own is this request's -32603, not the transport's 500."""
+        request_id = message["id"]
+        if request_id in session.host_requests:
+            # Its upstream answers would be matched by id to either call: refuse the second.
+            text = f"Invalid Request: a request with id {request_id!r} is already in flight in this session"
+            return error(request_id, INVALID_REQUEST, text)
+        response: JSONObject | None = None
+        with anyio.CancelScope() as scope:
+            session.host_requests[request_id] = scope
+            try:
+                response = await self.request(session, message, sink)
+            except Exception as exc:
+                log_failure(f"session {session.id}: {message['method']}", exc)
+                response = error(request_id, INTERNAL_ERROR, "The gateway could not complete this request")
+            finally:
+                session.host_requests.pop(request_id, None)
+        return response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
 
     async def request(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None
@@ -149,7 +172,7 @@ class Proxy:
             if "logging" in upstream.capabilities:
                 try:
                     await session.forward(upstream.name, message, None)
-                except UpstreamError as exc:
+                except (UpstreamError, TooDeep) as exc:
                     logger.info("session %s: setLevel on %s failed: %s", session.id, upstream.name, exc)
         return result(message["id"], {})
 
@@ -167,7 +190,7 @@ class Proxy:
                 found = await self.router.route(session, kind, name, message)
                 forwarded = _renamed(message, field, found.original) if found.original != name else message
                 return await session.forward(found.upstream, forwarded, sink)
-            except (RoutingError, UpstreamError, CredentialError) as exc:
+            except (RoutingError, UpstreamError, CredentialError, TooDeep) as exc:
                 return _error_for(message, session, exc)[0]
         started, clock = time.time(), time.perf_counter()
         request_id = message["id"]
@@ -188,7 +211,7 @@ class Proxy:
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
-        except (RoutingError, UpstreamError, CredentialError) as exc:
+        except (RoutingError, UpstreamError, CredentialError, TooDeep) as exc:
             response, outcome = _error_for(message, session, exc)
             if isinstance(exc, AuthRequired):
                 await _offer_elicitation(session, exc, sink)
@@ -226,10 +249,12 @@ class Proxy:
 
 
 def _error_for(
-    message: JSONObject, session: HostSession, exc: UpstreamError | RoutingError | CredentialError
+    message: JSONObject, session: HostSession, exc: UpstreamError | RoutingError | CredentialError | TooDeep
 ) -> tuple[JSONObject, str]:
     """The host's answer to a request the gateway could not complete, and its recorded outcome."""
     request_id = message["id"]
+    if isinstance(exc, TooDeep):  # the host's own message: it cannot be passed on
+        return error(request_id, exc.code, f"Invalid params: {exc.message}"), "denied"
     if isinstance(exc, AuthRequired):
         return _auth_required(message, session, exc), "auth_required"
     if isinstance(exc, OAuthError) and not exc.permanent:  # an outage at the authorization server
@@ -296,5 +321,5 @@ def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:
 async def _quietly(pending: Awaitable[None]) -> None:
     try:
         await pending
-    except UpstreamError as exc:
+    except (UpstreamError, TooDeep) as exc:
         logger.info("could not pass a message upstream: %s", exc)

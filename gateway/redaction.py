@@ -4,15 +4,24 @@ Two passes, both before anything is written:
 - **key names**: any value under a key whose words contain a secret-looking name
   (`authorization`, `password`, `token`, `api_key`, …) is replaced, whatever its type, also
   inside strings that hold JSON (a JSON-encoded argument, a tool's JSON text content).
-  Keys are compared word by word (`accessToken`, `access_token` and `X-Access-Token` are the
-  words access+token), so `token` catches `refresh_token` but not `max_tokens`.
+  Keys are split into words at case changes and separators, and a secret name matches any run
+  of consecutive words whatever their case and separators (`accessKey`, `ACCESS-KEY` and
+  `access_key` are all access+key; `pass_code` is passcode), so `token` catches
+  `refresh_token` but not `max_tokens`.
 - **values**: substrings of any string that look like credentials (bearer tokens, JWTs, PEM
-  private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_`) are replaced,
-  in text content too. Patterns run on each string value, never on the JSON text, so no
-  pattern can break the JSON.
+  private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_`, the password
+  of a `scheme://user:password@host` URL, a connect link's token) are replaced, in text
+  content too; so is the value of an assignment in text whose name is a secret key
+  (`password=…`, `PWD: '…'`, `?access_token=…`). Patterns run on each string value, never on
+  the JSON text, so no pattern can break the JSON.
+
+`redact_text` applies the value rules to one line of text: the gateway's log uses it for what
+stdio upstreams write on stderr.
 
 Then the JSON text is capped at `max_bytes` (UTF-8), cut at a character boundary and flagged,
-so a truncated value is no longer valid JSON and says so.
+so a truncated value is no longer valid JSON and says so. Values nested deeper than
+`MAX_RECORDED_DEPTH` are replaced by `NESTED_TOO_DEEP` and flagged the same way: a host may send
+(and an upstream answer) JSON deeper than the encoder goes, and its record must still be written.
 """
 
 from __future__ import annotations
@@ -27,17 +36,25 @@ import orjson
 __all__ = ["DEFAULT_SECRET_KEYS", "DEFAULT_SECRET_PATTERNS", "REDACTED", "Redactor"]
 
 REDACTED = "[REDACTED]"
+NESTED_TOO_DEEP = "[TRUNCATED: nested too deep]"
+MAX_RECORDED_DEPTH = 128  # well inside both the encoder's 254 and Python's recursion limit
 
 DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "authorization",
     "auth",
     "password",
     "passwd",
+    "pwd",
     "passphrase",
+    "passcode",
     "secret",
     "token",
     "api_key",
+    "access_key",
+    "private",
     "private_key",
+    "session_key",
+    "signature",
     "cookie",
     "credential",
     "credentials",
@@ -57,9 +74,13 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     r"\b[rsp]k_(?:live|test)_[A-Za-z0-9]{16,}",  # Stripe
     r"\bnpm_[A-Za-z0-9]{36}\b",
     r"\bpypi-[A-Za-z0-9_-]{50,}",
+    r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # user:password in a URL
+    r"(?<=/connect/)[A-Za-z0-9_-]{32,}",  # the gateway's own connect links: each is a capability
 )
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# `name = value`, `name: 'value'`, `?name=value&`: the value is replaced when the name is secret.
+_ASSIGNMENT = re.compile(r"""([A-Za-z_][A-Za-z0-9_.-]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;"']+)""")
 
 
 def _words(key: str) -> tuple[str, ...]:
@@ -74,40 +95,79 @@ class Redactor:
         patterns: Sequence[str] = DEFAULT_SECRET_PATTERNS,
         max_bytes: int = 64 * 1024,
     ) -> None:
-        self._key_words = [_words(k) for k in keys if _words(k)]
-        self._joined = frozenset("".join(words) for words in self._key_words)
+        self._joined = frozenset("".join(_words(k)) for k in keys if _words(k))
+        self._longest = max(map(len, self._joined), default=0)
         self._values = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
         self._max_bytes = max_bytes
-        self.is_secret_key = lru_cache(maxsize=4096)(self._is_secret_key)
+        self._cached_is_secret_key = lru_cache(maxsize=4096)(self._is_secret_key)
+
+    @classmethod
+    def with_defaults(
+        cls, keys: Sequence[str] = (), patterns: Sequence[str] = (), max_bytes: int = 64 * 1024
+    ) -> Redactor:
+        """The built-in rules plus configured ones (`recording.redact`): for the record and the log."""
+        return cls(
+            keys=(*DEFAULT_SECRET_KEYS, *keys),
+            patterns=(*DEFAULT_SECRET_PATTERNS, *patterns),
+            max_bytes=max_bytes,
+        )
+
+    def is_secret_key(self, key: str) -> bool:
+        # Keys come from hosts and upstreams: only short ones are cached, so the cache cannot
+        # be made to hold megabytes.
+        return self._cached_is_secret_key(key) if len(key) <= 64 else self._is_secret_key(key)
 
     def _is_secret_key(self, key: str) -> bool:
+        # A secret written as one word ("apikey") or as several ("api_key", "ApiKey") joins to
+        # the same text; so any run of the key's words, joined, that is a secret is one.
         words = _words(key)
-        if any(word in self._joined for word in words):  # "apikey", "accesstoken" as one word
-            return True
-        return any(
-            words[i : i + len(secret)] == secret
-            for secret in self._key_words
-            for i in range(len(words) - len(secret) + 1)
-        )
+        for start in range(len(words)):
+            joined = ""
+            for end in range(start, len(words)):
+                joined += words[end]
+                if len(joined) > self._longest:
+                    break
+                if joined in self._joined:
+                    return True
+        return False
+
+    def redact_text(self, text: str) -> str:
+        """`text` with secret-looking values and assignments to secret-looking names replaced."""
+        if self._values is not None:
+            text = self._values.sub(REDACTED, text)
+        return _ASSIGNMENT.sub(self._assignment, text)
+
+    def _assignment(self, match: re.Match[str]) -> str:
+        name, separator, value = match.groups()
+        if value == REDACTED or not self.is_secret_key(name):
+            return match.group(0)
+        return f"{name}{separator}{REDACTED}"
 
     def clean(self, value: Any) -> Any:
         """`value` with secrets replaced; the very same object where nothing changed."""
+        return self._clean(value, 0, _Cut())
+
+    def _clean(self, value: Any, depth: int, cut: _Cut) -> Any:
+        if isinstance(value, dict | list) and depth >= MAX_RECORDED_DEPTH:
+            cut.happened = True
+            return NESTED_TOO_DEEP
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for key, item in value.items():
-                new = REDACTED if isinstance(key, str) and self.is_secret_key(key) else self.clean(item)
+                secret = isinstance(key, str) and self.is_secret_key(key)
+                new = REDACTED if secret else self._clean(item, depth + 1, cut)
                 if new is not item:
                     out = dict(value) if out is None else out
                     out[key] = new
             return value if out is None else out
         if isinstance(value, list):
-            items = [self.clean(item) for item in value]
+            items = [self._clean(item, depth + 1, cut) for item in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
         if isinstance(value, str):
-            return self._clean_text(value)
+            return self._clean_text(value, depth, cut)
         return value
 
-    def _clean_text(self, text: str) -> str:
+    def _clean_text(self, text: str, depth: int, cut: _Cut) -> str:
         if text[:1] in ("{", "["):
             # JSON carried as a string (arguments, text content) is cleaned as structure too,
             # and re-serialised only when something in it changed.
@@ -116,18 +176,26 @@ class Redactor:
             except orjson.JSONDecodeError:
                 pass
             else:
-                cleaned = self.clean(parsed)
+                cleaned = self._clean(parsed, depth, cut)
                 return text if cleaned is parsed else orjson.dumps(cleaned).decode()
-        if self._values is None:
-            return text
-        replaced = self._values.sub(REDACTED, text)
+        replaced = self.redact_text(text)
         return text if replaced == text else replaced
 
     def render(self, value: Any) -> tuple[str | None, bool]:
         """`value` as redacted JSON text, capped; and whether it was truncated. None stays None."""
         if value is None:
             return None, False
-        encoded = orjson.dumps(self.clean(value))
+        cut = _Cut()
+        encoded = orjson.dumps(self._clean(value, 0, cut))
         if len(encoded) <= self._max_bytes:
-            return encoded.decode(), False
+            return encoded.decode(), cut.happened
         return encoded[: self._max_bytes].decode("utf-8", "ignore"), True
+
+
+class _Cut:
+    """Whether cleaning cut a value short (one per `render`, so the redactor stays shareable)."""
+
+    __slots__ = ("happened",)
+
+    def __init__(self) -> None:
+        self.happened = False

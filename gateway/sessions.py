@@ -21,6 +21,7 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from gateway.background import every, start_guarded
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
 from gateway.eras import to_handshake_request, with_server_info
@@ -417,12 +418,6 @@ class SessionRegistry:
             else:
                 await session.reap_idle_upstreams(now)
 
-    async def run_reaper(self, interval_s: float) -> None:
-        while True:
-            # A periodic sweep: the interval is a schedule, not synchronisation.
-            await anyio.sleep(interval_s)
-            await self.reap()
-
     async def aclose(self) -> None:
         for session in list(self._sessions.values()):
             await self.end(session, "shutdown")
@@ -438,4 +433,4 @@ def client_id_of(name: object) -> str | None:
 
 
 def start_reaper(registry: SessionRegistry, task_group: TaskGroup, interval_s: float = 15.0) -> None:
-    task_group.start_soon(registry.run_reaper, interval_s)
+    start_guarded(task_group, "the session reaper", every, interval_s, "reaping idle sessions", registry.reap)

@@ -15,6 +15,7 @@ the `requestState` the gateway minted) carries the answers up, and the call goes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -34,6 +35,7 @@ from mcp_types.methods import CLIENT_REQUESTS, SPEC_CLIENT_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
+from gateway.background import log_failure, start_guarded
 from gateway.eras import to_modern_response, with_server_info
 from gateway.errors import UpstreamError
 from gateway.forwarding import forwarded_headers, param_headers
@@ -207,10 +209,17 @@ class StatelessHandler:
             _carry(headers)
             async with sender:
                 with call.scope:
-                    response = await self.proxy.request(session, message, _CallSink(sender))
-                    await sender.send(("done", response))
+                    try:
+                        response = await self.proxy.request(session, message, _CallSink(sender))
+                    except Exception as exc:  # this call's failure must reach its host, not the group
+                        log_failure(f"session {session.id}: {message['method']}", exc)
+                        response = error(
+                            message["id"], INTERNAL_ERROR, "The gateway could not complete this request"
+                        )
+                    with contextlib.suppress(anyio.BrokenResourceError):  # the host gave up on it
+                        await sender.send(("done", response))
 
-        self.task_group.start_soon(run)
+        start_guarded(self.task_group, f"session {session.id}: a suspendable call", run)
         return call
 
     async def _drive(self, call: _Call, request_id: Any, receive: Receive, send: Send) -> None:

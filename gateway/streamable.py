@@ -9,6 +9,7 @@ opens the session's server-to-host stream and DELETE ends the session.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -18,6 +19,7 @@ import anyio
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
+from gateway.background import log_failure
 from gateway.hostauth import HostAuth, Principal
 from gateway.httpio import (
     BodyTooLarge,
@@ -25,6 +27,7 @@ from gateway.httpio import (
     OriginGuard,
     ResponseStream,
     headers_of,
+    is_json,
     read_body,
     send_bytes,
     send_json,
@@ -33,7 +36,6 @@ from gateway.httpio import (
 from gateway.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
-    REQUEST_CANCELLED,
     JSONObject,
     MessageError,
     check_message,
@@ -114,6 +116,14 @@ class Endpoint:
         return session, result(message["id"], answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        except Exception as exc:  # one request's failure: one log line and a JSON answer, no more
+            log_failure(f"{scope['method']} {scope['path']}", exc)
+            with contextlib.suppress(Exception):  # unless its response had already begun
+                await send_json(send, 500, error(None, INTERNAL_ERROR, "Internal error"))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
         principal = await self.admit(scope, headers, send)
         if principal is None:
@@ -136,6 +146,10 @@ class Endpoint:
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
     ) -> None:
+        if not is_json(headers):
+            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
+            await send_json(send, 415, error(None, INVALID_REQUEST, text))
+            return
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLarge:
@@ -169,15 +183,7 @@ class Endpoint:
             stream = ResponseStream(
                 send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
             )
-            response: JSONObject | None = None
-            with anyio.CancelScope() as cancel_scope:
-                session.host_requests[message["id"]] = cancel_scope
-                try:
-                    response = await self.proxy.request(session, message, stream)
-                finally:
-                    session.host_requests.pop(message["id"], None)
-            # A cancelled request is answered as the SDK's servers do: -32800.
-            await stream.finish(response or error(message["id"], REQUEST_CANCELLED, "Request cancelled"))
+            await stream.finish(await self.proxy.answer(session, message, stream))
             return
         if is_notification(message):
             await self.proxy.notification(session, message)
@@ -193,6 +199,11 @@ class Endpoint:
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
     async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            text = f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}"
+            await send_json(send, 400, error(None, INVALID_REQUEST, text))
+            return None
         session_id = headers.get("mcp-session-id")
         if not session_id:
             await send_json(

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 
 from gateway.config import RecordingConfig
 from gateway.recorder import CallRecord, RecordingFailed
-from gateway.redaction import DEFAULT_SECRET_KEYS, DEFAULT_SECRET_PATTERNS, Redactor
+from gateway.redaction import Redactor
 from store import InvocationRecord, RecordEvent, SessionEnd, SessionStart, Store, StoreError, StoreUnavailable
 
 __all__ = ["StoreRecorder", "running_recorder"]
@@ -62,10 +62,8 @@ class StoreRecorder:
     def __init__(self, store: Store, config: RecordingConfig, task_group: TaskGroup) -> None:
         self._store = store
         self._config = config
-        self._redactor = Redactor(
-            keys=(*DEFAULT_SECRET_KEYS, *config.redact_keys),
-            patterns=(*DEFAULT_SECRET_PATTERNS, *config.redact_patterns),
-            max_bytes=config.max_payload_bytes,
+        self._redactor = Redactor.with_defaults(
+            config.redact_keys, config.redact_patterns, config.max_payload_bytes
         )
         self._queue: deque[_Pending] = deque()
         self._queued = asyncio.Event()

@@ -1,8 +1,16 @@
-"""Opening and configuring the aiosqlite connection a SqliteStore runs on."""
+"""Opening and configuring the aiosqlite connection a SqliteStore runs on.
+
+The database holds hashed keys, sealed credentials and every recorded call, so it is created
+readable by its owner only (as the key file is), and a looser file from before is tightened;
+SQLite gives the WAL and shared-memory files it creates the database file's mode.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +22,15 @@ import anyio.to_thread
 from ._sqlite_errors import is_busy
 
 __all__ = ["BUSY_TIMEOUT_MS", "configure", "connect", "connect_blocking"]
+
+logger = logging.getLogger(__name__)
+
+# aiosqlite logs every statement it runs, with its parameters, at DEBUG: hashes of API keys,
+# sealed secrets, recorded arguments. Nothing turns that on by accident.
+logging.getLogger("aiosqlite").addFilter(lambda record: record.levelno > logging.DEBUG)
+
+_OWNER_ONLY = 0o600
+_BESIDE = ("", "-wal", "-shm", "-journal")
 
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another connection's lock before failing."""
@@ -31,13 +48,7 @@ async def connect(path: str | Path) -> aiosqlite.Connection:
     aiosqlite: when ``aiosqlite.connect`` itself fails to open a file it leaves its worker
     thread finishing after the caller has moved on (a thread exception once the loop closes).
     """
-    opener = partial(
-        sqlite3.connect,
-        path,
-        timeout=BUSY_TIMEOUT_MS / 1000,
-        isolation_level=None,
-        check_same_thread=False,  # used by one thread at a time: this one, then aiosqlite's
-    )
+    opener = partial(_open_owner_only, path)
     with anyio.CancelScope(shield=True):  # opening does not wait for locks; keep the result
         raw = await anyio.to_thread.run_sync(opener)
     try:
@@ -46,6 +57,32 @@ async def connect(path: str | Path) -> aiosqlite.Connection:
     except BaseException:
         raw.close()
         raise
+
+
+def _open_owner_only(path: str | Path) -> sqlite3.Connection:
+    if str(path) != ":memory:" and not str(path).startswith("file:"):
+        _make_owner_only(Path(path))
+    return sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,  # used by one thread at a time: this one, then aiosqlite's
+    )
+
+
+def _make_owner_only(path: Path) -> None:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, _OWNER_ONLY))  # an existing file keeps its mode...
+    except OSError:
+        return  # SQLite reports what is wrong with the path, as the store's own error
+    for file in (path.with_name(path.name + suffix) for suffix in _BESIDE):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:  # ...so one readable by others is tightened, with a word to the operator
+            file.chmod(mode & 0o700)
+            logger.warning("%s was readable by others (mode %o); now by its owner only", file, mode)
 
 
 async def configure(conn: aiosqlite.Connection) -> None:

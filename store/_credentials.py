@@ -69,7 +69,8 @@ LIMIT :limit
 
 
 def state_hash(state: str) -> str:
-    """What the database keeps of an OAuth ``state``: enough to find the flow, not to forge one."""
+    """What the database keeps of an OAuth ``state`` or a connect link's token: enough to find
+    the flow, not to forge one."""
     return hashlib.sha256(state.encode()).hexdigest()
 
 
@@ -305,10 +306,10 @@ class CredentialSql:
         now: datetime,
         expires_at: datetime,
     ) -> None:
-        state = secret.get("state")
+        state, link = secret.get("state"), secret.get("link")
         await self._run(
-            f"INSERT INTO auth_flows ({_FLOW_COLUMNS}, state_hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            f"INSERT INTO auth_flows ({_FLOW_COLUMNS}, state_hash, link_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
             (
                 flow_id,
                 *_binding(binding),
@@ -318,11 +319,19 @@ class CredentialSql:
                 to_unix_ms(now),
                 to_unix_ms(expires_at),
                 state_hash(state) if isinstance(state, str) else None,
+                state_hash(link) if isinstance(link, str) else None,
             ),
         )
 
     async def flow(self, flow_id: str) -> AuthFlow | None:
         row = await self._one(f"SELECT {_FLOW_COLUMNS} FROM auth_flows WHERE id = ?", (flow_id,))
+        return None if row is None else self._flow(row)
+
+    async def flow_by_link(self, link: str) -> AuthFlow | None:
+        """The flow whose connect link ends in ``link`` (its ``secret["link"]``)."""
+        row = await self._one(
+            f"SELECT {_FLOW_COLUMNS} FROM auth_flows WHERE link_hash = ?", (state_hash(link),)
+        )
         return None if row is None else self._flow(row)
 
     async def flow_by_state(self, state: str) -> AuthFlow | None:

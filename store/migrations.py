@@ -144,6 +144,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX auth_flows_by_binding ON auth_flows(organisation_id, upstream, auth_mode, subject);
     CREATE INDEX auth_flows_by_expiry ON auth_flows(expires_at);
     """,
+    # 5: a flow's connect link is a capability, so the database keeps only its hash (and the
+    # link itself sealed inside `secret`, so a live flow can be offered again). Flows from
+    # before used their id as the link: they are dropped (they lived 15 minutes at most).
+    """
+    ALTER TABLE auth_flows ADD COLUMN link_hash TEXT;
+    CREATE UNIQUE INDEX auth_flows_by_link ON auth_flows(link_hash);
+    DELETE FROM auth_flows;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -82,6 +82,12 @@ class Store(Protocol):
         (not counting the invocations that go with a deleted session)."""
         ...
 
+    async def end_open_sessions(self, reason: str) -> int:
+        """End every session the record shows open, as of its last call, with ``reason``; return
+        how many. Run at start: the sessions open then are a previous run's, which stopped
+        without ending them (killed, or its machine went down)."""
+        ...
+
     async def list_sessions(
         self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
     ) -> Page[RecordedSession]:

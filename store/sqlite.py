@@ -234,6 +234,14 @@ class SqliteStore:
                         break
         return deleted
 
+    async def end_open_sessions(self, reason: str) -> int:
+        with translated("end open sessions"):
+            async with self._conn.execute(
+                "UPDATE sessions SET ended_at = last_call_at, end_reason = ? WHERE ended_at IS NULL",
+                (reason,),
+            ) as cursor:
+                return cursor.rowcount
+
     async def list_sessions(
         self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
     ) -> Page[RecordedSession]:

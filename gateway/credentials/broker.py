@@ -12,6 +12,8 @@ refreshed on use, one refresh in flight per credential; a refresh the server ref
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +24,7 @@ from fnmatch import fnmatchcase
 import anyio
 import httpx2
 
+from gateway.background import every
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.credentials.oauth import OAuthUpstream, Tokens, document_url_for, new_pkce_secret
 from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
@@ -34,6 +37,7 @@ FLOW_TTL = timedelta(minutes=15)
 _REFRESH_AHEAD = timedelta(seconds=60)  # refresh a token this long before it expires
 _CACHE_S = 30.0
 _MAINTAIN_S = 60.0
+_LINK = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 Verifier = Callable[[UpstreamConfig, Mapping[str, str]], Awaitable[None]]
 Listener = Callable[[Binding], Awaitable[None]]
@@ -73,8 +77,9 @@ class CredentialBroker:
         """Call `listener` when a binding gets a fresh credential (its sessions re-list tools)."""
         self._listeners.append(listener)
 
-    def flow_url(self, flow_id: str) -> str:
-        return f"{self._public_url}/connect/{flow_id}"
+    def flow_url(self, flow: AuthFlow) -> str:
+        """The flow's connect link. Its last part is a capability: kept sealed and hashed only."""
+        return f"{self._public_url}/connect/{flow.secret['link']}"
 
     # -- using credentials ---------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class CredentialBroker:
 
     async def auth_required(self, config: UpstreamConfig, binding: Binding, reason: str) -> AuthRequired:
         flow = await self.start_flow(config, binding, reuse=True)
-        return AuthRequired(config.name, self.flow_url(flow.id), flow.id, reason=reason)
+        return AuthRequired(config.name, self.flow_url(flow), flow.id, reason=reason)
 
     async def start_flow(self, config: UpstreamConfig, binding: Binding, *, reuse: bool) -> AuthFlow:
         """A pending flow for `binding`: a live one from before if `reuse` and it has time left."""
@@ -204,7 +209,7 @@ class CredentialBroker:
             if live is not None:
                 return live
         flow_id = str(uuid.uuid4())
-        secret = new_pkce_secret() if kind == "oauth" else {}
+        secret = {**(new_pkce_secret() if kind == "oauth" else {}), "link": secrets.token_urlsafe(32)}
         await self._store.credentials.create_flow(
             flow_id, binding, kind, secret=secret, oauth_client_id=None, now=now, expires_at=now + FLOW_TTL
         )
@@ -212,9 +217,9 @@ class CredentialBroker:
         assert flow is not None
         return flow
 
-    async def open_flow(self, flow_id: str, caller: Principal | None) -> tuple[AuthFlow, UpstreamConfig]:
-        """The flow behind a connect URL, if it can still be used, by this caller."""
-        flow = await self._store.credentials.flow(flow_id) if _is_uuid(flow_id) else None
+    async def open_flow(self, link: str, caller: Principal | None) -> tuple[AuthFlow, UpstreamConfig]:
+        """The flow behind a connect link, if it can still be used, by this caller."""
+        flow = await self._store.credentials.flow_by_link(link) if _LINK.fullmatch(link) else None
         if flow is None:
             raise FlowProblem(404, "There is no such connection request.")
         config = self._upstreams.get(flow.binding.upstream)
@@ -264,10 +269,8 @@ class CredentialBroker:
         await self._keep(flow.binding, "token", tokens.as_secret(), (), client.id, tokens)
         return flow.binding
 
-    async def submit_headers(
-        self, flow_id: str, values: Mapping[str, str], caller: Principal | None
-    ) -> Binding:
-        flow, config = await self.open_flow(flow_id, caller)
+    async def submit_headers(self, link: str, values: Mapping[str, str], caller: Principal | None) -> Binding:
+        flow, config = await self.open_flow(link, caller)
         if flow.auth_kind != "headers":
             raise FlowProblem(400, "This connection request is not a header form.")
         given = {name.lower(): value.strip() for name, value in values.items()}
@@ -333,16 +336,16 @@ class CredentialBroker:
 
     async def maintain(self, interval_s: float = _MAINTAIN_S) -> None:
         """Reconcile statuses at start and then every `interval_s`; drop flows long expired."""
-        while True:
-            try:
-                changed = await self.reconcile()
-                if changed:
-                    logger.info("credentials: %d status change(s) after a policy check", changed)
-                await self._store.credentials.prune_flows(utc_now() - timedelta(days=1))
-            except StoreError as exc:
-                logger.warning("credentials: maintenance skipped: %s", exc)
-            # A periodic sweep: the interval is a schedule, not synchronisation.
-            await anyio.sleep(interval_s)
+        await every(interval_s, "credential maintenance", self._maintain_once)
+
+    async def _maintain_once(self) -> None:
+        try:
+            changed = await self.reconcile()
+            if changed:
+                logger.info("credentials: %d status change(s) after a policy check", changed)
+            await self._store.credentials.prune_flows(utc_now() - timedelta(days=1))
+        except StoreError as exc:
+            logger.warning("credentials: maintenance skipped: %s", exc)
 
     async def reconcile(self) -> int:
         """Bring statuses in line with config and key policy: orphaned when the identity lost
@@ -403,10 +406,3 @@ def _same_identity(binding: Binding, caller: Principal) -> bool:
     if binding.auth_mode == "vk":
         return caller.api_key_id == binding.subject
     return True  # a session has no other proof of identity than holding the URL
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False

@@ -25,10 +25,11 @@ from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import forwarded_headers
 from gateway.jsonrpc import JSONObject, notification
+from gateway.redaction import Redactor
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
-from gateway.upstream.stdio import StdioChannel
+from gateway.upstream.stdio import StderrLog, StdioChannel
 from gateway.upstream.wire import Pool
 
 MODERN_VERSION = "2026-07-28"
@@ -128,8 +129,10 @@ class Connector:
         task_group: TaskGroup,
         pool: Pool | None = None,
         sse_client: httpx2.AsyncClient | None = None,
+        log_redactor: Redactor | None = None,
     ) -> None:
         self.config = config
+        self._log_redactor = log_redactor or Redactor.with_defaults()
         self._task_group = task_group
         self._pool = pool
         self._sse_client = sse_client
@@ -241,7 +244,13 @@ class Connector:
         config = self.config
         if config.transport == "stdio":
             return await StdioChannel.start(
-                config.name, config.command, config.env, config.cwd, unsolicited, self._task_group
+                config.name,
+                config.command,
+                config.env,
+                config.cwd,
+                unsolicited,
+                self._task_group,
+                StderrLog(config.name, self._log_redactor),
             )
         if config.transport == "http":
             assert self._pool is not None

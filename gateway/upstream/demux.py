@@ -8,13 +8,27 @@ sampling, roots) goes to the newest call still running; anything else is `unsoli
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
 
-from gateway.jsonrpc import JSONObject, RequestId, meta_of
+from gateway.jsonrpc import (
+    MAX_DEPTH,
+    UPSTREAM_UNAVAILABLE,
+    JSONObject,
+    MessageError,
+    RequestId,
+    TooDeep,
+    error,
+    is_response,
+    loads_relayable,
+    meta_of,
+)
 from gateway.upstream.channel import MessageSink, Unsolicited
+
+logger = logging.getLogger(__name__)
 
 _CALL_SCOPED = frozenset(
     {"notifications/message", "elicitation/create", "sampling/createMessage", "roots/list"}
@@ -30,7 +44,8 @@ class Pending:
 
 
 class Demux:
-    def __init__(self, unsolicited: Unsolicited) -> None:
+    def __init__(self, name: str, unsolicited: Unsolicited) -> None:
+        self._name = name
         self._unsolicited = unsolicited
         self._pending: dict[RequestId, Pending] = {}
 
@@ -41,6 +56,29 @@ class Demux:
 
     def forget(self, request_id: RequestId) -> None:
         self._pending.pop(request_id, None)
+
+    async def dispatch_raw(self, raw: bytes | str) -> None:
+        """Decode one message read off the stream and dispatch it. What is not a message is
+        skipped (the stream goes on); a response nested too deep to relay answers its call
+        with an error instead."""
+        try:
+            message = loads_relayable(raw)
+        except TooDeep as exc:
+            logger.warning(
+                "upstream %s: a message nested over %d levels deep; not relayed", self._name, MAX_DEPTH
+            )
+            message = self._stand_in(exc.value)
+        except MessageError:
+            logger.warning("upstream %s: skipping something on its stream that is not JSON", self._name)
+            return
+        if isinstance(message, dict):
+            await self.dispatch(message)
+
+    def _stand_in(self, message: object) -> JSONObject | None:
+        if not isinstance(message, dict) or not is_response(message) or "id" not in message:
+            return None
+        text = f"upstream {self._name!r}: answered with JSON nested more than {MAX_DEPTH} levels deep"
+        return error(message["id"], UPSTREAM_UNAVAILABLE, text)
 
     async def dispatch(self, message: JSONObject) -> None:
         method = message.get("method")

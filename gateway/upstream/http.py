@@ -20,8 +20,9 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 
+from gateway.background import start_guarded
 from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
+from gateway.jsonrpc import MAX_DEPTH, JSONObject, MessageError, TooDeep, dumps, loads_relayable
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.events import Event, EventDecoder, EventStreamError
 from gateway.upstream.wire import ConnectTimeout, Pool, Response, WireError
@@ -72,8 +73,9 @@ class HttpChannel:
         self, message: JSONObject, sink: MessageSink | None, headers: Mapping[str, str] | None = None
     ) -> JSONObject:
         request_headers = await self._headers(message, headers)
+        body = dumps(message)  # TooDeep reaches the caller: the message's fault, not the upstream's
         try:
-            resp = await self._pool.request("POST", request_headers, dumps(message))
+            resp = await self._pool.request("POST", request_headers, body)
             try:
                 if message.get("method") == "initialize":
                     self._session_id = resp.headers.get("mcp-session-id")
@@ -81,13 +83,16 @@ class HttpChannel:
                     return await self._error_response(resp, message)
                 if resp.headers.get("content-type", "").startswith("text/event-stream"):
                     return await self._relay_stream(resp, message, sink)
-                return _as_response(loads(await resp.read()), message)
+                return _as_response(loads_relayable(await resp.read()), message)
             finally:
                 resp.close()
         except ConnectTimeout as exc:
             raise UpstreamUnavailable(self._name, f"connection timed out ({exc})") from exc
         except WireError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
+        except TooDeep as exc:
+            reason = f"answered with JSON nested more than {MAX_DEPTH} levels deep"
+            raise UpstreamUnavailable(self._name, reason) from exc
         except MessageError as exc:
             raise UpstreamUnavailable(
                 self._name, f"sent a body that is not a JSON-RPC message: {exc}"
@@ -102,7 +107,7 @@ class HttpChannel:
     def start_listening(self, task_group: TaskGroup) -> None:
         """Open the GET stream through which the upstream sends messages tied to no request."""
         if self._modern_version is None and self._session_id is not None:
-            task_group.start_soon(self._listen)
+            start_guarded(task_group, f"upstream {self._name}: its GET stream", self._listen)
         else:
             self.listening.set()
 
@@ -167,7 +172,7 @@ class HttpChannel:
         if resp.status in (401, 403):
             raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status})")
         try:
-            parsed = loads(body)
+            parsed = loads_relayable(body)
         except MessageError:
             parsed = None
         if isinstance(parsed, dict) and "error" in parsed:
@@ -179,9 +184,10 @@ class HttpChannel:
         raise UpstreamUnavailable(self._name, f"answered HTTP {resp.status}")
 
     async def _post_one_way(self, message: JSONObject) -> None:
+        body = dumps(message)  # TooDeep reaches the caller: the message's fault, not the upstream's
         try:
             async with asyncio.timeout(_ONE_WAY_S):
-                resp = await self._pool.request("POST", await self._headers(message, None), dumps(message))
+                resp = await self._pool.request("POST", await self._headers(message, None), body)
                 try:
                     await resp.read()
                 finally:
@@ -235,7 +241,7 @@ def _message_in(event: Event) -> JSONObject | None:
     """The JSON-RPC message an event carries; None for priming events and keep-alives."""
     if not event.data:
         return None
-    received = loads(event.data)
+    received = loads_relayable(event.data)
     return received if isinstance(received, dict) else None
 
 

@@ -14,8 +14,9 @@ import anyio
 import httpx2
 from anyio.abc import TaskGroup
 
+from gateway.background import start_guarded
 from gateway.errors import UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
+from gateway.jsonrpc import JSONObject, dumps
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
 
@@ -27,7 +28,7 @@ class SseChannel:
         self._name = name
         self._client = client
         self._url = url
-        self._demux = Demux(unsolicited)
+        self._demux = Demux(name, unsolicited)
         self._endpoint: str | None = None
         self._ready = anyio.Event()
         self._closed = False
@@ -38,7 +39,7 @@ class SseChannel:
         cls, name: str, client: httpx2.AsyncClient, url: str, unsolicited: Unsolicited, task_group: TaskGroup
     ) -> SseChannel:
         channel = cls(name, client, url, unsolicited)
-        task_group.start_soon(channel._run)
+        start_guarded(task_group, f"upstream {name}: reading its event stream", channel._run)
         await channel._ready.wait()
         if channel._endpoint is None:
             raise UpstreamUnavailable(name, "the SSE stream closed before naming its message endpoint")
@@ -69,8 +70,9 @@ class SseChannel:
         if self._closed or self._endpoint is None:
             raise UpstreamUnavailable(self._name, "the SSE stream is closed")
         headers = {"content-type": "application/json"}
+        body = dumps(message)  # TooDeep reaches the caller: the message's fault, not the upstream's
         try:
-            response = await self._client.post(self._endpoint, content=dumps(message), headers=headers)
+            response = await self._client.post(self._endpoint, content=body, headers=headers)
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc or type(exc).__name__}") from exc
         if response.status_code >= 400:
@@ -91,10 +93,8 @@ class SseChannel:
                             self._endpoint = self._same_origin(urljoin(self._url, event.data))
                             self._ready.set()
                         elif event.data:
-                            received = loads(event.data)
-                            if isinstance(received, dict):
-                                await self._demux.dispatch(received)
-            except (httpx2.HTTPError, MessageError) as exc:
+                            await self._demux.dispatch_raw(event.data)
+            except httpx2.HTTPError as exc:
                 logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
             finally:
                 self._closed = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from subprocess import PIPE
 
@@ -18,14 +19,66 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp.client.stdio import get_default_environment
 from mcp.os.posix.utilities import terminate_posix_process_tree
 
+from gateway.background import start_guarded
 from gateway.errors import UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, MessageError, dumps, loads
+from gateway.jsonrpc import JSONObject, dumps
+from gateway.redaction import Redactor
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
 
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+_STDERR_LINE_BYTES = 64 * 1024  # read; what is logged of a line is cut far shorter
+_STDERR_LOGGED_CHARS = 2000
+_STREAM_ENDED = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+class StderrLog:
+    """A child's stderr in the gateway's log, safe to keep: each line redacted with the record's
+    rules and cut short, at most `burst` lines per `window_s` (the rest counted, and the count
+    logged once the window is over), so a chatty or hostile child can neither leak secrets
+    into the log nor flood it."""
+
+    def __init__(self, name: str, redactor: Redactor, burst: int = 50, window_s: float = 10.0) -> None:
+        self._name = name
+        self._redactor = redactor
+        self._burst = burst
+        self._window_s = window_s
+        self._window_start = -window_s
+        self._logged = 0
+        self._dropped = 0
+
+    def line(self, raw: bytes) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self._window_s:
+            self.flush()
+            self._window_start, self._logged = now, 0
+        if self._logged >= self._burst:
+            self._dropped += 1
+            return
+        self._logged += 1
+        text = raw.decode(errors="replace").rstrip()
+        if len(text) > _STDERR_LOGGED_CHARS:
+            text = f"{text[:_STDERR_LOGGED_CHARS]}… ({len(text)} characters)"
+        logger.info("upstream %s stderr: %s", self._name, self._redactor.redact_text(text))
+
+    def flush(self) -> None:
+        """Log how many lines the current window held back, if any."""
+        if self._dropped:
+            logger.info(
+                "upstream %s: %d more stderr line(s) not logged (at most %d per %gs)",
+                self._name,
+                self._dropped,
+                self._burst,
+                self._window_s,
+            )
+            self._dropped = 0
 
 
 def resolve_command(command: Sequence[str]) -> list[str]:
@@ -37,10 +90,11 @@ def resolve_command(command: Sequence[str]) -> list[str]:
 
 
 class StdioChannel:
-    def __init__(self, name: str, process: Process, unsolicited: Unsolicited) -> None:
+    def __init__(self, name: str, process: Process, unsolicited: Unsolicited, stderr: StderrLog) -> None:
         self._name = name
+        self._stderr = stderr
         self._process = process
-        self._demux = Demux(unsolicited)
+        self._demux = Demux(name, unsolicited)
         self._write_lock = anyio.Lock()
         self._closed = False
         self._scope = anyio.CancelScope()
@@ -55,6 +109,7 @@ class StdioChannel:
         cwd: str | None,
         unsolicited: Unsolicited,
         task_group: TaskGroup,
+        stderr: StderrLog,
     ) -> StdioChannel:
         full_env = {**get_default_environment(), **env}
         try:
@@ -69,8 +124,8 @@ class StdioChannel:
             )
         except OSError as exc:
             raise UpstreamUnavailable(name, f"cannot start {command[0]!r}: {exc}") from exc
-        channel = cls(name, process, unsolicited)
-        task_group.start_soon(channel._run)
+        channel = cls(name, process, unsolicited, stderr)
+        start_guarded(task_group, f"upstream {name}: reading its output", channel._run)
         return channel
 
     @property
@@ -111,23 +166,26 @@ class StdioChannel:
     async def _write(self, message: JSONObject) -> None:
         if self._closed or self._process.stdin is None:
             raise UpstreamUnavailable(self._name, "the process is not running")
+        line = dumps(message) + b"\n"  # TooDeep reaches the caller: the message's fault, not ours
         try:
             async with self._write_lock:
-                await self._process.stdin.send(dumps(message) + b"\n")
+                await self._process.stdin.send(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise UpstreamUnavailable(self._name, "the process went away") from exc
 
     async def _run(self) -> None:
-        with self._scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._drain_stderr)
-                await self._read_stdout()
-                tg.cancel_scope.cancel()
-        if not self._closed:
-            logger.warning("upstream %s: process exited (code %s)", self._name, self._process.returncode)
-            self._closed = True
-            self._demux.fail_all()
-        self.exited.set()
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._drain_stderr)
+                    await self._read_stdout()
+                    tg.cancel_scope.cancel()
+        finally:
+            if not self._closed:  # the child exited, or reading it failed: either way it is done
+                logger.warning("upstream %s: process exited (code %s)", self._name, self._process.returncode)
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+            self.exited.set()
 
     async def _read_stdout(self) -> None:
         assert self._process.stdout is not None
@@ -145,27 +203,25 @@ class StdioChannel:
             except anyio.DelimiterNotFound:
                 logger.error("upstream %s: a message over %d bytes; closing", self._name, MAX_LINE_BYTES)
                 return
-            if not line.strip():
-                continue
-            try:
-                message = loads(line)
-            except MessageError:
-                logger.warning("upstream %s: ignoring a non-JSON line on stdout", self._name)
-                continue
-            if isinstance(message, dict):
-                await self._demux.dispatch(message)
+            if line.strip():
+                await self._demux.dispatch_raw(line)
 
     async def _drain_stderr(self) -> None:
         assert self._process.stderr is not None
         reader = BufferedByteReceiveStream(self._process.stderr)
-        while True:
-            try:
-                line = await reader.receive_until(b"\n", 1024 * 1024)
-            except (
-                anyio.EndOfStream,
-                anyio.IncompleteRead,
-                anyio.DelimiterNotFound,
-                anyio.BrokenResourceError,
-            ):
-                return
-            logger.info("upstream %s stderr: %s", self._name, line.decode(errors="replace"))
+        try:
+            while True:
+                try:
+                    line = await reader.receive_until(b"\n", _STDERR_LINE_BYTES)
+                except anyio.DelimiterNotFound:
+                    line = await reader.receive_exactly(_STDERR_LINE_BYTES)  # a long line, in pieces
+                self._stderr.line(line)
+        except (
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ):
+            return
+        finally:
+            self._stderr.flush()

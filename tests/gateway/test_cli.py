@@ -178,3 +178,28 @@ async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -
     assert isinstance(block, types.TextContent) and block.text == "bridged"
     assert not counted.is_error
     assert reported == [1, 2]
+
+
+async def test_links_name_the_address_the_gateway_serves_on_when_public_url_is_not_set(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        """
+database: ./gw.db
+auth: {required: false}
+listen: {host: 127.0.0.1, port: 8080}
+upstreams:
+  - name: vault
+    transport: http
+    url: http://127.0.0.1:9/mcp
+    auth: {kind: user_headers, identity: session, headers: [X-Api-Key]}
+"""
+    )
+    port = free_port()
+    async with mcpgw_serve(config, port) as url, Client(url, mode="legacy") as client:
+        with anyio.fail_after(TIMEOUT):
+            result = await client.call_tool("vault__connect_account", {})
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    assert f"http://127.0.0.1:{port}/connect/" in block.text, block.text

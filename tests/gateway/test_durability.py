@@ -27,6 +27,7 @@ import httpx2
 import pytest
 from anyio.abc import Process, TaskStatus
 
+from tests.gateway.test_cli import free_port, mcpgw_serve
 from tests.harness import ROOT, demo_stdio_yaml, keyless_config
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="finds the gateway's children in /proc")
@@ -109,6 +110,14 @@ async def test_kill_9_under_load_loses_no_answered_invocation(tmp_path: Path) ->
     assert load.killed, summary
     assert set(load.sessions) <= sessions, f"opened but not recorded: {set(load.sessions) - sessions}"
     assert not lost, f"{summary}; answered but not recorded as ok: {lost[:10]} ({len(lost)} in all)"
+
+    # The killed run's sessions are open in the record until the next start ends them.
+    assert set(ends(config.parent / "gw.db", load.sessions).values()) == {(None, None)}
+    async with mcpgw_serve(config, free_port()):
+        pass  # it ends them before it serves
+    ended = ends(config.parent / "gw.db", load.sessions)
+    assert {reason for _, reason in ended.values()} == {"gateway_restart"}
+    assert all(at is not None for at, _ in ended.values())
 
 
 async def drain_stderr(gateway: Process, log: bytearray, *, task_status: TaskStatus[str]) -> None:
@@ -196,6 +205,13 @@ async def kill_all(gateway: Process, children: list[int]) -> None:
         with anyio.fail_after(TIMEOUT):
             await anyio.wait_readable(pidfd)  # readable once the process has exited
         os.close(pidfd)
+
+
+def ends(database: Path, mcp_session_ids: list[str]) -> dict[str, tuple[int | None, str | None]]:
+    """(ended_at, end_reason) of each of these sessions in the record."""
+    with closing(sqlite3.connect(database)) as db:
+        rows = db.execute("SELECT mcp_session_id, ended_at, end_reason FROM sessions").fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows if row[0] in mcp_session_ids}
 
 
 def read_record(database: Path) -> tuple[set[str], dict[str, tuple[str, int]]]:

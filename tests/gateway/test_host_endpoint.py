@@ -305,3 +305,90 @@ async def test_sdk_client_with_a_key_calls_tools(keyed: RunningGateway, mode: st
         with anyio.fail_after(TIMEOUT):
             result = await client.call_tool("demo__echo", {"text": "with a key"})
     assert result.content[0].model_dump()["text"] == "with a key"
+
+
+@pytest.mark.parametrize("version", ["garbage", "2099-01-01", ""])
+async def test_an_unknown_protocol_version_header_is_400(
+    keyed: RunningGateway, http: httpx2.AsyncClient, version: str
+) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    headers = {"mcp-protocol-version": version}
+    response = await http.post(
+        keyed.url,
+        json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        headers={**ACCEPT, "x-api-key": key, "mcp-session-id": session, **headers},
+    )
+    assert response.status_code == 400
+    assert "MCP-Protocol-Version" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_body_that_does_not_say_it_is_json_is_415(
+    keyed: RunningGateway, http: httpx2.AsyncClient, content_type: str | None
+) -> None:
+    _, key = await new_key(keyed)
+    headers = {**ACCEPT, "x-api-key": key}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    import json
+
+    response = await http.post(keyed.url, content=json.dumps(INIT).encode(), headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == -32600
+
+
+async def test_json_with_a_charset_is_json(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
+    _, key = await new_key(keyed)
+    headers = {**ACCEPT, "x-api-key": key, "content-type": "Application/JSON; charset=utf-8"}
+    import json
+
+    response = await http.post(keyed.url, content=json.dumps(INIT).encode(), headers=headers)
+    assert response.status_code == 200
+
+
+async def test_a_second_request_with_an_id_already_in_flight_is_refused_at_once(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    _, key = await new_key(keyed)
+    session = await open_session(http, keyed.url, key)
+    headers = {**ACCEPT, "x-api-key": key, "mcp-session-id": session}
+    slow = {"jsonrpc": "2.0", "id": 5, "method": "tools/call"}
+    first_lines: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            in_flight = anyio.Event()
+
+            async def first() -> None:
+                params = {
+                    "name": "demo__count_slowly",
+                    "arguments": {"steps": 3},
+                    "_meta": {"progressToken": 1},
+                }
+                async with http.stream(
+                    "POST", keyed.url, json={**slow, "params": params}, headers=headers
+                ) as r:
+                    async for line in r.aiter_lines():  # the first progress: the call is upstream now
+                        if "notifications/progress" in line:
+                            in_flight.set()
+                        first_lines.append(line)
+
+            tg.start_soon(first)
+            await in_flight.wait()
+            params = {"name": "demo__echo", "arguments": {"text": "twin"}}
+            second = await http.post(keyed.url, json={**slow, "params": params}, headers=headers)
+            assert second.json()["error"]["code"] == -32600
+            assert "already in flight" in second.json()["error"]["message"]
+    assert '"result"' in [line for line in first_lines if line.startswith("data:")][-1]  # answered in full
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1"])
+async def test_the_mcp_url_with_a_trailing_slash_never_redirects_to_the_host_header(
+    keyed: RunningGateway, http: httpx2.AsyncClient, host: str
+) -> None:
+    _, key = await new_key(keyed)
+    response = await http.post(
+        f"{keyed.url}/", json=INIT, headers={**ACCEPT, "x-api-key": key, "host": host}, follow_redirects=False
+    )
+    assert "evil.example" not in response.headers.get("location", "")
+    assert response.status_code in (200, 421), response.text

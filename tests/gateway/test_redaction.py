@@ -88,3 +88,50 @@ def test_a_value_over_the_cap_is_cut_at_a_character_boundary_and_flagged(limit: 
 
 def test_none_stays_none() -> None:
     assert redactor.render(None) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["pwd", "PWD", "passcode", "pass_code", "Pass-Code", "private", "private_key", "PRIVATE-KEY",
+     "privateKey", "session_key", "sessionKey", "SESSION-KEY", "signature", "X-Hub-Signature",
+     "accessKey", "access_key", "AccessKEY", "aws_access_key_id", "credentials", "Credentials",
+     "api-key", "Api_Key", "APIKEY"],
+)  # fmt: skip
+def test_key_rules_ignore_case_and_separators(key: str) -> None:
+    text, _ = redactor.render({key: "s3cr3t-value", "kept": "visible"})
+    assert json.loads(text or "") == {key: REDACTED, "kept": "visible"}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgres://bob:hunter2@db.internal:5432/app", "postgres://[REDACTED]@db.internal:5432/app"),
+        ("see https://user:p%40ss@example.com/x and more", "see https://[REDACTED]@example.com/x and more"),
+        ("https://example.com/a@b", "https://example.com/a@b"),  # no credentials: kept
+    ],
+)
+def test_credentials_inside_urls_are_replaced(url: str, shown: str) -> None:
+    text, _ = redactor.render({"dsn": url})
+    assert json.loads(text or "") == {"dsn": shown}
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("password=hunter2-correct-horse", "password=[REDACTED]"),
+        ("connecting with PWD: 'abc def' now", "connecting with PWD: [REDACTED] now"),
+        ("GET /cb?code=1&access_token=abc123&x=1", "GET /cb?code=1&access_token=[REDACTED]&x=1"),
+        ("max_tokens=512 temperature=0.2", "max_tokens=512 temperature=0.2"),
+    ],
+)
+def test_secret_looking_assignments_in_text_are_replaced(line: str, shown: str) -> None:
+    assert redactor.redact_text(line) == shown
+
+
+def test_values_nested_deeper_than_the_record_keeps_are_cut_and_flagged() -> None:
+    value: object = "bottom"
+    for _ in range(1000):
+        value = {"next": value}
+    text, truncated = redactor.render(value)
+    assert truncated and text is not None and "[TRUNCATED: nested too deep]" in text
+    json.loads(text)  # still JSON: the cut is a marker, not a broken end

@@ -128,21 +128,37 @@ async def test_the_call_without_a_credential_is_recorded_as_auth_required(world:
         assert (call["outcome"], call["success"], call["upstream"]) == ("auth_required", False, "vault")
 
 
+async def test_a_connect_link_is_a_capability_the_gateway_keeps_only_hashed_and_sealed(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        link = url.rsplit("/", 1)[1]
+        rows = await world.http.get(f"{world.gateway.base_url}/api/mcp/sessions", headers=world.admin)
+        assert rows.status_code == 200 and link not in rows.text  # admins see the flow, not its link
+        assert connect_url(await world.alice.call(session, "vault__whoami", {})) == url  # offered again
+        assert (await world.http.get(url)).status_code == 200
+    # Neither the flow's row, the record of the call that handed the link out, nor the gateway's
+    # log holds it (the test's own HTTP client logs the URLs it fetches: not the gateway's log).
+    log = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx2", "httpcore2")))
+    assert leaks(world.directory, log, [link]) == []
+
+
 async def test_bad_flow_urls_get_clear_answers(world: World) -> None:
     with anyio.fail_after(TIMEOUT):
         base = world.gateway.base_url
-        assert (
-            await world.http.get(f"{base}/connect/00000000-0000-4000-8000-000000000000")
-        ).status_code == 404
-        assert (await world.http.get(f"{base}/connect/not-a-uuid")).status_code == 404
+        assert (await world.http.get(f"{base}/connect/{'A' * 43}")).status_code == 404
+        assert (await world.http.get(f"{base}/connect/not-a-link")).status_code == 404
         store = world.gateway.gateway.store
-        expired = "6a0d5c1e-7f7e-4c55-9b1e-2f7d1c6e0a01"
-        past = utc_now() - timedelta(minutes=1)
+        expired, past = "S" * 43, utc_now() - timedelta(minutes=1)
+        flow_id = "6a0d5c1e-7f7e-4c55-9b1e-2f7d1c6e0a01"
         await store.credentials.create_flow(
-            expired, Binding(await org_id(world), "vault", "user", "alice"), "headers",
-            secret={}, oauth_client_id=None, now=past - timedelta(minutes=15), expires_at=past,
+            flow_id, Binding(await org_id(world), "vault", "user", "alice"), "headers",
+            secret={"link": expired}, oauth_client_id=None, now=past - timedelta(minutes=15), expires_at=past,
         )  # fmt: skip
         assert (await world.http.get(f"{base}/connect/{expired}")).status_code == 410
+        assert (await world.http.get(f"{base}/connect/{flow_id}")).status_code == 404  # an id is no link
         assert (await world.http.get(f"{base}/oauth/callback?state=nope&code=x")).status_code == 400
         assert (await world.http.get(f"{base}/oauth/callback")).status_code == 400
 

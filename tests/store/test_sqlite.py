@@ -1,5 +1,7 @@
+import logging
 import re
 import sqlite3
+import stat
 import sys
 import threading
 import uuid
@@ -250,3 +252,37 @@ async def test_unopenable_path_raises_store_unavailable_and_leaves_no_thread(
     assert isinstance(caught.value.__cause__, sqlite3.Error)
     started = set(threading.enumerate()) - before
     assert not [t for t in started if "_connection_worker_thread" in t.name]
+
+
+async def test_the_database_and_the_files_beside_it_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    async with open_sqlite_store(path) as store:
+        await store.ensure_organisation("acme")  # a write: the WAL and shared memory exist now
+        beside = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+        modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in beside if file.exists()}
+    assert set(modes) == {"gw.db", "gw.db-wal", "gw.db-shm"}
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
+async def test_a_database_readable_by_others_is_tightened_when_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "gw.db"
+    async with open_sqlite_store(path):
+        pass
+    path.chmod(0o644)
+    async with open_sqlite_store(path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "now by its owner only" in caplog.text
+
+
+async def test_statements_and_their_parameters_never_reach_the_log_even_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with open_sqlite_store(tmp_path / "gw.db") as store:
+        organisation = await store.ensure_organisation("acme")
+        created = await store.create_api_key(organisation.id)
+        assert await store.find_api_key(created.secret) is not None
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiosqlite")] == []
+    assert hash_api_key(created.secret) not in caplog.text

@@ -1,0 +1,103 @@
+"""A stdio MCP server that misbehaves on request, for the fault tests: `python -m tests.fault_upstream`.
+
+It speaks newline-delimited JSON-RPC by hand rather than through the SDK, because the faults
+it produces (answers nested past what encoders accept, garbage on stdout, secrets on stderr,
+dying or going silent mid-call) are exactly what a well-behaved SDK server never does. Each
+tool is one fault:
+
+- `echo(text)`: answers normally (the control);
+- `deep(depth)`: a result whose `structuredContent` is nested `depth` levels deep;
+- `garbage(text)`: writes lines that are not JSON-RPC messages on stdout, then answers;
+- `leak(text)`: writes secret-looking lines on stderr, then answers;
+- `chatter(lines)`: writes `lines` lines on stderr, then answers;
+- `crash()`: exits without answering;
+- `hang()`: never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang"]
+# What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment.
+LEAKED = ["sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "AKIAIOSFODNN7EXAMPLE", "hunter2-correct-horse"]
+
+
+def _send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}]}
+
+
+def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of tool `name`, or None when the fault is not to answer."""
+    if name == "echo":
+        return _text(str(arguments.get("text", "")))
+    if name == "deep":
+        return {**_text("deep"), "structuredContent": _nested(int(arguments.get("depth", 300)))}
+    if name == "garbage":
+        sys.stdout.write('this is not json\n[1, 2, 3]\n{"jsonrpc": "2.0"}\n\n')
+        sys.stdout.flush()
+        return _text(str(arguments.get("text", "")))
+    if name == "leak":
+        key, aws, password = LEAKED
+        sys.stderr.write(f"connecting with api key {key}\naws {aws}\npassword={password}\n")
+        sys.stderr.flush()
+        return _text(str(arguments.get("text", "")))
+    if name == "chatter":
+        for i in range(int(arguments.get("lines", 1000))):
+            sys.stderr.write(f"chatter line {i}\n")
+        sys.stderr.flush()
+        return _text("chattered")
+    if name == "crash":
+        sys.exit(3)
+    return None  # hang
+
+
+def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
+    method, params = message.get("method"), message.get("params") or {}
+    if method == "initialize":
+        return {
+            "protocolVersion": params.get("protocolVersion", "2025-11-25"),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "faults", "version": "1"},
+        }
+    if method == "tools/list":
+        schema = {"type": "object"}
+        return {"tools": [{"name": name, "inputSchema": schema} for name in TOOLS]}
+    if method == "tools/call":
+        return _call(str(params.get("name")), params.get("arguments") or {})
+    if method == "ping":
+        return {}
+    return None
+
+
+def main() -> None:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        if "id" not in message or "method" not in message:
+            continue  # notifications and responses need no answer
+        result = _answer(message)
+        if result is not None:
+            _send({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        elif message["method"] not in ("tools/call",):
+            error = {"code": -32601, "message": f"Method not found: {message['method']}"}
+            _send({"jsonrpc": "2.0", "id": message["id"], "error": error})
+
+
+if __name__ == "__main__":
+    main()

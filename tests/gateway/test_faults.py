@@ -1,0 +1,272 @@
+"""One bad request or one faulty upstream affects that request only.
+
+A gateway with the well-behaved demo upstream and the misbehaving `tests.fault_upstream`
+(both stdio children): each test sends something hostile, or makes an upstream fail, then
+checks what the host got, what was recorded, and that every other session still works.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from tests.fault_upstream import LEAKED
+from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+
+TIMEOUT = 20.0
+ACCEPT = {"accept": "application/json, text/event-stream"}
+MODERN = "2026-07-28"
+_ids = itertools.count(1)
+
+
+def faults_yaml(extra: str = "    timeouts: {call_s: 2}") -> str:
+    return f"""
+  - name: faults
+    transport: stdio
+    command: [python, -m, tests.fault_upstream]
+    env: {{PYTHONPATH: "{ROOT}"}}
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    config = keyless_config(tmp_path_factory.mktemp("faults"), demo_stdio_yaml() + faults_yaml())
+    async with serve_gateway(config) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=TIMEOUT) as client:
+        yield client
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+def deep_json(depth: int) -> bytes:
+    """`nested(depth)` as JSON text, written out directly: encoders refuse past ~254 levels."""
+    return b'{"next":' * depth + b'"bottom"' + b"}" * depth
+
+
+class Host:
+    """A session-based host speaking raw Streamable HTTP (bodies the SDK would refuse to send)."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str) -> None:
+        self.http, self.url = http, url
+        self.session_id = ""
+
+    async def open(self) -> Host:
+        init = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "faults", "version": "1"},
+        }
+        response = await self.post_json({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
+        assert response.status_code == 200, response.text
+        self.session_id = response.headers["mcp-session-id"]
+        return self
+
+    async def post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx2.Response:
+        session = {"mcp-session-id": self.session_id} if self.session_id else {}
+        all_headers = {**ACCEPT, "content-type": "application/json", **session, **(headers or {})}
+        with anyio.fail_after(TIMEOUT):
+            return await self.http.post(self.url, content=body, headers=all_headers)
+
+    async def post_json(self, message: dict[str, Any]) -> httpx2.Response:
+        return await self.post(httpx2_json(message))
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        message = {"jsonrpc": "2.0", "id": next(_ids), "method": "tools/call"}
+        response = await self.post_json({**message, "params": {"name": tool, "arguments": arguments}})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def httpx2_json(message: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(message).encode()
+
+
+def modern_call(tool: str, arguments_json: bytes, capabilities: bytes = b'{"sampling":{}}') -> bytes:
+    """A 2026-07-28 tools/call with `arguments_json` spliced in as written."""
+    meta = (
+        b'{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+        b'"io.modelcontextprotocol/clientCapabilities":' + capabilities + b","
+        b'"io.modelcontextprotocol/clientInfo":{"name":"faults-modern","version":"1"}}'
+    )
+    return (
+        b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s,"_meta":%s}}'
+        % (next(_ids), tool.encode(), arguments_json, meta)
+    )
+
+
+def modern_headers(tool: str) -> dict[str, str]:
+    return {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": tool}
+
+
+def text_of(answer: dict[str, Any]) -> str:
+    text: str = answer["result"]["content"][0]["text"]
+    return text
+
+
+async def still_serving(gateway: RunningGateway, http: httpx2.AsyncClient, earlier: Host) -> None:
+    """A session opened before the fault, a new session and a 2026 host all still get answers."""
+    assert text_of(await earlier.call("demo__echo", {"text": "earlier"})) == "earlier"
+    later = await Host(http, gateway.url).open()
+    assert text_of(await later.call("demo__echo", {"text": "later"})) == "later"
+    modern = await Host(http, gateway.url).post(
+        modern_call("demo__echo", b'{"text":"modern"}', b"{}"), modern_headers("demo__echo")
+    )
+    assert modern.status_code == 200, modern.text
+    assert modern.json()["result"]["content"][0]["text"] == "modern"
+    health = await http.get(f"{gateway.base_url}/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def recorded_call(database: Path, tool: str) -> sqlite3.Row:
+    """The newest recorded invocation of `tool`."""
+    with closing(sqlite3.connect(database)) as db:
+        db.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM invocations WHERE tool_name = ? ORDER BY seq DESC LIMIT 1", (tool,)
+        ).fetchone()
+    assert row is not None, f"no recorded call of {tool}"
+    return row
+
+
+@pytest.mark.parametrize("capabilities", [b'{"sampling":{}}', b"{}"], ids=["can-be-asked", "cannot"])
+async def test_a_2026_call_with_arguments_nested_300_deep_gets_an_error_and_nothing_else_breaks(
+    gateway: RunningGateway, http: httpx2.AsyncClient, capabilities: bytes
+) -> None:
+    earlier = await Host(http, gateway.url).open()
+    response = await Host(http, gateway.url).post(
+        modern_call("demo__echo", deep_json(300), capabilities), modern_headers("demo__echo")
+    )
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    assert response.json()["error"]["code"] == -32602
+    assert "nested" in response.json()["error"]["message"]
+    await still_serving(gateway, http, earlier)
+
+
+@pytest.mark.parametrize("capabilities", [b'{"sampling":{}}', b"{}"], ids=["can-be-asked", "cannot"])
+async def test_an_upstream_answer_nested_300_deep_is_an_error_for_that_call_only(
+    gateway: RunningGateway, http: httpx2.AsyncClient, capabilities: bytes
+) -> None:
+    earlier = await Host(http, gateway.url).open()
+    response = await Host(http, gateway.url).post(
+        modern_call("faults__deep", b'{"depth":300}', capabilities), modern_headers("faults__deep")
+    )
+    assert response.json()["error"]["code"] == -32001, response.text
+    assert "nested" in response.json()["error"]["message"]
+    await still_serving(gateway, http, earlier)
+
+
+@pytest.mark.parametrize("depth", [255, 300, 1000])
+async def test_a_session_call_nested_too_deep_is_answered_recorded_and_logged_once(
+    gateway: RunningGateway, http: httpx2.AsyncClient, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = await Host(http, gateway.url).open()
+    message = b'{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"demo__echo","arguments":%s}}'
+    with caplog.at_level(logging.INFO):
+        response = await host.post(message % deep_json(depth))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    answer = response.json()
+    assert answer["id"] == 41 and answer["error"]["code"] == -32602
+    row = recorded_call(gateway.gateway.config.database, "demo__echo")
+    assert row["request_id"] == "41" and row["outcome"] == "denied"
+    assert row["arguments_truncated"] == 1
+    assert len(caplog.text) < 2000, caplog.text[:2000]  # one line, not a traceback per level
+    await still_serving(gateway, http, host)
+
+
+async def test_a_session_call_whose_upstream_answer_is_nested_too_deep_is_an_error_recorded_as_such(
+    gateway: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    host = await Host(http, gateway.url).open()
+    answer = await host.call("faults__deep", {"depth": 300})
+    assert answer["error"]["code"] == -32001 and "nested" in answer["error"]["message"]
+    row = recorded_call(gateway.gateway.config.database, "faults__deep")
+    assert row["outcome"] == "upstream_error"
+    assert "nested" in row["result_json"]
+    await still_serving(gateway, http, host)
+
+
+class LogWatch(logging.Handler):
+    """Collects the gateway's log records and wakes a waiter when one contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.records: list[logging.LogRecord] = []
+        self.seen = anyio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def lines(self, containing: str) -> list[str]:
+        return [m for m in (r.getMessage() for r in self.records) if containing in m]
+
+
+@pytest.fixture
+def log_watch() -> Iterator[Callable[[str], LogWatch]]:
+    root = logging.getLogger()
+    watches: list[LogWatch] = []
+
+    def watch(text: str) -> LogWatch:
+        watches.append(LogWatch(text))
+        root.addHandler(watches[-1])
+        return watches[-1]
+
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    yield watch
+    root.setLevel(level)
+    for handler in watches:
+        root.removeHandler(handler)
+
+
+async def test_what_a_stdio_upstream_writes_on_stderr_is_logged_redacted(
+    gateway: RunningGateway, http: httpx2.AsyncClient, log_watch: Callable[[str], LogWatch]
+) -> None:
+    watch = log_watch("stderr: password=")
+    host = await Host(http, gateway.url).open()
+    assert text_of(await host.call("faults__leak", {"text": "leaked"})) == "leaked"
+    with anyio.fail_after(TIMEOUT):
+        await watch.seen.wait()
+    logged = "\n".join(watch.lines("upstream faults stderr"))
+    assert "[REDACTED]" in logged
+    assert [secret for secret in LEAKED if secret in logged] == []
+
+
+async def test_a_chatty_stdio_upstream_cannot_flood_the_log(
+    gateway: RunningGateway, http: httpx2.AsyncClient, log_watch: Callable[[str], LogWatch]
+) -> None:
+    watch = log_watch("stderr line(s) not logged")
+    host = await Host(http, gateway.url).open()
+    assert text_of(await host.call("faults__chatter", {"lines": 1000})) == "chattered"
+    await host.http.delete(host.url, headers={"mcp-session-id": host.session_id})  # the child ends
+    with anyio.fail_after(TIMEOUT):
+        await watch.seen.wait()
+    assert len(watch.lines("stderr: chatter line")) == 50
+    assert watch.lines("not logged") == [
+        "upstream faults: 950 more stderr line(s) not logged (at most 50 per 10s)"
+    ]
