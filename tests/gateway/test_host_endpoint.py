@@ -305,3 +305,34 @@ async def test_sdk_client_with_a_key_calls_tools(keyed: RunningGateway, mode: st
         with anyio.fail_after(TIMEOUT):
             result = await client.call_tool("demo__echo", {"text": "with a key"})
     assert result.content[0].model_dump()["text"] == "with a key"
+
+
+@pytest.mark.parametrize("client_info", [None, {"name": "no-version"}, ["not", "an", "object"]])
+async def test_a_2026_host_without_usable_client_info_still_calls_tools(
+    keyed: RunningGateway, http: httpx2.AsyncClient, client_info: Any
+) -> None:
+    """2026-07-28 makes `clientInfo` optional; the upstream's `initialize` (handshake era) needs one."""
+    _, key = await new_key(keyed)
+    meta: dict[str, Any] = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    if client_info is not None:
+        meta["io.modelcontextprotocol/clientInfo"] = client_info
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "demo__echo", "arguments": {"text": "anonymous"}, "_meta": meta},
+    }
+    headers = {
+        **ACCEPT,
+        "x-api-key": key,
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "demo__echo",
+    }
+    with anyio.fail_after(TIMEOUT):
+        response = await http.post(keyed.url, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["content"][0]["text"] == "anonymous"
