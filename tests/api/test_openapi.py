@@ -166,3 +166,21 @@ async def test_page_size_parameters_document_exactly_what_the_server_accepts(
             response = await http.get(keyed.base_url + url, params={name: raw}, headers=caller.headers)
         assert response.status_code in (200, 400), response.text
         assert documented == (response.status_code == 200), (path, name, raw, schema, response.text)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("status", ""), ("status", "pending"), ("status", "bogus"), ("auth_mode", ""), ("auth_mode", "vk")]
+    + [("auth_mode", "VK"), ("kind", ""), ("kind", "flow"), ("kind", "secret")],
+)
+async def test_credential_filters_document_exactly_what_the_server_accepts(
+    keyed: RunningGateway, http: httpx2.AsyncClient, document: dict[str, Any], name: str, raw: str
+) -> None:
+    admin = await new_tenant(keyed, "filters-doc", admin=True)
+    parameters = [_resolve(document, p) for p in document["paths"]["/api/mcp/sessions"]["get"]["parameters"]]
+    schema = next(p["schema"] for p in parameters if p["name"] == name)
+    documented = jsonschema.Draft202012Validator(schema).is_valid(raw)
+    with anyio.fail_after(TIMEOUT):
+        response = await http.get(f"{keyed.base_url}/api/mcp/sessions", params={name: raw}, headers=admin.headers)
+    assert response.status_code in (200, 400), response.text
+    assert documented == (response.status_code == 200), (name, raw, schema, response.text)
