@@ -143,9 +143,7 @@ async def test_page_size_parameters_document_exactly_what_the_server_accepts(
     member = await new_tenant(keyed, "limits-doc")
     admin = await new_tenant(keyed, "limits-doc", admin=True)
     session = await McpClient(http, keyed.url, member.key).open()
-    listed = await http.get(
-        f"{keyed.base_url}/mcp/{member.organisation_id}/sessions", headers=member.headers
-    )
+    listed = await http.get(f"{keyed.base_url}/mcp/{member.organisation_id}/sessions", headers=member.headers)
     session_id = next(s["id"] for s in listed.json()["data"] if s["mcpSessionId"] == session)
     org = member.organisation_id
     cases = [
@@ -170,8 +168,17 @@ async def test_page_size_parameters_document_exactly_what_the_server_accepts(
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("status", ""), ("status", "pending"), ("status", "bogus"), ("auth_mode", ""), ("auth_mode", "vk")]
-    + [("auth_mode", "VK"), ("kind", ""), ("kind", "flow"), ("kind", "secret")],
+    [
+        ("status", ""),
+        ("status", "pending"),
+        ("status", "bogus"),
+        ("auth_mode", ""),
+        ("auth_mode", "vk"),
+        ("auth_mode", "VK"),
+        ("kind", ""),
+        ("kind", "flow"),
+        ("kind", "secret"),
+    ],
 )
 async def test_credential_filters_document_exactly_what_the_server_accepts(
     keyed: RunningGateway, http: httpx2.AsyncClient, document: dict[str, Any], name: str, raw: str
@@ -181,6 +188,8 @@ async def test_credential_filters_document_exactly_what_the_server_accepts(
     schema = next(p["schema"] for p in parameters if p["name"] == name)
     documented = jsonschema.Draft202012Validator(schema).is_valid(raw)
     with anyio.fail_after(TIMEOUT):
-        response = await http.get(f"{keyed.base_url}/api/mcp/sessions", params={name: raw}, headers=admin.headers)
+        response = await http.get(
+            f"{keyed.base_url}/api/mcp/sessions", params={name: raw}, headers=admin.headers
+        )
     assert response.status_code in (200, 400), response.text
     assert documented == (response.status_code == 200), (name, raw, schema, response.text)
