@@ -31,6 +31,9 @@ def _config(world: World, path: Path) -> Path:
     orgs = [world.fuzz.organisation_id, world.stranger.organisation_id]
     path.write_text(
         f"""
+[cache]
+enabled = false
+
 [dictionaries.organisations]
 values = {values(orgs)}
 [dictionaries.sessions]
