@@ -48,6 +48,8 @@ Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
 class ReauthRefused(Exception):
     """The binding's upstream no longer takes per-user credentials (a pending flow, unlike a
     credential, is not marked orphaned when that changes): answered 409."""
+
+
 Forget = Callable[[Binding], None]
 
 

@@ -149,7 +149,7 @@ class Proxy:
             if "logging" in upstream.capabilities:
                 try:
                     await session.forward(upstream.name, message, None)
-                except UpstreamError as exc:
+                except (UpstreamError, CredentialError) as exc:
                     logger.info("session %s: setLevel on %s failed: %s", session.id, upstream.name, exc)
         return result(message["id"], {})
 
@@ -296,5 +296,5 @@ def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:
 async def _quietly(pending: Awaitable[None]) -> None:
     try:
         await pending
-    except UpstreamError as exc:
+    except (UpstreamError, CredentialError) as exc:  # a credential may be gone since the session opened
         logger.info("could not pass a message upstream: %s", exc)
