@@ -1,9 +1,9 @@
 """How hard the fuzz suite pushes: a short deterministic run by default, a long one on request.
 
 `MCPGW_FUZZ=long` turns on the long run: many more examples per property, fresh random ones
-each time (pass `-p hypothesis --hypothesis-seed N` to repeat one), and more schemathesis
-cases. The default run draws the same examples every time (derandomized, no example database),
-so CI is deterministic and the whole suite stays well under a minute.
+each time (pass `--hypothesis-seed=N` to repeat one), and more schemathesis cases. The default
+run draws the same examples every time (derandomized, no example database), so CI is
+deterministic and the whole suite stays well under a minute.
 """
 
 from __future__ import annotations

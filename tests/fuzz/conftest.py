@@ -43,6 +43,7 @@ from tests.harness import (
 # Tools that sleep, exit, change the upstream for everyone, or wait on the host for an answer:
 # each would only spend the run's time budget (or end the upstream) without testing the gateway.
 _SLOW_OR_GLOBAL = "[wait, crash, add_tool, ask_name, sample_haiku, count_slowly]"
+_CREDENTIAL_VALUE = "vault-key-7d41c0aa"  # a stored header credential: must never be logged
 
 
 def _config(directory: Path, base_url: str, upstream_url: str) -> Path:
@@ -109,7 +110,7 @@ async def _seed(config_path: Path) -> tuple[Caller, Caller, Caller, Caller, list
                     row_id,
                     binding,
                     kind="header",
-                    secret={"X-Api-Key": "fuzz-secret-value"},
+                    secret={"X-Api-Key": _CREDENTIAL_VALUE},
                     header_names=("X-Api-Key",),
                     oauth_client_id=None,
                     expires_at=None,
@@ -161,11 +162,24 @@ async def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         await stop_process(upstream)
 
 
+def _tracebacks(world: World) -> int:
+    return world.gateway.log.read_text(errors="replace").count("Traceback (most recent call last)")
+
+
 @pytest.fixture(autouse=True)
-async def _still_serves_within_memory(fuzz_world: World) -> AsyncIterator[None]:
-    """After each test: a normal client still calls a tool, in both protocol generations, and the
-    gateway's memory stayed bounded."""
+async def _still_serves_within_memory(
+    fuzz_world: World, request: pytest.FixtureRequest
+) -> AsyncIterator[None]:
+    """After each test: a normal client still calls a tool, in both protocol generations; the
+    gateway's memory stayed bounded; its log shows no secret and (but for the known defects'
+    tests) no unhandled exception."""
+    tracebacks = _tracebacks(fuzz_world)
     yield
+    log = fuzz_world.gateway.log.read_text(errors="replace")
+    secrets = [c.key for c in (fuzz_world.fuzz, fuzz_world.admin, fuzz_world.canary, fuzz_world.stranger)]
+    assert not [s for s in [*secrets, _CREDENTIAL_VALUE] if s in log], "a secret reached the gateway's log"
+    if request.node.get_closest_marker("xfail") is None:
+        assert _tracebacks(fuzz_world) == tracebacks, log[-4000:]
     await fuzz_world.still_serves()
     with anyio.fail_after(REQUEST_DEADLINE_S * 2):
         for mode in ("legacy", "2026-07-28"):
