@@ -4,7 +4,15 @@
 gateway's proxy internals; the app hands it the store, a way to authenticate callers and, for
 reauth, a way to start a flow."""
 
+from .credentials import ReauthRefused
 from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
 from .sessions import Caller
 
-__all__ = ["CURSOR_SECRET_NAME", "Caller", "api_routes", "credential_routes", "openapi_document"]
+__all__ = [
+    "CURSOR_SECRET_NAME",
+    "Caller",
+    "ReauthRefused",
+    "api_routes",
+    "credential_routes",
+    "openapi_document",
+]

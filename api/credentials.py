@@ -5,7 +5,8 @@
   50) and the opaque `cursor` the previous page gave as `next_cursor`.
 - `POST /api/mcp/sessions/{id}/reauth`: a fresh connect URL bound to the row's own identity
   (`authorize_url` for OAuth, `submit_url` for headers); 403 for an orphaned row and for a
-  user-mode row of another user (it would mint a credential for whoever opens the URL).
+  user-mode row of another user (it would mint a credential for whoever opens the URL); 409
+  when the row's upstream no longer takes per-user credentials.
 - `DELETE /api/mcp/sessions/{id}`: the binding's pending flows, then its credential.
 
 Secrets never appear here: rows carry status and times, never a token or header value.
@@ -28,7 +29,7 @@ from api.cursor import CursorCodec, InvalidCursor
 from api.sessions import Authenticate, Caller
 from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
 
-__all__ = ["CredentialsApi", "Forget", "Reauthorise"]
+__all__ = ["CredentialsApi", "Forget", "ReauthRefused", "Reauthorise"]
 
 _DEFAULT_LIMIT = 50
 _MAX_LIMIT = 200
@@ -40,7 +41,15 @@ _FILTERS = {
 
 
 Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
-"""Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open)."""
+"""Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open); raises
+`ReauthRefused` when the binding can have none."""
+
+
+class ReauthRefused(Exception):
+    """The binding's upstream no longer takes per-user credentials (a pending flow, unlike a
+    credential, is not marked orphaned when that changes): answered 409."""
+
+
 Forget = Callable[[Binding], None]
 
 
@@ -131,7 +140,10 @@ class CredentialsApi:
             raise ApiError(
                 403, "not_bound_user", "Only the user this credential belongs to can re-authorise it."
             )
-        flow_id, kind, url = await self.reauthorise(row.binding)
+        try:
+            flow_id, kind, url = await self.reauthorise(row.binding)
+        except ReauthRefused as exc:
+            raise ApiError(409, "not_reauthorisable", str(exc)) from exc
         key = "authorize_url" if kind == "oauth" else "submit_url"
         return Response(orjson.dumps({key: url, "session_id": flow_id}), 200, media_type="application/json")
 

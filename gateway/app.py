@@ -21,12 +21,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import CURSOR_SECRET_NAME, api_routes, credential_routes
+from api import CURSOR_SECRET_NAME, ReauthRefused, api_routes, credential_routes
 from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.connect import connect_routes
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.keys import sealer_for
+from gateway.errors import FlowProblem
 from gateway.hostauth import HostAuth
 from gateway.httpio import OriginGuard
 from gateway.legacy_sse import LegacySse
@@ -168,7 +169,10 @@ def build_app(config: GatewayConfig) -> Starlette:
             broker = gateway.broker
 
             async def reauthorise(binding: Binding) -> tuple[str, str, str]:
-                flow = await broker.reauthorise(binding)
+                try:
+                    flow = await broker.reauthorise(binding)
+                except FlowProblem as exc:
+                    raise ReauthRefused(exc.message) from exc
                 return flow.id, flow.auth_kind, broker.flow_url(flow)
 
             listing = [

@@ -172,7 +172,7 @@ class Proxy:
             if "logging" in upstream.capabilities:
                 try:
                     await session.forward(upstream.name, message, None)
-                except (UpstreamError, TooDeep) as exc:
+                except (UpstreamError, CredentialError, TooDeep) as exc:
                     logger.info("session %s: setLevel on %s failed: %s", session.id, upstream.name, exc)
         return result(message["id"], {})
 
@@ -321,5 +321,5 @@ def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:
 async def _quietly(pending: Awaitable[None]) -> None:
     try:
         await pending
-    except (UpstreamError, TooDeep) as exc:
+    except (UpstreamError, CredentialError, TooDeep) as exc:
         logger.info("could not pass a message upstream: %s", exc)

@@ -300,7 +300,7 @@ class HostSession:
         }
         try:
             await upstream.request(message, None)
-        except UpstreamError as exc:
+        except (UpstreamError, CredentialError) as exc:
             logger.info("session %s: could not restore log level on %s: %s", self.id, upstream.name, exc)
 
 

@@ -37,7 +37,7 @@ from starlette.types import Receive, Send
 
 from gateway.background import log_failure, start_guarded
 from gateway.eras import to_modern_response, with_server_info
-from gateway.errors import UpstreamError
+from gateway.errors import CredentialError, UpstreamError
 from gateway.forwarding import forwarded_headers, param_headers
 from gateway.hostauth import Principal
 from gateway.httpio import ResponseStream, send_bytes, send_json, wait_for_disconnect
@@ -337,7 +337,7 @@ class _DirectSink:
             refusal = error(outbound.original_id, METHOD_NOT_FOUND, "The host does not support this request")
             try:
                 await outbound.upstream.channel.respond(refusal)
-            except UpstreamError as exc:
+            except (UpstreamError, CredentialError) as exc:
                 logger.info("could not refuse an upstream request: %s", exc)
 
 

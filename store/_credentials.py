@@ -341,10 +341,12 @@ class CredentialSql:
         return None if row is None else self._flow(row)
 
     async def live_flow(self, binding: Binding, auth_kind: str, not_before: datetime) -> AuthFlow | None:
-        """The binding's newest unclaimed flow of this kind that lives past ``not_before``."""
+        """The binding's newest unclaimed flow of this kind that lives past ``not_before`` and
+        has a connect link to offer again."""
         row = await self._one(
             f"""SELECT {_FLOW_COLUMNS} FROM auth_flows
                 WHERE {_BINDING_MATCH} AND auth_kind = ? AND claimed_at IS NULL AND expires_at > ?
+                  AND link_hash IS NOT NULL
                 ORDER BY created_at DESC LIMIT 1""",
             (*_binding(binding), auth_kind, to_unix_ms(not_before)),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,3 +155,59 @@ async def stop_process(proc: Process) -> None:
             proc.kill()
             await proc.wait()
     await proc.aclose()
+
+
+@dataclass
+class GatewayProcess:
+    """A gateway running in a process of its own (see `tests/gateway_process.py`)."""
+
+    process: Process
+    base_url: str
+    log: Path  # where its output goes
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    def memory(self) -> tuple[int, int]:
+        """Its resident set size now and at its peak so far, in bytes (from Linux's `/proc`)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        return _bytes(fields["VmRSS"]), _bytes(fields["VmHWM"])
+
+
+def _bytes(field: str) -> int:
+    number, unit = field.split()
+    assert unit == "kB", field
+    return int(number) * 1024
+
+
+@asynccontextmanager
+async def gateway_process(
+    config_path: Path, sock: socket.socket | None = None
+) -> AsyncIterator[GatewayProcess]:
+    """Run the gateway of `config_path` in a child process, on `sock` when its config must name
+    its own URL; the child's output goes to `gateway.log` beside the config."""
+    sock = sock or listening_socket()
+    base_url = base_url_of(sock)
+    log = config_path.parent / "gateway.log"
+    command = [sys.executable, "-m", "tests.gateway_process", "--fd", str(sock.fileno()), str(config_path)]
+    with log.open("wb") as output:
+        proc = await anyio.open_process(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            pass_fds=[sock.fileno()],
+        )
+    sock.close()  # the child has its own copy of the listening socket
+    try:
+        # As in `serve_gateway`: the kernel queues this until the lifespan is up.
+        async with httpx2.AsyncClient() as client:
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                (await client.get(f"{base_url}/healthz")).raise_for_status()
+        yield GatewayProcess(proc, base_url, log)
+    finally:
+        await stop_process(proc)

@@ -269,9 +269,23 @@ class Connector:
             "params": {
                 "protocolVersion": handshake.protocol_version,
                 "capabilities": handshake.capabilities,
-                "clientInfo": handshake.client_info,
+                "clientInfo": _upstream_client_info(handshake.client_info),
             },
         }
+
+
+def _upstream_client_info(info: JSONObject) -> JSONObject:
+    """The host's client info, with the name and version a handshake-era `initialize` requires:
+    a 2026-07-28 host may send none (it is optional there), and such an upstream would refuse
+    the session, leaving the host with no tools at all."""
+    name, version = info.get("name"), info.get("version")
+    if isinstance(name, str) and isinstance(version, str):
+        return info
+    return {
+        **info,
+        "name": name if isinstance(name, str) else "unknown",
+        "version": version if isinstance(version, str) else "unknown",
+    }
 
 
 def pool_for(config: UpstreamConfig) -> Pool:

@@ -21,7 +21,12 @@ from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 
 from gateway.background import start_guarded
-from gateway.errors import UpstreamSessionExpired, UpstreamUnauthorized, UpstreamUnavailable
+from gateway.errors import (
+    CredentialError,
+    UpstreamSessionExpired,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+)
 from gateway.jsonrpc import MAX_DEPTH, JSONObject, MessageError, TooDeep, dumps, loads_relayable
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.events import Event, EventDecoder, EventStreamError
@@ -119,11 +124,12 @@ class HttpChannel:
         if self._listen_scope is not None:
             self._listen_scope.cancel()
         if self._session_id is not None:
-            # Best effort: an upstream also reaps sessions it no longer hears from.
+            # Best effort: an upstream also reaps sessions it no longer hears from. That includes
+            # a session whose credential is gone (deleted, or refused for good): no DELETE then.
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(2),
-                contextlib.suppress(WireError),
+                contextlib.suppress(WireError, CredentialError),
             ):
                 (await self._pool.request("DELETE", await self._headers(None, None))).close()
 

@@ -95,3 +95,29 @@ async def test_rows_page_newest_first_with_an_opaque_cursor(
         )
     assert seen == [f"key-{i}" for i in reversed(range(5))] and cursor is None
     assert stolen.status_code == 400  # a cursor works only for the query that minted it
+
+
+async def test_reauth_of_a_row_whose_upstream_no_longer_takes_per_user_credentials_is_409(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    """A pending flow is not reconciled to `orphaned` like a credential, so it can outlive the
+    upstream's per-user auth; re-authorising it is refused, not a 500."""
+    admin = await new_tenant(keyed, "retired", admin=True)
+    flow_id, now = str(uuid.uuid4()), utc_now()
+    await keyed.gateway.store.credentials.create_flow(
+        flow_id,
+        Binding(admin.organisation_id, "demo", "vk", admin.api_key_id),  # demo takes no credentials
+        "headers",
+        secret={},
+        oauth_client_id=None,
+        now=now,
+        expires_at=now + timedelta(minutes=15),
+    )
+    with anyio.fail_after(TIMEOUT):
+        response = await http.post(
+            f"{keyed.base_url}/api/mcp/sessions/{flow_id}/reauth", headers=admin.headers
+        )
+    assert response.status_code == 409, response.text
+    body = response.json()
+    ERROR.validate(body)
+    assert (body["status_code"], body["error"]["code"]) == (409, "not_reauthorisable")

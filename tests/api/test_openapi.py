@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import anyio
 import httpx2
 import jsonschema
 import pytest
 import yaml
 from starlette.routing import Route
 
-from tests.api.conftest import SPEC
+from tests.api.conftest import SPEC, TIMEOUT, McpClient, new_tenant
 from tests.harness import RunningGateway
 
 SPEC_FILES = sorted(p.name for p in SPEC.glob("*.openapi.yaml"))
@@ -38,6 +40,23 @@ def _resolve(document: dict[str, Any], node: Any) -> Any:
             target = target[part]
         node = target
     return node
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    declared = schema.get("type", [])
+    return {declared} if isinstance(declared, str) else set(declared)
+
+
+def _narrows(ours: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether our parameter schema admits only what the contract's does: the contract names the
+    parameter and its meaning, and ours says exactly what the server accepts (the contract's
+    `Limit` is `[integer, string]` with a pattern, so it admits "0", which the server refuses)."""
+    if not _types(ours) <= _types(spec):
+        return False
+    if any(field in spec and ours.get(field) != spec[field] for field in ("format", "default")):
+        return False
+    # A pattern constrains strings only: it must carry over only while ours still admits strings.
+    return "string" not in _types(ours) or "pattern" not in spec or ours.get("pattern") == spec["pattern"]
 
 
 def test_the_spec_files_are_there() -> None:
@@ -72,8 +91,7 @@ async def test_operations_match_the_spec(document: dict[str, Any], spec_file: st
             }
             assert spec_params.keys() <= our_params.keys()
             for key, param in spec_params.items():
-                for field in ("type", "format", "default", "pattern"):
-                    assert our_params[key]["schema"].get(field) == param["schema"].get(field), (key, field)
+                assert _narrows(our_params[key]["schema"], param["schema"]), (path, method, key)
             assert set(operation["responses"]) <= set(ours["responses"])
             for status, response in operation["responses"].items():
                 spec_media = response["content"]
@@ -103,3 +121,75 @@ async def test_schemas_have_every_spec_field_with_the_same_type(
 async def test_every_schema_is_valid_json_schema(document: dict[str, Any]) -> None:
     for schema in document["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
+
+
+async def test_operation_ids_are_unique_and_the_credential_listing_keeps_the_spec_id(
+    document: dict[str, Any],
+) -> None:
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert document["paths"]["/api/mcp/sessions"]["get"]["operationId"] == "listMcpSessions"
+
+
+def _query_value(raw: str) -> Any:
+    """A query value as an OpenAPI client would have written it: an integer as its digits."""
+    return int(raw) if re.fullmatch(r"-?[0-9]+", raw) else raw
+
+
+@pytest.mark.parametrize("raw", ["0", "1", "20", "200", "201", "-1", "abc", "1.5", "", "99999999999"])
+async def test_page_size_parameters_document_exactly_what_the_server_accepts(
+    keyed: RunningGateway, http: httpx2.AsyncClient, document: dict[str, Any], raw: str
+) -> None:
+    member = await new_tenant(keyed, "limits-doc")
+    admin = await new_tenant(keyed, "limits-doc", admin=True)
+    session = await McpClient(http, keyed.url, member.key).open()
+    listed = await http.get(f"{keyed.base_url}/mcp/{member.organisation_id}/sessions", headers=member.headers)
+    session_id = next(s["id"] for s in listed.json()["data"] if s["mcpSessionId"] == session)
+    org = member.organisation_id
+    cases = [
+        (f"/mcp/{org}/sessions", "/mcp/{organisationId}/sessions", "Limit", member),
+        (
+            f"/mcp/{org}/sessions/{session_id}/invocations",
+            "/mcp/{organisationId}/sessions/{sessionId}/invocations",
+            "Limit",
+            member,
+        ),
+        ("/api/mcp/sessions", "/api/mcp/sessions", "limit", admin),
+    ]
+    for url, path, name, caller in cases:
+        parameters = [_resolve(document, p) for p in document["paths"][path]["get"]["parameters"]]
+        schema = next(p["schema"] for p in parameters if p["name"] == name and p["in"] == "query")
+        documented = jsonschema.Draft202012Validator(schema).is_valid(_query_value(raw))
+        with anyio.fail_after(TIMEOUT):
+            response = await http.get(keyed.base_url + url, params={name: raw}, headers=caller.headers)
+        assert response.status_code in (200, 400), response.text
+        assert documented == (response.status_code == 200), (path, name, raw, schema, response.text)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("status", ""),
+        ("status", "pending"),
+        ("status", "bogus"),
+        ("auth_mode", ""),
+        ("auth_mode", "vk"),
+        ("auth_mode", "VK"),
+        ("kind", ""),
+        ("kind", "flow"),
+        ("kind", "secret"),
+    ],
+)
+async def test_credential_filters_document_exactly_what_the_server_accepts(
+    keyed: RunningGateway, http: httpx2.AsyncClient, document: dict[str, Any], name: str, raw: str
+) -> None:
+    admin = await new_tenant(keyed, "filters-doc", admin=True)
+    parameters = [_resolve(document, p) for p in document["paths"]["/api/mcp/sessions"]["get"]["parameters"]]
+    schema = next(p["schema"] for p in parameters if p["name"] == name)
+    documented = jsonschema.Draft202012Validator(schema).is_valid(raw)
+    with anyio.fail_after(TIMEOUT):
+        response = await http.get(
+            f"{keyed.base_url}/api/mcp/sessions", params={name: raw}, headers=admin.headers
+        )
+    assert response.status_code in (200, 400), response.text
+    assert documented == (response.status_code == 200), (name, raw, schema, response.text)

@@ -392,3 +392,34 @@ async def test_the_mcp_url_with_a_trailing_slash_never_redirects_to_the_host_hea
     )
     assert "evil.example" not in response.headers.get("location", "")
     assert response.status_code in (200, 421), response.text
+
+
+@pytest.mark.parametrize("client_info", [None, {"name": "no-version"}, ["not", "an", "object"]])
+async def test_a_2026_host_without_usable_client_info_still_calls_tools(
+    keyed: RunningGateway, http: httpx2.AsyncClient, client_info: Any
+) -> None:
+    """2026-07-28 makes `clientInfo` optional; the upstream's `initialize` (handshake era) needs one."""
+    _, key = await new_key(keyed)
+    meta: dict[str, Any] = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    if client_info is not None:
+        meta["io.modelcontextprotocol/clientInfo"] = client_info
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "demo__echo", "arguments": {"text": "anonymous"}, "_meta": meta},
+    }
+    headers = {
+        **ACCEPT,
+        "x-api-key": key,
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "demo__echo",
+    }
+    with anyio.fail_after(TIMEOUT):
+        response = await http.post(keyed.url, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["content"][0]["text"] == "anonymous"

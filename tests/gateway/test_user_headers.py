@@ -348,3 +348,57 @@ async def test_session_credentials_belong_to_one_session_and_end_with_it(tmp_pat
             assert ended.status_code in (200, 204)
             rows = (await http.get(api, headers=users.admin)).json()["sessions"]
             assert [r["kind"] for r in rows] == ["flow"]  # the second session's link remains
+
+
+async def test_a_session_whose_credential_is_deleted_under_it_still_ends_cleanly(world: World) -> None:
+    """An admin deletes a credential that an open session's upstream session uses: the host's
+    notifications and the end of its session must not fail on the credential being gone (found
+    by the fuzz suite: both were a 500, and the idle reaper ending such a session took the
+    gateway's task group down)."""
+    with anyio.fail_after(TIMEOUT):
+        session = await world.alice.open()
+        url = connect_url(await world.alice.call(session, "vault__whoami", {}))
+        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
+        api = f"{world.gateway.base_url}/api/mcp/sessions"
+        [row] = (await world.http.get(api, headers=world.admin)).json()["sessions"]
+        assert (await world.http.delete(f"{api}/{row['id']}", headers=world.admin)).status_code == 204
+
+        headers = {"accept": "application/json, text/event-stream", "x-api-key": world.alice.key}
+        headers["mcp-session-id"] = session
+        changed = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+        notified = await world.http.post(world.gateway.url, json=changed, headers=headers)
+        assert notified.status_code == 202, notified.text
+        set_level = {"jsonrpc": "2.0", "id": 9, "method": "logging/setLevel", "params": {"level": "info"}}
+        leveled = await world.http.post(world.gateway.url, json=set_level, headers=headers)
+        assert leveled.status_code == 200 and leveled.json()["result"] == {}, leveled.text
+        ended = await world.http.delete(world.gateway.url, headers=headers)
+        assert ended.status_code == 200, ended.text
+        gone = await world.http.post(world.gateway.url, json=changed, headers=headers)
+        assert gone.status_code == 404  # ended for good, not left half-closed
+        assert "vault__connect_account" in str(
+            await world.bob.request(await world.bob.open(), "tools/list", {})
+        )
+
+
+async def test_set_level_after_the_sessions_credential_is_deleted_is_still_answered(
+    tmp_path: Path, demo_http_url: str
+) -> None:
+    """As above, for `logging/setLevel`, which goes to every open upstream session that logs
+    (the demo does; it takes any header value, so the form is a formality here)."""
+    body = config_body(demo_http_url).replace("identity: user", "identity: vk")
+    async with (
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+        serve_gateway_at_own_url(tmp_path, body) as gateway,
+    ):
+        users = await people(gateway, http)
+        with anyio.fail_after(TIMEOUT):
+            session = await users.alice.open()
+            url = connect_url(await users.alice.call(session, "vault__echo", {"text": "hi"}))
+            assert (await http.post(url, data={"X-Api-Key": "any"})).status_code == 200
+            assert text_of(await users.alice.call(session, "vault__echo", {"text": "hi"})) == "hi"
+            api = f"{gateway.base_url}/api/mcp/sessions"
+            [row] = (await http.get(api, headers=users.admin)).json()["sessions"]
+            assert (await http.delete(f"{api}/{row['id']}", headers=users.admin)).status_code == 204
+            leveled = await users.alice.request(session, "logging/setLevel", {"level": "info"})
+    assert leveled["result"] == {}
