@@ -112,7 +112,11 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             connectors[upstream.name] = Connector(upstream, task_group, pool=pool, sse_client=client)
         router = Router(config.upstreams)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
-        oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))
+        # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
+        # and a TLS connection verified for one name must not serve another on the same address.
+        oauth_http = await stack.enter_async_context(
+            httpx2.AsyncClient(timeout=30.0, limits=httpx2.Limits(max_keepalive_connections=0))
+        )
 
         async def verify(upstream: UpstreamConfig, headers: Mapping[str, str]) -> None:
             await connectors[upstream.name].verify(headers)

@@ -10,6 +10,7 @@
     └── CredentialError               no usable credential for an upstream
         ├── AuthRequired              the caller must connect an account first (carries the URL)
         ├── OAuthError                an authorization server misbehaved or cannot be used
+        │   └── EgressRefused         discovery named a URL the gateway will not fetch (or read on)
         └── FlowProblem               a connect URL or OAuth callback that cannot go on (HTTP status)
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
@@ -67,6 +68,12 @@ class OAuthError(CredentialError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class EgressRefused(OAuthError):
+    """A URL that discovery led to is off limits (another origin, a private address, plain http)
+    or its answer is (too large); see `gateway/credentials/egress.py`. Not permanent: an admin
+    may allow it, and the credential behind a refresh is not at fault."""
 
 
 class FlowProblem(CredentialError):
