@@ -144,6 +144,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX auth_flows_by_binding ON auth_flows(organisation_id, upstream, auth_mode, subject);
     CREATE INDEX auth_flows_by_expiry ON auth_flows(expires_at);
     """,
+    # 5: when each API key was last used (ISO text like created_at), written at most about once a
+    # minute per key by a running gateway, for `mcpgw keys list`.
+    """
+    ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
