@@ -5,6 +5,6 @@ gateway's proxy internals; the app hands it the store, a way to authenticate cal
 reauth, a way to start a flow."""
 
 from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
-from .sessions import Caller
+from .sessions import Caller, Throttled
 
-__all__ = ["CURSOR_SECRET_NAME", "Caller", "api_routes", "credential_routes", "openapi_document"]
+__all__ = ["CURSOR_SECRET_NAME", "Caller", "Throttled", "api_routes", "credential_routes", "openapi_document"]

@@ -21,12 +21,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import CURSOR_SECRET_NAME, api_routes, credential_routes
+from api import CURSOR_SECRET_NAME, Throttled, api_routes, credential_routes
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.connect import connect_routes
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.keys import sealer_for
-from gateway.hostauth import HostAuth
+from gateway.errors import AuthThrottled
+from gateway.hostauth import HostAuth, Principal
 from gateway.httpio import OriginGuard
 from gateway.legacy_sse import LegacySse
 from gateway.proxy import Proxy
@@ -129,8 +130,16 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         broker.on_connected(registry.connected)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder)
+        auth = HostAuth(
+            store,
+            required=config.auth.required,
+            default_organisation_id=organisation.id,
+            max_failures_per_minute=config.auth.max_failures_per_minute,
+        )
+        # Before the task group is cancelled and the store closed: the last key use is kept.
+        stack.push_async_callback(_shielded, auth.flush_usage)
         endpoint = Endpoint(
-            auth=HostAuth(store, required=config.auth.required, default_organisation_id=organisation.id),
+            auth=auth,
             guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
             registry=registry,
             proxy=proxy,
@@ -139,7 +148,13 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         )
         start_reaper(registry, task_group)
         task_group.start_soon(broker.maintain)
+        task_group.start_soon(auth.maintain)
         yield Gateway(config, store, registry, endpoint, broker)
+
+
+async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
+    with anyio.CancelScope(shield=True):
+        await step()
 
 
 def build_app(config: GatewayConfig) -> Starlette:
@@ -159,13 +174,19 @@ def build_app(config: GatewayConfig) -> Starlette:
             authenticate = gateway.endpoint.auth.authenticate
             broker = gateway.broker
 
+            async def authenticate_api(headers: Mapping[str, str], client: str | None) -> Principal | None:
+                try:
+                    return await authenticate(headers, client)
+                except AuthThrottled as exc:
+                    raise Throttled(exc.retry_after_s) from exc
+
             async def reauthorise(binding: Binding) -> tuple[str, str, str]:
                 flow = await broker.reauthorise(binding)
                 return flow.id, flow.auth_kind, broker.flow_url(flow.id)
 
             listing = [
-                *api_routes(gateway.store, cursor_key, authenticate),
-                *credential_routes(gateway.store, cursor_key, authenticate, reauthorise, broker.forget),
+                *api_routes(gateway.store, cursor_key, authenticate_api),
+                *credential_routes(gateway.store, cursor_key, authenticate_api, reauthorise, broker.forget),
                 *connect_routes(broker, authenticate),
             ]
             app.router.routes.extend(listing)

@@ -140,6 +140,7 @@ class ListenConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     required: bool = True
+    max_failures_per_minute: int = 20  # failed key checks per client address; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +443,7 @@ class _ListenModel(_Model):
 
 class _AuthModel(_Model):
     required: _Bool = True
+    max_failures_per_minute: Annotated[int, BeforeValidator(_int_from_text), Field(ge=0)] = 20
 
 
 class _SecurityModel(_Model):
@@ -738,7 +740,9 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         path=absolute,
         listen=ListenConfig(host=model.listen.host, port=model.listen.port),
         database=database,
-        auth=AuthConfig(required=model.auth.required),
+        auth=AuthConfig(
+            required=model.auth.required, max_failures_per_minute=model.auth.max_failures_per_minute
+        ),
         security=SecurityConfig(
             allowed_hosts=tuple(model.security.allowed_hosts),
             allowed_origins=tuple(model.security.allowed_origins),

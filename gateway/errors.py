@@ -7,6 +7,7 @@
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
+    ├── AuthThrottled                 a client address failed to authenticate too often (429)
     └── CredentialError               no usable credential for an upstream
         ├── AuthRequired              the caller must connect an account first (carries the URL)
         ├── OAuthError                an authorization server misbehaved or cannot be used
@@ -87,3 +88,12 @@ class FlowProblem(CredentialError):
 
 class RoutingError(GatewayError):
     """A name the host sent maps to no upstream (or is filtered away)."""
+
+
+class AuthThrottled(GatewayError):
+    """A client address has failed to authenticate too often: answer 429 with ``Retry-After``
+    (``retry_after_s``) without looking the key up."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many failed authentications; retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s

@@ -73,6 +73,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     demo, docs, github, search, internal, legacy = config.upstreams
     assert (github.auth.kind, github.auth.identity, github.auth.scopes) == ("oauth", "user", ("read",))
     assert github.auth.allow_private_addresses is False
+    assert config.auth.max_failures_per_minute == 20
     assert (search.auth.kind, search.auth.identity, search.auth.header_names) == (
         "user_headers",
         "vk",
