@@ -214,7 +214,8 @@ class SqliteStore:
     async def list_api_keys(self, organisation_id: str) -> list[ApiKey]:
         with translated("list API keys"):
             async with self._conn.execute(
-                f"SELECT {_API_KEY_LISTED} FROM api_keys WHERE organisation_id = ? ORDER BY created_at, rowid",
+                f"SELECT {_API_KEY_LISTED} FROM api_keys WHERE organisation_id = ?"
+                " ORDER BY created_at, rowid",
                 (organisation_id,),
             ) as cursor:
                 return [_api_key(row) for row in await cursor.fetchall()]
