@@ -6,12 +6,13 @@ reauth, a way to start a flow."""
 
 from .credentials import ReauthRefused
 from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
-from .sessions import Caller
+from .sessions import Caller, Throttled
 
 __all__ = [
     "CURSOR_SECRET_NAME",
     "Caller",
     "ReauthRefused",
+    "Throttled",
     "api_routes",
     "credential_routes",
     "openapi_document",

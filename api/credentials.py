@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from api.api_errors import ApiError
 from api.cursor import CursorCodec, InvalidCursor
-from api.sessions import Authenticate, Caller
+from api.sessions import Authenticate, Caller, client_of
 from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
 
 __all__ = ["CredentialsApi", "Forget", "ReauthRefused", "Reauthorise"]
@@ -99,7 +99,7 @@ class CredentialsApi:
     forget: Forget
 
     async def _admin(self, request: Request) -> Caller:
-        caller = await self.authenticate(request.headers)
+        caller = await self.authenticate(request.headers, client_of(request))
         if caller is None or caller.api_key_id is None or not caller.is_admin:
             raise ApiError.unauthorized()
         return caller

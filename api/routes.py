@@ -23,7 +23,7 @@ from api.api_errors import ApiError, api_error_response
 from api.credentials import CredentialsApi, Forget, Reauthorise
 from api.cursor import CursorCodec
 from api.problems import Problem, problem_response
-from api.sessions import Authenticate, SessionsApi
+from api.sessions import Authenticate, SessionsApi, Throttled
 from store import Store, StoreUnavailable
 
 __all__ = ["CURSOR_SECRET_NAME", "api_routes", "credential_routes", "openapi_document"]
@@ -41,6 +41,7 @@ class _Surface:
 
     render: Callable[[int, str, str, dict[str, str] | None], Response]
     unavailable: tuple[str, str]
+    throttled: tuple[str, str]
     internal: tuple[str, str]
     not_allowed: str
 
@@ -48,12 +49,14 @@ class _Surface:
 _PROBLEMS = _Surface(
     render=lambda status, code, detail, headers: problem_response(Problem(status, code, detail), headers),
     unavailable=(Problem.unavailable().code, Problem.unavailable().detail),
+    throttled=("Auth.TooManyFailures", "Too many failed authentications from this address; retry later."),
     internal=("Internal", "The request failed; the error is logged."),
     not_allowed="MethodNotAllowed",
 )
 _API_ERRORS = _Surface(
     render=lambda status, code, detail, headers: api_error_response(ApiError(status, code, detail), headers),
     unavailable=("unavailable", "The database is unavailable; try again shortly."),
+    throttled=("too_many_failures", "Too many failed authentications from this address; retry later."),
     internal=("internal", "The request failed; the error is logged."),
     not_allowed="method_not_allowed",
 )
@@ -71,6 +74,8 @@ def _guarded(handler: Handler, surface: _Surface, methods: tuple[str, ...] = ("G
             return surface.render(problem.status, problem.code, problem.detail, None)
         except ApiError as refusal:
             return surface.render(refusal.status, refusal.code, refusal.message, None)
+        except Throttled as throttled:
+            return surface.render(429, *surface.throttled, {"retry-after": str(throttled.retry_after_s)})
         except StoreUnavailable as exc:
             logger.warning("api: %s %s: %s", request.method, request.url.path, exc)
             return surface.render(503, *surface.unavailable, None)

@@ -25,7 +25,7 @@ from api.paging import page_body, read_limit, read_seek
 from api.problems import Problem
 from store import RecordedInvocation, RecordedSession, Seek, Store, format_timestamp
 
-__all__ = ["Caller", "SessionsApi"]
+__all__ = ["Authenticate", "Caller", "SessionsApi", "Throttled", "client_of"]
 
 INLINE_INVOCATIONS = 50
 """How many invocations the session detail carries inline; the rest are paged."""
@@ -47,7 +47,20 @@ class Caller(Protocol):
     def is_admin(self) -> bool: ...
 
 
-Authenticate = Callable[[Mapping[str, str]], Awaitable[Caller | None]]
+Authenticate = Callable[[Mapping[str, str], str | None], Awaitable[Caller | None]]
+"""The caller from a request's headers and client address; may raise `Throttled`."""
+
+
+class Throttled(Exception):
+    """The caller's address has failed to authenticate too often: 429 with ``Retry-After``."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s
+
+
+def client_of(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def render_session(session: RecordedSession) -> dict[str, Any]:
@@ -119,7 +132,7 @@ class SessionsApi:
 
     async def _scope(self, request: Request) -> _Scope:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        caller = await self.authenticate(headers)
+        caller = await self.authenticate(headers, client_of(request))
         if caller is None or caller.api_key_id is None:  # key-less mode opens MCP, never this API
             raise Problem.unauthorized(missing="authorization" not in headers and "x-api-key" not in headers)
         if request.path_params["organisationId"] != caller.organisation_id:

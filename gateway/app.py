@@ -21,14 +21,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import CURSOR_SECRET_NAME, ReauthRefused, api_routes, credential_routes
+from api import CURSOR_SECRET_NAME, ReauthRefused, Throttled, api_routes, credential_routes
 from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.connect import connect_routes
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.keys import sealer_for
-from gateway.errors import FlowProblem
-from gateway.hostauth import HostAuth
+from gateway.errors import AuthThrottled, FlowProblem
+from gateway.hostauth import HostAuth, Principal
 from gateway.httpio import OriginGuard
 from gateway.legacy_sse import LegacySse
 from gateway.proxy import Proxy
@@ -125,7 +125,11 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             )
         router = Router(config.upstreams)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
-        oauth_http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0))
+        # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
+        # and a TLS connection verified for one name must not serve another on the same address.
+        oauth_http = await stack.enter_async_context(
+            httpx2.AsyncClient(timeout=30.0, limits=httpx2.Limits(max_keepalive_connections=0))
+        )
 
         async def verify(upstream: UpstreamConfig, headers: Mapping[str, str]) -> None:
             await connectors[upstream.name].verify(headers)
@@ -138,8 +142,16 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         broker.on_connected(registry.connected)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder)
+        auth = HostAuth(
+            store,
+            required=config.auth.required,
+            default_organisation_id=organisation.id,
+            max_failures_per_minute=config.auth.max_failures_per_minute,
+        )
+        # Before the task group is cancelled and the store closed: the last key use is kept.
+        stack.push_async_callback(_shielded, auth.flush_usage)
         endpoint = Endpoint(
-            auth=HostAuth(store, required=config.auth.required, default_organisation_id=organisation.id),
+            auth=auth,
             guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
             registry=registry,
             proxy=proxy,
@@ -148,7 +160,13 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         )
         start_reaper(registry, task_group)
         start_guarded(task_group, "credential maintenance", broker.maintain)
+        start_guarded(task_group, "API key maintenance", auth.maintain)
         yield Gateway(config, store, registry, endpoint, broker)
+
+
+async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
+    with anyio.CancelScope(shield=True):
+        await step()
 
 
 def build_app(config: GatewayConfig) -> Starlette:
@@ -168,6 +186,12 @@ def build_app(config: GatewayConfig) -> Starlette:
             authenticate = gateway.endpoint.auth.authenticate
             broker = gateway.broker
 
+            async def authenticate_api(headers: Mapping[str, str], client: str | None) -> Principal | None:
+                try:
+                    return await authenticate(headers, client)
+                except AuthThrottled as exc:
+                    raise Throttled(exc.retry_after_s) from exc
+
             async def reauthorise(binding: Binding) -> tuple[str, str, str]:
                 try:
                     flow = await broker.reauthorise(binding)
@@ -176,8 +200,8 @@ def build_app(config: GatewayConfig) -> Starlette:
                 return flow.id, flow.auth_kind, broker.flow_url(flow)
 
             listing = [
-                *api_routes(gateway.store, cursor_key, authenticate),
-                *credential_routes(gateway.store, cursor_key, authenticate, reauthorise, broker.forget),
+                *api_routes(gateway.store, cursor_key, authenticate_api),
+                *credential_routes(gateway.store, cursor_key, authenticate_api, reauthorise, broker.forget),
                 *connect_routes(broker, authenticate),
             ]
             app.router.routes.extend(listing)

@@ -1,4 +1,4 @@
-"""The `mcpgw` command: serve, keys create, sessions [show ID], secrets rotate|new-key, stdio.
+"""The `mcpgw` command: serve, keys create|list|revoke, sessions [show ID], secrets rotate|new-key, stdio.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -52,8 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "secrets":
             return anyio.run(_rotate, config, args.drop_old)
         if args.command == "keys":
+            from gateway.keys_cli import create_key, list_keys, revoke_key
+
+            if args.keys_command == "list":
+                return anyio.run(list_keys, config.database, args.org, args.json)
+            if args.keys_command == "revoke":
+                return anyio.run(revoke_key, config.database, args.api_key_id)
             return anyio.run(
-                _create_key, config, args.org, args.user, args.admin, args.allow or ["*"], args.deny
+                create_key, config.database, args.org, args.user, args.admin, args.allow or ["*"], args.deny
             )
     except ConfigError as exc:
         print(f"mcpgw: {exc}", file=sys.stderr)
@@ -90,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--deny", action="append", default=[], metavar="GLOB", help="never tools matching this"
     )
+    listing = key_commands.add_parser(
+        "list", help="an organisation's keys: id, user, admin, tool filters, created, last used, revoked"
+    )
+    listing.add_argument("--config", help=config_help)
+    listing.add_argument("--org", required=True, help="organisation name")
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key; a running gateway refuses it from its next request"
+    )
+    revoke.add_argument(
+        "api_key_id", metavar="ID", help="the key's id (apiKeyId, the ID column of keys list)"
+    )
+    revoke.add_argument("--config", help=config_help)
 
     sessions = commands.add_parser("sessions", help="recent sessions, or one session's invocations")
     sessions.add_argument("show", nargs="?", choices=["show"], help="show one session's invocations")
@@ -134,20 +153,6 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
         )
         return 2
     return serve(config, listen_host, config.listen.port if port is None else port)
-
-
-async def _create_key(
-    config: GatewayConfig, organisation: str, user: str | None, admin: bool, allow: list[str], deny: list[str]
-) -> int:
-    from store import open_sqlite_store
-
-    async with open_sqlite_store(config.database) as store:
-        org = await store.ensure_organisation(organisation)
-        created = await store.create_api_key(
-            org.id, user_id=user, is_admin=admin, tools_allow=allow, tools_deny=deny
-        )
-    print(json.dumps({"organisationId": org.id, "apiKeyId": created.key.id, "key": created.secret}))
-    return 0
 
 
 async def _rotate(config: GatewayConfig, drop_old: bool) -> int:

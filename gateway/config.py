@@ -106,6 +106,7 @@ class UpstreamAuth:
     client_id: str | None = None  # oauth: a pre-registered client; else a metadata document or RFC 7591
     client_secret: str | None = field(default=None, repr=False)
     client_metadata_url: str | None = None  # oauth: an https URL serving this client's metadata document
+    allow_private_addresses: bool = False  # oauth: discovery may reach RFC 1918/ULA addresses
     header_names: tuple[str, ...] = ()  # user_headers: what the form asks for
     static_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # headers
 
@@ -139,6 +140,7 @@ class ListenConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     required: bool = True
+    max_failures_per_minute: int = 20  # failed key checks per client address; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +450,7 @@ class _ListenModel(_Model):
 
 class _AuthModel(_Model):
     required: _Bool = True
+    max_failures_per_minute: Annotated[int, BeforeValidator(_int_from_text), Field(ge=0)] = 20
 
 
 class _SecurityModel(_Model):
@@ -478,6 +481,7 @@ class _UpstreamAuthModel(_Model):
     client_id: _Text | None = None
     client_secret: _Text | None = None
     client_metadata_url: Annotated[str, AfterValidator(_check_url)] | None = None
+    allow_private_addresses: _Bool | None = None
     # user_headers: a list of names; headers: a mapping of names to values.
     headers: (
         list[Annotated[str, AfterValidator(_check_header_name)]]
@@ -743,7 +747,9 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
         path=absolute,
         listen=ListenConfig(host=model.listen.host, port=model.listen.port),
         database=database,
-        auth=AuthConfig(required=model.auth.required),
+        auth=AuthConfig(
+            required=model.auth.required, max_failures_per_minute=model.auth.max_failures_per_minute
+        ),
         security=SecurityConfig(
             allowed_hosts=tuple(model.security.allowed_hosts),
             allowed_origins=tuple(model.security.allowed_origins),
@@ -767,7 +773,14 @@ def local_url(host: str, port: int) -> str:
 _AUTH_KEYS: dict[str, tuple[str, ...]] = {
     "none": (),
     "headers": ("headers",),
-    "oauth": ("identity", "scopes", "client_id", "client_secret", "client_metadata_url"),
+    "oauth": (
+        "identity",
+        "scopes",
+        "client_id",
+        "client_secret",
+        "client_metadata_url",
+        "allow_private_addresses",
+    ),
     "user_headers": ("identity", "headers"),
 }
 
@@ -775,7 +788,15 @@ _AUTH_KEYS: dict[str, tuple[str, ...]] = {
 def _upstream_auth(up: _UpstreamModel, here: Loc, problems: list[tuple[Loc, str]]) -> UpstreamAuth:
     model = up.auth
     at: Loc = (*here, "auth")
-    for key in ("identity", "scopes", "client_id", "client_secret", "client_metadata_url", "headers"):
+    for key in (
+        "identity",
+        "scopes",
+        "client_id",
+        "client_secret",
+        "client_metadata_url",
+        "allow_private_addresses",
+        "headers",
+    ):
         if getattr(model, key) is not None and key not in _AUTH_KEYS[model.kind]:
             problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
     if model.kind in ("oauth", "user_headers") and up.transport != "http":
@@ -812,6 +833,7 @@ def _upstream_auth(up: _UpstreamModel, here: Loc, problems: list[tuple[Loc, str]
         client_id=model.client_id,
         client_secret=model.client_secret,
         client_metadata_url=model.client_metadata_url,
+        allow_private_addresses=bool(model.allow_private_addresses),
         header_names=names,
         static_headers=static,
     )

@@ -24,13 +24,13 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.oauth import CLIENT_DOCUMENT_PATH, client_document
-from gateway.errors import FlowProblem, OAuthError
+from gateway.errors import AuthThrottled, FlowProblem, OAuthError
 from gateway.hostauth import Principal, key_from_headers
 from store import StoreError
 
 logger = logging.getLogger(__name__)
 
-Authenticate = Callable[[Mapping[str, str]], Awaitable[Principal | None]]
+Authenticate = Callable[[Mapping[str, str], str | None], Awaitable[Principal | None]]
 _MAX_FORM_BYTES = 64 * 1024
 # The URL is a capability: keep it out of caches, referrers and frames.
 _HEADERS = {
@@ -82,6 +82,9 @@ class _Pages:
             if problem.status == 422:
                 return _form(config.name, config.auth.header_names, problem.message, status=422)
             return _page(problem.status, problem.message)
+        except AuthThrottled as exc:
+            message = "Too many failed API keys from this address; try again later."
+            return _page(429, message, {"retry-after": str(exc.retry_after_s)})
         except OAuthError as exc:  # the link is a capability: never in the log
             logger.warning("connect page: %s", exc)
             return _page(502, f"The authorization server cannot be used right now: {exc}")
@@ -109,7 +112,7 @@ class _Pages:
         """Who opened the page, when the request says (a browser usually does not)."""
         if key_from_headers(request.headers) is None:
             return None
-        caller = await self._authenticate(request.headers)
+        caller = await self._authenticate(request.headers, request.client.host if request.client else None)
         if caller is None:
             raise FlowProblem(401, "The API key sent with this request is unknown or revoked.")
         return caller
@@ -129,9 +132,9 @@ async def _form_values(request: Request) -> dict[str, str]:
         raise FlowProblem(400, "The form could not be read.") from None
 
 
-def _page(status: int, message: str) -> HTMLResponse:
+def _page(status: int, message: str, headers: Mapping[str, str] | None = None) -> HTMLResponse:
     body = f"<p>{html.escape(message)}</p>"
-    return HTMLResponse(_document("mcpgw", body), status, headers=_HEADERS)
+    return HTMLResponse(_document("mcpgw", body), status, headers={**_HEADERS, **(headers or {})})
 
 
 def _form(

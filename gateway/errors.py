@@ -7,9 +7,11 @@
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
+    ├── AuthThrottled                 a client address failed to authenticate too often (429)
     └── CredentialError               no usable credential for an upstream
         ├── AuthRequired              the caller must connect an account first (carries the URL)
         ├── OAuthError                an authorization server misbehaved or cannot be used
+        │   └── EgressRefused         discovery named a URL the gateway will not fetch (or read on)
         └── FlowProblem               a connect URL or OAuth callback that cannot go on (HTTP status)
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
@@ -69,6 +71,12 @@ class OAuthError(CredentialError):
         self.permanent = permanent
 
 
+class EgressRefused(OAuthError):
+    """A URL that discovery led to is off limits (another origin, a private address, plain http)
+    or its answer is (too large); see `gateway/credentials/egress.py`. Not permanent: an admin
+    may allow it, and the credential behind a refresh is not at fault."""
+
+
 class FlowProblem(CredentialError):
     """A connect URL or callback that cannot go on; ``status`` is the HTTP status to answer with."""
 
@@ -85,3 +93,12 @@ class RoutingError(GatewayError):
     def __init__(self, message: str, data: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.data = data
+
+
+class AuthThrottled(GatewayError):
+    """A client address has failed to authenticate too often: answer 429 with ``Retry-After``
+    (``retry_after_s``) without looking the key up."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many failed authentications; retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s

@@ -20,6 +20,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from starlette.types import Receive, Scope, Send
 
 from gateway.background import log_failure
+from gateway.errors import AuthThrottled
 from gateway.hostauth import HostAuth, Principal
 from gateway.httpio import (
     BodyTooLarge,
@@ -83,7 +84,14 @@ class Endpoint:
         if problem is not None:
             await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
             return None
-        principal = await self.auth.authenticate(headers)
+        client = scope.get("client")
+        try:
+            principal = await self.auth.authenticate(headers, client[0] if client else None)
+        except AuthThrottled as exc:
+            message = "Too many failed authentications from this address; retry later"
+            retry_after = (b"retry-after", str(exc.retry_after_s).encode())
+            await send_json(send, 429, error(None, INVALID_REQUEST, message), [retry_after])
+            return None
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
             reason = "missing API key" if missing else "unknown API key"

@@ -144,7 +144,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX auth_flows_by_binding ON auth_flows(organisation_id, upstream, auth_mode, subject);
     CREATE INDEX auth_flows_by_expiry ON auth_flows(expires_at);
     """,
-    # 5: a flow's connect link is a capability, so the database keeps only its hash (and the
+    # 5: when each API key was last used (ISO text like created_at), written at most about once a
+    # minute per key by a running gateway, for `mcpgw keys list`.
+    """
+    ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+    """,
+    # 6: a flow's connect link is a capability, so the database keeps only its hash (and the
     # link itself sealed inside `secret`, so a live flow can be offered again). Flows from
     # before used their id as the link: they are dropped (they lived 15 minutes at most).
     """

@@ -59,6 +59,9 @@ class ApiKey:
     """Globs over host-visible tool names (``demo__*``) this key may see and call."""
     tools_deny: tuple[str, ...] = ()
     """Globs this key may not use, even when allowed; deny wins."""
+    last_used_at: datetime | None = field(default=None, compare=False)
+    """When a gateway last accepted it, to about a minute (``None``: never, or not yet written).
+    Not part of equality: it says how a key was used, not which key it is."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -36,6 +36,10 @@ class Store(Protocol):
         """Return the organisation with this id, or ``None``."""
         ...
 
+    async def find_organisation(self, name: str) -> Organisation | None:
+        """Return the organisation called ``name``, or ``None`` (never creates one)."""
+        ...
+
     async def create_api_key(
         self,
         organisation_id: str,
@@ -64,8 +68,31 @@ class Store(Protocol):
         """The organisation's keys that are not revoked, narrowed to one id and/or one user."""
         ...
 
+    async def list_api_keys(self, organisation_id: str) -> list[ApiKey]:
+        """Every key of the organisation, revoked ones too, oldest first, with ``last_used_at``."""
+        ...
+
     async def revoke_api_key(self, api_key_id: str) -> None:
-        """Revoke the key; raise ``KeyNotFound`` if there is none. Revoking twice is a no-op."""
+        """Revoke the key; raise ``KeyNotFound`` if there is none. Revoking twice is a no-op.
+
+        When this returns, :meth:`key_generation` has changed for every process using the
+        store, so none of them goes on accepting the key from a cache.
+        """
+        ...
+
+    def key_generation(self) -> Hashable:
+        """A value that changes whenever a key is revoked, by this process or any other.
+
+        Callers that cache keys compare it on every use, so it must be cheap and must not block:
+        the SQLite store ``stat()``s a marker file beside the database (about a microsecond,
+        see ``store/_revocations.py``); a server database would keep a counter that a listener
+        (PostgreSQL ``LISTEN``/``NOTIFY``) advances.
+        """
+        ...
+
+    async def record_key_use(self, used: Mapping[str, datetime]) -> None:
+        """Record when keys (by id) were last used; an older time than the stored one, or an
+        unknown id, changes nothing. Callers batch: this is not meant to run per request."""
         ...
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from ._connection import configure, connect, connect_blocking
 from ._credentials import CredentialSql
 from ._listing import get_session, list_invocations, list_sessions
 from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
+from ._revocations import RevocationMarker
 from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from ._writer_thread import WriterThread
@@ -60,6 +61,7 @@ batch could hold the loop up for more than a millisecond."""
 _API_KEY_COLUMNS = (
     "id, organisation_id, user_id, is_admin, prefix, created_at, revoked_at, tools_allow, tools_deny"
 )
+_API_KEY_LISTED = f"{_API_KEY_COLUMNS}, last_used_at"
 
 
 def _organisation(row: Any) -> Organisation:
@@ -77,6 +79,7 @@ def _api_key(row: Any) -> ApiKey:
         revoked_at=None if row[6] is None else parse_timestamp(row[6]),
         tools_allow=tuple(json.loads(row[7])),
         tools_deny=tuple(json.loads(row[8])),
+        last_used_at=None if len(row) < 10 or row[9] is None else parse_timestamp(row[9]),
     )
 
 
@@ -84,10 +87,15 @@ class SqliteStore:
     """The Store over an open, configured and migrated connection; see :func:`open_sqlite_store`."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, writer: WriterThread, sealer: Sealer | None = None
+        self,
+        conn: aiosqlite.Connection,
+        writer: WriterThread,
+        revocations: RevocationMarker,
+        sealer: Sealer | None = None,
     ) -> None:
         self._conn = conn
         self._writer = writer
+        self._revocations = revocations
         self._credentials = None if sealer is None else CredentialSql(conn, sealer)
 
     @property
@@ -123,6 +131,10 @@ class SqliteStore:
         if created is None:
             raise StoreError("organisation vanished while being ensured")
         return created
+
+    async def find_organisation(self, name: str) -> Organisation | None:
+        with translated("find organisation"):
+            return await self._organisation_named(name)
 
     async def get_organisation(self, organisation_id: str) -> Organisation | None:
         with translated("get organisation"):
@@ -199,6 +211,28 @@ class SqliteStore:
             )
         return None if row is None else _api_key(row)
 
+    async def list_api_keys(self, organisation_id: str) -> list[ApiKey]:
+        with translated("list API keys"):
+            async with self._conn.execute(
+                f"SELECT {_API_KEY_LISTED} FROM api_keys WHERE organisation_id = ?"
+                " ORDER BY created_at, rowid",
+                (organisation_id,),
+            ) as cursor:
+                return [_api_key(row) for row in await cursor.fetchall()]
+
+    def key_generation(self) -> Hashable:
+        return self._revocations.generation()
+
+    async def record_key_use(self, used: Mapping[str, datetime]) -> None:
+        if not used:
+            return
+        rows = [(format_timestamp(moment), key_id) for key_id, moment in used.items()]
+        with translated("record API key use"):
+            # The text sorts in time order, so max() keeps the later of two batches.
+            await self._conn.executemany(
+                "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?", rows
+            )
+
     async def revoke_api_key(self, api_key_id: str) -> None:
         with translated("revoke API key"):
             async with self._conn.execute(
@@ -210,6 +244,10 @@ class SqliteStore:
             exists = revoked or await self._fetchone("SELECT 1 FROM api_keys WHERE id = ?", (api_key_id,))
         if not exists:
             raise KeyNotFound(f"no API key {api_key_id!r}")
+        # After the commit (autocommit: the UPDATE above), so whoever sees the signal and looks
+        # the key up again finds it revoked. Also when it was revoked already: a second run
+        # repairs a signal that a crash between the two steps lost.
+        self._revocations.signal(api_key_id)
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:
         with translated("write records"):
@@ -298,7 +336,9 @@ async def open_sqlite_store(path: str | Path, *, sealer: Sealer | None = None) -
         with translated(f"open {path}"), anyio.CancelScope(shield=True):
             writer = WriterThread(await anyio.to_thread.run_sync(connect_blocking, path))
         stack.push_async_callback(writer.aclose)
-        yield SqliteStore(for_statements, writer, sealer)
+        revocations = RevocationMarker(Path(f"{path}-revoked"))
+        revocations.ensure()
+        yield SqliteStore(for_statements, writer, revocations, sealer)
 
 
 async def _close(conn: aiosqlite.Connection, path: str | Path) -> None:

@@ -6,7 +6,9 @@ must carry exactly that issuer. The client is the configured one, a client metad
 or registered on the fly (RFC 7591) and kept. Every authorization uses PKCE S256 (a server that
 does not offer it is refused), `state`, and RFC 8707 `resource` on both the authorise and the
 token requests. The URL building and metadata parsing are the `mcp` SDK's and authlib's; this
-module only sequences them over the gateway's own HTTP client.
+module only sequences them over the gateway's own HTTP client. Every request it sends obeys
+`egress.py`: the upstream's and its authorization server's origins only, no private addresses,
+no redirects, bounded answers.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken
 from pydantic import AnyUrl, ValidationError
 
 from gateway.config import UpstreamConfig, is_loopback_host
+from gateway.credentials.egress import Egress, Origin, redirect_note
 from gateway.errors import OAuthError
 from store import OAuthClient, Store, utc_now
 
@@ -116,6 +119,7 @@ class OAuthUpstream:
         self._store = store
         self.redirect_uri = redirect_uri
         self._document_url = document_url
+        self._egress = Egress(config.name, config.url, config.auth.allow_private_addresses)
         self._server: AuthServer | None = None
         self._discovered_at = 0.0
         self._lock = anyio.Lock()
@@ -133,24 +137,31 @@ class OAuthUpstream:
         url = self.config.url
         assert url is not None
         probe = {"jsonrpc": "2.0", "id": "mcpgw-discover", "method": "ping"}
+        own = self._egress.origins()  # until the resource metadata names its server
         challenge = await self._send(
-            httpx2.Request("POST", url, json=probe, headers={"accept": "application/json, text/event-stream"})
+            httpx2.Request(
+                "POST", url, json=probe, headers={"accept": "application/json, text/event-stream"}
+            ),
+            own,
         )
         if challenge.status_code != 401:
             raise OAuthError(
                 f"{url} answered HTTP {challenge.status_code} without a token, not 401", permanent=True
             )
         resource = None
+        notes = ""
         for candidate in build_protected_resource_metadata_discovery_urls(
             extract_resource_metadata_from_www_auth(challenge), url
         ):
-            resource = await handle_protected_resource_response(
-                await self._send(create_oauth_metadata_request(candidate))
-            )
+            response = await self._send(create_oauth_metadata_request(candidate), own)
+            resource = await handle_protected_resource_response(response)
             if resource is not None:
                 break
+            notes += redirect_note(candidate, response)
         if resource is None:
-            raise OAuthError(f"{url} publishes no protected resource metadata (RFC 9728)", permanent=True)
+            raise OAuthError(
+                f"{url} publishes no protected resource metadata (RFC 9728){notes}", permanent=True
+            )
         if str(resource.resource).rstrip("/") != url.rstrip("/"):
             # RFC 9728 section 3.3: metadata for another resource must not be used for this one.
             raise OAuthError(f"{url}'s resource metadata describes {resource.resource}", permanent=True)
@@ -167,10 +178,12 @@ class OAuthUpstream:
         return AuthServer(str(resource.resource), metadata, scope)
 
     async def _server_metadata(self, issuer: str, url: str) -> OAuthMetadata:
+        allowed = self._egress.origins(issuer)
+        notes = ""
         for candidate in build_oauth_authorization_server_metadata_discovery_urls(issuer, url):
-            found, metadata = await handle_auth_metadata_response(
-                await self._send(create_oauth_metadata_request(candidate))
-            )
+            response = await self._send(create_oauth_metadata_request(candidate), allowed)
+            found, metadata = await handle_auth_metadata_response(response)
+            notes += redirect_note(candidate, response)
             if not found:
                 break
             if metadata is not None:
@@ -179,7 +192,7 @@ class OAuthUpstream:
                 except OAuthFlowError as exc:
                     raise OAuthError(str(exc), permanent=True) from exc
                 return metadata
-        raise OAuthError(f"no authorization server metadata found for {issuer}", permanent=True)
+        raise OAuthError(f"no authorization server metadata found for {issuer}{notes}", permanent=True)
 
     # -- the client ----------------------------------------------------------------------------
 
@@ -220,7 +233,9 @@ class OAuthUpstream:
         )
         request = create_client_registration_request(server.metadata, metadata, server.issuer)
         try:
-            registered = await handle_registration_response(await self._send(request))
+            registered = await handle_registration_response(
+                await self._send(request, self._egress.origins(server.issuer))
+            )
         except OAuthRegistrationError as exc:
             raise OAuthError(str(exc)) from exc
         return registered.client_id or "", registered.client_secret
@@ -288,7 +303,7 @@ class OAuthUpstream:
             headers={"content-type": "application/x-www-form-urlencoded", "accept": "application/json"},
         )
         started = utc_now()
-        response = await self._send(request, auth)
+        response = await self._send(request, self._egress.origins(server.issuer), auth)
         if response.status_code != 200:
             raise _token_error(response, grant)
         try:
@@ -300,14 +315,13 @@ class OAuthUpstream:
         expires_at = None if token.expires_in is None else started + timedelta(seconds=token.expires_in)
         return Tokens(token.access_token, token.refresh_token, expires_at, token.scope)
 
-    async def _send(self, request: httpx2.Request, auth: httpx2.Auth | None = None) -> httpx2.Response:
+    async def _send(
+        self, request: httpx2.Request, allowed: frozenset[Origin], auth: httpx2.Auth | None = None
+    ) -> httpx2.Response:
+        """`request` sent by the egress rules, answered within `connect_s` (resolving included)."""
         try:
             with anyio.fail_after(self.config.timeouts.connect_s):
-                response = (
-                    await self._http.send(request, auth=auth) if auth else await self._http.send(request)
-                )
-                await response.aread()
-                return response
+                return await self._egress.send(self._http, request, allowed, auth)
         except TimeoutError:
             raise OAuthError(
                 f"{request.url.host} did not answer within {self.config.timeouts.connect_s:g}s"

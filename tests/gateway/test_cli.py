@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from store import hash_api_key
 from tests.harness import ROOT, stop_process
 
 TIMEOUT = 30.0
@@ -123,6 +125,89 @@ async def test_a_key_created_while_serving_works_at_once(tmp_path: Path) -> None
             with anyio.fail_after(TIMEOUT):
                 result = await client.call_tool("demo__echo", {"text": "keyed"})
         assert not result.is_error
+
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+ACCEPT = {"accept": "application/json, text/event-stream"}
+
+
+async def create_key(config: Path, *args: str) -> dict[str, str]:
+    code, out, err = await run_mcpgw("keys", "create", "--config", str(config), "--org", "acme", *args)
+    assert code == 0, err
+    created: dict[str, str] = json.loads(out)
+    return created
+
+
+async def test_keys_list_shows_each_key_and_revoke_refuses_it_on_the_very_next_request(
+    tmp_path: Path,
+) -> None:
+    config = copy_example(tmp_path, **{"required: false": "required: true"})
+    async with mcpgw_serve(config, free_port()) as url, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        ada = await create_key(config, "--user", "ada", "--admin", "--deny", "demo__fail")
+        bob = await create_key(config, "--user", "bob")
+        unused = await create_key(config)
+        base = url.removesuffix("/mcp")
+        sessions = f"{base}/mcp/{ada['organisationId']}/sessions"
+        with anyio.fail_after(TIMEOUT):
+            opened = await http.post(url, json=INIT, headers={**ACCEPT, "x-api-key": ada["key"]})
+            assert opened.status_code == 200, opened.text
+            session = {**ACCEPT, "x-api-key": ada["key"], "mcp-session-id": opened.headers["mcp-session-id"]}
+            assert (await http.get(sessions, headers={"x-api-key": ada["key"]})).status_code == 200
+            assert (
+                await http.post(url, json=INIT, headers={**ACCEPT, "x-api-key": bob["key"]})
+            ).status_code == 200
+
+        code, out, err = await run_mcpgw("keys", "list", "--org", "acme", "--config", str(config), "--json")
+        assert code == 0, err
+        listed = json.loads(out)
+        assert [row["apiKeyId"] for row in listed] == [ada["apiKeyId"], bob["apiKeyId"], unused["apiKeyId"]]
+        first = listed[0]
+        assert (first["userId"], first["admin"], first["toolsAllow"], first["toolsDeny"]) == (
+            "ada",
+            True,
+            ["*"],
+            ["demo__fail"],
+        )
+        assert first["createdAt"] and first["revokedAt"] is None and "lastUsedAt" in first
+        code, table, err = await run_mcpgw("keys", "list", "--org", "acme", "--config", str(config))
+        assert code == 0, err
+        assert table.splitlines()[0].split()[:3] == ["ID", "PREFIX", "USER"]
+        assert all(key["apiKeyId"] in table for key in (ada, bob, unused))
+        for key in (ada, bob, unused):  # never a key, nor its hash
+            assert key["key"] not in out + table and hash_api_key(key["key"]) not in out + table
+
+        code, out, err = await run_mcpgw("keys", "revoke", ada["apiKeyId"], "--config", str(config))
+        assert code == 0, err
+        assert json.loads(out) == {"apiKeyId": ada["apiKeyId"], "revoked": True}
+        with anyio.fail_after(TIMEOUT):
+            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+            assert (await http.post(url, json=ping, headers=session)).status_code == 401
+            assert (await http.get(sessions, headers={"x-api-key": ada["key"]})).status_code == 401
+            assert (
+                await http.post(url, json=INIT, headers={**ACCEPT, "x-api-key": bob["key"]})
+            ).status_code == 200
+
+        code, _, err = await run_mcpgw("keys", "revoke", str(uuid.uuid4()), "--config", str(config))
+        assert code == 1 and "no API key" in err
+        code, _, err = await run_mcpgw("keys", "list", "--org", "initech", "--config", str(config))
+        assert code == 1 and "no organisation" in err
+
+    # The gateway writes last use in the background, and what is left when it stops.
+    code, out, err = await run_mcpgw("keys", "list", "--org", "acme", "--config", str(config), "--json")
+    assert code == 0, err
+    used = {row["apiKeyId"]: (row["lastUsedAt"], row["revokedAt"]) for row in json.loads(out)}
+    assert used[ada["apiKeyId"]][0] and used[ada["apiKeyId"]][1]
+    assert used[bob["apiKeyId"]][0] and used[bob["apiKeyId"]][1] is None
+    assert used[unused["apiKeyId"]] == (None, None)
 
 
 @pytest.mark.parametrize(

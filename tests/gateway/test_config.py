@@ -72,6 +72,8 @@ def test_example_config_commented_out_keys_are_valid_too(
     assert [u.name for u in config.upstreams] == ["demo", "docs", "github", "search", "internal", "legacy"]
     demo, docs, github, search, internal, legacy = config.upstreams
     assert (github.auth.kind, github.auth.identity, github.auth.scopes) == ("oauth", "user", ("read",))
+    assert github.auth.allow_private_addresses is False
+    assert config.auth.max_failures_per_minute == 20
     assert (search.auth.kind, search.auth.identity, search.auth.header_names) == (
         "user_headers",
         "vk",
@@ -576,6 +578,11 @@ def test_auth_defaults_to_none_and_public_url_to_the_listen_address(tmp_path: Pa
         ("{kind: headers, headers: [A]}", "upstreams[0].auth.headers", "a mapping of header names"),
         ("{kind: none, scopes: [a]}", "upstreams[0].auth.scopes", "not allowed for auth kind 'none'"),
         ("{kind: oauth, headers: [A]}", "upstreams[0].auth.headers", "not allowed for auth kind 'oauth'"),
+        (
+            "{kind: user_headers, headers: [A], allow_private_addresses: true}",
+            "upstreams[0].auth.allow_private_addresses",
+            "not allowed for auth kind 'user_headers'",
+        ),
         ("{kind: oauth, client_secret: s}", "upstreams[0].auth.client_secret", "needs client_id"),
         ("{kind: oauth, scopes: ['a b']}", "upstreams[0].auth.scopes[0]", "one word of printable ASCII"),
         ("{kind: oauth, identity: team}", "upstreams[0].auth.identity", "'user', 'vk' or 'session'"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,7 +14,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.harness import RunningGateway, demo_stdio_yaml, serve_gateway, write_config
+from store import generate_api_key
+from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, serve_gateway, write_config
 
 TIMEOUT = 20.0
 INIT = {
@@ -90,6 +94,79 @@ async def test_unknown_key_is_401(keyed: RunningGateway, http: httpx2.AsyncClien
     response = await http.post(keyed.url, json=INIT, headers={**ACCEPT, "authorization": "Bearer mgw_nope"})
     assert response.status_code == 401
     assert "unknown API key" in response.json()["error"]["message"]
+
+
+_REVOKE_IN_ANOTHER_PROCESS = """
+import sys, anyio
+from store import open_sqlite_store
+
+async def main() -> None:
+    async with open_sqlite_store(sys.argv[1]) as store:
+        await store.revoke_api_key(sys.argv[2])
+
+anyio.run(main)
+"""
+
+
+async def test_a_key_revoked_by_another_process_is_refused_on_the_very_next_request(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    store = keyed.gateway.store
+    org = await store.ensure_organisation("acme")
+    created = await store.create_api_key(org.id)
+    headers = {**ACCEPT, "x-api-key": created.secret}
+    assert (await http.post(keyed.url, json=INIT, headers=headers)).status_code == 200  # now remembered
+    with anyio.fail_after(TIMEOUT):
+        await anyio.run_process(
+            [
+                sys.executable,
+                "-c",
+                _REVOKE_IN_ANOTHER_PROCESS,
+                str(keyed.gateway.config.database),
+                created.key.id,
+            ],
+            cwd=ROOT,
+        )
+    refused = await http.post(keyed.url, json=INIT, headers=headers)
+    assert refused.status_code == 401 and "unknown API key" in refused.json()["error"]["message"]
+
+
+async def test_past_the_failure_limit_an_address_gets_429_with_retry_after(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    config = write_config(
+        tmp_path, "database: ./gw.db\nauth: {required: true, max_failures_per_minute: 3}\nupstreams: []\n"
+    )
+    async with serve_gateway(config) as running:
+        _, good = await new_key(running)
+        assert (
+            await http.post(running.url, json=INIT, headers={**ACCEPT, "x-api-key": good})
+        ).status_code == 200
+        statuses = []
+        for _ in range(5):
+            bad = await http.post(running.url, json=INIT, headers={**ACCEPT, "x-api-key": generate_api_key()})
+            statuses.append(bad.status_code)
+        assert statuses == [401, 401, 401, 429, 429]
+        assert bad.headers["retry-after"] == "20"
+        assert "Too many failed" in bad.json()["error"]["message"]
+        # The organisation's own listing answers the same way, in its own error format.
+        listing = await http.get(
+            f"{running.base_url}/mcp/x/sessions", headers={"x-api-key": generate_api_key()}
+        )
+        assert listing.status_code == 429 and listing.headers["retry-after"]
+        assert listing.headers["content-type"] == "application/problem+json"
+        admin = await http.get(
+            f"{running.base_url}/api/mcp/sessions", headers={"x-api-key": generate_api_key()}
+        )
+        assert admin.status_code == 429 and admin.headers["retry-after"]
+        page = await http.get(
+            f"{running.base_url}/connect/{uuid.uuid4()}", headers={"x-api-key": generate_api_key()}
+        )
+        assert page.status_code == 429 and page.headers["retry-after"]
+        # A key the gateway already knows still works from the same address.
+        assert (
+            await http.post(running.url, json=INIT, headers={**ACCEPT, "x-api-key": good})
+        ).status_code == 200
 
 
 async def test_key_works_as_bearer_or_x_api_key(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:

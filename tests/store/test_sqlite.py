@@ -6,7 +6,7 @@ import sys
 import threading
 import uuid
 from contextlib import closing
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -286,3 +286,68 @@ async def test_statements_and_their_parameters_never_reach_the_log_even_at_debug
         assert await store.find_api_key(created.secret) is not None
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiosqlite")] == []
     assert hash_api_key(created.secret) not in caplog.text
+
+
+async def test_an_organisations_keys_are_listed_oldest_first_revoked_ones_too(store: SqliteStore) -> None:
+    acme = await store.ensure_organisation("acme")
+    globex = await store.ensure_organisation("globex")
+    first = await store.create_api_key(acme.id, user_id="ada", is_admin=True, tools_deny=["demo__fail"])
+    second = await store.create_api_key(acme.id)
+    await store.create_api_key(globex.id)
+    await store.revoke_api_key(second.key.id)
+
+    listed = await store.list_api_keys(acme.id)
+
+    assert [key.id for key in listed] == [first.key.id, second.key.id]
+    assert listed[0] == first.key
+    assert listed[1].revoked_at is not None and listed[1].last_used_at is None
+    assert await store.find_organisation("acme") == acme
+    assert await store.find_organisation("initech") is None
+
+
+async def test_recorded_key_use_keeps_the_latest_time(store: SqliteStore) -> None:
+    organisation = await store.ensure_organisation("acme")
+    created = await store.create_api_key(organisation.id)
+    earlier = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    later = earlier + timedelta(minutes=1)
+
+    await store.record_key_use({created.key.id: later, str(uuid.uuid4()): later})  # an unknown id: ignored
+    await store.record_key_use({created.key.id: earlier})  # a batch that arrives late
+
+    [listed] = await store.list_api_keys(organisation.id)
+    assert listed.last_used_at == later
+
+
+async def test_a_revocation_in_another_process_changes_the_key_generation_and_nothing_else_does(
+    store: SqliteStore, db_path: Path
+) -> None:
+    organisation = await store.ensure_organisation("acme")
+    created = await store.create_api_key(organisation.id)
+    before = store.key_generation()
+    await store.create_api_key(organisation.id)
+    await store.record_key_use({created.key.id: datetime.now(UTC)})
+    assert store.key_generation() == before
+
+    with anyio.fail_after(30):
+        await anyio.run_process(
+            [sys.executable, "-c", _REVOKE_KEY_IN_ANOTHER_PROCESS, str(db_path), created.key.id],
+            cwd=Path(__file__).parents[2],
+        )
+
+    after = store.key_generation()
+    assert after != before
+    async with open_sqlite_store(db_path) as other:
+        await other.revoke_api_key(created.key.id)  # already revoked: a no-op, yet still signalled
+        assert store.key_generation() != after
+
+
+_REVOKE_KEY_IN_ANOTHER_PROCESS = """
+import sys, anyio
+from store import open_sqlite_store
+
+async def main() -> None:
+    async with open_sqlite_store(sys.argv[1]) as store:
+        await store.revoke_api_key(sys.argv[2])
+
+anyio.run(main)
+"""
