@@ -126,6 +126,7 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
 
     from gateway.app import build_app
     from gateway.config import is_loopback_host
+    from gateway.http_limits import protocol_for
 
     listen_host = host or config.listen.host
     if not config.auth.required and not is_loopback_host(listen_host):
@@ -142,6 +143,7 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
         log_level="info",
         access_log=False,
         lifespan="on",
+        http=protocol_for(config.security),
     )
     return 0
 
