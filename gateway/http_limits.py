@@ -243,14 +243,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
         self._header_bytes += len(name) + len(value)
-        if len(self.headers) >= self._max_headers:
+        if len(headers) >= self._max_headers:
             self._refuse(431, f"more than {self._max_headers} headers")
             raise _Refused
         if self._header_bytes > self._max_header_bytes:
             self._refuse(431, f"headers over {self._max_header_bytes} bytes")
             raise _Refused
-        super().on_header(name, value)
+        # uvicorn's on_header, inline: it runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
