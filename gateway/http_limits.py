@@ -18,11 +18,14 @@ protocol with the same bounds, from the `security` section of the config:
 
 The limits are applied in llhttp's callbacks; no Python code looks at the bytes. The deadlines
 cost one timer per connection, not per request: the timer is re-armed lazily when it fires, so a
-request only moves a float. A refused request gets a small plain-text 408, 414 or 431 with
+request only moves a float. Time during which uvicorn itself holds a request back (a pipelined
+request waiting for the one before it to be answered, a body the app has not taken yet) is not
+the client's, and does not count. A refused request gets a small plain-text 408, 414 or 431 with
 `Connection: close` where no response is on the wire yet; otherwise the connection just closes.
-After an answer the gateway stops sending but reads (and drops) what the client still sends for
-up to `_LINGER_S`, so the client reads the answer rather than a connection reset. Refusals are
-logged at INFO, at most one line every `_LOG_EVERY_S` seconds, never with header values.
+Either way the gateway stops sending but reads (and drops) what the client still sends for up
+to `_LINGER_S` before it closes, so the client reads what it was sent rather than a reset.
+Refusals are logged at INFO, at most one line every `_LOG_EVERY_S` seconds, never with header
+values.
 """
 
 from __future__ import annotations
@@ -169,22 +172,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.refusals.refused(self.loop.time(), self.client, f"{why} ({status if can_answer else 'closed'})")
         transport = self.transport
-        if not can_answer or not transport.can_write_eof():
+        if not transport.can_write_eof():
             transport.close()
             return
-        phrase = http.HTTPStatus(status).phrase.encode()
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content.extend([name, b": ", value, b"\r\n"])
-        content.extend(
-            [
-                b"content-type: text/plain; charset=utf-8\r\n",
-                b"content-length: %d\r\n" % len(phrase),
-                b"connection: close\r\n\r\n",
-                phrase,
-            ]
-        )
-        transport.write(b"".join(content))
+        if can_answer:
+            phrase = http.HTTPStatus(status).phrase.encode()
+            content = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend(
+                [
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(phrase),
+                    b"connection: close\r\n\r\n",
+                    phrase,
+                ]
+            )
+            transport.write(b"".join(content))
         transport.write_eof()
         self.flow.resume_reading()  # drain what the client still sends (see data_received)
         self._timer = self.loop.call_later(_LINGER_S, transport.close)
