@@ -148,6 +148,12 @@ class SecurityConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
+    # What a client may make the HTTP server hold while it sends a request (gateway.http_limits).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +441,7 @@ def _check_no_nul(value: str) -> str:
 _Text = Annotated[str, Field(min_length=1)]
 _Port = Annotated[int, BeforeValidator(_int_from_text), Field(ge=0, le=65535)]
 _Bytes = Annotated[int, BeforeValidator(_int_from_text), Field(gt=0)]
+_Count = Annotated[int, BeforeValidator(_int_from_text), Field(gt=0)]
 _Seconds = Annotated[float, BeforeValidator(_float_from_text), Field(gt=0, allow_inf_nan=False)]
 _Bool = Annotated[bool, BeforeValidator(_bool_from_text)]
 
@@ -457,6 +464,11 @@ class _SecurityModel(_Model):
     allowed_hosts: list[Annotated[str, AfterValidator(_check_host)]] = Field(default_factory=list)
     allowed_origins: list[Annotated[str, AfterValidator(_check_origin)]] = Field(default_factory=list)
     max_body_bytes: _Bytes = 4 * 1024 * 1024
+    header_timeout_s: _Seconds = 10.0
+    body_timeout_s: _Seconds = 30.0
+    max_headers: _Count = 100
+    max_header_bytes: _Bytes = 64 * 1024
+    max_url_bytes: _Bytes = 8 * 1024
 
 
 class _SessionsModel(_Model):
@@ -754,6 +766,11 @@ def _convert(model: _RootModel, absolute: Path, shown: Path, root: yaml.Node | N
             allowed_hosts=tuple(model.security.allowed_hosts),
             allowed_origins=tuple(model.security.allowed_origins),
             max_body_bytes=model.security.max_body_bytes,
+            header_timeout_s=model.security.header_timeout_s,
+            body_timeout_s=model.security.body_timeout_s,
+            max_headers=model.security.max_headers,
+            max_header_bytes=model.security.max_header_bytes,
+            max_url_bytes=model.security.max_url_bytes,
         ),
         sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
         upstreams=tuple(upstreams),

@@ -16,6 +16,7 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig
+from gateway.http_limits import protocol_for
 
 __all__ = ["serve"]
 
@@ -50,6 +51,7 @@ def serve(config: GatewayConfig, host: str, port: int) -> int:
         log_level="info",
         access_log=False,
         lifespan="on",
+        http=protocol_for(served.security),  # head and body deadlines, header limits
     )
     _Server(server_config).run(sockets=[sock])
     return 0

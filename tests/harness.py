@@ -25,7 +25,8 @@ from anyio.abc import Process
 from starlette.types import ASGIApp
 
 from gateway.app import Gateway, build_app
-from gateway.config import load_config
+from gateway.config import SecurityConfig, load_config
+from gateway.http_limits import protocol_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
@@ -47,12 +48,17 @@ def base_url_of(sock: socket.socket) -> str:
 
 
 @asynccontextmanager
-async def serve_asgi_on(sock: socket.socket, app: ASGIApp) -> AsyncIterator[str]:
+async def serve_asgi_on(
+    sock: socket.socket, app: ASGIApp, security: SecurityConfig | None = None
+) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on `sock` (from `listening_socket`); yield its base URL.
 
     For apps that must know their own URL before they are built. Closes `sock` when done.
+    uvicorn reads requests under the limits of `security` (the defaults if None), as `mcpgw serve` does.
     """
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    http = protocol_for(security or SecurityConfig())
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, http=http)
+    server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         yield base_url_of(sock)
@@ -96,8 +102,9 @@ async def serve_gateway(
     config_path: Path, sock: socket.socket | None = None
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway of `config_path`; on `sock` when its config must name its own URL."""
-    app = build_app(load_config(config_path))
-    async with serve_asgi_on(sock or listening_socket(), app) as base_url:
+    config = load_config(config_path)
+    app = build_app(config)
+    async with serve_asgi_on(sock or listening_socket(), app, config.security) as base_url:
         # uvicorn accepts the queued connection only once the lifespan (store, recorder, API
         # routes) is up, so this answer is the readiness barrier for tests that look inside.
         async with httpx2.AsyncClient() as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -230,6 +231,23 @@ async def test_a_bad_config_stops_serve_naming_file_key_and_reason(
     assert code == 2
     assert str(config) in err or "config.yaml" in err
     assert expected in err
+
+
+async def test_serve_answers_a_silent_connection_408_and_too_many_headers_431(tmp_path: Path) -> None:
+    config = copy_example(tmp_path, **{"\nlisten:\n": "\nsecurity: {header_timeout_s: 1}\nlisten:\n"})
+    port = free_port()
+    async with mcpgw_serve(config, port):
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        crowded = await asyncio.open_connection("127.0.0.1", port)
+        headers = "".join(f"x-filler-{i}: {i}\r\n" for i in range(101))
+        crowded[1].write(f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}\r\n".encode())
+        with anyio.fail_after(TIMEOUT):
+            refused = await crowded[0].read()
+            timed_out = await silent[0].read()
+        for _, writer in (silent, crowded):
+            writer.close()
+    assert refused.startswith(b"HTTP/1.1 431 ")
+    assert timed_out.startswith(b"HTTP/1.1 408 ")
 
 
 async def test_keyless_mode_refuses_a_non_loopback_listen_address(tmp_path: Path) -> None:

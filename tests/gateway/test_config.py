@@ -9,6 +9,7 @@ import pytest
 from gateway.config import (
     ConfigError,
     GatewayConfig,
+    SecurityConfig,
     Timeouts,
     ToolFilter,
     config_path_from,
@@ -89,7 +90,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     assert docs.url == "http://127.0.0.1:9000/mcp"
     assert legacy.transport == "sse"
     assert not legacy.tools.permits("delete_everything")
-    assert config.security.max_body_bytes == 4 * 1024 * 1024
+    assert config.security == SecurityConfig()  # the example shows the defaults
     assert config.sessions.stateless_gap_s == 1800.0
     assert config.recording.redact_keys == ("ssn", "iban")
     assert config.recording.retention.max_invocations == 1_000_000
@@ -383,6 +384,21 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
 def test_bad_ports_are_rejected(tmp_path: Path, port: str) -> None:
     error = load_error(tmp_path, f"listen:\n  port: {port}\n")
     assert ":2: listen.port:" in str(error)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "header_timeout_s: 0",
+        "body_timeout_s: -1",
+        "max_headers: 0",
+        "max_header_bytes: 0",
+        "max_url_bytes: 1.5",
+    ],
+)
+def test_request_limits_must_be_positive(tmp_path: Path, setting: str) -> None:
+    error = load_error(tmp_path, f"security:\n  {setting}\n")
+    assert f":2: security.{setting.split(':')[0]}:" in str(error)
 
 
 def test_duplicate_upstream_names_are_rejected(tmp_path: Path) -> None:
