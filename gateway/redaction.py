@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_SECRET_KEYS", "DEFAULT_SECRET_PATTERNS", "REDACTED", "Redact
 REDACTED = "[REDACTED]"
 NESTED_TOO_DEEP = "[TRUNCATED: nested too deep]"
 MAX_RECORDED_DEPTH = 128  # well inside both the encoder's 254 and Python's recursion limit
+_SECRET_MARGIN = 16 * 1024  # longer than any secret a pattern matches (PEM keys included)
 
 DEFAULT_SECRET_KEYS: tuple[str, ...] = (
     "authorization",
@@ -80,7 +81,11 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # `name = value`, `name: 'value'`, `?name=value&`: the value is replaced when the name is secret.
-_ASSIGNMENT = re.compile(r"""([A-Za-z_][A-Za-z0-9_.-]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;"']+)""")
+# A name starts only where a word does and is at most 64 characters, so a long run of letters
+# costs one short attempt, not one per letter (which made a 16 KB word take seconds).
+_ASSIGNMENT = re.compile(
+    r"""(?<![A-Za-z0-9_.-])([A-Za-z_][A-Za-z0-9_.-]{0,63})(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;"']+)"""
+)
 
 
 def _words(key: str) -> tuple[str, ...]:
@@ -168,6 +173,10 @@ class Redactor:
         return value
 
     def _clean_text(self, text: str, depth: int, cut: _Cut) -> str:
+        if cut.max_chars is not None and len(text) > cut.max_chars:
+            # Past the cap it would be cut from the record anyway: only what can be kept is
+            # redacted (the margin keeps a secret that straddles the cap whole, so it is matched).
+            text, cut.happened = text[: cut.max_chars], True
         if text[:1] in ("{", "["):
             # JSON carried as a string (arguments, text content) is cleaned as structure too,
             # and re-serialised only when something in it changed.
@@ -185,7 +194,7 @@ class Redactor:
         """`value` as redacted JSON text, capped; and whether it was truncated. None stays None."""
         if value is None:
             return None, False
-        cut = _Cut()
+        cut = _Cut(self._max_bytes + _SECRET_MARGIN)
         encoded = orjson.dumps(self._clean(value, 0, cut))
         if len(encoded) <= self._max_bytes:
             return encoded.decode(), cut.happened
@@ -195,7 +204,8 @@ class Redactor:
 class _Cut:
     """Whether cleaning cut a value short (one per `render`, so the redactor stays shareable)."""
 
-    __slots__ = ("happened",)
+    __slots__ = ("happened", "max_chars")
 
-    def __init__(self) -> None:
+    def __init__(self, max_chars: int | None = None) -> None:
         self.happened = False
+        self.max_chars = max_chars  # strings longer than this are cut before they are redacted

@@ -17,6 +17,7 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.config import load_config
+from gateway.http_limits import protocol_for
 
 
 def main() -> None:
@@ -26,8 +27,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = socket.socket(fileno=args.fd)
-    app = build_app(load_config(args.config))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    config = load_config(args.config)
+    http = protocol_for(config.security)  # the request limits `mcpgw serve` runs under
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(config), log_level="warning", lifespan="on", access_log=False, http=http)
+    )
     server.run(sockets=[sock])
 
 

@@ -16,7 +16,7 @@ from mcp_types import ToolListChangedNotification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.harness import serve_asgi
 
@@ -150,3 +150,81 @@ def shelf_server() -> MCPServer:
         return "a known book"
 
     return server
+
+
+class _Faulty:
+    """In front of a real server: a `tools/call` of `boom`, `cut` or `trickle` misbehaves.
+
+    `boom` answers HTTP 500; `cut` starts an event stream and drops the connection mid-response;
+    `trickle` starts an event stream and sends only keep-alive comments, a few a second, forever.
+    Everything else reaches the server. A filter, because no real server fails on request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        fault = next((name for name in (b"boom", b"cut", b"trickle") if b'"name":"%s"' % name in body), None)
+        if fault is None:
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+            return
+        if fault == b"boom":
+            await PlainTextResponse("upstream exploded", 500)(scope, receive, send)
+            return
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+        await send(start)
+        if fault == b"cut":
+            await send({"type": "http.response.body", "body": b"event: message\ndata: {", "more_body": True})
+            raise ConnectionAbortedError("the fault under test: a response cut off mid-stream")
+
+        async def trickle() -> None:
+            while True:  # the fault is the pace, not synchronisation
+                await send({"type": "http.response.body", "body": b": still here\n\n", "more_body": True})
+                await anyio.sleep(0.2)
+
+        async with anyio.create_task_group() as tg:  # until the gateway gives up on it
+            tg.start_soon(trickle)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+
+def faulty_server() -> MCPServer:
+    server: MCPServer = MCPServer("faulty")
+
+    @server.tool(description="Return the text unchanged.", structured_output=False)
+    def echo(text: str) -> str:
+        return text
+
+    for name in ("boom", "cut", "trickle"):
+        server.add_tool(lambda: "never", name=name, description=f"Fails: {name}.")
+    return server
+
+
+@asynccontextmanager
+async def serve_faulty() -> AsyncIterator[str]:
+    """`faulty_server()` behind `_Faulty`, over Streamable HTTP; yield its /mcp URL."""
+    async with serve_asgi(_Faulty(faulty_server().streamable_http_app())) as base_url:
+        yield f"{base_url}/mcp"

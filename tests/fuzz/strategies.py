@@ -4,7 +4,7 @@ Near-valid messages are built the way a confused or hostile host would send them
 envelope with wrong types in any field, odd ids, unknown methods, responses and notifications
 nobody asked for, batches, the 2026-07-28 per-request envelope with pieces missing or wrong and
 routing headers that agree with the body or not, very long and unicode values, and nesting up
-to `MAX_DEPTH` (deeper is a known defect under repair: see test_issue_11_defects.py).
+to `MAX_DEPTH` (deeper, past what the encoder takes, is test_known_attacks.py's own property).
 """
 
 from __future__ import annotations

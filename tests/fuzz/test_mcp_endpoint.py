@@ -13,11 +13,17 @@ from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.strategies import garbage_shots, handshake_shots, stateless_shots, stream_shots
 from tests.fuzz.world import Answer, Shot, World, json_rpc_error
 
+_REFUSED_BY_THE_HTTP_LAYER = frozenset({408, 414, 431})  # gateway/http_limits.py
+
 
 def assert_readable(shot: Shot, answer: Answer) -> None:
     """A refusal says why, as a JSON-RPC error; an accepted notification or response is a bare 202."""
     if answer.status == 202:
         assert answer.body == b"", (shot, answer)
+    if answer.status in _REFUSED_BY_THE_HTTP_LAYER:
+        # Refused while reading the head or body, before any MCP handling: a short plain text.
+        assert answer.content_type.startswith("text/plain"), (shot, answer)
+        return
     if answer.status >= 400 and shot.method != "HEAD":
         error = json_rpc_error(answer)
         assert error is not None, (shot, answer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
@@ -21,6 +22,7 @@ import pytest
 
 from tests.fault_upstream import LEAKED
 from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.upstreams import serve_faulty
 
 TIMEOUT = 20.0
 ACCEPT = {"accept": "application/json, text/event-stream"}
@@ -39,9 +41,21 @@ def faults_yaml(extra: str = "    timeouts: {call_s: 2}") -> str:
 
 @pytest.fixture(scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    config = keyless_config(tmp_path_factory.mktemp("faults"), demo_stdio_yaml() + faults_yaml())
-    async with serve_gateway(config) as running:
-        yield running
+    """demo and faults over stdio, flaky over HTTP (tests.upstreams.serve_faulty), and dead: an
+    HTTP upstream where nothing listens."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/mcp"
+    async with serve_faulty() as flaky_url:
+        upstreams = (
+            demo_stdio_yaml()
+            + faults_yaml()
+            + f"\n  - {{name: flaky, transport: http, url: '{flaky_url}', timeouts: {{call_s: 1}}}}"
+            + f"\n  - {{name: dead, transport: http, url: '{nowhere}', timeouts: {{connect_s: 1}}}}"
+        )
+        config = keyless_config(tmp_path_factory.mktemp("faults"), upstreams)
+        async with serve_gateway(config) as running:
+            yield running
 
 
 @pytest.fixture
@@ -270,3 +284,51 @@ async def test_a_chatty_stdio_upstream_cannot_flood_the_log(
     assert watch.lines("not logged") == [
         "upstream faults: 950 more stderr line(s) not logged (at most 50 per 10s)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("tool", "code", "outcome"),
+    [
+        ("faults__crash", -32001, "upstream_error"),  # the child exits mid-call
+        ("faults__hang", -32002, "timeout"),  # the child never answers (call_s 2)
+        ("flaky__boom", -32001, "upstream_error"),  # HTTP 500
+        ("flaky__cut", -32001, "upstream_error"),  # the connection drops mid-response
+        ("flaky__trickle", -32002, "timeout"),  # keep-alive comments, never an answer (call_s 1)
+    ],
+)
+async def test_a_failing_upstream_fails_that_call_recorded_as_such_and_nothing_else(
+    gateway: RunningGateway, http: httpx2.AsyncClient, tool: str, code: int, outcome: str
+) -> None:
+    earlier = await Host(http, gateway.url).open()
+    host = await Host(http, gateway.url).open()
+    answer = await host.call(tool, {})
+    assert answer["error"]["code"] == code, answer
+    assert recorded_call(gateway.gateway.config.database, tool)["outcome"] == outcome
+    upstream = tool.split("__")[0]
+    again = "faults__echo" if upstream == "faults" else "flaky__echo"
+    assert text_of(await host.call(again, {"text": "again"})) == "again"  # the same session recovers
+    await still_serving(gateway, http, earlier)
+
+
+async def test_garbage_on_a_stdio_upstreams_output_is_skipped_and_the_call_answered(
+    gateway: RunningGateway, http: httpx2.AsyncClient, log_watch: Callable[[str], LogWatch]
+) -> None:
+    watch = log_watch("that is not JSON")
+    host = await Host(http, gateway.url).open()
+    assert text_of(await host.call("faults__garbage", {"text": "through"})) == "through"
+    assert text_of(await host.call("faults__echo", {"text": "after"})) == "after"
+    assert watch.seen.is_set()
+    await still_serving(gateway, http, host)
+
+
+async def test_an_unreachable_upstream_costs_a_host_no_more_than_its_own_tools(
+    gateway: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    host = await Host(http, gateway.url).open()
+    listed = await host.post_json({"jsonrpc": "2.0", "id": 90, "method": "tools/list"})
+    names = {tool["name"] for tool in listed.json()["result"]["tools"]}
+    assert {"demo__echo", "faults__echo", "flaky__echo"} <= names
+    assert not any(name.startswith("dead__") for name in names)
+    answer = await host.call("dead__anything", {})
+    assert "error" in answer  # answered at once, not after a hang
+    await still_serving(gateway, http, host)

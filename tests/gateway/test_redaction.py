@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -135,3 +136,20 @@ def test_values_nested_deeper_than_the_record_keeps_are_cut_and_flagged() -> Non
     text, truncated = redactor.render(value)
     assert truncated and text is not None and "[TRUNCATED: nested too deep]" in text
     json.loads(text)  # still JSON: the cut is a marker, not a broken end
+
+
+@pytest.mark.parametrize(
+    "text", ["a" * 2_000_000, "a:" * 1_000_000, "://" + "a" * 2_000_000, "k=v&" * 500_000]
+)
+def test_long_text_costs_time_in_proportion_to_what_is_kept(text: str) -> None:
+    started = time.process_time()
+    rendered, truncated = redactor.render({"text": text})
+    assert truncated and rendered is not None
+    assert time.process_time() - started < 0.5  # quadratic backtracking took seconds on 16 KB
+
+
+def test_a_secret_that_straddles_the_cap_is_redacted_not_cut() -> None:
+    capped = Redactor(max_bytes=100)
+    secret = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz"
+    text, truncated = capped.render({"t": "x" * 80 + " " + secret + " " + "y" * 100_000})
+    assert truncated and text is not None and "sk-ant" not in text
