@@ -381,7 +381,14 @@ async def test_200_stalled_connections_are_all_closed_and_the_gateway_still_answ
     stalls = [
         b"",  # connects and sends nothing
         head("/mcp", f"x-api-key: {secret}", method="POST")[:-2] + b"x-half: ",  # a head cut short
-        head("/mcp", f"x-note: {secret}", "content-length: 4096", method="POST") + b"{",  # a body cut short
+        head(
+            "/mcp",
+            f"x-note: {secret}",
+            "content-type: application/json",
+            "content-length: 4096",
+            method="POST",
+        )
+        + b"{",  # a body cut short
     ]
     async with serve_gateway(limited_config(tmp_path)) as running:
         connections = []
