@@ -800,20 +800,13 @@ _AUTH_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "user_headers": ("identity", "headers"),
 }
+_ANY_AUTH_KEY = tuple(dict.fromkeys(key for keys in _AUTH_KEYS.values() for key in keys))
 
 
 def _upstream_auth(up: _UpstreamModel, here: Loc, problems: list[tuple[Loc, str]]) -> UpstreamAuth:
     model = up.auth
     at: Loc = (*here, "auth")
-    for key in (
-        "identity",
-        "scopes",
-        "client_id",
-        "client_secret",
-        "client_metadata_url",
-        "allow_private_addresses",
-        "headers",
-    ):
+    for key in _ANY_AUTH_KEY:
         if getattr(model, key) is not None and key not in _AUTH_KEYS[model.kind]:
             problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
     if model.kind in ("oauth", "user_headers") and up.transport != "http":

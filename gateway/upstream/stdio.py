@@ -193,12 +193,7 @@ class StdioChannel:
         while True:
             try:
                 line = await reader.receive_until(b"\n", MAX_LINE_BYTES)
-            except (
-                anyio.EndOfStream,
-                anyio.IncompleteRead,
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-            ):
+            except _STREAM_ENDED:
                 return
             except anyio.DelimiterNotFound:
                 logger.error("upstream %s: a message over %d bytes; closing", self._name, MAX_LINE_BYTES)
@@ -216,12 +211,7 @@ class StdioChannel:
                 except anyio.DelimiterNotFound:
                     line = await reader.receive_exactly(_STDERR_LINE_BYTES)  # a long line, in pieces
                 self._stderr.line(line)
-        except (
-            anyio.EndOfStream,
-            anyio.IncompleteRead,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-        ):
+        except _STREAM_ENDED:
             return
         finally:
             self._stderr.flush()

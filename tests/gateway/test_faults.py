@@ -165,28 +165,25 @@ def recorded_call(database: Path, tool: str) -> sqlite3.Row:
 
 
 @pytest.mark.parametrize("capabilities", [b'{"sampling":{}}', b"{}"], ids=["can-be-asked", "cannot"])
-async def test_a_2026_call_with_arguments_nested_300_deep_gets_an_error_and_nothing_else_breaks(
-    gateway: RunningGateway, http: httpx2.AsyncClient, capabilities: bytes
+@pytest.mark.parametrize(
+    ("tool", "arguments", "code"),
+    [("demo__echo", deep_json(300), -32602), ("faults__deep", b'{"depth":300}', -32001)],
+    ids=["host-sends-it", "upstream-answers-it"],
+)
+async def test_a_2026_call_nested_300_deep_gets_an_error_and_nothing_else_breaks(
+    gateway: RunningGateway,
+    http: httpx2.AsyncClient,
+    capabilities: bytes,
+    tool: str,
+    arguments: bytes,
+    code: int,
 ) -> None:
     earlier = await Host(http, gateway.url).open()
     response = await Host(http, gateway.url).post(
-        modern_call("demo__echo", deep_json(300), capabilities), modern_headers("demo__echo")
+        modern_call(tool, arguments, capabilities), modern_headers(tool)
     )
     assert response.headers["content-type"].startswith("application/json"), response.text
-    assert response.json()["error"]["code"] == -32602
-    assert "nested" in response.json()["error"]["message"]
-    await still_serving(gateway, http, earlier)
-
-
-@pytest.mark.parametrize("capabilities", [b'{"sampling":{}}', b"{}"], ids=["can-be-asked", "cannot"])
-async def test_an_upstream_answer_nested_300_deep_is_an_error_for_that_call_only(
-    gateway: RunningGateway, http: httpx2.AsyncClient, capabilities: bytes
-) -> None:
-    earlier = await Host(http, gateway.url).open()
-    response = await Host(http, gateway.url).post(
-        modern_call("faults__deep", b'{"depth":300}', capabilities), modern_headers("faults__deep")
-    )
-    assert response.json()["error"]["code"] == -32001, response.text
+    assert response.json()["error"]["code"] == code
     assert "nested" in response.json()["error"]["message"]
     await still_serving(gateway, http, earlier)
 
