@@ -53,6 +53,7 @@ class Router:
     def __init__(self, upstreams: Sequence[UpstreamConfig]) -> None:
         self._upstreams = {u.name: u for u in upstreams}
         self._order = [u.name for u in upstreams]
+        self._conflicts_told: set[tuple[str, str]] = set()  # a config problem: said once, not per listing
 
     @property
     def upstream_names(self) -> list[str]:
@@ -167,13 +168,15 @@ class Router:
                     continue
                 owner = table.routes.get(route_key)
                 if owner is not None and owner.upstream != name:
-                    logger.error(
-                        "%s %r is offered by both %r and %r; refusing it",
-                        key,
-                        route_key,
-                        owner.upstream,
-                        name,
-                    )
+                    if (key, route_key) not in self._conflicts_told and len(self._conflicts_told) < 1000:
+                        self._conflicts_told.add((key, route_key))
+                        logger.error(
+                            "%s %r is offered by both %r and %r; refusing it",
+                            key,
+                            route_key,
+                            owner.upstream,
+                            name,
+                        )
                     table.refused[route_key] = (owner.upstream, name)
                     del table.routes[route_key]
                     merged.pop(route_key, None)

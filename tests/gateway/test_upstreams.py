@@ -180,3 +180,16 @@ async def test_a_2026_host_reaches_a_2026_upstream_without_an_upstream_session(
     assert text_of(counted) == "counted 2"
     group = [s for s in fragile.gateway.registry.sessions() if s.stateless][-1]
     assert group.upstream_session("web") is None  # passed through statelessly, no initialize upstream
+
+
+async def test_a_name_two_upstreams_claim_is_logged_once_not_at_every_listing(
+    colliding: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        async with Client(colliding.url, mode="legacy") as client:
+            with anyio.fail_after(TIMEOUT):
+                await client.list_tools()
+    told = [
+        r for r in caplog.records if "is offered by both" in r.getMessage() and "'search'" in r.getMessage()
+    ]
+    assert len(told) <= 1  # once for the gateway's life (the module's earlier tests may have seen it)
