@@ -110,12 +110,18 @@ class Router:
         if route is None:
             await self._refresh(session, kind, message)
             route = _lookup(session.catalog.get(kind), kind, name)
-        if route is None:
+        if route is None or (kind == "tools" and not self._permitted(session, route, name)):
             # A missing resource is the spec's resource-not-found: invalid params, naming the URI.
             raise RoutingError(
                 f"Unknown {_SINGULAR[kind]}: {name}", {"uri": name} if kind == "resources" else None
             )
         return route
+
+    def _permitted(self, session: HostSession, route: Route, name: str) -> bool:
+        """The filters, on every call and not only when lists are built: a route found another
+        way (an upstream routed by prefix while its listing cannot be made) obeys them too."""
+        upstream_allows = route.connect or self._upstreams[route.upstream].tools.permits(route.original)
+        return upstream_allows and session.principal.tools.permits(name)
 
     async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:
         base: JSONObject = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}

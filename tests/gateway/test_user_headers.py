@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -402,3 +403,28 @@ async def test_set_level_after_the_sessions_credential_is_deleted_is_still_answe
             assert (await http.delete(f"{api}/{row['id']}", headers=users.admin)).status_code == 204
             leveled = await users.alice.request(session, "logging/setLevel", {"level": "info"})
     assert leveled["result"] == {}
+
+
+async def test_a_tool_denied_to_a_key_is_refused_even_while_its_upstream_is_routed_by_prefix(
+    world: World,
+) -> None:
+    """Before its user connects, an upstream's tools are routed by prefix alone (nothing could
+    be listed). A credential that turns usable without the catalogue being listed again (here
+    saved behind the gateway's back; in life, an authorization server back from an outage)
+    must not open a tool the key's filter denies."""
+    store = world.gateway.gateway.store
+    org = await org_id(world)
+    narrowed = await store.create_api_key(org, user_id="alice", tools_deny=["vault__whoami"])
+    alice = McpClient(world.http, world.gateway.url, narrowed.secret)
+    with anyio.fail_after(TIMEOUT):
+        session = await alice.open()
+        listed = await alice.request(session, "tools/list", {})
+        assert [t["name"] for t in listed["result"]["tools"]] == ["vault__connect_account"]
+        await store.credentials.save(
+            str(uuid.uuid4()), Binding(org, "vault", "user", "alice"), kind="header",
+            secret={"X-Api-Key": ALICE_KEY}, header_names=("X-Api-Key",), oauth_client_id=None,
+            expires_at=None, now=utc_now(),
+        )  # fmt: skip
+        answer = await alice.call(session, "vault__whoami", {})
+    assert answer["error"]["code"] == -32602 and "Unknown tool" in answer["error"]["message"], answer
+    assert not any(h.get("x-api-key") == ALICE_KEY for h in world.upstream.seen)  # never forwarded
