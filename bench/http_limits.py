@@ -1,4 +1,4 @@
-"""What `gateway.http_limits` costs per request: server CPU with uvicorn's plain httptools protocol
+"""What `gateway.host.limits` costs per request: server CPU with uvicorn's plain httptools protocol
 against `LimitedHttpProtocol`, side by side.
 
     python bench/http_limits.py [--requests 20000] [--connections 4] [--reps 5]
@@ -86,7 +86,7 @@ def serve(protocol: str, app_name: str) -> None:
         app = _minimal
     http: Any = "httptools"
     if protocol == "limited":
-        from gateway.http_limits import protocol_for
+        from gateway.host.limits import protocol_for
 
         http = protocol_for(SecurityConfig())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

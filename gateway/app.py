@@ -24,22 +24,22 @@ from starlette.types import Receive, Scope, Send
 from api import CURSOR_SECRET_NAME, ReauthRefused, Throttled, api_routes, credential_routes
 from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
-from gateway.connect import connect_routes
+from gateway.core.proxy import Proxy
+from gateway.core.router import Router
+from gateway.core.sessions import SessionRegistry, start_reaper
 from gateway.credentials.broker import CredentialBroker
-from gateway.credentials.keys import sealer_for
+from gateway.credentials.pages import connect_routes
+from gateway.credentials.sealing import sealer_for
 from gateway.errors import AuthThrottled, FlowProblem
-from gateway.hostauth import HostAuth, Principal
-from gateway.httpio import OriginGuard
-from gateway.legacy_sse import LegacySse
-from gateway.proxy import Proxy
-from gateway.recorder import NullRecorder, Recorder
-from gateway.redaction import Redactor
-from gateway.router import Router
-from gateway.sessions import SessionRegistry, start_reaper
-from gateway.stateless import StatelessHandler
-from gateway.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
+from gateway.host.asgi import OriginGuard
+from gateway.host.auth import HostAuth, Principal
+from gateway.host.legacy_sse import LegacySse
+from gateway.host.stateless import StatelessHandler
+from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
+from gateway.recording.recorder import NullRecorder, Recorder
+from gateway.recording.redaction import Redactor
+from gateway.recording.store_recorder import running_recorder
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
-from gateway.writer import running_recorder
 from store import Binding, Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)

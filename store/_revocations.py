@@ -1,6 +1,6 @@
 """The revocation marker: how every process on one SQLite file learns at once that a key was revoked.
 
-A gateway keeps the API keys it has found in memory (`gateway/hostauth.py`), so that a call
+A gateway keeps the API keys it has found in memory (`gateway/host/auth.py`), so that a call
 costs no database read. A revocation must still hold from the very next request, and it often
 comes from another process (`mcpgw keys revoke` writing the same file). Asking the database on
 every request would cost ~0.07 ms of a ~0.4 ms call (a thread hop through aiosqlite); a `stat()`

@@ -17,7 +17,7 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.config import load_config
-from gateway.http_limits import protocol_for
+from gateway.host.limits import protocol_for
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp
 
 from gateway.app import Gateway, build_app
 from gateway.config import SecurityConfig, load_config
-from gateway.http_limits import protocol_for
+from gateway.host.limits import protocol_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0

@@ -28,7 +28,7 @@ from gateway.background import every
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.credentials.oauth import OAuthUpstream, Tokens, document_url_for, new_pkce_secret
 from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
-from gateway.hostauth import Principal
+from gateway.host.auth import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway.jsonrpc import JSONObject
+from gateway.protocol.jsonrpc import JSONObject
 
 
 class MessageSink(Protocol):

@@ -23,14 +23,14 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.forwarding import forwarded_headers
-from gateway.jsonrpc import JSONObject, notification
-from gateway.redaction import Redactor
+from gateway.protocol.forwarding import forwarded_headers
+from gateway.protocol.jsonrpc import JSONObject, notification
+from gateway.recording.redaction import Redactor
+from gateway.upstream._wire import Pool
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
-from gateway.upstream.wire import Pool
 
 MODERN_VERSION = "2026-07-28"
 USER_AGENT = f"mcpgw/{package_version('mcpgw')}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from gateway.jsonrpc import (
+from gateway.protocol.jsonrpc import (
     MAX_DEPTH,
     UPSTREAM_UNAVAILABLE,
     JSONObject,

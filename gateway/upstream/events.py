@@ -3,7 +3,7 @@
 Upstreams of the handshake era answer most POSTs with a one-event SSE stream, so this runs once
 per call. httpx2's `EventSource` decodes the same format but only from an `httpx2.Response`
 (charset sniffing, text decoders and header objects per response): about 60 µs a call here,
-a tenth of the gateway's CPU budget, against a few µs for this. `tests/gateway/test_events.py`
+a tenth of the gateway's CPU budget, against a few µs for this. `tests/gateway/upstream/test_events.py`
 checks that both decoders read the same events from the same bytes, however they are chunked.
 """
 

@@ -27,10 +27,10 @@ from gateway.errors import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
-from gateway.jsonrpc import MAX_DEPTH, JSONObject, MessageError, TooDeep, dumps, loads_relayable
+from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, MessageError, TooDeep, dumps, loads_relayable
+from gateway.upstream._wire import ConnectTimeout, Pool, Response, WireError
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.events import Event, EventDecoder, EventStreamError
-from gateway.upstream.wire import ConnectTimeout, Pool, Response, WireError
 
 logger = logging.getLogger(__name__)
 

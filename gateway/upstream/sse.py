@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 
 from gateway.background import start_guarded
 from gateway.errors import UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, dumps
+from gateway.protocol.jsonrpc import JSONObject, dumps
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
 

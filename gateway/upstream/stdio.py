@@ -21,8 +21,8 @@ from mcp.os.posix.utilities import terminate_posix_process_tree
 
 from gateway.background import start_guarded
 from gateway.errors import UpstreamUnavailable
-from gateway.jsonrpc import JSONObject, dumps
-from gateway.redaction import Redactor
+from gateway.protocol.jsonrpc import JSONObject, dumps
+from gateway.recording.redaction import Redactor
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
 

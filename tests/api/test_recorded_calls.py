@@ -17,7 +17,7 @@ import anyio
 import httpx2
 import pytest
 
-from gateway import writer
+from gateway.recording import store_recorder as writer
 from tests.api.conftest import ACCEPT, McpClient, Tenant, new_tenant
 from tests.harness import RunningGateway
 

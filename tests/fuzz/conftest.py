@@ -26,7 +26,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_config
-from gateway.credentials.keys import sealer_for
+from gateway.credentials.sealing import sealer_for
 from store import Binding, open_sqlite_store, utc_now
 from tests.fuzz.budget import REQUEST_DEADLINE_S, RSS_GROWTH_LIMIT
 from tests.fuzz.world import TALLY, Caller, World

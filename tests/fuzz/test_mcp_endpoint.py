@@ -13,7 +13,7 @@ from tests.fuzz.budget import fuzz_settings
 from tests.fuzz.strategies import garbage_shots, handshake_shots, stateless_shots, stream_shots
 from tests.fuzz.world import Answer, Shot, World, json_rpc_error
 
-_REFUSED_BY_THE_HTTP_LAYER = frozenset({408, 414, 431})  # gateway/http_limits.py
+_REFUSED_BY_THE_HTTP_LAYER = frozenset({408, 414, 431})  # gateway/host/limits.py
 
 
 def assert_readable(shot: Shot, answer: Answer) -> None:

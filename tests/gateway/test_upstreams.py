@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.sessions import HostSession
+from gateway.core.sessions import HostSession
 from gateway.upstream.http import HttpChannel
 from gateway.upstream.stdio import StdioChannel
 from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway

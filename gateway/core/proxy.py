@@ -1,0 +1,325 @@
+"""What the gateway does with each message a host sends inside a session.
+
+Requests are answered by the gateway itself (ping, the merged lists) or forwarded to the one
+upstream that owns the named tool, prompt or resource. Host request ids pass upstream
+unchanged: each host session has its own upstream sessions, so a host's ids are unique in each.
+Only requests upstreams originate get gateway ids (see sessions.py), and their answers are
+mapped back here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from gateway.background import log_failure
+from gateway.core.router import Route, Router
+from gateway.core.sessions import LOCAL_REQUEST_PREFIX, HostSession
+from gateway.errors import (
+    AuthRequired,
+    CredentialError,
+    OAuthError,
+    RoutingError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.protocol.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    REQUEST_CANCELLED,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    JSONObject,
+    RequestId,
+    TooDeep,
+    error,
+    params_of,
+    result,
+)
+from gateway.protocol.tracecontext import trace_for
+from gateway.recording.recorder import CallRecord, Recorder, RecordingFailed, outcome_of
+from gateway.upstream.channel import MessageSink
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSONObject]]
+CONNECT_META_KEY = "mcpgw/connect"
+URL_ELICITATION_REQUIRED = -32042  # 2025-11-25's "URL elicitation required" error
+RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
+_ROUTED_BY = {
+    "tools/call": ("tools", "name"),
+    "prompts/get": ("prompts", "name"),
+    "resources/read": ("resources", "uri"),
+    "resources/subscribe": ("resources", "uri"),
+    "resources/unsubscribe": ("resources", "uri"),
+}
+
+
+class Proxy:
+    def __init__(self, router: Router, recorder: Recorder) -> None:
+        self.router = router
+        self.recorder = recorder
+        self._handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "tools/list": self._list,
+            "prompts/list": self._list,
+            "resources/list": self._list,
+            "resources/templates/list": self._list,
+            "tools/call": self._routed,
+            "prompts/get": self._routed,
+            "resources/read": self._routed,
+            "resources/subscribe": self._routed,
+            "resources/unsubscribe": self._routed,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
+
+    async def answer(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Serve one request of a session's host to its final response, whatever happens: the
+        host may cancel it (notifications/cancelled: -32800, as the SDK's servers answer), and a
+        failure of the gateway's own is this request's -32603, not the transport's 500."""
+        request_id = message["id"]
+        if request_id in session.host_requests:
+            # Its upstream answers would be matched by id to either call: refuse the second.
+            text = f"Invalid Request: a request with id {request_id!r} is already in flight in this session"
+            return error(request_id, INVALID_REQUEST, text)
+        response: JSONObject | None = None
+        with anyio.CancelScope() as scope:
+            session.host_requests[request_id] = scope
+            try:
+                response = await self.request(session, message, sink)
+            except Exception as exc:
+                log_failure(f"session {session.id}: {message['method']}", exc)
+                response = error(request_id, INTERNAL_ERROR, "The gateway could not complete this request")
+            finally:
+                session.host_requests.pop(request_id, None)
+        return response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
+
+    async def request(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
+        session.touch()
+        handler = self._handlers.get(message["method"])
+        if handler is None:
+            return error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
+        return await handler(session, message, sink)
+
+    async def notification(self, session: HostSession, message: JSONObject) -> None:
+        session.touch()
+        method = message["method"]
+        if method == "notifications/cancelled":
+            # Cancelling the host's request cancels its upstream call, which tells the upstream.
+            session.cancel_host_request(params_of(message).get("requestId"))
+        elif method == "notifications/roots/list_changed":
+            for upstream in session.open_upstreams():
+                await _quietly(upstream.channel.notify(message))
+
+    async def response(self, session: HostSession, message: JSONObject) -> None:
+        """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
+        session.touch()
+        outbound = session.take_outbound(message.get("id"))
+        if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
+            return  # the answer to a request of the gateway's own (a URL elicitation)
+        if outbound is None:
+            logger.info("session %s: a response to no pending request (id %r)", session.id, message.get("id"))
+            return
+        await _quietly(outbound.upstream.channel.respond({**message, "id": outbound.original_id}))
+
+    async def _ping(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        return result(message["id"], {})
+
+    async def _list(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        if params_of(message).get("cursor") is not None:
+            return error(message["id"], INVALID_PARAMS, "Invalid cursor: this gateway returns complete lists")
+        return result(message["id"], await self.router.list_all(session, message, sink))
+
+    async def _routed(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
+        kind, field = _ROUTED_BY[message["method"]]
+        params = params_of(message)
+        name = params.get(field)
+        if not isinstance(name, str):
+            return error(message["id"], INVALID_PARAMS, f"Invalid params: {field!r} must be a string")
+        return await self._forward(session, message, sink, kind, name, field)
+
+    async def _complete(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
+        ref = params_of(message).get("ref")
+        if not isinstance(ref, dict):
+            return error(message["id"], INVALID_PARAMS, "Invalid params: 'ref' must be an object")
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            return await self._forward(session, message, sink, "prompts", ref["name"], "ref.name")
+        if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            return await self._forward(session, message, sink, "resources", ref["uri"], "ref.uri")
+        return error(message["id"], INVALID_PARAMS, "Invalid params: unknown completion reference")
+
+    async def _set_level(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
+        level = params_of(message).get("level")
+        if not isinstance(level, str):
+            return error(message["id"], INVALID_PARAMS, "Invalid params: 'level' must be a string")
+        session.log_level = level
+        for upstream in session.open_upstreams():
+            if "logging" in upstream.capabilities:
+                try:
+                    await session.forward(upstream.name, message, None)
+                except (UpstreamError, CredentialError, TooDeep) as exc:
+                    logger.info("session %s: setLevel on %s failed: %s", session.id, upstream.name, exc)
+        return result(message["id"], {})
+
+    async def _forward(
+        self,
+        session: HostSession,
+        message: JSONObject,
+        sink: MessageSink | None,
+        kind: str,
+        name: str,
+        field: str,
+    ) -> JSONObject:
+        if message["method"] not in RECORDED_METHODS:
+            try:
+                found = await self.router.route(session, kind, name, message)
+                forwarded = _renamed(message, field, found.original) if found.original != name else message
+                return await session.forward(found.upstream, forwarded, sink)
+            except (RoutingError, UpstreamError, CredentialError, TooDeep) as exc:
+                return _error_for(message, session, exc)[0]
+        started, clock = time.time(), time.perf_counter()
+        request_id = message["id"]
+        trace, traced = trace_for(message)
+        route: Route | None = None
+        upstream_s: float | None = None
+        response: JSONObject | None = None
+        outcome = "cancelled"  # unless the call gets further: the host, or the gateway stopping
+        try:
+            route = await self.router.route(session, kind, name, traced)
+            forwarded = _renamed(traced, field, route.original) if route.original != name else traced
+            upstream_started = time.perf_counter()
+            try:
+                if route.connect:
+                    response = await self._connect(session, route.upstream, request_id)
+                else:
+                    response = await session.forward(route.upstream, forwarded, sink)
+            finally:
+                upstream_s = time.perf_counter() - upstream_started
+            outcome = outcome_of(response)
+        except (RoutingError, UpstreamError, CredentialError, TooDeep) as exc:
+            response, outcome = _error_for(message, session, exc)
+            if isinstance(exc, AuthRequired):
+                await _offer_elicitation(session, exc, sink)
+        finally:
+            # Runs when cancelled too: a cancelled call is recorded before the host hears of it.
+            answered = response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
+            call = CallRecord(
+                session_id=session.record_id,
+                method=message["method"],
+                name=name,
+                upstream=route.upstream if route else None,
+                upstream_name=route.original if route else None,
+                request_id=request_id,
+                params=params_of(message),
+                response=answered,
+                outcome=outcome,
+                started_at=started,
+                duration_s=time.perf_counter() - clock,
+                upstream_s=upstream_s,
+                trace_id=trace.trace_id,
+            )
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.recorder.record(call)
+            except RecordingFailed as exc:
+                # The upstream did the work, but an unrecorded answer must not reach the host.
+                logger.error("session %s: call %r not recorded: %s", session.id, request_id, exc)
+                response = error(request_id, INTERNAL_ERROR, "The gateway could not record this call")
+        return answered if response is None else response
+
+    async def _connect(self, session: HostSession, upstream: str, request_id: RequestId) -> JSONObject:
+        """The connect tool: a link while the account is not connected, else says it is."""
+        await session.upstream(upstream)  # raises AuthRequired without a usable credential
+        return result(request_id, {"content": [_text(f"Your {upstream} account is connected.")]})
+
+
+def _error_for(
+    message: JSONObject, session: HostSession, exc: UpstreamError | RoutingError | CredentialError | TooDeep
+) -> tuple[JSONObject, str]:
+    """The host's answer to a request the gateway could not complete, and its recorded outcome."""
+    request_id = message["id"]
+    if isinstance(exc, TooDeep):  # the host's own message: it cannot be passed on
+        return error(request_id, exc.code, f"Invalid params: {exc.message}"), "denied"
+    if isinstance(exc, AuthRequired):
+        return _auth_required(message, session, exc), "auth_required"
+    if isinstance(exc, OAuthError) and not exc.permanent:  # an outage at the authorization server
+        return error(
+            request_id, UPSTREAM_UNAVAILABLE, f"Could not refresh the credential: {exc}"
+        ), "upstream_error"
+    if isinstance(exc, CredentialError):
+        if message["method"] == "tools/call":
+            return result(request_id, {"content": [_text(str(exc))], "isError": True}), "denied"
+        return error(request_id, INVALID_REQUEST, str(exc)), "denied"
+    if isinstance(exc, RoutingError):
+        return error(request_id, INVALID_PARAMS, str(exc), exc.data), "denied"
+    if isinstance(exc, UpstreamTimeout):
+        return error(request_id, UPSTREAM_TIMEOUT, str(exc)), "timeout"
+    return error(request_id, UPSTREAM_UNAVAILABLE, str(exc)), "upstream_error"
+
+
+def _auth_required(message: JSONObject, session: HostSession, exc: AuthRequired) -> JSONObject:
+    """A tool result the user can act on (hosts show tool errors to the model and the user);
+    other requests get an error carrying the same URL."""
+    text = (
+        f"{exc.upstream} needs you to connect your account first ({exc.reason}). "
+        f"Open {exc.url} to connect it, then try again."
+    )
+    elicitation = {"mode": "url", "elicitationId": exc.flow_id, "url": exc.url, "message": text}
+    if message["method"] == "tools/call":
+        meta = {CONNECT_META_KEY: {"upstream": exc.upstream, "url": exc.url}}
+        return result(message["id"], {"content": [_text(text)], "isError": True, "_meta": meta})
+    if session.handshake.protocol_version == "2025-11-25":
+        return error(message["id"], URL_ELICITATION_REQUIRED, text, {"elicitations": [elicitation]})
+    return error(message["id"], INVALID_REQUEST, text, {"url": exc.url})
+
+
+async def _offer_elicitation(session: HostSession, exc: AuthRequired, sink: MessageSink | None) -> None:
+    """Also ask a host that can show URL elicitations (2025-11-25) to open the link itself."""
+    elicitation = session.handshake.capabilities.get("elicitation")
+    if not isinstance(elicitation, dict) or "url" not in elicitation:
+        return
+    params = {"mode": "url", "elicitationId": exc.flow_id, "url": exc.url,
+              "message": f"Connect your {exc.upstream} account to continue."}  # fmt: skip
+    request = {
+        "jsonrpc": "2.0",
+        "id": session.local_request_id(),
+        "method": "elicitation/create",
+        "params": params,
+    }
+    with anyio.move_on_after(1):  # best effort: the tool result carries the URL anyway
+        await (sink or session.listen).send(request)
+
+
+def _text(text: str) -> JSONObject:
+    return {"type": "text", "text": text}
+
+
+def _renamed(message: JSONObject, field: str, original: str) -> JSONObject:
+    params: dict[str, Any] = dict(params_of(message))
+    if field.startswith("ref."):
+        params["ref"] = {**params["ref"], field[4:]: original}
+    else:
+        params[field] = original
+    return {**message, "params": params}
+
+
+async def _quietly(pending: Awaitable[None]) -> None:
+    try:
+        await pending
+    except (UpstreamError, CredentialError, TooDeep) as exc:
+        logger.info("could not pass a message upstream: %s", exc)

@@ -1,0 +1,248 @@
+"""Names and URIs: which upstream serves what the host asks for.
+
+Tools and prompts are exposed as `<prefix><name>` (prefix `<upstream>__` unless configured);
+resources keep their URIs (the upstream needs them as it wrote them) and get a prefixed
+`name`. Lists are fanned out to every upstream and merged; the merge also builds the routing
+table the session uses for calls. A name two upstreams both claim is refused, not guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+
+from gateway.config import ToolFilter, UpstreamConfig
+from gateway.core.sessions import HostSession
+from gateway.errors import AuthRequired, CredentialError, GatewayError, RoutingError
+from gateway.protocol.jsonrpc import JSONObject, meta_of, params_of
+from gateway.upstream.channel import MessageSink
+
+logger = logging.getLogger(__name__)
+
+_MAX_PAGES = 100
+_ITEMS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
+          "resources/templates/list": "resourceTemplates"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    upstream: str
+    original: str
+    connect: bool = False  # the gateway's own connect tool for this upstream, answered by the proxy
+
+
+@dataclass(slots=True)
+class _Table:
+    """Host-visible name (or URI) -> route, as of the last merged listing."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
+    templates: list[tuple[UriTemplate, str]] = field(default_factory=list)
+    # Upstreams whose listing failed for want of a usable credential, by prefix: any name under
+    # the prefix goes there, so the call answers with what to do (the link to connect the
+    # account, or that the authorization server is down) instead of "unknown tool".
+    uncredentialed: dict[str, str] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, upstreams: Sequence[UpstreamConfig]) -> None:
+        self._upstreams = {u.name: u for u in upstreams}
+        self._order = [u.name for u in upstreams]
+        self._conflicts_told: set[tuple[str, str]] = set()  # a config problem: said once, not per listing
+
+    @property
+    def upstream_names(self) -> list[str]:
+        return list(self._order)
+
+    async def list_all(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+    ) -> JSONObject:
+        """Answer tools/list, prompts/list, resources/list or resources/templates/list for the host."""
+        method = message["method"]
+        key = _ITEMS[method]
+        per_upstream: dict[str, list[JSONObject]] = {}
+        uncredentialed: dict[str, CredentialError] = {}
+
+        async def fetch(name: str) -> None:
+            try:
+                per_upstream[name] = await self._fetch_all(session, name, message, key, sink)
+            except CredentialError as exc:
+                uncredentialed[name] = exc
+            except GatewayError as exc:
+                logger.warning("session %s: %s from %s failed: %s", session.id, method, name, exc)
+
+        async with anyio.create_task_group() as tg:
+            for name in self._order:
+                tg.start_soon(fetch, name)
+        items, table = self._merge(method, key, per_upstream, session.principal.tools)
+        for name in sorted(uncredentialed, key=self._order.index):
+            config = self._upstreams[name]
+            connect = _connect_tool(config)
+            if (
+                isinstance(uncredentialed[name], AuthRequired)
+                and key == "tools"
+                and connect["name"] not in table.routes
+                and session.principal.tools.permits(connect["name"])
+            ):
+                items.append(connect)
+                table.routes[connect["name"]] = Route(name, CONNECT_TOOL, connect=True)
+            if config.prefix:
+                table.uncredentialed[config.prefix] = name
+        kind = _kind(method)
+        previous = session.catalog.get(kind)
+        if isinstance(previous, _Table):
+            # resources/list and resources/templates/list each refresh their half of one table.
+            if key == "resourceTemplates":
+                table = _Table(routes=previous.routes, refused=previous.refused, templates=table.templates)
+            elif key == "resources":
+                table.templates = previous.templates
+        session.catalog[kind] = table
+        return {key: items}
+
+    async def route(self, session: HostSession, kind: str, name: str, message: JSONObject) -> Route:
+        """The upstream for a tool/prompt name or resource URI, listing once if not yet known."""
+        route = _lookup(session.catalog.get(kind), kind, name)
+        if route is None:
+            await self._refresh(session, kind, message)
+            route = _lookup(session.catalog.get(kind), kind, name)
+        if route is None or (kind == "tools" and not self._permitted(session, route, name)):
+            # A missing resource is the spec's resource-not-found: invalid params, naming the URI.
+            raise RoutingError(
+                f"Unknown {_SINGULAR[kind]}: {name}", {"uri": name} if kind == "resources" else None
+            )
+        return route
+
+    def _permitted(self, session: HostSession, route: Route, name: str) -> bool:
+        """The filters, on every call and not only when lists are built: a route found another
+        way (an upstream routed by prefix while its listing cannot be made) obeys them too."""
+        upstream_allows = route.connect or self._upstreams[route.upstream].tools.permits(route.original)
+        return upstream_allows and session.principal.tools.permits(name)
+
+    async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:
+        base: JSONObject = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}
+        meta = meta_of(message)
+        if meta:  # a 2026-07-28 host's envelope: the listing is made on its behalf
+            base["params"] = {"_meta": {k: v for k, v in meta.items() if k != "progressToken"}}
+        if kind == "resources":
+            await self.list_all(session, {**base, "method": "resources/list"}, None)
+            await self.list_all(session, {**base, "method": "resources/templates/list"}, None)
+        else:
+            await self.list_all(session, {**base, "method": f"{kind}/list"}, None)
+
+    async def _fetch_all(
+        self, session: HostSession, name: str, message: JSONObject, key: str, sink: MessageSink | None
+    ) -> list[JSONObject]:
+        capability = "resources" if key == "resourceTemplates" else key
+        if capability not in await session.capabilities(name):
+            return []
+        params = {k: v for k, v in params_of(message).items() if k != "cursor"}
+        items: list[JSONObject] = []
+        for _ in range(_MAX_PAGES):
+            response = await session.forward(name, {**message, "params": params}, sink)
+            result = response.get("result")
+            if not isinstance(result, dict):
+                error = response.get("error") or {}
+                raise RoutingError(f"{message['method']} failed: {error.get('message', 'no result')}")
+            items.extend(item for item in result.get(key, []) if isinstance(item, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+            params = {**params, "cursor": cursor}
+        return items
+
+    def _merge(
+        self, method: str, key: str, per_upstream: dict[str, list[JSONObject]], key_filter: ToolFilter
+    ) -> tuple[list[JSONObject], _Table]:
+        table = _Table()
+        merged: dict[str, JSONObject] = {}
+        for name in self._order:
+            config = self._upstreams[name]
+            for item in per_upstream.get(name, []):
+                if key == "tools" and not config.tools.permits(str(item.get("name"))):
+                    continue
+                exposed, route_key, original = _exposure(config.prefix, key, item)
+                if key == "tools" and not key_filter.permits(exposed):
+                    continue  # the API key's own filter: it can only narrow the upstream's
+                if key == "resourceTemplates":
+                    _add_template(table, item, name)
+                if route_key in table.refused:
+                    continue
+                owner = table.routes.get(route_key)
+                if owner is not None and owner.upstream != name:
+                    if (key, route_key) not in self._conflicts_told and len(self._conflicts_told) < 1000:
+                        self._conflicts_told.add((key, route_key))
+                        logger.error(
+                            "%s %r is offered by both %r and %r; refusing it",
+                            key,
+                            route_key,
+                            owner.upstream,
+                            name,
+                        )
+                    table.refused[route_key] = (owner.upstream, name)
+                    del table.routes[route_key]
+                    merged.pop(route_key, None)
+                    continue
+                table.routes[route_key] = Route(name, original)
+                merged[route_key] = {**item, "name": exposed}
+        return list(merged.values()), table
+
+
+_SINGULAR = {"tools": "tool", "prompts": "prompt", "resources": "resource"}
+CONNECT_TOOL = "connect_account"
+
+
+def _connect_tool(config: UpstreamConfig) -> JSONObject:
+    """The one tool an upstream offers a caller who has not connected their account yet."""
+    return {
+        "name": f"{config.prefix or config.name + '__'}{CONNECT_TOOL}",
+        "description": (
+            f"Connect your account for {config.name}: its tools appear once you have. "
+            "Call this to get the link to open."
+        ),
+        "inputSchema": {"type": "object", "properties": {}},
+    }
+
+
+def _kind(method: str) -> str:
+    return method.split("/", 1)[0]
+
+
+def _exposure(prefix: str, key: str, item: JSONObject) -> tuple[str, str, str]:
+    """(host-visible name, routing key, upstream's own key) for one listed item."""
+    name = str(item.get("name", ""))
+    if key in ("tools", "prompts"):
+        return prefix + name, prefix + name, name
+    uri = str(item.get("uriTemplate" if key == "resourceTemplates" else "uri", ""))
+    return prefix + name, uri, uri
+
+
+def _add_template(table: _Table, item: JSONObject, upstream: str) -> None:
+    try:
+        table.templates.append((UriTemplate.parse(str(item.get("uriTemplate", ""))), upstream))
+    except InvalidUriTemplate:
+        logger.warning("upstream %s lists an invalid URI template %r", upstream, item.get("uriTemplate"))
+
+
+def _lookup(table: Any, kind: str, name: str) -> Route | None:
+    if not isinstance(table, _Table):
+        return None
+    if name in table.refused:
+        first, second = table.refused[name]
+        raise RoutingError(
+            f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a prefix"
+        )
+    route = table.routes.get(name)
+    if route is None and kind != "resources":
+        for prefix, upstream in table.uncredentialed.items():
+            if name.startswith(prefix):
+                return Route(upstream, name[len(prefix) :])
+    if route is None and kind == "resources":
+        for template, upstream in table.templates:
+            if template.match(name) is not None:
+                return Route(upstream, name)
+    return route

@@ -1,0 +1,436 @@
+"""Host sessions: what the gateway keeps for one `Mcp-Session-Id` it minted.
+
+A host session owns one upstream session per upstream it has used (opened lazily), the
+mapping of ids for requests upstreams send to the host (two upstreams may both use id 1, so
+the host sees gateway-minted ids), and the host's GET stream. The registry mints ids, binds
+each session to the API key that opened it, and reaps idle sessions and their children.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.background import every, start_guarded
+from gateway.credentials.binding import binding_for
+from gateway.credentials.broker import CredentialBroker
+from gateway.errors import CredentialError, UpstreamError, UpstreamSessionExpired, UpstreamUnauthorized
+from gateway.host.auth import Principal
+from gateway.protocol.jsonrpc import JSONObject, RequestId
+from gateway.protocol.revisions import to_handshake_request, with_server_info
+from gateway.recording.recorder import NullRecorder, Recorder, RecordingFailed
+from gateway.upstream.channel import MessageSink
+from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
+from gateway.upstream.http import HeaderSource
+from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_BUFFERED_WHILE_NO_STREAM = 256
+LOCAL_REQUEST_PREFIX = "mcpgw-local-"
+_CLIENT_NAMESPACE = uuid.UUID("0f0a3c1e-6d3b-5e8e-9a57-6d63706777c1")  # fixed: client ids must not change
+_LIST_CHANGED = {
+    "notifications/tools/list_changed": "tools",
+    "notifications/prompts/list_changed": "prompts",
+    "notifications/resources/list_changed": "resources",
+}
+_ANNOUNCEMENTS = frozenset({*_LIST_CHANGED, "notifications/resources/updated"})
+
+
+@dataclass(slots=True)
+class _Outbound:
+    upstream: UpstreamSession
+    original_id: RequestId
+
+
+class ListenStream:
+    """Where a session's server-initiated messages go: the host's GET stream, its 2026-07-28
+    listen streams, or, while none is open, a small buffer."""
+
+    def __init__(self, *, buffered: bool = True) -> None:
+        self._sinks: list[MessageSink] = []
+        # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
+        self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
+        self._lock = anyio.Lock()
+
+    @property
+    def open(self) -> bool:
+        return bool(self._sinks)
+
+    async def attach(self, sink: MessageSink) -> None:
+        async with self._lock:
+            self._sinks.append(sink)
+            while self._buffer:
+                await sink.send(self._buffer.popleft())
+
+    def detach(self, sink: MessageSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    async def send(self, message: JSONObject) -> None:
+        async with self._lock:
+            if not self._sinks:
+                self._buffer.append(message)
+            for sink in list(self._sinks):
+                await sink.send(message)
+
+
+class HostSession:
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        handshake: Handshake,
+        connectors: Mapping[str, Connector],
+        *,
+        stateless: bool = False,
+        broker: CredentialBroker | None = None,
+    ) -> None:
+        self.id = session_id
+        self.record_id = str(uuid.uuid4())  # the session's id in the record and the listing API
+        self.stateless = stateless
+        self.ended = anyio.Event()
+        self.principal = principal
+        self.handshake = handshake
+        self.listen = ListenStream(buffered=not stateless)
+        self.last_activity = time.monotonic()
+        self.log_level: str | None = None
+        self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
+        self._connectors = connectors
+        self._broker = broker
+        self._bindings: dict[str, Binding] = {}
+        self._sent: dict[str, Mapping[str, str]] = {}  # the credential last sent to each upstream
+        self._upstreams: dict[str, UpstreamSession] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._outbound: dict[str, _Outbound] = {}
+        self._outbound_ids = itertools.count(1)
+        self._upstream_ids = itertools.count(1)
+        self.in_flight: dict[RequestId, UpstreamSession] = {}
+        self.host_requests: dict[RequestId, anyio.CancelScope] = {}
+        self.closed = False
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def open_upstreams(self) -> list[UpstreamSession]:
+        return list(self._upstreams.values())
+
+    async def modern(self, name: str) -> ModernUpstream | None:
+        """Upstream `name` as a 2026-07-28 server, when this (stateless) session may use it so."""
+        return await self._connectors[name].modern() if self.stateless else None
+
+    async def capabilities(self, name: str) -> JSONObject:
+        """What upstream `name` can do, as this session reaches it."""
+        modern = await self.modern(name)
+        if modern is not None:
+            return modern.capabilities
+        return (await self.upstream(name)).capabilities
+
+    def upstream_session(self, name: str) -> UpstreamSession | None:
+        """The open upstream session for `name`, if this host session has one."""
+        return self._upstreams.get(name)
+
+    async def upstream(self, name: str) -> UpstreamSession:
+        """This session's upstream session for `name`, opened on first use or after a crash."""
+        current = self._upstreams.get(name)
+        if current is not None and not current.channel.closed:
+            return current
+        lock = self._locks.setdefault(name, anyio.Lock())
+        async with lock:
+            current = self._upstreams.get(name)
+            if current is not None and not current.channel.closed:
+                return current
+            if current is not None:
+                logger.info("session %s: upstream %s went away; reconnecting", self.id, name)
+            connector = self._connectors[name]
+            opened = await self._retrying_credential(
+                name,
+                lambda: connector.open_session(
+                    self.handshake, self._unsolicited_from(name), self._credential_source(name)
+                ),
+            )
+            self._upstreams[name] = opened
+            if self.log_level is not None and "logging" in opened.capabilities:
+                await self._replay_log_level(opened)
+            return opened
+
+    def binding(self, name: str) -> Binding | None:
+        """Whose credential this session uses for upstream `name`; None if it needs none."""
+        config = self._connectors[name].config
+        if self._broker is None or not config.auth.per_identity:
+            return None
+        if name not in self._bindings:
+            self._bindings[name] = binding_for(config, self.principal, self.record_id)
+        return self._bindings[name]
+
+    def _credential_source(self, name: str) -> HeaderSource | None:
+        binding, broker = self.binding(name), self._broker
+        if binding is None or broker is None:
+            return None
+
+        async def credential() -> Mapping[str, str]:
+            headers = await broker.headers(name, binding)
+            self._sent[name] = headers
+            return headers
+
+        return credential
+
+    async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Send a host request to upstream `name`, with this caller's credential if it needs one."""
+        return await self._retrying_credential(name, lambda: self._forward(name, message, sink))
+
+    async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt`; if the upstream refuses the credential, have the broker refresh it (or
+        say the user must act: `AuthRequired`) and run it once more on a fresh upstream session."""
+        try:
+            return await attempt()
+        except UpstreamUnauthorized:
+            binding = self.binding(name)
+            if binding is None or self._broker is None:
+                raise
+            await self._broker.rejected(name, binding, self._sent.pop(name, {}))
+            if name in self._upstreams:
+                await self.drop_upstream(name)
+        try:
+            return await attempt()
+        except UpstreamUnauthorized:
+            await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=True)
+            raise
+
+    async def _forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+        """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
+        request_id = message.get("id")
+        modern = await self.modern(name)
+        if modern is not None:
+            # 2026 on both sides: it passes as it is, with the caller's credential if any.
+            source = self._credential_source(name)
+            return await modern.request(message, sink, None if source is None else await source())
+        if self.stateless:
+            # Many host processes may share this group; their ids need not be unique in it.
+            message = to_handshake_request(message)
+            if request_id is not None:
+                message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+        upstream = await self.upstream(name)
+        if request_id is not None:
+            self.in_flight[request_id] = upstream
+        try:
+            try:
+                response = await upstream.request(message, self.relay(upstream, sink))
+            except UpstreamSessionExpired:
+                await self.drop_upstream(name)
+                upstream = await self.upstream(name)
+                if request_id is not None:
+                    self.in_flight[request_id] = upstream
+                response = await upstream.request(message, self.relay(upstream, sink))
+        finally:
+            if request_id is not None:
+                self.in_flight.pop(request_id, None)
+        if self.stateless and request_id is not None:
+            response = with_server_info({**response, "id": request_id}, upstream.server_info)
+        return response
+
+    def cancel_host_request(self, request_id: object) -> bool:
+        """Stop handling a request the host cancelled; its upstream call is cancelled on the way out."""
+        scope = self.host_requests.get(request_id) if isinstance(request_id, str | int) else None
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    def relay(self, upstream: UpstreamSession, target: MessageSink | None) -> MessageSink:
+        return _Relay(self, upstream, target if target is not None else self.listen)
+
+    def _unsolicited_from(self, name: str) -> Callable[[JSONObject], Awaitable[None]]:
+        async def deliver(message: JSONObject) -> None:
+            upstream = self._upstreams.get(name)
+            if upstream is not None:
+                await _Relay(self, upstream, self.listen).send(message)
+
+        return deliver
+
+    def local_request_id(self) -> str:
+        """An id for a request the gateway itself sends the host; its answer is dropped."""
+        return f"{LOCAL_REQUEST_PREFIX}{next(self._outbound_ids)}"
+
+    def map_outbound(self, upstream: UpstreamSession, original_id: RequestId) -> str:
+        gateway_id = f"mcpgw-{next(self._outbound_ids)}"
+        self._outbound[gateway_id] = _Outbound(upstream, original_id)
+        return gateway_id
+
+    def take_outbound(self, gateway_id: object) -> _Outbound | None:
+        if not isinstance(gateway_id, str):
+            return None
+        return self._outbound.pop(gateway_id, None)
+
+    async def drop_upstream(self, name: str) -> None:
+        upstream = self._upstreams.pop(name, None)
+        if upstream is not None:
+            await upstream.channel.aclose()
+
+    async def reap_idle_upstreams(self, now: float) -> None:
+        for name, upstream in list(self._upstreams.items()):
+            if now - upstream.last_used > upstream.config.idle_s and upstream not in self.in_flight.values():
+                logger.info("session %s: closing idle upstream session %s", self.id, name)
+                await self.drop_upstream(name)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.ended.set()
+        with anyio.CancelScope(shield=True):
+            for name in list(self._upstreams):
+                await self.drop_upstream(name)
+
+    async def _replay_log_level(self, upstream: UpstreamSession) -> None:
+        message = {
+            "jsonrpc": "2.0",
+            "id": f"mcpgw-setlevel-{secrets.token_hex(4)}",
+            "method": "logging/setLevel",
+            "params": {"level": self.log_level},
+        }
+        try:
+            await upstream.request(message, None)
+        except (UpstreamError, CredentialError) as exc:
+            logger.info("session %s: could not restore log level on %s: %s", self.id, upstream.name, exc)
+
+
+class _Relay:
+    """Carries what an upstream sends toward the host: ids of its requests remapped, lists refreshed."""
+
+    __slots__ = ("_session", "_target", "_upstream")
+
+    def __init__(self, session: HostSession, upstream: UpstreamSession, target: MessageSink) -> None:
+        self._session = session
+        self._upstream = upstream
+        self._target = target
+
+    async def send(self, message: JSONObject) -> None:
+        method = message.get("method")
+        if method is None:
+            return
+        if "id" in message:
+            gateway_id = self._session.map_outbound(self._upstream, message["id"])
+            message = {**message, "id": gateway_id}
+        elif method in _LIST_CHANGED:
+            # The merged list changed: route from a fresh listing next time (see router.py).
+            self._session.catalog.pop(_LIST_CHANGED[method], None)
+        if self._session.stateless and method in _ANNOUNCEMENTS:
+            # 2026-07-28 announces changes on listen streams only, even those an upstream of the
+            # handshake era sent on the response stream of the call that caused them.
+            await self._session.listen.send(message)
+            return
+        await self._target.send(message)
+
+
+@dataclass(slots=True)
+class SessionRegistry:
+    connectors: Mapping[str, Connector]
+    idle_s: float
+    stateless_gap_s: float
+    recorder: Recorder = field(default_factory=NullRecorder)
+    broker: CredentialBroker | None = None
+    _sessions: dict[str, HostSession] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[HostSession]:
+        """Live sessions, oldest first."""
+        return list(self._sessions.values())
+
+    async def create(
+        self, principal: Principal, handshake: Handshake, protocol_version: str, *, stateless: bool = False
+    ) -> HostSession:
+        """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be."""
+        session_id = secrets.token_urlsafe(24)
+        session = HostSession(
+            session_id, principal, handshake, self.connectors, stateless=stateless, broker=self.broker
+        )
+        client = handshake.client_info
+        name, version = client.get("name"), client.get("version")
+        await self.recorder.session_started(
+            SessionStart(
+                id=session.record_id,
+                mcp_session_id=session_id,
+                organisation_id=principal.organisation_id,
+                api_key_id=principal.api_key_id,
+                client_id=client_id_of(name),
+                client_name=name if isinstance(name, str) else None,
+                client_version=version if isinstance(version, str) else None,
+                protocol_version=protocol_version,
+                started_at=utc_now(),
+            )
+        )
+        self._sessions[session_id] = session
+        return session
+
+    def get(self, session_id: str, principal: Principal) -> HostSession | None:
+        """The session, only if the same API key (or, key-less, the same organisation) opened it."""
+        session = self._sessions.get(session_id)
+        if session is None or session.stateless or not principal.same_caller(session.principal):
+            return None
+        return session
+
+    async def end(self, session: HostSession, reason: str) -> None:
+        """End `session`: `reason` is deleted (by the host), idle, closed (stream gone) or shutdown."""
+        if self._sessions.pop(session.id, None) is None:
+            return
+        await session.aclose()
+        if self.broker is not None:
+            try:
+                await self.broker.session_ended(session.principal.organisation_id, session.record_id)
+            except StoreError as exc:
+                logger.warning("session %s: its own credentials could not be removed: %s", session.id, exc)
+        try:
+            await self.recorder.session_ended(SessionEnd(session.record_id, utc_now(), reason))
+        except RecordingFailed as exc:
+            logger.error("session %s ended (%s) but the record could not say so: %s", session.id, reason, exc)
+
+    async def connected(self, binding: Binding) -> None:
+        """A binding just got its credential: its sessions' tool lists change (the connect tool
+        gives way to the upstream's own), so tell their hosts to list again."""
+        for session in list(self._sessions.values()):
+            try:
+                same = session.binding(binding.upstream) == binding
+            except CredentialError:
+                same = False  # this session cannot hold a credential for it at all
+            if same:
+                session.catalog.clear()
+                await session.listen.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+
+    async def reap(self) -> None:
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            limit = self.stateless_gap_s if session.stateless else self.idle_s
+            if now - session.last_activity > limit and not session.in_flight:
+                logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
+                await self.end(session, "idle")
+            else:
+                await session.reap_idle_upstreams(now)
+
+    async def aclose(self) -> None:
+        for session in list(self._sessions.values()):
+            await self.end(session, "shutdown")
+
+
+def client_id_of(name: object) -> str | None:
+    """A stable id for a host application (from its clientInfo name), the same in every session.
+
+    Hosts identify themselves only by name and version; this gives the listing API's `clientId`
+    a uuid that groups one application's sessions without storing anything new.
+    """
+    return str(uuid.uuid5(_CLIENT_NAMESPACE, name)) if isinstance(name, str) and name else None
+
+
+def start_reaper(registry: SessionRegistry, task_group: TaskGroup, interval_s: float = 15.0) -> None:
+    start_guarded(task_group, "the session reaper", every, interval_s, "reaping idle sessions", registry.reap)

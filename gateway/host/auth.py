@@ -1,0 +1,201 @@
+"""Who is calling: API keys sent by hosts, turned into a `Principal`.
+
+Keys arrive as `Authorization: Bearer mgw_...` or `x-api-key: mgw_...`. What each request costs:
+
+- A known key is answered from memory (30 s), without a database read: the hot path. Memory is
+  trusted only while the store's `key_generation()` is what it was when the key was looked up.
+  A revocation changes it, in whichever process it happens (`mcpgw keys revoke` writes the same
+  SQLite file and then appends to a marker file beside it, see `store/_revocations.py`), and
+  checking it is a `stat()` of that file, ~1 µs where a query costs ~70 µs. So the very next
+  request after `keys revoke` returns looks the key up again, and finds it revoked. The
+  generation is read before a lookup and kept with its answer, so a revocation that lands while
+  a lookup is in flight is caught by the following request rather than cached for 30 s.
+- A key created while the gateway serves works at once: nothing known is ever negative for it.
+- A bad key (unknown, revoked, malformed) costs at most one lookup per minute when it is sent
+  again (a host retrying a revoked key): the digests of recent misses are kept, and a new key
+  never has one of them (it is 256 fresh random bits). Each failure spends from the client
+  address's bucket (`_auth_failures.py`, `auth.max_failures_per_minute`); an address that has
+  spent it gets `AuthThrottled` (429, Retry-After) without a lookup, unless its key is one
+  already known: a valid key behind the same NAT as a guesser keeps working. Failures are
+  logged once per address per minute, never with the key.
+- Last use: at most once per key per minute the time is queued, and `maintain` (a background
+  task) writes what is queued in one batch, so no request waits on a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+
+from gateway.config import ToolFilter
+from gateway.errors import AuthThrottled
+from gateway.host._throttle import LOG_INTERVAL_S, FailureLimits
+from store import ApiKey, StoreError, hash_api_key, utc_now
+
+logger = logging.getLogger(__name__)
+
+_CACHE_TTL_S = 30.0
+_CACHE_MAX = 10_000
+_MISS_TTL_S = 60.0
+_MISSES_MAX = 1024
+_USE_EVERY_S = 60.0
+_FLUSH_DEADLINE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    organisation_id: str
+    api_key_id: str | None  # None only in key-less local mode
+    user_id: str | None
+    is_admin: bool
+    tools: ToolFilter = field(default_factory=ToolFilter)  # the key's narrowing, over host-visible names
+
+    def same_caller(self, other: Principal) -> bool:
+        return self.organisation_id == other.organisation_id and self.api_key_id == other.api_key_id
+
+
+class KeyStore(Protocol):
+    """What host authentication needs of the store (`store.Store` has it all)."""
+
+    async def find_api_key(self, secret: str) -> ApiKey | None: ...
+
+    def key_generation(self) -> Hashable: ...
+
+    async def record_key_use(self, used: Mapping[str, datetime]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    principal: Principal
+    good_until: float  # monotonic
+    generation: Hashable  # the store's key generation before the lookup
+
+
+class HostAuth:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        required: bool,
+        default_organisation_id: str,
+        max_failures_per_minute: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._required = required
+        self._anonymous = Principal(default_organisation_id, None, None, False)
+        self._clock = clock
+        self._known: dict[str, _Known] = {}
+        self._misses: dict[str, float] = {}  # digest -> monotonic expiry
+        self._failures = FailureLimits(max_failures_per_minute, logger)
+        self._use_due: dict[str, float] = {}  # key id -> monotonic time its use is next written
+        self._used: dict[str, datetime] = {}
+        self._used_event = anyio.Event()
+        self._flush_lock = anyio.Lock()
+
+    @property
+    def required(self) -> bool:
+        return self._required
+
+    async def authenticate(self, headers: Mapping[str, str], client: str | None = None) -> Principal | None:
+        """The caller's principal; None when a key is missing (and required) or unknown.
+
+        `client` is the caller's address, by which failures are limited: past the limit this
+        raises `AuthThrottled` rather than look the key up.
+        """
+        secret = key_from_headers(headers)
+        if secret is None:
+            return None if self._required else self._anonymous
+        digest = hash_api_key(secret)
+        now = self._clock()
+        generation = self._store.key_generation()
+        known = self._known.get(digest)
+        if known is not None and known.good_until > now and known.generation == generation:
+            self._note_use(known.principal, now)
+            return known.principal
+        wait = self._failures.retry_after(client, now)
+        if wait is not None:
+            raise AuthThrottled(wait)
+        if self._misses.get(digest, 0.0) > now:
+            self._failures.failed(client, now)
+            return None
+        key = await self._store.find_api_key(secret)
+        if key is None:
+            self._remember_miss(digest, now)
+            self._failures.failed(client, now)
+            return None
+        principal = Principal(
+            key.organisation_id,
+            key.id,
+            key.user_id,
+            key.is_admin,
+            ToolFilter(key.tools_allow, key.tools_deny),
+        )
+        if len(self._known) >= _CACHE_MAX:
+            self._known.clear()
+        self._known[digest] = _Known(principal, now + _CACHE_TTL_S, generation)
+        self._note_use(principal, now)
+        return principal
+
+    def _remember_miss(self, digest: str, now: float) -> None:
+        if len(self._misses) >= _MISSES_MAX:
+            self._misses = {d: until for d, until in self._misses.items() if until > now}
+            if len(self._misses) >= _MISSES_MAX:
+                self._misses.clear()
+        self._misses[digest] = now + _MISS_TTL_S
+
+    def _note_use(self, principal: Principal, now: float) -> None:
+        key_id = principal.api_key_id
+        if key_id is None or self._use_due.get(key_id, 0.0) > now:
+            return
+        if len(self._use_due) >= _CACHE_MAX:
+            self._use_due.clear()
+        self._use_due[key_id] = now + _USE_EVERY_S
+        self._used[key_id] = utc_now()
+        self._used_event.set()
+
+    async def flush_usage(self) -> None:
+        """Write the key use queued so far (a failure is logged: last use is best effort)."""
+        async with self._flush_lock:
+            used, self._used = self._used, {}
+            if not used:
+                return
+            try:
+                with anyio.fail_after(_FLUSH_DEADLINE_S):
+                    await self._store.record_key_use(used)
+            except (StoreError, TimeoutError) as exc:
+                logger.warning("API keys: last use of %d key(s) not recorded: %s", len(used), exc)
+
+    def report_failures(self) -> None:
+        """Log the failures held back where their interval has passed."""
+        self._failures.report(self._clock())
+
+    async def maintain(self) -> None:
+        """For the gateway's life: write key use as it is queued, report failures each interval."""
+        next_report = self._clock() + LOG_INTERVAL_S
+        while True:
+            # A schedule, not synchronisation: wake for queued use, or when a report is due.
+            with anyio.move_on_after(max(0.0, next_report - self._clock())):
+                await self._used_event.wait()
+            if self._used_event.is_set():
+                self._used_event = anyio.Event()
+                await self.flush_usage()
+            if self._clock() >= next_report:
+                self.report_failures()
+                next_report = self._clock() + LOG_INTERVAL_S
+
+
+def key_from_headers(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None

@@ -1,0 +1,133 @@
+"""The legacy HTTP+SSE transport (revision 2024-11-05) for hosts that predate Streamable HTTP.
+
+`GET /sse` opens a stream whose first event names where to POST (`/messages?session_id=…`).
+Every POSTed message is acknowledged with 202; answers, notifications and upstream requests all
+travel down the one stream. Behind this, a connection is an ordinary host session.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+import anyio
+from anyio.abc import TaskGroup
+from starlette.types import Receive, Scope, Send
+
+from gateway.core.sessions import HostSession
+from gateway.host.asgi import (
+    BodyTooLarge,
+    EventStream,
+    headers_of,
+    is_json,
+    read_body,
+    send_bytes,
+    send_json,
+    wait_for_disconnect,
+)
+from gateway.host.auth import Principal
+from gateway.host.streamable import Endpoint
+from gateway.protocol.jsonrpc import (
+    INVALID_REQUEST,
+    JSONObject,
+    MessageError,
+    check_message,
+    error,
+    is_notification,
+    is_request,
+    loads,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Connection:
+    principal: Principal
+    stream: EventStream
+    tasks: TaskGroup
+    session: HostSession | None = None
+
+
+@dataclass(slots=True)
+class LegacySse:
+    endpoint: Endpoint
+    _connections: dict[str, _Connection] = field(default_factory=dict)
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /sse: one connection, open until the host goes away."""
+        principal = await self.endpoint.admit(scope, headers_of(scope), send)
+        if principal is None:
+            return
+        connection_id = secrets.token_urlsafe(24)
+        stream = EventStream(send)
+        await stream.start([])
+        await send(
+            {
+                "type": "http.response.body",
+                "body": f"event: endpoint\ndata: /messages?session_id={connection_id}\n\n".encode(),
+                "more_body": True,
+            }
+        )
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._connections[connection_id] = _Connection(principal, stream, tasks)
+                await wait_for_disconnect(receive)
+                tasks.cancel_scope.cancel()
+        finally:
+            connection = self._connections.pop(connection_id, None)
+            if connection is not None and connection.session is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.endpoint.registry.end(connection.session, "closed")
+
+    async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
+        headers = headers_of(scope)
+        principal = await self.endpoint.admit(scope, headers, send)
+        if principal is None:
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        connection = self._connections.get((query.get("session_id") or [""])[0])
+        if connection is None or not principal.same_caller(connection.principal):
+            await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
+            return
+        if not is_json(headers):
+            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
+            await send_json(send, 415, error(None, INVALID_REQUEST, text))
+            return
+        try:
+            message = check_message(loads(await read_body(receive, self.endpoint.max_body_bytes)))
+        except BodyTooLarge:
+            await send_json(send, 413, error(None, INVALID_REQUEST, "Request body too large"))
+            return
+        except MessageError as exc:
+            await send_json(send, 400, error(None, exc.code, exc.message))
+            return
+        await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
+        await self._handle(connection, message)
+
+    async def _handle(self, connection: _Connection, message: JSONObject) -> None:
+        if message.get("method") == "initialize" and is_request(message):
+            session, answer = await self.endpoint.initialize(message, connection.principal)
+            await connection.stream.send(answer)
+            if session is None:
+                return
+            connection.session = session
+            await session.listen.attach(connection.stream)  # this transport's one stream carries everything
+            return
+        current = connection.session
+        if current is None:
+            if is_request(message):
+                await connection.stream.send(error(message["id"], INVALID_REQUEST, "Not initialized"))
+            return
+        if is_request(message):
+            connection.tasks.start_soon(self._answer, connection.stream, current, message)
+        elif is_notification(message):
+            await self.endpoint.proxy.notification(current, message)
+        else:
+            await self.endpoint.proxy.response(current, message)
+
+    async def _answer(self, stream: EventStream, session: HostSession, message: JSONObject) -> None:
+        await stream.send(await self.endpoint.proxy.answer(session, message, stream))

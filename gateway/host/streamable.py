@@ -1,0 +1,267 @@
+"""The host-facing MCP endpoint: Streamable HTTP at `/mcp` and `/mcp/{organisationId}`.
+
+One ASGI callable serves both protocol generations. A POST whose body carries the 2026-07-28
+per-request envelope (or whose `MCP-Protocol-Version` header names that revision) goes to the
+stateless path in `stateless.py`; everything else is the session-based protocol: `initialize`
+mints an `Mcp-Session-Id` bound to the caller's API key, later requests must present it, GET
+opens the session's server-to-host stream and DELETE ends the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from typing import Any
+
+import anyio
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+from starlette.types import Receive, Scope, Send
+
+from gateway.background import log_failure
+from gateway.core.proxy import Proxy
+from gateway.core.sessions import HostSession, SessionRegistry
+from gateway.errors import AuthThrottled
+from gateway.host.asgi import (
+    BodyTooLarge,
+    EventStream,
+    OriginGuard,
+    ResponseStream,
+    headers_of,
+    is_json,
+    read_body,
+    send_bytes,
+    send_json,
+    wait_for_disconnect,
+)
+from gateway.host.auth import HostAuth, Principal
+from gateway.host.stateless import StatelessHandler
+from gateway.protocol.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    JSONObject,
+    MessageError,
+    check_message,
+    error,
+    is_notification,
+    is_request,
+    loads,
+    meta_of,
+    params_of,
+    result,
+)
+from gateway.protocol.tracecontext import header_traceparent
+from gateway.recording.recorder import RecordingFailed
+from gateway.upstream.connector import Handshake
+
+logger = logging.getLogger(__name__)
+
+SERVER_INFO = {"name": "mcpgw", "version": package_version("mcpgw")}
+GATEWAY_CAPABILITIES: JSONObject = {
+    "tools": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "prompts": {"listChanged": True},
+    "logging": {},
+    "completions": {},
+}
+_MODERN_META_KEY = "io.modelcontextprotocol/protocolVersion"
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="mcpgw", error="invalid_token"')
+
+
+@dataclass(slots=True)
+class Endpoint:
+    auth: HostAuth
+    guard: OriginGuard
+    registry: SessionRegistry
+    proxy: Proxy
+    stateless: StatelessHandler
+    max_body_bytes: int
+
+    async def admit(self, scope: Scope, headers: dict[str, str], send: Send) -> Principal | None:
+        """Guard, authenticate and scope a request; on refusal the answer is sent and None returned."""
+        problem = self.guard.problem(headers)
+        if problem is not None:
+            await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
+            return None
+        client = scope.get("client")
+        try:
+            principal = await self.auth.authenticate(headers, client[0] if client else None)
+        except AuthThrottled as exc:
+            message = "Too many failed authentications from this address; retry later"
+            retry_after = (b"retry-after", str(exc.retry_after_s).encode())
+            await send_json(send, 429, error(None, INVALID_REQUEST, message), [retry_after])
+            return None
+        if principal is None:
+            missing = "authorization" not in headers and "x-api-key" not in headers
+            reason = "missing API key" if missing else "unknown API key"
+            await send_json(
+                send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE]
+            )
+            return None
+        organisation = scope.get("path_params", {}).get("organisationId")
+        if organisation is not None and organisation != principal.organisation_id:
+            # Another tenant's URL: answer as if it did not exist.
+            await send_json(send, 404, error(None, INVALID_REQUEST, "Not Found"))
+            return None
+        return principal
+
+    async def initialize(
+        self, message: JSONObject, principal: Principal
+    ) -> tuple[HostSession | None, JSONObject]:
+        """Open a host session for an `initialize` request; return it (None if it could not be
+        recorded) and the answer."""
+        params = params_of(message)
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        handshake = Handshake(version, _object(params.get("capabilities")), _object(params.get("clientInfo")))
+        try:
+            session = await self.registry.create(principal, handshake, version)
+        except RecordingFailed as exc:
+            logger.error("refusing a session that could not be recorded: %s", exc)
+            return None, error(message["id"], INTERNAL_ERROR, "The gateway cannot record sessions right now")
+        answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
+        return session, result(message["id"], answer)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        except Exception as exc:  # one request's failure: one log line and a JSON answer, no more
+            log_failure(f"{scope['method']} {scope['path']}", exc)
+            with contextlib.suppress(Exception):  # unless its response had already begun
+                await send_json(send, 500, error(None, INTERNAL_ERROR, "Internal error"))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = headers_of(scope)
+        principal = await self.admit(scope, headers, send)
+        if principal is None:
+            return
+        method = scope["method"]
+        if method == "POST":
+            await self._post(scope, receive, send, headers, principal)
+        elif method == "GET":
+            await self._get(receive, send, headers, principal)
+        elif method == "DELETE":
+            await self._delete(send, headers, principal)
+        else:
+            await send_json(
+                send,
+                405,
+                error(None, INVALID_REQUEST, "Method Not Allowed"),
+                [(b"allow", b"GET, POST, DELETE")],
+            )
+
+    async def _post(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
+    ) -> None:
+        if not is_json(headers):
+            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
+            await send_json(send, 415, error(None, INVALID_REQUEST, text))
+            return
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            await send_json(
+                send, 413, error(None, INVALID_REQUEST, f"Request body over {self.max_body_bytes} bytes")
+            )
+            return
+        try:
+            parsed = loads(body)
+            if isinstance(parsed, list):
+                raise MessageError(
+                    INVALID_REQUEST, "Invalid Request: batches are not supported; send one message"
+                )
+            message = check_message(parsed)
+        except MessageError as exc:
+            await send_json(send, 400, error(None, exc.code, exc.message))
+            return
+        if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(
+            message
+        ):
+            await self.stateless.handle(message, headers, principal, receive, send)
+            return
+        if message.get("method") == "initialize" and is_request(message):
+            await self._initialize(send, message, principal)
+            return
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        if is_request(message):
+            header_traceparent.set(headers.get("traceparent"))
+            stream = ResponseStream(
+                send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
+            )
+            await stream.finish(await self.proxy.answer(session, message, stream))
+            return
+        if is_notification(message):
+            await self.proxy.notification(session, message)
+        else:
+            await self.proxy.response(session, message)
+        await send_bytes(send, 202, b"", [])
+
+    async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
+        session, answer = await self.initialize(message, principal)
+        if session is None:
+            await send_json(send, 503, answer)
+            return
+        await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
+
+    async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            text = f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}"
+            await send_json(send, 400, error(None, INVALID_REQUEST, text))
+            return None
+        session_id = headers.get("mcp-session-id")
+        if not session_id:
+            await send_json(
+                send, 400, error(None, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header")
+            )
+            return None
+        session = self.registry.get(session_id, principal)
+        if session is None:
+            await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
+        return session
+
+    async def _get(self, receive: Receive, send: Send, headers: dict[str, str], principal: Principal) -> None:
+        if "text/event-stream" not in headers.get("accept", ""):
+            await send_json(
+                send, 406, error(None, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
+            )
+            return
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        if session.listen.open:
+            await send_json(
+                send, 409, error(None, INVALID_REQUEST, "Conflict: this session already has a GET stream")
+            )
+            return
+        stream = EventStream(send)
+        await stream.start([(b"mcp-session-id", session.id.encode())])
+        await session.listen.attach(stream)
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def until_ended() -> None:
+                    await session.ended.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until_ended)
+                await wait_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            session.listen.detach(stream)
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+
+    async def _delete(self, send: Send, headers: dict[str, str], principal: Principal) -> None:
+        session = await self._session(send, headers, principal)
+        if session is None:
+            return
+        await self.registry.end(session, "deleted")
+        await send_bytes(send, 200, b"", [])
+
+
+def _object(value: Any) -> JSONObject:
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,631 @@
+"""Tests for gateway.config: loading, validation messages, substitution and the example file."""
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    SecurityConfig,
+    Timeouts,
+    ToolFilter,
+    config_path_from,
+    load_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "config.example.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value
+
+
+def uncomment_examples(text: str) -> str:
+    """Turn the example's commented-out keys into live YAML, keeping its explanations as comments."""
+    out = []
+    for line in text.splitlines():
+        match = re.match(r"^(\s*)# (.*)$", line)
+        rest = match.group(2).lstrip() if match else ""
+        if match and (rest.startswith("#") or re.match(r"(- )?[A-Za-z_]+:(\s|$)", rest)):
+            line = match.group(1) + match.group(2)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# --- the example file ---------------------------------------------------------------------------
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert isinstance(config, GatewayConfig)
+    assert config.path == EXAMPLE
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
+    assert config.database == EXAMPLE.parent / "mcpgw.db"
+    assert config.auth.required is False
+    [demo] = config.upstreams
+    assert demo.name == "demo"
+    assert demo.transport == "stdio"
+    assert demo.command == ("python", "-m", "gateway.demo")
+    assert demo.prefix == "demo__"
+
+
+def test_example_config_commented_out_keys_are_valid_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCS_TOKEN", "s3cret")
+    monkeypatch.setenv("INTERNAL_TOKEN", "t0k")
+    monkeypatch.setenv("MCPGW_SECRET_KEY", "A" * 43)
+    path = tmp_path / "config.yaml"
+    path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
+    config = load_config(path)
+    assert [u.name for u in config.upstreams] == ["demo", "docs", "github", "search", "internal", "legacy"]
+    demo, docs, github, search, internal, legacy = config.upstreams
+    assert (github.auth.kind, github.auth.identity, github.auth.scopes) == ("oauth", "user", ("read",))
+    assert github.auth.allow_private_addresses is False
+    assert config.auth.max_failures_per_minute == 20
+    assert (search.auth.kind, search.auth.identity, search.auth.header_names) == (
+        "user_headers",
+        "vk",
+        ("X-Api-Key",),
+    )
+    assert internal.auth.static_headers == {"Authorization": "Bearer t0k"}
+    assert config.public_url == "https://mcp.example.com"
+    assert config.secrets.key == bytes(32) and config.secrets.key_file == tmp_path / "mcpgw.keys"
+    assert demo.env == {"DEMO_LOG_LEVEL": "info"}
+    assert demo.cwd == str(tmp_path)
+    assert docs.headers == {"Authorization": "Bearer s3cret"}
+    assert docs.prefix == ""
+    assert docs.url == "http://127.0.0.1:9000/mcp"
+    assert legacy.transport == "sse"
+    assert not legacy.tools.permits("delete_everything")
+    assert config.security == SecurityConfig()  # the example shows the defaults
+    assert config.sessions.stateless_gap_s == 1800.0
+    assert config.recording.redact_keys == ("ssn", "iban")
+    assert config.recording.retention.max_invocations == 1_000_000
+
+
+# --- defaults and resolution ----------------------------------------------------------------------
+
+
+def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
+    assert config.auth.required is True
+    assert config.security.allowed_hosts == ()
+    assert config.security.allowed_origins == ()
+    assert config.sessions.idle_s == 1800.0
+    assert config.upstreams == ()
+
+
+def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "listen:\nupstreams:\n"))
+    assert config.listen.port == 8080
+    assert config.upstreams == ()
+
+
+def test_relative_database_resolves_against_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("etc") / write(config_dir, "database: data/gw.db\n").name)
+    assert config.path == config_dir / "config.yaml"
+    assert config.database == config_dir / "data" / "gw.db"
+
+
+def test_absolute_database_is_kept(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "x.db"
+    config = load_config(write(tmp_path, f"database: {db}\n"))
+    assert config.database == db
+
+
+def test_upstream_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - name: web
+                transport: http
+                url: https://example.com/mcp
+            """,
+        )
+    )
+    [web] = config.upstreams
+    assert web.tools == ToolFilter()
+    assert web.timeouts == Timeouts(connect_s=10.0, call_s=60.0)
+    assert web.idle_s == 600.0
+    assert web.headers == {}
+    assert web.command == ()
+    assert web.cwd is None
+
+
+def test_prefix_defaults_to_name_and_can_be_empty(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - {name: a, transport: stdio, command: [a]}
+              - {name: b, transport: stdio, command: [b], prefix: ""}
+              - {name: c, transport: stdio, command: [c], prefix: "x_"}
+            """,
+        )
+    )
+    assert [u.prefix for u in config.upstreams] == ["a__", "", "x_"]
+
+
+def test_same_prefix_on_two_upstreams_is_allowed(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - {name: a, transport: stdio, command: [a], prefix: ""}
+              - {name: b, transport: stdio, command: [b], prefix: ""}
+            """,
+        )
+    )
+    assert len(config.upstreams) == 2
+
+
+def test_config_values_are_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    with pytest.raises(AttributeError):
+        config.listen.port = 1  # type: ignore[misc]
+
+
+# --- tool filter ----------------------------------------------------------------------------------
+
+
+def test_tool_filter_deny_wins_over_allow() -> None:
+    tools = ToolFilter(allow=("read_*", "delete_tmp"), deny=("delete_*",))
+    assert tools.permits("read_file")
+    assert not tools.permits("delete_tmp")
+    assert not tools.permits("write_file")
+
+
+def test_tool_filter_allows_everything_by_default_and_is_case_sensitive() -> None:
+    assert ToolFilter().permits("anything")
+    assert not ToolFilter(allow=("Read*",)).permits("read_file")
+
+
+# --- environment placeholders ---------------------------------------------------------------------
+
+
+def test_env_placeholder_is_substituted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCS_TOKEN", "t0k")
+    monkeypatch.setenv("DOCS_HOST", "docs.internal")
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - name: docs
+                transport: http
+                url: https://${DOCS_HOST}/mcp
+                headers: {Authorization: "Bearer ${DOCS_TOKEN}"}
+            """,
+        )
+    )
+    [docs] = config.upstreams
+    assert docs.url == "https://docs.internal/mcp"
+    assert docs.headers == {"Authorization": "Bearer t0k"}
+
+
+def test_env_placeholder_default_applies_when_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCPGW_TEST_PORT", raising=False)
+    monkeypatch.setenv("MCPGW_TEST_HOST", "localhost")
+    config = load_config(
+        write(tmp_path, "listen: {host: '${MCPGW_TEST_HOST:-127.0.0.1}', port: '${MCPGW_TEST_PORT:-9090}'}\n")
+    )
+    assert config.listen.host == "localhost"
+    assert config.listen.port == 9090
+
+
+def test_env_placeholder_can_fill_numbers_and_booleans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", "8181")
+    monkeypatch.setenv("AUTH", "true")
+    monkeypatch.setenv("GAP", "2.5")
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            listen: {port: "${PORT}"}
+            auth: {required: "${AUTH}"}
+            sessions: {stateless_gap_s: "${GAP}"}
+            """,
+        )
+    )
+    assert config.listen.port == 8181
+    assert config.auth.required is True
+    assert config.sessions.stateless_gap_s == 2.5
+
+
+def test_unset_env_placeholder_is_an_error_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCPGW_NOT_SET", raising=False)
+    error = load_error(
+        tmp_path,
+        """\
+        upstreams:
+          - name: docs
+            transport: http
+            url: http://127.0.0.1:9000/mcp
+            headers:
+              Authorization: "Bearer ${MCPGW_NOT_SET}"
+        """,
+    )
+    message = str(error)
+    assert "MCPGW_NOT_SET" in message
+    assert "upstreams[0].headers.Authorization" in message
+    assert "config.yaml:6:" in message
+
+
+def test_doubled_dollar_escapes_a_literal_placeholder(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "upstreams: [{name: a, transport: stdio, command: [echo, '$${HOME}']}]\n")
+    )
+    assert config.upstreams[0].command == ("echo", "${HOME}")
+
+
+def test_malformed_placeholder_is_rejected(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "database: ${not-a-name}\n")
+    assert "database" in str(error)
+    assert "malformed placeholder" in str(error)
+
+
+def test_placeholder_substitution_happens_after_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A value containing YAML syntax must stay a plain string, not restructure the document.
+    monkeypatch.setenv("TRICKY", "x\nauth: {required: false}")
+    config = load_config(write(tmp_path, "database: '${TRICKY}'\n"))
+    assert config.auth.required is True
+    assert config.database.name == "x\nauth: {required: false}"
+
+
+# --- rejected configs: each message names file, key path, line and reason ----------------------
+
+
+def test_unknown_key_is_rejected_with_its_line(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+        listen:
+          host: 127.0.0.1
+          prot: 8080
+        """,
+    )
+    message = str(error)
+    assert f"{tmp_path / 'config.yaml'}:3: listen.prot: unknown key 'prot'" in message
+    assert "did you mean 'port'" in message
+    assert "allowed keys: host, port" in message
+    assert error.problems[0].line == 3
+    assert error.problems[0].key == "listen.prot"
+
+
+def test_unknown_nested_upstream_key_is_rejected_with_its_path(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+        upstreams:
+          - name: a
+            transport: stdio
+            command: [a]
+            timeouts:
+              connect: 5
+        """,
+    )
+    assert ":6: upstreams[0].timeouts.connect: unknown key 'connect'" in str(error)
+
+
+def test_unknown_top_level_key_is_rejected(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "listen: {}\nupstream: []\n")
+    assert ":2: upstream: unknown key 'upstream'" in str(error)
+    assert "upstreams" in str(error)
+
+
+def test_wrong_type_is_rejected_with_key_and_line(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+        upstreams:
+          - name: a
+            transport: stdio
+            command: python -m thing
+        """,
+    )
+    assert ":4: upstreams[0].command: Input should be a valid list, got a string" in str(error)
+
+
+def test_bad_transport_is_rejected_with_key_and_line(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+        upstreams:
+          - {name: a, transport: stdio, command: [a]}
+          - name: b
+            transport: websocket
+        """,
+    )
+    assert ":4: upstreams[1].transport:" in str(error)
+    assert "'websocket'" in str(error)
+
+
+def test_numbers_are_not_silently_turned_into_strings(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "upstreams: [{name: a, transport: stdio, command: [a], env: {V: 1.10}}]\n")
+    assert "upstreams[0].env.V: Input should be a valid string, got a number" in str(error)
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "listen: {port: 70000, host: ''}\nsessions: {idle_s: 0}\n")
+    assert [p.key for p in error.problems] == ["listen.host", "listen.port", "sessions.idle_s"]
+    assert len(str(error).splitlines()) == 3
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "eighty", "true"])
+def test_bad_ports_are_rejected(tmp_path: Path, port: str) -> None:
+    error = load_error(tmp_path, f"listen:\n  port: {port}\n")
+    assert ":2: listen.port:" in str(error)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "header_timeout_s: 0",
+        "body_timeout_s: -1",
+        "max_headers: 0",
+        "max_header_bytes: 0",
+        "max_url_bytes: 1.5",
+    ],
+)
+def test_request_limits_must_be_positive(tmp_path: Path, setting: str) -> None:
+    error = load_error(tmp_path, f"security:\n  {setting}\n")
+    assert f":2: security.{setting.split(':')[0]}:" in str(error)
+
+
+def test_duplicate_upstream_names_are_rejected(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """\
+        upstreams:
+          - name: same
+            transport: stdio
+            command: [a]
+          - name: same
+            transport: http
+            url: http://127.0.0.1:1/mcp
+        """,
+    )
+    assert ":5: upstreams[1].name: duplicate upstream name 'same'" in str(error)
+
+
+@pytest.mark.parametrize("name", ["Docs", "my_docs", "a b", ""])
+def test_bad_upstream_name_is_rejected(tmp_path: Path, name: str) -> None:
+    error = load_error(tmp_path, f"upstreams:\n  - name: '{name}'\n    transport: stdio\n    command: [a]\n")
+    assert ":2: upstreams[0].name:" in str(error)
+    assert "^[a-z0-9-]+$" in str(error)
+
+
+def test_missing_required_key_points_at_its_mapping(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "upstreams:\n  - name: a\n    command: [a]\n")
+    assert ":2: upstreams[0].transport: required key is missing" in str(error)
+
+
+def test_stdio_needs_a_command(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "upstreams:\n  - name: a\n    transport: stdio\n")
+    assert ":2: upstreams[0].command: required key is missing for transport 'stdio'" in str(error)
+    error = load_error(tmp_path, "upstreams:\n  - name: a\n    transport: stdio\n    command: []\n")
+    assert ":4: upstreams[0].command: must not be empty" in str(error)
+
+
+def test_http_needs_a_url(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "upstreams:\n  - name: a\n    transport: http\n")
+    assert ":2: upstreams[0].url: required key is missing for transport 'http'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("{name: a, transport: stdio, command: [a], url: 'http://x/mcp'}", "url"),
+        ("{name: a, transport: stdio, command: [a], headers: {X-A: b}}", "headers"),
+        ("{name: a, transport: sse, url: 'http://x/sse', command: [a]}", "command"),
+        ("{name: a, transport: http, url: 'http://x/mcp', env: {A: b}}", "env"),
+        ("{name: a, transport: http, url: 'http://x/mcp', cwd: /tmp}", "cwd"),
+    ],
+)
+def test_keys_of_the_other_transport_are_rejected(tmp_path: Path, entry: str, key: str) -> None:
+    error = load_error(tmp_path, f"upstreams:\n  - {entry}\n")
+    assert f"upstreams[0].{key}: not allowed for transport" in str(error)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/mcp", "example.com/mcp", "http:///mcp", "http://h:99999/"]
+)
+def test_bad_urls_are_rejected(tmp_path: Path, url: str) -> None:
+    error = load_error(tmp_path, f"upstreams:\n  - name: a\n    transport: http\n    url: '{url}'\n")
+    assert ":4: upstreams[0].url: must be an http:// or https:// URL" in str(error)
+
+
+def test_header_values_cannot_inject_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVIL", "x\r\nX-Admin: yes")
+    error = load_error(
+        tmp_path, "upstreams: [{name: a, transport: http, url: 'http://x/mcp', headers: {A: '${EVIL}'}}]\n"
+    )
+    assert "upstreams[0].headers.A: an HTTP header value must not contain CR, LF or NUL" in str(error)
+
+
+def test_framing_headers_cannot_be_configured(tmp_path: Path) -> None:
+    upstream = "{name: a, transport: http, url: 'http://x/mcp', headers: {Content-Length: '0'}}"
+    error = load_error(tmp_path, f"upstreams: [{upstream}]\n")
+    assert "'Content-Length' is set by mcpgw itself and cannot be configured" in str(error)
+
+
+def test_origin_with_a_path_is_rejected(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "security:\n  allowed_origins: ['https://app.example.com/']\n")
+    assert "security.allowed_origins[0]: must be an origin" in str(error)
+
+
+def test_keyless_mode_is_refused_off_loopback(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "listen: {host: 0.0.0.0}\nauth:\n  required: false\n")
+    assert ":3: auth.required: false is only allowed when listen.host is a loopback address" in str(error)
+    for host in ("localhost", "::1", "127.0.0.2"):
+        assert load_config(write(tmp_path, f"listen: {{host: '{host}'}}\nauth: {{required: false}}\n")).auth
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(f"{missing}: config file not found")):
+        load_config(missing)
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "listen:\n  host: [unclosed\n  port: 1\n")
+    assert str(error).startswith(f"{tmp_path / 'config.yaml'}:")
+    assert "invalid YAML" in str(error)
+    assert error.problems[0].line is not None
+
+
+def test_python_tags_are_not_constructed(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "database: !!python/object/apply:os.getcwd []\n")
+    assert "invalid YAML" in str(error)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "- listen\n")
+    assert "the top level must be a mapping" in str(error)
+
+
+# --- choosing the file ----------------------------------------------------------------------------
+
+
+def test_config_path_comes_from_argument_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPGW_CONFIG", "/etc/mcpgw/from-env.yaml")
+    assert config_path_from("given.yaml") == Path("given.yaml")
+    assert config_path_from(None) == Path("/etc/mcpgw/from-env.yaml")
+    monkeypatch.delenv("MCPGW_CONFIG")
+    assert config_path_from(None) == Path("config.yaml")
+
+
+def test_recording_is_on_by_default_with_bounded_retention(tmp_path: Path) -> None:
+    recording = load_config(write(tmp_path, "upstreams: []\n")).recording
+    assert recording.enabled and recording.max_payload_bytes == 65536
+    assert (recording.retention.max_age_days, recording.retention.max_invocations) == (30.0, 1_000_000)
+
+
+def test_recording_settings_are_read_and_zero_turns_a_retention_limit_off(tmp_path: Path) -> None:
+    text = """\
+    recording:
+      enabled: false
+      max_payload_bytes: 1024
+      redact: {keys: [ssn], patterns: ['(?i:acct-)[0-9]+']}
+      retention: {max_age_days: 0, max_invocations: 500, interval_s: 60}
+    """
+    recording = load_config(write(tmp_path, text)).recording
+    assert not recording.enabled and recording.max_payload_bytes == 1024
+    assert (recording.redact_keys, recording.redact_patterns) == (("ssn",), ("(?i:acct-)[0-9]+",))
+    assert (recording.retention.max_age_days, recording.retention.max_invocations) == (None, 500)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("'[unclosed'", "not a valid regular expression"),
+        ("'(?i)acct'", "write flags scoped, like (?i:secret)"),
+    ],
+)
+def test_a_bad_redaction_pattern_is_rejected_with_its_line(tmp_path: Path, pattern: str, reason: str) -> None:
+    error = load_error(tmp_path, f"recording:\n  redact:\n    patterns:\n      - {pattern}\n")
+    assert ":4: recording.redact.patterns[0]:" in str(error) and reason in str(error)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("retention: {max_age_days: -1}", "recording.retention.max_age_days"),
+        ("retention: {max_invocations: many}", "recording.retention.max_invocations"),
+        ("max_payload_bytes: 0", "recording.max_payload_bytes"),
+        ("redact: {names: [a]}", "recording.redact.names"),
+    ],
+)
+def test_bad_recording_values_are_rejected(tmp_path: Path, entry: str, key: str) -> None:
+    error = load_error(tmp_path, f"recording:\n  {entry}\n")
+    assert f"{key}:" in str(error)
+
+
+# --- upstream credentials -------------------------------------------------------------------------
+
+
+def test_auth_defaults_to_none_and_public_url_to_the_listen_address(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "listen: {host: '::1', port: 9000}\nupstreams: [{name: a, transport: stdio, command: [x]}]\n",
+        )
+    )
+    assert config.upstreams[0].auth.kind == "none" and not config.upstreams[0].auth.per_identity
+    assert config.public_url == "http://[::1]:9000"
+    assert config.secrets.key_file == tmp_path / "mcpgw.keys" and config.secrets.key is None
+
+
+@pytest.mark.parametrize(
+    ("auth", "where", "why"),
+    [
+        ("{kind: oauth}", "upstreams[0].auth.kind", "'oauth' needs an http (Streamable HTTP) upstream"),
+        ("{kind: user_headers, headers: {A: b}}", "upstreams[0].auth.headers", "a list of header names"),
+        ("{kind: user_headers}", "upstreams[0].auth.headers", "a list of header names"),
+        ("{kind: headers, headers: [A]}", "upstreams[0].auth.headers", "a mapping of header names"),
+        ("{kind: none, scopes: [a]}", "upstreams[0].auth.scopes", "not allowed for auth kind 'none'"),
+        ("{kind: oauth, headers: [A]}", "upstreams[0].auth.headers", "not allowed for auth kind 'oauth'"),
+        (
+            "{kind: user_headers, headers: [A], allow_private_addresses: true}",
+            "upstreams[0].auth.allow_private_addresses",
+            "not allowed for auth kind 'user_headers'",
+        ),
+        ("{kind: oauth, client_secret: s}", "upstreams[0].auth.client_secret", "needs client_id"),
+        ("{kind: oauth, scopes: ['a b']}", "upstreams[0].auth.scopes[0]", "one word of printable ASCII"),
+        ("{kind: oauth, identity: team}", "upstreams[0].auth.identity", "'user', 'vk' or 'session'"),
+        (
+            "{kind: oauth, client_metadata_url: 'http://x/c.json'}",
+            "upstreams[0].auth.client_metadata_url",
+            "https",
+        ),
+        (
+            "{kind: user_headers, headers: ['bad name']}",
+            "upstreams[0].auth.headers",
+            "not a valid HTTP header name",
+        ),
+    ],
+)
+def test_bad_upstream_auth_is_refused_with_its_key_and_reason(
+    tmp_path: Path, auth: str, where: str, why: str
+) -> None:
+    transport = (
+        "transport: stdio, command: [x]" if "'oauth' needs" in why else "transport: http, url: 'http://h/mcp'"
+    )
+    error = load_error(tmp_path, f"upstreams: [{{name: a, {transport}, auth: {auth}}}]\n")
+    assert where in str(error) and why in str(error), str(error)
+
+
+def test_a_secrets_key_must_be_32_bytes_of_base64url(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "secrets: {key: c2hvcnQ}\n")
+    assert "secrets.key: must be 32 random bytes in base64url" in str(error)
+    error = load_error(tmp_path, f"secrets: {{previous_keys: [{'A' * 43}]}}\n")
+    assert "needs secrets.key" in str(error)
