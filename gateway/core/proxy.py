@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 
 from gateway.background import log_failure
-from gateway.core.router import Route, Router
+from gateway.core.catalogue import Kind, Route
+from gateway.core.router import Router
 from gateway.core.sessions import LOCAL_REQUEST_PREFIX, HostSession
 from gateway.errors import (
     AuthRequired,
@@ -52,7 +53,7 @@ Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSON
 CONNECT_META_KEY = "mcpgw/connect"
 URL_ELICITATION_REQUIRED = -32042  # 2025-11-25's "URL elicitation required" error
 RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
-_ROUTED_BY = {
+_ROUTED_BY: dict[str, tuple[Kind, str]] = {
     "tools/call": ("tools", "name"),
     "prompts/get": ("prompts", "name"),
     "resources/read": ("resources", "uri"),
@@ -181,7 +182,7 @@ class Proxy:
         session: HostSession,
         message: JSONObject,
         sink: MessageSink | None,
-        kind: str,
+        kind: Kind,
         name: str,
         field: str,
     ) -> JSONObject:

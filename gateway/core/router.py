@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
+from gateway.core.catalogue import Kind, Route, Table
 from gateway.core.sessions import HostSession
 from gateway.errors import AuthRequired, CredentialError, GatewayError, RoutingError
 from gateway.protocol.jsonrpc import JSONObject, meta_of, params_of
@@ -27,26 +26,6 @@ logger = logging.getLogger(__name__)
 _MAX_PAGES = 100
 _ITEMS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
           "resources/templates/list": "resourceTemplates"}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    upstream: str
-    original: str
-    connect: bool = False  # the gateway's own connect tool for this upstream, answered by the proxy
-
-
-@dataclass(slots=True)
-class _Table:
-    """Host-visible name (or URI) -> route, as of the last merged listing."""
-
-    routes: dict[str, Route] = field(default_factory=dict)
-    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
-    templates: list[tuple[UriTemplate, str]] = field(default_factory=list)
-    # Upstreams whose listing failed for want of a usable credential, by prefix: any name under
-    # the prefix goes there, so the call answers with what to do (the link to connect the
-    # account, or that the authorization server is down) instead of "unknown tool".
-    uncredentialed: dict[str, str] = field(default_factory=dict)
 
 
 class Router:
@@ -94,22 +73,22 @@ class Router:
             if config.prefix:
                 table.uncredentialed[config.prefix] = name
         kind = _kind(method)
-        previous = session.catalog.get(kind)
-        if isinstance(previous, _Table):
+        previous = session.catalogue.table(kind)
+        if previous is not None:
             # resources/list and resources/templates/list each refresh their half of one table.
             if key == "resourceTemplates":
-                table = _Table(routes=previous.routes, refused=previous.refused, templates=table.templates)
+                table = Table(routes=previous.routes, refused=previous.refused, templates=table.templates)
             elif key == "resources":
                 table.templates = previous.templates
-        session.catalog[kind] = table
+        session.catalogue.keep(kind, table)
         return {key: items}
 
-    async def route(self, session: HostSession, kind: str, name: str, message: JSONObject) -> Route:
+    async def route(self, session: HostSession, kind: Kind, name: str, message: JSONObject) -> Route:
         """The upstream for a tool/prompt name or resource URI, listing once if not yet known."""
-        route = _lookup(session.catalog.get(kind), kind, name)
+        route = _lookup(session.catalogue.table(kind), kind, name)
         if route is None:
             await self._refresh(session, kind, message)
-            route = _lookup(session.catalog.get(kind), kind, name)
+            route = _lookup(session.catalogue.table(kind), kind, name)
         if route is None or (kind == "tools" and not self._permitted(session, route, name)):
             # A missing resource is the spec's resource-not-found: invalid params, naming the URI.
             raise RoutingError(
@@ -123,7 +102,7 @@ class Router:
         upstream_allows = route.connect or self._upstreams[route.upstream].tools.permits(route.original)
         return upstream_allows and session.principal.tools.permits(name)
 
-    async def _refresh(self, session: HostSession, kind: str, message: JSONObject) -> None:
+    async def _refresh(self, session: HostSession, kind: Kind, message: JSONObject) -> None:
         base: JSONObject = {"jsonrpc": "2.0", "id": f"mcpgw-list-{message.get('id')}"}
         meta = meta_of(message)
         if meta:  # a 2026-07-28 host's envelope: the listing is made on its behalf
@@ -157,8 +136,8 @@ class Router:
 
     def _merge(
         self, method: str, key: str, per_upstream: dict[str, list[JSONObject]], key_filter: ToolFilter
-    ) -> tuple[list[JSONObject], _Table]:
-        table = _Table()
+    ) -> tuple[list[JSONObject], Table]:
+        table = Table()
         merged: dict[str, JSONObject] = {}
         for name in self._order:
             config = self._upstreams[name]
@@ -208,8 +187,10 @@ def _connect_tool(config: UpstreamConfig) -> JSONObject:
     }
 
 
-def _kind(method: str) -> str:
-    return method.split("/", 1)[0]
+def _kind(method: str) -> Kind:
+    kind = method.split("/", 1)[0]
+    assert kind in ("tools", "prompts", "resources"), method
+    return kind  # type: ignore[return-value]
 
 
 def _exposure(prefix: str, key: str, item: JSONObject) -> tuple[str, str, str]:
@@ -221,15 +202,15 @@ def _exposure(prefix: str, key: str, item: JSONObject) -> tuple[str, str, str]:
     return prefix + name, uri, uri
 
 
-def _add_template(table: _Table, item: JSONObject, upstream: str) -> None:
+def _add_template(table: Table, item: JSONObject, upstream: str) -> None:
     try:
         table.templates.append((UriTemplate.parse(str(item.get("uriTemplate", ""))), upstream))
     except InvalidUriTemplate:
         logger.warning("upstream %s lists an invalid URI template %r", upstream, item.get("uriTemplate"))
 
 
-def _lookup(table: Any, kind: str, name: str) -> Route | None:
-    if not isinstance(table, _Table):
+def _lookup(table: Table | None, kind: Kind, name: str) -> Route | None:
+    if table is None:
         return None
     if name in table.refused:
         first, second = table.refused[name]

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gateway.background import every, start_guarded
+from gateway.core.catalogue import Catalogue, Kind
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
 from gateway.errors import CredentialError, UpstreamError, UpstreamSessionExpired, UpstreamUnauthorized
@@ -40,7 +41,7 @@ T = TypeVar("T")
 _BUFFERED_WHILE_NO_STREAM = 256
 LOCAL_REQUEST_PREFIX = "mcpgw-local-"
 _CLIENT_NAMESPACE = uuid.UUID("0f0a3c1e-6d3b-5e8e-9a57-6d63706777c1")  # fixed: client ids must not change
-_LIST_CHANGED = {
+_LIST_CHANGED: dict[str, Kind] = {
     "notifications/tools/list_changed": "tools",
     "notifications/prompts/list_changed": "prompts",
     "notifications/resources/list_changed": "resources",
@@ -106,7 +107,7 @@ class HostSession:
         self.listen = ListenStream(buffered=not stateless)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
-        self.catalog: dict[str, object] = {}  # the router's per-session cache; see router.py
+        self.catalogue = Catalogue()  # what the router learnt of the upstreams' lists
         self._connectors = connectors
         self._broker = broker
         self._bindings: dict[str, Binding] = {}
@@ -323,7 +324,7 @@ class _Relay:
             message = {**message, "id": gateway_id}
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
-            self._session.catalog.pop(_LIST_CHANGED[method], None)
+            self._session.catalogue.forget(_LIST_CHANGED[method])
         if self._session.stateless and method in _ANNOUNCEMENTS:
             # 2026-07-28 announces changes on listen streams only, even those an upstream of the
             # handshake era sent on the response stream of the call that caused them.
@@ -405,7 +406,7 @@ class SessionRegistry:
             except CredentialError:
                 same = False  # this session cannot hold a credential for it at all
             if same:
-                session.catalog.clear()
+                session.catalogue.forget()
                 await session.listen.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     async def reap(self) -> None:
