@@ -7,6 +7,7 @@
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
+    ├── RequestIdInUse                a host reused the id of a request still being served
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
     └── CredentialError               no usable credential for an upstream
         ├── AuthRequired              the caller must connect an account first (carries the URL)
@@ -102,3 +103,11 @@ class AuthThrottled(GatewayError):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"too many failed authentications; retry after {retry_after_s}s")
         self.retry_after_s = retry_after_s
+
+
+class RequestIdInUse(GatewayError):
+    """A host sent a request whose id is the id of one of its requests still being served."""
+
+    def __init__(self, request_id: object) -> None:
+        super().__init__(f"a request with id {request_id!r} is already in flight in this session")
+        self.request_id = request_id

@@ -24,6 +24,7 @@ from gateway.errors import (
     AuthRequired,
     CredentialError,
     OAuthError,
+    RequestIdInUse,
     RoutingError,
     UpstreamError,
     UpstreamTimeout,
@@ -86,20 +87,17 @@ class Proxy:
         host may cancel it (notifications/cancelled: -32800, as the SDK's servers answer), and a
         failure of the gateway's own is this request's -32603, not the transport's 500."""
         request_id = message["id"]
-        if request_id in session.host_requests:
-            # Its upstream answers would be matched by id to either call: refuse the second.
-            text = f"Invalid Request: a request with id {request_id!r} is already in flight in this session"
-            return error(request_id, INVALID_REQUEST, text)
         response: JSONObject | None = None
-        with anyio.CancelScope() as scope:
-            session.host_requests[request_id] = scope
-            try:
-                response = await self.request(session, message, sink)
-            except Exception as exc:
-                log_failure(f"session {session.id}: {message['method']}", exc)
-                response = error(request_id, INTERNAL_ERROR, "The gateway could not complete this request")
-            finally:
-                session.host_requests.pop(request_id, None)
+        try:
+            with session.serving(request_id):
+                try:
+                    response = await self.request(session, message, sink)
+                except Exception as exc:
+                    log_failure(f"session {session.id}: {message['method']}", exc)
+                    text = "The gateway could not complete this request"
+                    response = error(request_id, INTERNAL_ERROR, text)
+        except RequestIdInUse as exc:
+            return error(request_id, INVALID_REQUEST, f"Invalid Request: {exc}")
         return response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
 
     async def request(

@@ -14,7 +14,8 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,7 +26,13 @@ from gateway.background import every, start_guarded
 from gateway.core.catalogue import Catalogue, Kind
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
-from gateway.errors import CredentialError, UpstreamError, UpstreamSessionExpired, UpstreamUnauthorized
+from gateway.errors import (
+    CredentialError,
+    RequestIdInUse,
+    UpstreamError,
+    UpstreamSessionExpired,
+    UpstreamUnauthorized,
+)
 from gateway.host.auth import Principal
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.revisions import to_handshake_request, with_server_info
@@ -37,6 +44,7 @@ from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S", bound="HostSession")
 
 _BUFFERED_WHILE_NO_STREAM = 256
 LOCAL_REQUEST_PREFIX = "mcpgw-local-"
@@ -88,6 +96,13 @@ class ListenStream:
 
 
 class HostSession:
+    """One `Mcp-Session-Id` a host holds: its upstream sessions (a host's request ids pass up
+    unchanged, being unique in each), the ids of requests upstreams make of the host, the
+    requests it is being served, and its GET stream (buffered while none is open)."""
+
+    # 2026-07-28 announces list changes and resource updates on listen streams only.
+    announces_on_listen_only = False
+
     def __init__(
         self,
         session_id: str,
@@ -95,16 +110,16 @@ class HostSession:
         handshake: Handshake,
         connectors: Mapping[str, Connector],
         *,
-        stateless: bool = False,
+        idle_s: float,
         broker: CredentialBroker | None = None,
     ) -> None:
         self.id = session_id
         self.record_id = str(uuid.uuid4())  # the session's id in the record and the listing API
-        self.stateless = stateless
+        self.idle_s = idle_s  # ended after this long without a request
         self.ended = anyio.Event()
         self.principal = principal
         self.handshake = handshake
-        self.listen = ListenStream(buffered=not stateless)
+        self.listen = ListenStream(buffered=not self.announces_on_listen_only)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
         self.catalogue = Catalogue()  # what the router learnt of the upstreams' lists
@@ -118,7 +133,7 @@ class HostSession:
         self._outbound_ids = itertools.count(1)
         self._upstream_ids = itertools.count(1)
         self.in_flight: dict[RequestId, UpstreamSession] = {}
-        self.host_requests: dict[RequestId, anyio.CancelScope] = {}
+        self._serving: dict[RequestId, anyio.CancelScope] = {}
         self.closed = False
 
     def touch(self) -> None:
@@ -128,8 +143,22 @@ class HostSession:
         return list(self._upstreams.values())
 
     async def modern(self, name: str) -> ModernUpstream | None:
-        """Upstream `name` as a 2026-07-28 server, when this (stateless) session may use it so."""
-        return await self._connectors[name].modern() if self.stateless else None
+        """Upstream `name` as a 2026-07-28 server, when this session may use it so (a 2026 group)."""
+        return None
+
+    @contextmanager
+    def serving(self, request_id: RequestId) -> Iterator[anyio.CancelScope]:
+        """Serve one host request inside this: the host can cancel it (`cancel_host_request`)
+        until it ends. `RequestIdInUse` if a request with this id is being served already:
+        the upstream's answers would be matched by id to either call."""
+        if request_id in self._serving:
+            raise RequestIdInUse(request_id)
+        with anyio.CancelScope() as scope:
+            self._serving[request_id] = scope
+            try:
+                yield scope
+            finally:
+                self._serving.pop(request_id, None)
 
     async def capabilities(self, name: str) -> JSONObject:
         """What upstream `name` can do, as this session reaches it."""
@@ -217,11 +246,7 @@ class HostSession:
             # 2026 on both sides: it passes as it is, with the caller's credential if any.
             source = self._credential_source(name)
             return await modern.request(message, sink, None if source is None else await source())
-        if self.stateless:
-            # Many host processes may share this group; their ids need not be unique in it.
-            message = to_handshake_request(message)
-            if request_id is not None:
-                message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+        message = self._upward(message)
         upstream = await self.upstream(name)
         if request_id is not None:
             self.in_flight[request_id] = upstream
@@ -237,13 +262,19 @@ class HostSession:
         finally:
             if request_id is not None:
                 self.in_flight.pop(request_id, None)
-        if self.stateless and request_id is not None:
-            response = with_server_info({**response, "id": request_id}, upstream.server_info)
+        return self._downward(response, request_id, upstream)
+
+    def _upward(self, message: JSONObject) -> JSONObject:
+        """A host request as its upstream session gets it."""
+        return message
+
+    def _downward(self, response: JSONObject, request_id: object, upstream: UpstreamSession) -> JSONObject:
+        """An upstream's answer as the host gets it."""
         return response
 
     def cancel_host_request(self, request_id: object) -> bool:
         """Stop handling a request the host cancelled; its upstream call is cancelled on the way out."""
-        scope = self.host_requests.get(request_id) if isinstance(request_id, str | int) else None
+        scope = self._serving.get(request_id) if isinstance(request_id, str | int) else None
         if scope is None:
             return False
         scope.cancel()
@@ -325,12 +356,37 @@ class _Relay:
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
             self._session.catalogue.forget(_LIST_CHANGED[method])
-        if self._session.stateless and method in _ANNOUNCEMENTS:
+        if self._session.announces_on_listen_only and method in _ANNOUNCEMENTS:
             # 2026-07-28 announces changes on listen streams only, even those an upstream of the
             # handshake era sent on the response stream of the call that caused them.
             await self._session.listen.send(message)
             return
         await self._target.send(message)
+
+
+class StatelessGroup(HostSession):
+    """A 2026-07-28 host's requests, grouped per (API key, client name and version).
+
+    Its requests may come from many host processes: their ids are not unique in it, so they
+    are remapped on their way to a handshake-era upstream (and converted to that revision),
+    and upstreams that speak 2026-07-28 are reached statelessly instead. Nothing is buffered
+    for a listen stream that is not open: the revision promises no replay."""
+
+    announces_on_listen_only = True
+
+    async def modern(self, name: str) -> ModernUpstream | None:
+        return await self._connectors[name].modern()
+
+    def _upward(self, message: JSONObject) -> JSONObject:
+        message = to_handshake_request(message)
+        if "id" in message:
+            message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+        return message
+
+    def _downward(self, response: JSONObject, request_id: object, upstream: UpstreamSession) -> JSONObject:
+        if request_id is None:
+            return response
+        return with_server_info({**response, "id": request_id}, upstream.server_info)
 
 
 @dataclass(slots=True)
@@ -349,14 +405,21 @@ class SessionRegistry:
         """Live sessions, oldest first."""
         return list(self._sessions.values())
 
-    async def create(
-        self, principal: Principal, handshake: Handshake, protocol_version: str, *, stateless: bool = False
-    ) -> HostSession:
+    async def create(self, principal: Principal, handshake: Handshake, protocol_version: str) -> HostSession:
         """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be."""
+        return await self._open(HostSession, self.idle_s, principal, handshake, protocol_version)
+
+    async def create_group(
+        self, principal: Principal, handshake: Handshake, protocol_version: str
+    ) -> StatelessGroup:
+        """Open a 2026-07-28 group, recorded before it is returned, as `create` does."""
+        return await self._open(StatelessGroup, self.stateless_gap_s, principal, handshake, protocol_version)
+
+    async def _open(
+        self, kind: type[S], idle_s: float, principal: Principal, handshake: Handshake, protocol_version: str
+    ) -> S:
         session_id = secrets.token_urlsafe(24)
-        session = HostSession(
-            session_id, principal, handshake, self.connectors, stateless=stateless, broker=self.broker
-        )
+        session = kind(session_id, principal, handshake, self.connectors, idle_s=idle_s, broker=self.broker)
         client = handshake.client_info
         name, version = client.get("name"), client.get("version")
         await self.recorder.session_started(
@@ -378,7 +441,8 @@ class SessionRegistry:
     def get(self, session_id: str, principal: Principal) -> HostSession | None:
         """The session, only if the same API key (or, key-less, the same organisation) opened it."""
         session = self._sessions.get(session_id)
-        if session is None or session.stateless or not principal.same_caller(session.principal):
+        stateless = isinstance(session, StatelessGroup)  # a group is no Mcp-Session-Id a host can use
+        if session is None or stateless or not principal.same_caller(session.principal):
             return None
         return session
 
@@ -412,8 +476,7 @@ class SessionRegistry:
     async def reap(self) -> None:
         now = time.monotonic()
         for session in list(self._sessions.values()):
-            limit = self.stateless_gap_s if session.stateless else self.idle_s
-            if now - session.last_activity > limit and not session.in_flight:
+            if now - session.last_activity > session.idle_s and not session.in_flight:
                 logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
                 await self.end(session, "idle")
             else:

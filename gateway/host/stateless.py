@@ -312,7 +312,7 @@ class StatelessHandler:
             handshake = Handshake(
                 LATEST_HANDSHAKE_VERSION, capabilities if isinstance(capabilities, dict) else {}, info
             )
-            session = await self.registry.create(principal, handshake, route.protocol_version, stateless=True)
+            session = await self.registry.create_group(principal, handshake, route.protocol_version)
             self._groups[key] = session
         return session
 

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.core.sessions import HostSession
+from gateway.core.sessions import HostSession, StatelessGroup
 from gateway.upstream.http import HttpChannel
 from gateway.upstream.stdio import StdioChannel
 from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
@@ -178,7 +178,7 @@ async def test_a_2026_host_reaches_a_2026_upstream_without_an_upstream_session(
         with anyio.fail_after(TIMEOUT):
             counted = await client.call_tool("web__count_slowly", {"steps": 2})  # carries Mcp-Param-Steps
     assert text_of(counted) == "counted 2"
-    group = [s for s in fragile.gateway.registry.sessions() if s.stateless][-1]
+    group = [s for s in fragile.gateway.registry.sessions() if isinstance(s, StatelessGroup)][-1]
     assert group.upstream_session("web") is None  # passed through statelessly, no initialize upstream
 
 
