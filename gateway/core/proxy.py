@@ -29,6 +29,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -50,7 +51,7 @@ from gateway.upstream.channel import MessageSink
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[HostSession, JSONObject, MessageSink | None], Awaitable[JSONObject]]
+Handler = Callable[[HostSession, JSONObject, MessageSink | None, RequestContext], Awaitable[JSONObject]]
 CONNECT_META_KEY = "mcpgw/connect"
 URL_ELICITATION_REQUIRED = -32042  # 2025-11-25's "URL elicitation required" error
 RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
@@ -82,7 +83,9 @@ class Proxy:
             "logging/setLevel": self._set_level,
         }
 
-    async def answer(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def answer(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
+    ) -> JSONObject:
         """Serve one request of a session's host to its final response, whatever happens: the
         host may cancel it (notifications/cancelled: -32800, as the SDK's servers answer), and a
         failure of the gateway's own is this request's -32603, not the transport's 500."""
@@ -91,7 +94,7 @@ class Proxy:
         try:
             with session.serving(request_id):
                 try:
-                    response = await self.request(session, message, sink)
+                    response = await self.request(session, message, sink, context)
                 except Exception as exc:
                     log_failure(f"session {session.id}: {message['method']}", exc)
                     text = "The gateway could not complete this request"
@@ -101,13 +104,13 @@ class Proxy:
         return response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
 
     async def request(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
     ) -> JSONObject:
         session.touch()
         handler = self._handlers.get(message["method"])
         if handler is None:
             return error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
-        return await handler(session, message, sink)
+        return await handler(session, message, sink, context)
 
     async def notification(self, session: HostSession, message: JSONObject) -> None:
         session.touch()
@@ -130,38 +133,42 @@ class Proxy:
             return
         await _quietly(outbound.upstream.channel.respond({**message, "id": outbound.original_id}))
 
-    async def _ping(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _ping(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
+    ) -> JSONObject:
         return result(message["id"], {})
 
-    async def _list(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _list(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
+    ) -> JSONObject:
         if params_of(message).get("cursor") is not None:
             return error(message["id"], INVALID_PARAMS, "Invalid cursor: this gateway returns complete lists")
         return result(message["id"], await self.router.list_all(session, message, sink))
 
     async def _routed(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
     ) -> JSONObject:
         kind, field = _ROUTED_BY[message["method"]]
         params = params_of(message)
         name = params.get(field)
         if not isinstance(name, str):
             return error(message["id"], INVALID_PARAMS, f"Invalid params: {field!r} must be a string")
-        return await self._forward(session, message, sink, kind, name, field)
+        return await self._forward(session, message, sink, context, kind, name, field)
 
     async def _complete(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
     ) -> JSONObject:
         ref = params_of(message).get("ref")
         if not isinstance(ref, dict):
             return error(message["id"], INVALID_PARAMS, "Invalid params: 'ref' must be an object")
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            return await self._forward(session, message, sink, "prompts", ref["name"], "ref.name")
+            return await self._forward(session, message, sink, context, "prompts", ref["name"], "ref.name")
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            return await self._forward(session, message, sink, "resources", ref["uri"], "ref.uri")
+            return await self._forward(session, message, sink, context, "resources", ref["uri"], "ref.uri")
         return error(message["id"], INVALID_PARAMS, "Invalid params: unknown completion reference")
 
     async def _set_level(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
     ) -> JSONObject:
         level = params_of(message).get("level")
         if not isinstance(level, str):
@@ -180,6 +187,7 @@ class Proxy:
         session: HostSession,
         message: JSONObject,
         sink: MessageSink | None,
+        context: RequestContext,
         kind: Kind,
         name: str,
         field: str,
@@ -188,12 +196,12 @@ class Proxy:
             try:
                 found = await self.router.route(session, kind, name, message)
                 forwarded = _renamed(message, field, found.original) if found.original != name else message
-                return await session.forward(found.upstream, forwarded, sink)
+                return await session.forward(found.upstream, forwarded, sink, context)
             except (RoutingError, UpstreamError, CredentialError, TooDeep) as exc:
                 return _error_for(message, session, exc)[0]
         started, clock = time.time(), time.perf_counter()
         request_id = message["id"]
-        trace, traced = trace_for(message)
+        trace, traced = trace_for(message, context.traceparent)
         route: Route | None = None
         upstream_s: float | None = None
         response: JSONObject | None = None
@@ -206,7 +214,7 @@ class Proxy:
                 if route.connect:
                     response = await self._connect(session, route.upstream, request_id)
                 else:
-                    response = await session.forward(route.upstream, forwarded, sink)
+                    response = await session.forward(route.upstream, forwarded, sink, context)
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)

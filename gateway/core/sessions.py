@@ -34,6 +34,7 @@ from gateway.errors import (
     UpstreamUnauthorized,
 )
 from gateway.host.auth import Principal
+from gateway.protocol.context import NO_CONTEXT, RequestContext
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.revisions import to_handshake_request, with_server_info
 from gateway.recording.recorder import NullRecorder, Recorder, RecordingFailed
@@ -216,9 +217,11 @@ class HostSession:
 
         return credential
 
-    async def forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def forward(
+        self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext = NO_CONTEXT
+    ) -> JSONObject:
         """Send a host request to upstream `name`, with this caller's credential if it needs one."""
-        return await self._retrying_credential(name, lambda: self._forward(name, message, sink))
+        return await self._retrying_credential(name, lambda: self._forward(name, message, sink, context))
 
     async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt`; if the upstream refuses the credential, have the broker refresh it (or
@@ -238,14 +241,17 @@ class HostSession:
             await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=True)
             raise
 
-    async def _forward(self, name: str, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def _forward(
+        self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext
+    ) -> JSONObject:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
         modern = await self.modern(name)
         if modern is not None:
             # 2026 on both sides: it passes as it is, with the caller's credential if any.
             source = self._credential_source(name)
-            return await modern.request(message, sink, None if source is None else await source())
+            credential = None if source is None else await source()
+            return await modern.request(message, sink, credential, context.forwarded)
         message = self._upward(message)
         upstream = await self.upstream(name)
         if request_id is not None:

@@ -29,6 +29,7 @@ from gateway.host.asgi import (
 )
 from gateway.host.auth import Principal
 from gateway.host.streamable import Endpoint
+from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,
     JSONObject,
@@ -106,9 +107,9 @@ class LegacySse:
             await send_json(send, 400, error(None, exc.code, exc.message))
             return
         await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
-        await self._handle(connection, message)
+        await self._handle(connection, message, RequestContext.of(headers))
 
-    async def _handle(self, connection: _Connection, message: JSONObject) -> None:
+    async def _handle(self, connection: _Connection, message: JSONObject, context: RequestContext) -> None:
         if message.get("method") == "initialize" and is_request(message):
             session, answer = await self.endpoint.initialize(message, connection.principal)
             await connection.stream.send(answer)
@@ -123,11 +124,13 @@ class LegacySse:
                 await connection.stream.send(error(message["id"], INVALID_REQUEST, "Not initialized"))
             return
         if is_request(message):
-            connection.tasks.start_soon(self._answer, connection.stream, current, message)
+            connection.tasks.start_soon(self._answer, connection.stream, current, message, context)
         elif is_notification(message):
             await self.endpoint.proxy.notification(current, message)
         else:
             await self.endpoint.proxy.response(current, message)
 
-    async def _answer(self, stream: EventStream, session: HostSession, message: JSONObject) -> None:
-        await stream.send(await self.endpoint.proxy.answer(session, message, stream))
+    async def _answer(
+        self, stream: EventStream, session: HostSession, message: JSONObject, context: RequestContext
+    ) -> None:
+        await stream.send(await self.endpoint.proxy.answer(session, message, stream, context))

@@ -42,7 +42,7 @@ from gateway.errors import CredentialError, UpstreamError
 from gateway.host.asgi import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.host.auth import Principal
 from gateway.host.subscriptions import serve_listen
-from gateway.protocol.forwarding import forwarded_headers, param_headers
+from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -55,7 +55,6 @@ from gateway.protocol.jsonrpc import (
     result,
 )
 from gateway.protocol.revisions import to_modern_response, with_server_info
-from gateway.protocol.tracecontext import header_traceparent
 from gateway.recording.recorder import RecordingFailed
 from gateway.upstream.connector import Handshake
 
@@ -166,14 +165,13 @@ class StatelessHandler:
         Calls that may be suspended keep their own task: one suspended in the request's task
         would outlive its response, and uvicorn waits for such tasks before it shuts down.
         """
-        _carry(headers)
         stream = ResponseStream(send, [], True)
         sink = _DirectSink(session, stream, log_level)
         with anyio.CancelScope() as scope:
             # Closing the response stream is this revision's cancellation.
             watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, scope))
             try:
-                response = await self.proxy.request(session, message, sink)
+                response = await self.proxy.request(session, message, sink, RequestContext.of(headers))
             finally:
                 watcher.cancel()
         if scope.cancelled_caught:
@@ -206,11 +204,11 @@ class StatelessHandler:
         call = _Call(session, principal, message["method"], events)
 
         async def run() -> None:
-            _carry(headers)
             async with sender:
                 with call.scope:
                     try:
-                        response = await self.proxy.request(session, message, _CallSink(sender))
+                        context = RequestContext.of(headers)
+                        response = await self.proxy.request(session, message, _CallSink(sender), context)
                     except Exception as exc:  # this call's failure must reach its host, not the group
                         log_failure(f"session {session.id}: {message['method']}", exc)
                         response = error(
@@ -363,12 +361,6 @@ def _wanted(log_level: int | None, message: JSONObject) -> bool:
 def _status_of(answer: JSONObject) -> int:
     code = answer["error"].get("code") if isinstance(answer.get("error"), dict) else None
     return ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
-
-
-def _carry(headers: dict[str, str]) -> None:
-    """What rides along to the upstream from this host request (see forwarding.py)."""
-    forwarded_headers.set(param_headers(headers))
-    header_traceparent.set(headers.get("traceparent"))
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -37,6 +37,7 @@ from gateway.host.asgi import (
 )
 from gateway.host.auth import HostAuth, Principal
 from gateway.host.stateless import StatelessHandler
+from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -51,7 +52,6 @@ from gateway.protocol.jsonrpc import (
     params_of,
     result,
 )
-from gateway.protocol.tracecontext import header_traceparent
 from gateway.recording.recorder import RecordingFailed
 from gateway.upstream.connector import Handshake
 
@@ -187,11 +187,10 @@ class Endpoint:
         if session is None:
             return
         if is_request(message):
-            header_traceparent.set(headers.get("traceparent"))
             stream = ResponseStream(
                 send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
             )
-            await stream.finish(await self.proxy.answer(session, message, stream))
+            await stream.finish(await self.proxy.answer(session, message, stream, RequestContext.of(headers)))
             return
         if is_notification(message):
             await self.proxy.notification(session, message)

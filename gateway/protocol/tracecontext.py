@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import re
 import secrets
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 from gateway.protocol.jsonrpc import JSONObject, meta_of
 
-__all__ = ["TraceParent", "header_traceparent", "trace_for"]
+__all__ = ["TraceParent", "trace_for"]
 
 # version-traceid-parentid-flags; the all-zero ids are invalid, as is version ff.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
-
-header_traceparent: ContextVar[str | None] = ContextVar("header_traceparent", default=None)
-"""The `traceparent` HTTP header of the host request being served, set by the endpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +52,11 @@ class TraceParent:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
-def trace_for(message: JSONObject) -> tuple[TraceParent, JSONObject]:
-    """The trace of a host request and the request to send upstream, carrying the child span."""
+def trace_for(message: JSONObject, header: str | None = None) -> tuple[TraceParent, JSONObject]:
+    """The trace of a host request (its `_meta` traceparent, else its `traceparent` `header`)
+    and the request to send upstream, carrying the child span."""
     meta = meta_of(message)
-    parent = TraceParent.parse(meta.get("traceparent")) or TraceParent.parse(header_traceparent.get())
+    parent = TraceParent.parse(meta.get("traceparent")) or TraceParent.parse(header)
     child = (parent or TraceParent.new()).child()
     params = message.get("params")
     params = params if isinstance(params, dict) else {}

@@ -23,7 +23,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.protocol.forwarding import forwarded_headers
+from gateway.protocol.context import NO_HEADERS
 from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
 from gateway.upstream._wire import Pool
@@ -109,10 +109,15 @@ class ModernUpstream:
     capabilities: JSONObject
 
     async def request(
-        self, message: JSONObject, sink: MessageSink | None, credential: Mapping[str, str] | None = None
+        self,
+        message: JSONObject,
+        sink: MessageSink | None,
+        credential: Mapping[str, str] | None = None,
+        forwarded: Mapping[str, str] = NO_HEADERS,
     ) -> JSONObject:
+        """Send `message` with the host's `forwarded` headers (and `credential`, if any)."""
         call_s = self.config.timeouts.call_s
-        headers = forwarded_headers.get()
+        headers = forwarded
         if credential:
             headers = {**headers, **credential}
         try:

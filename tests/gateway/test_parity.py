@@ -295,3 +295,15 @@ async def test_third_party_server_answers_through_the_gateway(gateway: RunningGa
     assert not result.is_error
     text = result.content[0]
     assert isinstance(text, types.TextContent) and '"timezone": "Europe/London"' in text.text
+
+
+async def test_a_legacy_sse_hosts_traceparent_header_continues_its_trace_upstream(
+    gateway: RunningGateway,
+) -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    headers = {"traceparent": f"00-{trace}-b7ad6b7169203331-01"}
+    async with Client(sse_client(f"{gateway.base_url}/sse", headers=headers), mode="legacy") as client:
+        with anyio.fail_after(20):
+            result = await client.call_tool("demo__traceparent", {})
+    seen = result.content[0].model_dump()["text"]
+    assert seen.split("-")[1] == trace, seen  # the upstream got a child span of the host's trace

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.protocol.jsonrpc import meta_of
-from gateway.protocol.tracecontext import TraceParent, header_traceparent, trace_for
+from gateway.protocol.tracecontext import TraceParent, trace_for
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -46,14 +46,9 @@ def test_the_upstream_gets_a_child_of_the_hosts_span_and_other_meta_is_kept() ->
 
 def test_the_http_header_is_used_when_meta_has_none_and_meta_wins_over_it() -> None:
     other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
-    token = header_traceparent.set(other)
-    try:
-        from_header, _ = trace_for({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {}})
-        from_meta, _ = trace_for(
-            {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": {"traceparent": VALID}}}
-        )
-    finally:
-        header_traceparent.reset(token)
+    from_header, _ = trace_for({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {}}, other)
+    with_meta = {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"_meta": {"traceparent": VALID}}}
+    from_meta, _ = trace_for(with_meta, other)
     assert (from_header.trace_id, from_header.flags) == ("0af7651916cd43dd8448eb211c80319c", "00")
     assert from_meta.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
 

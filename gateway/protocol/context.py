@@ -1,0 +1,40 @@
+"""What one host request carries besides its JSON-RPC message, from the transport that read it
+to the upstream call that sends it on.
+
+Explicit, not ambient: each host transport builds a `RequestContext` from the request's headers
+and hands it down through the proxy and the session to the upstream call, so a transport cannot
+forget to set something that a layer below reads. It holds:
+
+- `traceparent`: the W3C header, continued when the message's `_meta` carries none;
+- `forwarded`: a 2026-07-28 host's `Mcp-Param-*` headers. The host computes them from a
+  tool's schema and the upstream checks them against the body, so they pass on unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mcp.shared.inbound import MCP_PARAM_HEADER_PREFIX
+
+__all__ = ["NO_CONTEXT", "NO_HEADERS", "RequestContext"]
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    traceparent: str | None = None
+    forwarded: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> RequestContext:
+        """The context of a request with these headers (names lower-case, as ASGI gives them)."""
+        forwarded = {name: value for name, value in headers.items() if name.startswith(_PARAM_PREFIX)}
+        return cls(headers.get("traceparent"), forwarded or NO_HEADERS)
+
+
+NO_CONTEXT = RequestContext()
+"""For requests the gateway makes on its own (listings, setLevel replays): nothing to carry."""
