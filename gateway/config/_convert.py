@@ -1,0 +1,210 @@
+"""The validated file -> the frozen values, and the rules that span keys (which keys a transport
+or an auth kind allows, names that must be unique, key-less mode only on loopback).
+
+What the file left out is left to the values' own defaults; only the defaults that depend on
+other keys or on the file's folder are worked out here.
+"""
+
+import base64
+import binascii
+from pathlib import Path
+
+from gateway.config.policy import ToolFilter, is_loopback_host, local_url
+from gateway.config.schema import GatewayModel, Loc, RecordingModel, SecretsModel, UpstreamModel
+from gateway.config.values import (
+    AuthConfig,
+    GatewayConfig,
+    ListenConfig,
+    RecordingConfig,
+    RetentionConfig,
+    SecretsConfig,
+    SecurityConfig,
+    SessionsConfig,
+    Timeouts,
+    UpstreamAuth,
+    UpstreamConfig,
+)
+
+__all__ = ["to_values"]
+
+Problems = list[tuple[Loc, str]]
+
+_STDIO_ONLY = ("command", "env", "cwd")
+_HTTP_ONLY = ("url", "headers")
+
+_AUTH_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "headers": ("headers",),
+    "oauth": (
+        "identity",
+        "scopes",
+        "client_id",
+        "client_secret",
+        "client_metadata_url",
+        "allow_private_addresses",
+    ),
+    "user_headers": ("identity", "headers"),
+}
+_ANY_AUTH_KEY = tuple(dict.fromkeys(key for keys in _AUTH_KEYS.values() for key in keys))
+_NO_AUTH = UpstreamAuth()  # what an auth key the file leaves out stands for
+
+
+def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> GatewayConfig:
+    """The values `model` (read from the file at `absolute`) describes; what is wrong across keys
+    goes to `problems`, and the values are then not to be used."""
+    base = absolute.parent
+    # Key-less mode is for one person on one machine; never expose it beyond loopback.
+    if not model.auth.required and not is_loopback_host(model.listen.host):
+        problems.append(
+            (
+                ("auth", "required"),
+                f"false is only allowed when listen.host is a loopback address, got {model.listen.host!r}",
+            )
+        )
+    first_at: dict[str, int] = {}
+    upstreams = []
+    for i, up in enumerate(model.upstreams):
+        if up.name in first_at:
+            why = f"duplicate upstream name {up.name!r} (first at upstreams[{first_at[up.name]}])"
+            problems.append((("upstreams", i, "name"), why))
+        first_at.setdefault(up.name, i)
+        upstreams.append(_upstream(up, ("upstreams", i), base, problems))
+    database = base / Path(model.database).expanduser()
+    security = model.security
+    return GatewayConfig(
+        path=absolute,
+        listen=ListenConfig(host=model.listen.host, port=model.listen.port),
+        database=database,
+        auth=AuthConfig(
+            required=model.auth.required, max_failures_per_minute=model.auth.max_failures_per_minute
+        ),
+        security=SecurityConfig(
+            allowed_hosts=tuple(security.allowed_hosts),
+            allowed_origins=tuple(security.allowed_origins),
+            max_body_bytes=security.max_body_bytes,
+            header_timeout_s=security.header_timeout_s,
+            body_timeout_s=security.body_timeout_s,
+            max_headers=security.max_headers,
+            max_header_bytes=security.max_header_bytes,
+            max_url_bytes=security.max_url_bytes,
+        ),
+        sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
+        upstreams=tuple(upstreams),
+        recording=_recording(model.recording),
+        public_url=(model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/"),
+        secrets=_secrets(model.secrets, base, database, problems),
+        public_url_configured=model.public_url is not None,
+    )
+
+
+def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> UpstreamConfig:
+    stdio = up.transport == "stdio"
+    for key in _HTTP_ONLY if stdio else _STDIO_ONLY:
+        if getattr(up, key) is not None:
+            only = "http and sse" if stdio else "stdio"
+            problems.append(((*here, key), f"not allowed for transport {up.transport!r} ({only} only)"))
+    if stdio and not up.command:
+        why = "must not be empty" if up.command is not None else "required key is missing"
+        problems.append(((*here, "command"), f"{why} for transport 'stdio'"))
+    elif stdio and up.command and not up.command[0]:
+        problems.append(((*here, "command", 0), "the program name must not be empty"))
+    if not stdio and up.url is None:
+        problems.append(((*here, "url"), f"required key is missing for transport {up.transport!r}"))
+    # The transport decides which of command/env/cwd and url/headers exist; an absent one is empty.
+    return UpstreamConfig(
+        name=up.name,
+        transport=up.transport,
+        command=tuple(up.command or ()),
+        env=dict(up.env or {}),
+        cwd=None if up.cwd is None else str(base / Path(up.cwd).expanduser()),
+        url=up.url,
+        headers=dict(up.headers or {}),
+        prefix=f"{up.name}__" if up.prefix is None else up.prefix,
+        tools=ToolFilter(allow=tuple(up.tools.allow), deny=tuple(up.tools.deny)),
+        timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
+        idle_s=up.idle_s,
+        auth=_upstream_auth(up, here, problems),
+    )
+
+
+def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> UpstreamAuth:
+    model = up.auth
+    at: Loc = (*here, "auth")
+    for key in _ANY_AUTH_KEY:
+        if getattr(model, key) is not None and key not in _AUTH_KEYS[model.kind]:
+            problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
+    if model.kind in ("oauth", "user_headers") and up.transport != "http":
+        problems.append(((*at, "kind"), f"{model.kind!r} needs an http (Streamable HTTP) upstream"))
+    elif model.kind == "headers" and up.transport == "stdio":
+        problems.append(((*at, "kind"), "'headers' needs an http or sse upstream (stdio: use env)"))
+    names: tuple[str, ...] = ()
+    static: dict[str, str] = {}
+    if model.kind == "user_headers":
+        if not isinstance(model.headers, list) or not model.headers:
+            problems.append(((*at, "headers"), "user_headers needs a list of header names, like [X-Api-Key]"))
+        else:
+            # Header names are case-insensitive; the first spelling is the one the form shows.
+            first: dict[str, str] = {}
+            for name in model.headers:
+                first.setdefault(name.lower(), name)
+            names = tuple(first.values())
+    if model.kind == "headers":
+        if not isinstance(model.headers, dict) or not model.headers:
+            problems.append(((*at, "headers"), "headers needs a mapping of header names to values"))
+        else:
+            static = dict(model.headers)
+            for name in static:
+                if name.lower() in {h.lower() for h in (up.headers or {})}:
+                    problems.append(((*at, "headers", name), "also set in the upstream's own headers"))
+    if model.client_secret is not None and model.client_id is None:
+        problems.append(((*at, "client_secret"), "needs client_id"))
+    if model.client_metadata_url is not None and not model.client_metadata_url.startswith("https://"):
+        problems.append(((*at, "client_metadata_url"), "must be an https:// URL"))
+    return UpstreamAuth(
+        kind=model.kind,
+        identity=model.identity or _NO_AUTH.identity,
+        scopes=_NO_AUTH.scopes if model.scopes is None else tuple(model.scopes),
+        client_id=model.client_id,
+        client_secret=model.client_secret,
+        client_metadata_url=model.client_metadata_url,
+        allow_private_addresses=(
+            _NO_AUTH.allow_private_addresses
+            if model.allow_private_addresses is None
+            else model.allow_private_addresses
+        ),
+        header_names=names,
+        static_headers=static,
+    )
+
+
+def _secrets(model: SecretsModel, base: Path, database: Path, problems: Problems) -> SecretsConfig:
+    def decode(text: str, loc: Loc) -> bytes:
+        try:
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            problems.append((loc, "must be 32 random bytes in base64url (make one: mcpgw secrets new-key)"))
+        return key
+
+    key = decode(model.key, ("secrets", "key")) if model.key else None
+    previous = tuple(decode(k, ("secrets", "previous_keys", i)) for i, k in enumerate(model.previous_keys))
+    if previous and key is None:
+        problems.append((("secrets", "previous_keys"), "needs secrets.key (previous keys only open)"))
+    key_file = base / Path(model.key_file).expanduser() if model.key_file else database.with_suffix(".keys")
+    return SecretsConfig(key_file=key_file, key=key, previous_keys=previous)
+
+
+def _recording(model: RecordingModel) -> RecordingConfig:
+    retention = model.retention
+    return RecordingConfig(
+        enabled=model.enabled,
+        max_payload_bytes=model.max_payload_bytes,
+        redact_keys=tuple(model.redact.keys),
+        redact_patterns=tuple(model.redact.patterns),
+        retention=RetentionConfig(
+            max_age_days=retention.max_age_days or None,  # 0 turns the limit off
+            max_invocations=retention.max_invocations or None,
+            interval_s=retention.interval_s,
+        ),
+    )

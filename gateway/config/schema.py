@@ -1,0 +1,221 @@
+"""The config file's schema: which keys exist, their types and their limits (pydantic, strict:
+YAML's own types are what the file meant).
+
+The schema holds no default of its own. A key's default is the one its value class declares
+(`gateway.config.values`), read here by `default_of`; a default of None means "not given",
+for keys whose default the loader works out or whose absence it must tell apart.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+
+from gateway.config._checks import (
+    bool_from_text,
+    check_env_name,
+    check_header_name,
+    check_header_value,
+    check_host,
+    check_name,
+    check_no_nul,
+    check_origin,
+    check_pattern,
+    check_prefix,
+    check_scope,
+    check_url,
+    float_from_text,
+    int_from_text,
+)
+from gateway.config.policy import ToolFilter
+from gateway.config.values import (
+    AuthConfig,
+    AuthKind,
+    GatewayConfig,
+    IdentityMode,
+    ListenConfig,
+    RecordingConfig,
+    RetentionConfig,
+    SecretsConfig,
+    SecurityConfig,
+    SessionsConfig,
+    Timeouts,
+    Transport,
+    UpstreamAuth,
+    UpstreamConfig,
+)
+
+__all__ = ["MODEL_AT", "SECTIONS", "GatewayModel", "Loc", "Model", "UpstreamModel", "default_of"]
+
+Loc: TypeAlias = tuple[str | int, ...]  # a key path as pydantic reports it: ("upstreams", 1, "url")
+
+
+def default_of(values: type[Any], name: str) -> Any:
+    """A schema default: the one `values` declares for its field `name`, as the file would spell
+    it (a list for a tuple, a string for a path). The mark lets a test find defaults that are not."""
+    [declared] = [f for f in dataclasses.fields(values) if f.name == name]
+    default: Any
+    if declared.default_factory is not dataclasses.MISSING:
+        default = declared.default_factory()
+    elif declared.default is not dataclasses.MISSING:
+        default = declared.default
+    else:
+        raise TypeError(f"{values.__name__}.{name} declares no default")
+    mark: dict[str, JsonValue] = {"default_of": f"{values.__name__}.{name}"}
+    if isinstance(default, tuple):
+        return Field(default_factory=lambda: list(default), json_schema_extra=mark)
+    return Field(default=str(default) if isinstance(default, Path) else default, json_schema_extra=mark)
+
+
+_Text = Annotated[str, Field(min_length=1)]
+_Port = Annotated[int, BeforeValidator(int_from_text), Field(ge=0, le=65535)]
+_Bytes = Annotated[int, BeforeValidator(int_from_text), Field(gt=0)]
+_Count = Annotated[int, BeforeValidator(int_from_text), Field(gt=0)]
+_Seconds = Annotated[float, BeforeValidator(float_from_text), Field(gt=0, allow_inf_nan=False)]
+_Bool = Annotated[bool, BeforeValidator(bool_from_text)]
+_HeaderName = Annotated[str, AfterValidator(check_header_name)]
+_HeaderValue = Annotated[str, AfterValidator(check_header_value)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ListenModel(Model):
+    host: _Text = default_of(ListenConfig, "host")
+    port: _Port = default_of(ListenConfig, "port")
+
+
+class AuthModel(Model):
+    required: _Bool = default_of(AuthConfig, "required")
+    max_failures_per_minute: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
+        AuthConfig, "max_failures_per_minute"
+    )
+
+
+class SecurityModel(Model):
+    allowed_hosts: list[Annotated[str, AfterValidator(check_host)]] = default_of(
+        SecurityConfig, "allowed_hosts"
+    )
+    allowed_origins: list[Annotated[str, AfterValidator(check_origin)]] = default_of(
+        SecurityConfig, "allowed_origins"
+    )
+    max_body_bytes: _Bytes = default_of(SecurityConfig, "max_body_bytes")
+    header_timeout_s: _Seconds = default_of(SecurityConfig, "header_timeout_s")
+    body_timeout_s: _Seconds = default_of(SecurityConfig, "body_timeout_s")
+    max_headers: _Count = default_of(SecurityConfig, "max_headers")
+    max_header_bytes: _Bytes = default_of(SecurityConfig, "max_header_bytes")
+    max_url_bytes: _Bytes = default_of(SecurityConfig, "max_url_bytes")
+
+
+class SessionsModel(Model):
+    idle_s: _Seconds = default_of(SessionsConfig, "idle_s")
+    stateless_gap_s: _Seconds = default_of(SessionsConfig, "stateless_gap_s")
+
+
+class ToolFilterModel(Model):
+    allow: list[_Text] = default_of(ToolFilter, "allow")
+    deny: list[_Text] = default_of(ToolFilter, "deny")
+
+
+class TimeoutsModel(Model):
+    connect_s: _Seconds = default_of(Timeouts, "connect_s")
+    call_s: _Seconds = default_of(Timeouts, "call_s")
+
+
+class UpstreamAuthModel(Model):
+    kind: AuthKind = default_of(UpstreamAuth, "kind")
+    # None: not given. Which of these a kind allows is checked on conversion, so absence must show.
+    identity: IdentityMode | None = None
+    scopes: list[Annotated[str, AfterValidator(check_scope)]] | None = None
+    client_id: _Text | None = None
+    client_secret: _Text | None = None
+    client_metadata_url: Annotated[str, AfterValidator(check_url)] | None = None
+    allow_private_addresses: _Bool | None = None
+    # user_headers: a list of names; headers: a mapping of names to values.
+    headers: list[_HeaderName] | dict[_HeaderName, _HeaderValue] | None = None
+
+
+class UpstreamModel(Model):
+    name: Annotated[str, AfterValidator(check_name)]
+    transport: Transport
+    # None: not given. Which transport allows which is checked on conversion, so absence must show.
+    command: list[Annotated[str, AfterValidator(check_no_nul)]] | None = None
+    env: (
+        dict[Annotated[str, AfterValidator(check_env_name)], Annotated[str, AfterValidator(check_no_nul)]]
+        | None
+    ) = None
+    cwd: _Text | None = None
+    url: Annotated[str, AfterValidator(check_url)] | None = None
+    headers: dict[_HeaderName, _HeaderValue] | None = None
+    prefix: Annotated[str, AfterValidator(check_prefix)] | None = None  # None: "<name>__"
+    tools: ToolFilterModel = Field(default_factory=ToolFilterModel)
+    timeouts: TimeoutsModel = Field(default_factory=TimeoutsModel)
+    idle_s: _Seconds = default_of(UpstreamConfig, "idle_s")
+    auth: UpstreamAuthModel = Field(default_factory=UpstreamAuthModel)
+
+
+class RedactModel(Model):
+    keys: list[_Text] = default_of(RecordingConfig, "redact_keys")
+    patterns: list[Annotated[str, Field(min_length=1), AfterValidator(check_pattern)]] = default_of(
+        RecordingConfig, "redact_patterns"
+    )
+
+
+class RetentionModel(Model):
+    # 0 turns a limit off (None in the values).
+    max_age_days: Annotated[float, BeforeValidator(float_from_text), Field(ge=0, allow_inf_nan=False)] = (
+        default_of(RetentionConfig, "max_age_days")
+    )
+    max_invocations: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
+        RetentionConfig, "max_invocations"
+    )
+    interval_s: _Seconds = default_of(RetentionConfig, "interval_s")
+
+
+class RecordingModel(Model):
+    enabled: _Bool = default_of(RecordingConfig, "enabled")
+    max_payload_bytes: _Bytes = default_of(RecordingConfig, "max_payload_bytes")
+    redact: RedactModel = Field(default_factory=RedactModel)
+    retention: RetentionModel = Field(default_factory=RetentionModel)
+
+
+class SecretsModel(Model):
+    key: str | None = None  # base64url of 32 bytes; "" (an unset ${VAR:-}) means none
+    previous_keys: list[_Text] = default_of(SecretsConfig, "previous_keys")
+    key_file: _Text | None = None  # None: beside the database
+
+
+class GatewayModel(Model):
+    listen: ListenModel = Field(default_factory=ListenModel)
+    public_url: Annotated[str, AfterValidator(check_url)] | None = None  # None: the listen address
+    database: _Text = default_of(GatewayConfig, "database")
+    auth: AuthModel = Field(default_factory=AuthModel)
+    security: SecurityModel = Field(default_factory=SecurityModel)
+    sessions: SessionsModel = Field(default_factory=SessionsModel)
+    upstreams: list[UpstreamModel] = default_of(GatewayConfig, "upstreams")
+    recording: RecordingModel = Field(default_factory=RecordingModel)
+    secrets: SecretsModel = Field(default_factory=SecretsModel)
+
+
+# Which model a mapping at a given key path (list indexes dropped) is validated by.
+MODEL_AT: dict[tuple[str, ...], type[Model]] = {
+    (): GatewayModel,
+    ("listen",): ListenModel,
+    ("auth",): AuthModel,
+    ("security",): SecurityModel,
+    ("sessions",): SessionsModel,
+    ("upstreams",): UpstreamModel,
+    ("upstreams", "tools"): ToolFilterModel,
+    ("upstreams", "timeouts"): TimeoutsModel,
+    ("upstreams", "auth"): UpstreamAuthModel,
+    ("secrets",): SecretsModel,
+    ("recording",): RecordingModel,
+    ("recording", "redact"): RedactModel,
+    ("recording", "retention"): RetentionModel,
+}
+
+# The top-level keys that hold mappings of their own; an empty one (`upstreams:` with nothing
+# under it) reads as null, which the loader takes as "defaults".
+SECTIONS = frozenset(path[0] for path in MODEL_AT if len(path) == 1)
