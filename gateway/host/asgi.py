@@ -12,7 +12,15 @@ from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.protocol.jsonrpc import JSONObject, dumps
+from gateway.protocol.jsonrpc import (
+    INVALID_REQUEST,
+    JSONObject,
+    MessageError,
+    check_message,
+    dumps,
+    error,
+    loads,
+)
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 JSON_HEADER = (b"content-type", b"application/json")
@@ -34,6 +42,33 @@ def is_json(headers: Mapping[str, str]) -> bool:
 
 class BodyTooLarge(Exception):
     pass
+
+
+async def receive_message(
+    receive: Receive, send: Send, headers: Mapping[str, str], limit: int
+) -> JSONObject | None:
+    """The one JSON-RPC message a host POSTed, read and checked the same way on every transport;
+    None once a refusal has been sent: 415 (not declared JSON), 413 (over `limit` bytes), 400
+    (not JSON, a batch, or not a JSON-RPC message)."""
+    if not is_json(headers):
+        text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
+        await send_json(send, 415, error(None, INVALID_REQUEST, text))
+        return None
+    try:
+        body = await read_body(receive, limit)
+    except BodyTooLarge:
+        await send_json(send, 413, error(None, INVALID_REQUEST, f"Request body over {limit} bytes"))
+        return None
+    try:
+        parsed = loads(body)
+        if isinstance(parsed, list):
+            raise MessageError(
+                INVALID_REQUEST, "Invalid Request: batches are not supported; send one message"
+            )
+        return check_message(parsed)
+    except MessageError as exc:
+        await send_json(send, 400, error(None, exc.code, exc.message))
+        return None
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -18,11 +18,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.core.sessions import HostSession
 from gateway.host.asgi import (
-    BodyTooLarge,
     EventStream,
     headers_of,
-    is_json,
-    read_body,
+    receive_message,
     send_bytes,
     send_json,
     wait_for_disconnect,
@@ -33,12 +31,9 @@ from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,
     JSONObject,
-    MessageError,
-    check_message,
     error,
     is_notification,
     is_request,
-    loads,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,17 +89,8 @@ class LegacySse:
         if connection is None or not principal.same_caller(connection.principal):
             await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
             return
-        if not is_json(headers):
-            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
-            await send_json(send, 415, error(None, INVALID_REQUEST, text))
-            return
-        try:
-            message = check_message(loads(await read_body(receive, self.endpoint.max_body_bytes)))
-        except BodyTooLarge:
-            await send_json(send, 413, error(None, INVALID_REQUEST, "Request body too large"))
-            return
-        except MessageError as exc:
-            await send_json(send, 400, error(None, exc.code, exc.message))
+        message = await receive_message(receive, send, headers, self.endpoint.max_body_bytes)
+        if message is None:
             return
         await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
         await self._handle(connection, message, RequestContext.of(headers))

@@ -24,13 +24,11 @@ from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
 from gateway.errors import AuthThrottled
 from gateway.host.asgi import (
-    BodyTooLarge,
     EventStream,
     OriginGuard,
     ResponseStream,
     headers_of,
-    is_json,
-    read_body,
+    receive_message,
     send_bytes,
     send_json,
     wait_for_disconnect,
@@ -42,12 +40,9 @@ from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     JSONObject,
-    MessageError,
-    check_message,
     error,
     is_notification,
     is_request,
-    loads,
     meta_of,
     params_of,
     result,
@@ -154,26 +149,8 @@ class Endpoint:
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
     ) -> None:
-        if not is_json(headers):
-            text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
-            await send_json(send, 415, error(None, INVALID_REQUEST, text))
-            return
-        try:
-            body = await read_body(receive, self.max_body_bytes)
-        except BodyTooLarge:
-            await send_json(
-                send, 413, error(None, INVALID_REQUEST, f"Request body over {self.max_body_bytes} bytes")
-            )
-            return
-        try:
-            parsed = loads(body)
-            if isinstance(parsed, list):
-                raise MessageError(
-                    INVALID_REQUEST, "Invalid Request: batches are not supported; send one message"
-                )
-            message = check_message(parsed)
-        except MessageError as exc:
-            await send_json(send, 400, error(None, exc.code, exc.message))
+        message = await receive_message(receive, send, headers, self.max_body_bytes)
+        if message is None:
             return
         if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(
             message
