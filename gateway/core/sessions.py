@@ -39,7 +39,7 @@ from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.revisions import to_handshake_request, with_server_info
 from gateway.recording.recorder import NullRecorder, Recorder, RecordingFailed
 from gateway.upstream.channel import MessageSink
-from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
+from gateway.upstream.connector import Connects, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource
 from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
 
@@ -109,7 +109,7 @@ class HostSession:
         session_id: str,
         principal: Principal,
         handshake: Handshake,
-        connectors: Mapping[str, Connector],
+        connectors: Mapping[str, Connects],
         *,
         idle_s: float,
         broker: CredentialBroker | None = None,
@@ -397,7 +397,7 @@ class StatelessGroup(HostSession):
 
 @dataclass(slots=True)
 class SessionRegistry:
-    connectors: Mapping[str, Connector]
+    connectors: Mapping[str, Connects]
     idle_s: float
     stateless_gap_s: float
     recorder: Recorder = field(default_factory=NullRecorder)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -125,6 +125,19 @@ class ModernUpstream:
                 return await self.channel.request(message, sink, headers)
         except TimeoutError:
             raise UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s") from None
+
+
+class Connects(Protocol):
+    """What a host session needs of a connector (fast tests give it one over fake channels)."""
+
+    @property
+    def config(self) -> UpstreamConfig: ...
+
+    async def modern(self) -> ModernUpstream | None: ...
+
+    async def open_session(
+        self, handshake: Handshake, unsolicited: Unsolicited, credential: HeaderSource | None = None
+    ) -> UpstreamSession: ...
 
 
 class Connector:
