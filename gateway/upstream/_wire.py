@@ -8,8 +8,13 @@ needs:
 - one `write` per request (head and body together);
 - responses parsed by llhttp through `httptools`, the parser uvicorn already runs for the host
   side, from an asyncio protocol, so no stream wrappers sit between the socket and the parser.
-No redirects, proxies, cookies or content codings: an upstream is a configured URL, and a
-server only compresses when asked. OAuth and the legacy SSE transport keep using httpx2.
+OAuth and the legacy SSE transport keep using httpx2.
+
+Deliberately not supported, because upstream MCP traffic never needs it and each would cost
+code on the hot path: redirects (an upstream is a configured URL), proxies (`HTTP_PROXY` is not
+read), cookies, content codings (a server only compresses when asked), HTTP/2, `Expect:
+100-continue`, request bodies streamed in pieces, pipelining (one request at a time on a
+connection), and retries of a request that was sent (see below).
 
 A request on a kept-alive connection is never retried: a POST may have reached the server
 (RFC 9110 §9.2.2). Instead, an idle connection is checked for a close the event loop has not
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import re
 import select
 import socket
@@ -65,8 +71,28 @@ def header_block(headers: Mapping[str, str]) -> bytes:
         raise WireError("refusing to send a header value HTTP/1.1 cannot carry (not Latin-1)") from exc
 
 
+class State(enum.Enum):
+    r"""Where a connection is in its life, derived from what its parser and socket have seen:
+
+        NEW --send--> SENT --head--> RECEIVING --end--> DONE --send--> SENT ...
+                                         \--abandoned--> PARKED --end--> DONE (or CLOSED after 1 s)
+        any --the server closes, a malformed response, the pool closes--> CLOSED
+
+    A DONE connection waits in the pool for the next request; it is reused only if its last
+    response said keep-alive and was not close-delimited, and after `still_open` says the
+    server has not closed it meanwhile.
+    """
+
+    NEW = "new"
+    SENT = "sent"
+    RECEIVING = "receiving"
+    DONE = "done"
+    PARKED = "parked"
+    CLOSED = "closed"
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection carrying one request at a time."""
+    """One TCP (or TLS) connection carrying one request at a time (see `State`)."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
@@ -248,8 +274,20 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
+    @property
+    def state(self) -> State:
+        if not self.alive:
+            return State.CLOSED
+        if self._parked is not None:
+            return State.PARKED
+        if self.complete:
+            return State.DONE
+        if self.head_done:
+            return State.RECEIVING
+        return State.SENT if self.expecting else State.NEW
+
     def reusable(self) -> bool:
-        return self.alive and self.complete and self._keep_alive and not self._close_delimited
+        return self.state is State.DONE and self._keep_alive and not self._close_delimited
 
     def still_open(self) -> bool:
         """False if the server closed the connection, even when the event loop has not noticed."""
