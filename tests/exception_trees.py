@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 
 
 def defined_exceptions(package: str) -> dict[str, type[BaseException]]:
@@ -34,5 +35,6 @@ def misplaced(package: str) -> list[str]:
     return sorted(
         f"{name} ({exception.__module__})"
         for name, exception in defined_exceptions(package).items()
-        if not name.startswith("_") and (exception.__module__ != errors.__name__ or f" {name} " not in tree)
+        if not name.startswith("_")
+        and (exception.__module__ != errors.__name__ or not re.search(rf"\b{name}\b", tree))
     )

@@ -23,6 +23,8 @@ from urllib.parse import SplitResult, urlsplit
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from gateway.errors import ConfigError, ConfigProblem  # what load_config raises: public here too
+
 __all__ = [
     "AuthConfig",
     "ConfigError",
@@ -48,24 +50,6 @@ Loc: TypeAlias = tuple[str | int, ...]
 
 # ---------------------------------------------------------------------------------------------
 # Public values
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong with a config file."""
-
-    key: str  # key path such as "upstreams[1].transport"; "" when it concerns the whole file
-    line: int | None  # 1-based
-    reason: str
-
-
-class ConfigError(Exception):
-    """The config file is missing, unreadable, not YAML, or does not describe a valid gateway."""
-
-    def __init__(self, message: str, *, file: Path | None = None, problems: Sequence[ConfigProblem] = ()):
-        super().__init__(message)
-        self.file = file
-        self.problems = tuple(problems)
 
 
 @dataclass(frozen=True, slots=True)

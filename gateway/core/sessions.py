@@ -24,11 +24,17 @@ from anyio.abc import TaskGroup
 from gateway.background import every, start_guarded
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
-from gateway.errors import CredentialError, UpstreamError, UpstreamSessionExpired, UpstreamUnauthorized
+from gateway.errors import (
+    CredentialError,
+    RecordingFailed,
+    UpstreamError,
+    UpstreamSessionExpired,
+    UpstreamUnauthorized,
+)
 from gateway.host.auth import Principal
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.revisions import to_handshake_request, with_server_info
-from gateway.recording.recorder import NullRecorder, Recorder, RecordingFailed
+from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connector, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource

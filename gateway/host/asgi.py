@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.errors import BodyTooLarge
 from gateway.protocol.jsonrpc import JSONObject, dumps
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -30,10 +31,6 @@ def is_json(headers: Mapping[str, str]) -> bool:
     """Whether the body is declared JSON (`application/json`, any case, parameters allowed)."""
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     return media_type == "application/json"
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -17,8 +17,8 @@ from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
 from gateway.core.sessions import HostSession
+from gateway.errors import BodyTooLarge, MessageError
 from gateway.host.asgi import (
-    BodyTooLarge,
     EventStream,
     headers_of,
     is_json,
@@ -32,7 +32,6 @@ from gateway.host.streamable import Endpoint
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,
     JSONObject,
-    MessageError,
     check_message,
     error,
     is_notification,

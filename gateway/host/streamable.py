@@ -22,9 +22,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.background import log_failure
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import AuthThrottled
+from gateway.errors import AuthThrottled, BodyTooLarge, MessageError, RecordingFailed
 from gateway.host.asgi import (
-    BodyTooLarge,
     EventStream,
     OriginGuard,
     ResponseStream,
@@ -41,7 +40,6 @@ from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     JSONObject,
-    MessageError,
     check_message,
     error,
     is_notification,
@@ -52,7 +50,6 @@ from gateway.protocol.jsonrpc import (
     result,
 )
 from gateway.protocol.tracecontext import header_traceparent
-from gateway.recording.recorder import RecordingFailed
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
