@@ -1,4 +1,5 @@
-"""Every refusal of the two API surfaces, one row each: status, content type and error code.
+"""The api package's errors: one tree in `api/errors.py`, and every refusal of its two surfaces,
+one row each: status, content type and error code.
 
 The listing surface (`/mcp/{organisationId}/sessions…`, `/openapi.json`) answers RFC 9457
 `application/problem+json` with the code in `title`; the credential surface (`/api/*`) answers
@@ -20,6 +21,7 @@ import pytest
 
 from store import Binding, Store, generate_api_key, utc_now
 from tests.api.conftest import TIMEOUT, Tenant, new_tenant, spec_validator
+from tests.exception_trees import misplaced
 from tests.harness import RunningGateway, serve_gateway, write_config
 
 PROBLEM = spec_validator("session-invocations.openapi.yaml", "ProblemDetails")
@@ -194,3 +196,7 @@ async def test_each_refusal_has_its_surfaces_error_body_status_and_code(
     expected_header = {401: "www-authenticate", 405: "allow", 429: "retry-after"}.get(status)
     if expected_header is not None:
         assert response.headers.get(expected_header), f"no {expected_header} header"
+
+
+def test_every_exception_of_the_api_is_in_its_documented_tree() -> None:
+    assert misplaced("api") == []
