@@ -20,21 +20,11 @@ import orjson
 import pytest
 
 from store import generate_api_key
-from tests.harness import RunningGateway, serve_gateway, write_config
+from tests.harness import INITIALIZE, RunningGateway, serve_gateway, write_config
 
 TIMEOUT = 20.0
 MAX_BODY = 2048
 JSON = "application/json"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 PING = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
 MODERN = "2026-07-28"
 MODERN_META = {
@@ -59,7 +49,7 @@ class Ask:
     path: str = "/mcp"
     key: Literal["good", "unknown", "none"] = "good"
     headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes | None = orjson.dumps(INIT)
+    body: bytes | None = orjson.dumps(INITIALIZE)
     session: Literal["open", "streaming", "unknown", "none"] = "none"
     via: Literal["mcp", "legacy connection"] = "mcp"
     throttled: bool = False  # asked of a gateway that allows one failed key a minute, after one
@@ -185,7 +175,7 @@ async def gateways(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ga
 
 async def open_session(http: httpx2.AsyncClient, url: str, key: str) -> str:
     response = await http.post(
-        url, json=INIT, headers={"x-api-key": key, "accept": "application/json, text/event-stream"}
+        url, json=INITIALIZE, headers={"x-api-key": key, "accept": "application/json, text/event-stream"}
     )
     assert response.status_code == 200, response.text
     return response.headers["mcp-session-id"]
