@@ -23,10 +23,10 @@
     └── ConfigError                   the config file is missing, unreadable or not valid
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
-happen, with `raise ... from exc`; everything above deals only with this tree. `WireError` and
-`EventStreamError` never leave `upstream/`: its transports translate them into `UpstreamError`
-as they do httpx2's errors. An exception that is not here is private to its module (its name
-starts with `_`) and never leaves it.
+happen, with `raise ... from exc`; everything above deals only with this tree. `WireError` is
+that lower layer for `upstream/http.py` (its private HTTP/1.1 client), translated there into
+`UpstreamError` as httpx2's errors are in `upstream/sse.py`. An exception that is not here is
+private to its module (its name starts with `_`) and never leaves it.
 
 Code that catches `GatewayError` itself catches all of the above; where it means only the
 failures of serving a call, it names them (`UpstreamError`, `RoutingError`, `CredentialError`).
