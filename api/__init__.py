@@ -1,12 +1,12 @@
 """The HTTP surfaces over the store that are not MCP: the session/invocation listing API
-(problem+json errors, see :mod:`api.problems`), the credential sessions API under `/api/*`
-(BifrostError bodies, see :mod:`api.api_errors`) and the OpenAPI document. Never imports the
-gateway's proxy internals; the app hands it the store, a way to authenticate callers and, for
-reauth, a way to start a flow."""
+(problem+json errors), the credential sessions API under `/api/*` (BifrostError bodies) and
+the OpenAPI document; both error formats, and the exception tree, are in :mod:`api.errors`.
+Never imports the gateway's proxy internals; the app hands it the store, a way to authenticate
+callers and, for reauth, a way to start a flow."""
 
-from .credentials import ReauthRefused
+from .errors import ReauthRefused, Throttled
 from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
-from .sessions import Caller, Throttled
+from .sessions import Caller
 
 __all__ = [
     "CURSOR_SECRET_NAME",

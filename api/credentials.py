@@ -10,7 +10,7 @@
 - `DELETE /api/mcp/sessions/{id}`: the binding's pending flows, then its credential.
 
 Secrets never appear here: rows carry status and times, never a token or header value.
-Errors are the spec's BifrostError (`api/api_errors.py`); another organisation's row is 404.
+Errors are the spec's BifrostError (`api/errors.py`); another organisation's row is 404.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.api_errors import ApiError
-from api.cursor import CursorCodec, InvalidCursor
+from api.cursor import CursorCodec
+from api.errors import InvalidCursor, ReauthRefused, Refused
 from api.sessions import Authenticate, Caller, client_of
 from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
 
-__all__ = ["CredentialsApi", "Forget", "ReauthRefused", "Reauthorise"]
+__all__ = ["CredentialsApi", "Forget", "Reauthorise"]
 
 _DEFAULT_LIMIT = 50
 _MAX_LIMIT = 200
@@ -42,13 +42,7 @@ _FILTERS = {
 
 Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
 """Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open); raises
-`ReauthRefused` when the binding can have none."""
-
-
-class ReauthRefused(Exception):
-    """The binding's upstream no longer takes per-user credentials (a pending flow, unlike a
-    credential, is not marked orphaned when that changes): answered 409."""
-
+`api.errors.ReauthRefused` when the binding can have none."""
 
 Forget = Callable[[Binding], None]
 
@@ -101,7 +95,9 @@ class CredentialsApi:
     async def _admin(self, request: Request) -> Caller:
         caller = await self.authenticate(request.headers, client_of(request))
         if caller is None or caller.api_key_id is None or not caller.is_admin:
-            raise ApiError.unauthorized()
+            raise Refused(
+                401, "unauthorized", "An admin API key is required: send 'Authorization: Bearer mgw_…'."
+            )
         return caller
 
     async def list(self, request: Request) -> Response:
@@ -123,7 +119,7 @@ class CredentialsApi:
                 created, row_id = self.codec.open(scope, query["cursor"])
                 after = (int(created), str(row_id))
             except (InvalidCursor, ValueError, TypeError):
-                raise ApiError(400, "invalid_cursor", "The cursor is invalid for this query.") from None
+                raise Refused(400, "invalid_cursor", "The cursor is invalid for this query.") from None
         rows = await self.store.credentials.listing(
             caller.organisation_id, where, after, limit + 1, utc_now()
         )
@@ -135,15 +131,15 @@ class CredentialsApi:
         caller = await self._admin(request)
         row = await self._row(caller, request.path_params["id"])
         if row.status == "orphaned":
-            raise ApiError(403, "orphaned", "This credential's identity no longer reaches the upstream.")
+            raise Refused(403, "orphaned", "This credential's identity no longer reaches the upstream.")
         if not _may_reauth(row.binding, row.status, caller):
-            raise ApiError(
+            raise Refused(
                 403, "not_bound_user", "Only the user this credential belongs to can re-authorise it."
             )
         try:
             flow_id, kind, url = await self.reauthorise(row.binding)
         except ReauthRefused as exc:
-            raise ApiError(409, "not_reauthorisable", str(exc)) from exc
+            raise Refused(409, "not_reauthorisable", str(exc)) from exc
         key = "authorize_url" if kind == "oauth" else "submit_url"
         return Response(orjson.dumps({key: url, "session_id": flow_id}), 200, media_type="application/json")
 
@@ -159,7 +155,7 @@ class CredentialsApi:
             caller.organisation_id, CredentialFilter(), None, _MAX_LIMIT, utc_now(), row_id=row_id
         ):
             return row
-        raise ApiError(404, "not_found", "No such MCP session.")
+        raise Refused(404, "not_found", "No such MCP session.")
 
 
 def _choice(query: Mapping[str, str], name: str) -> str | None:
@@ -167,7 +163,7 @@ def _choice(query: Mapping[str, str], name: str) -> str | None:
     if value is None or value == "":
         return None
     if value not in _FILTERS[name]:
-        raise ApiError(400, "invalid_filter", f"{name} must be one of {', '.join(_FILTERS[name])}.")
+        raise Refused(400, "invalid_filter", f"{name} must be one of {', '.join(_FILTERS[name])}.")
     return value
 
 
@@ -176,5 +172,5 @@ def _limit(raw: str | None) -> int:
         return _DEFAULT_LIMIT
     value = int(raw) if re.fullmatch(r"[0-9]{1,4}", raw.strip()) else 0
     if not 1 <= value <= _MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {_MAX_LIMIT}.")
+        raise Refused(400, "invalid_limit", f"limit must be a whole number from 1 to {_MAX_LIMIT}.")
     return value

@@ -18,17 +18,14 @@ from typing import Any
 
 import orjson
 
+from api.errors import InvalidCursor
 from store import Seek
 
-__all__ = ["CursorCodec", "InvalidCursor"]
+__all__ = ["CursorCodec"]
 
 _VERSION = 1
 _TAG_BYTES = 16
 _MAX_CURSOR_CHARS = 200
-
-
-class InvalidCursor(Exception):
-    """Not a cursor this gateway minted for this query."""
 
 
 def _b64encode(raw: bytes) -> str:

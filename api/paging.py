@@ -13,8 +13,8 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.datastructures import QueryParams
 
-from api.cursor import CursorCodec, InvalidCursor
-from api.problems import Problem
+from api.cursor import CursorCodec
+from api.errors import InvalidCursor, Refused
 from store import Page, Seek
 
 __all__ = ["MAX_LIMIT", "Keyed", "page_body", "read_limit", "read_seek"]
@@ -39,7 +39,12 @@ def read_limit(query: QueryParams, default: int) -> int:
         return default
     value = int(raw) if _WHOLE_NUMBER.fullmatch(raw.strip()) else 0
     if not 1 <= value <= MAX_LIMIT:
-        raise Problem.invalid_limit(raw, MAX_LIMIT)
+        shown = raw if len(raw) <= 20 else raw[:20] + "…"
+        raise Refused(
+            400,
+            "Pagination.InvalidLimit",
+            f"Limit must be a whole number from 1 to {MAX_LIMIT}, got {shown!r}.",
+        )
     return value
 
 
@@ -50,7 +55,7 @@ def read_seek(query: QueryParams, codec: CursorCodec, scope: str) -> Seek:
     try:
         return codec.read(scope, raw)
     except InvalidCursor as exc:
-        raise Problem.invalid_cursor() from exc
+        raise Refused(400, "Pagination.InvalidCursor", "The Cursor value is invalid for this query.") from exc
 
 
 def page_body(

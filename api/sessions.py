@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.cursor import CursorCodec
+from api.errors import Refused
 from api.paging import page_body, read_limit, read_seek
-from api.problems import Problem
 from store import RecordedInvocation, RecordedSession, Seek, Store, format_timestamp
 
-__all__ = ["Authenticate", "Caller", "SessionsApi", "Throttled", "client_of"]
+__all__ = ["Authenticate", "Caller", "SessionsApi", "client_of"]
 
 INLINE_INVOCATIONS = 50
 """How many invocations the session detail carries inline; the rest are paged."""
@@ -48,15 +48,7 @@ class Caller(Protocol):
 
 
 Authenticate = Callable[[Mapping[str, str], str | None], Awaitable[Caller | None]]
-"""The caller from a request's headers and client address; may raise `Throttled`."""
-
-
-class Throttled(Exception):
-    """The caller's address has failed to authenticate too often: 429 with ``Retry-After``."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"retry after {retry_after_s}s")
-        self.retry_after_s = retry_after_s
+"""The caller from a request's headers and client address; may raise `api.errors.Throttled`."""
 
 
 def client_of(request: Request) -> str | None:
@@ -134,9 +126,13 @@ class SessionsApi:
         headers = {k.lower(): v for k, v in request.headers.items()}
         caller = await self.authenticate(headers, client_of(request))
         if caller is None or caller.api_key_id is None:  # key-less mode opens MCP, never this API
-            raise Problem.unauthorized(missing="authorization" not in headers and "x-api-key" not in headers)
+            missing = "authorization" not in headers and "x-api-key" not in headers
+            why = "An API key is required" if missing else "The API key is unknown or revoked"
+            raise Refused(
+                401, "Auth.Unauthorized", f"{why}: send 'Authorization: Bearer mgw_…' or 'x-api-key'."
+            )
         if request.path_params["organisationId"] != caller.organisation_id:
-            raise Problem.not_found()
+            raise Refused(404, "NotFound", "Nothing here.")
         return _Scope(caller.organisation_id, None if caller.is_admin else caller.api_key_id)
 
     async def _session(self, request: Request, scope: _Scope) -> RecordedSession:
@@ -147,7 +143,7 @@ class SessionsApi:
                 scope.organisation_id, session_id, api_key_id=scope.api_key_id
             )
         if found is None:
-            raise Problem.session_not_found()
+            raise Refused(404, "Mcp.SessionNotFound", "No such session, or it belongs to another API key.")
         return found
 
     async def list_sessions(self, request: Request) -> Response:

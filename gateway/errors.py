@@ -1,4 +1,4 @@
-"""The gateway's exception tree.
+"""The gateway's exception tree: every exception that crosses a module boundary in `gateway/`.
 
     GatewayError
     ├── UpstreamError                 something went wrong talking to one upstream
@@ -9,17 +9,36 @@
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
     ├── RequestIdInUse                a host reused the id of a request still being served
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
-    └── CredentialError               no usable credential for an upstream
-        ├── AuthRequired              the caller must connect an account first (carries the URL)
-        ├── OAuthError                an authorization server misbehaved or cannot be used
-        │   └── EgressRefused         discovery named a URL the gateway will not fetch (or read on)
-        └── FlowProblem               a connect URL or OAuth callback that cannot go on (HTTP status)
+    ├── CredentialError               no usable credential for an upstream
+    │   ├── AuthRequired              the caller must connect an account first (carries the URL)
+    │   ├── OAuthError                an authorization server misbehaved or cannot be used
+    │   │   └── EgressRefused         discovery named a URL the gateway will not fetch (or read on)
+    │   └── FlowProblem               a connect URL or OAuth callback that cannot go on (HTTP status)
+    ├── MessageError                  a body that is not one JSON-RPC message (carries the error)
+    │   └── TooDeep                   nested deeper than the gateway can pass on
+    ├── BodyTooLarge                  a host's request body over `security.max_body_bytes` (413)
+    ├── RecordingFailed               a record could not be made durable: no success may be told
+    ├── WireError                     the upstream HTTP/1.1 client's failures (`upstream/_wire.py`)
+    │   └── ConnectTimeout            no connection within the connect timeout
+    ├── EventStreamError              an upstream's event stream that cannot be decoded
+    └── ConfigError                   the config file is missing, unreadable or not valid
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
-happen, with `raise ... from exc`; everything above deals only with this tree.
+happen, with `raise ... from exc`; everything above deals only with this tree. `WireError` is
+that lower layer for `upstream/http.py` (its private HTTP/1.1 client), translated there into
+`UpstreamError` as httpx2's errors are in `upstream/sse.py`. An exception that is not here is
+private to its module (its name starts with `_`) and never leaves it.
+
+Code that catches `GatewayError` itself catches all of the above; where it means only the
+failures of serving a call, it names them (`UpstreamError`, `RoutingError`, `CredentialError`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -111,3 +130,59 @@ class RequestIdInUse(GatewayError):
     def __init__(self, request_id: object) -> None:
         super().__init__(f"a request with id {request_id!r} is already in flight in this session")
         self.request_id = request_id
+
+
+class MessageError(GatewayError):
+    """A body that is not a JSON-RPC message; carries the JSON-RPC error to answer with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TooDeep(MessageError):
+    """A message nested deeper than `gateway.protocol.jsonrpc.MAX_DEPTH`, which that module
+    refuses (and words the error for): `value` is what was read of it."""
+
+    def __init__(self, code: int, message: str, value: Any) -> None:
+        super().__init__(code, message)
+        self.value = value
+
+
+class BodyTooLarge(GatewayError):
+    """A request body grew past the limit it was read under."""
+
+
+class RecordingFailed(GatewayError):
+    """The record could not be made durable: the host must not be told the call succeeded."""
+
+
+class WireError(GatewayError):
+    """The upstream could not be reached, or the connection broke before the response ended."""
+
+
+class ConnectTimeout(WireError):
+    """No connection to the upstream within the connect timeout."""
+
+
+class EventStreamError(GatewayError):
+    """An upstream's `text/event-stream` body that cannot be decoded (a line over its limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config file."""
+
+    key: str  # key path such as "upstreams[1].transport"; "" when it concerns the whole file
+    line: int | None  # 1-based
+    reason: str
+
+
+class ConfigError(GatewayError):
+    """The config file is missing, unreadable, not YAML, or does not describe a valid gateway."""
+
+    def __init__(self, message: str, *, file: Path | None = None, problems: Sequence[ConfigProblem] = ()):
+        super().__init__(message)
+        self.file = file
+        self.problems = tuple(problems)

@@ -1,19 +1,21 @@
-"""Persistence for mcpgw: an async ``Store`` Protocol and its SQLite implementation.
+"""Persistence for mcpgw: the async ``Store`` and ``CredentialStore`` protocols, and their
+SQLite implementation.
 
 No HTTP and no MCP in here; ``gateway`` and ``api`` depend on this package, never the reverse.
 Exceptions are documented in :mod:`store.errors`.
 """
 
-from ._credentials import CredentialSql
 from ._timestamps import format_timestamp, utc_now
 from .errors import (
+    KeyFileError,
     KeyNotFound,
     OrganisationNotFound,
     SchemaVersionError,
+    SealError,
     StoreError,
     StoreUnavailable,
 )
-from .keyfile import KeyFile, KeyFileError, add_current_key, drop_keys_except, load_or_create_keyring
+from .keyfile import KeyFile, add_current_key, drop_keys_except, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
 from .models import (
     ApiKey,
@@ -36,8 +38,8 @@ from .models import (
     SessionEnd,
     SessionStart,
 )
-from .protocol import Store
-from .sealing import FixedKeys, Keyring, Sealer, SealError, key_id_for
+from .protocol import CredentialStore, Store
+from .sealing import FixedKeys, Keyring, Sealer, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
 
 __all__ = [
@@ -49,8 +51,8 @@ __all__ = [
     "Credential",
     "CredentialFilter",
     "CredentialRow",
-    "CredentialSql",
     "CredentialStatus",
+    "CredentialStore",
     "FixedKeys",
     "InvocationRecord",
     "KeyFile",

@@ -1,4 +1,5 @@
-"""SQL for upstream credentials, the flows that obtain them, and OAuth client registrations.
+"""The SQLite :class:`~store.protocol.CredentialStore`: upstream credentials, the flows that
+obtain them, and OAuth client registrations.
 
 Secret parts are sealed here, on the way in, and opened here, on the way out, each bound to
 its table, row and column (``credentials/<id>/secret``), so nothing above the store handles
@@ -83,7 +84,8 @@ def _at(ms: int | None) -> datetime | None:
 
 
 class CredentialSql:
-    """The credential tables on the store's statement connection, sealing with ``sealer``."""
+    """The credential tables on the store's statement connection, sealing with ``sealer``.
+    Private to the package: everything outside sees the ``CredentialStore`` protocol."""
 
     def __init__(self, conn: aiosqlite.Connection, sealer: Sealer) -> None:
         self._conn = conn
@@ -404,9 +406,6 @@ class CredentialSql:
         saved = await self.oauth_client(client.upstream, client.issuer, client.redirect_uri)
         assert saved is not None
         return saved
-
-    async def forget_oauth_client(self, client_row_id: str) -> None:
-        await self._run("DELETE FROM oauth_clients WHERE id = ?", (client_row_id,))
 
     # -- rotation ------------------------------------------------------------------------------
 

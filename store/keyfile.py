@@ -16,12 +16,11 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import KeyFileError
 from .sealing import KEY_BYTES, Keyring, new_key_id
 
 __all__ = [
     "KeyFile",
-    "KeyFileError",
     "add_current_key",
     "drop_keys_except",
     "load_keyring",
@@ -32,10 +31,6 @@ _HEADER = (
     "# mcpgw secret keys. The first key seals new secrets; every key listed opens them.\n"
     "# Keep this file private and backed up: without it, stored credentials cannot be read.\n"
 )
-
-
-class KeyFileError(StoreError):
-    """The key file is missing, unreadable or malformed."""
 
 
 def _encode(key: bytes) -> str:

@@ -1,15 +1,25 @@
-"""The ``Store`` Protocol: everything the gateway and the api need from persistence."""
+"""The protocols a backend implements: everything the gateway and the api need from persistence.
+
+``Store`` is the whole of it; ``CredentialStore`` is the part that holds upstream credentials,
+reached as ``Store.credentials``. The SQLite backend (``store/sqlite.py``) is one
+implementation; callers see only these protocols, the models and :mod:`store.errors`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from ._credentials import CredentialSql
 from .models import (
     ApiKey,
+    AuthFlow,
+    Binding,
     CreatedKey,
+    Credential,
+    CredentialFilter,
+    CredentialRow,
+    OAuthClient,
     Organisation,
     Page,
     RecordedInvocation,
@@ -18,7 +28,159 @@ from .models import (
     Seek,
 )
 
-__all__ = ["Store"]
+__all__ = ["CredentialStore", "Store"]
+
+
+class CredentialStore(Protocol):
+    """Per-identity upstream credentials, the flows that obtain them, and OAuth client registrations.
+
+    Secret parts (a credential's and a flow's ``secret``, a client's ``client_secret``) are
+    sealed with the store's ``Sealer`` on the way in and opened on the way out, each bound to
+    where it is kept (its table or collection, row id and field), so a value copied elsewhere
+    does not open. Nothing above the store handles ciphertext. A value that does not open
+    raises :class:`store.SealError`; every other failure is a :class:`store.StoreError`.
+
+    A binding (organisation, upstream, auth mode, subject) has at most one credential; it may
+    have several flows, of which the newest live one is offered again.
+    """
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    async def credential_for(self, binding: Binding) -> Credential | None:
+        """The binding's credential, or ``None``."""
+        ...
+
+    async def credential(self, organisation_id: str, credential_id: str) -> Credential | None:
+        """The credential with this id if it is the organisation's, else ``None``."""
+        ...
+
+    async def save(
+        self,
+        credential_id: str,
+        binding: Binding,
+        *,
+        kind: str,
+        secret: Mapping[str, Any],
+        header_names: tuple[str, ...],
+        oauth_client_id: str | None,
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        """Store the binding's credential, ``active``, replacing any it had (a reauth keeps the
+        existing credential's id; ``credential_id`` names a new one). A header credential counts
+        as updated ``now``."""
+        ...
+
+    async def refreshed(
+        self, credential_id: str, secret: Mapping[str, Any], expires_at: datetime | None, now: datetime
+    ) -> None:
+        """Keep a refreshed token: new secret and expiry, refreshed ``now``, status ``active``."""
+        ...
+
+    async def set_status(self, credential_id: str, status: str, *, unless: str | None = None) -> bool:
+        """Set the credential's status unless it already is ``status`` or is ``unless``; whether
+        it changed."""
+        ...
+
+    async def all_bindings(self) -> list[tuple[str, Binding, str, tuple[str, ...]]]:
+        """(id, binding, status, header names) of every credential: for reconciling statuses."""
+        ...
+
+    async def delete(self, organisation_id: str, row_id: str) -> bool:
+        """Delete the organisation's credential or flow with this id and every pending flow of
+        its binding (flows first: one left behind could mint the credential again); ``False``
+        if the organisation has no such row."""
+        ...
+
+    async def delete_session_bindings(self, organisation_id: str, session_id: str) -> int:
+        """Remove what the ``session``-mode bindings of one (ended) session hold, flows then
+        credentials; return how many credentials went."""
+        ...
+
+    async def listing(
+        self,
+        organisation_id: str,
+        where: CredentialFilter,
+        after: tuple[int, str] | None,
+        limit: int,
+        now: datetime,
+        *,
+        row_id: str | None = None,
+    ) -> list[CredentialRow]:
+        """Up to ``limit`` rows of the organisation's listing, newest first, matching ``where``:
+        its credentials, and for each binding without one its newest flow still pending at
+        ``now``. ``after`` is the ``key`` of the last row of the previous page (``None``: from
+        the start); ``row_id`` narrows the listing to that one row."""
+        ...
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    async def create_flow(
+        self,
+        flow_id: str,
+        binding: Binding,
+        auth_kind: str,
+        *,
+        secret: Mapping[str, Any],
+        oauth_client_id: str | None,
+        now: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """Keep a new pending flow. Its ``secret``'s ``state`` (OAuth) and ``link`` (the connect
+        link's token), when they are strings, are what :meth:`flow_by_state` and
+        :meth:`flow_by_link` find it by: keep a hash of each for that, never the value."""
+        ...
+
+    async def flow(self, flow_id: str) -> AuthFlow | None:
+        """The flow with this id, claimed or not, expired or not; or ``None``."""
+        ...
+
+    async def flow_by_link(self, link: str) -> AuthFlow | None:
+        """The flow whose connect link ends in ``link`` (its ``secret["link"]``)."""
+        ...
+
+    async def flow_by_state(self, state: str) -> AuthFlow | None:
+        """The flow whose OAuth ``state`` this is (its ``secret["state"]``)."""
+        ...
+
+    async def live_flow(self, binding: Binding, auth_kind: str, not_before: datetime) -> AuthFlow | None:
+        """The binding's newest unclaimed flow of this kind that lives past ``not_before`` and
+        has a connect link to offer again."""
+        ...
+
+    async def claim_flow(self, flow_id: str, now: datetime) -> bool:
+        """Mark the flow used; False if it was already (a replay) or has expired. Of two
+        processes claiming one flow, exactly one gets True."""
+        ...
+
+    async def prune_flows(self, before: datetime) -> int:
+        """Delete the flows that expired before ``before``; return how many."""
+        ...
+
+    # -- OAuth client registrations ------------------------------------------------------------
+
+    async def oauth_client(self, upstream: str, issuer: str, redirect_uri: str) -> OAuthClient | None:
+        """The gateway's registration at ``issuer`` for ``upstream`` and this redirect URI."""
+        ...
+
+    async def oauth_client_by_id(self, client_row_id: str) -> OAuthClient | None:
+        """The registration with this id (a credential's ``oauth_client_id``), or ``None``."""
+        ...
+
+    async def save_oauth_client(self, client: OAuthClient, now: datetime) -> OAuthClient:
+        """Keep a registration; if another process registered first, theirs wins and is returned."""
+        ...
+
+    # -- rotation ------------------------------------------------------------------------------
+
+    async def reseal(self) -> int:
+        """Seal every secret not yet under the current key with it; return how many were. A
+        value changed meanwhile (a running gateway refreshed it) is left as it was written."""
+        ...
+
+    async def key_ids_in_use(self) -> set[str]:
+        """The ids of the keys that sealed the secrets held now (which keys may be dropped)."""
+        ...
 
 
 class Store(Protocol):
@@ -137,11 +299,11 @@ class Store(Protocol):
         ...
 
     @property
-    def credentials(self) -> CredentialSql:
+    def credentials(self) -> CredentialStore:
         """Per-identity upstream credentials, pending flows and OAuth client registrations.
 
-        Secrets are sealed on the way in and opened on the way out (``store/_credentials.py``);
-        raises ``StoreError`` when the store was opened without a ``Sealer``.
+        Raises ``StoreError`` when the store was opened without a ``Sealer``: it could neither
+        seal nor open their secrets.
         """
         ...
 

@@ -23,14 +23,13 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import StoreError
+from .errors import SealError
 
 __all__ = [
     "KEY_BYTES",
     "FixedKeys",
     "KeySource",
     "Keyring",
-    "SealError",
     "Sealer",
     "key_id_for",
     "new_key_id",
@@ -40,10 +39,6 @@ KEY_BYTES = 32
 _VERSION = 1
 _NONCE_BYTES = 12
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class SealError(StoreError):
-    """A sealed value cannot be opened: unknown key id, wrong place, or tampered with."""
 
 
 def new_key_id() -> str:

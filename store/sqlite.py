@@ -50,6 +50,7 @@ from .models import (
     RecordEvent,
     Seek,
 )
+from .protocol import CredentialStore
 from .sealing import Sealer
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
@@ -99,7 +100,7 @@ class SqliteStore:
         self._credentials = None if sealer is None else CredentialSql(conn, sealer)
 
     @property
-    def credentials(self) -> CredentialSql:
+    def credentials(self) -> CredentialStore:
         """Upstream credentials, their flows and OAuth clients; needs the store opened with keys."""
         if self._credentials is None:
             raise StoreError("this store was opened without keys, so it cannot hold credentials")

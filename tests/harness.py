@@ -30,6 +30,17 @@ from gateway.host.limits import protocol_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+"""A handshake-era host's first request, as the tests' raw HTTP clients send it."""
 
 
 def listening_socket() -> socket.socket:

@@ -11,7 +11,6 @@ import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,9 @@ from pydantic import ValidationError
 from gateway.config._convert import to_values
 from gateway.config.schema import MODEL_AT, SECTIONS, GatewayModel, Loc
 from gateway.config.values import GatewayConfig
+from gateway.errors import ConfigError, ConfigProblem
 
 __all__ = ["ConfigError", "ConfigProblem", "config_path_from", "load_config"]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong with a config file."""
-
-    key: str  # key path such as "upstreams[1].transport"; "" when it concerns the whole file
-    line: int | None  # 1-based
-    reason: str
-
-
-class ConfigError(Exception):
-    """The config file is missing, unreadable, not YAML, or does not describe a valid gateway."""
-
-    def __init__(self, message: str, *, file: Path | None = None, problems: Sequence[ConfigProblem] = ()):
-        super().__init__(message)
-        self.file = file
-        self.problems = tuple(problems)
 
 
 def config_path_from(arg: str | None) -> Path:

@@ -24,8 +24,10 @@ from gateway.errors import (
     AuthRequired,
     CredentialError,
     OAuthError,
+    RecordingFailed,
     RequestIdInUse,
     RoutingError,
+    TooDeep,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -40,13 +42,12 @@ from gateway.protocol.jsonrpc import (
     UPSTREAM_UNAVAILABLE,
     JSONObject,
     RequestId,
-    TooDeep,
     error,
     params_of,
     result,
 )
 from gateway.protocol.tracecontext import trace_for
-from gateway.recording.recorder import CallRecord, Recorder, RecordingFailed, outcome_of
+from gateway.recording.recorder import CallRecord, Recorder, outcome_of
 from gateway.upstream.channel import MessageSink
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.core.catalogue import Kind, Route, Table
 from gateway.core.sessions import HostSession
-from gateway.errors import AuthRequired, CredentialError, GatewayError, RoutingError
+from gateway.errors import AuthRequired, CredentialError, RoutingError, UpstreamError
 from gateway.protocol.jsonrpc import JSONObject, meta_of, params_of
 from gateway.upstream.channel import MessageSink
 
@@ -52,7 +52,7 @@ class Router:
                 per_upstream[name] = await self._fetch_all(session, name, message, key, sink)
             except CredentialError as exc:
                 uncredentialed[name] = exc
-            except GatewayError as exc:
+            except (UpstreamError, RoutingError) as exc:
                 logger.warning("session %s: %s from %s failed: %s", session.id, method, name, exc)
 
         async with anyio.create_task_group() as tg:

@@ -28,6 +28,7 @@ from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
 from gateway.errors import (
     CredentialError,
+    RecordingFailed,
     RequestIdInUse,
     UpstreamError,
     UpstreamSessionExpired,
@@ -37,7 +38,7 @@ from gateway.host.auth import Principal
 from gateway.protocol.context import NO_CONTEXT, RequestContext
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.revisions import to_handshake_request, with_server_info
-from gateway.recording.recorder import NullRecorder, Recorder, RecordingFailed
+from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connects, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource

@@ -12,15 +12,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.protocol.jsonrpc import (
-    INVALID_REQUEST,
-    JSONObject,
-    MessageError,
-    check_message,
-    dumps,
-    error,
-    loads,
-)
+from gateway.errors import BodyTooLarge, MessageError
+from gateway.protocol.jsonrpc import INVALID_REQUEST, JSONObject, check_message, dumps, error, loads
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 JSON_HEADER = (b"content-type", b"application/json")
@@ -38,10 +31,6 @@ def is_json(headers: Mapping[str, str]) -> bool:
     """Whether the body is declared JSON (`application/json`, any case, parameters allowed)."""
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     return media_type == "application/json"
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def receive_message(

@@ -54,7 +54,10 @@ _LOG_EVERY_S = 10.0
 
 
 class _Refused(Exception):
-    """Raised from a parser callback to stop llhttp once the request has been answered."""
+    """Raised from a parser callback to stop llhttp once the request has been answered.
+
+    A signal private to this module: llhttp turns it into the `HttpParserError` that
+    `data_received` catches, so it never reaches anything else."""
 
 
 class RefusalLog:

@@ -38,7 +38,7 @@ from starlette.types import Receive, Send
 from gateway.background import log_failure, start_guarded
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import CredentialError, UpstreamError
+from gateway.errors import CredentialError, RecordingFailed, UpstreamError
 from gateway.host.asgi import ResponseStream, send_bytes, send_json, wait_for_disconnect
 from gateway.host.auth import Principal
 from gateway.host.subscriptions import serve_listen
@@ -55,7 +55,6 @@ from gateway.protocol.jsonrpc import (
     result,
 )
 from gateway.protocol.revisions import to_modern_response, with_server_info
-from gateway.recording.recorder import RecordingFailed
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.background import log_failure
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import AuthThrottled
+from gateway.errors import AuthThrottled, RecordingFailed
 from gateway.host.asgi import (
     EventStream,
     OriginGuard,
@@ -47,7 +47,6 @@ from gateway.protocol.jsonrpc import (
     params_of,
     result,
 )
-from gateway.recording.recorder import RecordingFailed
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)

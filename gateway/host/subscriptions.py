@@ -18,7 +18,7 @@ from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from gateway.core.router import Router
 from gateway.core.sessions import HostSession
-from gateway.errors import GatewayError
+from gateway.errors import CredentialError, RoutingError, UpstreamError
 from gateway.host.asgi import ResponseStream
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification, params_of
 
@@ -130,7 +130,7 @@ async def _listen_upstream(
                 if (await router.route(session, "resources", uri, message)).upstream == name:
                     subscribe = {"jsonrpc": "2.0", "id": f"mcpgw-sub-{uri}", "method": "resources/subscribe"}
                     await upstream.request({**subscribe, "params": {"uri": uri}}, None)
-    except GatewayError as exc:
+    except (UpstreamError, RoutingError, CredentialError) as exc:
         logger.info("session %s: no change events from %s: %s", session.id, name, exc)
     finally:
         ready.set()

@@ -11,6 +11,8 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
+from gateway.errors import MessageError, TooDeep
+
 JSONObject: TypeAlias = dict[str, Any]
 RequestId: TypeAlias = str | int
 
@@ -28,28 +30,11 @@ REQUEST_CANCELLED: Final = -32800
 MAX_DEPTH: Final = 254
 
 
-class MessageError(ValueError):
-    """A body that is not a JSON-RPC message; carries the JSON-RPC error to answer with."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class TooDeep(MessageError):
-    """A message nested deeper than `MAX_DEPTH`: `value` is what was read of it."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__(INVALID_PARAMS, f"nested more than {MAX_DEPTH} levels deep")
-        self.value = value
-
-
 def dumps(message: Any) -> bytes:
     try:
         return orjson.dumps(message)
     except orjson.JSONEncodeError as exc:  # only depth, for anything decoded from JSON
-        raise TooDeep(message) from exc
+        raise TooDeep(INVALID_PARAMS, f"nested more than {MAX_DEPTH} levels deep", message) from exc
 
 
 def loads(body: bytes | str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from store import SessionEnd, SessionStart
 
-__all__ = ["CallRecord", "NullRecorder", "Recorder", "RecordingFailed", "outcome_of"]
+__all__ = ["CallRecord", "NullRecorder", "Recorder", "outcome_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +34,13 @@ class CallRecord:
     trace_id: str | None
 
 
-class RecordingFailed(Exception):
-    """The record could not be made durable: the host must not be told the call succeeded."""
-
-
 class Recorder(Protocol):
     async def session_started(self, start: SessionStart) -> None: ...
 
     async def session_ended(self, end: SessionEnd) -> None: ...
 
     async def record(self, call: CallRecord) -> None:
-        """Return once `call` is durable; raise `RecordingFailed` if it cannot be."""
+        """Return once `call` is durable; raise `gateway.errors.RecordingFailed` if it cannot be."""
         ...
 
 

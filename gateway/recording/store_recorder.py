@@ -26,7 +26,8 @@ import orjson
 from anyio.abc import TaskGroup
 
 from gateway.config import RecordingConfig
-from gateway.recording.recorder import CallRecord, RecordingFailed
+from gateway.errors import RecordingFailed
+from gateway.recording.recorder import CallRecord
 from gateway.recording.redaction import Redactor
 from store import InvocationRecord, RecordEvent, SessionEnd, SessionStart, Store, StoreError, StoreUnavailable
 

@@ -39,6 +39,8 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from gateway.errors import ConnectTimeout, WireError
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 _HIGH_WATER = 1 << 20  # buffered body bytes before the socket stops being read
@@ -48,14 +50,6 @@ MAX_HEADERS = 256
 MAX_HEAD_BYTES = 64 * 1024
 MAX_INTERIM = 8  # 1xx responses before the real one
 MAX_BODY_BYTES = 64 * 1024 * 1024  # for `Response.read`; streams are read piece by piece
-
-
-class WireError(Exception):
-    """The upstream could not be reached, or the connection broke before the response ended."""
-
-
-class ConnectTimeout(WireError):
-    pass
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from gateway.errors import MessageError, TooDeep
 from gateway.protocol.jsonrpc import (
     MAX_DEPTH,
     UPSTREAM_UNAVAILABLE,
     JSONObject,
-    MessageError,
     RequestId,
-    TooDeep,
     error,
     is_response,
     loads_relayable,

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.errors import EventStreamError
+
 _BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one message per line: as much as a whole response may be
-
-
-class EventStreamError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

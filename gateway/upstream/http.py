@@ -22,15 +22,20 @@ from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_
 
 from gateway.background import start_guarded
 from gateway.errors import (
+    ConnectTimeout,
     CredentialError,
+    EventStreamError,
+    MessageError,
+    TooDeep,
     UpstreamSessionExpired,
     UpstreamUnauthorized,
     UpstreamUnavailable,
+    WireError,
 )
-from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, MessageError, TooDeep, dumps, loads_relayable
-from gateway.upstream._wire import ConnectTimeout, Pool, Response, WireError
+from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, dumps, loads_relayable
+from gateway.upstream._wire import Pool, Response
 from gateway.upstream.channel import MessageSink, Unsolicited
-from gateway.upstream.events import Event, EventDecoder, EventStreamError
+from gateway.upstream.events import Event, EventDecoder
 
 logger = logging.getLogger(__name__)
 

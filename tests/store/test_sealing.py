@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from store.keyfile import KeyFileError, add_current_key, load_keyring, load_or_create_keyring
-from store.sealing import Keyring, SealError
+from store import KeyFileError, SealError
+from store.keyfile import add_current_key, load_keyring, load_or_create_keyring
+from store.sealing import Keyring
 
 
 def keyring(*ids: str) -> Keyring:

@@ -21,6 +21,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from store import hash_api_key
+from tests.harness import INITIALIZE as INIT
 from tests.harness import ROOT, stop_process
 
 TIMEOUT = 30.0
@@ -128,16 +129,6 @@ async def test_a_key_created_while_serving_works_at_once(tmp_path: Path) -> None
         assert not result.is_error
 
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 ACCEPT = {"accept": "application/json, text/event-stream"}
 
 

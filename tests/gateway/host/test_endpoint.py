@@ -15,19 +15,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from store import generate_api_key
+from tests.harness import INITIALIZE as INIT
 from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, serve_gateway, write_config
 
 TIMEOUT = 20.0
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 ACCEPT = {"accept": "application/json, text/event-stream"}
 
 
@@ -202,7 +193,7 @@ async def test_malformed_bodies_are_400_with_json_rpc_error(
 
 async def test_oversized_body_is_413(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:
     _, key = await new_key(keyed)
-    big = {**INIT, "params": {**INIT["params"], "padding": "x" * 10_000}}  # type: ignore[dict-item]
+    big = {**INIT, "params": {**INIT["params"], "padding": "x" * 10_000}}
     response = await http.post(keyed.url, json=big, headers={**ACCEPT, "x-api-key": key})
     assert response.status_code == 413
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from mcp import Client
 
-from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.harness import INITIALIZE, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 
 HEAD_S = 1.0
 BODY_S = 1.0
@@ -138,18 +138,6 @@ def call(request_id: int, tool: str, arguments: dict[str, object]) -> dict[str, 
         "method": "tools/call",
         "params": {"name": tool, "arguments": arguments},
     }
-
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 async def test_a_connection_that_sends_nothing_gets_408_and_is_closed_after_the_head_timeout(

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from starlette.types import Receive, Scope, Send
 
-from gateway.upstream._wire import ConnectTimeout, Pool, WireError
+from gateway.errors import ConnectTimeout, WireError
+from gateway.upstream._wire import Pool
 from tests.harness import listening_socket, serve_asgi
 
 TIMEOUT = 10.0
