@@ -107,6 +107,8 @@ class HttpChannel:
             raise UpstreamUnavailable(
                 self._name, f"sent a body that is not a JSON-RPC message: {exc}"
             ) from exc
+        except EventStreamError as exc:
+            raise UpstreamUnavailable(self._name, f"sent an event stream that cannot be read: {exc}") from exc
 
     async def notify(self, message: JSONObject) -> None:
         await self._post_one_way(message)
