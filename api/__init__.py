@@ -4,14 +4,20 @@ the OpenAPI document; both error formats, and the exception tree, are in :mod:`a
 Never imports the gateway's proxy internals; the app hands it the store, a way to authenticate
 callers and, for reauth, a way to start a flow."""
 
+from .credentials import CredentialsApi
+from .cursor import CursorCodec
 from .errors import ReauthRefused, Throttled
-from .routes import CURSOR_SECRET_NAME, api_routes, credential_routes, openapi_document
-from .sessions import Caller
+from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, openapi_document
+from .sessions import Caller, SessionsApi
 
 __all__ = [
     "CURSOR_SECRET_NAME",
     "Caller",
+    "CredentialsApi",
+    "CursorCodec",
+    "Provide",
     "ReauthRefused",
+    "SessionsApi",
     "Throttled",
     "api_routes",
     "credential_routes",

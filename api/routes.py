@@ -3,8 +3,9 @@ refusal, every method the route does not serve and every failure in that surface
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import yaml
@@ -12,13 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api.credentials import CredentialsApi, Forget, Reauthorise
-from api.cursor import CursorCodec
+from api.credentials import CredentialsApi
 from api.errors import CREDENTIALS, LISTING
-from api.sessions import Authenticate, SessionsApi
-from store import Store
+from api.sessions import SessionsApi
 
-__all__ = ["CURSOR_SECRET_NAME", "api_routes", "credential_routes", "openapi_document"]
+__all__ = ["CURSOR_SECRET_NAME", "Provide", "api_routes", "credential_routes", "openapi_document"]
+
+T = TypeVar("T")
+Provide = Callable[[Request], T]
+"""How a route finds what serves it: from the request (the app's lifespan state), so every route
+is declared when the app is built, before anything it needs is open."""
 
 CURSOR_SECRET_NAME = "cursor-signing-key"
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -32,35 +36,45 @@ def openapi_document() -> dict[str, Any]:
     return loaded
 
 
-def api_routes(store: Store, cursor_key: bytes, authenticate: Authenticate) -> list[BaseRoute]:
-    sessions = SessionsApi(store, CursorCodec(cursor_key), authenticate)
+def api_routes(sessions: Provide[SessionsApi]) -> list[BaseRoute]:
     document = orjson.dumps(openapi_document())
 
     async def openapi(request: Request) -> Response:
         return Response(document, media_type="application/json")
 
+    async def list_sessions(request: Request) -> Response:
+        return await sessions(request).list_sessions(request)
+
+    async def get_session(request: Request) -> Response:
+        return await sessions(request).get_session(request)
+
+    async def list_invocations(request: Request) -> Response:
+        return await sessions(request).list_invocations(request)
+
     base = "/mcp/{organisationId}/sessions"
     handlers = {
-        base: sessions.list_sessions,
-        base + "/{sessionId}": sessions.get_session,
-        base + "/{sessionId}/invocations": sessions.list_invocations,
+        base: list_sessions,
+        base + "/{sessionId}": get_session,
+        base + "/{sessionId}/invocations": list_invocations,
         "/openapi.json": openapi,
     }
     # Every method reaches the wrapper, so a wrong one is a problem+json 405 like any refusal.
     return [Route(path, LISTING.guarded(handler), methods=_ALL_METHODS) for path, handler in handlers.items()]
 
 
-def credential_routes(
-    store: Store,
-    cursor_key: bytes,
-    authenticate: Authenticate,
-    reauthorise: Reauthorise,
-    forget: Forget,
-) -> list[BaseRoute]:
-    api = CredentialsApi(store, CursorCodec(cursor_key), authenticate, reauthorise, forget)
+def credential_routes(credentials: Provide[CredentialsApi]) -> list[BaseRoute]:
+    async def listing(request: Request) -> Response:
+        return await credentials(request).list(request)
+
+    async def delete(request: Request) -> Response:
+        return await credentials(request).delete(request)
+
+    async def reauth(request: Request) -> Response:
+        return await credentials(request).reauth(request)
+
     base = "/api/mcp/sessions"
     return [
-        Route(base, CREDENTIALS.guarded(api.list), methods=_ALL_METHODS),
-        Route(base + "/{id}", CREDENTIALS.guarded(api.delete, ("DELETE",)), methods=_ALL_METHODS),
-        Route(base + "/{id}/reauth", CREDENTIALS.guarded(api.reauth, ("POST",)), methods=_ALL_METHODS),
+        Route(base, CREDENTIALS.guarded(listing), methods=_ALL_METHODS),
+        Route(base + "/{id}", CREDENTIALS.guarded(delete, ("DELETE",)), methods=_ALL_METHODS),
+        Route(base + "/{id}/reauth", CREDENTIALS.guarded(reauth, ("POST",)), methods=_ALL_METHODS),
     ]

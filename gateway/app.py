@@ -3,6 +3,12 @@
 Everything long-lived (the store, upstream connection pools, the task group that owns stdio
 children and listen streams, the session reaper) is entered in the app's lifespan, in that
 order, and left in reverse; nothing opens at import time.
+
+Every route is declared when the app is built. What serves them exists only once the lifespan
+has started: it is the lifespan's state (`Gateway`), which the server hands every request in
+`scope["state"]`, and each route takes what it needs from there. The MCP endpoint, nearly all
+the traffic, is mounted in front of Starlette as a raw ASGI app (`GatewayApp`): no middleware
+and no routing run for it, and it answers every error itself.
 """
 
 from __future__ import annotations
@@ -11,24 +17,33 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import httpx2
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import CURSOR_SECRET_NAME, ReauthRefused, Throttled, api_routes, credential_routes
+from api import (
+    CURSOR_SECRET_NAME,
+    CredentialsApi,
+    CursorCodec,
+    ReauthRefused,
+    SessionsApi,
+    Throttled,
+    api_routes,
+    credential_routes,
+)
 from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
 from gateway.core.sessions import SessionRegistry, start_reaper
 from gateway.credentials.broker import CredentialBroker
-from gateway.credentials.pages import connect_routes
+from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
 from gateway.errors import AuthThrottled, FlowProblem
 from gateway.host.asgi import OriginGuard
@@ -49,53 +64,18 @@ DEFAULT_ORGANISATION = "default"
 
 @dataclass(slots=True)
 class Gateway:
-    """The running gateway's parts, for the app's routes and for tests that look inside."""
+    """The running gateway: the lifespan's state, what every route is served by."""
 
     config: GatewayConfig
     store: Store
     registry: SessionRegistry
     endpoint: Endpoint
     broker: CredentialBroker
-
-
-class _Late:
-    """An ASGI route target whose real handler exists only once the lifespan has started."""
-
-    def __init__(self) -> None:
-        self.target: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.target is None:
-            raise RuntimeError("the gateway is not started")
-        await self.target(scope, receive, send)
-
-
-class _GatewayApp(Starlette):
-    """Starlette, except that MCP requests go straight to the endpoint.
-
-    They are nearly all the traffic, and the endpoint answers every error itself: Starlette's
-    error middleware, exception middleware and route matching cost ~0.03 ms of CPU per call.
-    """
-
-    def __init__(self, mcp: _Late, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._mcp = mcp
-        # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host
-        # header, which a client chooses: a path is either served or 404.
-        self.router.redirect_slashes = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._mcp.target
-        if endpoint is not None and scope["type"] == "http" and not scope.get("root_path"):
-            path: str = scope["path"]
-            if path in ("/mcp", "/mcp/"):
-                await endpoint({**scope, "path_params": {}}, receive, send)
-                return
-            organisation = path[5:] if path.startswith("/mcp/") else ""
-            if organisation and "/" not in organisation:
-                await endpoint({**scope, "path_params": {"organisationId": organisation}}, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+    legacy: LegacySse
+    sessions_api: SessionsApi
+    credentials_api: CredentialsApi
+    pages: ConnectPages
+    stopped: bool = False
 
 
 @asynccontextmanager
@@ -161,7 +141,33 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         start_reaper(registry, task_group)
         start_guarded(task_group, "credential maintenance", broker.maintain)
         start_guarded(task_group, "API key maintenance", auth.maintain)
-        yield Gateway(config, store, registry, endpoint, broker)
+        authenticate = endpoint.auth.authenticate
+
+        async def authenticate_api(headers: Mapping[str, str], client: str | None) -> Principal | None:
+            try:
+                return await authenticate(headers, client)
+            except AuthThrottled as exc:
+                raise Throttled(exc.retry_after_s) from exc
+
+        async def reauthorise(binding: Binding) -> tuple[str, str, str]:
+            try:
+                flow = await broker.reauthorise(binding)
+            except FlowProblem as exc:
+                raise ReauthRefused(exc.message) from exc
+            return flow.id, flow.auth_kind, broker.flow_url(flow)
+
+        cursors = CursorCodec(await store.gateway_secret(CURSOR_SECRET_NAME))
+        yield Gateway(
+            config,
+            store,
+            registry,
+            endpoint,
+            broker,
+            legacy=LegacySse(endpoint),
+            sessions_api=SessionsApi(store, cursors, authenticate_api),
+            credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
+            pages=ConnectPages(broker, authenticate),
+        )
 
 
 async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
@@ -169,64 +175,100 @@ async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
         await step()
 
 
-def build_app(config: GatewayConfig) -> Starlette:
-    """The gateway's ASGI app. Its MCP routes only answer before the lifespan has started (with
-    an error); after, `_GatewayApp` hands MCP requests to the endpoint directly."""
-    mcp, sse_stream, sse_message = _Late(), _Late(), _Late()
+def build_app(config: GatewayConfig) -> GatewayApp:
+    """The gateway's ASGI app: every route declared here, served once the lifespan has started."""
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Gateway]]:
         async with running_gateway(config) as gateway:
-            mcp.target = gateway.endpoint
-            legacy = LegacySse(gateway.endpoint)
-            sse_stream.target, sse_message.target = legacy.stream, legacy.message
-            app.state.gateway = gateway
-            # The API needs the open store, so its routes join once the lifespan has one.
-            cursor_key = await gateway.store.gateway_secret(CURSOR_SECRET_NAME)
-            authenticate = gateway.endpoint.auth.authenticate
-            broker = gateway.broker
-
-            async def authenticate_api(headers: Mapping[str, str], client: str | None) -> Principal | None:
-                try:
-                    return await authenticate(headers, client)
-                except AuthThrottled as exc:
-                    raise Throttled(exc.retry_after_s) from exc
-
-            async def reauthorise(binding: Binding) -> tuple[str, str, str]:
-                try:
-                    flow = await broker.reauthorise(binding)
-                except FlowProblem as exc:
-                    raise ReauthRefused(exc.message) from exc
-                return flow.id, flow.auth_kind, broker.flow_url(flow)
-
-            listing = [
-                *api_routes(gateway.store, cursor_key, authenticate_api),
-                *credential_routes(gateway.store, cursor_key, authenticate_api, reauthorise, broker.forget),
-                *connect_routes(broker, authenticate),
-            ]
-            app.router.routes.extend(listing)
+            app.state.gateway = gateway  # for tests that look inside; requests use their own state
             logger.info(
                 "mcpgw serving %d upstream(s): %s",
                 len(config.upstreams),
                 ", ".join(u.name for u in config.upstreams),
             )
             try:
-                yield
-            finally:  # /healthz and the MCP routes say so once the gateway has stopped, for any reason
-                mcp.target = None
-                for route in listing:
-                    app.router.routes.remove(route)
+                yield {"gateway": gateway}
+            finally:  # /healthz says so once the gateway has stopped, for any reason
+                gateway.stopped = True
 
     async def health(request: Request) -> JSONResponse:
-        if mcp.target is None:
+        if _gateway(request.scope).stopped:
             return JSONResponse({"status": "stopped"}, 503)
         return JSONResponse({"status": "ok"})
 
+    async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
+        await _gateway(scope).legacy.stream(scope, receive, send)
+
+    async def sse_message(scope: Scope, receive: Receive, send: Send) -> None:
+        await _gateway(scope).legacy.message(scope, receive, send)
+
+    def sessions_api(request: Request) -> SessionsApi:
+        return _gateway(request.scope).sessions_api
+
+    def credentials_api(request: Request) -> CredentialsApi:
+        return _gateway(request.scope).credentials_api
+
+    def pages(request: Request) -> ConnectPages:
+        return _gateway(request.scope).pages
+
     routes = [
-        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
-        Route("/mcp/{organisationId}", mcp, methods=["GET", "POST", "DELETE"]),
-        Route("/sse", sse_stream, methods=["GET"]),
-        Route("/messages", sse_message, methods=["POST"]),
+        Route("/sse", _Asgi(sse_stream), methods=["GET"]),
+        Route("/messages", _Asgi(sse_message), methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        *api_routes(sessions_api),
+        *credential_routes(credentials_api),
+        *connect_routes(pages, config.public_url),
     ]
-    return _GatewayApp(mcp, routes=routes, lifespan=lifespan)
+    rest = Starlette(routes=routes, lifespan=lifespan)
+    # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host
+    # header, which a client chooses: a path is either served or 404.
+    rest.router.redirect_slashes = False
+    return GatewayApp(rest)
+
+
+class GatewayApp:
+    """The MCP endpoint, mounted as a raw ASGI app in front of everything else.
+
+    `/mcp`, `/mcp/` and `/mcp/{organisationId}` go straight to `Endpoint` (host/streamable.py):
+    no middleware, no routing (they are nearly all the traffic, and Starlette's error and
+    exception middleware and route matching cost ~0.03 ms of CPU per call); the endpoint
+    answers every error itself. Everything else, the lifespan included, is `rest`: a Starlette
+    app with every other route.
+    """
+
+    def __init__(self, rest: Starlette) -> None:
+        self.rest = rest
+
+    @property
+    def state(self) -> State:
+        """The Starlette app's state, where tests find the running `Gateway`."""
+        return self.rest.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path in ("/mcp", "/mcp/"):
+                await _gateway(scope).endpoint({**scope, "path_params": {}}, receive, send)
+                return
+            organisation = path[5:] if path.startswith("/mcp/") else ""
+            if organisation and "/" not in organisation:
+                scope = {**scope, "path_params": {"organisationId": organisation}}
+                await _gateway(scope).endpoint(scope, receive, send)
+                return
+        await self.rest(scope, receive, send)
+
+
+class _Asgi:
+    """A raw ASGI endpoint for a Starlette route, which takes a plain function for a request handler."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def _gateway(scope: Scope) -> Gateway:
+    gateway: Gateway = scope["state"]["gateway"]
+    return gateway

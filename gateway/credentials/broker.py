@@ -26,7 +26,13 @@ import httpx2
 
 from gateway.background import every
 from gateway.config import ToolFilter, UpstreamConfig
-from gateway.credentials.oauth import OAuthUpstream, Tokens, document_url_for, new_pkce_secret
+from gateway.credentials.oauth import (
+    OAuthUpstream,
+    Tokens,
+    document_url_for,
+    new_pkce_secret,
+    redirect_uri_for,
+)
 from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
 from gateway.host.auth import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
@@ -62,7 +68,7 @@ class CredentialBroker:
         self._upstreams = upstreams
         self._public_url = public_url
         self._verify = verify
-        self.redirect_uri = f"{public_url}/oauth/callback"
+        self.redirect_uri = redirect_uri_for(public_url)
         self.document_url = document_url_for(public_url)
         self._oauth = {
             name: OAuthUpstream(config, http, store, self.redirect_uri, self.document_url)

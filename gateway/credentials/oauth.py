@@ -88,6 +88,11 @@ def client_document(client_id: str, redirect_uri: str) -> dict[str, Any]:
     }
 
 
+def redirect_uri_for(public_url: str) -> str:
+    """Where authorization servers send users back to the gateway."""
+    return f"{public_url}/oauth/callback"
+
+
 def document_url_for(public_url: str) -> str | None:
     """Where the gateway's client document lives, if a server may fetch it as a client id:
     https, or plain http on a loopback address (as OAuth 2.1 allows loopback redirects)."""

@@ -23,7 +23,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from gateway.credentials.broker import CredentialBroker
-from gateway.credentials.oauth import CLIENT_DOCUMENT_PATH, client_document
+from gateway.credentials.oauth import (
+    CLIENT_DOCUMENT_PATH,
+    client_document,
+    document_url_for,
+    redirect_uri_for,
+)
 from gateway.errors import AuthThrottled, FlowProblem, OAuthError
 from gateway.host.auth import Principal, key_from_headers
 from store import StoreError
@@ -41,14 +46,23 @@ _HEADERS = {
 }
 
 
-def connect_routes(broker: CredentialBroker, authenticate: Authenticate) -> list[BaseRoute]:
-    pages = _Pages(broker, authenticate)
+def connect_routes(pages: Callable[[Request], ConnectPages], public_url: str) -> list[BaseRoute]:
+    """The connect pages and the OAuth callback, served by the `ConnectPages` the request finds
+    (the app's lifespan state), and the client metadata document where `public_url` allows one."""
+
+    async def connect(request: Request) -> Response:
+        return await pages(request).connect(request)
+
+    async def callback(request: Request) -> Response:
+        return await pages(request).callback(request)
+
     routes: list[BaseRoute] = [
-        Route("/connect/{link}", pages.connect, methods=["GET", "POST"]),
-        Route("/oauth/callback", pages.callback, methods=["GET"]),
+        Route("/connect/{link}", connect, methods=["GET", "POST"]),
+        Route("/oauth/callback", callback, methods=["GET"]),
     ]
-    if broker.document_url is not None:
-        document = client_document(broker.document_url, broker.redirect_uri)
+    document_url = document_url_for(public_url)
+    if document_url is not None:
+        document = client_document(document_url, redirect_uri_for(public_url))
 
         async def client_metadata(request: Request) -> Response:
             return JSONResponse(document, headers={"cache-control": "max-age=3600"})
@@ -57,7 +71,7 @@ def connect_routes(broker: CredentialBroker, authenticate: Authenticate) -> list
     return routes
 
 
-class _Pages:
+class ConnectPages:
     def __init__(self, broker: CredentialBroker, authenticate: Authenticate) -> None:
         self._broker = broker
         self._authenticate = authenticate

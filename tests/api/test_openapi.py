@@ -68,7 +68,7 @@ def test_the_spec_files_are_there() -> None:
 
 
 async def test_every_api_route_is_documented(keyed: RunningGateway, document: dict[str, Any]) -> None:
-    app_paths = {r.path for r in keyed.app.router.routes if isinstance(r, Route)}
+    app_paths = {r.path for r in keyed.app.rest.router.routes if isinstance(r, Route)}
     api_paths = {
         p
         for p in app_paths
