@@ -126,7 +126,7 @@ class Proxy:
     async def response(self, session: HostSession, message: JSONObject) -> None:
         """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
         session.touch()
-        outbound = session.take_outbound(message.get("id"))
+        outbound = session.outbound.take(message.get("id"))
         if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
             return  # the answer to a request of the gateway's own (a URL elicitation)
         if outbound is None:
@@ -305,7 +305,7 @@ async def _offer_elicitation(session: HostSession, exc: AuthRequired, sink: Mess
               "message": f"Connect your {exc.upstream} account to continue."}  # fmt: skip
     request = {
         "jsonrpc": "2.0",
-        "id": session.local_request_id(),
+        "id": session.outbound.local_id(),
         "method": "elicitation/create",
         "params": params,
     }

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gateway.background import every, start_guarded
+from gateway.config import UpstreamConfig
 from gateway.core.catalogue import Catalogue, Kind
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
@@ -60,9 +61,72 @@ _ANNOUNCEMENTS = frozenset({*_LIST_CHANGED, "notifications/resources/updated"})
 
 
 @dataclass(slots=True)
-class _Outbound:
+class Outbound:
     upstream: UpstreamSession
     original_id: RequestId
+
+
+class OutboundRequests:
+    """Requests upstreams send this session's host (elicitation, sampling, roots, ping), under
+    ids the gateway mints: two upstreams may both use id 1 toward one host. The host's answer
+    is taken back by the gateway's id and goes to the upstream that asked, under its own."""
+
+    __slots__ = ("_ids", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Outbound] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, upstream: UpstreamSession, original_id: RequestId) -> str:
+        gateway_id = f"mcpgw-{next(self._ids)}"
+        self._pending[gateway_id] = Outbound(upstream, original_id)
+        return gateway_id
+
+    def take(self, gateway_id: object) -> Outbound | None:
+        return self._pending.pop(gateway_id, None) if isinstance(gateway_id, str) else None
+
+    def local_id(self) -> str:
+        """An id for a request the gateway itself sends the host; its answer is dropped."""
+        return f"{LOCAL_REQUEST_PREFIX}{next(self._ids)}"
+
+
+class _Credentials:
+    """Whose credential a session sends each upstream that needs one, and what it last sent
+    (so the broker can tell a refused credential from one refreshed meanwhile)."""
+
+    __slots__ = ("_bindings", "_broker", "_sent")
+
+    def __init__(self, broker: CredentialBroker | None) -> None:
+        self._broker = broker
+        self._bindings: dict[str, Binding] = {}
+        self._sent: dict[str, Mapping[str, str]] = {}
+
+    def binding(self, config: UpstreamConfig, principal: Principal, record_id: str) -> Binding | None:
+        if self._broker is None or not config.auth.per_identity:
+            return None
+        if config.name not in self._bindings:
+            self._bindings[config.name] = binding_for(config, principal, record_id)
+        return self._bindings[config.name]
+
+    def source(self, name: str, binding: Binding | None) -> HeaderSource | None:
+        broker = self._broker
+        if binding is None or broker is None:
+            return None
+
+        async def credential() -> Mapping[str, str]:
+            headers = await broker.headers(name, binding)
+            self._sent[name] = headers
+            return headers
+
+        return credential
+
+    async def rejected(self, name: str, binding: Binding | None, *, final: bool) -> bool:
+        """Tell the broker the upstream refused what was sent (it refreshes, or says the user
+        must act); False when this session sends that upstream no credential of its own."""
+        if binding is None or self._broker is None:
+            return False
+        await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=final)
+        return True
 
 
 class ListenStream:
@@ -125,15 +189,11 @@ class HostSession:
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
         self.catalogue = Catalogue()  # what the router learnt of the upstreams' lists
+        self.outbound = OutboundRequests()
         self._connectors = connectors
-        self._broker = broker
-        self._bindings: dict[str, Binding] = {}
-        self._sent: dict[str, Mapping[str, str]] = {}  # the credential last sent to each upstream
+        self._credentials = _Credentials(broker)
         self._upstreams: dict[str, UpstreamSession] = {}
         self._locks: dict[str, anyio.Lock] = {}
-        self._outbound: dict[str, _Outbound] = {}
-        self._outbound_ids = itertools.count(1)
-        self._upstream_ids = itertools.count(1)
         self.in_flight: dict[RequestId, UpstreamSession] = {}
         self._serving: dict[RequestId, anyio.CancelScope] = {}
         self.closed = False
@@ -199,24 +259,10 @@ class HostSession:
 
     def binding(self, name: str) -> Binding | None:
         """Whose credential this session uses for upstream `name`; None if it needs none."""
-        config = self._connectors[name].config
-        if self._broker is None or not config.auth.per_identity:
-            return None
-        if name not in self._bindings:
-            self._bindings[name] = binding_for(config, self.principal, self.record_id)
-        return self._bindings[name]
+        return self._credentials.binding(self._connectors[name].config, self.principal, self.record_id)
 
     def _credential_source(self, name: str) -> HeaderSource | None:
-        binding, broker = self.binding(name), self._broker
-        if binding is None or broker is None:
-            return None
-
-        async def credential() -> Mapping[str, str]:
-            headers = await broker.headers(name, binding)
-            self._sent[name] = headers
-            return headers
-
-        return credential
+        return self._credentials.source(name, self.binding(name))
 
     async def forward(
         self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext = NO_CONTEXT
@@ -230,16 +276,14 @@ class HostSession:
         try:
             return await attempt()
         except UpstreamUnauthorized:
-            binding = self.binding(name)
-            if binding is None or self._broker is None:
+            if not await self._credentials.rejected(name, self.binding(name), final=False):
                 raise
-            await self._broker.rejected(name, binding, self._sent.pop(name, {}))
             if name in self._upstreams:
                 await self.drop_upstream(name)
         try:
             return await attempt()
         except UpstreamUnauthorized:
-            await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=True)
+            await self._credentials.rejected(name, self.binding(name), final=True)
             raise
 
     async def _forward(
@@ -298,20 +342,6 @@ class HostSession:
 
         return deliver
 
-    def local_request_id(self) -> str:
-        """An id for a request the gateway itself sends the host; its answer is dropped."""
-        return f"{LOCAL_REQUEST_PREFIX}{next(self._outbound_ids)}"
-
-    def map_outbound(self, upstream: UpstreamSession, original_id: RequestId) -> str:
-        gateway_id = f"mcpgw-{next(self._outbound_ids)}"
-        self._outbound[gateway_id] = _Outbound(upstream, original_id)
-        return gateway_id
-
-    def take_outbound(self, gateway_id: object) -> _Outbound | None:
-        if not isinstance(gateway_id, str):
-            return None
-        return self._outbound.pop(gateway_id, None)
-
     async def drop_upstream(self, name: str) -> None:
         upstream = self._upstreams.pop(name, None)
         if upstream is not None:
@@ -358,7 +388,7 @@ class _Relay:
         if method is None:
             return
         if "id" in message:
-            gateway_id = self._session.map_outbound(self._upstream, message["id"])
+            gateway_id = self._session.outbound.add(self._upstream, message["id"])
             message = {**message, "id": gateway_id}
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
@@ -380,6 +410,19 @@ class StatelessGroup(HostSession):
     for a listen stream that is not open: the revision promises no replay."""
 
     announces_on_listen_only = True
+
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        handshake: Handshake,
+        connectors: Mapping[str, Connects],
+        *,
+        idle_s: float,
+        broker: CredentialBroker | None = None,
+    ) -> None:
+        super().__init__(session_id, principal, handshake, connectors, idle_s=idle_s, broker=broker)
+        self._upstream_ids = itertools.count(1)
 
     async def modern(self, name: str) -> ModernUpstream | None:
         return await self._connectors[name].modern()

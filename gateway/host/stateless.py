@@ -263,7 +263,7 @@ class StatelessHandler:
         if not isinstance(responses, dict):
             return
         for key, value in responses.items():
-            outbound = call.session.take_outbound(key)
+            outbound = call.session.outbound.take(key)
             if outbound is None:
                 continue
             answer = (
@@ -329,7 +329,7 @@ class _DirectSink:
             return
         # An upstream asking a host that declared it cannot answer: refuse at once, as that
         # host would, rather than leave the upstream waiting for the call's timeout.
-        outbound = self._session.take_outbound(message["id"])
+        outbound = self._session.outbound.take(message["id"])
         if outbound is not None:
             refusal = error(outbound.original_id, METHOD_NOT_FOUND, "The host does not support this request")
             try:
