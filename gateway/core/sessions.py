@@ -419,6 +419,11 @@ class SessionRegistry:
                 await session.reap_idle_upstreams(now)
 
     async def aclose(self) -> None:
+        """End every session: the gateway is stopping. What they still serve is cancelled first, so
+        it is answered and recorded as cancelled, not as a failure of the upstream closed under it."""
+        for session in list(self._sessions.values()):
+            for scope in list(session.host_requests.values()):
+                scope.cancel()
         for session in list(self._sessions.values()):
             await self.end(session, "shutdown")
 
