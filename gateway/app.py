@@ -49,6 +49,7 @@ from gateway.errors import AuthThrottled, FlowProblem
 from gateway.host.asgi import OriginGuard
 from gateway.host.auth import HostAuth, Principal
 from gateway.host.legacy_sse import LegacySse
+from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
 from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.recording.recorder import NullRecorder, Recorder
@@ -60,6 +61,10 @@ from store import Binding, Store, open_sqlite_store
 logger = logging.getLogger(__name__)
 
 DEFAULT_ORGANISATION = "default"
+# Once the server begins to stop, calls in flight have this long to finish before their sessions
+# end (cancelling them), unless it is asked again; streams that never finish by themselves end at
+# once (host/shutdown.py).
+SHUTDOWN_GRACE_S = 3.0
 
 
 @dataclass(slots=True)
@@ -79,7 +84,8 @@ class Gateway:
 
 
 @asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
+async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = None) -> AsyncIterator[Gateway]:
+    shutdown = shutdown or Shutdown()
     async with AsyncExitStack() as stack:
         sealer = sealer_for(config.secrets)
         store = await stack.enter_async_context(open_sqlite_store(config.database, sealer=sealer))
@@ -135,9 +141,19 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             guard=OriginGuard(config.security.allowed_hosts, config.security.allowed_origins),
             registry=registry,
             proxy=proxy,
-            stateless=StatelessHandler(registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO, task_group),
+            stateless=StatelessHandler(
+                registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO, task_group, shutdown
+            ),
             max_body_bytes=config.security.max_body_bytes,
+            shutdown=shutdown,
         )
+
+        async def end_sessions_at_shutdown() -> None:
+            await shutdown.wait()
+            await shutdown.grace(SHUTDOWN_GRACE_S)
+            await _shielded(registry.aclose)  # not cut short by the lifespan's own end
+
+        start_guarded(task_group, "ending sessions at shutdown", end_sessions_at_shutdown)
         start_reaper(registry, task_group)
         start_guarded(task_group, "credential maintenance", broker.maintain)
         start_guarded(task_group, "API key maintenance", auth.maintain)
@@ -175,12 +191,14 @@ async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
         await step()
 
 
-def build_app(config: GatewayConfig) -> GatewayApp:
-    """The gateway's ASGI app: every route declared here, served once the lifespan has started."""
+def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> GatewayApp:
+    """The gateway's ASGI app: every route declared here, served once the lifespan has started.
+    The server that runs it begins `shutdown` when it starts to stop, so that streams end
+    (host/shutdown.py)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Gateway]]:
-        async with running_gateway(config) as gateway:
+        async with running_gateway(config, shutdown) as gateway:
             app.state.gateway = gateway  # for tests that look inside; requests use their own state
             logger.info(
                 "mcpgw serving %d upstream(s): %s",

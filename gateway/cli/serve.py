@@ -4,36 +4,76 @@ Binding first means the port is known (with `--port 0`, whichever one the kernel
 the config is completed: the links the gateway hands out (connect pages, OAuth redirects) name
 the address it really serves on, unless `public_url` says otherwise. A host that connects before
 the gateway has started waits in the socket's backlog rather than being refused.
+
+Ctrl+C (or SIGTERM) stops it within a few seconds however many streams hosts hold open: the
+server tells the app it is stopping before it waits for responses to finish (host/shutdown.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sys
+from types import FrameType
 
 import uvicorn
 
-from gateway.app import build_app
+from gateway.app import SHUTDOWN_GRACE_S, build_app
 from gateway.config import GatewayConfig
 from gateway.host.limits import protocol_for
+from gateway.host.shutdown import Shutdown
 
 __all__ = ["serve"]
 
 _BACKLOG = 2048  # uvicorn's default
+# A last resort: responses still running this long after the server began to stop are cancelled.
+# The gateway ends its streams at once and its sessions after SHUTDOWN_GRACE_S.
+_STOPPED_WITHIN_S = round(SHUTDOWN_GRACE_S) + 5  # whole seconds, as uvicorn takes it
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing where it serves once it does, as uvicorn does for sockets it
-    binds itself (scripts and tests wait for this line)."""
+    binds itself (scripts and tests wait for this line), and telling the app when it stops.
+
+    A second Ctrl+C (or SIGTERM) stops at once but still in order: calls in flight are cancelled
+    and every session's end is recorded. uvicorn's own answer to it, to stop waiting and skip the
+    lifespan's shutdown, lost those rows and could hang on work cancelled halfway; a third Ctrl+C
+    still gets it.
+    """
+
+    def __init__(self, config: uvicorn.Config, stopping: Shutdown) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hurried = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started and sockets:
             host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
             logging.getLogger("uvicorn.error").info(
                 "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sockets[0].getsockname()[1]
             )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn waits for responses to finish: some finish only when told to.
+        self._stopping.begin()
+        await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and not self._hurried and self._loop is not None:
+            self._hurried = True
+            # A signal handler may run inside the loop's own code: hand the work to the loop.
+            self._loop.call_soon_threadsafe(self._hurry)
+            return
+        super().handle_exit(sig, frame)
+
+    def _hurry(self) -> None:
+        logging.getLogger("uvicorn.error").info("Stopping now: calls in flight are cancelled")
+        self._stopping.hurry()
 
 
 def serve(config: GatewayConfig, host: str, port: int) -> int:
@@ -44,16 +84,20 @@ def serve(config: GatewayConfig, host: str, port: int) -> int:
         print(f"mcpgw: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     served = config.served_at(host, sock.getsockname()[1])
+    stopping = Shutdown()
     server_config = uvicorn.Config(
-        build_app(served),
+        build_app(served, stopping),
         host=host,
         port=served.listen.port,
         log_level="info",
         access_log=False,
         lifespan="on",
         http=protocol_for(served.security),  # head and body deadlines, header limits
+        timeout_graceful_shutdown=_STOPPED_WITHIN_S,
     )
-    _Server(server_config).run(sockets=[sock])
+    # uvicorn raises the Ctrl+C it handled again once the gateway has stopped: that is the end.
+    with contextlib.suppress(KeyboardInterrupt):
+        _Server(server_config, stopping).run(sockets=[sock])
     return 0
 
 

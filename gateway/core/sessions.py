@@ -323,6 +323,10 @@ class HostSession:
         """An upstream's answer as the host gets it."""
         return response
 
+    def cancel_all_host_requests(self) -> None:
+        for scope in list(self._serving.values()):
+            scope.cancel()
+
     def cancel_host_request(self, request_id: object) -> bool:
         """Stop handling a request the host cancelled; its upstream call is cancelled on the way out."""
         scope = self._serving.get(request_id) if isinstance(request_id, str | int) else None
@@ -533,6 +537,10 @@ class SessionRegistry:
                 await session.reap_idle_upstreams(now)
 
     async def aclose(self) -> None:
+        """End every session: the gateway is stopping. What they still serve is cancelled first, so
+        it is answered and recorded as cancelled, not as a failure of the upstream closed under it."""
+        for session in list(self._sessions.values()):
+            session.cancel_all_host_requests()
         for session in list(self._sessions.values()):
             await self.end(session, "shutdown")
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import BodyTooLarge, MessageError
@@ -205,3 +207,26 @@ class EventStream:
 async def wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class Awaited(Protocol):
+    """Something that happens once: an `anyio.Event`, a session's end, the server stopping."""
+
+    async def wait(self) -> None: ...
+
+
+async def wait_for_disconnect_or(receive: Receive, *ends: Awaited) -> bool:
+    """Wait until the host disconnects (True) or any of `ends` happens first (False: the host is
+    still there, and its response should end as responses do)."""
+    async with anyio.create_task_group() as tg:
+
+        async def end_when(end: Awaited) -> None:
+            await end.wait()
+            tg.cancel_scope.cancel()
+
+        for end in ends:
+            tg.start_soon(end_when, end)
+        await wait_for_disconnect(receive)
+        tg.cancel_scope.cancel()
+        return True
+    return False

@@ -23,7 +23,7 @@ from gateway.host.asgi import (
     receive_message,
     send_bytes,
     send_json,
-    wait_for_disconnect,
+    wait_for_disconnect_or,
 )
 from gateway.host.auth import Principal
 from gateway.host.streamable import Endpoint
@@ -67,16 +67,20 @@ class LegacySse:
                 "more_body": True,
             }
         )
+        gone = True
         try:
             async with anyio.create_task_group() as tasks:
                 self._connections[connection_id] = _Connection(principal, stream, tasks)
-                await wait_for_disconnect(receive)
+                gone = await wait_for_disconnect_or(receive, self.endpoint.shutdown)
                 tasks.cancel_scope.cancel()
         finally:
             connection = self._connections.pop(connection_id, None)
-            if connection is not None and connection.session is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.endpoint.registry.end(connection.session, "closed")
+            with anyio.CancelScope(shield=True):
+                if connection is not None and connection.session is not None:
+                    reason = "closed" if gone else "shutdown"
+                    await self.endpoint.registry.end(connection.session, reason)
+                if not gone:
+                    await stream.close()
 
     async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""

@@ -39,9 +39,16 @@ from gateway.background import log_failure, start_guarded
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
 from gateway.errors import CredentialError, RecordingFailed, UpstreamError
-from gateway.host.asgi import ResponseStream, send_bytes, send_json, wait_for_disconnect
+from gateway.host.asgi import (
+    ResponseStream,
+    send_bytes,
+    send_json,
+    wait_for_disconnect,
+    wait_for_disconnect_or,
+)
 from gateway.host.auth import Principal
-from gateway.host.subscriptions import serve_listen
+from gateway.host.shutdown import Shutdown
+from gateway.host.subscriptions import listen_ended, serve_listen
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -98,6 +105,7 @@ class StatelessHandler:
     capabilities: JSONObject
     server_info: JSONObject
     task_group: TaskGroup
+    shutdown: Shutdown  # the server stopping: the listen streams end
     _groups: dict[tuple[str, str | None, str, str], HostSession] = field(default_factory=dict)
     _suspended: dict[str, _Call] = field(default_factory=dict)
 
@@ -181,20 +189,19 @@ class StatelessHandler:
     async def _listen(self, session: HostSession, message: JSONObject, receive: Receive, send: Send) -> None:
         stream = ResponseStream(send, [], True)
         closed = anyio.Event()
+        gone = True
         async with anyio.create_task_group() as tg:
 
-            async def until_gone() -> None:
-                await wait_for_disconnect(receive)
+            async def until_closed() -> None:
+                nonlocal gone
+                gone = await wait_for_disconnect_or(receive, session.ended, self.shutdown)
                 closed.set()
 
-            async def until_ended() -> None:
-                await session.ended.wait()
-                closed.set()
-
-            tg.start_soon(until_gone)
-            tg.start_soon(until_ended)
+            tg.start_soon(until_closed)
             await serve_listen(session, self.proxy.router, message, stream, closed)
             tg.cancel_scope.cancel()
+        if not gone:  # the gateway ended it: the revision's graceful end is the listen request's result
+            await stream.finish(listen_ended(message["id"]))
 
     def _start(
         self, session: HostSession, principal: Principal, message: JSONObject, headers: dict[str, str]

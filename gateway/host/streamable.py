@@ -31,9 +31,10 @@ from gateway.host.asgi import (
     receive_message,
     send_bytes,
     send_json,
-    wait_for_disconnect,
+    wait_for_disconnect_or,
 )
 from gateway.host.auth import HostAuth, Principal
+from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
@@ -71,6 +72,7 @@ class Endpoint:
     proxy: Proxy
     stateless: StatelessHandler
     max_body_bytes: int
+    shutdown: Shutdown  # the server stopping: the GET streams end
 
     async def admit(self, scope: Scope, headers: dict[str, str], send: Send) -> Principal | None:
         """Guard, authenticate and scope a request; on refusal the answer is sent and None returned."""
@@ -216,15 +218,7 @@ class Endpoint:
         await stream.start([(b"mcp-session-id", session.id.encode())])
         await session.listen.attach(stream)
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def until_ended() -> None:
-                    await session.ended.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(until_ended)
-                await wait_for_disconnect(receive)
-                tg.cancel_scope.cancel()
+            await wait_for_disconnect_or(receive, session.ended, self.shutdown)
         finally:
             session.listen.detach(stream)
         with anyio.CancelScope(shield=True):

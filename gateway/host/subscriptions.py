@@ -5,7 +5,8 @@ a 2026-07-28 upstream gets its own listen request (its frames are relayed, re-ta
 host's subscription id); a handshake-era upstream session is subscribed to the host's resource
 URIs (its GET stream open first, over HTTP), and what it announces (list_changed,
 resources/updated), on that stream or on a call's, is filtered onto the stream.
-The stream ends when the host closes it.
+The stream ends when the host closes it, or when the gateway ends it (its session ended, or the
+gateway is stopping): then with the listen request's result, so the host knows it was not dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.core.router import Router
 from gateway.core.sessions import HostSession
 from gateway.errors import CredentialError, RoutingError, UpstreamError
 from gateway.host.asgi import ResponseStream
-from gateway.protocol.jsonrpc import JSONObject, RequestId, notification, params_of
+from gateway.protocol.jsonrpc import JSONObject, RequestId, notification, params_of, result
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,13 @@ async def serve_listen(
             tg.cancel_scope.cancel()
     finally:
         session.listen.detach(relay)
+
+
+def listen_ended(subscription_id: RequestId) -> JSONObject:
+    """The listen request's result: the last frame of a stream the gateway ended on purpose."""
+    return result(
+        subscription_id, {"_meta": {SUBSCRIPTION_ID_META_KEY: subscription_id}, "resultType": "complete"}
+    )
 
 
 async def _listen_upstream(

@@ -27,7 +27,7 @@ import httpx2
 import pytest
 from anyio.abc import Process, TaskStatus
 
-from tests.gateway.cli.test_cli import free_port, mcpgw_serve
+from tests.gateway.cli.commands import free_port, mcpgw_serve
 from tests.harness import ROOT, demo_stdio_yaml, keyless_config
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="finds the gateway's children in /proc")

@@ -1,15 +1,10 @@
-"""The `mcpgw` command as a user runs it: serve the example config, create keys, bridge stdio."""
+"""The `mcpgw` command as a user runs it: serve the example config, create and revoke keys, list sessions."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -17,59 +12,17 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from store import hash_api_key
+from tests.gateway.cli.commands import (
+    TIMEOUT,
+    copy_example,
+    free_port,
+    mcpgw_serve,
+    run_mcpgw,
+)
 from tests.harness import INITIALIZE as INIT
-from tests.harness import ROOT, stop_process
-
-TIMEOUT = 30.0
-MCPGW = [sys.executable, "-m", "gateway.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def run_mcpgw(*args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
-    with anyio.fail_after(TIMEOUT):
-        done = await anyio.run_process([*MCPGW, *args], cwd=cwd, check=False, env=_env())
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-@asynccontextmanager
-async def mcpgw_serve(config: Path, port: int) -> AsyncIterator[str]:
-    """`mcpgw serve` as a child process; yields its MCP URL once uvicorn says it is listening."""
-    proc = await anyio.open_process(
-        [*MCPGW, "serve", "--config", str(config), "--port", str(port)], cwd=config.parent, env=_env()
-    )
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        with anyio.fail_after(TIMEOUT):
-            while b"Uvicorn running on" not in seen:
-                chunk = await proc.stderr.receive()
-                seen += chunk
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        await stop_process(proc)
-
-
-def copy_example(directory: Path, **replace: str) -> Path:
-    text = (ROOT / "config.example.yaml").read_text()
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    path = directory / "config.yaml"
-    path.write_text(text)
-    return path
 
 
 async def test_the_example_config_serves_the_demo_upstream(tmp_path: Path) -> None:
@@ -246,32 +199,6 @@ async def test_keyless_mode_refuses_a_non_loopback_listen_address(tmp_path: Path
     code, _, err = await run_mcpgw("serve", "--config", str(config), "--host", "0.0.0.0")
     assert code == 2
     assert "loopback" in err
-
-
-async def test_stdio_bridge_relays_a_stdio_host_to_the_gateway(tmp_path: Path) -> None:
-    config = copy_example(tmp_path)
-    async with mcpgw_serve(config, free_port()) as url:
-        bridge = StdioServerParameters(
-            command=sys.executable,
-            args=["-m", "gateway.cli", "stdio", "--url", url],
-            env=_env(),
-            cwd=str(ROOT),
-        )
-        reported: list[float] = []
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            reported.append(progress)
-
-        async with Client(bridge, mode="legacy") as client:
-            with anyio.fail_after(TIMEOUT):
-                echoed = await client.call_tool("demo__echo", {"text": "bridged"})
-                counted = await client.call_tool(
-                    "demo__count_slowly", {"steps": 2}, progress_callback=on_progress
-                )
-    block = echoed.content[0]
-    assert isinstance(block, types.TextContent) and block.text == "bridged"
-    assert not counted.is_error
-    assert reported == [1, 2]
 
 
 async def test_links_name_the_address_the_gateway_serves_on_when_public_url_is_not_set(
