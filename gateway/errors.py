@@ -8,6 +8,7 @@
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
     ├── RequestIdInUse                a host reused the id of a request still being served
+    ├── HostRefusal                   a host request refused at the door: HTTP status + JSON-RPC error
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
     ├── CredentialError               no usable credential for an upstream
     │   ├── AuthRequired              the caller must connect an account first (carries the URL)
@@ -186,3 +187,28 @@ class ConfigError(GatewayError):
         super().__init__(message)
         self.file = file
         self.problems = tuple(problems)
+
+
+class HostRefusal(GatewayError):
+    """A host request the MCP endpoint refuses before serving it: answered with HTTP `status` and
+    a JSON-RPC error (`code`, the message, `data`) for `request_id`, plus `headers` a client acts
+    on (`WWW-Authenticate`, `Retry-After`, `Allow`). `host/asgi.py` `send_refusal` renders it:
+    the one place the host surface turns an error into a response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        request_id: object = None,
+        data: object = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.data = data
+        self.headers = headers

@@ -7,15 +7,25 @@ the hot path of every call, and building request objects it does not need costs 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, MessageError
-from gateway.protocol.jsonrpc import INVALID_REQUEST, JSONObject, check_message, dumps, error, loads
+from gateway.background import log_failure
+from gateway.errors import BodyTooLarge, HostRefusal, MessageError
+from gateway.protocol.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    JSONObject,
+    check_message,
+    dumps,
+    error,
+    loads,
+)
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 JSON_HEADER = (b"content-type", b"application/json")
@@ -35,31 +45,47 @@ def is_json(headers: Mapping[str, str]) -> bool:
     return media_type == "application/json"
 
 
-async def receive_message(
-    receive: Receive, send: Send, headers: Mapping[str, str], limit: int
-) -> JSONObject | None:
-    """The one JSON-RPC message a host POSTed, read and checked the same way on every transport;
-    None once a refusal has been sent: 415 (not declared JSON), 413 (over `limit` bytes), 400
-    (not JSON, a batch, or not a JSON-RPC message)."""
+async def receive_message(receive: Receive, headers: Mapping[str, str], limit: int) -> JSONObject:
+    """The one JSON-RPC message a host POSTed, read and checked the same way on every transport.
+    `HostRefusal`: 415 (not declared JSON), 413 (over `limit` bytes), 400 (not JSON, a batch, or
+    not a JSON-RPC message)."""
     if not is_json(headers):
         text = "Unsupported Media Type: send the JSON-RPC message as Content-Type: application/json"
-        await send_json(send, 415, error(None, INVALID_REQUEST, text))
-        return None
+        raise HostRefusal(415, INVALID_REQUEST, text)
     try:
         body = await read_body(receive, limit)
     except BodyTooLarge:
-        await send_json(send, 413, error(None, INVALID_REQUEST, f"Request body over {limit} bytes"))
-        return None
+        raise HostRefusal(413, INVALID_REQUEST, f"Request body over {limit} bytes") from None
     try:
         parsed = loads(body)
         if isinstance(parsed, list):
-            raise MessageError(
-                INVALID_REQUEST, "Invalid Request: batches are not supported; send one message"
-            )
+            text = "Invalid Request: batches are not supported; send one message"
+            raise MessageError(INVALID_REQUEST, text)
         return check_message(parsed)
     except MessageError as exc:
-        await send_json(send, 400, error(None, exc.code, exc.message))
-        return None
+        raise HostRefusal(400, exc.code, exc.message) from None
+
+
+async def answering_refusals(
+    serve: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve a host request; a refusal is answered by `send_refusal`, and a failure of the
+    gateway's own is one log line and a JSON-RPC -32603 (a 500), never a traceback per request."""
+    try:
+        await serve(scope, receive, send)
+    except HostRefusal as refusal:
+        await send_refusal(send, refusal)
+    except Exception as exc:
+        log_failure(f"{scope['method']} {scope['path']}", exc)
+        with contextlib.suppress(Exception):  # unless its response had already begun
+            await send_refusal(send, HostRefusal(500, INTERNAL_ERROR, "Internal error"))
+
+
+async def send_refusal(send: Send, refusal: HostRefusal) -> None:
+    """The host surface's one error response: the refusal's status and its JSON-RPC error."""
+    request_id = refusal.request_id if isinstance(refusal.request_id, str | int) else None
+    body = error(request_id, refusal.code, refusal.message, refusal.data)
+    await send_json(send, refusal.status, body, refusal.headers)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -17,12 +17,13 @@ from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
 from gateway.core.sessions import HostSession
+from gateway.errors import HostRefusal
 from gateway.host.asgi import (
     EventStream,
+    answering_refusals,
     headers_of,
     receive_message,
     send_bytes,
-    send_json,
     wait_for_disconnect_or,
 )
 from gateway.host.auth import Principal
@@ -54,9 +55,14 @@ class LegacySse:
 
     async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /sse: one connection, open until the host goes away."""
-        principal = await self.endpoint.admit(scope, headers_of(scope), send)
-        if principal is None:
-            return
+        await answering_refusals(self._stream, scope, receive, send)
+
+    async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
+        await answering_refusals(self._message, scope, receive, send)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = await self.endpoint.admit(scope, headers_of(scope))
         connection_id = secrets.token_urlsafe(24)
         stream = EventStream(send)
         await stream.start([])
@@ -82,20 +88,14 @@ class LegacySse:
                 if not gone:
                     await stream.close()
 
-    async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /messages?session_id=…: one message in, 202 out; its answer goes down the stream."""
+    async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        principal = await self.endpoint.admit(scope, headers, send)
-        if principal is None:
-            return
+        principal = await self.endpoint.admit(scope, headers)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         connection = self._connections.get((query.get("session_id") or [""])[0])
         if connection is None or not principal.same_caller(connection.principal):
-            await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
-            return
-        message = await receive_message(receive, send, headers, self.endpoint.max_body_bytes)
-        if message is None:
-            return
+            raise HostRefusal(404, INVALID_REQUEST, "Session not found")
+        message = await receive_message(receive, headers, self.endpoint.max_body_bytes)
         await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
         await self._handle(connection, message, RequestContext.of(headers))
 

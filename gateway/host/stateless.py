@@ -38,7 +38,7 @@ from starlette.types import Receive, Send
 from gateway.background import log_failure, start_guarded
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import CredentialError, RecordingFailed, UpstreamError
+from gateway.errors import CredentialError, HostRefusal, RecordingFailed, UpstreamError
 from gateway.host.asgi import (
     ResponseStream,
     send_bytes,
@@ -117,14 +117,13 @@ class StatelessHandler:
             await send_bytes(send, 202, b"", [])
             return
         route = classify_inbound_request(message, headers=headers)
+        request_id = message["id"]
         if isinstance(route, InboundLadderRejection):
             status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
-            await send_json(send, status, error(message["id"], route.code, route.message, route.data))
-            return
+            raise HostRefusal(status, route.code, route.message, request_id=request_id, data=route.data)
         if _removed_in(route.protocol_version, message["method"]):
-            answer = error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
-            await send_json(send, ERROR_CODE_HTTP_STATUS[METHOD_NOT_FOUND], answer)
-            return
+            status, text = ERROR_CODE_HTTP_STATUS[METHOD_NOT_FOUND], f"Method not found: {message['method']}"
+            raise HostRefusal(status, METHOD_NOT_FOUND, text, request_id=request_id)
         if message["method"] == "server/discover":
             await send_json(send, 200, result(message["id"], self._discover()))
             return
@@ -132,9 +131,8 @@ class StatelessHandler:
             session = await self._group(principal, route)
         except RecordingFailed as exc:
             logger.error("refusing a request whose session could not be recorded: %s", exc)
-            answer = error(message["id"], INTERNAL_ERROR, "The gateway cannot record sessions right now")
-            await send_json(send, 503, answer)
-            return
+            text = "The gateway cannot record sessions right now"
+            raise HostRefusal(503, INTERNAL_ERROR, text, request_id=request_id) from None
         if message["method"] == "subscriptions/listen":
             await self._listen(session, message, receive, send)
             return

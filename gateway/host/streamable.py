@@ -9,7 +9,6 @@ opens the session's server-to-host stream and DELETE ends the session.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -19,14 +18,14 @@ import anyio
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
-from gateway.background import log_failure
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import AuthThrottled, RecordingFailed
+from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed
 from gateway.host.asgi import (
     EventStream,
     OriginGuard,
     ResponseStream,
+    answering_refusals,
     headers_of,
     receive_message,
     send_bytes,
@@ -74,32 +73,26 @@ class Endpoint:
     max_body_bytes: int
     shutdown: Shutdown  # the server stopping: the GET streams end
 
-    async def admit(self, scope: Scope, headers: dict[str, str], send: Send) -> Principal | None:
-        """Guard, authenticate and scope a request; on refusal the answer is sent and None returned."""
+    async def admit(self, scope: Scope, headers: dict[str, str]) -> Principal:
+        """Guard, authenticate and scope a request (`HostRefusal` if it may not be served)."""
         problem = self.guard.problem(headers)
         if problem is not None:
-            await send_json(send, problem[0], error(None, INVALID_REQUEST, problem[1]))
-            return None
+            raise HostRefusal(problem[0], INVALID_REQUEST, problem[1])
         client = scope.get("client")
         try:
             principal = await self.auth.authenticate(headers, client[0] if client else None)
         except AuthThrottled as exc:
             message = "Too many failed authentications from this address; retry later"
             retry_after = (b"retry-after", str(exc.retry_after_s).encode())
-            await send_json(send, 429, error(None, INVALID_REQUEST, message), [retry_after])
-            return None
+            raise HostRefusal(429, INVALID_REQUEST, message, headers=(retry_after,)) from None
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
             reason = "missing API key" if missing else "unknown API key"
-            await send_json(
-                send, 401, error(None, INVALID_REQUEST, f"Unauthorized: {reason}"), [_WWW_AUTHENTICATE]
-            )
-            return None
+            raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_WWW_AUTHENTICATE,))
         organisation = scope.get("path_params", {}).get("organisationId")
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.
-            await send_json(send, 404, error(None, INVALID_REQUEST, "Not Found"))
-            return None
+            raise HostRefusal(404, INVALID_REQUEST, "Not Found")
         return principal
 
     async def initialize(
@@ -120,18 +113,11 @@ class Endpoint:
         return session, result(message["id"], answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._serve(scope, receive, send)
-        except Exception as exc:  # one request's failure: one log line and a JSON answer, no more
-            log_failure(f"{scope['method']} {scope['path']}", exc)
-            with contextlib.suppress(Exception):  # unless its response had already begun
-                await send_json(send, 500, error(None, INTERNAL_ERROR, "Internal error"))
+        await answering_refusals(self._serve, scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
-        principal = await self.admit(scope, headers, send)
-        if principal is None:
-            return
+        principal = await self.admit(scope, headers)
         method = scope["method"]
         if method == "POST":
             await self._post(scope, receive, send, headers, principal)
@@ -140,19 +126,14 @@ class Endpoint:
         elif method == "DELETE":
             await self._delete(send, headers, principal)
         else:
-            await send_json(
-                send,
-                405,
-                error(None, INVALID_REQUEST, "Method Not Allowed"),
-                [(b"allow", b"GET, POST, DELETE")],
+            raise HostRefusal(
+                405, INVALID_REQUEST, "Method Not Allowed", headers=((b"allow", b"GET, POST, DELETE"),)
             )
 
     async def _post(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], principal: Principal
     ) -> None:
-        message = await receive_message(receive, send, headers, self.max_body_bytes)
-        if message is None:
-            return
+        message = await receive_message(receive, headers, self.max_body_bytes)
         if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(
             message
         ):
@@ -161,9 +142,7 @@ class Endpoint:
         if message.get("method") == "initialize" and is_request(message):
             await self._initialize(send, message, principal)
             return
-        session = await self._session(send, headers, principal)
-        if session is None:
-            return
+        session = self._session(headers, principal)
         if is_request(message):
             stream = ResponseStream(
                 send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
@@ -179,41 +158,30 @@ class Endpoint:
     async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
         session, answer = await self.initialize(message, principal)
         if session is None:
-            await send_json(send, 503, answer)
-            return
+            raise HostRefusal(
+                503, answer["error"]["code"], answer["error"]["message"], request_id=message["id"]
+            )
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
-    async def _session(self, send: Send, headers: dict[str, str], principal: Principal) -> HostSession | None:
+    def _session(self, headers: dict[str, str], principal: Principal) -> HostSession:
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             text = f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}"
-            await send_json(send, 400, error(None, INVALID_REQUEST, text))
-            return None
+            raise HostRefusal(400, INVALID_REQUEST, text)
         session_id = headers.get("mcp-session-id")
         if not session_id:
-            await send_json(
-                send, 400, error(None, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header")
-            )
-            return None
+            raise HostRefusal(400, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header")
         session = self.registry.get(session_id, principal)
         if session is None:
-            await send_json(send, 404, error(None, INVALID_REQUEST, "Session not found"))
+            raise HostRefusal(404, INVALID_REQUEST, "Session not found")
         return session
 
     async def _get(self, receive: Receive, send: Send, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
-            await send_json(
-                send, 406, error(None, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
-            )
-            return
-        session = await self._session(send, headers, principal)
-        if session is None:
-            return
+            raise HostRefusal(406, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
+        session = self._session(headers, principal)
         if session.listen.open:
-            await send_json(
-                send, 409, error(None, INVALID_REQUEST, "Conflict: this session already has a GET stream")
-            )
-            return
+            raise HostRefusal(409, INVALID_REQUEST, "Conflict: this session already has a GET stream")
         stream = EventStream(send)
         await stream.start([(b"mcp-session-id", session.id.encode())])
         await session.listen.attach(stream)
@@ -225,9 +193,7 @@ class Endpoint:
             await stream.close()
 
     async def _delete(self, send: Send, headers: dict[str, str], principal: Principal) -> None:
-        session = await self._session(send, headers, principal)
-        if session is None:
-            return
+        session = self._session(headers, principal)
         await self.registry.end(session, "deleted")
         await send_bytes(send, 200, b"", [])
 
