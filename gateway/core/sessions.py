@@ -51,6 +51,7 @@ S = TypeVar("S", bound="HostSession")
 
 _BUFFERED_WHILE_NO_STREAM = 256
 LOCAL_REQUEST_PREFIX = "mcpgw-local-"
+_REMAPPED_IDS = itertools.count(1)  # 2026 groups' request ids upstream: unique in every session
 _CLIENT_NAMESPACE = uuid.UUID("0f0a3c1e-6d3b-5e8e-9a57-6d63706777c1")  # fixed: client ids must not change
 _LIST_CHANGED: dict[str, Kind] = {
     "notifications/tools/list_changed": "tools",
@@ -415,26 +416,13 @@ class StatelessGroup(HostSession):
 
     announces_on_listen_only = True
 
-    def __init__(
-        self,
-        session_id: str,
-        principal: Principal,
-        handshake: Handshake,
-        connectors: Mapping[str, Connects],
-        *,
-        idle_s: float,
-        broker: CredentialBroker | None = None,
-    ) -> None:
-        super().__init__(session_id, principal, handshake, connectors, idle_s=idle_s, broker=broker)
-        self._upstream_ids = itertools.count(1)
-
     async def modern(self, name: str) -> ModernUpstream | None:
         return await self._connectors[name].modern()
 
     def _upward(self, message: JSONObject) -> JSONObject:
         message = to_handshake_request(message)
         if "id" in message:
-            message = {**message, "id": f"mcpgw-r{next(self._upstream_ids)}"}
+            message = {**message, "id": f"mcpgw-r{next(_REMAPPED_IDS)}"}
         return message
 
     def _downward(self, response: JSONObject, request_id: object, upstream: UpstreamSession) -> JSONObject:
