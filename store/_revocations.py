@@ -32,8 +32,7 @@ class RevocationMarker:
     def ensure(self) -> None:
         """Create the file if there is none, so that readers `stat()` without failing."""
         try:
-            with open(self.path, "a", encoding="ascii"):
-                pass
+            os.close(os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))  # as the database
         except OSError as exc:
             raise StoreUnavailable(f"cannot create {self.path}: {exc.strerror or exc}") from exc
 

@@ -351,3 +351,12 @@ async def main() -> None:
 
 anyio.run(main)
 """
+
+
+async def test_the_revocation_marker_beside_the_database_is_readable_by_its_owner_only(
+    tmp_path: Path,
+) -> None:
+    async with open_sqlite_store(tmp_path / "gw.db") as store:
+        organisation = await store.ensure_organisation("acme")
+        await store.revoke_api_key((await store.create_api_key(organisation.id)).key.id)
+    assert stat.S_IMODE((tmp_path / "gw.db-revoked").stat().st_mode) == 0o600
