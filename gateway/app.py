@@ -122,9 +122,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
 
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify)
-        registry = SessionRegistry(
-            connectors, config.sessions.idle_s, config.sessions.stateless_gap_s, recorder, broker
-        )
+        registry = SessionRegistry(connectors, config.sessions, recorder, broker)
         broker.on_connected(registry.connected)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder)

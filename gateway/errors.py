@@ -8,6 +8,7 @@
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
     ├── RequestIdInUse                a host reused the id of a request still being served
+    ├── SessionLimit                  a caller (429) or the gateway (503) holds all the sessions it may
     ├── HostRefusal                   a host request refused at the door: HTTP status + JSON-RPC error
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
     ├── CredentialError               no usable credential for an upstream
@@ -212,3 +213,12 @@ class HostRefusal(GatewayError):
         self.request_id = request_id
         self.data = data
         self.headers = headers
+
+
+class SessionLimit(GatewayError):
+    """No more host sessions: this API key holds its `sessions.max_per_key` (`status` 429), or the
+    gateway its `sessions.max_total` (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

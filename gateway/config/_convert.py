@@ -88,7 +88,7 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
             max_header_bytes=security.max_header_bytes,
             max_url_bytes=security.max_url_bytes,
         ),
-        sessions=SessionsConfig(idle_s=model.sessions.idle_s, stateless_gap_s=model.sessions.stateless_gap_s),
+        sessions=SessionsConfig(**model.sessions.model_dump()),
         upstreams=tuple(upstreams),
         recording=_recording(model.recording),
         public_url=(model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/"),

@@ -112,6 +112,9 @@ class SecurityModel(Model):
 class SessionsModel(Model):
     idle_s: _Seconds = default_of(SessionsConfig, "idle_s")
     stateless_gap_s: _Seconds = default_of(SessionsConfig, "stateless_gap_s")
+    max_per_key: _Count = default_of(SessionsConfig, "max_per_key")
+    max_total: _Count = default_of(SessionsConfig, "max_total")
+    groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
 
 
 class ToolFilterModel(Model):

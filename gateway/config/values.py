@@ -110,6 +110,9 @@ class SecurityConfig:
 class SessionsConfig:
     idle_s: float = 1800.0
     stateless_gap_s: float = 1800.0
+    max_per_key: int = 100  # open host sessions one API key may hold (key-less: the whole gateway)
+    max_total: int = 10_000  # open host sessions and 2026-07-28 groups, all keys together
+    groups_per_key: int = 20  # 2026-07-28 groups per key; past it the least recently used is ended
 
 
 @dataclass(frozen=True, slots=True)

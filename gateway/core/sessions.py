@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gateway.background import every, start_guarded
-from gateway.config import UpstreamConfig
+from gateway.config import SessionsConfig, UpstreamConfig
 from gateway.core.catalogue import Catalogue, Kind
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
@@ -31,6 +31,7 @@ from gateway.errors import (
     CredentialError,
     RecordingFailed,
     RequestIdInUse,
+    SessionLimit,
     UpstreamError,
     UpstreamSessionExpired,
     UpstreamUnauthorized,
@@ -415,6 +416,7 @@ class StatelessGroup(HostSession):
     for a listen stream that is not open: the revision promises no replay."""
 
     announces_on_listen_only = True
+    key: GroupKey | None = None  # set by the registry, which keeps its groups by it
 
     async def modern(self, name: str) -> ModernUpstream | None:
         return await self._connectors[name].modern()
@@ -431,14 +433,21 @@ class StatelessGroup(HostSession):
         return with_server_info({**response, "id": request_id}, upstream.server_info)
 
 
+GroupKey = tuple[str, str | None, str, str]  # organisation, API key, client name, client version
+
+
 @dataclass(slots=True)
 class SessionRegistry:
+    """Every open host session and 2026-07-28 group, with the caps on how many a caller may make
+    the gateway hold (`SessionLimit` past them; a key's least recently used group gives way)."""
+
     connectors: Mapping[str, Connects]
-    idle_s: float
-    stateless_gap_s: float
+    limits: SessionsConfig
     recorder: Recorder = field(default_factory=NullRecorder)
     broker: CredentialBroker | None = None
     _sessions: dict[str, HostSession] = field(default_factory=dict)
+    _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
+    _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -448,14 +457,44 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     async def create(self, principal: Principal, handshake: Handshake, protocol_version: str) -> HostSession:
-        """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be."""
-        return await self._open(HostSession, self.idle_s, principal, handshake, protocol_version)
+        """Open a session, recorded before it is returned; `RecordingFailed` if it cannot be,
+        `SessionLimit` if the caller or the gateway holds as many as it may."""
+        caller = (principal.organisation_id, principal.api_key_id)
+        if self._per_key[caller] >= self.limits.max_per_key:
+            held = self._per_key[caller]
+            raise SessionLimit(
+                429, f"this API key has {held} open sessions, its limit: end one (DELETE) first"
+            )
+        self._check_total()
+        session = await self._open(HostSession, self.limits.idle_s, principal, handshake, protocol_version)
+        self._per_key[caller] += 1
+        return session
 
-    async def create_group(
+    async def group(
         self, principal: Principal, handshake: Handshake, protocol_version: str
     ) -> StatelessGroup:
-        """Open a 2026-07-28 group, recorded before it is returned, as `create` does."""
-        return await self._open(StatelessGroup, self.stateless_gap_s, principal, handshake, protocol_version)
+        """The 2026-07-28 group of this key and client (name and version), opened (and recorded)
+        if there is none; past the key's `groups_per_key`, its least recently used group ends."""
+        info = handshake.client_info
+        name, version = str(info.get("name", "")), str(info.get("version", ""))
+        key = (principal.organisation_id, principal.api_key_id, name, version)
+        found = self._groups.get(key)
+        if found is not None and not found.closed:
+            return found
+        theirs = [group for k, group in self._groups.items() if k[:2] == key[:2]]
+        if len(theirs) >= self.limits.groups_per_key:
+            await self.end(min(theirs, key=lambda group: group.last_activity), "evicted")
+        self._check_total()
+        idle_s = self.limits.stateless_gap_s
+        group = await self._open(StatelessGroup, idle_s, principal, handshake, protocol_version)
+        group.key = key
+        self._groups[key] = group
+        return group
+
+    def _check_total(self) -> None:
+        if len(self._sessions) >= self.limits.max_total:
+            held = len(self._sessions)
+            raise SessionLimit(503, f"the gateway holds {held} sessions, its limit: try again later")
 
     async def _open(
         self, kind: type[S], idle_s: float, principal: Principal, handshake: Handshake, protocol_version: str
@@ -489,9 +528,15 @@ class SessionRegistry:
         return session
 
     async def end(self, session: HostSession, reason: str) -> None:
-        """End `session`: `reason` is deleted (by the host), idle, closed (stream gone) or shutdown."""
+        """End `session`: `reason` is deleted (by the host), idle, closed (stream gone), evicted
+        (a newer group of its key took its place) or shutdown."""
         if self._sessions.pop(session.id, None) is None:
             return
+        if isinstance(session, StatelessGroup):
+            if session.key is not None:
+                self._groups.pop(session.key, None)
+        else:
+            self._per_key[(session.principal.organisation_id, session.principal.api_key_id)] -= 1
         await session.aclose()
         if self.broker is not None:
             try:

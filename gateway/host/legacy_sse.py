@@ -101,10 +101,12 @@ class LegacySse:
 
     async def _handle(self, connection: _Connection, message: JSONObject, context: RequestContext) -> None:
         if message.get("method") == "initialize" and is_request(message):
-            session, answer = await self.endpoint.initialize(message, connection.principal)
-            await connection.stream.send(answer)
-            if session is None:
+            try:
+                session, answer = await self.endpoint.initialize(message, connection.principal)
+            except HostRefusal as refusal:  # this transport answers on its stream, not in HTTP
+                await connection.stream.send(error(message["id"], refusal.code, refusal.message))
                 return
+            await connection.stream.send(answer)
             connection.session = session
             await session.listen.attach(connection.stream)  # this transport's one stream carries everything
             return

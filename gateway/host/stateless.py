@@ -38,7 +38,7 @@ from starlette.types import Receive, Send
 from gateway.background import log_failure, start_guarded
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import CredentialError, HostRefusal, RecordingFailed, UpstreamError
+from gateway.errors import CredentialError, HostRefusal, RecordingFailed, SessionLimit, UpstreamError
 from gateway.host.asgi import (
     ResponseStream,
     send_bytes,
@@ -53,6 +53,7 @@ from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     JSONObject,
     error,
@@ -106,7 +107,6 @@ class StatelessHandler:
     server_info: JSONObject
     task_group: TaskGroup
     shutdown: Shutdown  # the server stopping: the listen streams end
-    _groups: dict[tuple[str, str | None, str, str], HostSession] = field(default_factory=dict)
     _suspended: dict[str, _Call] = field(default_factory=dict)
 
     async def handle(
@@ -133,6 +133,8 @@ class StatelessHandler:
             logger.error("refusing a request whose session could not be recorded: %s", exc)
             text = "The gateway cannot record sessions right now"
             raise HostRefusal(503, INTERNAL_ERROR, text, request_id=request_id) from None
+        except SessionLimit as exc:
+            raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=request_id) from None
         if message["method"] == "subscriptions/listen":
             await self._listen(session, message, receive, send)
             return
@@ -302,21 +304,11 @@ class StatelessHandler:
     async def _group(self, principal: Principal, route: InboundModernRoute) -> HostSession:
         """The session this request belongs to: one per (API key, client name+version)."""
         info = route.client_info if isinstance(route.client_info, dict) else {}
-        key = (
-            principal.organisation_id,
-            principal.api_key_id,
-            str(info.get("name", "")),
-            str(info.get("version", "")),
+        capabilities = route.client_capabilities
+        handshake = Handshake(
+            LATEST_HANDSHAKE_VERSION, capabilities if isinstance(capabilities, dict) else {}, info
         )
-        session = self._groups.get(key)
-        if session is None or session.closed:
-            capabilities = route.client_capabilities
-            handshake = Handshake(
-                LATEST_HANDSHAKE_VERSION, capabilities if isinstance(capabilities, dict) else {}, info
-            )
-            session = await self.registry.create_group(principal, handshake, route.protocol_version)
-            self._groups[key] = session
-        return session
+        return await self.registry.group(principal, handshake, route.protocol_version)
 
 
 class _DirectSink:

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
-from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed
+from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed, SessionLimit
 from gateway.host.asgi import (
     EventStream,
     OriginGuard,
@@ -40,7 +40,6 @@ from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     JSONObject,
-    error,
     is_notification,
     is_request,
     meta_of,
@@ -95,11 +94,10 @@ class Endpoint:
             raise HostRefusal(404, INVALID_REQUEST, "Not Found")
         return principal
 
-    async def initialize(
-        self, message: JSONObject, principal: Principal
-    ) -> tuple[HostSession | None, JSONObject]:
-        """Open a host session for an `initialize` request; return it (None if it could not be
-        recorded) and the answer."""
+    async def initialize(self, message: JSONObject, principal: Principal) -> tuple[HostSession, JSONObject]:
+        """Open a host session for an `initialize` request; return it and the answer.
+        `HostRefusal` if none can be opened: 503 when it cannot be recorded, 429 or 503 past
+        the sessions the caller or the gateway may hold."""
         params = params_of(message)
         requested = params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
@@ -108,7 +106,10 @@ class Endpoint:
             session = await self.registry.create(principal, handshake, version)
         except RecordingFailed as exc:
             logger.error("refusing a session that could not be recorded: %s", exc)
-            return None, error(message["id"], INTERNAL_ERROR, "The gateway cannot record sessions right now")
+            text = "The gateway cannot record sessions right now"
+            raise HostRefusal(503, INTERNAL_ERROR, text, request_id=message["id"]) from None
+        except SessionLimit as exc:
+            raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=message["id"]) from None
         answer = {"protocolVersion": version, "capabilities": GATEWAY_CAPABILITIES, "serverInfo": SERVER_INFO}
         return session, result(message["id"], answer)
 
@@ -157,10 +158,6 @@ class Endpoint:
 
     async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
         session, answer = await self.initialize(message, principal)
-        if session is None:
-            raise HostRefusal(
-                503, answer["error"]["code"], answer["error"]["message"], request_id=message["id"]
-            )
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
     def _session(self, headers: dict[str, str], principal: Principal) -> HostSession:
