@@ -108,7 +108,7 @@ def sdk_host(gateway: RunningGateway, mode: str, seen: Warnings) -> Client:
     log_level: types.LoggingLevel | None = "warning" if mode != "legacy" else None
     return Client(
         gateway.url,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         logging_callback=seen.on_log,
         message_handler=seen.on_message,
         log_level=log_level,
@@ -205,7 +205,11 @@ async def test_readyz_reports_every_upstreams_state_its_last_error_and_last_answ
     assert list(upstreams) == ["demo", "faults", "missing", "quits", "dead"]
     assert upstreams["demo"]["state"] == "up" and upstreams["demo"]["required"] is True
     assert upstreams["demo"]["last_answered_at"] is not None
-    for name, cause in (("missing", MISSING_COMMAND), ("quits", "exit code 3"), ("dead", "could not connect")):
+    for name, cause in (
+        ("missing", MISSING_COMMAND),
+        ("quits", "exit code 3"),
+        ("dead", "could not connect"),
+    ):
         assert upstreams[name]["state"] == "down", upstreams[name]
         assert upstreams[name]["required"] is False
         assert cause in upstreams[name]["last_error"]
@@ -220,7 +224,9 @@ async def test_an_upstream_that_dies_mid_call_fails_that_call_and_stays_listed_a
     host = await Host(http, broken.url).open()
     answer = await host.call("faults__crash", {})
     assert answer["error"]["code"] == -32001
-    assert "'faults'" in answer["error"]["message"] and "exited before answering" in answer["error"]["message"]
+    assert (
+        "'faults'" in answer["error"]["message"] and "exited before answering" in answer["error"]["message"]
+    )
     assert recorded_call(broken.gateway.config.database, "faults__crash")["outcome"] == "upstream_error"
     seen = Warnings()
     async with sdk_host(broken, "legacy", seen) as client:
@@ -270,7 +276,9 @@ async def test_readyz_is_503_while_a_required_upstream_is_down(
 async def test_a_required_upstream_is_tried_at_startup_and_then_ready(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    async with serve_gateway(keyless_config(tmp_path, demo_stdio_yaml(extra="    required: true"))) as gateway:
+    async with serve_gateway(
+        keyless_config(tmp_path, demo_stdio_yaml(extra="    required: true"))
+    ) as gateway:
         with anyio.fail_after(TIMEOUT):  # no host has asked for anything: the gateway tries it itself
             await gateway.gateway.readiness.upstreams["demo"].tried.wait()
         status, body = await readiness(http, gateway)
@@ -310,7 +318,10 @@ async def test_while_an_upstream_is_down_a_listing_does_not_wait_for_its_connect
         durations = []
         for request_id in range(4):
             started = time.perf_counter()
-            listed = await host.post_json({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"})
+            listed = await host.post(
+                orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"}),
+                {"accept": "application/json"},  # the answer alone: its warnings go to the GET stream
+            )
             durations.append(time.perf_counter() - started)
             assert "demo__echo" in {tool["name"] for tool in listed.json()["result"]["tools"]}
         answer = await host.call("mute__echo", {})
