@@ -331,15 +331,20 @@ async def _warn_of_missing(
     if session.log_level is not None and LOG_LEVELS.get(session.log_level, 0) > LOG_LEVELS["warning"]:
         return
     what = "resource templates" if method == "resources/templates/list" else method.split("/")[0]
+    warnings = []
     for name, reason in missing.items():
         text = f"Upstream {name!r} is unavailable, so its {what} are missing from this list: {reason}"
         data = {"message": text, "upstream": name, "error": reason}
-        warning = notification("notifications/message", {"level": "warning", "logger": "mcpgw", "data": data})
-        if sink is not None and context.event_stream:
+        warnings.append(
+            notification("notifications/message", {"level": "warning", "logger": "mcpgw", "data": data})
+        )
+    if sink is not None and context.event_stream:
+        for warning in warnings:
             await sink.send(warning)
-        else:
-            with anyio.move_on_after(1):  # best effort: a GET stream that does not read holds nothing up
-                await session.listen.send(warning)
+        return
+    with anyio.move_on_after(1):  # best effort: a GET stream that does not read holds the list up 1s at most
+        for warning in warnings:
+            await session.listen.send(warning)
 
 
 def _text(text: str) -> JSONObject:

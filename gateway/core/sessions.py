@@ -521,12 +521,17 @@ class SessionRegistry:
         kinds: tuple[Kind, ...] = ("tools", "prompts", "resources")
         # Nothing known of what it offers (it refused the check's credential): its tools at least.
         offered = [kind for kind in kinds if kind in capabilities] or ["tools"]
-        for session in list(self._sessions.values()):
-            for kind in offered:
-                session.catalogue.forget(kind)
+
+        async def tell(session: HostSession) -> None:
             with anyio.move_on_after(1):  # a host whose GET stream does not read holds up no other
                 for kind in offered:
                     await session.listen.send(notification(f"notifications/{kind}/list_changed"))
+
+        async with anyio.create_task_group() as tg:
+            for session in list(self._sessions.values()):
+                for kind in offered:
+                    session.catalogue.forget(kind)
+                tg.start_soon(tell, session)
 
     async def reap(self) -> None:
         now = time.monotonic()
