@@ -2,7 +2,8 @@
 
 Everything long-lived (the store, upstream connection pools, the task group that owns stdio
 children and listen streams, the session reaper) is entered in the app's lifespan, in that
-order, and left in reverse; nothing opens at import time.
+order, and left in reverse; nothing opens at import time. Upstreams marked `required` are
+tried once everything is up; the others when a host first needs them.
 
 Every route is declared when the app is built. What serves them exists only once the lifespan
 has started: it is the lifespan's state (`Gateway`), which the server hands every request in
@@ -52,6 +53,7 @@ from gateway.host.legacy_sse import LegacySse
 from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
 from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
+from gateway.readiness import Readiness
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
 from gateway.recording.store_recorder import running_recorder
@@ -80,6 +82,7 @@ class Gateway:
     sessions_api: SessionsApi
     credentials_api: CredentialsApi
     pages: ConnectPages
+    readiness: Readiness
     stopped: bool = False
 
 
@@ -124,6 +127,8 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify)
         registry = SessionRegistry(connectors, config.sessions, recorder, broker)
         broker.on_connected(registry.connected)
+        for connector in connectors.values():
+            connector.on_recovered(registry.upstream_recovered)
         stack.push_async_callback(registry.aclose)
         proxy = Proxy(router, recorder)
         auth = HostAuth(
@@ -153,6 +158,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
 
         start_guarded(task_group, "ending sessions at shutdown", end_sessions_at_shutdown)
         start_reaper(registry, task_group)
+        for connector in connectors.values():
+            if connector.config.required:
+                connector.check_soon()
         start_guarded(task_group, "credential maintenance", broker.maintain)
         start_guarded(task_group, "API key maintenance", auth.maintain)
         authenticate = endpoint.auth.authenticate
@@ -181,6 +189,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             sessions_api=SessionsApi(store, cursors, authenticate_api),
             credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
             pages=ConnectPages(broker, authenticate),
+            readiness=Readiness(
+                store, {name: connector.health for name, connector in connectors.items()}, task_group
+            ),
         )
 
 
@@ -213,6 +224,13 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
             return JSONResponse({"status": "stopped"}, 503)
         return JSONResponse({"status": "ok"})
 
+    async def ready(request: Request) -> JSONResponse:
+        gateway = _gateway(request.scope)
+        if gateway.stopped:
+            return JSONResponse({"status": "stopped"}, 503)
+        status, body = await gateway.readiness.report()
+        return JSONResponse(body, status, headers={"cache-control": "no-store"})
+
     async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await _gateway(scope).legacy.stream(scope, receive, send)
 
@@ -232,6 +250,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         Route("/sse", _Asgi(sse_stream), methods=["GET"]),
         Route("/messages", _Asgi(sse_message), methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
         *api_routes(sessions_api),
         *credential_routes(credentials_api),
         *connect_routes(pages, config.public_url),

@@ -3,6 +3,7 @@
     GatewayError
     ├── UpstreamError                 something went wrong talking to one upstream
     │   ├── UpstreamUnavailable       could not connect, or it went away mid-call
+    │   │   └── UpstreamUnreachable   nothing there: no connection, or the command would not start
     │   ├── UpstreamTimeout           it did not answer within its `call_s`
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
@@ -21,7 +22,8 @@
     ├── BodyTooLarge                  a host's request body over `security.max_body_bytes` (413)
     ├── RecordingFailed               a record could not be made durable: no success may be told
     ├── WireError                     the upstream HTTP/1.1 client's failures (`upstream/_wire.py`)
-    │   └── ConnectTimeout            no connection within the connect timeout
+    │   ├── ConnectTimeout            no connection within the connect timeout
+    │   └── ConnectFailed             the upstream's address refused or could not be reached
     ├── EventStreamError              an upstream's event stream that cannot be decoded
     └── ConfigError                   the config file is missing, unreadable or not valid
 
@@ -56,6 +58,11 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     """The upstream could not be reached or went away before answering."""
+
+
+class UpstreamUnreachable(UpstreamUnavailable):
+    """Nothing answered at all: no connection could be made, or the command could not be started.
+    Unlike a call that failed, this says the upstream itself is down (`upstream/health.py`)."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -165,7 +172,16 @@ class WireError(GatewayError):
 
 
 class ConnectTimeout(WireError):
-    """No connection to the upstream within the connect timeout."""
+    """No connection to the upstream within the connect timeout; ``connecting`` when the time went
+    on connecting (the address does not answer), not on waiting for a free connection of the pool."""
+
+    def __init__(self, message: str, *, connecting: bool = True) -> None:
+        super().__init__(message)
+        self.connecting = connecting
+
+
+class ConnectFailed(WireError):
+    """The upstream's address refused the connection, could not be reached, or failed TLS."""
 
 
 class EventStreamError(GatewayError):

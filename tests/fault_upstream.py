@@ -12,6 +12,10 @@ tool is one fault:
 - `chatter(lines)`: writes `lines` lines on stderr, then answers;
 - `crash()`: exits without answering;
 - `hang()`: never answers.
+
+Run with `--exit-at-start` it writes one line on stderr and exits with code 3 before reading
+anything (a server that fails to start); with `--mute` it reads what it is sent and never
+answers, not even `initialize` (a server that hangs at start).
 """
 
 from __future__ import annotations
@@ -84,8 +88,16 @@ def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+EXIT_CODE = 3
+
+
 def main() -> None:
+    if "--exit-at-start" in sys.argv:
+        sys.stderr.write("fault upstream: cannot start (as asked)\n")
+        sys.exit(EXIT_CODE)
     for line in sys.stdin:
+        if "--mute" in sys.argv:
+            continue
         if not line.strip():
             continue
         message = json.loads(line)

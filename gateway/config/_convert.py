@@ -123,6 +123,7 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         tools=ToolFilter(allow=tuple(up.tools.allow), deny=tuple(up.tools.deny)),
         timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
         idle_s=up.idle_s,
+        required=up.required,
         auth=_upstream_auth(up, here, problems),
     )
 

@@ -156,6 +156,7 @@ class UpstreamModel(Model):
     tools: ToolFilterModel = Field(default_factory=ToolFilterModel)
     timeouts: TimeoutsModel = Field(default_factory=TimeoutsModel)
     idle_s: _Seconds = default_of(UpstreamConfig, "idle_s")
+    required: _Bool = default_of(UpstreamConfig, "required")
     auth: UpstreamAuthModel = Field(default_factory=UpstreamAuthModel)
 
 

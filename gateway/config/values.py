@@ -79,6 +79,9 @@ class UpstreamConfig:
     timeouts: Timeouts = Timeouts()
     idle_s: float = 600.0
     auth: UpstreamAuth = UpstreamAuth()
+    # Whether the gateway is ready (`/readyz`) only while this upstream is up; a required
+    # upstream is also tried at start-up rather than when a host first needs it.
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

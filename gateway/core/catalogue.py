@@ -31,10 +31,10 @@ class Table:
     routes: dict[str, Route] = field(default_factory=dict)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)
     templates: list[tuple[UriTemplate, str]] = field(default_factory=list)
-    # Upstreams whose listing failed for want of a usable credential, by prefix: any name under
-    # the prefix goes there, so the call answers with what to do (the link to connect the
-    # account, or that the authorization server is down) instead of "unknown tool".
-    uncredentialed: dict[str, str] = field(default_factory=dict)
+    # Upstreams whose listing failed, by prefix: any name under the prefix goes there, so the
+    # call answers with what is wrong (the link to connect the account, the authorization
+    # server or the upstream being down, naming the cause) instead of "unknown tool".
+    unlisted: dict[str, str] = field(default_factory=dict)
 
 
 class Catalogue:

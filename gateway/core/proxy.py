@@ -36,6 +36,7 @@ from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    LOG_LEVELS,
     METHOD_NOT_FOUND,
     REQUEST_CANCELLED,
     UPSTREAM_TIMEOUT,
@@ -43,6 +44,7 @@ from gateway.protocol.jsonrpc import (
     JSONObject,
     RequestId,
     error,
+    notification,
     params_of,
     result,
 )
@@ -144,7 +146,10 @@ class Proxy:
     ) -> JSONObject:
         if params_of(message).get("cursor") is not None:
             return error(message["id"], INVALID_PARAMS, "Invalid cursor: this gateway returns complete lists")
-        return result(message["id"], await self.router.list_all(session, message, sink))
+        listing = await self.router.list_all(session, message, sink)
+        if listing.missing:
+            await _warn_of_missing(session, message["method"], listing.missing, sink, context)
+        return result(message["id"], listing.result)
 
     async def _routed(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
@@ -311,6 +316,35 @@ async def _offer_elicitation(session: HostSession, exc: AuthRequired, sink: Mess
     }
     with anyio.move_on_after(1):  # best effort: the tool result carries the URL anyway
         await (sink or session.listen).send(request)
+
+
+async def _warn_of_missing(
+    session: HostSession,
+    method: str,
+    missing: dict[str, str],
+    sink: MessageSink | None,
+    context: RequestContext,
+) -> None:
+    """Tell the host which upstreams a list it asked for lacks, and why: a warning log message,
+    on the list's own response stream if the host takes one, else on its GET stream (where a
+    2026-07-28 host, which must ask for log messages in each request, gets none)."""
+    if session.log_level is not None and LOG_LEVELS.get(session.log_level, 0) > LOG_LEVELS["warning"]:
+        return
+    what = "resource templates" if method == "resources/templates/list" else method.split("/")[0]
+    warnings = []
+    for name, reason in missing.items():
+        text = f"Upstream {name!r} is unavailable, so its {what} are missing from this list: {reason}"
+        data = {"message": text, "upstream": name, "error": reason}
+        warnings.append(
+            notification("notifications/message", {"level": "warning", "logger": "mcpgw", "data": data})
+        )
+    if sink is not None and context.event_stream:
+        for warning in warnings:
+            await sink.send(warning)
+        return
+    with anyio.move_on_after(1):  # best effort: a GET stream that does not read holds the list up 1s at most
+        for warning in warnings:
+            await session.listen.send(warning)
 
 
 def _text(text: str) -> JSONObject:

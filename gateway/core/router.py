@@ -4,12 +4,17 @@ Tools and prompts are exposed as `<prefix><name>` (prefix `<upstream>__` unless 
 resources keep their URIs (the upstream needs them as it wrote them) and get a prefixed
 `name`. Lists are fanned out to every upstream and merged; the merge also builds the routing
 table the session uses for calls. A name two upstreams both claim is refused, not guessed.
+
+An upstream whose listing fails (down, or no usable credential) is left out of the list and
+said to be missing, and names under its prefix are routed to it all the same: a call then
+answers with what is wrong with that upstream, not "unknown tool".
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
@@ -28,6 +33,15 @@ _ITEMS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "r
           "resources/templates/list": "resourceTemplates"}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A merged list as the host gets it (`result`), and the upstreams missing from it: name ->
+    why (those that only wait for the caller to connect an account offer a connect tool instead)."""
+
+    result: JSONObject
+    missing: dict[str, str]
+
+
 class Router:
     def __init__(self, upstreams: Sequence[UpstreamConfig]) -> None:
         self._upstreams = {u.name: u for u in upstreams}
@@ -38,40 +52,41 @@ class Router:
     def upstream_names(self) -> list[str]:
         return list(self._order)
 
-    async def list_all(
-        self, session: HostSession, message: JSONObject, sink: MessageSink | None
-    ) -> JSONObject:
+    async def list_all(self, session: HostSession, message: JSONObject, sink: MessageSink | None) -> Listing:
         """Answer tools/list, prompts/list, resources/list or resources/templates/list for the host."""
         method = message["method"]
         key = _ITEMS[method]
         per_upstream: dict[str, list[JSONObject]] = {}
-        uncredentialed: dict[str, CredentialError] = {}
+        failed: dict[str, CredentialError | UpstreamError | RoutingError] = {}
 
         async def fetch(name: str) -> None:
             try:
                 per_upstream[name] = await self._fetch_all(session, name, message, key, sink)
-            except CredentialError as exc:
-                uncredentialed[name] = exc
-            except (UpstreamError, RoutingError) as exc:
-                logger.warning("session %s: %s from %s failed: %s", session.id, method, name, exc)
+            except (CredentialError, UpstreamError, RoutingError) as exc:
+                # Said once per change of the upstream's state (upstream/health.py), not per listing.
+                logger.info("session %s: %s from %s failed: %s", session.id, method, name, exc)
+                failed[name] = exc
 
         async with anyio.create_task_group() as tg:
             for name in self._order:
                 tg.start_soon(fetch, name)
         items, table = self._merge(method, key, per_upstream, session.principal.tools)
-        for name in sorted(uncredentialed, key=self._order.index):
+        missing: dict[str, str] = {}
+        for name in sorted(failed, key=self._order.index):
             config = self._upstreams[name]
+            exc = failed[name]
             connect = _connect_tool(config)
-            if (
-                isinstance(uncredentialed[name], AuthRequired)
-                and key == "tools"
+            if not isinstance(exc, AuthRequired):
+                missing[name] = exc.reason if isinstance(exc, UpstreamError) else str(exc)
+            elif (
+                key == "tools"
                 and connect["name"] not in table.routes
                 and session.principal.tools.permits(connect["name"])
             ):
                 items.append(connect)
                 table.routes[connect["name"]] = Route(name, CONNECT_TOOL, connect=True)
             if config.prefix:
-                table.uncredentialed[config.prefix] = name
+                table.unlisted[config.prefix] = name
         kind = _kind(method)
         previous = session.catalogue.table(kind)
         if previous is not None:
@@ -81,7 +96,7 @@ class Router:
             elif key == "resources":
                 table.templates = previous.templates
         session.catalogue.keep(kind, table)
-        return {key: items}
+        return Listing({key: items}, missing)
 
     async def route(self, session: HostSession, kind: Kind, name: str, message: JSONObject) -> Route:
         """The upstream for a tool/prompt name or resource URI, listing once if not yet known."""
@@ -219,7 +234,7 @@ def _lookup(table: Table | None, kind: Kind, name: str) -> Route | None:
         )
     route = table.routes.get(name)
     if route is None and kind != "resources":
-        for prefix, upstream in table.uncredentialed.items():
+        for prefix, upstream in table.unlisted.items():
             if name.startswith(prefix):
                 return Route(upstream, name[len(prefix) :])
     if route is None and kind == "resources":

@@ -38,7 +38,7 @@ from gateway.errors import (
 )
 from gateway.host.auth import Principal
 from gateway.protocol.context import NO_CONTEXT, RequestContext
-from gateway.protocol.jsonrpc import JSONObject, RequestId
+from gateway.protocol.jsonrpc import JSONObject, RequestId, notification
 from gateway.protocol.revisions import to_handshake_request, with_server_info
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.upstream.channel import MessageSink
@@ -559,6 +559,24 @@ class SessionRegistry:
             if same:
                 session.catalogue.forget()
                 await session.listen.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+
+    async def upstream_recovered(self, name: str, capabilities: JSONObject) -> None:
+        """Upstream `name` answers again after being down: every session's lists lacked what it
+        offers, so each forgets them and its host is told to list again."""
+        kinds: tuple[Kind, ...] = ("tools", "prompts", "resources")
+        # Nothing known of what it offers (it refused the check's credential): its tools at least.
+        offered = [kind for kind in kinds if kind in capabilities] or ["tools"]
+
+        async def tell(session: HostSession) -> None:
+            with anyio.move_on_after(1):  # a host whose GET stream does not read holds up no other
+                for kind in offered:
+                    await session.listen.send(notification(f"notifications/{kind}/list_changed"))
+
+        async with anyio.create_task_group() as tg:
+            for session in list(self._sessions.values()):
+                for kind in offered:
+                    session.catalogue.forget(kind)
+                tg.start_soon(tell, session)
 
     async def reap(self) -> None:
         now = time.monotonic()

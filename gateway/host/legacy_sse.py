@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs
 
 import anyio
@@ -97,7 +97,8 @@ class LegacySse:
             raise HostRefusal(404, INVALID_REQUEST, "Session not found")
         message = await receive_message(receive, headers, self.endpoint.max_body_bytes)
         await send_bytes(send, 202, b"Accepted", [(b"content-type", b"text/plain")])
-        await self._handle(connection, message, RequestContext.of(headers))
+        # Whatever this POST accepts, its answer and everything about it go down the one stream.
+        await self._handle(connection, message, replace(RequestContext.of(headers), event_stream=True))
 
     async def _handle(self, connection: _Connection, message: JSONObject, context: RequestContext) -> None:
         if message.get("method") == "initialize" and is_request(message):

@@ -54,6 +54,7 @@ from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    LOG_LEVELS,
     METHOD_NOT_FOUND,
     JSONObject,
     error,
@@ -71,8 +72,6 @@ SUSPENDED_TTL_S = 600.0
 _LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 # What an upstream may ask a host mid-call: elicitation, sampling, roots/list.
 _INPUT_CAPABILITIES = ("elicitation", "sampling", "roots")
-_LEVELS = {name: rank for rank, name in enumerate(
-    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])}  # fmt: skip
 Event = tuple[Literal["notify", "ask", "done"], JSONObject]
 
 
@@ -145,7 +144,7 @@ class StatelessHandler:
             self._suspended[state] = call  # type: ignore[index]
             call = None
         level = meta_of(message).get(_LOG_LEVEL_META_KEY)
-        log_level = _LEVELS.get(level) if isinstance(level, str) else None
+        log_level = LOG_LEVELS.get(level) if isinstance(level, str) else None
         if call is not None:
             await self._answer_inputs(call, params_of(message).get("inputResponses"))
         elif _can_answer_input(route.client_capabilities):
@@ -350,7 +349,7 @@ def _can_answer_input(capabilities: object) -> bool:
 def _wanted(log_level: int | None, message: JSONObject) -> bool:
     if message.get("method") != "notifications/message":
         return True
-    level = _LEVELS.get(str(params_of(message).get("level")))
+    level = LOG_LEVELS.get(str(params_of(message).get("level")))
     return log_level is not None and level is not None and level >= log_level
 
 

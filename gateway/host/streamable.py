@@ -145,10 +145,9 @@ class Endpoint:
             return
         session = self._session(headers, principal)
         if is_request(message):
-            stream = ResponseStream(
-                send, [], "text/event-stream" in headers.get("accept", "text/event-stream")
-            )
-            await stream.finish(await self.proxy.answer(session, message, stream, RequestContext.of(headers)))
+            context = RequestContext.of(headers)
+            stream = ResponseStream(send, [], context.event_stream)
+            await stream.finish(await self.proxy.answer(session, message, stream, context))
             return
         if is_notification(message):
             await self.proxy.notification(session, message)

@@ -7,7 +7,9 @@ forget to set something that a layer below reads. It holds:
 
 - `traceparent`: the W3C header, continued when the message's `_meta` carries none;
 - `forwarded`: a 2026-07-28 host's `Mcp-Param-*` headers. The host computes them from a
-  tool's schema and the upstream checks them against the body, so they pass on unchanged.
+  tool's schema and the upstream checks them against the body, so they pass on unchanged;
+- `event_stream`: whether the host takes an event stream for the response (its `Accept`), so
+  that messages about its request can go before the answer; else they go to its GET stream.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ _PARAM_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
 class RequestContext:
     traceparent: str | None = None
     forwarded: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    event_stream: bool = True
 
     @classmethod
     def of(cls, headers: Mapping[str, str]) -> RequestContext:
         """The context of a request with these headers (names lower-case, as ASGI gives them)."""
         forwarded = {name: value for name, value in headers.items() if name.startswith(_PARAM_PREFIX)}
-        return cls(headers.get("traceparent"), forwarded or NO_HEADERS)
+        # No Accept at all takes anything, an event stream included.
+        event_stream = "text/event-stream" in headers.get("accept", "text/event-stream")
+        return cls(headers.get("traceparent"), forwarded or NO_HEADERS, event_stream)
 
 
 NO_CONTEXT = RequestContext()

@@ -28,6 +28,9 @@ REQUEST_CANCELLED: Final = -32800
 # orjson encodes no deeper than this, and reads up to 1024: a message between the two can be
 # read but never passed on, so each side refuses it where it arrives (see `TooDeep`).
 MAX_DEPTH: Final = 254
+# The severities of `notifications/message`, by rank: a host that asks for one gets those above.
+LOG_LEVELS: Final = {name: rank for rank, name in enumerate(
+    ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"])}  # fmt: skip
 
 
 def dumps(message: Any) -> bytes:

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from gateway.errors import ConnectTimeout, WireError
+from gateway.errors import ConnectFailed, ConnectTimeout, WireError
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
@@ -434,6 +434,7 @@ class Pool:
             if now - connection.idle_since < self._idle_s and connection.still_open():
                 return connection
             self._discard(connection)
+        connecting = False
         try:
             async with asyncio.timeout(self._connect_s):
                 if self._open >= self._max_connections:
@@ -443,6 +444,7 @@ class Pool:
                     # else a closed connection's slot was passed on: it is ours, still counted
                 else:
                     self._open += 1
+                connecting = True
                 try:
                     return await self._connect()
                 except BaseException:
@@ -450,7 +452,8 @@ class Pool:
                     raise
         except TimeoutError:
             raise ConnectTimeout(
-                f"no connection to {self._host}:{self._port} within {self._connect_s:g}s"
+                f"no connection to {self._host}:{self._port} within {self._connect_s:g}s",
+                connecting=connecting,
             ) from None
 
     async def _wait_for_slot(self) -> _Connection | None:
@@ -482,7 +485,7 @@ class Pool:
         except TimeoutError:
             raise  # the pool's deadline, not a connection error (TimeoutError is an OSError)
         except (OSError, ssl.SSLError) as exc:
-            raise WireError(f"could not connect to {self._host}:{self._port} ({exc})") from exc
+            raise ConnectFailed(f"could not connect to {self._host}:{self._port} ({exc})") from exc
         return connection
 
     def release(self, connection: _Connection) -> None:

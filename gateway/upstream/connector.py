@@ -4,6 +4,11 @@ A connector turns an `UpstreamConfig` into live `UpstreamSession`s: it starts th
 (a stdio child, or an HTTP channel on the upstream's shared connection pool) and performs the
 `initialize` handshake with the host's own client info and capabilities, so the upstream sees
 the host it is really serving (it only asks for elicitation or sampling if the host can answer).
+
+It also keeps the upstream's health (`health.py`), shared by every host session: while the
+upstream is down, opening a session fails at once with the cause, and the connector alone tries
+again, with a session of its own, at growing intervals; once one opens, whoever subscribed with
+`on_recovered` (the session registry, which tells the hosts to list again) hears of it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from typing import Any, Protocol
@@ -21,13 +26,21 @@ import httpx2
 from anyio.abc import TaskGroup
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 
+from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+)
 from gateway.protocol.context import NO_HEADERS
 from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
 from gateway.upstream._wire import Pool
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
+from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
@@ -56,6 +69,26 @@ class Handshake:
     client_info: JSONObject
 
 
+# The gateway's own handshake, when it checks an upstream it has no host session for.
+_CHECK = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "health check"})
+Recovered = Callable[[str, JSONObject], Awaitable[None]]
+
+
+def _refused_if_down(health: UpstreamHealth | None, config: UpstreamConfig) -> None:
+    """An open session over the network is not tried while its upstream is known to be down (a
+    live stdio child answers for itself: the upstream is down only for children yet to start)."""
+    if health is not None and health.down and config.transport != "stdio":
+        refusal = health.refusal()
+        if refusal is not None:
+            raise refusal
+
+
+def _failed(health: UpstreamHealth | None, exc: UpstreamError) -> None:
+    """Keep a failed call's cause; a call that found nothing there makes the upstream down."""
+    if health is not None and not isinstance(exc, UpstreamUnauthorized):
+        health.failed(exc, down=isinstance(exc, UpstreamUnreachable))
+
+
 @dataclass(slots=True)
 class UpstreamSession:
     """One upstream session opened on behalf of one host session."""
@@ -67,6 +100,7 @@ class UpstreamSession:
     server_info: JSONObject
     instructions: str | None
     last_used: float = field(default_factory=time.monotonic)
+    health: UpstreamHealth | None = None  # its upstream's, shared with every other session of it
 
     @property
     def name(self) -> str:
@@ -74,16 +108,25 @@ class UpstreamSession:
 
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         self.last_used = time.monotonic()
+        _refused_if_down(self.health, self.config)
         try:
             # asyncio's timeout, not anyio's: this wraps every forwarded call (see wire.py).
             async with asyncio.timeout(self.config.timeouts.call_s):
-                return await self.channel.request(message, sink)
+                response = await self.channel.request(message, sink)
         except anyio.get_cancelled_exc_class():
             await self._cancel_upstream(message, "the host cancelled the request")
             raise
         except TimeoutError:
             await self._cancel_upstream(message, f"timed out after {self.config.timeouts.call_s:g}s")
-            raise UpstreamTimeout(self.name, f"no answer within {self.config.timeouts.call_s:g}s") from None
+            timeout = UpstreamTimeout(self.name, f"no answer within {self.config.timeouts.call_s:g}s")
+            _failed(self.health, timeout)
+            raise timeout from None
+        except UpstreamError as exc:
+            _failed(self.health, exc)
+            raise
+        if self.health is not None:
+            self.health.answered()
+        return response
 
     async def announcing(self) -> None:
         """Return once what this upstream announces outside any call can reach the gateway: at
@@ -107,6 +150,7 @@ class ModernUpstream:
     config: UpstreamConfig
     channel: HttpChannel
     capabilities: JSONObject
+    health: UpstreamHealth | None = None
 
     async def request(
         self,
@@ -120,11 +164,20 @@ class ModernUpstream:
         headers = forwarded
         if credential:
             headers = {**headers, **credential}
+        _refused_if_down(self.health, self.config)
         try:
             async with asyncio.timeout(call_s):
-                return await self.channel.request(message, sink, headers)
+                response = await self.channel.request(message, sink, headers)
         except TimeoutError:
-            raise UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s") from None
+            timeout = UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s")
+            _failed(self.health, timeout)
+            raise timeout from None
+        except UpstreamError as exc:
+            _failed(self.health, exc)
+            raise
+        if self.health is not None:
+            self.health.answered()
+        return response
 
 
 class Connects(Protocol):
@@ -157,17 +210,34 @@ class Connector:
         self._modern: ModernUpstream | None = None
         self._probed_at: float | None = None
         self._probe_lock = anyio.Lock()
+        self.health = UpstreamHealth(config, self._log_redactor, on_down=self._retry_soon, on_up=self._back)
+        self._recovered: list[Recovered] = []
+        self._retrying = False
+
+    def on_recovered(self, callback: Recovered) -> None:
+        """Have `callback(name, capabilities)` run (in the background) whenever this upstream,
+        having been down, answers again."""
+        self._recovered.append(callback)
 
     async def modern(self) -> ModernUpstream | None:
         """This upstream as a 2026-07-28 server, if it is one (asked once with server/discover)."""
         if self._pool is None:
             return None
-        if self._fresh_probe():
+        if self._fresh_probe() or self.health.down:  # down: what was known, until it is back
             return self._modern
         async with self._probe_lock:
             if not self._fresh_probe():
-                self._modern = await self._discover(self._pool)
+                self.health.attempting()
+                try:
+                    self._modern = await self._discover(self._pool)
+                except UpstreamUnreachable as exc:
+                    self.health.failed(exc, down=True)
+                    return None  # asked again once it is back
+                finally:
+                    self.health.settled()
                 self._probed_at = time.monotonic()
+                if self._modern is not None:
+                    self.health.reached(self._modern.capabilities)
         return self._modern
 
     def _fresh_probe(self) -> bool:
@@ -188,12 +258,14 @@ class Connector:
         try:
             with anyio.fail_after(self.config.timeouts.connect_s):
                 response = await channel.request(probe, DISCARD)
+        except UpstreamUnreachable:
+            raise  # nothing there: no answer about its revision either
         except (UpstreamError, TimeoutError):
             return None
         result = response.get("result")
         if not isinstance(result, dict) or MODERN_VERSION not in (result.get("supportedVersions") or []):
             return None
-        return ModernUpstream(self.config, channel, result.get("capabilities") or {})
+        return ModernUpstream(self.config, channel, result.get("capabilities") or {}, self.health)
 
     @property
     def name(self) -> str:
@@ -201,6 +273,94 @@ class Connector:
 
     async def open_session(
         self, handshake: Handshake, unsolicited: Unsolicited, credential: HeaderSource | None = None
+    ) -> UpstreamSession:
+        """A new upstream session for a host session; at once `UpstreamUnavailable` (naming the
+        cause) while the upstream is down."""
+        refusal = self.health.refusal()
+        if refusal is not None:
+            raise refusal
+        return await self._opening(handshake, unsolicited, credential)
+
+    async def check(self) -> None:
+        """Try to reach the upstream now, with a session of the gateway's own closed at once; what
+        comes of it is in `health`. For required upstreams at start-up, and while one is down."""
+        self.health.attempting()
+        try:
+            if self._pool is not None:  # a 2026-07-28 server may answer no `initialize`
+                try:
+                    modern = await self._discover(self._pool)
+                except UpstreamUnreachable as exc:
+                    self.health.failed(exc, down=True)
+                    return
+                self._modern, self._probed_at = modern, time.monotonic()
+                if modern is not None:
+                    self.health.reached(modern.capabilities)
+                    return
+            try:
+                session = await self._opening(_CHECK, _nowhere, None, listen=False)
+            except UpstreamError:
+                return  # kept in `health`
+            with anyio.CancelScope(shield=True):
+                await session.channel.aclose()
+        finally:
+            self.health.settled()
+
+    def check_soon(self) -> None:
+        start_guarded(self._task_group, f"upstream {self.name}: checking it", self.check)
+
+    async def _opening(
+        self,
+        handshake: Handshake,
+        unsolicited: Unsolicited,
+        credential: HeaderSource | None,
+        *,
+        listen: bool = True,
+    ) -> UpstreamSession:
+        """Open a session, and keep what it says of the upstream's health."""
+        self.health.attempting()
+        try:
+            session = await self._open(handshake, unsolicited, credential, listen)
+            self.health.reached(session.capabilities)
+            return session
+        except UpstreamUnauthorized:
+            self.health.reached({})  # it answered: only the credential was refused
+            raise
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            self.health.failed(exc, down=True)
+            raise
+        finally:
+            self.health.settled()
+
+    def _retry_soon(self) -> None:
+        if not self._retrying:
+            self._retrying = True
+            start_guarded(self._task_group, f"upstream {self.name}: trying it again", self._retry)
+
+    async def _retry(self) -> None:
+        """While the upstream is down, check it at the intervals its health sets (they grow)."""
+        try:
+            while self.health.down:
+                await anyio.sleep(self.health.retry_in())  # a schedule, not synchronisation
+                if not self.health.down:
+                    break
+                try:
+                    await self.check()
+                except Exception as exc:  # a failure of the check itself must not end the retries
+                    log_failure(f"upstream {self.name}: checking it", exc)
+                    self.health.failed(UpstreamUnavailable(self.name, f"the check failed: {exc}"), down=True)
+        finally:
+            self._retrying = False
+
+    def _back(self, capabilities: JSONObject) -> None:
+        """The upstream answers again: a "no" to server/discover may have been its absence."""
+        if self._modern is None:
+            self._probed_at = None
+        for callback in self._recovered:
+            start_guarded(self._task_group, f"upstream {self.name}: telling hosts it is back", callback,
+                          self.name, capabilities)  # fmt: skip
+
+    async def _open(
+        self, handshake: Handshake, unsolicited: Unsolicited, credential: HeaderSource | None, listen: bool
     ) -> UpstreamSession:
         config = self.config
         try:
@@ -225,7 +385,7 @@ class Connector:
             raise UpstreamTimeout(
                 config.name, f"no handshake within {config.timeouts.connect_s:g}s"
             ) from None
-        if isinstance(channel, HttpChannel):
+        if isinstance(channel, HttpChannel) and listen:
             channel.start_listening(self._task_group)
         return UpstreamSession(
             config=config,
@@ -234,6 +394,7 @@ class Connector:
             capabilities=result.get("capabilities") or {},
             server_info=result.get("serverInfo") or {},
             instructions=result.get("instructions"),
+            health=self.health,
         )
 
     async def verify(self, credential: Mapping[str, str]) -> None:

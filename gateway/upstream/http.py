@@ -22,6 +22,7 @@ from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_
 
 from gateway.background import start_guarded
 from gateway.errors import (
+    ConnectFailed,
     ConnectTimeout,
     CredentialError,
     EventStreamError,
@@ -30,6 +31,7 @@ from gateway.errors import (
     UpstreamSessionExpired,
     UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     WireError,
 )
 from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, dumps, loads_relayable
@@ -97,7 +99,11 @@ class HttpChannel:
             finally:
                 resp.close()
         except ConnectTimeout as exc:
+            if exc.connecting:  # the address does not answer (a pool at its cap says nothing of it)
+                raise UpstreamUnreachable(self._name, f"connection timed out ({exc})") from exc
             raise UpstreamUnavailable(self._name, f"connection timed out ({exc})") from exc
+        except ConnectFailed as exc:
+            raise UpstreamUnreachable(self._name, f"connection failed: {exc}") from exc
         except WireError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
         except TooDeep as exc:

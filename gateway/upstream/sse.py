@@ -15,7 +15,7 @@ import httpx2
 from anyio.abc import TaskGroup
 
 from gateway.background import start_guarded
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamUnavailable, UpstreamUnreachable
 from gateway.protocol.jsonrpc import JSONObject, dumps
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
@@ -33,6 +33,7 @@ class SseChannel:
         self._ready = anyio.Event()
         self._closed = False
         self._scope = anyio.CancelScope()
+        self._failure: UpstreamUnavailable | None = None  # why the stream ended, if it failed
 
     @classmethod
     async def start(
@@ -42,6 +43,8 @@ class SseChannel:
         start_guarded(task_group, f"upstream {name}: reading its event stream", channel._run)
         await channel._ready.wait()
         if channel._endpoint is None:
+            if channel._failure is not None:
+                raise channel._failure
             raise UpstreamUnavailable(name, "the SSE stream closed before naming its message endpoint")
         return channel
 
@@ -84,9 +87,9 @@ class SseChannel:
                 headers = {"accept": "text/event-stream"}
                 async with self._client.stream("GET", self._url, headers=headers) as response:
                     if response.status_code != 200:
-                        logger.warning(
-                            "upstream %s: SSE stream refused (HTTP %d)", self._name, response.status_code
-                        )
+                        refused = f"SSE stream refused (HTTP {response.status_code})"
+                        logger.warning("upstream %s: %s", self._name, refused)
+                        self._failure = UpstreamUnavailable(self._name, refused)
                         return
                     async for event in httpx2.EventSource(response):
                         if event.event == "endpoint":
@@ -94,8 +97,15 @@ class SseChannel:
                             self._ready.set()
                         elif event.data:
                             await self._demux.dispatch_raw(event.data)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+                logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
+                reason = f"could not connect ({exc or type(exc).__name__})"
+                self._failure = UpstreamUnreachable(self._name, reason)
             except httpx2.HTTPError as exc:
                 logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
+                self._failure = UpstreamUnavailable(
+                    self._name, f"SSE stream failed: {exc or type(exc).__name__}"
+                )
             finally:
                 self._closed = True
                 self._ready.set()

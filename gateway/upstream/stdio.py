@@ -20,7 +20,7 @@ from mcp.client.stdio import get_default_environment
 from mcp.os.posix.utilities import terminate_posix_process_tree
 
 from gateway.background import start_guarded
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamUnavailable, UpstreamUnreachable
 from gateway.protocol.jsonrpc import JSONObject, dumps
 from gateway.recording.redaction import Redactor
 from gateway.upstream.channel import MessageSink, Unsolicited
@@ -123,7 +123,7 @@ class StdioChannel:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise UpstreamUnavailable(name, f"cannot start {command[0]!r}: {exc}") from exc
+            raise UpstreamUnreachable(name, f"cannot start {command[0]!r}: {exc}") from exc
         channel = cls(name, process, unsolicited, stderr)
         start_guarded(task_group, f"upstream {name}: reading its output", channel._run)
         return channel
@@ -139,7 +139,9 @@ class StdioChannel:
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         response = await self._demux.round_trip(message, sink, self._write)
         if response is None:
-            raise UpstreamUnavailable(self._name, "the process exited before answering")
+            code = self._process.returncode
+            exited = "the process exited before answering"
+            raise UpstreamUnavailable(self._name, exited if code is None else f"{exited} (exit code {code})")
         return response
 
     async def notify(self, message: JSONObject) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import orjson
 import pytest
 
 from tests.fault_upstream import LEAKED
@@ -323,7 +324,13 @@ async def test_an_unreachable_upstream_costs_a_host_no_more_than_its_own_tools(
 ) -> None:
     host = await Host(http, gateway.url).open()
     listed = await host.post_json({"jsonrpc": "2.0", "id": 90, "method": "tools/list"})
-    names = {tool["name"] for tool in listed.json()["result"]["tools"]}
+    # The answer comes on an event stream, after a warning naming the upstream it lacks.
+    *before, final = [
+        orjson.loads(line[6:]) for line in listed.text.splitlines() if line.startswith("data: ")
+    ]
+    warned = [m["params"]["data"]["upstream"] for m in before if m["method"] == "notifications/message"]
+    assert warned == ["dead"]
+    names = {tool["name"] for tool in final["result"]["tools"]}
     assert {"demo__echo", "faults__echo", "flaky__echo"} <= names
     assert not any(name.startswith("dead__") for name in names)
     answer = await host.call("dead__anything", {})

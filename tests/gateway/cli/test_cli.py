@@ -161,7 +161,8 @@ async def test_keys_list_shows_each_key_and_revoke_refuses_it_on_the_very_next_r
         ({"transport: stdio": "transport: carrier-pigeon"}, "upstreams[0].transport"),
         ({"listen:": "listen:\n  colour: blue"}, "listen.colour"),
         (
-            {"required: false": "required: false\n  secret: ${MCPGW_TEST_UNSET_VARIABLE}"},
+            # auth's own key, not an upstream's commented `required: false`
+            {"\n  required: false\n": "\n  required: false\n  secret: ${MCPGW_TEST_UNSET_VARIABLE}\n"},
             "MCPGW_TEST_UNSET_VARIABLE",
         ),
     ],
