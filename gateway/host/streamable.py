@@ -60,7 +60,14 @@ GATEWAY_CAPABILITIES: JSONObject = {
     "completions": {},
 }
 _MODERN_META_KEY = "io.modelcontextprotocol/protocolVersion"
-_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="mcpgw", error="invalid_token"')
+# Without host sign-in the gateway has no authorization server, so its 401 must not name the
+# Bearer scheme: MCP clients answer a Bearer challenge by starting an OAuth flow (RFC 9728
+# discovery, then registration), which can only fail here. RFC 9110 section 11.6.1 still requires
+# a 401 to carry at least one challenge, and section 11.1 lets it name any auth-scheme token;
+# "ApiKey" is one no OAuth client acts on, and its parameters say where the key goes. (Keys are
+# also accepted as "Authorization: Bearer <key>", which the error message says.)
+_API_KEY_CHALLENGE = (b"www-authenticate", b'ApiKey realm="mcpgw", header="x-api-key"')
+_SEND_YOUR_KEY = "send your API key as x-api-key or Authorization: Bearer"
 
 
 @dataclass(slots=True)
@@ -87,8 +94,8 @@ class Endpoint:
             raise HostRefusal(429, INVALID_REQUEST, message, headers=(retry_after,)) from None
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
-            reason = "missing API key" if missing else "unknown API key"
-            raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_WWW_AUTHENTICATE,))
+            reason = f"missing API key: {_SEND_YOUR_KEY}" if missing else "unknown API key"
+            raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_API_KEY_CHALLENGE,))
         organisation = scope.get("path_params", {}).get("organisationId")
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.
