@@ -470,7 +470,8 @@ class SessionRegistry:
                 mcp_session_id=session_id,
                 organisation_id=principal.organisation_id,
                 api_key_id=principal.api_key_id,
-                client_id=client_id_of(name),
+                # A signed-in host's registered client; else one derived from the name it gives.
+                client_id=principal.client_id or client_id_of(name),
                 client_name=name if isinstance(name, str) else None,
                 client_version=version if isinstance(version, str) else None,
                 protocol_version=protocol_version,

@@ -106,7 +106,7 @@ class StatelessHandler:
     server_info: JSONObject
     task_group: TaskGroup
     shutdown: Shutdown  # the server stopping: the listen streams end
-    _groups: dict[tuple[str, str | None, str, str], HostSession] = field(default_factory=dict)
+    _groups: dict[tuple[str, str | None, str | None, str, str], HostSession] = field(default_factory=dict)
     _suspended: dict[str, _Call] = field(default_factory=dict)
 
     async def handle(
@@ -305,6 +305,7 @@ class StatelessHandler:
         key = (
             principal.organisation_id,
             principal.api_key_id,
+            principal.grant_id,
             str(info.get("name", "")),
             str(info.get("version", "")),
         )

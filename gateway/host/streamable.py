@@ -47,6 +47,7 @@ from gateway.protocol.jsonrpc import (
     params_of,
     result,
 )
+from gateway.signin.resource import ProtectedResource
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Endpoint:
     stateless: StatelessHandler
     max_body_bytes: int
     shutdown: Shutdown  # the server stopping: the GET streams end
+    signin: ProtectedResource | None = None  # with host sign-in: the MCP URLs hosts sign in to
 
     async def admit(self, scope: Scope, headers: dict[str, str]) -> Principal:
         """Guard, authenticate and scope a request (`HostRefusal` if it may not be served)."""
@@ -86,17 +88,26 @@ class Endpoint:
         if problem is not None:
             raise HostRefusal(problem[0], INVALID_REQUEST, problem[1])
         client = scope.get("client")
+        organisation = scope.get("path_params", {}).get("organisationId")
+        # A signed-in host's token is good only for the MCP URL it was issued for (RFC 8707); the
+        # legacy SSE paths, which share this door, take keys only.
+        on_mcp = self.signin is not None and scope["path"].startswith("/mcp")
+        resource = self.signin.url(organisation) if self.signin is not None and on_mcp else None
         try:
-            principal = await self.auth.authenticate(headers, client[0] if client else None)
+            principal = await self.auth.authenticate(headers, client[0] if client else None, resource)
         except AuthThrottled as exc:
             message = "Too many failed authentications from this address; retry later"
             retry_after = (b"retry-after", str(exc.retry_after_s).encode())
             raise HostRefusal(429, INVALID_REQUEST, message, headers=(retry_after,)) from None
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
+            if self.signin is not None and on_mcp:
+                # RFC 9728 section 5.1: where the host finds out how to sign in.
+                challenge = self.signin.challenge(organisation, invalid_token=not missing)
+                reason = f"sign in, or {_SEND_YOUR_KEY}" if missing else "unknown or expired credential"
+                raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(challenge,))
             reason = f"missing API key: {_SEND_YOUR_KEY}" if missing else "unknown API key"
             raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_API_KEY_CHALLENGE,))
-        organisation = scope.get("path_params", {}).get("organisationId")
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.
             raise HostRefusal(404, INVALID_REQUEST, "Not Found")

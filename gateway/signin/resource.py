@@ -33,6 +33,11 @@ class ProtectedResource:
         """The resource identifier of `/mcp`, or of `/mcp/{organisation}`."""
         return f"{self.public_url}/mcp" if organisation is None else f"{self.public_url}/mcp/{organisation}"
 
+    def organisation_of(self, resource: str) -> str | None:
+        """The organisation a resource identifier of this gateway names, or None for `/mcp`."""
+        prefix = f"{self.public_url}/mcp/"
+        return resource[len(prefix) :] if resource.startswith(prefix) else None
+
     def metadata_url(self, organisation: str | None = None) -> str:
         path = "/mcp" if organisation is None else f"/mcp/{organisation}"
         return f"{self.public_url}{METADATA_PREFIX}{path}"
