@@ -18,6 +18,7 @@ from mcp.server.auth.handlers.authorize import AuthorizationHandler
 from mcp.server.auth.handlers.register import RegistrationHandler
 from mcp.server.auth.handlers.revoke import RevocationHandler
 from mcp.server.auth.handlers.token import TokenHandler
+from mcp.server.auth.middleware.client_auth import AuthenticationError
 from mcp.server.auth.provider import construct_redirect_uri
 from mcp.server.auth.settings import ClientRegistrationOptions
 from starlette.requests import Request
@@ -41,6 +42,7 @@ TOKEN_PATH = "/signin/token"
 REGISTER_PATH = "/signin/register"
 REVOKE_PATH = "/signin/revoke"
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+_GRANT_TYPES = ("authorization_code", "refresh_token")
 _CLIENT_AUTH_METHODS = ["none", "client_secret_post", "client_secret_basic"]
 
 
@@ -60,7 +62,7 @@ class SignInServer:
         self.clients = Clients(store, ClientDocuments(http, gateway_on_loopback=on_loopback), config.clients)
         self.consents = Consents(store, self.resource, config, check_key)
         self.provider = SignInProvider(store, self.clients, self.resource, config, self.consents.start)
-        authenticator = HostClientAuthenticator(self.provider)
+        self._authenticator = authenticator = HostClientAuthenticator(self.provider)
         self._authorize = AuthorizationHandler(self.provider)
         self._token = TokenHandler(self.provider, authenticator)
         self._register = RegistrationHandler(
@@ -83,7 +85,7 @@ class SignInServer:
             "scopes_supported": [SCOPE],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": list(_GRANT_TYPES),
             "token_endpoint_auth_methods_supported": _CLIENT_AUTH_METHODS,
             "revocation_endpoint_auth_methods_supported": _CLIENT_AUTH_METHODS,
             "code_challenge_methods_supported": ["S256"],
@@ -103,6 +105,12 @@ class SignInServer:
 
     async def token(self, request: Request) -> Response:
         form = await request.form()
+        grant_type = form.get("grant_type")
+        if isinstance(grant_type, str) and grant_type not in _GRANT_TYPES:
+            # The SDK would call an unknown grant type a malformed request; RFC 6749 5.2 names it.
+            return _error(
+                400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
+            )
         resource = form.get("resource")
         if isinstance(resource, str) and self.resource.known(resource) is None:
             return _error(400, "invalid_target", "resource is not an MCP URL of this gateway (RFC 8707)")
@@ -119,6 +127,12 @@ class SignInServer:
         return await self._register.handle(request)
 
     async def revoke(self, request: Request) -> Response:
+        try:
+            await self._authenticator.authenticate_request(request)
+        except AuthenticationError as exc:
+            # RFC 7009 2.2.1 answers a client that fails to authenticate as RFC 6749 5.2 does:
+            # invalid_client (the SDK handler would say unauthorized_client).
+            return _error(401, "invalid_client", exc.message)
         return await self._revoke.handle(request)
 
     def resource_metadata(self, organisation: str | None) -> Response:

@@ -3,12 +3,16 @@ in a browser completing the consent page (GET it, POST its form) as a real one w
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -151,3 +155,63 @@ def oauth_client(
         callback_handler=browser.callback,
         client_metadata_url=client_metadata_url,
     )
+
+
+@dataclass
+class Registered:
+    client_id: str
+    client_secret: str | None
+
+
+def pkce() -> tuple[str, str]:
+    """A PKCE verifier and its S256 challenge (RFC 7636 section 4.2)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+async def register(http: httpx2.AsyncClient, base_url: str, **metadata: Any) -> Registered:
+    body = {"redirect_uris": [REDIRECT_URI], "client_name": "Raw host", **metadata}
+    response = await http.post(f"{base_url}/signin/register", json=body)
+    assert response.status_code == 201, response.text
+    registered = response.json()
+    return Registered(registered["client_id"], registered.get("client_secret"))
+
+
+def authorize_params(client_id: str, challenge: str, **extra: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT_URI,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "the-state",
+        **extra,
+    }
+
+
+async def sign_in(
+    http: httpx2.AsyncClient, base_url: str, client_id: str, key: str, **extra: str
+) -> tuple[str, str]:
+    """Authorize as a host and approve as a person with `key`: (the code, its verifier)."""
+    verifier, challenge = pkce()
+    browser = Browser(http, key)
+    url = str(
+        httpx2.URL(f"{base_url}/signin/authorize", params=authorize_params(client_id, challenge, **extra))
+    )
+    await browser.open(url)
+    return browser.received[0]["code"], verifier
+
+
+async def redeem(
+    http: httpx2.AsyncClient, base_url: str, client: Registered, code: str, verifier: str
+) -> httpx2.Response:
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": REDIRECT_URI,
+        "client_id": client.client_id,
+        **({} if client.client_secret is None else {"client_secret": client.client_secret}),
+    }
+    return await http.post(f"{base_url}/signin/token", data=data)
