@@ -15,7 +15,7 @@ import binascii
 import hmac
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import unquote
 
 from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
@@ -116,7 +116,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
         self, client: OAuthClientInformationFull, authorization_code: RedeemedCode
     ) -> OAuthToken:
         now = utc_now()
-        access, refresh = self._new_tokens()
+        access, refresh = self._new_tokens(now)
         await self._store.open_grant(authorization_code.code, str(uuid.uuid4()), access, refresh, now)
         return self._answer(access, refresh)
 
@@ -139,7 +139,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
         self, client: OAuthClientInformationFull, refresh_token: SignInRefresh, scopes: list[str]
     ) -> OAuthToken:
         now = utc_now()
-        access, refresh = self._new_tokens()
+        access, refresh = self._new_tokens(now)
         if not await self._store.rotate(refresh_token.token, access, refresh, now):
             raise TokenError("invalid_grant", "the refresh token was used already, revoked or expired")
         return self._answer(access, refresh)
@@ -162,8 +162,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
         if grant is not None:
             await self._store.revoke_grant(grant.id, "revoked", utc_now())
 
-    def _new_tokens(self) -> tuple[IssuedToken, IssuedToken]:
-        wall = utc_now()
+    def _new_tokens(self, wall: datetime) -> tuple[IssuedToken, IssuedToken]:
         access = IssuedToken(
             new_secret(ACCESS_PREFIX), wall + timedelta(seconds=self._config.access_token_ttl_s)
         )

@@ -65,9 +65,10 @@ class SignInServer:
         self._authenticator = authenticator = HostClientAuthenticator(self.provider)
         self._authorize = AuthorizationHandler(self.provider)
         self._token = TokenHandler(self.provider, authenticator)
+        # Any requested scope registers (RFC 7591 section 2 lets the server replace metadata):
+        # hosts name scopes of their own, and every sign-in gets the one there is (clients.py).
         self._register = RegistrationHandler(
-            self.provider,
-            ClientRegistrationOptions(enabled=True, valid_scopes=[SCOPE], default_scopes=[SCOPE]),
+            self.provider, ClientRegistrationOptions(enabled=True, default_scopes=[SCOPE])
         )
         self._revoke = RevocationHandler(self.provider, authenticator)
         self._registrations = PerAddress(config.registrations_per_hour)

@@ -88,3 +88,17 @@ async def test_a_registered_secret_is_kept_only_as_its_hash(tmp_path: Path) -> N
         files = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]  # with -wal
         assert client.client_secret is not None
         assert all(client.client_secret.encode() not in p.read_bytes() for p in files)
+
+
+async def test_a_host_registering_with_a_scope_of_its_own_still_registers_and_gets_the_mcp_scope(
+    tmp_path: Path,
+) -> None:
+    # claude.ai registers with a scope of its own naming; RFC 7591 section 2 lets the server
+    # replace requested metadata rather than refuse the registration.
+    async with signin_gateway(tmp_path) as gateway, httpx2.AsyncClient() as http:
+        key = await create_key(gateway, "ada")
+        with anyio.fail_after(TIMEOUT):
+            client = await register(http, gateway.base_url, scope="claudeai")
+            code, verifier = await sign_in(http, gateway.base_url, client.client_id, key, scope="claudeai")
+            tokens = await redeem(http, gateway.base_url, client, code, verifier)
+    assert tokens.status_code == 200 and tokens.json()["scope"] == "mcp"
