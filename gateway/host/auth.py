@@ -44,7 +44,7 @@ from gateway.config import ToolFilter
 from gateway.errors import AuthThrottled
 from gateway.host._throttle import LOG_INTERVAL_S, FailureLimits
 from gateway.signin.tokens import is_access_token
-from store import ApiKey, SignInStore, StoreError, hash_api_key, utc_now
+from store import ApiKey, SignedIn, StoreError, hash_api_key, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ class KeyStore(Protocol):
     async def record_key_use(self, used: Mapping[str, datetime]) -> None: ...
 
 
+class TokenStore(Protocol):
+    """What accepting signed-in hosts' access tokens needs of the store (`store.SignInStore` has it)."""
+
+    async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Known:
     principal: Principal
@@ -103,7 +109,7 @@ class HostAuth:
         default_organisation_id: str,
         max_failures_per_minute: int = 20,
         clock: Callable[[], float] = time.monotonic,
-        tokens: SignInStore | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
         self._store = store
         self._tokens = tokens  # None: host sign-in is off, no access token is accepted
