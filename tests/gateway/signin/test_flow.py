@@ -4,6 +4,7 @@ authorize, the consent page completed as a browser would, token, calls, refresh,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from tests.gateway.signin.browser import (
     SignInGateway,
     create_key,
     oauth_client,
+    redeem,
+    register,
+    sign_in,
     signin_gateway,
 )
 
@@ -124,3 +128,41 @@ async def test_a_signed_in_host_refreshes_an_expired_token_and_a_revoked_one_sig
                 )
             assert refused.status_code == 401
             assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+
+
+async def test_no_token_code_secret_or_verifier_reaches_the_gateways_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with signin_gateway(tmp_path) as gateway, httpx2.AsyncClient() as http:
+        key = await create_key(gateway, "ada")
+        with anyio.fail_after(TIMEOUT):
+            client = await register(http, gateway.base_url, token_endpoint_auth_method="client_secret_post")
+            code, verifier = await sign_in(http, gateway.base_url, client.client_id, key)
+            tokens = (await redeem(http, gateway.base_url, client, code, verifier)).json()
+            replayed = await redeem(http, gateway.base_url, client, code, verifier)
+            refreshed = await http.post(
+                f"{gateway.base_url}/signin/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": tokens["refresh_token"],
+                    "client_id": client.client_id,
+                    "client_secret": client.client_secret or "",
+                },
+            )
+    assert replayed.status_code == 400 and refreshed.status_code == 400  # the replay revoked the grant
+    secrets = [
+        key,
+        code,
+        verifier,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        client.client_secret or key,
+    ]
+    ours = [
+        r for r in caplog.records if r.name.split(".")[0] in ("gateway", "store", "api", "mcp", "uvicorn")
+    ]
+    assert ours  # the gateway did log (sign-ins, registrations)
+    for record in ours:
+        text = record.getMessage()
+        assert not any(secret in text for secret in secrets), record.name
