@@ -36,7 +36,7 @@ _CODES_KEPT = timedelta(hours=1)  # past its expiry, so that a replay is still t
 _CLIENT_COLUMNS = "id, client_id, kind, metadata, secret_hash, created_at, last_used_at, expires_at"
 _CODE_COLUMNS = (
     "client_id, client_row_id, client_name, redirect_uri, code_challenge, resource, scope,"
-    " organisation_id, api_key_id, expires_at"
+    " organisation_id, api_key_id, expires_at, redirect_uri_explicit"
 )
 _GRANT_COLUMNS = (
     "g.id, g.organisation_id, g.api_key_id, k.user_id, k.prefix, g.client_row_id, g.client_id,"
@@ -148,8 +148,8 @@ def _redeem(conn: sqlite3.Connection, digest: str, now: int) -> tuple[Any, str |
         ).fetchone()
         if row is None:
             return None, None
-        if row[10] is not None:
-            grant_id: str | None = row[11]
+        if row[11] is not None:
+            grant_id: str | None = row[12]
             if grant_id is not None and _revoke(conn, grant_id, "code_replayed", now):
                 return None, grant_id
             return None, None
@@ -303,7 +303,7 @@ class SignInSql:
         with translated("issue an authorization code"):
             await self._conn.execute(
                 f"INSERT INTO signin_codes (code_hash, {_CODE_COLUMNS}, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     hash_api_key(code),
                     what.client_id,
@@ -316,6 +316,7 @@ class SignInSql:
                     what.organisation_id,
                     what.api_key_id,
                     _ms(what.expires_at),
+                    int(what.redirect_uri_explicit),
                     _ms(now),
                 ),
             )
@@ -337,6 +338,7 @@ class SignInSql:
             organisation_id=row[7],
             api_key_id=row[8],
             expires_at=from_unix_ms(row[9]),
+            redirect_uri_explicit=bool(row[10]),
         )
 
     async def open_grant(

@@ -179,6 +179,7 @@ MIGRATIONS: tuple[str, ...] = (
         client_row_id TEXT NOT NULL,
         client_name TEXT,
         redirect_uri TEXT NOT NULL,
+        redirect_uri_explicit INTEGER NOT NULL DEFAULT 1,
         code_challenge TEXT NOT NULL,
         resource TEXT NOT NULL,
         scope TEXT NOT NULL,

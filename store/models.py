@@ -309,6 +309,9 @@ class SignInCode:
     api_key_id: str
     """The key the person approved with: what the host will act as."""
     expires_at: datetime
+    redirect_uri_explicit: bool = True
+    """Whether the authorization request named ``redirect_uri`` (then the token request must
+    repeat it, RFC 6749 section 4.1.3), rather than leaving it to the one the client registered."""
 
 
 @dataclass(frozen=True, slots=True)

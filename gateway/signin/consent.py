@@ -153,6 +153,7 @@ class Consents:
                 organisation_id=principal.organisation_id,
                 api_key_id=principal.api_key_id,
                 expires_at=now + timedelta(seconds=self._config.code_ttl_s),
+                redirect_uri_explicit=pending.params.redirect_uri_provided_explicitly,
             ),
             now,
         )

@@ -107,7 +107,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
             client_id=redeemed.client_id,
             code_challenge=redeemed.code_challenge,
             redirect_uri=redeemed.redirect_uri,  # type: ignore[arg-type]  # pydantic reads a str
-            redirect_uri_provided_explicitly=True,
+            redirect_uri_provided_explicitly=redeemed.redirect_uri_explicit,
             resource=redeemed.resource,
             grant=redeemed,
         )

@@ -4,6 +4,7 @@ each case registers its own client and signs in afresh where it needs a code or 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,3 +309,30 @@ async def test_each_refused_sign_in_request_gets_the_rfc_error_and_no_open_redir
         assert 'error="invalid_token"' in challenge and "resource_metadata=" in challenge
     elif error is not None:
         assert response.json()["error"] == error
+
+
+async def test_a_code_asked_for_without_a_redirect_uri_is_redeemed_without_one(ctx: Ctx) -> None:
+    # RFC 6749 4.1.3: the token request repeats redirect_uri only if the authorization request
+    # had it; a client with one registered URI may leave it out of both.
+    client = await ctx.client()
+    verifier, challenge = pkce()
+    params = authorize_params(client.client_id, challenge)
+    del params["redirect_uri"]
+    with anyio.fail_after(TIMEOUT):
+        authorize = await ctx.authorize(**params)
+        page = await ctx.http.get(authorize.headers["location"])
+        form = dict(re.findall(r'<input type="hidden" name="(request|csrf)" value="([^"]+)">', page.text))
+        answer = await ctx.http.post(
+            f"{ctx.base}/signin/consent", data={**form, "decision": "approve", "api_key": ctx.key}
+        )
+        assert answer.headers["location"].startswith(REDIRECT_URI + "?")
+        code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "client_id": client.client_id,
+            "client_secret": client.client_secret or "",
+        }
+        tokens = await ctx.token(data)
+    assert tokens.status_code == 200, tokens.text
