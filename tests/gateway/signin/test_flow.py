@@ -5,6 +5,7 @@ authorize, the consent page completed as a browser would, token, calls, refresh,
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from tests.gateway.signin.browser import (
     Browser,
     MemoryStorage,
     SignInGateway,
+    authorize_params,
     create_key,
     oauth_client,
+    pkce,
     redeem,
     register,
     sign_in,
@@ -166,3 +169,36 @@ async def test_no_token_code_secret_or_verifier_reaches_the_gateways_log(
     for record in ours:
         text = record.getMessage()
         assert not any(secret in text for secret in secrets), record.name
+
+
+async def test_a_host_signs_in_to_an_organisations_own_mcp_url_only_with_a_key_of_that_organisation(
+    gateway: SignInGateway,
+) -> None:
+    org = await gateway.running.gateway.store.ensure_organisation("default")
+    url = f"{gateway.url}/{org.id}"
+    outsider = await create_key(gateway, "eve", organisation="other")
+    key = await create_key(gateway, "ada")
+    async with httpx2.AsyncClient(follow_redirects=False) as browser_http:
+        with anyio.fail_after(TIMEOUT):
+            registered = await register(browser_http, gateway.base_url)
+            params = authorize_params(registered.client_id, pkce()[1], resource=url)
+            authorize = await browser_http.get(f"{gateway.base_url}/signin/authorize", params=params)
+            page = await browser_http.get(authorize.headers["location"])
+            form = dict(re.findall(r'<input type="hidden" name="(request|csrf)" value="([^"]+)">', page.text))
+            refused = await browser_http.post(
+                f"{gateway.base_url}/signin/consent",
+                data={**form, "decision": "approve", "api_key": outsider},
+            )
+        assert refused.status_code == 400 and "location" not in refused.headers
+        assert "another organisation" in refused.text
+        browser = Browser(browser_http, key)
+        storage = MemoryStorage()
+        async with (
+            httpx2.AsyncClient(auth=oauth_client(url, browser, storage), timeout=TIMEOUT) as http,
+            Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        ):
+            with anyio.fail_after(TIMEOUT):
+                result = await client.call_tool("demo__echo", {"text": "scoped"})
+    assert result.content[0].model_dump()["text"] == "scoped"
+    grants = await gateway.running.gateway.store.signin.grants(org.id)
+    assert [g.resource for g in grants] == [url]
