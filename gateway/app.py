@@ -38,7 +38,7 @@ from api import (
     api_routes,
     credential_routes,
 )
-from gateway.background import start_guarded
+from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
@@ -57,6 +57,8 @@ from gateway.readiness import Readiness
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
 from gateway.recording.store_recorder import running_recorder
+from gateway.signin.routes import signin_routes
+from gateway.signin.server import SignInServer
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
 from store import Binding, Store, open_sqlite_store
 
@@ -83,6 +85,7 @@ class Gateway:
     credentials_api: CredentialsApi
     pages: ConnectPages
     readiness: Readiness
+    signin: SignInServer | None = None  # with host_sign_in.enabled: the authorization server
     stopped: bool = False
 
 
@@ -136,7 +139,14 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             required=config.auth.required,
             default_organisation_id=organisation.id,
             max_failures_per_minute=config.auth.max_failures_per_minute,
+            tokens=store.signin if config.host_sign_in.enabled else None,
         )
+        signin: SignInServer | None = None
+        if config.host_sign_in.enabled:
+            signin = SignInServer(
+                config.host_sign_in, config.public_url, store.signin, oauth_http, auth.authenticate
+            )
+            start_guarded(task_group, "sign-in maintenance", every, 3600.0, "pruning sign-ins", signin.prune)
         # Before the task group is cancelled and the store closed: the last key use is kept.
         stack.push_async_callback(_shielded, auth.flush_usage)
         endpoint = Endpoint(
@@ -149,6 +159,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             ),
             max_body_bytes=config.security.max_body_bytes,
             shutdown=shutdown,
+            signin=None if signin is None else signin.resource,
         )
 
         async def end_sessions_at_shutdown() -> None:
@@ -192,6 +203,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             readiness=Readiness(
                 store, {name: connector.health for name, connector in connectors.items()}, task_group
             ),
+            signin=signin,
         )
 
 
@@ -246,6 +258,11 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
     def pages(request: Request) -> ConnectPages:
         return _gateway(request.scope).pages
 
+    def signin(request: Request) -> SignInServer:
+        server = _gateway(request.scope).signin
+        assert server is not None  # its routes are declared only when it is enabled
+        return server
+
     routes = [
         Route("/sse", _Asgi(sse_stream), methods=["GET"]),
         Route("/messages", _Asgi(sse_message), methods=["POST"]),
@@ -254,6 +271,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         *api_routes(sessions_api),
         *credential_routes(credentials_api),
         *connect_routes(pages, config.public_url),
+        *(signin_routes(signin) if config.host_sign_in.enabled else []),
     ]
     rest = Starlette(routes=routes, lifespan=lifespan)
     # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host

@@ -12,6 +12,7 @@
     ├── SessionLimit                  a caller (429) or the gateway (503) holds all the sessions it may
     ├── HostRefusal                   a host request refused at the door: HTTP status + JSON-RPC error
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
+    ├── SignInRefused                 a host's sign-in request refused: an OAuth error code (RFC 6749)
     ├── CredentialError               no usable credential for an upstream
     │   ├── AuthRequired              the caller must connect an account first (carries the URL)
     │   ├── OAuthError                an authorization server misbehaved or cannot be used
@@ -131,6 +132,19 @@ class AuthThrottled(GatewayError):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"too many failed authentications; retry after {retry_after_s}s")
         self.retry_after_s = retry_after_s
+
+
+class SignInRefused(GatewayError):
+    """A request to the gateway's own authorization server that it refuses: ``error`` is the
+    OAuth error code the answer carries (RFC 6749 section 5.2, RFC 7591 section 3.2.2:
+    ``invalid_request``, ``invalid_client``, ``invalid_target``, ...), ``status`` the HTTP
+    status; the message is the ``error_description``, and never carries a secret."""
+
+    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
 
 
 class RequestIdInUse(GatewayError):

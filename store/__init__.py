@@ -27,7 +27,9 @@ from .models import (
     CredentialFilter,
     CredentialRow,
     CredentialStatus,
+    Grant,
     InvocationRecord,
+    IssuedToken,
     OAuthClient,
     Organisation,
     Page,
@@ -37,8 +39,12 @@ from .models import (
     Seek,
     SessionEnd,
     SessionStart,
+    SignedIn,
+    SignInClient,
+    SignInClientKind,
+    SignInCode,
 )
-from .protocol import CredentialStore, Store
+from .protocol import CredentialStore, SignInStore, Store
 from .sealing import FixedKeys, Keyring, Sealer, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
 
@@ -54,7 +60,9 @@ __all__ = [
     "CredentialStatus",
     "CredentialStore",
     "FixedKeys",
+    "Grant",
     "InvocationRecord",
+    "IssuedToken",
     "KeyFile",
     "KeyFileError",
     "KeyNotFound",
@@ -72,6 +80,11 @@ __all__ = [
     "Seek",
     "SessionEnd",
     "SessionStart",
+    "SignInClient",
+    "SignInClientKind",
+    "SignInCode",
+    "SignInStore",
+    "SignedIn",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -157,6 +157,67 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX auth_flows_by_link ON auth_flows(link_hash);
     DELETE FROM auth_flows;
     """,
+    # 7: hosts that sign in, the gateway being their OAuth authorization server. Clients a host
+    # registered (RFC 7591) or whose metadata document was fetched (then `expires_at` is when to
+    # fetch it again); authorization codes; grants (one per consent: what a host may act as,
+    # the API key that approved it); and their access and refresh tokens. Codes, tokens and
+    # client secrets are kept as SHA-256 hashes only, never the values.
+    """
+    CREATE TABLE signin_clients (
+        id TEXT PRIMARY KEY,
+        client_id TEXT UNIQUE NOT NULL,
+        kind TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        secret_hash TEXT,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        expires_at INTEGER
+    );
+    CREATE TABLE signin_codes (
+        code_hash TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        client_row_id TEXT NOT NULL,
+        client_name TEXT,
+        redirect_uri TEXT NOT NULL,
+        redirect_uri_explicit INTEGER NOT NULL DEFAULT 1,
+        code_challenge TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        api_key_id TEXT NOT NULL REFERENCES api_keys(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        claimed_at INTEGER,
+        grant_id TEXT
+    );
+    CREATE INDEX signin_codes_by_expiry ON signin_codes(expires_at);
+    CREATE TABLE signin_grants (
+        id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(id),
+        api_key_id TEXT NOT NULL REFERENCES api_keys(id),
+        client_row_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        client_name TEXT,
+        resource TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at INTEGER,
+        revoked_reason TEXT
+    );
+    CREATE INDEX signin_grants_by_organisation ON signin_grants(organisation_id, created_at);
+    CREATE INDEX signin_grants_by_client ON signin_grants(client_row_id);
+    CREATE TABLE signin_tokens (
+        token_hash TEXT PRIMARY KEY,
+        grant_id TEXT NOT NULL REFERENCES signin_grants(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE INDEX signin_tokens_by_grant ON signin_tokens(grant_id);
+    CREATE INDEX signin_tokens_by_expiry ON signin_tokens(expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,7 +17,9 @@ __all__ = [
     "Credential",
     "CredentialFilter",
     "CredentialRow",
+    "Grant",
     "InvocationRecord",
+    "IssuedToken",
     "OAuthClient",
     "Organisation",
     "Page",
@@ -27,6 +29,10 @@ __all__ = [
     "Seek",
     "SessionEnd",
     "SessionStart",
+    "SignInClient",
+    "SignInClientKind",
+    "SignInCode",
+    "SignedIn",
 ]
 
 
@@ -256,3 +262,95 @@ class CredentialFilter:
     auth_mode: str | None = None
     kind: str | None = None
     upstream: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosts that sign in (issue 13): the gateway as the OAuth authorization server for its own MCP
+# URL. Codes, tokens and client secrets go in as values and are kept as hashes; nothing here
+# carries one back out.
+
+SignInClientKind: TypeAlias = Literal["registered", "document"]
+
+
+@dataclass(frozen=True, slots=True)
+class SignInClient:
+    """A host's OAuth client the gateway knows: registered (RFC 7591) or read from the client
+    metadata document its URL client id names. Clients listed in the config are not stored."""
+
+    id: str
+    """A uuid4 string: the ``clientId`` recorded for the sessions its sign-ins open."""
+    client_id: str
+    """The OAuth ``client_id``: a uuid the gateway minted, or the metadata document's URL."""
+    kind: SignInClientKind
+    metadata: Mapping[str, Any]
+    """Its RFC 7591 metadata (``redirect_uris``, ``client_name``, ...), never a secret."""
+    secret_hash: str | None = field(repr=False)
+    """SHA-256 hex of the client secret the registration issued; ``None`` for a public client."""
+    created_at: datetime
+    last_used_at: datetime | None = None
+    """When it last obtained tokens: a client unused for long is forgotten."""
+    expires_at: datetime | None = None
+    """A metadata document's: when to fetch it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignInCode:
+    """What an authorization code stands for: a person's consent, bound to the client, its
+    redirect URI, the PKCE challenge and the resource (the MCP URL the tokens are for)."""
+
+    client_id: str
+    client_row_id: str
+    client_name: str | None
+    redirect_uri: str
+    code_challenge: str
+    resource: str
+    scope: str
+    organisation_id: str
+    api_key_id: str
+    """The key the person approved with: what the host will act as."""
+    expires_at: datetime
+    redirect_uri_explicit: bool = True
+    """Whether the authorization request named ``redirect_uri`` (then the token request must
+    repeat it, RFC 6749 section 4.1.3), rather than leaving it to the one the client registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token to keep (as its hash) and when it expires."""
+
+    secret: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One consent: a client may act as the API key that approved it, until revoked. Its access
+    and refresh tokens are one family: revoking the grant ends them all."""
+
+    id: str
+    organisation_id: str
+    api_key_id: str
+    user_id: str | None
+    """The approving key's user."""
+    key_prefix: str
+    client_row_id: str
+    client_id: str
+    client_name: str | None
+    resource: str
+    scope: str
+    created_at: datetime
+    last_used_at: datetime | None
+    """When tokens were last issued for it (the code redeemed, a refresh)."""
+    revoked_at: datetime | None
+    revoked_reason: str | None
+    """``revoked`` (by an admin or the host), ``code_replayed``, ``refresh_token_reused``, or
+    ``api_key_revoked`` when the approving key was revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """What a live token stands for: its grant, and the API key the host acts as."""
+
+    grant: Grant
+    key: ApiKey
+    expires_at: datetime

@@ -19,6 +19,8 @@ from .models import (
     Credential,
     CredentialFilter,
     CredentialRow,
+    Grant,
+    IssuedToken,
     OAuthClient,
     Organisation,
     Page,
@@ -26,9 +28,12 @@ from .models import (
     RecordedSession,
     RecordEvent,
     Seek,
+    SignedIn,
+    SignInClient,
+    SignInCode,
 )
 
-__all__ = ["CredentialStore", "Store"]
+__all__ = ["CredentialStore", "SignInStore", "Store"]
 
 
 class CredentialStore(Protocol):
@@ -183,6 +188,83 @@ class CredentialStore(Protocol):
         ...
 
 
+class SignInStore(Protocol):
+    """Hosts that sign in: their clients, authorization codes, grants and tokens.
+
+    Codes, tokens and client secrets are handed in as values and kept as SHA-256 hashes, which
+    is all a lookup needs (each is 256 random bits, see ``store/keys.py``). Revoking a grant,
+    however it happens (an admin, RFC 7009, a replayed code, a reused refresh token), changes
+    :meth:`Store.key_generation` for every process before it returns, as revoking a key does,
+    so no cache goes on accepting its tokens. Every failure is a :class:`store.StoreError`.
+    """
+
+    async def client(self, client_id: str) -> SignInClient | None:
+        """The stored client with this OAuth ``client_id``, or ``None``."""
+        ...
+
+    async def save_client(self, client: SignInClient) -> SignInClient:
+        """Keep a client. A metadata document's client already kept under its ``client_id``
+        takes the new metadata and expiry and keeps its id; the kept row is returned."""
+        ...
+
+    async def issue_code(self, code: str, what: SignInCode, now: datetime) -> None:
+        """Keep a new authorization code (its hash) for what it stands for."""
+        ...
+
+    async def redeem_code(self, code: str, now: datetime) -> SignInCode | None:
+        """What the code stands for, the first time it is redeemed (expired or not: the caller
+        words that); ``None`` when it is unknown or redeemed already. A second redemption
+        revokes the grant the first one opened (RFC 6749 section 4.1.2)."""
+        ...
+
+    async def open_grant(
+        self,
+        code: str,
+        grant_id: str,
+        access: IssuedToken,
+        refresh: IssuedToken | None,
+        now: datetime,
+    ) -> None:
+        """Open the grant a redeemed code stands for, with its first tokens, in one transaction."""
+        ...
+
+    async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None:
+        """What a live access token stands for: unexpired at ``now``, its grant and its API key
+        not revoked; else ``None``."""
+        ...
+
+    async def refreshable(self, refresh_token: str, now: datetime) -> SignedIn | None:
+        """What a live, unused refresh token stands for. One already exchanged is a replay: its
+        whole grant is revoked (``refresh_token_reused``) and ``None`` returned."""
+        ...
+
+    async def rotate(
+        self, refresh_token: str, access: IssuedToken, refresh: IssuedToken, now: datetime
+    ) -> bool:
+        """Spend the refresh token for new tokens of its grant, in one transaction; ``False`` if
+        it was spent meanwhile (then its grant is revoked, as by :meth:`refreshable`), revoked or
+        expired."""
+        ...
+
+    async def grant_of(self, token: str) -> Grant | None:
+        """The grant an access or refresh token (live or not) belongs to, or ``None``."""
+        ...
+
+    async def revoke_grant(self, grant_id: str, reason: str, now: datetime) -> bool:
+        """Revoke the grant and drop its tokens; ``False`` if there is no such live grant."""
+        ...
+
+    async def grants(self, organisation_id: str) -> list[Grant]:
+        """The organisation's grants, revoked ones too (until pruned), newest first."""
+        ...
+
+    async def prune(self, now: datetime, unused_before: datetime) -> int:
+        """Delete expired codes and tokens, grants left without tokens, grants revoked a week
+        ago, and clients unused since ``unused_before`` that no live grant needs; return how
+        many rows went."""
+        ...
+
+
 class Store(Protocol):
     """Async persistence. Implementations raise only :class:`store.StoreError` and subclasses.
 
@@ -305,6 +387,11 @@ class Store(Protocol):
         Raises ``StoreError`` when the store was opened without a ``Sealer``: it could neither
         seal nor open their secrets.
         """
+        ...
+
+    @property
+    def signin(self) -> SignInStore:
+        """Hosts that sign in: their clients, authorization codes, grants and tokens."""
         ...
 
     async def gateway_secret(self, name: str) -> bytes:

@@ -34,6 +34,7 @@ from ._credentials import CredentialSql
 from ._listing import get_session, list_invocations, list_sessions
 from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
 from ._revocations import RevocationMarker
+from ._signin import SignInSql
 from ._sqlite_errors import translate, translated
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from ._writer_thread import WriterThread
@@ -50,7 +51,7 @@ from .models import (
     RecordEvent,
     Seek,
 )
-from .protocol import CredentialStore
+from .protocol import CredentialStore, SignInStore
 from .sealing import Sealer
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
@@ -98,6 +99,7 @@ class SqliteStore:
         self._writer = writer
         self._revocations = revocations
         self._credentials = None if sealer is None else CredentialSql(conn, sealer)
+        self._signin = SignInSql(conn, writer, revocations)
 
     @property
     def credentials(self) -> CredentialStore:
@@ -105,6 +107,11 @@ class SqliteStore:
         if self._credentials is None:
             raise StoreError("this store was opened without keys, so it cannot hold credentials")
         return self._credentials
+
+    @property
+    def signin(self) -> SignInStore:
+        """Hosts that sign in: their clients, codes, grants and tokens (hashed, so no keys needed)."""
+        return self._signin
 
     async def _fetchone(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         async with self._conn.execute(sql, parameters) as cursor:

@@ -1,4 +1,5 @@
-"""The `mcpgw` command: serve, keys create|list|revoke, sessions [show ID], secrets rotate|new-key, stdio.
+"""The `mcpgw` command: serve, keys create|list|revoke, grants list|revoke, sessions [show ID],
+secrets rotate|new-key, stdio.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(show_session, config.database, args.session_id, args.limit or 100)
         if args.command == "secrets":
             return anyio.run(_rotate, config, args.drop_old)
+        if args.command == "grants":
+            from gateway.cli.grants import list_grants, revoke_grant
+
+            if args.grants_command == "list":
+                return anyio.run(list_grants, config.database, args.org, args.json)
+            return anyio.run(revoke_grant, config.database, args.grant_id)
         if args.command == "keys":
             from gateway.cli.keys import create_key, list_keys, revoke_key
 
@@ -109,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
         "api_key_id", metavar="ID", help="the key's id (apiKeyId, the ID column of keys list)"
     )
     revoke.add_argument("--config", help=config_help)
+
+    grants = commands.add_parser("grants", help="hosts' sign-ins (host_sign_in): list and revoke them")
+    grant_commands = grants.add_subparsers(dest="grants_command", required=True)
+    grant_list = grant_commands.add_parser(
+        "list", help="an organisation's sign-ins: id, user, key, client, MCP URL, when, revoked"
+    )
+    grant_list.add_argument("--config", help=config_help)
+    grant_list.add_argument("--org", required=True, help="organisation name")
+    grant_list.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    grant_revoke = grant_commands.add_parser(
+        "revoke", help="end a sign-in; a running gateway refuses its tokens from its next request"
+    )
+    grant_revoke.add_argument(
+        "grant_id", metavar="ID", help="the sign-in's id (the ID column of grants list)"
+    )
+    grant_revoke.add_argument("--config", help=config_help)
 
     sessions = commands.add_parser("sessions", help="recent sessions, or one session's invocations")
     sessions.add_argument("show", nargs="?", choices=["show"], help="show one session's invocations")

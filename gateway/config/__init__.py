@@ -15,11 +15,12 @@ depends on other keys or on the file's folder is worked out once, by the loader.
 """
 
 from gateway.config.loader import ConfigError, ConfigProblem, config_path_from, load_config
-from gateway.config.policy import ToolFilter, is_loopback_host, local_url
+from gateway.config.policy import ToolFilter, is_loopback_host, local_url, redirect_uri_problem
 from gateway.config.values import (
     AuthConfig,
     AuthKind,
     GatewayConfig,
+    HostSignInConfig,
     IdentityMode,
     ListenConfig,
     RecordingConfig,
@@ -27,6 +28,7 @@ from gateway.config.values import (
     SecretsConfig,
     SecurityConfig,
     SessionsConfig,
+    SignInClientConfig,
     Timeouts,
     Transport,
     UpstreamAuth,
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "GatewayConfig",
+    "HostSignInConfig",
     "IdentityMode",
     "ListenConfig",
     "RecordingConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "SecretsConfig",
     "SecurityConfig",
     "SessionsConfig",
+    "SignInClientConfig",
     "Timeouts",
     "ToolFilter",
     "Transport",
@@ -55,4 +59,5 @@ __all__ = [
     "is_loopback_host",
     "load_config",
     "local_url",
+    "redirect_uri_problem",
 ]

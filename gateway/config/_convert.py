@@ -8,18 +8,28 @@ other keys or on the file's folder are worked out here.
 import base64
 import binascii
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from gateway.config.policy import ToolFilter, is_loopback_host, local_url
-from gateway.config.schema import GatewayModel, Loc, RecordingModel, SecretsModel, UpstreamModel
+from gateway.config.policy import ToolFilter, is_loopback_host, local_url, redirect_uri_problem
+from gateway.config.schema import (
+    GatewayModel,
+    HostSignInModel,
+    Loc,
+    RecordingModel,
+    SecretsModel,
+    UpstreamModel,
+)
 from gateway.config.values import (
     AuthConfig,
     GatewayConfig,
+    HostSignInConfig,
     ListenConfig,
     RecordingConfig,
     RetentionConfig,
     SecretsConfig,
     SecurityConfig,
     SessionsConfig,
+    SignInClientConfig,
     Timeouts,
     UpstreamAuth,
     UpstreamConfig,
@@ -71,6 +81,7 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
         upstreams.append(_upstream(up, ("upstreams", i), base, problems))
     database = base / Path(model.database).expanduser()
     security = model.security
+    public_url = (model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/")
     return GatewayConfig(
         path=absolute,
         listen=ListenConfig(host=model.listen.host, port=model.listen.port),
@@ -91,8 +102,9 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
         sessions=SessionsConfig(**model.sessions.model_dump()),
         upstreams=tuple(upstreams),
         recording=_recording(model.recording),
-        public_url=(model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/"),
+        public_url=public_url,
         secrets=_secrets(model.secrets, base, database, problems),
+        host_sign_in=_host_sign_in(model, public_url, problems),
         public_url_configured=model.public_url is not None,
     )
 
@@ -194,6 +206,69 @@ def _secrets(model: SecretsModel, base: Path, database: Path, problems: Problems
         problems.append((("secrets", "previous_keys"), "needs secrets.key (previous keys only open)"))
     key_file = base / Path(model.key_file).expanduser() if model.key_file else database.with_suffix(".keys")
     return SecretsConfig(key_file=key_file, key=key, previous_keys=previous)
+
+
+def _host_sign_in(model: GatewayModel, public_url: str, problems: Problems) -> HostSignInConfig:
+    sign_in: HostSignInModel = model.host_sign_in
+    at: Loc = ("host_sign_in",)
+    if sign_in.oidc:
+        why = "OpenID Connect sign-in is not available in this version yet; leave it empty"
+        problems.append(((*at, "oidc"), why))
+    if sign_in.enabled:
+        if not model.auth.required:
+            why = "needs auth.required: true (in key-less mode nobody has to sign in)"
+            problems.append(((*at, "enabled"), why))
+        if not sign_in.api_keys:
+            why = "must be true while no OIDC provider is configured, or nobody could sign in"
+            problems.append(((*at, "api_keys"), why))
+        # The issuer, the resource and every URL a host is sent to are built on public_url; RFC
+        # 8414 puts the metadata of an issuer with a path at the host's root, which a gateway
+        # served under a path does not own.
+        parts = urlsplit(public_url)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            why = "host sign-in needs public_url to be an origin, like https://mcp.example.com (no path)"
+            problems.append((("public_url",), why))
+        elif parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+            why = (
+                f"host sign-in needs an https public_url (plain http only on loopback), got {public_url!r}; "
+                "set public_url to the address hosts reach, behind a TLS-terminating proxy"
+            )
+            problems.append((("public_url",), why))
+    clients = []
+    first_at: dict[str, int] = {}
+    for i, client in enumerate(sign_in.clients):
+        here: Loc = (*at, "clients", i)
+        if client.client_id in first_at:
+            first = first_at[client.client_id]
+            why = f"duplicate client_id {client.client_id!r} (first at host_sign_in.clients[{first}])"
+            problems.append(((*here, "client_id"), why))
+        first_at.setdefault(client.client_id, i)
+        if client.client_id.lower().startswith(("https://", "http://")):
+            why = "a URL client_id names a client metadata document, which the gateway fetches itself"
+            problems.append(((*here, "client_id"), why))
+        for j, uri in enumerate(client.redirect_uris):
+            if (why_not := redirect_uri_problem(uri)) is not None:
+                problems.append(((*here, "redirect_uris", j), why_not))
+        clients.append(
+            SignInClientConfig(
+                client_id=client.client_id,
+                redirect_uris=tuple(client.redirect_uris),
+                client_name=client.client_name,
+                client_secret=client.client_secret,
+            )
+        )
+    return HostSignInConfig(
+        enabled=sign_in.enabled,
+        api_keys=sign_in.api_keys,
+        oidc=tuple(sign_in.oidc),
+        access_token_ttl_s=sign_in.access_token_ttl_s,
+        refresh_token_ttl_s=sign_in.refresh_token_ttl_s,
+        code_ttl_s=sign_in.code_ttl_s,
+        consent_ttl_s=sign_in.consent_ttl_s,
+        registrations_per_hour=sign_in.registrations_per_hour,
+        unused_client_ttl_s=sign_in.unused_client_ttl_s,
+        clients=tuple(clients),
+    )
 
 
 def _recording(model: RecordingModel) -> RecordingConfig:

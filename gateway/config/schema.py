@@ -33,6 +33,7 @@ from gateway.config.values import (
     AuthConfig,
     AuthKind,
     GatewayConfig,
+    HostSignInConfig,
     IdentityMode,
     ListenConfig,
     RecordingConfig,
@@ -40,6 +41,7 @@ from gateway.config.values import (
     SecretsConfig,
     SecurityConfig,
     SessionsConfig,
+    SignInClientConfig,
     Timeouts,
     Transport,
     UpstreamAuth,
@@ -191,6 +193,30 @@ class SecretsModel(Model):
     key_file: _Text | None = None  # None: beside the database
 
 
+class SignInClientModel(Model):
+    client_id: _Text
+    redirect_uris: Annotated[list[_Text], Field(min_length=1)]
+    client_name: _Text | None = default_of(SignInClientConfig, "client_name")
+    client_secret: _Text | None = default_of(SignInClientConfig, "client_secret")
+
+
+class HostSignInModel(Model):
+    enabled: _Bool = default_of(HostSignInConfig, "enabled")
+    api_keys: _Bool = default_of(HostSignInConfig, "api_keys")
+    # What an OpenID Connect provider's entry holds is not defined yet: any entry is refused on
+    # conversion, which says so, rather than as an unknown key here.
+    oidc: list[dict[str, JsonValue]] = default_of(HostSignInConfig, "oidc")
+    access_token_ttl_s: _Count = default_of(HostSignInConfig, "access_token_ttl_s")
+    refresh_token_ttl_s: _Count = default_of(HostSignInConfig, "refresh_token_ttl_s")
+    code_ttl_s: _Count = default_of(HostSignInConfig, "code_ttl_s")
+    consent_ttl_s: _Count = default_of(HostSignInConfig, "consent_ttl_s")
+    registrations_per_hour: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
+        HostSignInConfig, "registrations_per_hour"
+    )
+    unused_client_ttl_s: _Count = default_of(HostSignInConfig, "unused_client_ttl_s")
+    clients: list[SignInClientModel] = default_of(HostSignInConfig, "clients")
+
+
 class GatewayModel(Model):
     listen: ListenModel = Field(default_factory=ListenModel)
     public_url: Annotated[str, AfterValidator(check_url)] | None = None  # None: the listen address
@@ -201,6 +227,7 @@ class GatewayModel(Model):
     upstreams: list[UpstreamModel] = default_of(GatewayConfig, "upstreams")
     recording: RecordingModel = Field(default_factory=RecordingModel)
     secrets: SecretsModel = Field(default_factory=SecretsModel)
+    host_sign_in: HostSignInModel = Field(default_factory=HostSignInModel)
 
 
 # Which model a mapping at a given key path (list indexes dropped) is validated by.
@@ -218,6 +245,8 @@ MODEL_AT: dict[tuple[str, ...], type[Model]] = {
     ("recording",): RecordingModel,
     ("recording", "redact"): RedactModel,
     ("recording", "retention"): RetentionModel,
+    ("host_sign_in",): HostSignInModel,
+    ("host_sign_in", "clients"): SignInClientModel,
 }
 
 # The top-level keys that hold mappings of their own; an empty one (`upstreams:` with nothing

@@ -9,7 +9,7 @@ out by the loader, and those fields have none here.
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from gateway.config.policy import ToolFilter, local_url
 
@@ -17,6 +17,7 @@ __all__ = [
     "AuthConfig",
     "AuthKind",
     "GatewayConfig",
+    "HostSignInConfig",
     "IdentityMode",
     "ListenConfig",
     "RecordingConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "SecretsConfig",
     "SecurityConfig",
     "SessionsConfig",
+    "SignInClientConfig",
     "Timeouts",
     "Transport",
     "UpstreamAuth",
@@ -144,6 +146,34 @@ class SecretsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SignInClientConfig:
+    """A host's OAuth client an admin registered by hand (for hosts that neither register nor
+    publish a client metadata document). Without a secret it is a public client (PKCE only)."""
+
+    client_id: str
+    redirect_uris: tuple[str, ...]
+    client_name: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSignInConfig:
+    """Hosts that sign in (OAuth 2.1, the gateway being the authorization server for its own MCP
+    URL) rather than send an API key: claude.ai, ChatGPT, Claude's and other connectors."""
+
+    enabled: bool = False
+    api_keys: bool = True  # the consent page accepts a user-bound API key
+    oidc: tuple[Mapping[str, Any], ...] = ()  # the organisation's OpenID Connect providers (later)
+    access_token_ttl_s: int = 3600
+    refresh_token_ttl_s: int = 30 * 86400  # a refresh token's life; each use mints a new one
+    code_ttl_s: int = 60  # an authorization code's life: the host redeems it at once
+    consent_ttl_s: int = 600  # how long a consent page can be answered
+    registrations_per_hour: int = 20  # RFC 7591 registrations per client address; 0 = no limit
+    unused_client_ttl_s: int = 30 * 86400  # a registered client with no live sign-in is forgotten
+    clients: tuple[SignInClientConfig, ...] = ()  # pre-registered
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     path: Path
     public_url: str  # the base of the URLs users open (OAuth, forms); else the listen address
@@ -155,6 +185,7 @@ class GatewayConfig:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    host_sign_in: HostSignInConfig = field(default_factory=HostSignInConfig)
     public_url_configured: bool = False  # else public_url follows the address served on
 
     def served_at(self, host: str, port: int) -> "GatewayConfig":

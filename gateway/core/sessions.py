@@ -433,7 +433,7 @@ class StatelessGroup(HostSession):
         return with_server_info({**response, "id": request_id}, upstream.server_info)
 
 
-GroupKey = tuple[str, str | None, str, str]  # organisation, API key, client name, client version
+GroupKey = tuple[str, str | None, str | None, str, str]  # organisation, API key, grant, client name, version
 
 
 @dataclass(slots=True)
@@ -477,7 +477,8 @@ class SessionRegistry:
         if there is none; past the key's `groups_per_key`, its least recently used group ends."""
         info = handshake.client_info
         name, version = str(info.get("name", "")), str(info.get("version", ""))
-        key = (principal.organisation_id, principal.api_key_id, name, version)
+        # A signed-in host's grants are kept apart: each is a sign-in of its own, revoked alone.
+        key = (principal.organisation_id, principal.api_key_id, principal.grant_id, name, version)
         found = self._groups.get(key)
         if found is not None and not found.closed:
             return found
@@ -509,7 +510,8 @@ class SessionRegistry:
                 mcp_session_id=session_id,
                 organisation_id=principal.organisation_id,
                 api_key_id=principal.api_key_id,
-                client_id=client_id_of(name),
+                # A signed-in host's registered client; else one derived from the name it gives.
+                client_id=principal.client_id or client_id_of(name),
                 client_name=name if isinstance(name, str) else None,
                 client_version=version if isinstance(version, str) else None,
                 protocol_version=protocol_version,

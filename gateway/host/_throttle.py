@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-__all__ = ["FailureLimits"]
+__all__ = ["FailureLimits", "bucket_of"]
 
 LOG_INTERVAL_S = 60.0
 _MAX_ADDRESSES = 10_000
@@ -44,17 +44,17 @@ class FailureLimits:
         """Seconds until `client` may try again, if it must wait; a refusal counts for the log."""
         if not self._limit:
             return None
-        entry = self._addresses.get(_bucket_of(client))
+        entry = self._addresses.get(bucket_of(client))
         if entry is None:
             return None
         tokens = min(self._limit, entry.tokens + (now - entry.updated) * self._rate)
         if tokens >= 1:
             return None
-        self._count(_bucket_of(client), entry, now)
+        self._count(bucket_of(client), entry, now)
         return max(1, math.ceil((1 - tokens) / self._rate))
 
     def failed(self, client: str | None, now: float) -> None:
-        bucket = _bucket_of(client)
+        bucket = bucket_of(client)
         entry = self._addresses.get(bucket)
         if entry is None:
             if len(self._addresses) >= _MAX_ADDRESSES:
@@ -100,7 +100,7 @@ class FailureLimits:
             self._addresses = dict(keep)
 
 
-def _bucket_of(client: str | None) -> str:
+def bucket_of(client: str | None) -> str:
     if client is None:
         return "(unknown address)"
     try:

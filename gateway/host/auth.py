@@ -18,6 +18,13 @@ Keys arrive as `Authorization: Bearer mgw_...` or `x-api-key: mgw_...`. What eac
   spent it gets `AuthThrottled` (429, Retry-After) without a lookup, unless its key is one
   already known: a valid key behind the same NAT as a guesser keeps working. Failures are
   logged once per address per minute, never with the key.
+- An access token a signed-in host got from the gateway's own authorization server
+  (`gateway/signin/`, prefix `mga_`) is looked up in the store's sign-in tables and cached the
+  same way, under the same revocation marker (revoking a grant, or the key that approved it,
+  changes the generation), and never past its expiry. It stands for the approving key exactly,
+  plus its grant and client; it is accepted only for the MCP URL it was issued for (RFC 8707):
+  the caller says which `resource` the request is for, and anywhere else (no resource) a token
+  is no credential at all.
 - Last use: at most once per key per minute the time is queued, and `maintain` (a background
   task) writes what is queued in one batch, so no request waits on a write.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -36,7 +43,8 @@ import anyio
 from gateway.config import ToolFilter
 from gateway.errors import AuthThrottled
 from gateway.host._throttle import LOG_INTERVAL_S, FailureLimits
-from store import ApiKey, StoreError, hash_api_key, utc_now
+from gateway.signin.tokens import is_access_token
+from store import ApiKey, SignedIn, StoreError, hash_api_key, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +63,18 @@ class Principal:
     user_id: str | None
     is_admin: bool
     tools: ToolFilter = field(default_factory=ToolFilter)  # the key's narrowing, over host-visible names
+    # A signed-in host's: the grant its token belongs to, the registered client's id (what a
+    # session records as its clientId) and the MCP URL the token is bound to. None for a key.
+    grant_id: str | None = None
+    client_id: str | None = None
+    resource: str | None = None
 
     def same_caller(self, other: Principal) -> bool:
-        return self.organisation_id == other.organisation_id and self.api_key_id == other.api_key_id
+        return (
+            self.organisation_id == other.organisation_id
+            and self.api_key_id == other.api_key_id
+            and self.grant_id == other.grant_id
+        )
 
 
 class KeyStore(Protocol):
@@ -68,6 +85,12 @@ class KeyStore(Protocol):
     def key_generation(self) -> Hashable: ...
 
     async def record_key_use(self, used: Mapping[str, datetime]) -> None: ...
+
+
+class TokenStore(Protocol):
+    """What accepting signed-in hosts' access tokens needs of the store (`store.SignInStore` has it)."""
+
+    async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +109,10 @@ class HostAuth:
         default_organisation_id: str,
         max_failures_per_minute: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenStore | None = None,
     ) -> None:
         self._store = store
+        self._tokens = tokens  # None: host sign-in is off, no access token is accepted
         self._required = required
         self._anonymous = Principal(default_organisation_id, None, None, False)
         self._clock = clock
@@ -103,11 +128,14 @@ class HostAuth:
     def required(self) -> bool:
         return self._required
 
-    async def authenticate(self, headers: Mapping[str, str], client: str | None = None) -> Principal | None:
+    async def authenticate(
+        self, headers: Mapping[str, str], client: str | None = None, resource: str | None = None
+    ) -> Principal | None:
         """The caller's principal; None when a key is missing (and required) or unknown.
 
         `client` is the caller's address, by which failures are limited: past the limit this
-        raises `AuthThrottled` rather than look the key up.
+        raises `AuthThrottled` rather than look the key up. `resource` is the MCP URL the request
+        is for, where a signed-in host's access token may be accepted (one bound to it only).
         """
         secret = key_from_headers(headers)
         if secret is None:
@@ -117,6 +145,8 @@ class HostAuth:
         generation = self._store.key_generation()
         known = self._known.get(digest)
         if known is not None and known.good_until > now and known.generation == generation:
+            if known.principal.resource != resource:
+                return None  # a token used for another resource (or where none is accepted)
             self._note_use(known.principal, now)
             return known.principal
         wait = self._failures.retry_after(client, now)
@@ -125,23 +155,40 @@ class HostAuth:
         if self._misses.get(digest, 0.0) > now:
             self._failures.failed(client, now)
             return None
-        key = await self._store.find_api_key(secret)
-        if key is None:
+        if is_access_token(secret):
+            found = await self._signed_in(secret, now)
+        else:
+            key = await self._store.find_api_key(secret)
+            found = None if key is None else (_principal_of(key), now + _CACHE_TTL_S)
+        if found is None:
             self._remember_miss(digest, now)
             self._failures.failed(client, now)
             return None
-        principal = Principal(
-            key.organisation_id,
-            key.id,
-            key.user_id,
-            key.is_admin,
-            ToolFilter(key.tools_allow, key.tools_deny),
-        )
+        principal, good_until = found
         if len(self._known) >= _CACHE_MAX:
             self._known.clear()
-        self._known[digest] = _Known(principal, now + _CACHE_TTL_S, generation)
+        self._known[digest] = _Known(principal, good_until, generation)
+        if principal.resource != resource:
+            return None
         self._note_use(principal, now)
         return principal
+
+    async def _signed_in(self, token: str, now: float) -> tuple[Principal, float] | None:
+        if self._tokens is None:
+            return None
+        wall = utc_now()
+        signed_in = await self._tokens.signed_in(token, wall)
+        if signed_in is None:
+            return None
+        grant = signed_in.grant
+        principal = replace(
+            _principal_of(signed_in.key),
+            grant_id=grant.id,
+            client_id=grant.client_row_id,
+            resource=grant.resource,
+        )
+        left_s = (signed_in.expires_at - wall).total_seconds()
+        return principal, now + min(_CACHE_TTL_S, left_s)
 
     def _remember_miss(self, digest: str, now: float) -> None:
         if len(self._misses) >= _MISSES_MAX:
@@ -189,6 +236,12 @@ class HostAuth:
             if self._clock() >= next_report:
                 self.report_failures()
                 next_report = self._clock() + LOG_INTERVAL_S
+
+
+def _principal_of(key: ApiKey) -> Principal:
+    return Principal(
+        key.organisation_id, key.id, key.user_id, key.is_admin, ToolFilter(key.tools_allow, key.tools_deny)
+    )
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:

@@ -46,6 +46,7 @@ from gateway.protocol.jsonrpc import (
     params_of,
     result,
 )
+from gateway.signin.resource import ProtectedResource
 from gateway.upstream.connector import Handshake
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,14 @@ GATEWAY_CAPABILITIES: JSONObject = {
     "completions": {},
 }
 _MODERN_META_KEY = "io.modelcontextprotocol/protocolVersion"
-_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="mcpgw", error="invalid_token"')
+# Without host sign-in the gateway has no authorization server, so its 401 must not name the
+# Bearer scheme: MCP clients answer a Bearer challenge by starting an OAuth flow (RFC 9728
+# discovery, then registration), which can only fail here. RFC 9110 section 11.6.1 still requires
+# a 401 to carry at least one challenge, and section 11.1 lets it name any auth-scheme token;
+# "ApiKey" is one no OAuth client acts on, and its parameters say where the key goes. (Keys are
+# also accepted as "Authorization: Bearer <key>", which the error message says.)
+_API_KEY_CHALLENGE = (b"www-authenticate", b'ApiKey realm="mcpgw", header="x-api-key"')
+_SEND_YOUR_KEY = "send your API key as x-api-key or Authorization: Bearer"
 
 
 @dataclass(slots=True)
@@ -71,6 +79,7 @@ class Endpoint:
     stateless: StatelessHandler
     max_body_bytes: int
     shutdown: Shutdown  # the server stopping: the GET streams end
+    signin: ProtectedResource | None = None  # with host sign-in: the MCP URLs hosts sign in to
 
     async def admit(self, scope: Scope, headers: dict[str, str]) -> Principal:
         """Guard, authenticate and scope a request (`HostRefusal` if it may not be served)."""
@@ -78,17 +87,26 @@ class Endpoint:
         if problem is not None:
             raise HostRefusal(problem[0], INVALID_REQUEST, problem[1])
         client = scope.get("client")
+        organisation = scope.get("path_params", {}).get("organisationId")
+        # A signed-in host's token is good only for the MCP URL it was issued for (RFC 8707); the
+        # legacy SSE paths, which share this door, take keys only.
+        on_mcp = self.signin is not None and scope["path"].startswith("/mcp")
+        resource = self.signin.url(organisation) if self.signin is not None and on_mcp else None
         try:
-            principal = await self.auth.authenticate(headers, client[0] if client else None)
+            principal = await self.auth.authenticate(headers, client[0] if client else None, resource)
         except AuthThrottled as exc:
             message = "Too many failed authentications from this address; retry later"
             retry_after = (b"retry-after", str(exc.retry_after_s).encode())
             raise HostRefusal(429, INVALID_REQUEST, message, headers=(retry_after,)) from None
         if principal is None:
             missing = "authorization" not in headers and "x-api-key" not in headers
-            reason = "missing API key" if missing else "unknown API key"
-            raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_WWW_AUTHENTICATE,))
-        organisation = scope.get("path_params", {}).get("organisationId")
+            if self.signin is not None and on_mcp:
+                # RFC 9728 section 5.1: where the host finds out how to sign in.
+                challenge = self.signin.challenge(organisation, invalid_token=not missing)
+                reason = f"sign in, or {_SEND_YOUR_KEY}" if missing else "unknown or expired credential"
+                raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(challenge,))
+            reason = f"missing API key: {_SEND_YOUR_KEY}" if missing else "unknown API key"
+            raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_API_KEY_CHALLENGE,))
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.
             raise HostRefusal(404, INVALID_REQUEST, "Not Found")

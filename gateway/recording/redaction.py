@@ -9,7 +9,8 @@ Two passes, both before anything is written:
   `access_key` are all access+key; `pass_code` is passcode), so `token` catches
   `refresh_token` but not `max_tokens`.
 - **values**: substrings of any string that look like credentials (bearer tokens, JWTs, PEM
-  private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_`, the password
+  private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_` (and the
+  `mga_`, `mgr_`, `mgc_` of hosts' sign-in tokens and codes), the password
   of a `scheme://user:password@host` URL, a connect link's token) are replaced, in text
   content too; so is the value of an assignment in text whose name is a secret key
   (`password=…`, `PWD: '…'`, `?access_token=…`). Patterns run on each string value, never on
@@ -65,7 +66,7 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     r"\b(?i:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*",
     r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # JWT (JWS compact form)
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\"\\]*(?:\\n[^\"\\]*)*-----END [A-Z ]*PRIVATE KEY-----",
-    r"\bmgw_[A-Za-z0-9_-]{20,}",  # mcpgw API keys
+    r"\bmg[wacr]_[A-Za-z0-9_-]{20,}",  # mcpgw API keys; sign-in access, refresh tokens and codes
     r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}",  # Anthropic, OpenAI
     r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})",  # GitHub
     r"\bglpat-[A-Za-z0-9_-]{20,}",  # GitLab

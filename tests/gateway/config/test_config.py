@@ -67,6 +67,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     monkeypatch.setenv("DOCS_TOKEN", "s3cret")
     monkeypatch.setenv("INTERNAL_TOKEN", "t0k")
     monkeypatch.setenv("MCPGW_SECRET_KEY", "A" * 43)
+    monkeypatch.setenv("EDITOR_CLIENT_SECRET", "ed1t0r")
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
@@ -94,6 +95,15 @@ def test_example_config_commented_out_keys_are_valid_too(
     assert config.sessions.stateless_gap_s == 1800.0
     assert config.recording.redact_keys == ("ssn", "iban")
     assert config.recording.retention.max_invocations == 1_000_000
+    sign_in = config.host_sign_in
+    assert not sign_in.enabled and sign_in.api_keys and sign_in.oidc == ()
+    assert (sign_in.access_token_ttl_s, sign_in.code_ttl_s) == (3600, 60)
+    [editor] = sign_in.clients
+    assert (editor.client_id, editor.client_secret, editor.redirect_uris) == (
+        "team-editor",
+        "ed1t0r",
+        ("http://127.0.0.1/callback",),
+    )
 
 
 # --- defaults and resolution ----------------------------------------------------------------------
@@ -629,3 +639,104 @@ def test_a_secrets_key_must_be_32_bytes_of_base64url(tmp_path: Path) -> None:
     assert "secrets.key: must be 32 random bytes in base64url" in str(error)
     error = load_error(tmp_path, f"secrets: {{previous_keys: [{'A' * 43}]}}\n")
     assert "needs secrets.key" in str(error)
+
+
+# --- host sign-in ---------------------------------------------------------------------------------
+
+
+def test_host_sign_in_is_off_by_default_and_reads_its_keys_and_clients(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).host_sign_in.enabled is False
+    config = load_config(
+        write(
+            tmp_path,
+            """\
+            public_url: https://gw.example.com
+            host_sign_in:
+              enabled: true
+              api_keys: true
+              oidc: []
+              access_token_ttl_s: 600
+              clients:
+                - client_id: team-editor
+                  client_name: The team's editor
+                  client_secret: s3cret
+                  redirect_uris: ['http://127.0.0.1/callback', 'https://editor.example.com/cb']
+            """,
+        )
+    )
+    sign_in = config.host_sign_in
+    assert (sign_in.enabled, sign_in.api_keys, sign_in.oidc, sign_in.access_token_ttl_s) == (
+        True,
+        True,
+        (),
+        600,
+    )
+    [client] = sign_in.clients
+    assert (client.client_id, client.client_name, client.client_secret) == (
+        "team-editor",
+        "The team's editor",
+        "s3cret",
+    )
+    assert client.redirect_uris == ("http://127.0.0.1/callback", "https://editor.example.com/cb")
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "why"),
+    [
+        (
+            "auth: {required: false}\nhost_sign_in: {enabled: true}\n",
+            "host_sign_in.enabled",
+            "needs auth.required: true",
+        ),
+        ("host_sign_in: {enabled: true, api_keys: false}\n", "host_sign_in.api_keys", "nobody could sign in"),
+        ("host_sign_in: {oidc: [{issuer: 'https://idp'}]}\n", "host_sign_in.oidc", "not available"),
+        (
+            "public_url: https://gw.example.com/mcpgw\nhost_sign_in: {enabled: true}\n",
+            "public_url",
+            "an origin",
+        ),
+        (
+            "public_url: http://gw.example.com\nhost_sign_in: {enabled: true}\n",
+            "public_url",
+            "https",
+        ),
+        (
+            "listen: {host: 0.0.0.0}\nhost_sign_in: {enabled: true}\n",
+            "public_url",
+            "https",
+        ),
+        (
+            "host_sign_in: {clients: [{client_id: a, redirect_uris: ['http://evil.example/cb']}]}\n",
+            "host_sign_in.clients[0].redirect_uris[0]",
+            "loopback",
+        ),
+        (
+            "host_sign_in: {clients: [{client_id: a, redirect_uris: ['https://x.example/cb#frag']}]}\n",
+            "host_sign_in.clients[0].redirect_uris[0]",
+            "fragment",
+        ),
+        (
+            "host_sign_in: {clients: [{client_id: a, redirect_uris: []}]}\n",
+            "host_sign_in.clients[0].redirect_uris",
+            "at least 1",
+        ),
+        (
+            "host_sign_in: {clients: [{client_id: 'https://x.example/c.json', redirect_uris: ['https://x.example/cb']}]}\n",
+            "host_sign_in.clients[0].client_id",
+            "metadata document",
+        ),
+        (
+            "host_sign_in: {clients: [{client_id: a, redirect_uris: ['https://x.example/cb']},"
+            " {client_id: a, redirect_uris: ['https://x.example/cb']}]}\n",
+            "host_sign_in.clients[1].client_id",
+            "duplicate",
+        ),
+        ("host_sign_in: {access_token_ttl_s: 0}\n", "host_sign_in.access_token_ttl_s", "greater than 0"),
+    ],
+)
+def test_bad_host_sign_in_settings_are_refused_with_their_key_and_reason(
+    tmp_path: Path, text: str, where: str, why: str
+) -> None:
+    error = load_error(tmp_path, text)
+    assert where in str(error) and why in str(error), str(error)

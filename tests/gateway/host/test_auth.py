@@ -12,15 +12,27 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator, Hashable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import anyio
 import pytest
 
 from gateway.errors import AuthThrottled
 from gateway.host.auth import HostAuth
-from store import ApiKey, CreatedKey, SqliteStore, generate_api_key, open_sqlite_store
+from store import (
+    ApiKey,
+    CreatedKey,
+    IssuedToken,
+    SignedIn,
+    SignInClient,
+    SignInCode,
+    SqliteStore,
+    generate_api_key,
+    open_sqlite_store,
+    utc_now,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -205,3 +217,57 @@ async def test_key_use_is_written_at_most_once_a_minute_per_key(store: SqliteSto
     await auth.authenticate(bearer(created.secret), "10.0.0.1")
     await auth.flush_usage()
     assert len(counting.use_writes) == 2
+
+
+class CountingSignIns:
+    """The real store's sign-in tables, counting the access-token lookups."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.signin = store.signin
+        self.lookups = 0
+
+    async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None:
+        self.lookups += 1
+        return await self.signin.signed_in(access_token, now)
+
+
+async def signed_in_token(store: SqliteStore, created: CreatedKey, resource: str) -> tuple[str, str]:
+    """A grant approved with `created`, as the authorization server opens one: (its access token,
+    the grant's id)."""
+    now = utc_now()
+    client = await store.signin.save_client(
+        SignInClient(
+            str(uuid4()), str(uuid4()), "registered", {"redirect_uris": ["https://h.example/cb"]}, None, now
+        )
+    )
+    code = "mgc_" + uuid4().hex
+    what = SignInCode(
+        client.client_id, client.id, "Host", "https://h.example/cb", "c" * 43, resource, "mcp",
+        created.key.organisation_id, created.key.id, now + timedelta(minutes=1),
+    )  # fmt: skip
+    await store.signin.issue_code(code, what, now)
+    assert await store.signin.redeem_code(code, now) is not None
+    access = IssuedToken("mga_" + uuid4().hex, now + timedelta(hours=1))
+    await store.signin.open_grant(code, "grant-1", access, None, now)
+    return access.secret, "grant-1"
+
+
+async def test_a_signed_in_hosts_token_is_the_approving_key_cached_until_its_grant_is_revoked(
+    store: SqliteStore,
+) -> None:
+    created = await new_key(store)
+    resource = "https://gw.example.com/mcp"
+    token, grant_id = await signed_in_token(store, created, resource)
+    tokens = CountingSignIns(store)
+    auth = HostAuth(CountingStore(store), required=True, default_organisation_id="default", tokens=tokens)
+    first = await auth.authenticate(bearer(token), "10.0.0.1", resource)
+    again = await auth.authenticate(bearer(token), "10.0.0.1", resource)
+    assert first is not None and first == again
+    assert (first.api_key_id, first.user_id, first.grant_id) == (created.key.id, "ada", grant_id)
+    assert tokens.lookups == 1  # the hot path: answered from memory
+    # Bound to its MCP URL: nowhere else, and not where no token is accepted (the listing API).
+    assert await auth.authenticate(bearer(token), "10.0.0.1", resource + "/other-org") is None
+    assert await auth.authenticate(bearer(token), "10.0.0.1") is None
+
+    assert await store.signin.revoke_grant(grant_id, "revoked", utc_now())
+    assert await auth.authenticate(bearer(token), "10.0.0.1", resource) is None

@@ -72,13 +72,19 @@ async def rpc(
         )
 
 
-async def test_missing_key_is_401_with_www_authenticate(
+async def test_a_missing_key_is_a_401_that_asks_for_the_key_and_invites_no_oauth_flow(
     keyed: RunningGateway, http: httpx2.AsyncClient
 ) -> None:
+    """Without host sign-in there is no authorization server: a Bearer challenge would send the
+    Inspector or mcp-remote into an OAuth flow that can only fail, so the challenge names the key."""
     response = await http.post(keyed.url, json=INIT, headers=ACCEPT)
     assert response.status_code == 401
-    assert response.headers["www-authenticate"].startswith("Bearer")
-    assert "missing API key" in response.json()["error"]["message"]
+    challenge = response.headers["www-authenticate"]
+    assert not challenge.lower().startswith("bearer") and "resource_metadata" not in challenge
+    message = response.json()["error"]["message"]
+    assert "missing API key" in message and "x-api-key or Authorization: Bearer" in message
+    assert (await http.get(f"{keyed.base_url}/.well-known/oauth-protected-resource/mcp")).status_code == 404
+    assert (await http.get(f"{keyed.base_url}/.well-known/oauth-authorization-server")).status_code == 404
 
 
 async def test_unknown_key_is_401(keyed: RunningGateway, http: httpx2.AsyncClient) -> None:

@@ -46,6 +46,9 @@ def test_keys_that_only_contain_a_secret_word_as_part_of_another_are_kept(key: s
         "sk_live_abcdefghijklmnop1234",
         "glpat-abcdefghijklmnopqrst",
         "mgw_abcdefghijklmnopqrstuvwxyz0123456789",
+        "mga_abcdefghijklmnopqrstuvwxyz0123456789",  # a signed-in host's access token
+        "mgr_abcdefghijklmnopqrstuvwxyz0123456789",  # its refresh token
+        "mgc_abcdefghijklmnopqrstuvwxyz0123456789",  # an authorization code
         "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF\n-----END PRIVATE KEY-----",
     ],
 )

@@ -1,0 +1,309 @@
+"""The consent page: where the person a host sends to the gateway says who they are and whether
+the host may act as them.
+
+An authorization request the SDK handler has validated is parked here (`Consents.start`) under a
+random id for `host_sign_in.consent_ttl_s`, and the browser is sent to `/signin/consent?request=
+<id>`. The page names the client (from its metadata), where it sends the person back, and what it
+gets; it offers each sign-in method the config enables (`sign_in_methods`: today a user-bound API
+key, POSTed in the form body and never in a URL; an OpenID Connect provider adds a link of its own
+that ends in `complete_sign_in`). Approving or denying is a POST of a form with a CSRF token that
+must equal the one in a cookie set with the page (double submit, SameSite=Strict); the page has
+no script and no inline style, so it works without JavaScript under a `default-src 'none'` policy.
+
+The answer goes back to the client's redirect URI, which its client registered and the SDK
+handler checked, with `iss` (RFC 9207) and the host's `state`: a code (`complete_sign_in`), or
+`access_denied`. Nothing is redirected anywhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from mcp.server.auth.provider import AuthorizationParams, construct_redirect_uri
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from gateway.config import HostSignInConfig
+from gateway.errors import AuthThrottled
+from gateway.signin.clients import HostClient
+from gateway.signin.resource import SCOPE, ProtectedResource
+from gateway.signin.tokens import CODE_PREFIX, new_secret
+from store import SignInCode, SignInStore, utc_now
+
+if TYPE_CHECKING:
+    from gateway.host.auth import Principal
+
+__all__ = ["CONSENT_PATH", "Consents", "PendingAuthorization", "SignInMethod"]
+
+logger = logging.getLogger(__name__)
+
+CONSENT_PATH = "/signin/consent"
+_COOKIE_PREFIX = "mcpgw_consent_"
+_MAX_PENDING = 10_000
+_MAX_KEY_CHARS = 200
+_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+
+# Checks an API key typed on the page (HostAuth.authenticate, with its failure throttling).
+KeyCheck = Callable[[Mapping[str, str], str | None], Awaitable["Principal | None"]]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAuthorization:
+    """An authorization request waiting for the person's answer."""
+
+    id: str
+    client: HostClient
+    params: AuthorizationParams
+    resource: str  # the MCP URL the tokens will be bound to
+    csrf: str
+    expires_at: float  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class SignInMethod:
+    """One way to say who you are, as the consent page offers it: `api_key` is the form on the
+    page itself; another method (an OIDC provider) is a link that starts its own flow for the
+    pending request and, knowing the person, calls `Consents.complete_sign_in`."""
+
+    kind: str
+    label: str
+    url: str | None = None  # for a method that leaves the page
+
+
+class Consents:
+    def __init__(
+        self,
+        store: SignInStore,
+        resource: ProtectedResource,
+        config: HostSignInConfig,
+        check_key: KeyCheck,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._resource = resource
+        self._config = config
+        self._check_key = check_key
+        self._clock = clock
+        self._pending: dict[str, PendingAuthorization] = {}
+        self._secure_cookie = resource.public_url.startswith("https://")
+
+    # -- the provider's side -------------------------------------------------------------------
+
+    def start(self, client: HostClient, params: AuthorizationParams, resource: str) -> str:
+        """Park a validated authorization request; the URL of its consent page."""
+        now = self._clock()
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending = {k: p for k, p in self._pending.items() if p.expires_at > now}
+            if len(self._pending) >= _MAX_PENDING:  # a flood: the oldest go first
+                for key in list(self._pending)[: _MAX_PENDING // 10]:
+                    del self._pending[key]
+        pending = PendingAuthorization(
+            id=secrets.token_urlsafe(24),
+            client=client,
+            params=params,
+            resource=resource,
+            csrf=secrets.token_urlsafe(24),
+            expires_at=now + self._config.consent_ttl_s,
+        )
+        self._pending[pending.id] = pending
+        return f"{self._resource.public_url}{CONSENT_PATH}?request={pending.id}"
+
+    def pending(self, request_id: str) -> PendingAuthorization | None:
+        """The pending request, unless unknown or expired (an OIDC flow looks it up by id)."""
+        pending = self._pending.get(request_id)
+        if pending is None or pending.expires_at <= self._clock():
+            self._pending.pop(request_id, None)
+            return None
+        return pending
+
+    async def complete_sign_in(self, pending: PendingAuthorization, principal: Principal) -> str:
+        """The person is known (`principal`: what they sign in as): issue a single-use code for
+        the pending request and return where the browser goes next (the client's redirect URI
+        with code, state and iss). Every sign-in method ends here."""
+        self._pending.pop(pending.id, None)
+        if principal.api_key_id is None:
+            raise ValueError("a sign-in needs a principal with an API key")
+        code = new_secret(CODE_PREFIX)
+        now = utc_now()
+        await self._store.issue_code(
+            code,
+            SignInCode(
+                client_id=pending.client.client_id,
+                client_row_id=pending.client.row_id,
+                client_name=pending.client.client_name,
+                redirect_uri=str(pending.params.redirect_uri),
+                code_challenge=pending.params.code_challenge,
+                resource=pending.resource,
+                scope=SCOPE,
+                organisation_id=principal.organisation_id,
+                api_key_id=principal.api_key_id,
+                expires_at=now + timedelta(seconds=self._config.code_ttl_s),
+                redirect_uri_explicit=pending.params.redirect_uri_provided_explicitly,
+            ),
+            now,
+        )
+        return self._back(pending, code=code)
+
+    def deny(self, pending: PendingAuthorization) -> str:
+        self._pending.pop(pending.id, None)
+        return self._back(
+            pending, error="access_denied", error_description="the person did not allow this sign-in"
+        )
+
+    def _back(self, pending: PendingAuthorization, **answer: str) -> str:
+        return construct_redirect_uri(
+            str(pending.params.redirect_uri), **answer, state=pending.params.state, iss=self._resource.issuer
+        )
+
+    def methods(self, pending: PendingAuthorization) -> list[SignInMethod]:
+        """The sign-in methods the page offers, from the config (OIDC providers: later)."""
+        methods: list[SignInMethod] = []
+        if self._config.api_keys:
+            methods.append(SignInMethod("api_key", "Sign in with an API key"))
+        return methods
+
+    # -- the page --------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        pending = self.pending(request.query_params.get("request", ""))
+        if pending is None:
+            return _expired()
+        response = self._render(pending, None, 200)
+        response.set_cookie(
+            _COOKIE_PREFIX + pending.id,
+            pending.csrf,
+            max_age=int(self._config.consent_ttl_s),
+            path=CONSENT_PATH,
+            secure=self._secure_cookie,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def answer(self, request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=10)
+        request_id = form.get("request")
+        pending = self.pending(request_id) if isinstance(request_id, str) else None
+        if pending is None:
+            return _expired()
+        posted = form.get("csrf")
+        cookie = request.cookies.get(_COOKIE_PREFIX + pending.id, "")
+        if not (
+            isinstance(posted, str)
+            and hmac.compare_digest(posted, pending.csrf)
+            and hmac.compare_digest(cookie, pending.csrf)
+        ):
+            return _page("This form cannot be used", "<p>Open the sign-in page again from your app.</p>", 403)
+        if form.get("decision") == "deny":
+            return _redirect(self.deny(pending))
+        if not self._config.api_keys:
+            return self._render(pending, "Signing in with an API key is turned off.", 400)
+        key = form.get("api_key")
+        if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY_CHARS:
+            return self._render(pending, "Enter your API key.", 400)
+        client = request.client.host if request.client else None
+        try:
+            principal = await self._check_key({"x-api-key": key.strip()}, client)
+        except AuthThrottled as exc:
+            response = self._render(pending, "Too many failed attempts from here; try again later.", 429)
+            response.headers["retry-after"] = str(exc.retry_after_s)
+            return response
+        problem = self._key_problem(pending, principal)
+        if problem is not None:
+            return self._render(pending, problem, 400)
+        assert principal is not None
+        logger.info(
+            "sign-in: key %s approved client %s for %s",
+            principal.api_key_id,
+            pending.client.row_id,
+            pending.resource,
+        )
+        return _redirect(await self.complete_sign_in(pending, principal))
+
+    def _key_problem(self, pending: PendingAuthorization, principal: Principal | None) -> str | None:
+        if principal is None or principal.grant_id is not None:
+            return "That API key is not valid."
+        if principal.user_id is None:
+            return "That API key is not bound to a user: sign in with your own (mcpgw keys create --user)."
+        organisation = self._resource.organisation_of(pending.resource)
+        if organisation is not None and organisation != principal.organisation_id:
+            return "That API key belongs to another organisation than this MCP URL."
+        return None
+
+    def _render(self, pending: PendingAuthorization, problem: str | None, status: int) -> HTMLResponse:
+        client = pending.client
+        redirect = urlsplit(str(pending.params.redirect_uri))
+        back_to = redirect.hostname or f"{redirect.scheme}: (an app on this device)"
+        source = {
+            "document": f"described by {client.client_id}",
+            "config": "registered by your administrator",
+            "registered": "registered itself with this gateway",
+        }.get(client.origin, "")
+        e = html.escape
+        methods = self.methods(pending)
+        body = [
+            f"<p><strong>{e(client.display_name)}</strong> ({e(source)}) wants to use the MCP gateway at "
+            f"<code>{e(pending.resource)}</code> as you.</p>",
+            "<p>It will be able to list and call the tools, resources and prompts your API key can reach, "
+            "as you (your organisation, your tool filters, your connected accounts), until you or an "
+            "administrator revoke it.</p>",
+            f"<p>After you answer, you go back to <strong>{e(back_to)}</strong>.</p>",
+        ]
+        if problem is not None:
+            body.append(f'<p role="alert"><strong>{e(problem)}</strong></p>')
+        hidden = (
+            f'<input type="hidden" name="request" value="{e(pending.id)}">'
+            f'<input type="hidden" name="csrf" value="{e(pending.csrf)}">'
+        )
+        for method in methods:
+            if method.kind == "api_key":
+                body.append(
+                    f'<form method="post" action="{CONSENT_PATH}">{hidden}'
+                    '<p><label for="api_key">Your API key (one bound to you: <code>mcpgw keys create '
+                    '--user</code>)</label><br><input type="password" id="api_key" name="api_key" '
+                    'autocomplete="off" required></p>'
+                    '<p><button type="submit" name="decision" value="approve">Allow</button></p></form>'
+                )
+            elif method.url is not None:
+                body.append(f'<p><a href="{e(method.url)}">{e(method.label)}</a></p>')
+        if not methods:
+            body.append("<p>No sign-in method is enabled on this gateway; ask your administrator.</p>")
+        body.append(
+            f'<form method="post" action="{CONSENT_PATH}">{hidden}'
+            '<p><button type="submit" name="decision" value="deny">Deny</button></p></form>'
+        )
+        return _page(f"Sign in to mcpgw: {client.display_name}", "".join(body), status)
+
+
+def _page(title: str, body: str, status: int) -> HTMLResponse:
+    text = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(text, status, headers=_HEADERS)
+
+
+def _expired() -> HTMLResponse:
+    text = "<p>This sign-in request is unknown or has expired. Start again from your app.</p>"
+    return _page("Sign-in expired", text, 400)
+
+
+def _redirect(url: str) -> RedirectResponse:
+    # 303: the browser follows a POST's answer with a GET.
+    return RedirectResponse(url, 303, headers={"cache-control": "no-store", "referrer-policy": "no-referrer"})

@@ -1,0 +1,158 @@
+"""The authorization server as the running gateway holds it: the `mcp` SDK's OAuth handlers over
+`SignInProvider`, the consent page, the metadata documents, and the per-address registration
+limit; built in the app's lifespan and served by the routes `routes.py` declares.
+
+Endpoints (the issuer is `public_url`, an origin, so RFC 8414 metadata is at its root):
+`/signin/authorize`, `/signin/consent`, `/signin/token`, `/signin/register`, `/signin/revoke`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+from mcp.server.auth.handlers.authorize import AuthorizationHandler
+from mcp.server.auth.handlers.register import RegistrationHandler
+from mcp.server.auth.handlers.revoke import RevocationHandler
+from mcp.server.auth.handlers.token import TokenHandler
+from mcp.server.auth.middleware.client_auth import AuthenticationError
+from mcp.server.auth.provider import construct_redirect_uri
+from mcp.server.auth.settings import ClientRegistrationOptions
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.config import HostSignInConfig, is_loopback_host
+from gateway.signin._rate import PerAddress
+from gateway.signin.clients import Clients
+from gateway.signin.consent import CONSENT_PATH, Consents, KeyCheck
+from gateway.signin.documents import ClientDocuments
+from gateway.signin.provider import HostClientAuthenticator, SignInProvider
+from gateway.signin.resource import SCOPE, ProtectedResource
+from store import SignInStore, StoreError, utc_now
+
+__all__ = ["SignInServer"]
+
+logger = logging.getLogger(__name__)
+
+AUTHORIZE_PATH = "/signin/authorize"
+TOKEN_PATH = "/signin/token"
+REGISTER_PATH = "/signin/register"
+REVOKE_PATH = "/signin/revoke"
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+_GRANT_TYPES = ("authorization_code", "refresh_token")
+_CLIENT_AUTH_METHODS = ["none", "client_secret_post", "client_secret_basic"]
+
+
+class SignInServer:
+    def __init__(
+        self,
+        config: HostSignInConfig,
+        public_url: str,
+        store: SignInStore,
+        http: httpx2.AsyncClient,
+        check_key: KeyCheck,
+    ) -> None:
+        self.config = config
+        self.resource = ProtectedResource(public_url)
+        self._store = store
+        on_loopback = is_loopback_host(urlsplit(public_url).hostname or "")
+        self.clients = Clients(store, ClientDocuments(http, gateway_on_loopback=on_loopback), config.clients)
+        self.consents = Consents(store, self.resource, config, check_key)
+        self.provider = SignInProvider(store, self.clients, self.resource, config, self.consents.start)
+        self._authenticator = authenticator = HostClientAuthenticator(self.provider)
+        self._authorize = AuthorizationHandler(self.provider)
+        self._token = TokenHandler(self.provider, authenticator)
+        # Any requested scope registers (RFC 7591 section 2 lets the server replace metadata):
+        # hosts name scopes of their own, and every sign-in gets the one there is (clients.py).
+        self._register = RegistrationHandler(
+            self.provider, ClientRegistrationOptions(enabled=True, default_scopes=[SCOPE])
+        )
+        self._revoke = RevocationHandler(self.provider, authenticator)
+        self._registrations = PerAddress(config.registrations_per_hour)
+        self.metadata = self._metadata()
+
+    def _metadata(self) -> dict[str, Any]:
+        """RFC 8414 authorization server metadata (served for OpenID discovery too)."""
+        issuer = self.resource.issuer
+        return {
+            "issuer": issuer,
+            "authorization_endpoint": issuer + AUTHORIZE_PATH,
+            "token_endpoint": issuer + TOKEN_PATH,
+            "registration_endpoint": issuer + REGISTER_PATH,
+            "revocation_endpoint": issuer + REVOKE_PATH,
+            "scopes_supported": [SCOPE],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(_GRANT_TYPES),
+            "token_endpoint_auth_methods_supported": _CLIENT_AUTH_METHODS,
+            "revocation_endpoint_auth_methods_supported": _CLIENT_AUTH_METHODS,
+            "code_challenge_methods_supported": ["S256"],
+            "client_id_metadata_document_supported": True,
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    async def authorize(self, request: Request) -> Response:
+        response = await self._authorize.handle(request)
+        location = response.headers.get("location")
+        consent = self.resource.public_url + CONSENT_PATH
+        if location is not None and not location.startswith(consent):
+            # An error the SDK handler sends back to the client's (checked) redirect URI: with the
+            # issuer, as every authorization response of this server (RFC 9207 section 2).
+            response.headers["location"] = construct_redirect_uri(location, iss=self.resource.issuer)
+        return response
+
+    async def token(self, request: Request) -> Response:
+        form = await request.form()
+        grant_type = form.get("grant_type")
+        if isinstance(grant_type, str) and grant_type not in _GRANT_TYPES:
+            # The SDK would call an unknown grant type a malformed request; RFC 6749 5.2 names it.
+            return _error(
+                400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
+            )
+        resource = form.get("resource")
+        if isinstance(resource, str) and self.resource.known(resource) is None:
+            return _error(400, "invalid_target", "resource is not an MCP URL of this gateway (RFC 8707)")
+        answer: Response = await self._token.handle(request)
+        return answer
+
+    async def register(self, request: Request) -> Response:
+        client = request.client.host if request.client else None
+        wait = self._registrations.spend(client)
+        if wait is not None:
+            response = _error(429, "invalid_request", "too many client registrations from this address")
+            response.headers["retry-after"] = str(wait)
+            return response
+        return await self._register.handle(request)
+
+    async def revoke(self, request: Request) -> Response:
+        try:
+            await self._authenticator.authenticate_request(request)
+        except AuthenticationError as exc:
+            # RFC 7009 2.2.1 answers a client that fails to authenticate as RFC 6749 5.2 does:
+            # invalid_client (the SDK handler would say unauthorized_client).
+            return _error(401, "invalid_client", exc.message)
+        return await self._revoke.handle(request)
+
+    def resource_metadata(self, organisation: str | None) -> Response:
+        return JSONResponse(self.resource.metadata(organisation), headers={"cache-control": "max-age=3600"})
+
+    def server_metadata(self) -> Response:
+        return JSONResponse(self.metadata, headers={"cache-control": "max-age=3600"})
+
+    async def prune(self) -> None:
+        """Forget expired codes and tokens, and registered clients long unused."""
+        now = utc_now()
+        try:
+            gone = await self._store.prune(now, now - timedelta(seconds=self.config.unused_client_ttl_s))
+        except StoreError as exc:
+            logger.warning("sign-in: pruning expired codes and tokens failed: %s", exc)
+            return
+        if gone:
+            logger.info("sign-in: pruned %d expired code(s), token(s), grant(s) and client(s)", gone)
+
+
+def _error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status, headers=_NO_STORE)
