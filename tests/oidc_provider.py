@@ -36,9 +36,16 @@ class RunningProvider:
 
 @asynccontextmanager
 async def running_oidc_provider(
-    redirect_uris: list[str], accounts: Mapping[str, Mapping[str, Any]], *, issuer: str | None = None
+    redirect_uris: list[str],
+    accounts: Mapping[str, Mapping[str, Any]],
+    *,
+    issuer: str | None = None,
+    port: int = 0,
 ) -> AsyncIterator[RunningProvider]:
+    """The provider, until the block ends; `port` 0 is an ephemeral one. Started again on the
+    port of one that ended, it is the same issuer with a new signing key (a key rotation)."""
     options: dict[str, Any] = {
+        "port": port,
         "clients": [{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": redirect_uris}],
         "accounts": accounts,
     }

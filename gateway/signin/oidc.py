@@ -111,7 +111,7 @@ class _Provider:
     iss_in_response: bool  # RFC 9207: its authorization responses carry `iss`
     algorithms: tuple[str, ...]
     keys: KeySet
-    fetched_at: float
+    fetched_at: float  # by the sign-in's clock
     keys_fetched_at: float
 
     def origins(self, issuer: str) -> frozenset[Origin]:
@@ -225,7 +225,7 @@ class OidcSignIn:
     # -- the provider --------------------------------------------------------------------------
 
     async def _provider(self, config: OidcProviderConfig, *, fresh_keys: bool = False) -> _Provider:
-        now = time.monotonic()
+        now = self._clock()
         found = self._discovered.get(config.name)
         if found is None or now - found.fetched_at > _DISCOVERY_TTL_S:
             found = await self._discover(config)
@@ -263,7 +263,7 @@ class OidcSignIn:
             raise OidcUnavailable(
                 config.name, f"{config.label} signs id_tokens with no algorithm accepted here"
             )
-        now = time.monotonic()
+        now = self._clock()
         found = _Provider(
             authorization_endpoint=endpoints["authorization_endpoint"],
             token_endpoint=endpoints["token_endpoint"],

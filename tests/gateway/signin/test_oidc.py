@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -360,6 +361,26 @@ async def test_an_id_token_for_another_sign_in_or_signed_by_another_key_is_refus
         validate_id_token(id_token, keys, config, nonce)
     assert refused.value.reason == "id_token"
     assert id_token not in refused.value.message
+
+
+async def test_a_provider_that_rotated_its_signing_key_is_trusted_once_its_keys_are_fetched_again(
+    http: httpx2.AsyncClient,
+) -> None:
+    """The provider is started again on its port with a new key (its issuer unchanged), while
+    the gateway holds its discovery and keys: an id_token naming the new key fetches them anew."""
+    now = [time.time()]
+    async with running_oidc_provider([CALLBACK], ACCOUNTS) as before:
+        config = config_for(before)
+        sign_in = OidcSignIn(
+            (config,), public_url=PUBLIC_URL, http=http, sealer=sealer(), clock=lambda: now[0]
+        )
+        assert (await signed_in_as(sign_in, "alice")).user_id == "alice@example.com"
+        old_kids = {key.kid for key in await keys_of(before)}
+    async with running_oidc_provider([CALLBACK], ACCOUNTS, port=before.port) as after:
+        assert after.issuer == before.issuer
+        assert {key.kid for key in await keys_of(after)}.isdisjoint(old_kids)
+        now[0] += 61  # past the minute within which keys are not fetched again
+        assert (await signed_in_as(sign_in, "alice")).user_id == "alice@example.com"
 
 
 # --- the provider cannot be used ------------------------------------------------------------------
