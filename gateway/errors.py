@@ -26,7 +26,10 @@
     │   ├── ConnectTimeout            no connection within the connect timeout
     │   └── ConnectFailed             the upstream's address refused or could not be reached
     ├── EventStreamError              an upstream's event stream that cannot be decoded
-    └── ConfigError                   the config file is missing, unreadable or not valid
+    ├── ConfigError                   the config file is missing, unreadable or not valid
+    └── OidcError                     a person's sign-in through an OpenID Connect provider failed
+        ├── OidcUnavailable           the provider cannot be used now (discovery, keys, token endpoint)
+        └── OidcRefused               the person is not signed in (`reason` says why, the message how)
 
 Lower-layer errors (httpx2, OS process errors) are translated into these once, where they
 happen, with `raise ... from exc`; everything above deals only with this tree. `WireError` is
@@ -252,3 +255,32 @@ class SessionLimit(GatewayError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class OidcError(GatewayError):
+    """Signing a person in through an OpenID Connect provider (`gateway/signin/oidc.py`) did not
+    succeed; the message is for that person's browser and never carries a code or a token."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+
+
+class OidcUnavailable(OidcError):
+    """The provider cannot be used now: its discovery document, its keys or its token endpoint
+    failed or said something the gateway cannot accept. Trying later (or an admin) may help."""
+
+
+class OidcRefused(OidcError):
+    """The person is not signed in. ``reason`` is one of: ``state`` (the callback does not belong
+    to this browser's sign-in, or it was tampered with), ``expired``, ``provider_error`` (the
+    provider answered with an error, ``access_denied`` when the person declined), ``code`` (the
+    provider did not accept the code: used already, or for another sign-in), ``id_token`` (its
+    signature, issuer, audience, expiry or nonce is wrong), ``missing_claim``, ``email_unverified``,
+    ``unmapped`` (no organisation takes this person), ``ambiguous`` (several do),
+    ``unknown_provider``."""
+
+    def __init__(self, provider: str, reason: str, message: str) -> None:
+        super().__init__(provider, message)
+        self.reason = reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio.to_thread
 import pytest
 import uvloop
 
@@ -16,6 +17,7 @@ from tests.harness import (
     start_demo_http,
     stop_process,
 )
+from tests.node import install
 
 
 def pytest_asyncio_loop_factories(
@@ -72,3 +74,10 @@ async def sse_gateway(
     upstreams = f"\n  - {{name: old, transport: sse, url: '{demo_sse_url}'}}"
     async with serve_gateway(keyless_config(tmp_path_factory.mktemp("sse"), upstreams)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+async def node_modules() -> None:
+    """`tests/node/node_modules` as its lockfile says (`npm ci` when it is not, once per run):
+    what a test that starts a Node program (`tests.node.run_node`) asks for first."""
+    await anyio.to_thread.run_sync(install)

@@ -15,6 +15,7 @@ from gateway.config.schema import (
     GatewayModel,
     HostSignInModel,
     Loc,
+    OidcProviderModel,
     RecordingModel,
     SecretsModel,
     UpstreamModel,
@@ -24,6 +25,7 @@ from gateway.config.values import (
     GatewayConfig,
     HostSignInConfig,
     ListenConfig,
+    OidcProviderConfig,
     RecordingConfig,
     RetentionConfig,
     SecretsConfig,
@@ -211,14 +213,20 @@ def _secrets(model: SecretsModel, base: Path, database: Path, problems: Problems
 def _host_sign_in(model: GatewayModel, public_url: str, problems: Problems) -> HostSignInConfig:
     sign_in: HostSignInModel = model.host_sign_in
     at: Loc = ("host_sign_in",)
-    if sign_in.oidc:
-        why = "OpenID Connect sign-in is not available in this version yet; leave it empty"
-        problems.append(((*at, "oidc"), why))
+    oidc = tuple(_oidc_provider(model, (*at, "oidc", i), problems) for i, model in enumerate(sign_in.oidc))
+    first_named: dict[str, int] = {}
+    for i, provider in enumerate(oidc):
+        if provider.name in first_named:
+            why = (
+                f"duplicate name {provider.name!r} (first at host_sign_in.oidc[{first_named[provider.name]}])"
+            )
+            problems.append(((*at, "oidc", i, "name"), why))
+        first_named.setdefault(provider.name, i)
     if sign_in.enabled:
         if not model.auth.required:
             why = "needs auth.required: true (in key-less mode nobody has to sign in)"
             problems.append(((*at, "enabled"), why))
-        if not sign_in.api_keys:
+        if not sign_in.api_keys and not oidc:
             why = "must be true while no OIDC provider is configured, or nobody could sign in"
             problems.append(((*at, "api_keys"), why))
         # The issuer, the resource and every URL a host is sent to are built on public_url; RFC
@@ -260,7 +268,7 @@ def _host_sign_in(model: GatewayModel, public_url: str, problems: Problems) -> H
     return HostSignInConfig(
         enabled=sign_in.enabled,
         api_keys=sign_in.api_keys,
-        oidc=tuple(sign_in.oidc),
+        oidc=oidc,
         access_token_ttl_s=sign_in.access_token_ttl_s,
         refresh_token_ttl_s=sign_in.refresh_token_ttl_s,
         code_ttl_s=sign_in.code_ttl_s,
@@ -268,6 +276,51 @@ def _host_sign_in(model: GatewayModel, public_url: str, problems: Problems) -> H
         registrations_per_hour=sign_in.registrations_per_hour,
         unused_client_ttl_s=sign_in.unused_client_ttl_s,
         clients=tuple(clients),
+    )
+
+
+def _oidc_provider(model: OidcProviderModel, here: Loc, problems: Problems) -> OidcProviderConfig:
+    issuer = urlsplit(model.issuer)
+    if issuer.scheme != "https" and not is_loopback_host(issuer.hostname or ""):
+        problems.append(
+            ((*here, "issuer"), f"must be https (plain http only on loopback), got {model.issuer!r}")
+        )
+    if issuer.query or issuer.fragment:
+        problems.append(
+            ((*here, "issuer"), "an issuer has no query or fragment (OpenID Connect Discovery 1.0)")
+        )
+    if "openid" not in model.scopes:
+        problems.append(((*here, "scopes"), "must include openid, or the provider sends no id_token"))
+    if (model.organisation_claim is None) != (not model.organisations):
+        key, why = (
+            ("organisations", "needs organisation_claim: the claim whose values it maps")
+            if model.organisation_claim is None
+            else ("organisation_claim", "needs organisations: which of its values is which organisation")
+        )
+        problems.append(((*here, key), why))
+    if model.organisation_claim is None and not model.domains:
+        why = "say how a person's organisation is found: organisation_claim with organisations, or domains"
+        problems.append((here, why))
+    for domain in model.domains:
+        if domain != domain.lower() or "@" in domain or domain.startswith(".") or "." not in domain:
+            problems.append(((*here, "domains", domain), "a lower-case domain such as example.com"))
+    if (model.admin_claim is None) != (not model.admin_values):
+        key = "admin_values" if model.admin_claim is None else "admin_claim"
+        problems.append(((*here, key), "admin_claim and admin_values go together"))
+    return OidcProviderConfig(
+        name=model.name,
+        issuer=model.issuer.rstrip("/"),
+        client_id=model.client_id,
+        client_secret=model.client_secret,
+        display_name=model.display_name or "",
+        scopes=tuple(model.scopes),
+        user_claim=model.user_claim,
+        organisation_claim=model.organisation_claim,
+        organisations=dict(model.organisations),
+        domains=dict(model.domains),
+        admin_claim=model.admin_claim,
+        admin_values=tuple(model.admin_values),
+        allow_private_addresses=model.allow_private_addresses,
     )
 
 

@@ -36,6 +36,7 @@ from gateway.config.values import (
     HostSignInConfig,
     IdentityMode,
     ListenConfig,
+    OidcProviderConfig,
     RecordingConfig,
     RetentionConfig,
     SecretsConfig,
@@ -200,12 +201,26 @@ class SignInClientModel(Model):
     client_secret: _Text | None = default_of(SignInClientConfig, "client_secret")
 
 
+class OidcProviderModel(Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")]
+    issuer: Annotated[str, AfterValidator(check_url)]
+    client_id: _Text
+    client_secret: _Text  # give it as ${ENV}, like every secret in the file
+    display_name: _Text | None = None  # None: the name
+    scopes: list[Annotated[str, AfterValidator(check_scope)]] = default_of(OidcProviderConfig, "scopes")
+    user_claim: _Text = default_of(OidcProviderConfig, "user_claim")
+    organisation_claim: _Text | None = default_of(OidcProviderConfig, "organisation_claim")
+    organisations: dict[_Text, _Text] = default_of(OidcProviderConfig, "organisations")
+    domains: dict[_Text, _Text] = default_of(OidcProviderConfig, "domains")
+    admin_claim: _Text | None = default_of(OidcProviderConfig, "admin_claim")
+    admin_values: list[_Text] = default_of(OidcProviderConfig, "admin_values")
+    allow_private_addresses: _Bool = default_of(OidcProviderConfig, "allow_private_addresses")
+
+
 class HostSignInModel(Model):
     enabled: _Bool = default_of(HostSignInConfig, "enabled")
     api_keys: _Bool = default_of(HostSignInConfig, "api_keys")
-    # What an OpenID Connect provider's entry holds is not defined yet: any entry is refused on
-    # conversion, which says so, rather than as an unknown key here.
-    oidc: list[dict[str, JsonValue]] = default_of(HostSignInConfig, "oidc")
+    oidc: list[OidcProviderModel] = default_of(HostSignInConfig, "oidc")
     access_token_ttl_s: _Count = default_of(HostSignInConfig, "access_token_ttl_s")
     refresh_token_ttl_s: _Count = default_of(HostSignInConfig, "refresh_token_ttl_s")
     code_ttl_s: _Count = default_of(HostSignInConfig, "code_ttl_s")
@@ -247,6 +262,7 @@ MODEL_AT: dict[tuple[str, ...], type[Model]] = {
     ("recording", "retention"): RetentionModel,
     ("host_sign_in",): HostSignInModel,
     ("host_sign_in", "clients"): SignInClientModel,
+    ("host_sign_in", "oidc"): OidcProviderModel,
 }
 
 # The top-level keys that hold mappings of their own; an empty one (`upstreams:` with nothing

@@ -9,7 +9,7 @@ out by the loader, and those fields have none here.
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from gateway.config.policy import ToolFilter, local_url
 
@@ -20,6 +20,7 @@ __all__ = [
     "HostSignInConfig",
     "IdentityMode",
     "ListenConfig",
+    "OidcProviderConfig",
     "RecordingConfig",
     "RetentionConfig",
     "SecretsConfig",
@@ -157,13 +158,43 @@ class SignInClientConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OidcProviderConfig:
+    """An organisation's OpenID Connect provider (Okta, Entra ID, Google, Keycloak, ...) through
+    which people sign in on the consent page, the gateway being its relying party; and how the
+    claims of its id_tokens say who a person is and which organisation they belong to.
+
+    The organisation comes from `organisation_claim` (a claim's value, or one of its values for
+    a list such as groups, looked up in `organisations`) or else from the domain of a verified
+    e-mail address (`domains`); a person neither maps is refused, never put anywhere by default.
+    """
+
+    name: str  # names the provider in the sign-in state and logs: [a-z0-9-]+
+    issuer: str  # its discovery document is <issuer>/.well-known/openid-configuration
+    client_id: str
+    client_secret: str = field(repr=False)
+    display_name: str = ""  # on the consent page's button; "" = the name
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    user_claim: str = "email"  # the claim whose value is the user id (an e-mail only if verified)
+    organisation_claim: str | None = None
+    organisations: Mapping[str, str] = field(default_factory=dict)  # that claim's value -> organisation
+    domains: Mapping[str, str] = field(default_factory=dict)  # verified e-mail domain -> organisation
+    admin_claim: str | None = None  # a person is an admin when this claim holds one of admin_values
+    admin_values: tuple[str, ...] = ()
+    allow_private_addresses: bool = False  # the provider may be on a private network address
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+
+@dataclass(frozen=True, slots=True)
 class HostSignInConfig:
     """Hosts that sign in (OAuth 2.1, the gateway being the authorization server for its own MCP
     URL) rather than send an API key: claude.ai, ChatGPT, Claude's and other connectors."""
 
     enabled: bool = False
     api_keys: bool = True  # the consent page accepts a user-bound API key
-    oidc: tuple[Mapping[str, Any], ...] = ()  # the organisation's OpenID Connect providers (later)
+    oidc: tuple[OidcProviderConfig, ...] = ()  # the organisation's OpenID Connect providers
     access_token_ttl_s: int = 3600
     refresh_token_ttl_s: int = 30 * 86400  # a refresh token's life; each use mints a new one
     code_ttl_s: int = 60  # an authorization code's life: the host redeems it at once

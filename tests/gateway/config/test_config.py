@@ -25,6 +25,18 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
     return path
 
 
+_IDP = "name: okta, issuer: 'https://idp.example.com', client_id: c, client_secret: s"
+
+
+def _oidc(entries: str) -> str:
+    """`host_sign_in.oidc` holding `entries`, where @ stands for a provider's required keys (@OKTA:
+    with a name in capitals, @HTTP: with a plain http issuer)."""
+    idp = entries.replace("@OKTA", _IDP.replace("okta", "Okta")).replace(
+        "@HTTP", _IDP.replace("https", "http")
+    )
+    return f"host_sign_in: {{oidc: [{idp.replace('@', _IDP)}]}}\n"
+
+
 def load_error(tmp_path: Path, text: str) -> ConfigError:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -68,6 +80,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     monkeypatch.setenv("INTERNAL_TOKEN", "t0k")
     monkeypatch.setenv("MCPGW_SECRET_KEY", "A" * 43)
     monkeypatch.setenv("EDITOR_CLIENT_SECRET", "ed1t0r")
+    monkeypatch.setenv("OKTA_CLIENT_SECRET", "0kta-s3cret")
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
@@ -96,7 +109,22 @@ def test_example_config_commented_out_keys_are_valid_too(
     assert config.recording.redact_keys == ("ssn", "iban")
     assert config.recording.retention.max_invocations == 1_000_000
     sign_in = config.host_sign_in
-    assert not sign_in.enabled and sign_in.api_keys and sign_in.oidc == ()
+    assert not sign_in.enabled and sign_in.api_keys
+    [okta] = sign_in.oidc
+    assert (okta.name, okta.label, okta.issuer, okta.client_secret) == (
+        "okta",
+        "Acme Okta",
+        "https://acme.okta.com",
+        "0kta-s3cret",
+    )
+    assert (okta.user_claim, okta.organisation_claim, okta.organisations) == (
+        "email",
+        "groups",
+        {"acme-engineering": "acme"},
+    )
+    assert okta.domains == {"acme.com": "acme", "acme.co.uk": "acme"}
+    assert (okta.admin_claim, okta.admin_values) == ("groups", ("mcpgw-admins",))
+    assert "0kta-s3cret" not in repr(config)
     assert (sign_in.access_token_ttl_s, sign_in.code_ttl_s) == (3600, 60)
     [editor] = sign_in.clients
     assert (editor.client_id, editor.client_secret, editor.redirect_uris) == (
@@ -681,6 +709,43 @@ def test_host_sign_in_is_off_by_default_and_reads_its_keys_and_clients(tmp_path:
     assert "s3cret" not in repr(config)
 
 
+def test_an_oidc_provider_takes_defaults_and_lets_sign_in_go_without_api_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IDP_SECRET", "1dp-s3cret")
+    config = load_config(
+        write(
+            tmp_path,
+            """\
+            public_url: https://gw.example.com
+            host_sign_in:
+              enabled: true
+              api_keys: false
+              oidc:
+                - name: corp
+                  issuer: https://login.example.com/
+                  client_id: gateway
+                  client_secret: ${IDP_SECRET}
+                  domains: {example.com: example}
+            """,
+        )
+    )
+    [corp] = config.host_sign_in.oidc
+    assert not config.host_sign_in.api_keys
+    assert (corp.label, corp.issuer, corp.client_secret) == (
+        "corp",
+        "https://login.example.com",
+        "1dp-s3cret",
+    )
+    assert (corp.scopes, corp.user_claim, corp.organisation_claim) == (
+        ("openid", "email", "profile"),
+        "email",
+        None,
+    )
+    assert (corp.admin_claim, corp.admin_values, corp.allow_private_addresses) == (None, (), False)
+    assert "1dp-s3cret" not in repr(config)
+
+
 @pytest.mark.parametrize(
     ("text", "where", "why"),
     [
@@ -690,7 +755,51 @@ def test_host_sign_in_is_off_by_default_and_reads_its_keys_and_clients(tmp_path:
             "needs auth.required: true",
         ),
         ("host_sign_in: {enabled: true, api_keys: false}\n", "host_sign_in.api_keys", "nobody could sign in"),
-        ("host_sign_in: {oidc: [{issuer: 'https://idp'}]}\n", "host_sign_in.oidc", "not available"),
+        (
+            _oidc("{@OKTA}"),
+            "host_sign_in.oidc[0].name",
+            "should match pattern",
+        ),
+        (
+            _oidc("{@HTTP}"),
+            "host_sign_in.oidc[0].issuer",
+            "https",
+        ),
+        (
+            _oidc("{@}"),
+            "host_sign_in.oidc[0]",
+            "organisation_claim with organisations, or domains",
+        ),
+        (
+            _oidc("{@, domains: {example.com: a}, scopes: [email]}"),
+            "host_sign_in.oidc[0].scopes",
+            "openid",
+        ),
+        (
+            _oidc("{@, organisation_claim: org}"),
+            "host_sign_in.oidc[0].organisation_claim",
+            "needs organisations",
+        ),
+        (
+            _oidc("{@, domains: {Example.com: a}}"),
+            "host_sign_in.oidc[0].domains['Example.com']",
+            "lower-case domain",
+        ),
+        (
+            _oidc("{@, domains: {example.com: a}, admin_values: [x]}"),
+            "host_sign_in.oidc[0].admin_values",
+            "go together",
+        ),
+        (
+            _oidc("{@, domains: {example.com: a}}, {@, domains: {example.com: a}}"),
+            "host_sign_in.oidc[1].name",
+            "duplicate",
+        ),
+        (
+            _oidc("{@, domains: {example.com: a}, secret: s}"),
+            "host_sign_in.oidc[0].secret",
+            "unknown key",
+        ),
         (
             "public_url: https://gw.example.com/mcpgw\nhost_sign_in: {enabled: true}\n",
             "public_url",
