@@ -144,7 +144,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         signin: SignInServer | None = None
         if config.host_sign_in.enabled:
             signin = SignInServer(
-                config.host_sign_in, config.public_url, store.signin, oauth_http, auth.authenticate
+                config.host_sign_in, config.public_url, store, oauth_http, auth.authenticate, sealer
             )
             start_guarded(task_group, "sign-in maintenance", every, 3600.0, "pruning sign-ins", signin.prune)
         # Before the task group is cancelled and the store closed: the last key use is kept.

@@ -159,7 +159,7 @@ class HostAuth:
             found = await self._signed_in(secret, now)
         else:
             key = await self._store.find_api_key(secret)
-            found = None if key is None else (_principal_of(key), now + _CACHE_TTL_S)
+            found = None if key is None else (principal_of(key), now + _CACHE_TTL_S)
         if found is None:
             self._remember_miss(digest, now)
             self._failures.failed(client, now)
@@ -182,7 +182,7 @@ class HostAuth:
             return None
         grant = signed_in.grant
         principal = replace(
-            _principal_of(signed_in.key),
+            principal_of(signed_in.key),
             grant_id=grant.id,
             client_id=grant.client_row_id,
             resource=grant.resource,
@@ -238,7 +238,8 @@ class HostAuth:
                 next_report = self._clock() + LOG_INTERVAL_S
 
 
-def _principal_of(key: ApiKey) -> Principal:
+def principal_of(key: ApiKey) -> Principal:
+    """What a host that authenticates with `key` (or with a token it approved) acts as."""
     return Principal(
         key.organisation_id, key.id, key.user_id, key.is_admin, ToolFilter(key.tools_allow, key.tools_deny)
     )

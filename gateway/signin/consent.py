@@ -4,11 +4,15 @@ the host may act as them.
 An authorization request the SDK handler has validated is parked here (`Consents.start`) under a
 random id for `host_sign_in.consent_ttl_s`, and the browser is sent to `/signin/consent?request=
 <id>`. The page names the client (from its metadata), where it sends the person back, and what it
-gets; it offers each sign-in method the config enables (`sign_in_methods`: today a user-bound API
-key, POSTed in the form body and never in a URL; an OpenID Connect provider adds a link of its own
-that ends in `complete_sign_in`). Approving or denying is a POST of a form with a CSRF token that
-must equal the one in a cookie set with the page (double submit, SameSite=Strict); the page has
-no script and no inline style, so it works without JavaScript under a `default-src 'none'` policy.
+gets; it offers each sign-in method the config enables (`methods`): a user-bound API key, POSTed
+in the form body and never in a URL, and a button per OpenID Connect provider, which sends the
+browser to the provider (`oidc.py`) and, on its callback (`oidc_callback`), ends in
+`complete_sign_in` as the key does. Every answer (approve with a key, sign in with a provider,
+deny) is a POST of a form with a CSRF token that must equal the one in a cookie set with the page
+(double submit, SameSite=Strict): a provider's button is a form too, because a plain link would
+let whoever started the request send someone straight to their provider, where a live session
+signs them in without their seeing what they approve. The page has no script and no inline style,
+so it works without JavaScript under a `default-src 'none'` policy.
 
 The answer goes back to the client's redirect URI, which its client registered and the SDK
 handler checked, with `iss` (RFC 9207) and the host's `state`: a code (`complete_sign_in`), or
@@ -33,8 +37,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.config import HostSignInConfig
-from gateway.errors import AuthThrottled
+from gateway.errors import AuthThrottled, OidcError, OidcRefused
 from gateway.signin.clients import HostClient
+from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE, OidcSignIn, SignedInUser
 from gateway.signin.resource import SCOPE, ProtectedResource
 from gateway.signin.tokens import CODE_PREFIX, new_secret
 from store import SignInCode, SignInStore, utc_now
@@ -60,6 +65,9 @@ _HEADERS = {
 
 # Checks an API key typed on the page (HostAuth.authenticate, with its failure throttling).
 KeyCheck = Callable[[Mapping[str, str], str | None], Awaitable["Principal | None"]]
+# What a person an OpenID Connect provider vouched for signs in as (oidc.identity_key's principal).
+Identify = Callable[[SignedInUser], Awaitable["Principal"]]
+_OIDC_DECISION = "oidc:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +85,12 @@ class PendingAuthorization:
 @dataclass(frozen=True, slots=True)
 class SignInMethod:
     """One way to say who you are, as the consent page offers it: `api_key` is the form on the
-    page itself; another method (an OIDC provider) is a link that starts its own flow for the
-    pending request and, knowing the person, calls `Consents.complete_sign_in`."""
+    page itself; `oidc` is a button (`decision`) that sends the browser to the provider for the
+    pending request, which comes back to `Consents.oidc_callback`."""
 
     kind: str
     label: str
-    url: str | None = None  # for a method that leaves the page
+    decision: str | None = None  # the form's decision value for a method that leaves the page
 
 
 class Consents:
@@ -93,12 +101,14 @@ class Consents:
         config: HostSignInConfig,
         check_key: KeyCheck,
         clock: Callable[[], float] = time.monotonic,
+        oidc: tuple[OidcSignIn, Identify] | None = None,
     ) -> None:
         self._store = store
         self._resource = resource
         self._config = config
         self._check_key = check_key
         self._clock = clock
+        self._oidc = oidc
         self._pending: dict[str, PendingAuthorization] = {}
         self._secure_cookie = resource.public_url.startswith("https://")
 
@@ -171,8 +181,11 @@ class Consents:
         )
 
     def methods(self, pending: PendingAuthorization) -> list[SignInMethod]:
-        """The sign-in methods the page offers, from the config (OIDC providers: later)."""
+        """The sign-in methods the page offers, from the config."""
         methods: list[SignInMethod] = []
+        if self._oidc is not None:
+            for name, provider in self._oidc[0].providers.items():
+                methods.append(SignInMethod("oidc", f"Sign in with {provider.label}", _OIDC_DECISION + name))
         if self._config.api_keys:
             methods.append(SignInMethod("api_key", "Sign in with an API key"))
         return methods
@@ -209,8 +222,11 @@ class Consents:
             and hmac.compare_digest(cookie, pending.csrf)
         ):
             return _page("This form cannot be used", "<p>Open the sign-in page again from your app.</p>", 403)
-        if form.get("decision") == "deny":
+        decision = form.get("decision")
+        if decision == "deny":
             return _redirect(self.deny(pending))
+        if isinstance(decision, str) and decision.startswith(_OIDC_DECISION):
+            return await self._to_provider(pending, decision.removeprefix(_OIDC_DECISION))
         if not self._config.api_keys:
             return self._render(pending, "Signing in with an API key is turned off.", 400)
         key = form.get("api_key")
@@ -234,6 +250,64 @@ class Consents:
             pending.resource,
         )
         return _redirect(await self.complete_sign_in(pending, principal))
+
+    async def _to_provider(self, pending: PendingAuthorization, provider: str) -> Response:
+        if self._oidc is None or provider not in self._oidc[0].providers:
+            return self._render(pending, "That sign-in method is not offered here.", 400)
+        try:
+            begun = await self._oidc[0].begin(provider, pending.id)
+        except OidcError as exc:
+            logger.warning("sign-in: OIDC provider %r cannot be used: %s", provider, exc)
+            return self._render(pending, f"Signing in that way is not possible now: {exc.message}", 502)
+        response = _redirect(begun.url)
+        # SameSite=Lax: the provider's redirect back is a top-level GET from its site, which a
+        # Strict cookie would not come with.
+        response.set_cookie(
+            STATE_COOKIE,
+            begun.stored_state,
+            max_age=begun.max_age_s,
+            path=CALLBACK_PATH,
+            secure=self._secure_cookie,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        """Where a provider sends the browser back: the person it vouches for signs in as what
+        `identify` makes of them, for the pending request the sign-in was started for."""
+        if self._oidc is None:
+            return _page("Not found", "<p>No OpenID Connect provider is configured.</p>", 404)
+        sign_in, identify = self._oidc
+        try:
+            user = await sign_in.finish(dict(request.query_params), request.cookies.get(STATE_COOKIE))
+        except OidcRefused as exc:
+            logger.info("sign-in: OIDC provider %r refused a sign-in (%s)", exc.provider, exc.reason)
+            return _page("You are not signed in", f"<p>{html.escape(exc.message)}</p>", 403)
+        except OidcError as exc:
+            logger.warning("sign-in: OIDC provider %r cannot be used: %s", exc.provider, exc)
+            return _page("Signing in is not possible now", f"<p>{html.escape(exc.message)}</p>", 502)
+        pending = self.pending(user.pending_authorization_id)
+        if pending is None:
+            return _expired()
+        principal = await identify(user)
+        organisation = self._resource.organisation_of(pending.resource)
+        if organisation is not None and organisation != principal.organisation_id:
+            who = html.escape(user.email or user.user_id)
+            return _page(
+                "You are not signed in", f"<p>{who} is not a member of this MCP URL's organisation.</p>", 403
+            )
+        logger.info(
+            "sign-in: %s of organisation %s (OIDC provider %r) approved client %s for %s",
+            principal.user_id,
+            principal.organisation_id,
+            user.provider,
+            pending.client.row_id,
+            pending.resource,
+        )
+        response = _redirect(await self.complete_sign_in(pending, principal))
+        response.delete_cookie(STATE_COOKIE, path=CALLBACK_PATH)
+        return response
 
     def _key_problem(self, pending: PendingAuthorization, principal: Principal | None) -> str | None:
         if principal is None or principal.grant_id is not None:
@@ -279,8 +353,11 @@ class Consents:
                     'autocomplete="off" required></p>'
                     '<p><button type="submit" name="decision" value="approve">Allow</button></p></form>'
                 )
-            elif method.url is not None:
-                body.append(f'<p><a href="{e(method.url)}">{e(method.label)}</a></p>')
+            elif method.decision is not None:
+                body.append(
+                    f'<form method="post" action="{CONSENT_PATH}">{hidden}<p><button type="submit" '
+                    f'name="decision" value="{e(method.decision)}">{e(method.label)}</button></p></form>'
+                )
         if not methods:
             body.append("<p>No sign-in method is enabled on this gateway; ask your administrator.</p>")
         body.append(

@@ -18,6 +18,7 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp
 
 from gateway.signin.consent import CONSENT_PATH
+from gateway.signin.oidc import CALLBACK_PATH
 from gateway.signin.resource import METADATA_PREFIX
 from gateway.signin.server import AUTHORIZE_PATH, REGISTER_PATH, REVOKE_PATH, TOKEN_PATH, SignInServer
 
@@ -49,6 +50,9 @@ def signin_routes(get: Callable[[Request], SignInServer]) -> list[Route]:
     async def consent_answer(request: Request) -> Response:
         return await get(request).consents.answer(request)
 
+    async def oidc_callback(request: Request) -> Response:
+        return await get(request).consents.oidc_callback(request)
+
     read = ["GET", "OPTIONS"]
     post = ["POST", "OPTIONS"]
     return [
@@ -62,6 +66,7 @@ def signin_routes(get: Callable[[Request], SignInServer]) -> list[Route]:
         Route(REVOKE_PATH, _app(revoke, post), methods=post),
         Route(CONSENT_PATH, _app(consent_page), methods=["GET"]),
         Route(CONSENT_PATH, _app(consent_answer), methods=["POST"]),
+        Route(CALLBACK_PATH, _app(oidc_callback), methods=["GET"]),
     ]
 
 

@@ -25,13 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.config import HostSignInConfig, is_loopback_host
+from gateway.host.auth import Principal, principal_of
 from gateway.signin._rate import PerAddress
 from gateway.signin.clients import Clients
 from gateway.signin.consent import CONSENT_PATH, Consents, KeyCheck
 from gateway.signin.documents import ClientDocuments
+from gateway.signin.oidc import OidcSignIn, SignedInUser, identity_key
 from gateway.signin.provider import HostClientAuthenticator, SignInProvider
 from gateway.signin.resource import SCOPE, ProtectedResource
-from store import SignInStore, StoreError, utc_now
+from store import Sealer, SignInStore, Store, StoreError, utc_now
 
 __all__ = ["SignInServer"]
 
@@ -51,17 +53,30 @@ class SignInServer:
         self,
         config: HostSignInConfig,
         public_url: str,
-        store: SignInStore,
+        store: Store,
         http: httpx2.AsyncClient,
         check_key: KeyCheck,
+        sealer: Sealer,
     ) -> None:
         self.config = config
         self.resource = ProtectedResource(public_url)
-        self._store = store
+        self._store: SignInStore = store.signin
         on_loopback = is_loopback_host(urlsplit(public_url).hostname or "")
-        self.clients = Clients(store, ClientDocuments(http, gateway_on_loopback=on_loopback), config.clients)
-        self.consents = Consents(store, self.resource, config, check_key)
-        self.provider = SignInProvider(store, self.clients, self.resource, config, self.consents.start)
+        self.clients = Clients(
+            self._store, ClientDocuments(http, gateway_on_loopback=on_loopback), config.clients
+        )
+        oidc = None
+        if config.oidc:
+            providers = OidcSignIn(
+                config.oidc, public_url=public_url, http=http, sealer=sealer, state_ttl_s=config.consent_ttl_s
+            )
+
+            async def identify(user: SignedInUser) -> Principal:
+                return principal_of(await identity_key(store, user))
+
+            oidc = (providers, identify)
+        self.consents = Consents(self._store, self.resource, config, check_key, oidc=oidc)
+        self.provider = SignInProvider(self._store, self.clients, self.resource, config, self.consents.start)
         self._authenticator = authenticator = HostClientAuthenticator(self.provider)
         self._authorize = AuthorizationHandler(self.provider)
         self._token = TokenHandler(self.provider, authenticator)

@@ -51,9 +51,12 @@ class SignInGateway:
 
 
 @asynccontextmanager
-async def signin_gateway(tmp_path: Path, sign_in_yaml: str = "") -> AsyncIterator[SignInGateway]:
-    """A gateway with host sign-in on, serving the demo upstream, at its own public_url."""
-    sock: socket.socket = listening_socket()
+async def signin_gateway(
+    tmp_path: Path, sign_in_yaml: str = "", sock: socket.socket | None = None
+) -> AsyncIterator[SignInGateway]:
+    """A gateway with host sign-in on, serving the demo upstream, at its own public_url (on
+    `sock` when the test must know that URL first)."""
+    sock = sock or listening_socket()
     base_url = base_url_of(sock)
     config = write_config(
         tmp_path,
