@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 import httpx2
 from mcp.server.auth.handlers.authorize import AuthorizationHandler
 from mcp.server.auth.handlers.register import RegistrationHandler
-from mcp.server.auth.handlers.revoke import RevocationHandler
 from mcp.server.auth.handlers.token import TokenHandler
 from mcp.server.auth.middleware.client_auth import AuthenticationError
-from mcp.server.auth.provider import construct_redirect_uri
+from mcp.server.auth.provider import AccessToken, construct_redirect_uri
 from mcp.server.auth.settings import ClientRegistrationOptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,7 +30,7 @@ from gateway.signin.clients import Clients
 from gateway.signin.consent import CONSENT_PATH, Consents, KeyCheck
 from gateway.signin.documents import ClientDocuments
 from gateway.signin.oidc import OidcSignIn, SignedInUser, identity_key
-from gateway.signin.provider import HostClientAuthenticator, SignInProvider
+from gateway.signin.provider import HostClientAuthenticator, SignInProvider, SignInRefresh
 from gateway.signin.resource import SCOPE, ProtectedResource
 from store import Sealer, SignInStore, Store, StoreError, utc_now
 
@@ -85,7 +84,6 @@ class SignInServer:
         self._register = RegistrationHandler(
             self.provider, ClientRegistrationOptions(enabled=True, default_scopes=[SCOPE])
         )
-        self._revoke = RevocationHandler(self.provider, authenticator)
         self._registrations = PerAddress(config.registrations_per_hour)
         self.metadata = self._metadata()
 
@@ -144,12 +142,32 @@ class SignInServer:
 
     async def revoke(self, request: Request) -> Response:
         try:
-            await self._authenticator.authenticate_request(request)
+            client = await self._authenticator.authenticate_request(request)
         except AuthenticationError as exc:
             # RFC 7009 2.2.1 answers a client that fails to authenticate as RFC 6749 5.2 does:
             # invalid_client (the SDK handler would say unauthorized_client).
             return _error(401, "invalid_client", exc.message)
-        return await self._revoke.handle(request)
+        # Not the SDK's RevocationHandler past this point: its request model requires a
+        # client_secret field (and a client_id in the form), which refuses a public client, and a
+        # client that authenticates with Basic, revoking as RFC 7009 section 2.1 has them do.
+        form = await request.form()
+        token, hint = form.get("token"), form.get("token_type_hint")
+        if not isinstance(token, str) or not token:
+            return _error(400, "invalid_request", "token is required")
+        found: AccessToken | SignInRefresh | None = None
+        refresh_first = hint == "refresh_token"
+        for refresh in (refresh_first, not refresh_first):
+            found = await (
+                self.provider.load_refresh_token(client, token)
+                if refresh
+                else self.provider.load_access_token(token)
+            )
+            if found is not None:
+                break
+        if found is not None and found.client_id == client.client_id:
+            await self.provider.revoke_token(found)
+        # RFC 7009 section 2.2: 200 whether or not the token was known (or the client's).
+        return Response(status_code=200, headers=_NO_STORE)
 
     def resource_metadata(self, organisation: str | None) -> Response:
         return JSONResponse(self.resource.metadata(organisation), headers={"cache-control": "max-age=3600"})

@@ -102,3 +102,35 @@ async def test_a_host_registering_with_a_scope_of_its_own_still_registers_and_ge
             code, verifier = await sign_in(http, gateway.base_url, client.client_id, key, scope="claudeai")
             tokens = await redeem(http, gateway.base_url, client, code, verifier)
     assert tokens.status_code == 200 and tokens.json()["scope"] == "mcp"
+
+
+async def test_a_public_client_revokes_its_sign_in_with_its_client_id_alone(tmp_path: Path) -> None:
+    """RFC 7009 section 2.1: a public client (token_endpoint_auth_method none) sends only its
+    client_id; the TypeScript SDK's hosts register as such."""
+    async with signin_gateway(tmp_path) as gateway, httpx2.AsyncClient() as http:
+        key = await create_key(gateway, "ada")
+        with anyio.fail_after(TIMEOUT):
+            public = await register(http, gateway.base_url, token_endpoint_auth_method="none")
+            code, verifier = await sign_in(http, gateway.base_url, public.client_id, key)
+            tokens = (await redeem(http, gateway.base_url, public, code, verifier)).json()
+            revoked = await http.post(
+                f"{gateway.base_url}/signin/revoke",
+                data={"token": tokens["refresh_token"], "client_id": public.client_id},
+            )
+            refreshed = await http.post(
+                f"{gateway.base_url}/signin/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": tokens["refresh_token"],
+                    "client_id": public.client_id,
+                },
+            )
+            mcp = await http.post(
+                gateway.url,
+                headers={"authorization": f"Bearer {tokens['access_token']}", "accept": "application/json"},
+                json={"jsonrpc": "2.0", "id": 1, "method": "server/discover"},
+            )
+    assert public.client_secret is None
+    assert revoked.status_code == 200, revoked.text
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    assert mcp.status_code == 401
