@@ -32,6 +32,8 @@ _LOCKFILE = NODE_DIR / "package-lock.json"
 _STAMP = NODE_DIR / "node_modules" / ".mcpgw-lockfile-sha256"  # npm ci removes it with the rest
 _INSTALL_LOCK = NODE_DIR / ".npm-ci.lock"  # outside node_modules, which npm ci deletes
 INSTALL_TIMEOUT_S = 600.0
+# Loading a large package tree (oidc-provider) on a busy 2-core machine takes a while.
+NODE_STARTUP_TIMEOUT_S = 2 * STARTUP_TIMEOUT
 
 
 class NodeUnavailable(RuntimeError):
@@ -86,7 +88,7 @@ class NodeProgram:
 @asynccontextmanager
 async def run_node(script: str, *args: str) -> AsyncIterator[NodeProgram]:
     """Run `node tests/node/<script> <args>` until the block ends; enter once it has printed a
-    JSON line with `"listening": true` (within `STARTUP_TIMEOUT`). Its stderr goes to the
+    JSON line with `"listening": true` (within `NODE_STARTUP_TIMEOUT_S`). Its stderr goes to the
     test's. `install()` must have run (the `node_modules` fixture)."""
     node = shutil.which("node")
     if node is None:
@@ -96,7 +98,7 @@ async def run_node(script: str, *args: str) -> AsyncIterator[NodeProgram]:
         assert process.stdout is not None
         ready: dict[str, Any] | None = None
         seen: list[str] = []
-        with anyio.fail_after(STARTUP_TIMEOUT):
+        with anyio.fail_after(NODE_STARTUP_TIMEOUT_S):
             buffered = ""
             async for text in TextReceiveStream(process.stdout):
                 buffered += text
