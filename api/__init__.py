@@ -7,6 +7,7 @@ callers and, for reauth, a way to start a flow."""
 from .credentials import CredentialsApi
 from .cursor import CursorCodec
 from .errors import ReauthRefused, Throttled
+from .metrics import metrics_routes
 from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, openapi_document
 from .sessions import Caller, SessionsApi
 
@@ -21,5 +22,6 @@ __all__ = [
     "Throttled",
     "api_routes",
     "credential_routes",
+    "metrics_routes",
     "openapi_document",
 ]
