@@ -28,7 +28,7 @@ __all__ = [
 
 # A `_created` series beside every counter and histogram doubles what a scrape carries and says
 # only when the gateway started; prometheus-client's switch for it is process-wide.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MAX_TOOLS_PER_UPSTREAM = 100
 OUTCOMES = frozenset(
