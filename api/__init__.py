@@ -7,8 +7,9 @@ callers and, for reauth, a way to start a flow."""
 from .credentials import CredentialsApi
 from .cursor import CursorCodec
 from .errors import ReauthRefused, Throttled
+from .keys import KeysApi, render_key
 from .metrics import metrics_routes
-from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, openapi_document
+from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, key_routes, openapi_document
 from .sessions import Caller, SessionsApi
 
 __all__ = [
@@ -16,12 +17,15 @@ __all__ = [
     "Caller",
     "CredentialsApi",
     "CursorCodec",
+    "KeysApi",
     "Provide",
     "ReauthRefused",
     "SessionsApi",
     "Throttled",
     "api_routes",
     "credential_routes",
+    "key_routes",
     "metrics_routes",
     "openapi_document",
+    "render_key",
 ]

@@ -32,11 +32,13 @@ from api import (
     CURSOR_SECRET_NAME,
     CredentialsApi,
     CursorCodec,
+    KeysApi,
     ReauthRefused,
     SessionsApi,
     Throttled,
     api_routes,
     credential_routes,
+    key_routes,
     metrics_routes,
 )
 from gateway.background import start_guarded
@@ -86,6 +88,7 @@ class Gateway:
     legacy: LegacySse
     sessions_api: SessionsApi
     credentials_api: CredentialsApi
+    keys_api: KeysApi
     pages: ConnectPages
     metrics: GatewayMetrics
     window: UpstreamWindow  # each upstream's last hour of calls
@@ -196,6 +199,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             legacy=LegacySse(endpoint),
             sessions_api=SessionsApi(store, cursors, authenticate_api),
             credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
+            keys_api=KeysApi(store, authenticate_api),
             pages=ConnectPages(broker, authenticate),
             metrics=metrics,
             window=window,
@@ -257,6 +261,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
     def credentials_api(request: Request) -> CredentialsApi:
         return _gateway(request.scope).credentials_api
 
+    def keys_api(request: Request) -> KeysApi:
+        return _gateway(request.scope).keys_api
+
     def pages(request: Request) -> ConnectPages:
         return _gateway(request.scope).pages
 
@@ -269,6 +276,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         Route("/healthz", health, methods=["GET"]),
         *api_routes(sessions_api),
         *credential_routes(credentials_api),
+        *key_routes(keys_api),
         *connect_routes(pages, config.public_url),
         *(metrics_routes(exposition, config.metrics.token) if config.metrics.enabled else []),
     ]

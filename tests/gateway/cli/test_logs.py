@@ -71,7 +71,9 @@ async def test_each_call_is_one_json_line_with_who_what_outcome_ms_and_trace_and
     assert created["key"] not in log
 
 
-async def test_serve_says_at_start_where_it_serves_its_auth_mode_database_and_upstreams(tmp_path: Path) -> None:
+async def test_serve_says_at_start_where_it_serves_its_auth_mode_database_and_upstreams(
+    tmp_path: Path,
+) -> None:
     config, created = await keyed_example(tmp_path, "")
     log, session = await serve_and_call(config, created["key"])
     assert "MCP endpoint http://127.0.0.1:" in log
