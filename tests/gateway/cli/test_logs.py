@@ -14,6 +14,7 @@ from tests.api.conftest import McpClient
 from tests.gateway.cli.commands import MCPGW, TIMEOUT, child, copy_example, free_port, run_mcpgw
 
 SECRET_ARGUMENT = "sk-ant-api03-this-must-never-be-logged"
+CONNECT_LINK = "a-connect-link-that-must-never-be-logged"
 
 
 async def keyed_example(tmp_path: Path, logging_yaml: str) -> tuple[Path, dict[str, str]]:
@@ -41,6 +42,9 @@ async def serve_and_call(
             session = await client.open()
             await client.call(session, "demo__echo", {"text": SECRET_ARGUMENT})
             await client.call(session, "demo__fail", {"message": SECRET_ARGUMENT})
+            # A connect link and an OAuth callback's query are secrets in a URL.
+            await http.get(f"http://127.0.0.1:{port}/connect/{CONNECT_LINK}")
+            await http.get(f"http://127.0.0.1:{port}/oauth/callback?code={CONNECT_LINK}&state=x")
     return served.log, session  # complete: the child has ended and its stderr is read to the end
 
 
@@ -66,8 +70,12 @@ async def test_each_call_is_one_json_line_with_who_what_outcome_ms_and_trace_and
         assert isinstance(call["ms"], float) and call["ms"] >= call["upstream_ms"] >= 0
         assert len(call["trace"]) == 32
     access = [line for line in lines if line["logger"] == "mcpgw.access"]
-    assert {(a["method"], a["path"], a["status"]) for a in access} >= {("POST", "/mcp", 200)}
-    assert SECRET_ARGUMENT not in log
+    assert {(a["method"], a["path"], a["status"]) for a in access} >= {
+        ("POST", "/mcp", 200),  # a request
+        ("POST", "/mcp", 202),  # notifications/initialized
+    }
+    assert {(a["method"], a["path"]) for a in access} >= {("GET", "/connect/…"), ("GET", "/oauth/callback")}
+    assert SECRET_ARGUMENT not in log and CONNECT_LINK not in log
     assert created["key"] not in log
 
 
@@ -85,7 +93,7 @@ async def test_serve_says_at_start_where_it_serves_its_auth_mode_database_and_up
     assert f"session={session}" in echo and "tool=demo__echo" in echo and "outcome=ok" in echo
     assert "tool=demo__fail" in fail and "outcome=tool_error" in fail
     assert "mcpgw.access" not in log  # the access log is off unless asked for
-    assert SECRET_ARGUMENT not in log
+    assert SECRET_ARGUMENT not in log and CONNECT_LINK not in log
 
 
 async def test_the_command_lines_log_level_wins_over_the_configs(tmp_path: Path) -> None:
