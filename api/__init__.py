@@ -1,8 +1,9 @@
 """The HTTP surfaces over the store that are not MCP: the session/invocation listing API and
 the API key admin routes (problem+json errors), the credential sessions API under `/api/*`
 (BifrostError bodies), `/metrics` (plain text) and the OpenAPI document; both error formats,
-and the exception tree, are in :mod:`api.errors`. Never imports the gateway's proxy internals; the app hands it the store, a way to authenticate
-callers and, for reauth, a way to start a flow."""
+and the exception tree, are in :mod:`api.errors`. Never imports the gateway's proxy internals;
+the app hands it the store, a way to authenticate callers and, for reauth, a way to start a
+flow."""
 
 from .credentials import CredentialsApi
 from .cursor import CursorCodec
