@@ -144,7 +144,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
         registry = SessionRegistry(connectors, config.sessions, recorder, broker)
-        metrics.watch(lambda: _held_open(registry, stored))
+        metrics.watch(lambda: _held_open(registry, stored, connectors))
         broker.on_connected(registry.connected)
         for connector in connectors.values():
             connector.on_recovered(registry.upstream_recovered)
@@ -217,7 +217,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         )
 
 
-def _held_open(registry: SessionRegistry, recorder: StoreRecorder | None) -> HeldOpen:
+def _held_open(
+    registry: SessionRegistry, recorder: StoreRecorder | None, connectors: Mapping[str, Connector]
+) -> HeldOpen:
     kinds: Counter[str] = Counter()
     upstream_sessions: Counter[str] = Counter()
     children: Counter[str] = Counter()
@@ -228,7 +230,10 @@ def _held_open(registry: SessionRegistry, recorder: StoreRecorder | None) -> Hel
                 upstream_sessions[upstream.name] += 1
                 if isinstance(upstream.channel, StdioChannel):
                     children[upstream.name] += 1
-    return HeldOpen(kinds, upstream_sessions, children, 0 if recorder is None else recorder.queue_depth)
+    states = {name: connector.health.state for name, connector in connectors.items()}
+    return HeldOpen(
+        kinds, upstream_sessions, children, 0 if recorder is None else recorder.queue_depth, states
+    )
 
 
 async def _shielded(step: Callable[[], Awaitable[None]]) -> None:

@@ -43,6 +43,9 @@ _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
+UPSTREAM_STATES = ("unknown", "starting", "up", "down")  # upstream/health.py's State
+
+
 @dataclass(frozen=True, slots=True)
 class HeldOpen:
     """What the gateway holds at one moment, as `watch`'s reporter sees it."""
@@ -51,6 +54,7 @@ class HeldOpen:
     upstream_sessions: Mapping[str, int]  # by upstream
     children: Mapping[str, int]  # stdio processes, by upstream
     recorder_queue: int
+    upstream_states: Mapping[str, str] = field(default_factory=dict)  # unknown | starting | up | down
 
 
 @dataclass(slots=True)
@@ -184,6 +188,18 @@ class _HeldOpenCollector(Collector):
             children.add_metric([name], held.children.get(name, 0))
         yield upstream_sessions
         yield children
+        # One series per state, 1 for the one it is in (the usual shape of an enum in Prometheus:
+        # `mcpgw_upstream_state{state="down"} == 1` alerts, and no state is ever missing).
+        states = GaugeMetricFamily(
+            "mcpgw_upstream_state",
+            "Each upstream's state as /readyz reports it: 1 for the state it is in, else 0.",
+            labels=["upstream", "state"],
+        )
+        for name in self._upstreams:
+            current = held.upstream_states.get(name, "unknown")
+            for state in UPSTREAM_STATES:
+                states.add_metric([name, state], 1.0 if state == current else 0.0)
+        yield states
         yield GaugeMetricFamily(
             "mcpgw_recorder_queue_depth",
             "Rows waiting for the recorder's next commit.",

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.telemetry.metrics import MAX_TOOLS_PER_UPSTREAM, GatewayMetrics
 from tests.api.conftest import McpClient
+from tests.gateway.test_upstream_health import free_url
 from tests.harness import RunningGateway, demo_stdio_yaml, serve_gateway, write_config
 
 TIMEOUT = 30.0
@@ -148,3 +149,23 @@ def test_two_gateways_in_one_process_count_apart() -> None:
     first.call("demo", "demo__echo", "tools/call", "ok", 0.001, 0.0005)
     found = samples(second.exposition().decode())
     assert calls(found, "demo", "demo__echo", "tools/call", "ok") == 0
+
+
+async def test_each_upstreams_state_is_a_series_an_alert_can_watch(tmp_path: Path) -> None:
+    """An upstream where nothing listens is `down` once a listing has tried it; the demo is `up`."""
+    unbound, dead_url = free_url()
+    extra = f"\n  - {{name: dead, transport: http, url: '{dead_url}', timeouts: {{connect_s: 1}}}}"
+    config = write_config(
+        tmp_path, f"database: ./gw.db\nauth: {{required: true}}\nupstreams:{demo_stdio_yaml()}{extra}\n"
+    )
+    with unbound:
+        async with serve_gateway(config) as gateway, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+            with anyio.fail_after(TIMEOUT):
+                before = samples((await http.get(f"{gateway.base_url}/metrics")).text)
+                client = McpClient(http, gateway.url, await key_for(gateway))
+                await client.call(await client.open(), "dead__anything", {})
+                after = samples((await http.get(f"{gateway.base_url}/metrics")).text)
+    assert value(before, "mcpgw_upstream_state", upstream="dead", state="unknown") == 1
+    assert value(after, "mcpgw_upstream_state", upstream="dead", state="down") == 1
+    assert value(after, "mcpgw_upstream_state", upstream="dead", state="up") == 0
+    assert value(after, "mcpgw_upstream_state", upstream="demo", state="up") == 1
