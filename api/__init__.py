@@ -1,13 +1,16 @@
-"""The HTTP surfaces over the store that are not MCP: the session/invocation listing API
-(problem+json errors), the credential sessions API under `/api/*` (BifrostError bodies) and
-the OpenAPI document; both error formats, and the exception tree, are in :mod:`api.errors`.
-Never imports the gateway's proxy internals; the app hands it the store, a way to authenticate
-callers and, for reauth, a way to start a flow."""
+"""The HTTP surfaces over the store that are not MCP: the session/invocation listing API and
+the API key admin routes (problem+json errors), the credential sessions API under `/api/*`
+(BifrostError bodies), `/metrics` (plain text) and the OpenAPI document; both error formats,
+and the exception tree, are in :mod:`api.errors`. Never imports the gateway's proxy internals;
+the app hands it the store, a way to authenticate callers and, for reauth, a way to start a
+flow."""
 
 from .credentials import CredentialsApi
 from .cursor import CursorCodec
 from .errors import ReauthRefused, Throttled
-from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, openapi_document
+from .keys import KeysApi, render_key
+from .metrics import metrics_routes
+from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, key_routes, openapi_document
 from .sessions import Caller, SessionsApi
 
 __all__ = [
@@ -15,11 +18,15 @@ __all__ = [
     "Caller",
     "CredentialsApi",
     "CursorCodec",
+    "KeysApi",
     "Provide",
     "ReauthRefused",
     "SessionsApi",
     "Throttled",
     "api_routes",
     "credential_routes",
+    "key_routes",
+    "metrics_routes",
     "openapi_document",
+    "render_key",
 ]

@@ -94,10 +94,12 @@ class CredentialsApi:
 
     async def _admin(self, request: Request) -> Caller:
         caller = await self.authenticate(request.headers, client_of(request))
-        if caller is None or caller.api_key_id is None or not caller.is_admin:
+        if caller is None or caller.api_key_id is None:
             raise Refused(
                 401, "unauthorized", "An admin API key is required: send 'Authorization: Bearer mgw_…'."
             )
+        if not caller.is_admin:  # authenticated, not allowed
+            raise Refused(403, "forbidden", "This API needs an admin key; this key is not one.")
         return caller
 
     async def list(self, request: Request) -> Response:

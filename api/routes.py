@@ -15,9 +15,17 @@ from starlette.routing import BaseRoute, Route
 
 from api.credentials import CredentialsApi
 from api.errors import CREDENTIALS, LISTING
+from api.keys import KeysApi
 from api.sessions import SessionsApi
 
-__all__ = ["CURSOR_SECRET_NAME", "Provide", "api_routes", "credential_routes", "openapi_document"]
+__all__ = [
+    "CURSOR_SECRET_NAME",
+    "Provide",
+    "api_routes",
+    "credential_routes",
+    "key_routes",
+    "openapi_document",
+]
 
 T = TypeVar("T")
 Provide = Callable[[Request], T]
@@ -60,6 +68,20 @@ def api_routes(sessions: Provide[SessionsApi]) -> list[BaseRoute]:
     }
     # Every method reaches the wrapper, so a wrong one is a problem+json 405 like any refusal.
     return [Route(path, LISTING.guarded(handler), methods=_ALL_METHODS) for path, handler in handlers.items()]
+
+
+def key_routes(keys: Provide[KeysApi]) -> list[BaseRoute]:
+    async def listing(request: Request) -> Response:
+        return await keys(request).list(request)
+
+    async def revoke(request: Request) -> Response:
+        return await keys(request).revoke(request)
+
+    base = "/mcp/{organisationId}/keys"
+    return [
+        Route(base, LISTING.guarded(listing), methods=_ALL_METHODS),
+        Route(base + "/{apiKeyId}/revoke", LISTING.guarded(revoke, ("POST",)), methods=_ALL_METHODS),
+    ]
 
 
 def credential_routes(credentials: Provide[CredentialsApi]) -> list[BaseRoute]:

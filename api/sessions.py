@@ -25,7 +25,7 @@ from api.errors import Refused
 from api.paging import page_body, read_limit, read_seek
 from store import RecordedInvocation, RecordedSession, Seek, Store, format_timestamp
 
-__all__ = ["Authenticate", "Caller", "SessionsApi", "client_of"]
+__all__ = ["Authenticate", "Caller", "SessionsApi", "caller_of", "client_of"]
 
 INLINE_INVOCATIONS = 50
 """How many invocations the session detail carries inline; the rest are paged."""
@@ -53,6 +53,18 @@ Authenticate = Callable[[Mapping[str, str], str | None], Awaitable[Caller | None
 
 def client_of(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+async def caller_of(authenticate: Authenticate, request: Request) -> Caller:
+    """The API key behind `request`; a `Refused` 401 if there is none (key-less mode opens MCP,
+    never the listing API), or it is unknown or revoked."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    caller = await authenticate(headers, client_of(request))
+    if caller is None or caller.api_key_id is None:
+        missing = "authorization" not in headers and "x-api-key" not in headers
+        why = "An API key is required" if missing else "The API key is unknown or revoked"
+        raise Refused(401, "Auth.Unauthorized", f"{why}: send 'Authorization: Bearer mgw_…' or 'x-api-key'.")
+    return caller
 
 
 def render_session(session: RecordedSession) -> dict[str, Any]:
@@ -123,14 +135,7 @@ class SessionsApi:
     authenticate: Authenticate
 
     async def _scope(self, request: Request) -> _Scope:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        caller = await self.authenticate(headers, client_of(request))
-        if caller is None or caller.api_key_id is None:  # key-less mode opens MCP, never this API
-            missing = "authorization" not in headers and "x-api-key" not in headers
-            why = "An API key is required" if missing else "The API key is unknown or revoked"
-            raise Refused(
-                401, "Auth.Unauthorized", f"{why}: send 'Authorization: Bearer mgw_…' or 'x-api-key'."
-            )
+        caller = await caller_of(self.authenticate, request)
         if request.path_params["organisationId"] != caller.organisation_id:
             raise Refused(404, "NotFound", "Nothing here.")
         return _Scope(caller.organisation_id, None if caller.is_admin else caller.api_key_id)

@@ -15,6 +15,7 @@ and no routing run for it, and it answers every error itself.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -32,17 +33,20 @@ from api import (
     CURSOR_SECRET_NAME,
     CredentialsApi,
     CursorCodec,
+    KeysApi,
     ReauthRefused,
     SessionsApi,
     Throttled,
     api_routes,
     credential_routes,
+    key_routes,
+    metrics_routes,
 )
 from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
-from gateway.core.sessions import SessionRegistry, start_reaper
+from gateway.core.sessions import SessionRegistry, StatelessGroup, start_reaper
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
@@ -54,12 +58,17 @@ from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
 from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.readiness import Readiness
+from gateway.recording.observed import ObservedRecorder
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
-from gateway.recording.store_recorder import running_recorder
+from gateway.recording.store_recorder import StoreRecorder, running_recorder
 from gateway.signin.routes import signin_routes
 from gateway.signin.server import SignInServer
+from gateway.telemetry.access import AccessLog
+from gateway.telemetry.metrics import GatewayMetrics, HeldOpen
+from gateway.telemetry.window import UpstreamWindow
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
+from gateway.upstream.stdio import StdioChannel
 from store import Binding, Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)
@@ -83,8 +92,11 @@ class Gateway:
     legacy: LegacySse
     sessions_api: SessionsApi
     credentials_api: CredentialsApi
+    keys_api: KeysApi
     pages: ConnectPages
     readiness: Readiness
+    metrics: GatewayMetrics
+    window: UpstreamWindow  # each upstream's last hour of calls
     signin: SignInServer | None = None  # with host_sign_in.enabled: the authorization server
     stopped: bool = False
 
@@ -99,9 +111,15 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         # One gateway per database: what the record shows open now, a previous run left open.
         if stale := await store.end_open_sessions("gateway_restart"):
             logger.info("ended %d session(s) the previous run left open (reason gateway_restart)", stale)
-        recorder: Recorder = NullRecorder()
+        metrics = GatewayMetrics(upstream.name for upstream in config.upstreams)
+        stored: StoreRecorder | None = None
         if config.recording.enabled:
-            recorder = await stack.enter_async_context(running_recorder(store, config.recording))
+            recording = running_recorder(store, config.recording, metrics.commit)
+            stored = await stack.enter_async_context(recording)
+        window = UpstreamWindow()
+        recorder: Recorder = ObservedRecorder(
+            stored or NullRecorder(), metrics, window, log_calls=config.logging.calls
+        )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
@@ -127,8 +145,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             await connectors[upstream.name].verify(headers)
 
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
-        broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify)
+        broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
         registry = SessionRegistry(connectors, config.sessions, recorder, broker)
+        metrics.watch(lambda: _held_open(registry, stored, connectors))
         broker.on_connected(registry.connected)
         for connector in connectors.values():
             connector.on_recovered(registry.upstream_recovered)
@@ -199,12 +218,34 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             legacy=LegacySse(endpoint),
             sessions_api=SessionsApi(store, cursors, authenticate_api),
             credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
+            keys_api=KeysApi(store, authenticate_api),
             pages=ConnectPages(broker, authenticate),
             readiness=Readiness(
                 store, {name: connector.health for name, connector in connectors.items()}, task_group
             ),
             signin=signin,
+            metrics=metrics,
+            window=window,
         )
+
+
+def _held_open(
+    registry: SessionRegistry, recorder: StoreRecorder | None, connectors: Mapping[str, Connector]
+) -> HeldOpen:
+    kinds: Counter[str] = Counter()
+    upstream_sessions: Counter[str] = Counter()
+    children: Counter[str] = Counter()
+    for session in registry.sessions():
+        kinds["group" if isinstance(session, StatelessGroup) else "session"] += 1
+        for upstream in session.open_upstreams():
+            if not upstream.channel.closed:
+                upstream_sessions[upstream.name] += 1
+                if isinstance(upstream.channel, StdioChannel):
+                    children[upstream.name] += 1
+    states = {name: connector.health.state for name, connector in connectors.items()}
+    return HeldOpen(
+        kinds, upstream_sessions, children, 0 if recorder is None else recorder.queue_depth, states
+    )
 
 
 async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
@@ -255,6 +296,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
     def credentials_api(request: Request) -> CredentialsApi:
         return _gateway(request.scope).credentials_api
 
+    def keys_api(request: Request) -> KeysApi:
+        return _gateway(request.scope).keys_api
+
     def pages(request: Request) -> ConnectPages:
         return _gateway(request.scope).pages
 
@@ -263,6 +307,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         assert server is not None  # its routes are declared only when it is enabled
         return server
 
+    def exposition(request: Request) -> Callable[[], bytes]:
+        return _gateway(request.scope).metrics.exposition
+
     routes = [
         Route("/sse", _Asgi(sse_stream), methods=["GET"]),
         Route("/messages", _Asgi(sse_message), methods=["POST"]),
@@ -270,14 +317,16 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         Route("/readyz", ready, methods=["GET"]),
         *api_routes(sessions_api),
         *credential_routes(credentials_api),
+        *key_routes(keys_api),
         *connect_routes(pages, config.public_url),
         *(signin_routes(signin) if config.host_sign_in.enabled else []),
+        *(metrics_routes(exposition, config.metrics.token) if config.metrics.enabled else []),
     ]
     rest = Starlette(routes=routes, lifespan=lifespan)
     # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host
     # header, which a client chooses: a path is either served or 404.
     rest.router.redirect_slashes = False
-    return GatewayApp(rest)
+    return GatewayApp(rest, access_log=config.logging.access_log)
 
 
 class GatewayApp:
@@ -290,8 +339,10 @@ class GatewayApp:
     app with every other route.
     """
 
-    def __init__(self, rest: Starlette) -> None:
+    def __init__(self, rest: Starlette, access_log: bool = False) -> None:
         self.rest = rest
+        # Only wrapped when asked for: the MCP endpoint's path stays as short as it can be.
+        self._logged = AccessLog(self._route) if access_log else None
 
     @property
     def state(self) -> State:
@@ -299,6 +350,12 @@ class GatewayApp:
         return self.rest.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._logged is not None:
+            await self._logged(scope, receive, send)
+        else:
+            await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
             path: str = scope["path"]
             if path in ("/mcp", "/mcp/"):

@@ -17,7 +17,7 @@ import aiosqlite
 from ._timestamps import from_unix_ms
 from .models import Page, RecordedInvocation, RecordedSession, Seek
 
-__all__ = ["SESSION_COLUMNS", "get_session", "list_invocations", "list_sessions"]
+__all__ = ["SESSION_COLUMNS", "find_session", "get_session", "list_invocations", "list_sessions"]
 
 T = TypeVar("T")
 
@@ -164,6 +164,13 @@ async def get_session(
     if api_key_id is not None:
         sql, args = sql + " AND api_key_id = ?", (*args, api_key_id)
     async with conn.execute(sql, args) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else session_from_row(row)
+
+
+async def find_session(conn: aiosqlite.Connection, mcp_session_id: str) -> RecordedSession | None:
+    sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE mcp_session_id = ? ORDER BY seq DESC LIMIT 1"
+    async with conn.execute(sql, (mcp_session_id,)) as cursor:
         row = await cursor.fetchone()
     return None if row is None else session_from_row(row)
 

@@ -375,6 +375,12 @@ class Store(Protocol):
         """The session with this id, if it is in the organisation (and opened by ``api_key_id``)."""
         ...
 
+    async def find_session(self, mcp_session_id: str) -> RecordedSession | None:
+        """The session a host knew by this ``Mcp-Session-Id`` (the newest, should two share
+        one), in any organisation: for the operator's terminal, not for callers of the API.
+        No index has this column: it reads every session row."""
+        ...
+
     async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
         """A page of a session's invocations, oldest first. Check the caller may see the session
         (``get_session``) before calling this."""

@@ -31,7 +31,7 @@ import anyio.to_thread
 
 from ._connection import configure, connect, connect_blocking
 from ._credentials import CredentialSql
-from ._listing import get_session, list_invocations, list_sessions
+from ._listing import find_session, get_session, list_invocations, list_sessions
 from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
 from ._revocations import RevocationMarker
 from ._signin import SignInSql
@@ -299,6 +299,10 @@ class SqliteStore:
     ) -> RecordedSession | None:
         with translated("get session"):
             return await get_session(self._conn, organisation_id, session_id, api_key_id)
+
+    async def find_session(self, mcp_session_id: str) -> RecordedSession | None:
+        with translated("find session"):
+            return await find_session(self._conn, mcp_session_id)
 
     async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
         with translated("list invocations"):

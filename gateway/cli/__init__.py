@@ -1,5 +1,5 @@
 """The `mcpgw` command: serve, keys create|list|revoke, grants list|revoke, sessions [show ID],
-secrets rotate|new-key, stdio.
+secrets rotate|new-key, stdio; `mcpgw --version`.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("to see one session, run: mcpgw sessions show ID")
         config = load_config(config_path_from(args.config))
         if args.command == "serve":
+            from gateway.telemetry.logs import configure_logging
+
+            configure_logging(args.log_level or config.logging.level, config.logging.format)
             return _serve(config, args.host, args.port)
         if args.command == "sessions":
             from gateway.cli.terminal import show_session, show_sessions
@@ -77,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcpgw", description="A Model Context Protocol gateway.")
+    parser.add_argument("--version", action="version", version=f"mcpgw {mcpgw_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     config_help = "config file (default: $MCPGW_CONFIG, then ./config.yaml)"
 
@@ -84,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=config_help)
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level"
+    )
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -154,6 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     stdio.add_argument("--config", help=config_help)
     stdio.add_argument("--url", required=True, help="the gateway's MCP URL, e.g. http://127.0.0.1:8080/mcp")
     return parser
+
+
+def mcpgw_version() -> str:
+    try:
+        return version("mcpgw")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _positive(text: str) -> int:

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from store import ApiKey, KeyNotFound, format_timestamp, open_sqlite_store
+from api import render_key
+from store import KeyNotFound, open_sqlite_store
 
 __all__ = ["create_key", "list_keys", "revoke_key"]
 
@@ -42,7 +42,7 @@ async def list_keys(database: Path, organisation: str, as_json: bool, out: Print
             return 1
         keys = await store.list_api_keys(org.id)
     if as_json:
-        out(json.dumps([_row(key) for key in keys]))
+        out(json.dumps([render_key(key) for key in keys]))
         return 0
     if not keys:
         out(f"no API keys in {organisation}")
@@ -91,23 +91,6 @@ async def revoke_key(database: Path, api_key_id: str) -> int:
             return 1
     print(json.dumps({"apiKeyId": api_key_id, "revoked": True}))
     return 0
-
-
-def _row(key: ApiKey) -> dict[str, Any]:
-    def stamp(moment: datetime | None) -> str | None:
-        return None if moment is None else format_timestamp(moment)
-
-    return {
-        "apiKeyId": key.id,
-        "prefix": key.prefix,
-        "userId": key.user_id,
-        "admin": key.is_admin,
-        "toolsAllow": list(key.tools_allow),
-        "toolsDeny": list(key.tools_deny),
-        "createdAt": stamp(key.created_at),
-        "lastUsedAt": stamp(key.last_used_at),
-        "revokedAt": stamp(key.revoked_at),
-    }
 
 
 def _when(moment: datetime | None) -> str:

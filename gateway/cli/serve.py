@@ -17,11 +17,13 @@ import logging
 import socket
 import sys
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
 from gateway.app import SHUTDOWN_GRACE_S, build_app
-from gateway.config import GatewayConfig
+from gateway.cli import mcpgw_version
+from gateway.config import GatewayConfig, UpstreamConfig, local_url
 from gateway.host.limits import protocol_for
 from gateway.host.shutdown import Shutdown
 
@@ -84,12 +86,16 @@ def serve(config: GatewayConfig, host: str, port: int) -> int:
         print(f"mcpgw: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     served = config.served_at(host, sock.getsockname()[1])
+    _announce(served)
     stopping = Shutdown()
     server_config = uvicorn.Config(
         build_app(served, stopping),
         host=host,
         port=served.listen.port,
-        log_level="info",
+        # The gateway's own logging (gateway/telemetry/logs.py) holds, uvicorn's lines included;
+        # its access log is the gateway's (logging.access_log), which leaves secrets out.
+        log_config=None,
+        log_level=None,
         access_log=False,
         lifespan="on",
         http=protocol_for(served.security),  # head and body deadlines, header limits
@@ -99,6 +105,39 @@ def serve(config: GatewayConfig, host: str, port: int) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         _Server(server_config, stopping).run(sockets=[sock])
     return 0
+
+
+def _announce(config: GatewayConfig) -> None:
+    """The start-up lines: where it serves, who may call it, where the record goes, what is behind."""
+    log = logging.getLogger("mcpgw")
+    url = local_url(config.listen.host, config.listen.port)
+    log.info("mcpgw %s: MCP endpoint %s/mcp", mcpgw_version(), url)
+    if config.public_url_configured:
+        log.info("public URL (connect links, OAuth redirects): %s", config.public_url)
+    if config.auth.required:
+        log.info("auth: API keys required (Authorization: Bearer mgw_… or x-api-key)")
+    else:
+        log.info("auth: off (key-less mode, loopback only)")
+    recording = "on" if config.recording.enabled else "off"
+    log.info("database: %s (recording %s)", config.database, recording)
+    if config.metrics.enabled:
+        who = "bearer token" if config.metrics.token is not None else "loopback clients only"
+        log.info("metrics: /metrics (%s)", who)
+    if not config.upstreams:
+        log.info("upstreams: none")
+    for upstream in config.upstreams:
+        log.info("upstream %s: %s %s", upstream.name, upstream.transport, _where(upstream))
+
+
+def _where(upstream: UpstreamConfig) -> str:
+    """Where an upstream is, without what could be secret: a URL's user, query and fragment, a
+    command's arguments."""
+    if upstream.url is not None:
+        parts = urlsplit(upstream.url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+    return upstream.command[0] if upstream.command else ""
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -1,7 +1,9 @@
 """`mcpgw sessions`: the record, for an operator on the gateway's machine.
 
 Reads the database file directly (WAL lets it do so beside a running gateway), every
-organisation at once: whoever can read the file can read the record anyway.
+organisation at once: whoever can read the file can read the record anyway. A session is shown
+by its record id (the SESSION column, the API's `id`) or by the `Mcp-Session-Id` its host used,
+as the gateway's log lines show it; USER is the user its API key is bound to.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from store import Seek, open_sqlite_store
+from store import RecordedSession, Seek, Store, open_sqlite_store
 
 __all__ = ["show_session", "show_sessions"]
 
@@ -27,17 +29,35 @@ def _table(rows: list[tuple[str, ...]], out: Print) -> None:
         out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+async def _users(store: Store, sessions: list[RecordedSession]) -> dict[str, str]:
+    """The user each session's API key is bound to, by key id (keys bound to none are left out)."""
+    users: dict[str, str] = {}
+    for organisation_id in {s.organisation_id for s in sessions if s.api_key_id is not None}:
+        for key in await store.list_api_keys(organisation_id):
+            if key.user_id is not None:
+                users[key.id] = key.user_id
+    return users
+
+
+def _user(session: RecordedSession, users: dict[str, str]) -> str:
+    return users.get(session.api_key_id, "-") if session.api_key_id is not None else "-"
+
+
 async def show_sessions(database: Path, limit: int, out: Print = print) -> int:
     async with open_sqlite_store(database) as store:
         page = await store.list_sessions(None, api_key_id=None, seek=Seek(), limit=limit)
+        users = await _users(store, list(page.rows))
     if not page.rows:
         out("no sessions recorded")
         return 0
-    rows: list[tuple[str, ...]] = [("LAST CALL (UTC)", "SESSION", "CLIENT", "PROTOCOL", "CALLS", "STATE")]
+    rows: list[tuple[str, ...]] = [
+        ("LAST CALL (UTC)", "SESSION", "USER", "CLIENT", "PROTOCOL", "CALLS", "STATE")
+    ]
     for s in page.rows:
         client = f"{s.client_name or '?'} {s.client_version or ''}".strip()
         state = "open" if s.ended_at is None else f"ended ({s.end_reason})"
-        rows.append((_when(s.last_call_at), s.id, client, s.protocol_version, str(s.call_count), state))
+        user = _user(s, users)
+        rows.append((_when(s.last_call_at), s.id, user, client, s.protocol_version, str(s.call_count), state))
     _table(rows, out)
     if page.more_after:
         out(f"(newest {limit} shown; --limit N for more)")
@@ -48,19 +68,29 @@ async def show_session(database: Path, session_id: str, limit: int, out: Print =
     async with open_sqlite_store(database) as store:
         session = await store.get_session(None, session_id, api_key_id=None)
         if session is None:
-            out(f"mcpgw: no session {session_id!r} (use the SESSION column of `mcpgw sessions`)")
+            session = await store.find_session(session_id)  # an Mcp-Session-Id, as a log line shows
+        if session is None:
+            out(
+                f"mcpgw: no session {session_id!r} (use the SESSION column of `mcpgw sessions`, "
+                "or an Mcp-Session-Id)"
+            )
             return 1
         page = await store.list_invocations(session.id, seek=Seek(), limit=limit)
+        user = _user(session, await _users(store, [session]))
     client = f"{session.client_name or '?'} {session.client_version or ''}".strip()
-    out(f"session {session.id}  {client}  {session.protocol_version}  {session.call_count} call(s)")
+    out(
+        f"session {session.id}  user {user}  {client}  {session.protocol_version}  "
+        f"{session.call_count} call(s)  Mcp-Session-Id {session.mcp_session_id}"
+    )
     if not page.rows:
         out("no invocations")
         return 0
-    rows: list[tuple[str, ...]] = [("TIME (UTC)", "TOOL", "OUTCOME", "MS", "TRACE ID")]
+    rows: list[tuple[str, ...]] = [("TIME (UTC)", "METHOD", "TOOL", "OUTCOME", "MS", "TRACE ID")]
     for call in page.rows:
         rows.append(
             (
                 _when(call.created_at),
+                call.method,
                 call.tool_name,
                 call.outcome,
                 str(call.duration_ms),

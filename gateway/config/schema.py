@@ -36,6 +36,10 @@ from gateway.config.values import (
     HostSignInConfig,
     IdentityMode,
     ListenConfig,
+    LogFormat,
+    LoggingConfig,
+    LogLevel,
+    MetricsConfig,
     OidcProviderConfig,
     RecordingConfig,
     RetentionConfig,
@@ -188,6 +192,19 @@ class RecordingModel(Model):
     retention: RetentionModel = Field(default_factory=RetentionModel)
 
 
+class LoggingModel(Model):
+    level: LogLevel = default_of(LoggingConfig, "level")
+    format: LogFormat = default_of(LoggingConfig, "format")
+    calls: _Bool = default_of(LoggingConfig, "calls")
+    access_log: _Bool = default_of(LoggingConfig, "access_log")
+
+
+class MetricsModel(Model):
+    enabled: _Bool = default_of(MetricsConfig, "enabled")
+    # At least 16 characters: it is all that stands between the network and the metrics.
+    token: Annotated[str, Field(min_length=16)] | None = default_of(MetricsConfig, "token")
+
+
 class SecretsModel(Model):
     key: str | None = None  # base64url of 32 bytes; "" (an unset ${VAR:-}) means none
     previous_keys: list[_Text] = default_of(SecretsConfig, "previous_keys")
@@ -243,6 +260,8 @@ class GatewayModel(Model):
     recording: RecordingModel = Field(default_factory=RecordingModel)
     secrets: SecretsModel = Field(default_factory=SecretsModel)
     host_sign_in: HostSignInModel = Field(default_factory=HostSignInModel)
+    logging: LoggingModel = Field(default_factory=LoggingModel)
+    metrics: MetricsModel = Field(default_factory=MetricsModel)
 
 
 # Which model a mapping at a given key path (list indexes dropped) is validated by.
@@ -263,6 +282,8 @@ MODEL_AT: dict[tuple[str, ...], type[Model]] = {
     ("host_sign_in",): HostSignInModel,
     ("host_sign_in", "clients"): SignInClientModel,
     ("host_sign_in", "oidc"): OidcProviderModel,
+    ("logging",): LoggingModel,
+    ("metrics",): MetricsModel,
 }
 
 # The top-level keys that hold mappings of their own; an empty one (`upstreams:` with nothing

@@ -20,6 +20,10 @@ __all__ = [
     "HostSignInConfig",
     "IdentityMode",
     "ListenConfig",
+    "LogFormat",
+    "LogLevel",
+    "LoggingConfig",
+    "MetricsConfig",
     "OidcProviderConfig",
     "RecordingConfig",
     "RetentionConfig",
@@ -36,6 +40,8 @@ __all__ = [
 AuthKind: TypeAlias = Literal["none", "headers", "oauth", "user_headers"]
 IdentityMode: TypeAlias = Literal["user", "vk", "session"]
 Transport: TypeAlias = Literal["stdio", "http", "sse"]
+LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
+LogFormat: TypeAlias = Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,22 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "info"  # `mcpgw serve --log-level` overrides it
+    format: LogFormat = "text"
+    calls: bool = True  # one line per recorded call, at info
+    access_log: bool = False  # one line per HTTP request
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """`/metrics`: without a token, only clients on a loopback address are answered."""
+
+    enabled: bool = True
+    token: str | None = field(default=None, repr=False)  # else scrapes send `Authorization: Bearer <token>`
+
+
+@dataclass(frozen=True, slots=True)
 class SecretsConfig:
     """The keys that seal credentials at rest: one from the config (or its ${ENV}), else a key file."""
 
@@ -217,6 +239,8 @@ class GatewayConfig:
     upstreams: tuple[UpstreamConfig, ...] = ()
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     host_sign_in: HostSignInConfig = field(default_factory=HostSignInConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     public_url_configured: bool = False  # else public_url follows the address served on
 
     def served_at(self, host: str, port: int) -> "GatewayConfig":

@@ -63,8 +63,10 @@ class CredentialBroker:
         http: httpx2.AsyncClient,
         public_url: str,
         verify: Verifier,
+        on_refresh: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_refresh = on_refresh  # told (upstream, ok | refused | failed) of each refresh
         self._upstreams = upstreams
         self._public_url = public_url
         self._verify = verify
@@ -173,6 +175,7 @@ class CredentialBroker:
                 client = await self._client_of(oauth, current)
                 tokens = await oauth.refresh(server, client, str(refresh_token))
             except OAuthError as exc:
+                self._refreshed(config.name, "refused" if exc.permanent else "failed")
                 if exc.permanent:
                     logger.info(
                         "upstream %s: refresh refused (%s); credential needs reauth", config.name, exc
@@ -187,11 +190,16 @@ class CredentialBroker:
                     )
                     return current
                 raise
+            self._refreshed(config.name, "ok")
             now = utc_now()
             await self._store.credentials.refreshed(current.id, tokens.as_secret(), tokens.expires_at, now)
             refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
             assert refreshed is not None
             return refreshed
+
+    def _refreshed(self, upstream: str, result: str) -> None:
+        if self._on_refresh is not None:
+            self._on_refresh(upstream, result)
 
     async def _client_of(self, oauth: OAuthUpstream, credential: Credential) -> OAuthClient:
         client = None

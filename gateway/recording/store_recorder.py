@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -60,9 +60,16 @@ class StoreRecorder:
     """Hands rows to one writer task. asyncio primitives rather than anyio's here: this runs
     for every recorded call, and anyio's resolve the running library on each use."""
 
-    def __init__(self, store: Store, config: RecordingConfig, task_group: TaskGroup) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: RecordingConfig,
+        task_group: TaskGroup,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
         self._store = store
         self._config = config
+        self._on_commit = on_commit  # told how long each batch's commit took, in seconds
         self._redactor = Redactor.with_defaults(
             config.redact_keys, config.redact_patterns, config.max_payload_bytes
         )
@@ -70,6 +77,11 @@ class StoreRecorder:
         self._queued = asyncio.Event()
         self._closed = False
         task_group.start_soon(self._write_loop)
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting for the next commit."""
+        return len(self._queue)
 
     async def session_started(self, start: SessionStart) -> None:
         await self._commit(start)
@@ -164,7 +176,10 @@ class StoreRecorder:
         delay = 0.05
         while True:
             try:
+                began = time.perf_counter()
                 await self._store.write_records(events)
+                if self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - began)
                 return
             except StoreUnavailable as exc:
                 if time.monotonic() + delay > deadline:
@@ -201,10 +216,12 @@ class StoreRecorder:
 
 
 @asynccontextmanager
-async def running_recorder(store: Store, config: RecordingConfig) -> AsyncIterator[StoreRecorder]:
+async def running_recorder(
+    store: Store, config: RecordingConfig, on_commit: Callable[[float], None] | None = None
+) -> AsyncIterator[StoreRecorder]:
     """A StoreRecorder with its writer and pruner running; on exit, queued rows are committed."""
     async with anyio.create_task_group() as writer:
-        recorder = StoreRecorder(store, config, writer)
+        recorder = StoreRecorder(store, config, writer, on_commit)
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(recorder.prune_forever)

@@ -82,6 +82,7 @@ class Ask:
 
 LISTING = "/mcp/{org}/sessions"
 CREDENTIALS = "/api/mcp/sessions"
+KEYS = "/mcp/{org}/keys"
 ROWS: dict[str, tuple[Ask, int, str]] = {
     # The listing surface: problem+json, the code in `title`.
     "listing: no key": (Ask("GET", LISTING, "nobody"), 401, "Auth.Unauthorized"),
@@ -97,10 +98,24 @@ ROWS: dict[str, tuple[Ask, int, str]] = {
         "Mcp.SessionNotFound",
     ),
     "listing: method not allowed": (Ask("POST", LISTING), 405, "MethodNotAllowed"),
+    "keys: not an admin key": (Ask("GET", KEYS), 403, "Auth.Forbidden"),
+    "keys: another organisation": (Ask("GET", "/mcp/elsewhere/keys", "admin"), 404, "NotFound"),
+    "keys: revoke, not an admin key": (Ask("POST", KEYS + f"/{UNKNOWN}/revoke"), 403, "Auth.Forbidden"),
+    "keys: revoke of an unknown key": (
+        Ask("POST", KEYS + f"/{UNKNOWN}/revoke", "admin"),
+        404,
+        "Keys.KeyNotFound",
+    ),
+    "keys: method not allowed": (Ask("DELETE", KEYS, "admin"), 405, "MethodNotAllowed"),
+    "keys: revoke, method not allowed": (
+        Ask("GET", KEYS + f"/{UNKNOWN}/revoke", "admin"),
+        405,
+        "MethodNotAllowed",
+    ),
     "listing: OpenAPI, method not allowed": (Ask("DELETE", "/openapi.json"), 405, "MethodNotAllowed"),
     # The credential surface: BifrostError, the code in `error.code`.
     "credentials: no key": (Ask("GET", CREDENTIALS, "nobody"), 401, "unauthorized"),
-    "credentials: not an admin key": (Ask("GET", CREDENTIALS), 401, "unauthorized"),
+    "credentials: not an admin key": (Ask("GET", CREDENTIALS), 403, "forbidden"),
     "credentials: throttled": (Ask("GET", CREDENTIALS, "throttled"), 429, "too_many_failures"),
     "credentials: limit 0": (Ask("GET", CREDENTIALS + "?limit=0", "admin"), 400, "invalid_limit"),
     "credentials: limit 201": (Ask("GET", CREDENTIALS + "?limit=201", "admin"), 400, "invalid_limit"),

@@ -146,6 +146,17 @@ async def test_sessions_list_newest_activity_first_and_narrow_to_one_key(store: 
     assert len(every_org.rows) == 5
 
 
+async def test_a_session_is_found_by_the_mcp_session_id_its_host_used(store: SqliteStore) -> None:
+    org = (await store.ensure_organisation("o")).id
+    other = (await store.ensure_organisation("p")).id
+    first, elsewhere = start(org, key="k1"), start(other, key="k2", at=T0 + timedelta(seconds=5))
+    await store.write_records([first, elsewhere])
+    found = await store.find_session(elsewhere.mcp_session_id)
+    assert found is not None and (found.id, found.organisation_id) == (elsewhere.id, other)
+    assert await store.find_session(first.id) is None  # the record id is not an Mcp-Session-Id
+    assert await store.find_session("no-such-session") is None
+
+
 async def test_retention_drops_old_sessions_with_their_calls_and_caps_the_row_count(
     store: SqliteStore,
 ) -> None:

@@ -53,8 +53,11 @@ async def test_mcpgw_sessions_lists_the_record_and_shows_one_sessions_calls(tmp_
     code, shown, err = await run_mcpgw("sessions", "show", session_id, "--config", str(config))
     assert code == 0, err
     calls = [line.split() for line in shown.splitlines()[2:]]
-    assert [(c[2], c[3]) for c in calls] == [("demo__echo", "ok"), ("demo__fail", "tool_error")]
-    assert all(len(c[5]) == 32 for c in calls)  # the trace id
+    assert [(c[2], c[3], c[4]) for c in calls] == [
+        ("tools/call", "demo__echo", "ok"),
+        ("tools/call", "demo__fail", "tool_error"),
+    ]
+    assert all(len(c[6]) == 32 for c in calls)  # the trace id
 
     code, _, err = await run_mcpgw("sessions", "show", "no-such-session", "--config", str(config))
     assert code == 1 and "no session" in err + _
@@ -153,6 +156,42 @@ async def test_keys_list_shows_each_key_and_revoke_refuses_it_on_the_very_next_r
     assert used[ada["apiKeyId"]][0] and used[ada["apiKeyId"]][1]
     assert used[bob["apiKeyId"]][0] and used[bob["apiKeyId"]][1] is None
     assert used[unused["apiKeyId"]] == (None, None)
+
+
+async def test_mcpgw_sessions_shows_whose_key_and_finds_a_session_by_the_mcp_session_id_a_log_shows(
+    tmp_path: Path,
+) -> None:
+    config = copy_example(tmp_path, **{"required: false": "required: true"})
+    ada = await create_key(config, "--user", "ada")
+    async with mcpgw_serve(config, free_port()) as url, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        with anyio.fail_after(TIMEOUT):
+            opened = await http.post(url, json=INIT, headers={**ACCEPT, "x-api-key": ada["key"]})
+            mcp_session_id = opened.headers["mcp-session-id"]
+            headers = {**ACCEPT, "x-api-key": ada["key"], "mcp-session-id": mcp_session_id}
+            call = {"name": "demo__echo", "arguments": {"text": "hi"}}
+            for request_id, (method, params) in enumerate(
+                [("tools/call", call), ("resources/read", {"uri": "demo://readme"})], start=2
+            ):
+                message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+                assert (await http.post(url, json=message, headers=headers)).status_code == 200
+
+    code, listing, err = await run_mcpgw("sessions", "--config", str(config))
+    assert code == 0, err
+    header, row = listing.splitlines()
+    assert header.split()[3:5] == ["SESSION", "USER"]
+    record_id, user = row.split()[2:4]
+    assert user == "ada"
+
+    for session_id in (mcp_session_id, record_id):
+        code, shown, err = await run_mcpgw("sessions", "show", session_id, "--config", str(config))
+        assert code == 0, err
+        assert record_id in shown.splitlines()[0] and "ada" in shown.splitlines()[0]
+        assert shown.splitlines()[1].split()[2:4] == ["METHOD", "TOOL"]
+        calls = [line.split() for line in shown.splitlines()[2:]]
+        assert [(c[2], c[3], c[4]) for c in calls] == [
+            ("tools/call", "demo__echo", "ok"),
+            ("resources/read", "demo://readme", "ok"),
+        ]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import pytest
 from gateway.config import (
     ConfigError,
     GatewayConfig,
+    LoggingConfig,
+    MetricsConfig,
     SecurityConfig,
     Timeouts,
     ToolFilter,
@@ -81,6 +83,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     monkeypatch.setenv("MCPGW_SECRET_KEY", "A" * 43)
     monkeypatch.setenv("EDITOR_CLIENT_SECRET", "ed1t0r")
     monkeypatch.setenv("OKTA_CLIENT_SECRET", "0kta-s3cret")
+    monkeypatch.setenv("MCPGW_METRICS_TOKEN", "a-metrics-token-of-some-length")
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
@@ -132,6 +135,8 @@ def test_example_config_commented_out_keys_are_valid_too(
         "ed1t0r",
         ("http://127.0.0.1/callback",),
     )
+    assert config.logging == LoggingConfig()  # the example shows the defaults
+    assert config.metrics == MetricsConfig(token="a-metrics-token-of-some-length")
 
 
 # --- defaults and resolution ----------------------------------------------------------------------
@@ -145,6 +150,8 @@ def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
     assert config.security.allowed_origins == ()
     assert config.sessions.idle_s == 1800.0
     assert config.upstreams == ()
+    assert (config.logging.level, config.logging.format, config.logging.access_log) == ("info", "text", False)
+    assert (config.metrics.enabled, config.metrics.token) == (True, None)
 
 
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
@@ -416,6 +423,14 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     error = load_error(tmp_path, "listen: {port: 70000, host: ''}\nsessions: {idle_s: 0}\n")
     assert [p.key for p in error.problems] == ["listen.host", "listen.port", "sessions.idle_s"]
     assert len(str(error).splitlines()) == 3
+
+
+def test_a_short_metrics_token_and_an_unknown_log_format_are_rejected_without_echoing_the_token(
+    tmp_path: Path,
+) -> None:
+    error = load_error(tmp_path, "metrics: {token: short-secret}\nlogging: {format: xml, level: loud}\n")
+    assert [p.key for p in error.problems] == ["logging.level", "logging.format", "metrics.token"]
+    assert "short-secret" not in str(error)
 
 
 @pytest.mark.parametrize("port", ["-1", "65536", "eighty", "true"])

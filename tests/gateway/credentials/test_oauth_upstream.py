@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import McpClient
 from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
@@ -84,6 +85,17 @@ async def rows(world: World) -> list[dict[str, Any]]:
     return found
 
 
+def refreshes(world: World) -> dict[str, float]:
+    """The gateway's `mcpgw_credential_refreshes_total` for upstream gh, by result."""
+    exposition = world.gateway.gateway.metrics.exposition().decode()
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "mcpgw_credential_refreshes_total" and sample.labels["upstream"] == "gh"
+    }
+
+
 async def test_a_user_connects_through_consent_and_calls_as_themselves(world: World) -> None:
     with anyio.fail_after(TIMEOUT):
         session = await world.alice.open()
@@ -127,6 +139,7 @@ async def test_an_expired_token_is_refreshed_once_for_concurrent_calls(world: Wo
         assert answers == ["alice@example"] * 5
         # Refresh tokens rotate here, so a second refresh with the same token would have failed.
         assert world.auth.refreshes == 1
+        assert refreshes(world) == {"ok": 1}
         [row] = await rows(world)
         assert row["status"] == "active" and row["last_refreshed_at"]
 
@@ -149,6 +162,8 @@ async def test_a_refused_refresh_needs_reauth_and_reauth_makes_it_active_again(w
         again = connect_url(await world.alice.call(session, "gh__whoami", {}))
         [row] = await rows(world)
         assert (row["status"], row["kind"], row["can_reauth"]) == ("needs_reauth", "token", True)
+        counted = refreshes(world)
+        assert counted["failed"] >= 1 and counted["refused"] == 1 and "ok" not in counted
 
         refused = await world.http.post(f"{world.api}/{row['id']}/reauth", headers=world.other_admin)
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_bound_user"

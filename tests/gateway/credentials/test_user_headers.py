@@ -176,7 +176,8 @@ async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_ask
 
         api = f"{world.gateway.base_url}/api/mcp/sessions"
         assert (await world.http.get(api)).status_code == 401
-        assert (await world.http.get(api, headers={"x-api-key": world.alice.key})).status_code == 401
+        # A key that is not an admin's is authenticated, not allowed.
+        assert (await world.http.get(api, headers={"x-api-key": world.alice.key})).status_code == 403
         listed = await world.http.get(api, headers=world.admin)
         assert listed.status_code == 200
         ROW.validate(listed.json())
