@@ -1,5 +1,5 @@
 """The HTTP surfaces over the store that are not MCP: the session/invocation listing API and
-the API key admin routes (problem+json errors), the credential sessions API under `/api/*`
+the API key and host sign-in admin routes (problem+json errors), the credential sessions API under `/api/*`
 (BifrostError bodies), `/metrics` (plain text) and the OpenAPI document; both error formats,
 and the exception tree, are in :mod:`api.errors`. Never imports the gateway's proxy internals;
 the app hands it the store, a way to authenticate callers and, for reauth, a way to start a
@@ -8,9 +8,18 @@ flow."""
 from .credentials import CredentialsApi
 from .cursor import CursorCodec
 from .errors import ReauthRefused, Throttled
+from .grants import GrantsApi, render_grant
 from .keys import KeysApi, render_key
 from .metrics import metrics_routes
-from .routes import CURSOR_SECRET_NAME, Provide, api_routes, credential_routes, key_routes, openapi_document
+from .routes import (
+    CURSOR_SECRET_NAME,
+    Provide,
+    api_routes,
+    credential_routes,
+    grant_routes,
+    key_routes,
+    openapi_document,
+)
 from .sessions import Caller, SessionsApi
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "Caller",
     "CredentialsApi",
     "CursorCodec",
+    "GrantsApi",
     "KeysApi",
     "Provide",
     "ReauthRefused",
@@ -25,8 +35,10 @@ __all__ = [
     "Throttled",
     "api_routes",
     "credential_routes",
+    "grant_routes",
     "key_routes",
     "metrics_routes",
     "openapi_document",
+    "render_grant",
     "render_key",
 ]

@@ -26,13 +26,25 @@ from api.errors import Refused
 from api.sessions import Authenticate, Caller, caller_of
 from store import ApiKey, KeyNotFound, Store, format_timestamp
 
-__all__ = ["KeysApi", "render_key"]
+__all__ = ["KeysApi", "admin_caller", "json_response", "render_key", "stamp"]
+
+
+def stamp(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
+
+
+async def admin_caller(authenticate: Authenticate, request: Request, what: str) -> Caller:
+    """The caller of an admin route of `{organisationId}`: another organisation is 404 (as if
+    nothing were there), a key that is not an admin's 403."""
+    caller = await caller_of(authenticate, request)
+    if request.path_params["organisationId"] != caller.organisation_id:
+        raise Refused(404, "NotFound", "Nothing here.")
+    if not caller.is_admin:
+        raise Refused(403, "Auth.Forbidden", f"Only an admin key {what}; this key is not one.")
+    return caller
 
 
 def render_key(key: ApiKey) -> dict[str, Any]:
-    def stamp(moment: datetime | None) -> str | None:
-        return None if moment is None else format_timestamp(moment)
-
     return {
         "apiKeyId": key.id,
         "prefix": key.prefix,
@@ -52,17 +64,12 @@ class KeysApi:
     authenticate: Authenticate
 
     async def _admin(self, request: Request) -> Caller:
-        caller = await caller_of(self.authenticate, request)
-        if request.path_params["organisationId"] != caller.organisation_id:
-            raise Refused(404, "NotFound", "Nothing here.")
-        if not caller.is_admin:
-            raise Refused(403, "Auth.Forbidden", "Only an admin key manages API keys; this key is not one.")
-        return caller
+        return await admin_caller(self.authenticate, request, "manages API keys")
 
     async def list(self, request: Request) -> Response:
         caller = await self._admin(request)
         keys = await self.store.list_api_keys(caller.organisation_id)
-        return _json({"data": [render_key(key) for key in keys]})
+        return json_response({"data": [render_key(key) for key in keys]})
 
     async def revoke(self, request: Request) -> Response:
         caller = await self._admin(request)
@@ -75,7 +82,7 @@ class KeysApi:
             raise Refused(404, "Keys.KeyNotFound", "No such API key in this organisation.") from None
         revoked = await self._key(caller, key_id)
         assert revoked is not None
-        return _json(render_key(revoked))
+        return json_response(render_key(revoked))
 
     async def _key(self, caller: Caller, key_id: str) -> ApiKey | None:
         for key in await self.store.list_api_keys(caller.organisation_id):
@@ -84,5 +91,5 @@ class KeysApi:
         return None
 
 
-def _json(body: Any) -> Response:
+def json_response(body: Any) -> Response:
     return Response(orjson.dumps(body), 200, media_type="application/json")

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from api.credentials import CredentialsApi
 from api.errors import CREDENTIALS, LISTING
+from api.grants import GrantsApi
 from api.keys import KeysApi
 from api.sessions import SessionsApi
 
@@ -81,6 +82,20 @@ def key_routes(keys: Provide[KeysApi]) -> list[BaseRoute]:
     return [
         Route(base, LISTING.guarded(listing), methods=_ALL_METHODS),
         Route(base + "/{apiKeyId}/revoke", LISTING.guarded(revoke, ("POST",)), methods=_ALL_METHODS),
+    ]
+
+
+def grant_routes(grants: Provide[GrantsApi]) -> list[BaseRoute]:
+    async def listing(request: Request) -> Response:
+        return await grants(request).list(request)
+
+    async def revoke(request: Request) -> Response:
+        return await grants(request).revoke(request)
+
+    base = "/mcp/{organisationId}/grants"
+    return [
+        Route(base, LISTING.guarded(listing), methods=_ALL_METHODS),
+        Route(base + "/{grantId}/revoke", LISTING.guarded(revoke, ("POST",)), methods=_ALL_METHODS),
     ]
 
 

@@ -33,12 +33,14 @@ from api import (
     CURSOR_SECRET_NAME,
     CredentialsApi,
     CursorCodec,
+    GrantsApi,
     KeysApi,
     ReauthRefused,
     SessionsApi,
     Throttled,
     api_routes,
     credential_routes,
+    grant_routes,
     key_routes,
     metrics_routes,
 )
@@ -93,6 +95,7 @@ class Gateway:
     sessions_api: SessionsApi
     credentials_api: CredentialsApi
     keys_api: KeysApi
+    grants_api: GrantsApi
     pages: ConnectPages
     readiness: Readiness
     metrics: GatewayMetrics
@@ -219,6 +222,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             sessions_api=SessionsApi(store, cursors, authenticate_api),
             credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
             keys_api=KeysApi(store, authenticate_api),
+            grants_api=GrantsApi(store, authenticate_api),
             pages=ConnectPages(broker, authenticate),
             readiness=Readiness(
                 store, {name: connector.health for name, connector in connectors.items()}, task_group
@@ -299,6 +303,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
     def keys_api(request: Request) -> KeysApi:
         return _gateway(request.scope).keys_api
 
+    def grants_api(request: Request) -> GrantsApi:
+        return _gateway(request.scope).grants_api
+
     def pages(request: Request) -> ConnectPages:
         return _gateway(request.scope).pages
 
@@ -318,6 +325,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         *api_routes(sessions_api),
         *credential_routes(credentials_api),
         *key_routes(keys_api),
+        *grant_routes(grants_api),
         *connect_routes(pages, config.public_url),
         *(signin_routes(signin) if config.host_sign_in.enabled else []),
         *(metrics_routes(exposition, config.metrics.token) if config.metrics.enabled else []),

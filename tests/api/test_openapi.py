@@ -72,10 +72,17 @@ async def test_every_api_route_is_documented(keyed: RunningGateway, document: di
     api_paths = {
         p
         for p in app_paths
-        if p.startswith(("/mcp/{organisationId}/sessions", "/mcp/{organisationId}/keys", "/api/"))
+        if p.startswith(
+            (
+                "/mcp/{organisationId}/sessions",
+                "/mcp/{organisationId}/keys",
+                "/mcp/{organisationId}/grants",
+                "/api/",
+            )
+        )
         or p == "/openapi.json"
     }
-    assert len(api_paths) == 9
+    assert len(api_paths) == 11
     assert set(document["paths"]) == api_paths
     assert document["openapi"].startswith("3.1")
 

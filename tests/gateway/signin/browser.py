@@ -218,3 +218,22 @@ async def redeem(
         **({} if client.client_secret is None else {"client_secret": client.client_secret}),
     }
     return await http.post(f"{base_url}/signin/token", data=data)
+
+
+async def mcp_status(http: httpx2.AsyncClient, gateway: SignInGateway, access_token: str) -> int:
+    """The status of an `initialize` a host sends with `access_token`: 200 while it works."""
+    response = await http.post(
+        gateway.url,
+        headers={"authorization": f"Bearer {access_token}", "accept": "application/json, text/event-stream"},
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+    )
+    return response.status_code

@@ -16,6 +16,7 @@ from tests.gateway.signin.browser import (
     TIMEOUT,
     Registered,
     create_key,
+    mcp_status,
     redeem,
     register,
     sign_in,
@@ -125,12 +126,8 @@ async def test_a_public_client_revokes_its_sign_in_with_its_client_id_alone(tmp_
                     "client_id": public.client_id,
                 },
             )
-            mcp = await http.post(
-                gateway.url,
-                headers={"authorization": f"Bearer {tokens['access_token']}", "accept": "application/json"},
-                json={"jsonrpc": "2.0", "id": 1, "method": "server/discover"},
-            )
+            refused = await mcp_status(http, gateway, tokens["access_token"])
     assert public.client_secret is None
     assert revoked.status_code == 200, revoked.text
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
-    assert mcp.status_code == 401
+    assert refused == 401
