@@ -3,7 +3,8 @@
 `scripts/conformance` runs the suite against this server directly and through mcpgw, and
 compares. No published package serves the suite's fixture names (`test_simple_text`,
 `test://static-text`, `test_prompt_with_arguments`, ...), so this one does, on the `mcp` SDK
-mcpgw already depends on; it speaks the handshake era and 2026-07-28 alike, as the SDK does.
+mcpgw already depends on; it speaks the handshake era and 2026-07-28 alike, as the SDK does,
+and serves the tasks extension (`conformance_tasks.py`: the SDK has no tasks store).
 Written from the suite's scenario descriptions; it is a fixture, not part of mcpgw.
 
     python scripts/conformance_upstream.py [--port 0]

@@ -20,6 +20,7 @@ from gateway.background import log_failure
 from gateway.core.catalogue import Kind, Route
 from gateway.core.router import Router
 from gateway.core.sessions import LOCAL_REQUEST_PREFIX, HostSession
+from gateway.core.tasks import TASK_METHODS, TaskRelay
 from gateway.errors import (
     AuthRequired,
     CredentialError,
@@ -66,9 +67,10 @@ _ROUTED_BY: dict[str, tuple[Kind, str]] = {
 
 
 class Proxy:
-    def __init__(self, router: Router, recorder: Recorder) -> None:
+    def __init__(self, router: Router, recorder: Recorder, tasks: TaskRelay | None = None) -> None:
         self.router = router
         self.recorder = recorder
+        self.tasks = tasks or TaskRelay(router.upstream_names)
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -83,6 +85,7 @@ class Proxy:
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
         }
+        self._handlers.update(dict.fromkeys(TASK_METHODS, self.tasks.request))
 
     async def answer(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
@@ -216,6 +219,7 @@ class Proxy:
                     response = await self._connect(session, route.upstream, request_id)
                 else:
                     response = await session.forward(route.upstream, forwarded, sink, context)
+                    response = self.tasks.created(session, route.upstream, response)
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
