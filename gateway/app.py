@@ -127,7 +127,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         broker.on_connected(registry.connected)
         stack.push_async_callback(registry.aclose)
         task_ids = TaskIds(await store.gateway_secret(TASK_IDS_SECRET_NAME))
-        proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, task_ids))
+        proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, recorder, task_ids))
         auth = HostAuth(
             store,
             required=config.auth.required,

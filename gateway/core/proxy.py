@@ -70,7 +70,7 @@ class Proxy:
     def __init__(self, router: Router, recorder: Recorder, tasks: TaskRelay | None = None) -> None:
         self.router = router
         self.recorder = recorder
-        self.tasks = tasks or TaskRelay(router.upstream_names)
+        self.tasks = tasks or TaskRelay(router.upstream_names, recorder)
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -210,6 +210,7 @@ class Proxy:
         upstream_s: float | None = None
         response: JSONObject | None = None
         outcome = "cancelled"  # unless the call gets further: the host, or the gateway stopping
+        invocation_id: str | None = None  # chosen here only for a task, whose end finishes the row
         try:
             route = await self.router.route(session, kind, name, traced)
             forwarded = _renamed(traced, field, route.original) if route.original != name else traced
@@ -219,7 +220,7 @@ class Proxy:
                     response = await self._connect(session, route.upstream, request_id)
                 else:
                     response = await session.forward(route.upstream, forwarded, sink, context)
-                    response = self.tasks.created(session, route.upstream, response)
+                    response, invocation_id = self.tasks.created(session, route.upstream, response)
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
@@ -244,6 +245,7 @@ class Proxy:
                 duration_s=time.perf_counter() - clock,
                 upstream_s=upstream_s,
                 trace_id=trace.trace_id,
+                invocation_id=invocation_id,
             )
             try:
                 with anyio.CancelScope(shield=True):

@@ -18,18 +18,24 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
+import time
+import uuid
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
 import orjson
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
 
 from gateway.core.sessions import HostSession
-from gateway.errors import CredentialError, TooDeep, UpstreamError, UpstreamTimeout
+from gateway.errors import CredentialError, RecordingFailed, TooDeep, UpstreamError, UpstreamTimeout
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,
@@ -38,6 +44,7 @@ from gateway.protocol.jsonrpc import (
     meta_of,
     params_of,
 )
+from gateway.recording.recorder import Recorder, TaskEnded, task_outcome
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connects
 
@@ -45,6 +52,7 @@ __all__ = [
     "TASKS_EXTENSION",
     "TASK_IDS_SECRET_NAME",
     "TASK_METHODS",
+    "SealedTask",
     "TaskIds",
     "TaskRelay",
     "declares_tasks",
@@ -56,34 +64,49 @@ TASKS_EXTENSION: Final = "io.modelcontextprotocol/tasks"
 TASK_METHODS: Final = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 TASK_IDS_SECRET_NAME: Final = "task-ids"
 MISSING_REQUIRED_CLIENT_CAPABILITY: Final = -32021
+logger = logging.getLogger(__name__)
+
 _PREFIX = "mcpgw-task."
 _TAG_BYTES = 16
 
 
+@dataclass(frozen=True, slots=True)
+class SealedTask:
+    """What a host-visible task id carries: the upstream, its task id, and the invocation row
+    (with its session's record id) that the task's end finishes, when the call was recorded."""
+
+    upstream: str
+    task_id: str
+    invocation_id: str | None = None
+    session_id: str | None = None
+
+
 class TaskIds:
-    """Host-visible task ids: `mcpgw-task.<upstream and its task id>.<HMAC over those and the caller>`."""
+    """Host-visible task ids: `mcpgw-task.<what SealedTask holds>.<HMAC over it and the caller>`."""
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key if key is not None else secrets.token_bytes(32)
 
-    def seal(self, caller: tuple[str, str | None], upstream: str, task_id: str) -> str:
-        payload = _b64(orjson.dumps([upstream, task_id]))
+    def seal(self, caller: tuple[str, str | None], task: SealedTask) -> str:
+        payload = _b64(orjson.dumps([task.upstream, task.task_id, task.invocation_id, task.session_id]))
         return f"{_PREFIX}{payload}.{_b64(self._tag(caller, payload))}"
 
-    def open(self, caller: tuple[str, str | None], token: str) -> tuple[str, str] | None:
-        """(upstream, its task id), or None for a token this caller was not given."""
+    def open(self, caller: tuple[str, str | None], token: str) -> SealedTask | None:
+        """What `token` names, or None for a token this caller was not given."""
         if not token.startswith(_PREFIX):
             return None
         payload, _, tag = token[len(_PREFIX) :].partition(".")
         try:
             if not hmac.compare_digest(_unb64(tag), self._tag(caller, payload)):
                 return None
-            upstream, task_id = orjson.loads(_unb64(payload))
+            fields = orjson.loads(_unb64(payload))
         except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
             return None
-        if not isinstance(upstream, str) or not isinstance(task_id, str):
+        if not isinstance(fields, list) or len(fields) != 4:
             return None
-        return upstream, task_id
+        if not all(isinstance(f, str) for f in fields[:2]):
+            return None
+        return SealedTask(*fields)
 
     def _tag(self, caller: tuple[str, str | None], payload: str) -> bytes:
         organisation, api_key = caller
@@ -134,22 +157,29 @@ async def offered_extensions(connectors: Mapping[str, Connects]) -> JSONObject:
 
 
 class TaskRelay:
-    """Task ids on the way down (a task created) and `tasks/*` requests on the way up."""
+    """Task ids on the way down (a task created) and `tasks/*` requests on the way up; the end of
+    a task, once a `tasks/get` shows it, finishes the invocation row its `tools/call` made."""
 
-    def __init__(self, upstreams: Collection[str], ids: TaskIds | None = None) -> None:
+    def __init__(self, upstreams: Collection[str], recorder: Recorder, ids: TaskIds | None = None) -> None:
         self.ids = ids or TaskIds()
         self._upstreams = frozenset(upstreams)
+        self._recorder = recorder
 
-    def created(self, session: HostSession, upstream: str, response: JSONObject) -> JSONObject:
-        """An upstream's answer to a `tools/call`, its task id (if it made a task) sealed."""
+    def created(
+        self, session: HostSession, upstream: str, response: JSONObject
+    ) -> tuple[JSONObject, str | None]:
+        """An upstream's answer to a `tools/call`, its task id (if it made a task) sealed; and
+        the id the call's invocation row must have, for a task (whose end finishes that row)."""
         result = response.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "task":
-            return response
+            return response, None
         task_id = result.get("taskId")
         if not isinstance(task_id, str):
-            return response
-        sealed = self.ids.seal(_caller(session), upstream, task_id)
-        return {**response, "result": {**result, "taskId": sealed}}
+            return response, None
+        invocation_id = str(uuid.uuid4())
+        task = SealedTask(upstream, task_id, invocation_id, session.record_id)
+        sealed = self.ids.seal(_caller(session), task)
+        return {**response, "result": {**result, "taskId": sealed}}, invocation_id
 
     async def request(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
@@ -164,16 +194,15 @@ class TaskRelay:
         token = params.get("taskId")
         if not isinstance(token, str):
             return error(request_id, INVALID_PARAMS, "Invalid params: 'taskId' must be a string")
-        opened = self.ids.open(_caller(session), token)
-        if opened is None or opened[0] not in self._upstreams:  # never minted, or its upstream gone
+        task = self.ids.open(_caller(session), token)
+        if task is None or task.upstream not in self._upstreams:  # never minted, or its upstream gone
             return _unknown(request_id, token)
-        upstream, task_id = opened
-        forwarded = {**message, "params": {**params, "taskId": task_id}}
+        forwarded = {**message, "params": {**params, "taskId": task.task_id}}
         # The revision's routing header names the task: the upstream's own id, on its way there.
-        headers = {**context.forwarded, MCP_NAME_HEADER: task_id}
+        headers = {**context.forwarded, MCP_NAME_HEADER: task.task_id}
         try:
             response = await session.forward(
-                upstream, forwarded, sink, RequestContext(context.traceparent, headers)
+                task.upstream, forwarded, sink, RequestContext(context.traceparent, headers)
             )
         except (UpstreamError, CredentialError, TooDeep) as exc:
             code = UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else UPSTREAM_UNAVAILABLE
@@ -182,9 +211,28 @@ class TaskRelay:
         if isinstance(failure, dict) and failure.get("code") == INVALID_PARAMS:
             return _unknown(request_id, token)  # the upstream's words would name its own id
         result = response.get("result")
-        if isinstance(result, dict) and result.get("taskId") == task_id:
-            return {**response, "result": {**result, "taskId": token}}
-        return response
+        if not isinstance(result, dict) or result.get("taskId") != task.task_id:
+            return response
+        result = {**result, "taskId": token}
+        if message["method"] == "tasks/get" and not await self._finish(task, result):
+            return error(request_id, INTERNAL_ERROR, "The gateway could not record this task's end")
+        return {**response, "result": result}
+
+    async def _finish(self, task: SealedTask, detailed: JSONObject) -> bool:
+        """Finish the task's row if `detailed` shows it ended; False if that cannot be recorded
+        (then the host is not told of the end: it asks again)."""
+        outcome = task_outcome(detailed)
+        if outcome is None or task.invocation_id is None or task.session_id is None:
+            return True
+        kept = detailed.get("result") if outcome in ("ok", "tool_error") else detailed.get("error", detailed)
+        end = TaskEnded(task.invocation_id, task.session_id, outcome, kept, time.time())
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._recorder.task_ended(end)
+        except RecordingFailed as exc:
+            logger.error("the end of task row %s was not recorded: %s", task.invocation_id, exc)
+            return False
+        return True
 
 
 def _caller(session: HostSession) -> tuple[str, str | None]:

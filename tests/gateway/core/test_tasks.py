@@ -19,7 +19,8 @@ import pytest
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
-from gateway.core.tasks import TASKS_EXTENSION, TaskIds
+from gateway.core.tasks import TASKS_EXTENSION, SealedTask, TaskIds
+from store import RecordedInvocation, Seek
 from tests.harness import (
     RunningGateway,
     demo_stdio_yaml,
@@ -194,7 +195,8 @@ async def test_a_task_the_upstream_forgot_is_the_same_unknown_task(
     """A well-signed id whose upstream task does not exist: the upstream's own words (which would
     name its id) do not reach the host."""
     organisation = await gateway.gateway.store.ensure_organisation("default")
-    forged = gateway.gateway.endpoint.proxy.tasks.ids.seal((organisation.id, None), "work", "gone")
+    gone = SealedTask("work", "gone")
+    forged = gateway.gateway.endpoint.proxy.tasks.ids.seal((organisation.id, None), gone)
     refused = await host.call("tasks/get", {"taskId": forged})
     assert refused == {"code": -32602, "message": f"Unknown task: {forged}"}
 
@@ -258,10 +260,73 @@ async def test_a_tasks_request_whose_mcp_name_is_not_its_task_id_is_a_400_header
 
 def test_a_task_id_opens_only_for_the_caller_it_was_sealed_for() -> None:
     ids = TaskIds(b"k" * 32)
-    token = ids.seal(("org", "key"), "work", "t-1")
+    token = ids.seal(("org", "key"), SealedTask("work", "t-1", "row", "session"))
 
-    assert ids.open(("org", "key"), token) == ("work", "t-1")
+    assert ids.open(("org", "key"), token) == SealedTask("work", "t-1", "row", "session")
     assert ids.open(("org", "other-key"), token) is None
     assert ids.open(("other-org", "key"), token) is None
     assert TaskIds(b"j" * 32).open(("org", "key"), token) is None
     assert ids.open(("org", "key"), token[:-2] + ("AA" if not token.endswith("AA") else "BB")) is None
+
+
+async def recorded_calls(gateway: RunningGateway) -> list[RecordedInvocation]:
+    """Every invocation row of the gateway's record, oldest first."""
+    store = gateway.gateway.store
+    sessions = await store.list_sessions(None, api_key_id=None, seek=Seek(), limit=200)
+    rows: list[RecordedInvocation] = []
+    for session in sessions.rows:
+        rows.extend((await store.list_invocations(session.id, seek=Seek(), limit=200)).rows)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "cancel", "outcome", "recorded"),
+    [
+        ("work__slow_compute", {"seconds": 0.2}, False, "ok", "computed  in 0.2s"),
+        ("work__failing_job", {}, False, "tool_error", "failing_job failed"),
+        ("work__protocol_error_job", {}, False, "upstream_error", "protocol_error_job broke down"),
+        ("work__slow_compute", {"seconds": 60}, True, "cancelled", '"status":"cancelled"'),
+    ],
+)
+async def test_a_task_is_one_invocation_row_finished_when_the_gateway_sees_it_end(
+    host: Host,
+    gateway: RunningGateway,
+    tool: str,
+    arguments: dict[str, Any],
+    cancel: bool,
+    outcome: str,
+    recorded: str,
+) -> None:
+    created = await host.call("tools/call", {"name": tool, "arguments": arguments})
+    [started] = await recorded_calls(gateway)
+    assert (started.method, started.tool_name, started.outcome, started.success) == (
+        "tools/call",
+        tool,
+        "task_pending",
+        False,
+    )
+    assert created["taskId"] in (started.result_json or "")
+
+    if cancel:
+        await host.call("tasks/cancel", {"taskId": created["taskId"]})
+    await host.until(created["taskId"], "completed", "failed", "cancelled")
+
+    [finished] = await recorded_calls(gateway)  # still one row: the tasks/* requests add none
+    assert finished.id == started.id
+    assert finished.outcome == outcome
+    assert finished.success is (outcome == "ok")
+    assert recorded in (finished.result_json or "")
+    if not cancel:
+        assert finished.duration_ms >= 100  # to the end of the task, not to its creation
+
+
+async def test_a_task_never_polled_to_its_end_stays_recorded_as_pending(
+    host: Host, gateway: RunningGateway
+) -> None:
+    created = await host.call("tools/call", {"name": "work__slow_compute", "arguments": {"seconds": 60}})
+    assert (await host.call("tasks/get", {"taskId": created["taskId"]}))["status"] == "working"
+
+    [row] = await recorded_calls(gateway)
+
+    assert (row.outcome, row.success) == ("task_pending", False)
+    await host.call("tasks/cancel", {"taskId": created["taskId"]})
