@@ -22,7 +22,6 @@ from anyio.abc import TaskGroup
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.server import require_client_extension
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CallToolRequestParams,
@@ -34,6 +33,7 @@ from mcp_types import (
 from pydantic import ConfigDict
 
 TASKS = "io.modelcontextprotocol/tasks"
+MODERN = "2026-07-28"
 TTL_MS = 300_000
 POLL_INTERVAL_MS = 200
 HEADER_MISMATCH = -32020
@@ -193,6 +193,10 @@ TASK_TOOLS: dict[str, TaskTool] = {
 
 
 def _declared(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """The caller declared the extension, which exists in 2026-07-28 only (the handshake era's
+    results cannot carry a task)."""
+    if ctx.protocol_version != MODERN:
+        return False
     capabilities = ctx.session.client_capabilities
     return bool(capabilities and capabilities.extensions and TASKS in capabilities.extensions)
 
@@ -219,7 +223,7 @@ class TasksExtension(Extension):
             return await call_next(ctx)
         if not _declared(ctx):
             if tool.support == "required":
-                require_client_extension(ctx, TASKS)  # raises -32021 naming the extension
+                raise _missing_extension()
             return await call_next(ctx)
         responses = _responses(params)
         if tool.after_input is not None and tool.after_input not in responses:
@@ -251,7 +255,8 @@ class TasksExtension(Extension):
         task.expires_at = anyio.current_time() + TTL_MS / 1000
 
     def _find(self, ctx: ServerRequestContext[Any, Any], params: _TaskParams) -> Task:
-        require_client_extension(ctx, TASKS)
+        if not _declared(ctx):
+            raise _missing_extension()
         headers = getattr(ctx.request, "headers", None)
         name = headers.get("mcp-name") if headers is not None else None
         if name is not None and name.strip() != params.taskId:
@@ -273,6 +278,12 @@ class TasksExtension(Extension):
         if task.status not in TERMINAL:
             task.scope.cancel()
         return {"resultType": "complete"}
+
+
+def _missing_extension() -> MCPError:
+    required = {"requiredCapabilities": {"extensions": {TASKS: {}}}}
+    text = f"Client did not declare required extension {TASKS!r}"
+    return MCPError(code=-32021, message=text, data=required)
 
 
 def _responses(params: CallToolRequestParams) -> dict[str, Any]:

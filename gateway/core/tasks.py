@@ -9,7 +9,10 @@ replica sharing the database (its signing secret) can route a token without a lo
 token of another caller, or one that was never minted, is the same unknown task (-32602).
 
 A caller that did not declare the extension gets no task semantics: `tasks/*` is refused with
--32021 (missing required client capability) before its id is even read.
+-32021 (missing required client capability) before its id is even read. The extension belongs
+to 2026-07-28: a handshake-era host is not offered it (its `initialize` answer has no
+`extensions`), and a task-capable upstream runs that host's calls at once (or refuses, -32021,
+a tool that can only run as a task), as it does for any caller that did not declare it.
 """
 
 from __future__ import annotations
@@ -122,12 +125,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def declares_tasks(session: HostSession, message: JSONObject) -> bool:
-    """Whether the caller declared the extension: in this request's `_meta` (2026-07-28, where
-    a request may also opt in on its own) or else in its session's handshake."""
+def declares_tasks(message: JSONObject) -> bool:
+    """Whether the caller declared the extension in this request's `_meta`. The extension is of
+    2026-07-28, where every request declares what its client can do (a request may also opt in
+    on its own); a handshake-era result cannot carry a task, so such a host never declares it."""
     capabilities = meta_of(message).get(CLIENT_CAPABILITIES_META_KEY)
     if not isinstance(capabilities, dict):
-        capabilities = session.handshake.capabilities
+        return False
     extensions = capabilities.get("extensions")
     return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
@@ -186,7 +190,7 @@ class TaskRelay:
     ) -> JSONObject:
         """Serve `tasks/get`, `tasks/update` or `tasks/cancel`: to the upstream that made the task."""
         request_id = message["id"]
-        if not declares_tasks(session, message):
+        if not declares_tasks(message):
             required: JSONObject = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
             text = f"Client did not declare required extension {TASKS_EXTENSION!r}"
             return error(request_id, MISSING_REQUIRED_CLIENT_CAPABILITY, text, required)

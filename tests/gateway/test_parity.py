@@ -64,8 +64,8 @@ def client_for(url: str, mode: str, seen: Seen, *, bare: bool = False) -> Client
 
     async def on_roots(context: ClientRequestContext) -> types.ListRootsResult:
         seen.roots_asked += 1
-        roots = [types.Root(uri="file:///work/project", name="project"), types.Root(uri="file:///tmp")]
-        return types.ListRootsResult(roots=roots)
+        roots = [{"uri": "file:///work/project", "name": "project"}, {"uri": "file:///tmp"}]
+        return types.ListRootsResult.model_validate({"roots": roots})
 
     async def on_message(message: object) -> None:
         if isinstance(message, types.ServerNotification):

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import orjson
 import pytest
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
@@ -330,3 +331,74 @@ async def test_a_task_never_polled_to_its_end_stays_recorded_as_pending(
 
     assert (row.outcome, row.success) == ("task_pending", False)
     await host.call("tasks/cancel", {"taskId": created["taskId"]})
+
+
+class HandshakeHost:
+    """A host of the handshake era (2025-11-25), over raw HTTP with its `Mcp-Session-Id`."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str) -> None:
+        self.http, self.url = http, url
+        self.headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+        self.ids = iter(range(1, 1000))
+
+    async def open(self, capabilities: dict[str, Any]) -> dict[str, Any]:
+        params = {"protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": HANDSHAKE_HOST}
+        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+        with anyio.fail_after(TIMEOUT):
+            response = await self.http.post(self.url, json=message, headers=self.headers)
+            self.headers["mcp-session-id"] = response.headers["mcp-session-id"]
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            await self.http.post(self.url, json=initialized, headers=self.headers)
+        answer: dict[str, Any] = _final(response)["result"]
+        return answer
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        message = {"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params}
+        with anyio.fail_after(TIMEOUT):
+            body = _final(await self.http.post(self.url, json=message, headers=self.headers))
+        return body.get("result", body.get("error"))
+
+    async def until(self, task_id: str, *statuses: str) -> dict[str, Any]:
+        with anyio.fail_after(TIMEOUT):
+            while True:
+                task: dict[str, Any] = await self.call("tasks/get", {"taskId": task_id})
+                if task.get("status") in statuses:
+                    return task
+                await anyio.sleep(task["pollIntervalMs"] / 1000)
+
+
+HANDSHAKE_HOST = {"name": "handshake-host", "version": "1"}
+
+
+def _final(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC response in an answer, whether sent as JSON or as an event stream."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        messages = [orjson.loads(event) for event in events if event]
+        return next(m for m in reversed(messages) if "id" in m and "method" not in m)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.mark.parametrize(
+    "capabilities", [{}, {"extensions": {TASKS_EXTENSION: {}}}], ids=["plain", "declaring"]
+)
+async def test_a_2025_host_gets_a_task_capable_tools_result_at_once_and_a_task_only_tool_refused(
+    gateway: RunningGateway, capabilities: dict[str, Any]
+) -> None:
+    """What a handshake-era host sees of a task-capable tool: its result, as from any tool (the
+    extension is of 2026-07-28, so the gateway does not offer it and the upstream makes no task,
+    whatever the host declared); a tool that can only run as a task is refused with -32021,
+    naming the extension, and so is `tasks/get`."""
+    async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        host = HandshakeHost(http, gateway.url)
+        initialized = await host.open(capabilities)
+        at_once = await host.call("tools/call", {"name": "work__slow_compute", "arguments": {"seconds": 0}})
+        refused = await host.call("tools/call", {"name": "work__failing_job", "arguments": {}})
+        polled = await host.call("tasks/get", {"taskId": "anything"})
+
+    assert "extensions" not in initialized["capabilities"]
+    assert "taskId" not in at_once and at_once["content"][0]["text"] == "computed  in 0s"
+    assert refused["code"] == -32021
+    assert refused["data"]["requiredCapabilities"]["extensions"] == {TASKS_EXTENSION: {}}
+    assert polled["code"] == -32021
