@@ -129,6 +129,8 @@ class Proxy:
     async def response(self, session: HostSession, message: JSONObject) -> None:
         """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
         session.touch()
+        if session.questions.answered(message):
+            return  # the answer to a question of the gateway's own, for a 2026-only upstream
         outbound = session.outbound.take(message.get("id"))
         if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
             return  # the answer to a request of the gateway's own (a URL elicitation)
