@@ -49,6 +49,7 @@ from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
 from gateway.core.sessions import SessionRegistry, StatelessGroup, start_reaper
+from gateway.core.tasks import TASK_IDS_SECRET_NAME, TaskIds, TaskRelay
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
@@ -155,7 +156,8 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         for connector in connectors.values():
             connector.on_recovered(registry.upstream_recovered)
         stack.push_async_callback(registry.aclose)
-        proxy = Proxy(router, recorder)
+        task_ids = TaskIds(await store.gateway_secret(TASK_IDS_SECRET_NAME))
+        proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, recorder, task_ids))
         auth = HostAuth(
             store,
             required=config.auth.required,

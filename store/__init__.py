@@ -18,6 +18,7 @@ from .errors import (
 from .keyfile import KeyFile, add_current_key, drop_keys_except, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
 from .models import (
+    TASK_PENDING,
     ApiKey,
     AuthFlow,
     AuthMode,
@@ -43,12 +44,14 @@ from .models import (
     SignInClient,
     SignInClientKind,
     SignInCode,
+    TaskEnd,
 )
 from .protocol import CredentialStore, SignInStore, Store
 from .sealing import FixedKeys, Keyring, Sealer, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
 
 __all__ = [
+    "TASK_PENDING",
     "ApiKey",
     "AuthFlow",
     "AuthMode",
@@ -89,6 +92,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TaskEnd",
     "add_current_key",
     "drop_keys_except",
     "format_timestamp",

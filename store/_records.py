@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ._timestamps import to_unix_ms
 from .errors import StoreError
-from .models import InvocationRecord, RecordEvent, SessionEnd, SessionStart
+from .models import TASK_PENDING, InvocationRecord, RecordEvent, SessionEnd, SessionStart, TaskEnd
 
 __all__ = ["PRUNE_BATCH", "oldest_kept_invocation", "prune_step", "write_records"]
 
@@ -33,6 +33,12 @@ _INSERT_INVOCATION = (
 )
 _COUNT_CALLS = (
     "UPDATE sessions SET call_count = call_count + ?, last_call_at = max(last_call_at, ?) WHERE id = ?"
+)
+# Found through the session's index (a session's calls, not the whole table); duration to the end.
+_END_TASK = (
+    "UPDATE invocations SET outcome = ?, success = ?, result_json = ?, result_truncated = ?,"
+    " duration_ms = max(? - created_at, duration_ms)"
+    " WHERE session_seq = (SELECT seq FROM sessions WHERE id = ?) AND id = ? AND outcome = ?"
 )
 _END_SESSION = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL"
 
@@ -84,6 +90,7 @@ def write_records(conn: sqlite3.Connection, events: Sequence[RecordEvent]) -> No
     starts = [_session_row(e) for e in events if isinstance(e, SessionStart)]
     calls = [e for e in events if isinstance(e, InvocationRecord)]
     ends = [(to_unix_ms(e.ended_at), e.reason, e.id) for e in events if isinstance(e, SessionEnd)]
+    task_ends = [_task_end_row(e) for e in events if isinstance(e, TaskEnd)]
     activity: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
     for call in calls:
         count, last = activity[call.session_id]
@@ -98,6 +105,8 @@ def write_records(conn: sqlite3.Connection, events: Sequence[RecordEvent]) -> No
                 # Reported, never swallowed: the recorder must not answer a call it did not keep.
                 raise StoreError(f"{len(calls) - written} invocation(s) name a session that has no row")
             conn.executemany(_COUNT_CALLS, [(n, last, sid) for sid, (n, last) in activity.items()])
+        if task_ends:
+            conn.executemany(_END_TASK, task_ends)
         if ends:
             conn.executemany(_END_SESSION, ends)
         conn.execute("COMMIT")
@@ -105,6 +114,12 @@ def write_records(conn: sqlite3.Connection, events: Sequence[RecordEvent]) -> No
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _task_end_row(end: TaskEnd) -> tuple[object, ...]:
+    success = end.outcome == "ok"
+    return (end.outcome, success, end.result_json, end.result_truncated, to_unix_ms(end.ended_at),
+            end.session_id, end.invocation_id, TASK_PENDING)  # fmt: skip
 
 
 def oldest_kept_invocation(conn: sqlite3.Connection, keep: int) -> int | None:

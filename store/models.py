@@ -129,7 +129,23 @@ class InvocationRecord:
     created_at: datetime
 
 
-RecordEvent = SessionStart | InvocationRecord | SessionEnd
+@dataclass(frozen=True, slots=True)
+class TaskEnd:
+    """The end of a task a `tools/call` started: its invocation row gets the final outcome, result
+    and duration (to ``ended_at``). Only a row still ``task_pending`` changes: the first end seen wins."""
+
+    invocation_id: str
+    session_id: str
+    outcome: str
+    result_json: str | None
+    result_truncated: bool
+    ended_at: datetime
+
+
+TASK_PENDING = "task_pending"
+"""The outcome of a task's invocation row until the gateway sees the task end."""
+
+RecordEvent = SessionStart | InvocationRecord | SessionEnd | TaskEnd
 """What the recorder writes, in one transaction per batch."""
 
 

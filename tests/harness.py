@@ -142,13 +142,21 @@ def demo_stdio_yaml(name: str = "demo", extra: str = "") -> str:
 
 async def start_demo_http(*extra: str) -> tuple[Process, str]:
     """Start the demo upstream over Streamable HTTP; return the process and its /mcp URL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await anyio.open_process(
-        [sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra],
-        cwd=ROOT,
-        env=env,
-        stderr=None,
+    return await _start_ready([sys.executable, "-m", "gateway.demo", "--http", "--port", "0", *extra])
+
+
+async def start_conformance_upstream() -> tuple[Process, str]:
+    """Start `scripts/conformance_upstream.py`, the upstream that speaks all of 2026-07-28 (the
+    tasks extension included); return the process and its /mcp URL."""
+    return await _start_ready(
+        [sys.executable, str(ROOT / "scripts" / "conformance_upstream.py"), "--port", "0"]
     )
+
+
+async def _start_ready(argv: list[str]) -> tuple[Process, str]:
+    """Start a server that prints `READY <url>` once it listens; return it and the URL."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await anyio.open_process(argv, cwd=ROOT, env=env, stderr=None)
     try:
         assert proc.stdout is not None
         with anyio.fail_after(STARTUP_TIMEOUT):

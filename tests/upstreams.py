@@ -8,12 +8,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    Elicit,
+    ElicitationResult,
+    ListRoots,
+    MCPServer,
+    Resolve,
+    Sample,
+)
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp_types import ToolListChangedNotification
+from mcp_types import (
+    CreateMessageResult,
+    ListRootsResult,
+    SamplingMessage,
+    TextContent,
+    ToolListChangedNotification,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -129,6 +146,81 @@ class _HandshakeOnly:
                 # The fault under test is a late stream: this delay is the fault, not a wait.
                 await anyio.sleep(self.slow_stream_s)
         await self.app(scope, receive, send)
+
+
+class _ModernOnly:
+    """An upstream of 2026-07-28 only: a handshake-era request (no 2026-07-28 protocol version
+    header) is refused (400), as a server that never spoke the handshake era refuses `initialize`.
+    A filter in front of a real server, because no installed server can be told to drop a revision."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if headers.get("mcp-protocol-version") not in MODERN_PROTOCOL_VERSIONS:
+                error = {"code": -32600, "message": "Bad Request: this server speaks 2026-07-28 only"}
+                await JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def serve_modern_only(server: MCPServer) -> AsyncIterator[str]:
+    """Serve `server` over Streamable HTTP in 2026-07-28 only; yield its /mcp URL."""
+    async with serve_asgi(_ModernOnly(server.streamable_http_app())) as base_url:
+        yield f"{base_url}/mcp"
+
+
+class _Name(BaseModel):
+    name: str
+
+
+async def _ask_name() -> Elicit[_Name]:
+    return Elicit("What is your name?", _Name)
+
+
+async def _ask_model(topic: str) -> Sample:
+    prompt = SamplingMessage(role="user", content=TextContent(type="text", text=f"A haiku about {topic}."))
+    return Sample([prompt], max_tokens=50)
+
+
+async def _ask_roots() -> ListRoots:
+    return ListRoots()
+
+
+def asking_server() -> MCPServer:
+    """Tools that need the host mid-call: an elicitation, a sampling, the roots, and all three.
+    In the handshake era the SDK asks with server-to-client requests; in 2026-07-28 it answers
+    `input_required` and reads the answers from the retried call."""
+    server: MCPServer = MCPServer("asking")
+
+    @server.tool(description="Greets the user by the name they give.", structured_output=False)
+    async def greet_user(answer: Annotated[ElicitationResult[_Name], Resolve(_ask_name)]) -> str:
+        return f"Hello, {answer.data.name}!" if isinstance(answer, AcceptedElicitation) else "Hello, nobody."
+
+    @server.tool(description="The host's model writes a haiku.", structured_output=False)
+    async def haiku(topic: str, sampled: Annotated[CreateMessageResult, Resolve(_ask_model)]) -> str:
+        content = sampled.content
+        return content.text if isinstance(content, TextContent) else "?"
+
+    @server.tool(description="Counts the host's roots.", structured_output=False)
+    async def count_roots(listed: Annotated[ListRootsResult, Resolve(_ask_roots)]) -> str:
+        return f"{len(listed.roots)} root(s): " + ", ".join(str(root.uri) for root in listed.roots)
+
+    @server.tool(description="Asks all three at once.", structured_output=False)
+    async def all_three(
+        answer: Annotated[ElicitationResult[_Name], Resolve(_ask_name)],
+        sampled: Annotated[CreateMessageResult, Resolve(_ask_model)],
+        listed: Annotated[ListRootsResult, Resolve(_ask_roots)],
+        topic: str = "frogs",
+    ) -> str:
+        name = answer.data.name if isinstance(answer, AcceptedElicitation) else "nobody"
+        text = sampled.content.text if isinstance(sampled.content, TextContent) else "?"
+        return f"{name}; {text}; {len(listed.roots)} root(s)"
+
+    return server
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from gateway.background import log_failure
 from gateway.core.catalogue import Kind, Route
 from gateway.core.router import Router
 from gateway.core.sessions import LOCAL_REQUEST_PREFIX, HostSession
+from gateway.core.tasks import TASK_METHODS, TaskRelay
 from gateway.errors import (
     AuthRequired,
     CredentialError,
@@ -68,9 +69,10 @@ _ROUTED_BY: dict[str, tuple[Kind, str]] = {
 
 
 class Proxy:
-    def __init__(self, router: Router, recorder: Recorder) -> None:
+    def __init__(self, router: Router, recorder: Recorder, tasks: TaskRelay | None = None) -> None:
         self.router = router
         self.recorder = recorder
+        self.tasks = tasks or TaskRelay(router.upstream_names, recorder)
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "tools/list": self._list,
@@ -85,6 +87,7 @@ class Proxy:
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
         }
+        self._handlers.update(dict.fromkeys(TASK_METHODS, self.tasks.request))
 
     async def answer(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
@@ -128,6 +131,8 @@ class Proxy:
     async def response(self, session: HostSession, message: JSONObject) -> None:
         """The host answered a request an upstream made (elicitation, sampling, roots, ping)."""
         session.touch()
+        if session.questions.answered(message):
+            return  # the answer to a question of the gateway's own, for a 2026-only upstream
         outbound = session.outbound.take(message.get("id"))
         if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
             return  # the answer to a request of the gateway's own (a URL elicitation)
@@ -212,6 +217,7 @@ class Proxy:
         upstream_s: float | None = None
         response: JSONObject | None = None
         outcome = "cancelled"  # unless the call gets further: the host, or the gateway stopping
+        invocation_id: str | None = None  # chosen here only for a task, whose end finishes the row
         try:
             route = await self.router.route(session, kind, name, traced)
             forwarded = _renamed(traced, field, route.original) if route.original != name else traced
@@ -221,6 +227,7 @@ class Proxy:
                     response = await self._connect(session, route.upstream, request_id)
                 else:
                     response = await session.forward(route.upstream, forwarded, sink, context)
+                    response, invocation_id = self.tasks.created(session, route.upstream, response)
             finally:
                 upstream_s = time.perf_counter() - upstream_started
             outcome = outcome_of(response)
@@ -245,6 +252,7 @@ class Proxy:
                 duration_s=time.perf_counter() - clock,
                 upstream_s=upstream_s,
                 trace_id=trace.trace_id,
+                invocation_id=invocation_id,
             )
             try:
                 with anyio.CancelScope(shield=True):

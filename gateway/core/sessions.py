@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from gateway.background import every, start_guarded
 from gateway.config import SessionsConfig, UpstreamConfig
+from gateway.core.bridge import HostQuestions, bridged_request
 from gateway.core.catalogue import Catalogue, Kind
 from gateway.credentials.binding import binding_for
 from gateway.credentials.broker import CredentialBroker
@@ -35,6 +36,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamSessionExpired,
     UpstreamUnauthorized,
+    UpstreamUnavailable,
 )
 from gateway.host.auth import Principal
 from gateway.protocol.context import NO_CONTEXT, RequestContext
@@ -192,6 +194,8 @@ class HostSession:
         self.log_level: str | None = None
         self.catalogue = Catalogue()  # what the router learnt of the upstreams' lists
         self.outbound = OutboundRequests()
+        self.questions = HostQuestions()  # what the gateway asks the host for a 2026-only upstream
+        self._modern_only: set[str] = set()  # upstreams that refused initialize but speak 2026-07-28
         self._connectors = connectors
         self._credentials = _Credentials(broker)
         self._upstreams: dict[str, UpstreamSession] = {}
@@ -207,8 +211,17 @@ class HostSession:
         return list(self._upstreams.values())
 
     async def modern(self, name: str) -> ModernUpstream | None:
-        """Upstream `name` as a 2026-07-28 server, when this session may use it so (a 2026 group)."""
-        return None
+        """Upstream `name` as a 2026-07-28 server, when this session may use it so (a 2026 group,
+        or an upstream that speaks nothing else)."""
+        return await self._connectors[name].modern() if name in self._modern_only else None
+
+    async def _modern_instead(self, name: str) -> ModernUpstream | None:
+        """After upstream `name` refused `initialize`: itself as a 2026-07-28 server, if it is one."""
+        modern = await self._connectors[name].modern()
+        if modern is not None:
+            logger.info("session %s: %s speaks 2026-07-28 only; reaching it statelessly", self.id, name)
+            self._modern_only.add(name)
+        return modern
 
     @contextmanager
     def serving(self, request_id: RequestId) -> Iterator[anyio.CancelScope]:
@@ -229,7 +242,12 @@ class HostSession:
         modern = await self.modern(name)
         if modern is not None:
             return modern.capabilities
-        return (await self.upstream(name)).capabilities
+        try:
+            return (await self.upstream(name)).capabilities
+        except UpstreamUnavailable:
+            if (modern := await self._modern_instead(name)) is None:
+                raise
+            return modern.capabilities
 
     def upstream_session(self, name: str) -> UpstreamSession | None:
         """The open upstream session for `name`, if this host session has one."""
@@ -298,9 +316,15 @@ class HostSession:
             # 2026 on both sides: it passes as it is, with the caller's credential if any.
             source = self._credential_source(name)
             credential = None if source is None else await source()
-            return await modern.request(message, sink, credential, context.forwarded)
+            return await self._modern_request(modern, message, sink, credential, context)
+        original = message
         message = self._upward(message)
-        upstream = await self.upstream(name)
+        try:
+            upstream = await self.upstream(name)
+        except UpstreamUnavailable:
+            if await self._modern_instead(name) is None:
+                raise
+            return await self._forward(name, original, sink, context)
         if request_id is not None:
             self.in_flight[request_id] = upstream
         try:
@@ -316,6 +340,20 @@ class HostSession:
             if request_id is not None:
                 self.in_flight.pop(request_id, None)
         return self._downward(response, request_id, upstream)
+
+    async def _modern_request(
+        self,
+        modern: ModernUpstream,
+        message: JSONObject,
+        sink: MessageSink | None,
+        credential: Mapping[str, str] | None,
+        context: RequestContext,
+    ) -> JSONObject:
+        """A handshake-era host's request to a 2026-07-28-only upstream (see bridge.py)."""
+        target = sink if sink is not None else self.listen
+        return await bridged_request(
+            modern, self.handshake, self.questions, message, target, credential, context.forwarded
+        )
 
     def _upward(self, message: JSONObject) -> JSONObject:
         """A host request as its upstream session gets it."""
@@ -420,6 +458,17 @@ class StatelessGroup(HostSession):
 
     async def modern(self, name: str) -> ModernUpstream | None:
         return await self._connectors[name].modern()
+
+    async def _modern_request(
+        self,
+        modern: ModernUpstream,
+        message: JSONObject,
+        sink: MessageSink | None,
+        credential: Mapping[str, str] | None,
+        context: RequestContext,
+    ) -> JSONObject:
+        # 2026 on both sides: it passes as it is.
+        return await modern.request(message, sink, credential, context.forwarded)
 
     def _upward(self, message: JSONObject) -> JSONObject:
         message = to_handshake_request(message)

@@ -31,6 +31,7 @@ from mcp.shared.inbound import (
     InboundModernRoute,
     classify_inbound_request,
 )
+from mcp_types.jsonrpc import HEADER_MISMATCH
 from mcp_types.methods import CLIENT_REQUESTS, SPEC_CLIENT_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
@@ -38,6 +39,7 @@ from starlette.types import Receive, Send
 from gateway.background import log_failure, start_guarded
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
+from gateway.core.tasks import header_mismatch, offered_extensions
 from gateway.errors import CredentialError, HostRefusal, RecordingFailed, SessionLimit, UpstreamError
 from gateway.host.asgi import (
     ResponseStream,
@@ -120,11 +122,13 @@ class StatelessHandler:
         if isinstance(route, InboundLadderRejection):
             status = ERROR_CODE_HTTP_STATUS.get(route.code, 400)
             raise HostRefusal(status, route.code, route.message, request_id=request_id, data=route.data)
+        if (mismatch := header_mismatch(message, headers)) is not None:
+            raise HostRefusal(400, HEADER_MISMATCH, mismatch, request_id=request_id)
         if _removed_in(route.protocol_version, message["method"]):
             status, text = ERROR_CODE_HTTP_STATUS[METHOD_NOT_FOUND], f"Method not found: {message['method']}"
             raise HostRefusal(status, METHOD_NOT_FOUND, text, request_id=request_id)
         if message["method"] == "server/discover":
-            await send_json(send, 200, result(message["id"], self._discover()))
+            await send_json(send, 200, result(message["id"], await self._discover()))
             return
         try:
             session = await self._group(principal, route)
@@ -290,10 +294,13 @@ class StatelessHandler:
                 call.scope.cancel()
                 call.events.close()
 
-    def _discover(self) -> JSONObject:
+    async def _discover(self) -> JSONObject:
+        capabilities = {k: v for k, v in self.capabilities.items() if k != "logging"}
+        if extensions := await offered_extensions(self.registry.connectors):
+            capabilities["extensions"] = extensions
         return {
             "supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
-            "capabilities": {k: v for k, v in self.capabilities.items() if k != "logging"},
+            "capabilities": capabilities,
             "cacheScope": "private",
             "ttlMs": 0,
             "resultType": "complete",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway.recording.recorder import CallRecord, Recorder
+from gateway.recording.recorder import CallRecord, Recorder, TaskEnded
 from gateway.telemetry.logs import CALLS, log_call
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.window import UpstreamWindow
@@ -50,6 +50,11 @@ class ObservedRecorder:
             await self.inner.record(call)
         finally:
             self._observe(call)
+
+    async def task_ended(self, end: TaskEnded) -> None:
+        # Counted once already, as the call that started it (outcome task_pending); its end is
+        # the record's business.
+        await self.inner.task_ended(end)
 
     def _observe(self, call: CallRecord) -> None:
         name = _shown(call.method, call.name)

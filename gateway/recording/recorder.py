@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.protocol.jsonrpc import JSONObject, RequestId
-from store import SessionEnd, SessionStart
+from store import TASK_PENDING, SessionEnd, SessionStart
 
-__all__ = ["CallRecord", "NullRecorder", "Recorder", "outcome_of"]
+__all__ = ["CallRecord", "NullRecorder", "Recorder", "TaskEnded", "outcome_of", "task_outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,18 @@ class CallRecord:
     duration_s: float
     upstream_s: float | None
     trace_id: str | None
+    invocation_id: str | None = None  # chosen by the caller when it must know it (a task's row)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnded:
+    """A task the gateway saw end (a `tasks/get` answered a terminal status): its row is finished."""
+
+    invocation_id: str
+    session_id: str  # the record id of the session whose `tools/call` started the task
+    outcome: str
+    result: Any  # the task's inlined result, its error, or (cancelled) the task itself
+    ended_at: float  # time.time()
 
 
 class Recorder(Protocol):
@@ -41,6 +53,10 @@ class Recorder(Protocol):
 
     async def record(self, call: CallRecord) -> None:
         """Return once `call` is durable; raise `gateway.errors.RecordingFailed` if it cannot be."""
+        ...
+
+    async def task_ended(self, end: TaskEnded) -> None:
+        """Return once the task's row is finished, durably (`RecordingFailed` if it cannot be)."""
         ...
 
 
@@ -54,9 +70,23 @@ class NullRecorder:
     async def record(self, call: CallRecord) -> None:
         return None
 
+    async def task_ended(self, end: TaskEnded) -> None:
+        return None
+
 
 def outcome_of(response: JSONObject) -> str:
     result: Any = response.get("result")
     if isinstance(result, dict) and result.get("isError") is True:
         return "tool_error"
+    if isinstance(result, dict) and result.get("resultType") == "task":
+        return TASK_PENDING  # until the gateway sees the task end
     return "ok" if "result" in response else "upstream_error"
+
+
+def task_outcome(task: JSONObject) -> str | None:
+    """The outcome of a task as `tasks/get` answers it; None while it has not ended."""
+    status = task.get("status")
+    if status == "completed":
+        result = task.get("result")
+        return "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"
+    return {"failed": "upstream_error", "cancelled": "cancelled"}.get(str(status))

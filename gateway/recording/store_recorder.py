@@ -27,9 +27,18 @@ from anyio.abc import TaskGroup
 
 from gateway.config import RecordingConfig
 from gateway.errors import RecordingFailed
-from gateway.recording.recorder import CallRecord
+from gateway.recording.recorder import CallRecord, TaskEnded
 from gateway.recording.redaction import Redactor
-from store import InvocationRecord, RecordEvent, SessionEnd, SessionStart, Store, StoreError, StoreUnavailable
+from store import (
+    InvocationRecord,
+    RecordEvent,
+    SessionEnd,
+    SessionStart,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TaskEnd,
+)
 
 __all__ = ["StoreRecorder", "running_recorder"]
 
@@ -92,6 +101,13 @@ class StoreRecorder:
     async def record(self, call: CallRecord) -> None:
         await self._commit(self.invocation(call))
 
+    async def task_ended(self, end: TaskEnded) -> None:
+        result_json, result_truncated = self._redactor.render(end.result)
+        ended_at = datetime.fromtimestamp(end.ended_at, UTC)
+        await self._commit(
+            TaskEnd(end.invocation_id, end.session_id, end.outcome, result_json, result_truncated, ended_at)
+        )
+
     def invocation(self, call: CallRecord) -> InvocationRecord:
         """The row for `call`: redacted, capped, as the store keeps it."""
         field = _ARGUMENT_PARAMS.get(call.method)
@@ -104,7 +120,7 @@ class StoreRecorder:
         answer = call.response.get("result", call.response.get("error"))
         result_json, result_truncated = self._redactor.render(answer)
         return InvocationRecord(
-            id=str(uuid.uuid4()),
+            id=call.invocation_id or str(uuid.uuid4()),
             session_id=call.session_id,
             method=call.method,
             tool_name=call.name,

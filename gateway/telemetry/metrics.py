@@ -32,7 +32,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MAX_TOOLS_PER_UPSTREAM = 100
 OUTCOMES = frozenset(
-    {"ok", "tool_error", "upstream_error", "timeout", "cancelled", "denied", "auth_required"}
+    {"ok", "tool_error", "upstream_error", "timeout", "cancelled", "denied", "auth_required", "task_pending"}
 )
 NO_UPSTREAM = "none"  # the call never reached one (an unknown tool, a refusal)
 OTHER = "other"

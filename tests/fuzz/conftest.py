@@ -42,7 +42,7 @@ from tests.harness import (
 
 # Tools that sleep, exit, change the upstream for everyone, or wait on the host for an answer:
 # each would only spend the run's time budget (or end the upstream) without testing the gateway.
-_SLOW_OR_GLOBAL = "[wait, crash, add_tool, ask_name, sample_haiku, count_slowly]"
+_SLOW_OR_GLOBAL = "[wait, crash, add_tool, ask_name, sample_haiku, name_roots, count_slowly]"
 _CREDENTIAL_VALUE = "vault-key-7d41c0aa"  # a stored header credential: must never be logged
 
 

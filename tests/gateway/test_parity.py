@@ -34,6 +34,7 @@ class Seen:
     logs: list[tuple[str, Any]] = field(default_factory=list)
     elicitations: list[str] = field(default_factory=list)
     samplings: list[str] = field(default_factory=list)
+    roots_asked: int = 0
     notifications: list[str] = field(default_factory=list)
     notified: anyio.Event = field(default_factory=anyio.Event)
 
@@ -61,6 +62,11 @@ def client_for(url: str, mode: str, seen: Seen, *, bare: bool = False) -> Client
         text = types.TextContent(type="text", text="old pond / a frog jumps in / splash")
         return types.CreateMessageResult(role="assistant", content=text, model="test-model")
 
+    async def on_roots(context: ClientRequestContext) -> types.ListRootsResult:
+        seen.roots_asked += 1
+        roots = [{"uri": "file:///work/project", "name": "project"}, {"uri": "file:///tmp"}]
+        return types.ListRootsResult.model_validate({"roots": roots})
+
     async def on_message(message: object) -> None:
         if isinstance(message, types.ServerNotification):
             seen.notifications.append(message.method)
@@ -73,6 +79,7 @@ def client_for(url: str, mode: str, seen: Seen, *, bare: bool = False) -> Client
         logging_callback=on_log,
         elicitation_callback=None if bare else on_elicit,
         sampling_callback=None if bare else on_sample,
+        list_roots_callback=None if bare else on_roots,
         log_level=None if mode == "legacy" else "info",
         cache=None,
         # The gateway groups 2026-07-28 requests by client name and version, and a group's upstream
@@ -124,10 +131,14 @@ async def sampling(client: Client, prefix: str, seen: Seen) -> Any:
     return _result(await client.call_tool(prefix + "sample_haiku", {"topic": "frogs"})), seen.samplings
 
 
+async def roots(client: Client, prefix: str, seen: Seen) -> Any:
+    return _result(await client.call_tool(prefix + "name_roots", {})), seen.roots_asked
+
+
 async def asking_a_host_that_cannot_answer(client: Client, prefix: str, seen: Seen) -> Any:
-    """The elicitation and sampling tools, called by a host that declared neither capability."""
+    """The elicitation, sampling and roots tools, called by a host that declared none of them."""
     outcomes = []
-    for tool, arguments in (("ask_name", {}), ("sample_haiku", {"topic": "frogs"})):
+    for tool, arguments in (("ask_name", {}), ("sample_haiku", {"topic": "frogs"}), ("name_roots", {})):
         try:
             outcomes.append(_result(await client.call_tool(prefix + tool, arguments)))
         except MCPError as exc:
@@ -211,8 +222,8 @@ async def listen_events(client: Client, prefix: str, seen: Seen) -> Any:
 
 
 SCENARIOS: list[Scenario] = [
-    echo, structured, tool_error, progress, logging, elicitation, sampling, cancellation, resources,
-    prompts_and_completion, listing,
+    echo, structured, tool_error, progress, logging, elicitation, sampling, roots, cancellation,
+    resources, prompts_and_completion, listing,
 ]  # fmt: skip
 # resources/subscribe and the list_changed notifications on a session stream are handshake-era
 # features; 2026-07-28 replaces them with subscriptions/listen (listen_events).
@@ -250,7 +261,7 @@ async def test_gateway_matches_direct(
     assert proxied == direct
 
 
-BARE: list[Scenario] = [s for s in SCENARIOS if s not in (elicitation, sampling)] + [
+BARE: list[Scenario] = [s for s in SCENARIOS if s not in (elicitation, sampling, roots)] + [
     asking_a_host_that_cannot_answer
 ]
 

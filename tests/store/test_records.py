@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import uuid
 from contextlib import closing
@@ -19,6 +20,7 @@ from store import (
     SessionStart,
     SqliteStore,
     StoreError,
+    TaskEnd,
     open_sqlite_store,
     utc_now,
 )
@@ -81,6 +83,33 @@ async def test_a_batch_counts_calls_into_their_sessions(store: SqliteStore) -> N
     assert one is not None and two is not None
     assert (one.call_count, one.last_call_at, one.ended_at) == (2, later, None)
     assert (two.call_count, two.ended_at, two.end_reason) == (1, later, "idle")
+
+
+async def test_a_task_end_finishes_its_pending_row_once_with_the_duration_to_the_end(
+    store: SqliteStore,
+) -> None:
+    org = (await store.ensure_organisation("o")).id
+    session = start(org)
+    pending = dataclasses.replace(call(session, 1, T0), outcome="task_pending", success=False)
+    other = call(session, 2, T0)
+    ended = T0 + timedelta(seconds=3)
+    end = TaskEnd(pending.id, session.id, "tool_error", '{"isError":true}', False, ended)
+    await store.write_records([session, pending, other, end])
+    # A second end (another replica, a later poll) changes nothing: the first end seen wins.
+    await store.write_records([dataclasses.replace(end, outcome="ok", ended_at=ended + timedelta(seconds=9))])
+    # An end for a row that is not a task leaves that row as it was.
+    await store.write_records([TaskEnd(other.id, session.id, "cancelled", None, False, ended)])
+
+    rows = {row.id: row for row in (await store.list_invocations(session.id, seek=Seek(), limit=5)).rows}
+
+    finished = rows[pending.id]
+    assert (finished.outcome, finished.success, finished.result_json) == (
+        "tool_error",
+        False,
+        '{"isError":true}',
+    )
+    assert finished.duration_ms == 3000
+    assert (rows[other.id].outcome, rows[other.id].result_json) == ("ok", "{}")
 
 
 async def test_an_invocation_without_a_session_row_fails_its_batch(store: SqliteStore) -> None:

@@ -18,7 +18,7 @@ from gateway.config import ToolFilter, UpstreamConfig
 from gateway.core.sessions import HostSession
 from gateway.host.auth import Principal
 from gateway.protocol.jsonrpc import JSONObject, dumps, error, result
-from gateway.recording.recorder import CallRecord
+from gateway.recording.recorder import CallRecord, TaskEnded
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.connector import Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource
@@ -98,6 +98,7 @@ class ListRecorder:
 
     def __init__(self) -> None:
         self.calls: list[CallRecord] = []
+        self.task_ends: list[TaskEnded] = []
 
     async def session_started(self, start: SessionStart) -> None:
         return None
@@ -107,6 +108,9 @@ class ListRecorder:
 
     async def record(self, call: CallRecord) -> None:
         self.calls.append(call)
+
+    async def task_ended(self, end: TaskEnded) -> None:
+        self.task_ends.append(end)
 
 
 def host_session(upstreams: Mapping[str, FakeUpstream], principal: Principal | None = None) -> HostSession:
