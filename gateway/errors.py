@@ -3,7 +3,8 @@
     GatewayError
     ├── UpstreamError                 something went wrong talking to one upstream
     │   ├── UpstreamUnavailable       could not connect, or it went away mid-call
-    │   │   └── UpstreamUnreachable   nothing there: no connection, or the command would not start
+    │   │   ├── UpstreamUnreachable   nothing there: no connection, or the command would not start
+    │   │   └── HandshakeRefused      it answered, but refused our `initialize` (a 2026-07-28-only one does)
     │   ├── UpstreamTimeout           it did not answer within its `call_s`
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
@@ -67,6 +68,11 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamUnreachable(UpstreamUnavailable):
     """Nothing answered at all: no connection could be made, or the command could not be started.
     Unlike a call that failed, this says the upstream itself is down (`upstream/health.py`)."""
+
+
+class HandshakeRefused(UpstreamUnavailable):
+    """The upstream answered our `initialize` with an error: it is there (not down), but no session
+    opens this way; a server of 2026-07-28 only is reached statelessly instead."""
 
 
 class UpstreamTimeout(UpstreamError):

@@ -29,6 +29,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
 from gateway.errors import (
+    HandshakeRefused,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnauthorized,
@@ -325,6 +326,11 @@ class Connector:
         except UpstreamUnauthorized:
             self.health.reached({})  # it answered: only the credential was refused
             raise
+        except HandshakeRefused as exc:
+            # It answered: not down, and a 2026-07-28-only server is reached statelessly (modern()).
+            self.health.answered()
+            self.health.failed(exc, down=False)
+            raise
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             self.health.failed(exc, down=True)
             raise
@@ -369,7 +375,7 @@ class Connector:
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)
                     if "error" in response:
-                        raise UpstreamUnavailable(
+                        raise HandshakeRefused(
                             config.name, f"refused initialize: {response['error'].get('message')}"
                         )
                     result: dict[str, Any] = response.get("result") or {}
