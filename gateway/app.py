@@ -40,6 +40,7 @@ from api import (
 )
 from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
+from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
 from gateway.core.sessions import SessionRegistry, start_reaper
@@ -57,7 +58,9 @@ from gateway.readiness import Readiness
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
 from gateway.recording.store_recorder import running_recorder
+from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
+from gateway.upstream.pool import SharedPool
 from store import Binding, Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,11 @@ class Gateway:
     credentials_api: CredentialsApi
     pages: ConnectPages
     readiness: Readiness
+    # What upstreams list, shared by every host session, and the sessions no host owns: what the
+    # gateway holds for its upstreams (children per upstream: `children.count(name)`).
+    lists: UpstreamLists
+    pools: Mapping[str, SharedPool]
+    children: Children
     stopped: bool = False
 
 
@@ -102,6 +110,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
+        children = Children(config.sessions.max_children)
         # What upstreams write to the gateway's log is redacted by the record's own rules.
         log_redactor = Redactor.with_defaults(config.recording.redact_keys, config.recording.redact_patterns)
         for upstream in config.upstreams:
@@ -110,9 +119,18 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             pool = await stack.enter_async_context(pool_for(upstream)) if http else None
             client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
             connectors[upstream.name] = Connector(
-                upstream, task_group, pool=pool, sse_client=client, log_redactor=log_redactor
+                upstream,
+                task_group,
+                pool=pool,
+                sse_client=client,
+                log_redactor=log_redactor,
+                children=children,
             )
-        router = Router(config.upstreams)
+        pools = {name: SharedPool(connector) for name, connector in connectors.items()}
+        for each in pools.values():
+            stack.push_async_callback(each.aclose)
+        lists = UpstreamLists(connectors, pools)
+        router = Router(config.upstreams, lists)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
         # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
         # and a TLS connection verified for one name must not serve another on the same address.
@@ -125,7 +143,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
 
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify)
-        registry = SessionRegistry(connectors, config.sessions, recorder, broker)
+        registry = SessionRegistry(connectors, config.sessions, recorder, broker, pools, lists.forget)
+        for each in pools.values():
+            each.on_list_changed = registry.upstream_list_changed
         broker.on_connected(registry.connected)
         for connector in connectors.values():
             connector.on_recovered(registry.upstream_recovered)
@@ -192,6 +212,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             readiness=Readiness(
                 store, {name: connector.health for name, connector in connectors.items()}, task_group
             ),
+            lists=lists,
+            pools=pools,
+            children=children,
         )
 
 

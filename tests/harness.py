@@ -131,12 +131,15 @@ def keyless_config(directory: Path, upstreams_yaml: str, extra_yaml: str = "") -
     )
 
 
-def demo_stdio_yaml(name: str = "demo", extra: str = "") -> str:
+def demo_stdio_yaml(name: str = "demo", extra: str = "", sessions: str = "per_host") -> str:
+    """The demo over stdio; `per_host` unless asked (it asks hosts for input and samples their
+    LLM mid-call, so a session of its own per host session is what it needs)."""
     return f"""
   - name: {name}
     transport: stdio
     command: [python, -m, gateway.demo]
     env: {{PYTHONPATH: "{ROOT}"}}
+    sessions: {sessions}
 {extra}"""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.config.policy import ToolFilter, is_loopback_host, local_url
 from gateway.config.schema import GatewayModel, Loc, RecordingModel, SecretsModel, UpstreamModel
 from gateway.config.values import (
+    DEFAULT_SESSION_MODE,
     AuthConfig,
     GatewayConfig,
     ListenConfig,
@@ -124,6 +125,10 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
         idle_s=up.idle_s,
         required=up.required,
+        sessions=DEFAULT_SESSION_MODE[up.transport] if up.sessions is None else up.sessions,
+        max_sessions=up.max_sessions,
+        max_children=up.max_children,
+        list_ttl_s=up.list_ttl_s,
         auth=_upstream_auth(up, here, problems),
     )
 

@@ -1,0 +1,172 @@
+"""Shared upstream sessions: many host sessions' calls over a bounded pool of real stdio children,
+kept apart (ids, progress, cancellation, subscriptions, log levels), and the caps on children
+answered with a clear error. Children are counted through /proc."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from tests.api.conftest import ACCEPT, McpClient
+from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.processes import children
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=TIMEOUT) as client:
+        yield client
+
+
+@pytest.fixture
+async def shared(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    config = keyless_config(tmp_path, demo_stdio_yaml(sessions="shared", extra="    max_sessions: 2"))
+    async with serve_gateway(config) as running:
+        yield running
+
+
+def text(answer: dict[str, Any]) -> str:
+    content: str = answer["result"]["content"][0]["text"]
+    return content
+
+
+async def test_concurrent_host_sessions_share_at_most_max_sessions_children(
+    shared: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    client = McpClient(http, shared.url, "")
+    answers: dict[int, dict[str, Any]] = {}
+
+    async def call(index: int, session: str) -> None:
+        # Every host uses request id 1: unique only once the gateway remaps them upstream.
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "demo__wait", "arguments": {"seconds": 0.3}}}  # fmt: skip
+        response = await http.post(shared.url, json=message, headers={**ACCEPT, "mcp-session-id": session})
+        answers[index] = response.json()
+
+    with anyio.fail_after(TIMEOUT):
+        sessions = [await client.open() for _ in range(8)]
+        async with anyio.create_task_group() as tg:
+            for index, session in enumerate(sessions):
+                tg.start_soon(call, index, session)
+    assert [(answer["id"], text(answer)) for answer in answers.values()] == [(1, "waited")] * 8
+    assert 1 <= len(children("gateway.demo")) <= 2
+    assert shared.gateway.pools["demo"].sessions() == len(children("gateway.demo"))
+
+
+async def progress_call(
+    http: httpx2.AsyncClient,
+    url: str,
+    session: str,
+    steps: int,
+    events: list[dict[str, Any]],
+    first: anyio.Event,
+) -> None:
+    """A count_slowly call with progress token "p" and id "c", its events kept as they arrive."""
+    params = {"name": "demo__count_slowly", "arguments": {"steps": steps}, "_meta": {"progressToken": "p"}}
+    message = {"jsonrpc": "2.0", "id": "c", "method": "tools/call", "params": params}
+    headers = {**ACCEPT, "mcp-session-id": session}
+    async with http.stream("POST", url, json=message, headers=headers) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                first.set()
+
+
+async def test_progress_and_cancellation_reach_only_their_own_host_on_one_shared_child(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    config = keyless_config(tmp_path, demo_stdio_yaml(sessions="shared", extra="    max_sessions: 1"))
+    async with serve_gateway(config) as running:
+        client = McpClient(http, running.url, "")
+        long_events: list[dict[str, Any]] = []
+        short_events: list[dict[str, Any]] = []
+        long_started, short_started = anyio.Event(), anyio.Event()
+        with anyio.fail_after(TIMEOUT):
+            long_session, short_session = await client.open(), await client.open()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(progress_call, http, running.url, long_session, 1000, long_events, long_started)
+                await long_started.wait()
+                tg.start_soon(progress_call, http, running.url, short_session, 5, short_events, short_started)
+                await short_started.wait()  # both calls now run on the one child
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c"}}
+                await http.post(running.url, json=cancel, headers={**ACCEPT, "mcp-session-id": long_session})
+        assert len(children("gateway.demo")) == 1
+    *long_progress, long_answer = long_events
+    *short_progress, short_answer = short_events
+    assert long_answer["id"] == "c" and long_answer["error"]["code"] == -32800
+    assert short_answer["id"] == "c" and text(short_answer) == "counted 5"
+    assert [event["params"]["total"] for event in short_progress] == [5] * 5
+    assert {event["params"]["total"] for event in long_progress} == {1000}
+    assert {event["params"]["progressToken"] for event in long_progress + short_progress} == {"p"}
+
+
+async def test_a_resource_update_reaches_only_the_hosts_subscribed_to_it(
+    shared: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    client = McpClient(http, shared.url, "")
+    with anyio.fail_after(TIMEOUT):
+        subscriber, other = await client.open(), await client.open()
+        answer = await client.request(subscriber, "resources/subscribe", {"uri": "demo://readme"})
+        assert answer["result"] == {}
+        await client.call(other, "demo__echo", {"text": "hi"})  # both use the shared session
+        subscriber_stream = shared.gateway.registry.get(subscriber, _anyone(shared, subscriber))
+        other_stream = shared.gateway.registry.get(other, _anyone(shared, other))
+        assert subscriber_stream is not None and other_stream is not None
+        await client.call(other, "demo__touch", {"uri": "demo://readme"})
+        # Nobody listens on a GET stream here: what each session was sent waits in its buffer.
+        assert _buffered(subscriber_stream, "notifications/resources/updated") == 1
+        assert _buffered(other_stream, "notifications/resources/updated") == 0
+
+
+def _anyone(running: RunningGateway, session_id: str) -> Any:
+    found = [s for s in running.gateway.registry.sessions() if s.id == session_id]
+    return found[0].principal
+
+
+def _buffered(session: Any, method: str) -> int:
+    return sum(1 for message in session.listen._buffer if message.get("method") == method)
+
+
+async def test_past_an_upstreams_max_children_a_call_gets_a_clear_error_not_a_new_child(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    config = keyless_config(tmp_path, demo_stdio_yaml(extra="    max_children: 3"))
+    async with serve_gateway(config) as running:
+        client = McpClient(http, running.url, "")
+        with anyio.fail_after(TIMEOUT):
+            sessions = [await client.open() for _ in range(4)]
+            await client.request(sessions[0], "tools/list", {})  # the catalogue's child: one of three
+            first, second = [await client.call(s, "demo__echo", {"text": "ok"}) for s in sessions[:2]]
+            refused = await client.call(sessions[2], "demo__echo", {"text": "one too many"})
+            assert text(first) == text(second) == "ok"
+            assert refused["error"]["code"] == -32001
+            assert "3 processes" in refused["error"]["message"]
+            assert "max_children" in refused["error"]["message"]
+            assert len(children("gateway.demo")) == 3
+            # The upstream is not down for it: once a session ends, the next caller gets a child.
+            await http.delete(running.url, headers={"mcp-session-id": sessions[0]})
+            assert text(await client.call(sessions[3], "demo__echo", {"text": "room"})) == "room"
+            assert running.gateway.config.upstreams[0].sessions == "per_host"
+
+
+async def test_past_the_gateways_total_of_children_a_call_gets_a_clear_error(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    config = keyless_config(tmp_path, demo_stdio_yaml(), "sessions: {max_children: 2}\n")
+    async with serve_gateway(config) as running:
+        client = McpClient(http, running.url, "")
+        with anyio.fail_after(TIMEOUT):
+            first, second = await client.open(), await client.open()
+            assert text(await client.call(first, "demo__echo", {"text": "ok"})) == "ok"  # list + own: 2
+            refused = await client.call(second, "demo__echo", {"text": "no"})
+        assert refused["error"]["code"] == -32001
+        assert "sessions.max_children" in refused["error"]["message"]
+        assert len(children("gateway.demo")) == 2
