@@ -90,7 +90,7 @@ class UpstreamConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     tools: ToolFilter = field(default_factory=ToolFilter)
     timeouts: Timeouts = Timeouts()
-    idle_s: float = 600.0
+    idle_s: float = 300.0
     auth: UpstreamAuth = UpstreamAuth()
     # Whether the gateway is ready (`/readyz`) only while this upstream is up; a required
     # upstream is also tried at start-up rather than when a host first needs it.
@@ -131,7 +131,10 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class SessionsConfig:
-    idle_s: float = 1800.0
+    # A host session with no request and no open stream for this long is ended (its children
+    # stop with it): five minutes, so abandoned sessions (killed bridges, one-shot CLIs, probes)
+    # give their processes back within minutes; hosts that stay keep a GET stream open.
+    idle_s: float = 300.0
     stateless_gap_s: float = 1800.0
     max_per_key: int = 100  # open host sessions one API key may hold (key-less: the whole gateway)
     max_total: int = 10_000  # open host sessions and 2026-07-28 groups, all keys together

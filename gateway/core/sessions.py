@@ -141,6 +141,8 @@ class ListenStream:
         # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
         self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
         self._lock = anyio.Lock()
+        self._none_open = anyio.Event()
+        self._none_open.set()
 
     @property
     def open(self) -> bool:
@@ -148,6 +150,8 @@ class ListenStream:
 
     async def attach(self, sink: MessageSink) -> None:
         async with self._lock:
+            if self._none_open.is_set():
+                self._none_open = anyio.Event()
             self._sinks.append(sink)
             while self._buffer:
                 await sink.send(self._buffer.popleft())
@@ -155,6 +159,12 @@ class ListenStream:
     def detach(self, sink: MessageSink) -> None:
         if sink in self._sinks:
             self._sinks.remove(sink)
+        if not self._sinks:
+            self._none_open.set()
+
+    async def closed(self) -> None:
+        """Return once no stream is open."""
+        await self._none_open.wait()
 
     async def send(self, message: JSONObject) -> None:
         async with self._lock:
@@ -662,6 +672,10 @@ class SessionRegistry:
         for pool in self.pools.values():
             await pool.reap(now)
         for session in list(self._sessions.values()):
+            if session.listen.open:
+                # A host holding a stream open is still there (a quiet GET stream, a 2026-07-28
+                # listen): its session is idle from when the last one closed, not from its last request.
+                session.touch()
             if now - session.last_activity > session.idle_s and not session.in_flight:
                 logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
                 await self.end(session, "idle")

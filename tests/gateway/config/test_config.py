@@ -105,7 +105,7 @@ def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
     assert config.auth.required is True
     assert config.security.allowed_hosts == ()
     assert config.security.allowed_origins == ()
-    assert config.sessions.idle_s == 1800.0
+    assert config.sessions.idle_s == 300.0
     assert config.upstreams == ()
 
 
@@ -147,7 +147,7 @@ def test_upstream_defaults(tmp_path: Path) -> None:
     [web] = config.upstreams
     assert web.tools == ToolFilter()
     assert web.timeouts == Timeouts(connect_s=10.0, call_s=60.0)
-    assert web.idle_s == 600.0
+    assert web.idle_s == 300.0
     assert web.headers == {}
     assert web.command == ()
     assert web.cwd is None
