@@ -46,9 +46,9 @@ async def test_a_session_with_no_request_and_no_stream_is_ended_as_idle_and_its_
     with anyio.fail_after(TIMEOUT):
         session = await client.open(name="abandoned")
         await client.call(session, "demo__echo", {"text": "then gone"})
-        [own_child] = [s for s in forgetful.gateway.registry.sessions() if s.id == session][
-            0
-        ].open_upstreams()
+        [own_child] = next(
+            s for s in forgetful.gateway.registry.sessions() if s.id == session
+        ).open_upstreams()
         running = len(children("gateway.demo"))  # its own, and the catalogue's listing child
         await forgetful.gateway.registry.reap()  # the reaper's sweep, run now
         ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
@@ -65,7 +65,8 @@ async def test_an_open_get_stream_keeps_a_quiet_session_until_it_closes(
 ) -> None:
     client = McpClient(http, forgetful.url, "")
     with anyio.fail_after(TIMEOUT):
-        listening, quiet = await client.open(name="listening"), await client.open(name="quiet")
+        listening = await client.open(name="listening")
+        await client.open(name="quiet")  # opened, then never used
         # A list change announced while no stream is open waits in the session's buffer, so the
         # stream's first event says the stream is attached.
         await client.call(listening, "demo__add_tool", {"name": "extra"})
@@ -77,7 +78,7 @@ async def test_an_open_get_stream_keeps_a_quiet_session_until_it_closes(
                     break
             await forgetful.gateway.registry.reap()
             assert [s.id for s in forgetful.gateway.registry.sessions()] == [listening]
-        held = [s for s in forgetful.gateway.registry.sessions() if s.id == listening][0]
+        held = next(s for s in forgetful.gateway.registry.sessions() if s.id == listening)
         await held.listen.closed()  # the gateway saw the stream go
         await forgetful.gateway.registry.reap()
     assert forgetful.gateway.registry.sessions() == []

@@ -117,21 +117,15 @@ async def test_a_resource_update_reaches_only_the_hosts_subscribed_to_it(
         answer = await client.request(subscriber, "resources/subscribe", {"uri": "demo://readme"})
         assert answer["result"] == {}
         await client.call(other, "demo__echo", {"text": "hi"})  # both use the shared session
-        subscriber_stream = shared.gateway.registry.get(subscriber, _anyone(shared, subscriber))
-        other_stream = shared.gateway.registry.get(other, _anyone(shared, other))
-        assert subscriber_stream is not None and other_stream is not None
         await client.call(other, "demo__touch", {"uri": "demo://readme"})
-        # Nobody listens on a GET stream here: what each session was sent waits in its buffer.
-        assert _buffered(subscriber_stream, "notifications/resources/updated") == 1
-        assert _buffered(other_stream, "notifications/resources/updated") == 0
+    # Nobody listens on a GET stream here: what each session was sent waits in its buffer.
+    assert buffered(shared, subscriber, "notifications/resources/updated") == 1
+    assert buffered(shared, other, "notifications/resources/updated") == 0
 
 
-def _anyone(running: RunningGateway, session_id: str) -> Any:
-    found = [s for s in running.gateway.registry.sessions() if s.id == session_id]
-    return found[0].principal
-
-
-def _buffered(session: Any, method: str) -> int:
+def buffered(running: RunningGateway, session_id: str, method: str) -> int:
+    """How many `method` messages wait for the session's GET stream."""
+    session = next(s for s in running.gateway.registry.sessions() if s.id == session_id)
     return sum(1 for message in session.listen._buffer if message.get("method") == method)
 
 
