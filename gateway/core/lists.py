@@ -7,7 +7,9 @@ never one per host, so listing starts no child per host session), except:
 - an upstream that needs a credential per identity (`auth` oauth or user_headers) is listed with
   that identity's credential, through the host session's own upstream session, and cached per
   credential binding: one user's list never reaches another;
-- a 2026-07-28 host reaching a 2026-07-28 upstream lists it statelessly, as it calls it.
+- a 2026-07-28 host reaching a 2026-07-28 upstream lists it statelessly, as it calls it;
+- a host session whose own (`per_host`) upstream session said its lists changed lists that
+  upstream through that session from then on, uncached: the change may be its alone.
 
 A list is listed again when its upstream says it changed (`forget`), after the upstream's
 `list_ttl_s`, or the `ttlMs` a 2026-07-28 upstream sends with it, and after the upstream comes
@@ -80,6 +82,8 @@ class UpstreamLists:
     async def items(self, session: HostSession, name: str, key: str, message: JSONObject) -> list[JSONObject]:
         """What upstream `name` lists under `key` ("tools", "prompts", "resources",
         "resourceTemplates"), as `session`'s caller may see it: cached, or listed now."""
+        if name in session.own_lists:  # its own upstream session said they changed: its alone
+            return (await self._fetch(session, name, key, message)).items
         shared = self._shared_scope(session, name)
         private = _caller(session)
         found = self._fresh((name, key, private)) or self._fresh((name, key, shared))
@@ -117,7 +121,12 @@ class UpstreamLists:
     async def _fetch(self, session: HostSession, name: str, key: str, message: JSONObject) -> _Page:
         config = self._connectors[name].config
         pool = self._pools.get(name)
-        own = pool is None or config.auth.per_identity or await session.modern(name) is not None
+        own = (
+            pool is None
+            or config.auth.per_identity
+            or name in session.own_lists
+            or await session.modern(name) is not None
+        )
         send: Callable[[JSONObject], Awaitable[JSONObject]]
         if own:
             capabilities = await session.capabilities(name)

@@ -316,6 +316,9 @@ class _CallSink:
         if call is None:
             return
         method = message.get("method")
+        if method in _LIST_CHANGED:  # said on a call's stream, but about everybody's lists
+            await self._pool.on_list_changed(self._pool.name, str(method))
+            return
         if "id" in message:
             if len(self._member.hosts_in_flight()) != 1:
                 await self._pool._refuse(self._member, message)

@@ -29,7 +29,7 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 @pytest.fixture
 async def forgetful(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     """Any pause at all is idle: each sweep of the reaper (run by the tests) ends what is idle."""
-    config = keyless_config(tmp_path, demo_stdio_yaml(), "sessions: {idle_s: 0.000001}\n")
+    config = keyless_config(tmp_path, demo_stdio_yaml(cwd="."), "sessions: {idle_s: 0.000001}\n")
     async with serve_gateway(config) as running:
         yield running
 
@@ -40,7 +40,7 @@ def end_reasons(running: RunningGateway) -> dict[str, str | None]:
 
 
 async def test_a_session_with_no_request_and_no_stream_is_ended_as_idle_and_its_child_stops(
-    forgetful: RunningGateway, http: httpx2.AsyncClient
+    forgetful: RunningGateway, http: httpx2.AsyncClient, tmp_path: Path
 ) -> None:
     client = McpClient(http, forgetful.url, "")
     with anyio.fail_after(TIMEOUT):
@@ -49,13 +49,13 @@ async def test_a_session_with_no_request_and_no_stream_is_ended_as_idle_and_its_
         [own_child] = next(
             s for s in forgetful.gateway.registry.sessions() if s.id == session
         ).open_upstreams()
-        running = len(children("gateway.demo"))  # its own, and the catalogue's listing child
+        running = len(children("gateway.demo", tmp_path))  # its own, and the catalogue's listing child
         await forgetful.gateway.registry.reap()  # the reaper's sweep, run now
         ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
         gone = await http.post(forgetful.url, json=ping, headers={**ACCEPT, "mcp-session-id": session})
     assert forgetful.gateway.registry.sessions() == []
     assert own_child.channel.closed
-    assert len(children("gateway.demo")) == running - 1
+    assert len(children("gateway.demo", tmp_path)) == running - 1
     assert end_reasons(forgetful) == {"abandoned": "idle"}
     assert gone.status_code == 404
 

@@ -20,7 +20,8 @@ TIMEOUT = 30.0
 TIME_SERVER = """
   - name: time
     transport: stdio
-    command: [python, -m, mcp_server_time, --local-timezone, UTC]"""
+    command: [python, -m, mcp_server_time, --local-timezone, UTC]
+    cwd: ."""
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 
 @pytest.fixture
 async def listing(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    upstreams = demo_stdio_yaml() + TIME_SERVER
+    upstreams = demo_stdio_yaml(cwd=".") + TIME_SERVER
     async with serve_gateway(keyless_config(tmp_path, upstreams)) as running:
         yield running
 
@@ -43,7 +44,7 @@ def names(answer: dict[str, object]) -> set[str]:
 
 
 async def test_many_host_sessions_listing_tools_start_one_child_per_upstream_not_one_each(
-    listing: RunningGateway, http: httpx2.AsyncClient
+    listing: RunningGateway, http: httpx2.AsyncClient, tmp_path: Path
 ) -> None:
     client = McpClient(http, listing.url, "")
     with anyio.fail_after(TIMEOUT):
@@ -52,28 +53,30 @@ async def test_many_host_sessions_listing_tools_start_one_child_per_upstream_not
     for answer in answers:
         assert {"demo__echo", "time__get_current_time"} <= names(answer)
     # The catalogue's own listing session, one per upstream, whatever the number of hosts.
-    assert len(children("gateway.demo")) == 1
-    assert len(children("mcp_server_time")) == 1
+    assert len(children("gateway.demo", tmp_path)) == 1
+    assert len(children("mcp_server_time", tmp_path)) == 1
     assert listing.gateway.lists.fetched == {"demo": 1, "time": 1}
 
 
 async def test_a_call_in_per_host_mode_starts_the_callers_own_child_but_listing_does_not(
-    listing: RunningGateway, http: httpx2.AsyncClient
+    listing: RunningGateway, http: httpx2.AsyncClient, tmp_path: Path
 ) -> None:
     client = McpClient(http, listing.url, "")
     with anyio.fail_after(TIMEOUT):
         session = await client.open()
         await client.request(session, "tools/list", {})
-        before = len(children("gateway.demo"))
+        before = len(children("gateway.demo", tmp_path))
         answer = await client.call(session, "demo__echo", {"text": "mine"})
     assert answer["result"]["content"][0]["text"] == "mine"
-    assert len(children("gateway.demo")) == before + 1  # demo runs per_host: the caller's own
+    assert len(children("gateway.demo", tmp_path)) == before + 1  # demo runs per_host: the caller's own
 
 
 async def test_a_list_changed_from_a_shared_upstream_reaches_every_sessions_next_listing(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml(sessions="shared", extra="    max_sessions: 1"))
+    config = keyless_config(
+        tmp_path, demo_stdio_yaml(cwd=".", sessions="shared", extra="    max_sessions: 1")
+    )
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
         with anyio.fail_after(TIMEOUT):
@@ -93,4 +96,4 @@ async def test_a_list_past_its_ttl_is_listed_again(tmp_path: Path, http: httpx2.
             for _ in range(3):
                 assert "time__get_current_time" in names(await client.request(session, "tools/list", {}))
         assert running.gateway.lists.fetched["time"] == 3
-        assert len(children("mcp_server_time")) == 1
+        assert len(children("mcp_server_time", tmp_path)) == 1

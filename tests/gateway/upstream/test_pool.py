@@ -28,7 +28,9 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 
 @pytest.fixture
 async def shared(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    config = keyless_config(tmp_path, demo_stdio_yaml(sessions="shared", extra="    max_sessions: 2"))
+    config = keyless_config(
+        tmp_path, demo_stdio_yaml(cwd=".", sessions="shared", extra="    max_sessions: 2")
+    )
     async with serve_gateway(config) as running:
         yield running
 
@@ -39,7 +41,7 @@ def text(answer: dict[str, Any]) -> str:
 
 
 async def test_concurrent_host_sessions_share_at_most_max_sessions_children(
-    shared: RunningGateway, http: httpx2.AsyncClient
+    shared: RunningGateway, http: httpx2.AsyncClient, tmp_path: Path
 ) -> None:
     client = McpClient(http, shared.url, "")
     answers: dict[int, dict[str, Any]] = {}
@@ -57,8 +59,8 @@ async def test_concurrent_host_sessions_share_at_most_max_sessions_children(
             for index, session in enumerate(sessions):
                 tg.start_soon(call, index, session)
     assert [(answer["id"], text(answer)) for answer in answers.values()] == [(1, "waited")] * 8
-    assert 1 <= len(children("gateway.demo")) <= 2
-    assert shared.gateway.pools["demo"].sessions() == len(children("gateway.demo"))
+    assert 1 <= len(children("gateway.demo", tmp_path)) <= 2
+    assert shared.gateway.pools["demo"].sessions() == len(children("gateway.demo", tmp_path))
 
 
 async def progress_call(
@@ -83,7 +85,9 @@ async def progress_call(
 async def test_progress_and_cancellation_reach_only_their_own_host_on_one_shared_child(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml(sessions="shared", extra="    max_sessions: 1"))
+    config = keyless_config(
+        tmp_path, demo_stdio_yaml(cwd=".", sessions="shared", extra="    max_sessions: 1")
+    )
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
         long_events: list[dict[str, Any]] = []
@@ -98,7 +102,7 @@ async def test_progress_and_cancellation_reach_only_their_own_host_on_one_shared
                 await short_started.wait()  # both calls now run on the one child
                 cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c"}}
                 await http.post(running.url, json=cancel, headers={**ACCEPT, "mcp-session-id": long_session})
-        assert len(children("gateway.demo")) == 1
+        assert len(children("gateway.demo", tmp_path)) == 1
     *long_progress, long_answer = long_events
     *short_progress, short_answer = short_events
     assert long_answer["id"] == "c" and long_answer["error"]["code"] == -32800
@@ -132,7 +136,7 @@ def buffered(running: RunningGateway, session_id: str, method: str) -> int:
 async def test_past_an_upstreams_max_children_a_call_gets_a_clear_error_not_a_new_child(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml(extra="    max_children: 3"))
+    config = keyless_config(tmp_path, demo_stdio_yaml(cwd=".", extra="    max_children: 3"))
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
         with anyio.fail_after(TIMEOUT):
@@ -144,7 +148,7 @@ async def test_past_an_upstreams_max_children_a_call_gets_a_clear_error_not_a_ne
             assert refused["error"]["code"] == -32001
             assert "3 processes" in refused["error"]["message"]
             assert "max_children" in refused["error"]["message"]
-            assert len(children("gateway.demo")) == 3
+            assert len(children("gateway.demo", tmp_path)) == 3
             # The upstream is not down for it: once a session ends, the next caller gets a child.
             await http.delete(running.url, headers={"mcp-session-id": sessions[0]})
             assert text(await client.call(sessions[3], "demo__echo", {"text": "room"})) == "room"
@@ -154,7 +158,7 @@ async def test_past_an_upstreams_max_children_a_call_gets_a_clear_error_not_a_ne
 async def test_past_the_gateways_total_of_children_a_call_gets_a_clear_error(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml(), "sessions: {max_children: 2}\n")
+    config = keyless_config(tmp_path, demo_stdio_yaml(cwd="."), "sessions: {max_children: 2}\n")
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
         with anyio.fail_after(TIMEOUT):
@@ -163,4 +167,4 @@ async def test_past_the_gateways_total_of_children_a_call_gets_a_clear_error(
             refused = await client.call(second, "demo__echo", {"text": "no"})
         assert refused["error"]["code"] == -32001
         assert "sessions.max_children" in refused["error"]["message"]
-        assert len(children("gateway.demo")) == 2
+        assert len(children("gateway.demo", tmp_path)) == 2
