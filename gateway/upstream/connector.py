@@ -287,11 +287,12 @@ class Connector:
             raise refusal
         if self.config.transport != "stdio":
             return await self._opening(handshake, unsolicited, credential)
-        # In shared mode the pool's max_sessions is this upstream's cap; the gateway's holds for all.
-        cap = self.config.max_children if self.config.sessions == "per_host" else None
-        with self.children.starting(self.name, cap):
+        # A pool's sessions (opened with the shared handshake) are capped by its max_sessions;
+        # host sessions' own by max_children; the gateway's cap holds for every child.
+        own = handshake is not SHARED_HANDSHAKE
+        with self.children.starting(self.name, self.config.max_children, own=own):
             session = await self._opening(handshake, unsolicited, credential)
-        self.children.track(self.name, session.channel)
+        self.children.track(self.name, session.channel, own=own)
         return session
 
     async def check(self) -> None:

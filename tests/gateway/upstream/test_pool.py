@@ -136,17 +136,17 @@ def buffered(running: RunningGateway, session_id: str, method: str) -> int:
 async def test_past_an_upstreams_max_children_a_call_gets_a_clear_error_not_a_new_child(
     tmp_path: Path, http: httpx2.AsyncClient
 ) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml(cwd=".", extra="    max_children: 3"))
+    config = keyless_config(tmp_path, demo_stdio_yaml(cwd=".", extra="    max_children: 2"))
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
         with anyio.fail_after(TIMEOUT):
             sessions = [await client.open() for _ in range(4)]
-            await client.request(sessions[0], "tools/list", {})  # the catalogue's child: one of three
+            await client.request(sessions[0], "tools/list", {})  # the catalogue's child: not a host's
             first, second = [await client.call(s, "demo__echo", {"text": "ok"}) for s in sessions[:2]]
             refused = await client.call(sessions[2], "demo__echo", {"text": "one too many"})
             assert text(first) == text(second) == "ok"
             assert refused["error"]["code"] == -32001
-            assert "3 processes" in refused["error"]["message"]
+            assert "2 host sessions have a process of it running" in refused["error"]["message"]
             assert "max_children" in refused["error"]["message"]
             assert len(children("gateway.demo", tmp_path)) == 3
             # The upstream is not down for it: once a session ends, the next caller gets a child.
