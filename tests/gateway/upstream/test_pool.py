@@ -168,3 +168,24 @@ async def test_past_the_gateways_total_of_children_a_call_gets_a_clear_error(
         assert refused["error"]["code"] == -32001
         assert "sessions.max_children" in refused["error"]["message"]
         assert len(children("gateway.demo", tmp_path)) == 2
+
+
+async def test_each_host_on_a_shared_child_gets_log_messages_from_its_own_level_up(
+    shared: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    client = McpClient(http, shared.url, "")
+    logs: dict[str, list[str]] = {}
+    with anyio.fail_after(TIMEOUT):
+        sessions = {level: await client.open() for level in ("error", "info")}
+        for level, session in sessions.items():  # the upstream is asked for info and up
+            assert (await client.request(session, "logging/setLevel", {"level": level}))["result"] == {}
+        for level, session in sessions.items():
+            message = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": {"name": "demo__log_levels", "arguments": {}}}  # fmt: skip
+            headers = {**ACCEPT, "mcp-session-id": session}
+            async with http.stream("POST", shared.url, json=message, headers=headers) as response:
+                events = [
+                    json.loads(line[5:]) async for line in response.aiter_lines() if line.startswith("data:")
+                ]
+            logs[level] = [e["params"]["level"] for e in events if e.get("method") == "notifications/message"]
+    assert logs == {"error": ["error"], "info": ["info", "warning", "error"]}
