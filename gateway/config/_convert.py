@@ -141,6 +141,9 @@ def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> Upstream
             problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
     if model.kind in ("oauth", "user_headers") and up.transport != "http":
         problems.append(((*at, "kind"), f"{model.kind!r} needs an http (Streamable HTTP) upstream"))
+    if model.kind in ("oauth", "user_headers") and up.sessions == "shared":
+        # A shared session carries no one caller's credential.
+        problems.append(((*here, "sessions"), f"must be per_host for auth kind {model.kind!r}"))
     elif model.kind == "headers" and up.transport == "stdio":
         problems.append(((*at, "kind"), "'headers' needs an http or sse upstream (stdio: use env)"))
     names: tuple[str, ...] = ()

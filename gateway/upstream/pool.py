@@ -30,7 +30,7 @@ from typing import Protocol
 
 import anyio
 
-from gateway.errors import UpstreamBusy, UpstreamError
+from gateway.errors import UpstreamBusy, UpstreamError, UpstreamSessionExpired
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,
     LOG_LEVELS,
@@ -142,6 +142,14 @@ class SharedPool:
         """Send a host's request over a pool session, under an id (and progress token) unique in
         it; what the upstream sends during the call goes to `relay(session)`."""
         self._users[user.id] = user
+        try:
+            return await self._request(user, message, relay)
+        except UpstreamSessionExpired:  # it forgot that session (HTTP 404): once more, on another
+            return await self._request(user, message, relay)
+
+    async def _request(
+        self, user: PoolUser, message: JSONObject, relay: Callable[[UpstreamSession], MessageSink]
+    ) -> JSONObject:
         member = await self._member()
         session = member.session
         assert session is not None
@@ -155,6 +163,10 @@ class SharedPool:
         member.calls[call_id] = _Call(user, token)
         try:
             response = await session.request(upward, _CallSink(self, member, call_id, relay(session)))
+        except UpstreamSessionExpired:
+            with anyio.CancelScope(shield=True):
+                await session.channel.aclose()  # closed: `_member` opens another
+            raise
         finally:
             member.calls.pop(call_id, None)
         return {**response, "id": message["id"]}

@@ -629,3 +629,32 @@ def test_a_secrets_key_must_be_32_bytes_of_base64url(tmp_path: Path) -> None:
     assert "secrets.key: must be 32 random bytes in base64url" in str(error)
     error = load_error(tmp_path, f"secrets: {{previous_keys: [{'A' * 43}]}}\n")
     assert "needs secrets.key" in str(error)
+
+
+def test_sessions_default_to_shared_for_stdio_and_per_host_for_http(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - {name: kid, transport: stdio, command: [x]}
+              - {name: web, transport: http, url: 'http://h/mcp'}
+              - {name: own, transport: stdio, command: [x], sessions: per_host, max_children: 3}
+            """,
+        )
+    )
+    assert [(u.sessions, u.max_sessions, u.max_children) for u in config.upstreams] == [
+        ("shared", 4, 50),
+        ("per_host", 4, 50),
+        ("per_host", 4, 3),
+    ]
+    assert config.sessions.max_children == 200
+
+
+def test_an_upstream_with_per_user_credentials_cannot_be_shared(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        "upstreams: [{name: a, transport: http, url: 'http://h/mcp', sessions: shared,"
+        " auth: {kind: oauth}}]\n",
+    )
+    assert "upstreams[0].sessions" in str(error) and "must be per_host" in str(error), str(error)
