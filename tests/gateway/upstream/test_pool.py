@@ -189,3 +189,22 @@ async def test_each_host_on_a_shared_child_gets_log_messages_from_its_own_level_
                 ]
             logs[level] = [e["params"]["level"] for e in events if e.get("method") == "notifications/message"]
     assert logs == {"error": ["error"], "info": ["info", "warning", "error"]}
+
+
+async def test_a_shared_child_that_dies_mid_call_fails_that_call_and_the_next_call_starts_another(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    config = keyless_config(
+        tmp_path, demo_stdio_yaml(cwd=".", sessions="shared", extra="    max_sessions: 1")
+    )
+    async with serve_gateway(config) as running:
+        client = McpClient(http, running.url, "")
+        with anyio.fail_after(TIMEOUT):
+            crasher, bystander = await client.open(), await client.open()
+            assert text(await client.call(bystander, "demo__echo", {"text": "before"})) == "before"
+            [first] = children("gateway.demo", tmp_path)
+            crashed = await client.call(crasher, "demo__crash", {})
+            assert crashed["error"]["code"] == -32001 and "exited" in crashed["error"]["message"]
+            assert text(await client.call(bystander, "demo__echo", {"text": "after"})) == "after"
+        assert [pid for pid in children("gateway.demo", tmp_path) if pid != first] != []
+        assert first not in children("gateway.demo", tmp_path)
