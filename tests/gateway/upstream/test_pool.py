@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from tests.api.conftest import ACCEPT, McpClient
-from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.processes import children
 
 TIMEOUT = 30.0
@@ -208,3 +208,60 @@ async def test_a_shared_child_that_dies_mid_call_fails_that_call_and_the_next_ca
             assert text(await client.call(bystander, "demo__echo", {"text": "after"})) == "after"
         assert [pid for pid in children("gateway.demo", tmp_path) if pid != first] != []
         assert first not in children("gateway.demo", tmp_path)
+
+
+def faults_yaml() -> str:
+    return f"""
+  - name: faults
+    transport: stdio
+    command: [python, -m, tests.fault_upstream]
+    env: {{PYTHONPATH: "{ROOT}"}}
+    max_sessions: 1"""
+
+
+async def test_a_request_from_a_shared_child_reaches_the_one_host_whose_call_is_in_flight(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    async with serve_gateway(keyless_config(tmp_path, faults_yaml())) as running:
+        client = McpClient(http, running.url, "")
+        events: list[dict[str, Any]] = []
+        with anyio.fail_after(TIMEOUT):
+            session = await client.open()
+            message = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                       "params": {"name": "faults__ask_host", "arguments": {"calls": 0}}}  # fmt: skip
+            headers = {**ACCEPT, "mcp-session-id": session}
+            async with http.stream("POST", running.url, json=message, headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("method") == "roots/list":  # the host answers, under the id it got
+                        answer = {"jsonrpc": "2.0", "id": event["id"], "result": {"roots": []}}
+                        await http.post(running.url, json=answer, headers=headers)
+    asked, answered = events
+    assert asked["method"] == "roots/list" and asked["id"] != "faults-roots"
+    assert answered["id"] == 5 and text(answered) == 'answered {"result": {"roots": []}}'
+
+
+async def test_a_request_from_a_shared_child_with_two_hosts_in_flight_is_answered_with_an_error(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    async with serve_gateway(keyless_config(tmp_path, faults_yaml())) as running:
+        client = McpClient(http, running.url, "")
+        answers: dict[str, dict[str, Any]] = {}
+
+        async def call(name: str, session: str, tool: str, arguments: dict[str, Any]) -> None:
+            answers[name] = await client.call(session, tool, arguments)
+
+        with anyio.fail_after(TIMEOUT):
+            asker, other = await client.open(), await client.open()
+            await client.request(asker, "tools/list", {})  # the listing is done before the calls
+            async with anyio.create_task_group() as tg:
+                # The child holds the other host's call, then asks a host something: two are in flight.
+                tg.start_soon(call, "asker", asker, "faults__ask_host", {"calls": 1})
+                tg.start_soon(call, "other", other, "faults__echo", {"text": "held"})
+    assert text(answers["other"]) == "held"
+    refused = json.loads(text(answers["asker"]).removeprefix("answered "))
+    assert refused["error"]["code"] == -32600
+    assert "sessions: per_host" in refused["error"]["message"]
