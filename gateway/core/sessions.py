@@ -209,6 +209,7 @@ class HostSession:
         # Upstreams whose own session here said its lists changed: what it lists may be this
         # session's alone (per-client state), so this session lists them through that session.
         self.own_lists: set[str] = set()
+        self.lists_changed: Callable[[str, Kind | None], None] = _ignore  # the shared lists' `forget`
         self._credentials = _Credentials(broker)
         self._upstreams: dict[str, UpstreamSession] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -460,6 +461,9 @@ class _Relay:
             # The merged list changed: route from a fresh listing next time (see router.py).
             self._session.catalogue.forget(_LIST_CHANGED[method])
             self._session.own_lists.add(self._upstream.name)
+            # The change may be everybody's too (one server behind many sessions): the shared
+            # list is listed again when next needed.
+            self._session.lists_changed(self._upstream.name, _LIST_CHANGED[method])
         if self._session.announces_on_listen_only and method in _ANNOUNCEMENTS:
             # 2026-07-28 announces changes on listen streams only, even those an upstream of the
             # handshake era sent on the response stream of the call that caused them.
@@ -573,6 +577,7 @@ class SessionRegistry:
             broker=self.broker,
             pools=self.pools,
         )
+        session.lists_changed = self.lists_changed
         client = handshake.client_info
         name, version = client.get("name"), client.get("version")
         await self.recorder.session_started(
@@ -690,6 +695,10 @@ class SessionRegistry:
             session.cancel_all_host_requests()
         for session in list(self._sessions.values()):
             await self.end(session, "shutdown")
+
+
+def _ignore(name: str, kind: Kind | None) -> None:
+    return None
 
 
 def client_id_of(name: object) -> str | None:
