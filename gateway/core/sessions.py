@@ -288,6 +288,10 @@ class HostSession:
                 ),
             )
             self._upstreams[name] = opened
+            # What the upstream announces during this first call (a list change, say) must reach
+            # the gateway: a Streamable HTTP session's GET stream opens beside it, so it is awaited.
+            with anyio.move_on_after(opened.config.timeouts.connect_s):
+                await opened.announcing()
             if self.log_level is not None and "logging" in opened.capabilities:
                 await self._replay_log_level(opened)
             return opened

@@ -243,6 +243,8 @@ class SharedPool:
                     raise
                 return best  # the gateway's cap on children: the open ones carry on
             self._members.append(member)
+            with anyio.move_on_after(self._connector.config.timeouts.connect_s):
+                await member.session.announcing()  # its list changes reach the gateway from the start
             if self._sent_level is not None and "logging" in member.session.capabilities:
                 await self._level_on(member.session, self._sent_level)
             return member
