@@ -1,6 +1,7 @@
 """Many host sessions on one gateway: what they cost in memory, processes and file descriptors.
 
     python bench/sessions.py [--sessions 200] [--stdio 2] [--calls 200]
+                             [--mode shared|per_host] [--max-children N] [--web-mode per_host|shared]
 
 Starts the demo upstream over Streamable HTTP (``bench/upstream.py``) and the gateway with a
 config of ``--stdio`` stdio upstreams (``gateway.demo`` children, named ``s1``, ``s2``, ...)
@@ -16,6 +17,12 @@ send DELETE do. It reads, before and after:
 and then the latency of ``tools/call`` and ``tools/list`` on the open sessions (``--calls``
 each, one at a time, sessions taken in turn), and what is left after every session is
 DELETEd. Figures printed per idle session divide the growth by the session count.
+
+``--mode`` is the stdio upstreams' ``sessions`` (shared: a pool of ``max_sessions`` children for
+every host session; per_host: a child per host session), ``--max-children`` their cap in
+per_host mode (calls past it fail with the gateway's -32001 error, counted and the first shown,
+with the index of the first session refused); ``--web-mode`` the HTTP upstream's ``sessions``.
+A ``tools/list`` is also timed on a fresh session, served from the shared catalogue.
 
 Everything runs on 127.0.0.1 with deadlines; every child process is stopped on exit.
 """
@@ -94,21 +101,28 @@ def footprint(pid: int) -> Footprint:
     )
 
 
-def write_config(workdir: Path, port: int, stdio: int, upstream_url: str) -> Path:
+def write_config(workdir: Path, port: int, args: argparse.Namespace, upstream_url: str) -> Path:
     lines = [
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         "database: ./sessions.db",
         "auth: {required: false}",
-        "sessions: {max_per_key: 100000, max_total: 100000}",
+        "sessions: {max_per_key: 100000, max_total: 100000, max_children: 100000}",
         "upstreams:",
     ]
-    for index in range(1, stdio + 1):
+    for index in range(1, args.stdio + 1):
         lines += [
             f"  - name: s{index}",
             "    transport: stdio",
             f"    command: [{sys.executable}, -m, gateway.demo]",
+            f"    sessions: {args.mode}",
+            f"    max_children: {args.max_children}",
         ]
-    lines += ["  - name: web", "    transport: http", f"    url: {upstream_url}"]
+    lines += [
+        "  - name: web",
+        "    transport: http",
+        f"    url: {upstream_url}",
+        f"    sessions: {args.web_mode}",
+    ]
     config = workdir / "gateway.yaml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -164,7 +178,12 @@ def _json_from(response: httpx2.Response) -> dict[str, Any]:
 
 
 async def open_session(
-    http: httpx2.AsyncClient, url: str, tools: list[str], failures: list[str]
+    http: httpx2.AsyncClient,
+    url: str,
+    tools: list[str],
+    failures: list[str],
+    index: int = 0,
+    refused: list[int] | None = None,
 ) -> HostSession:
     """A session as a host opens one; a failed call is kept in `failures`, not raised (what fails
     under load is part of the result)."""
@@ -184,6 +203,8 @@ async def open_session(
             await session.request("tools/call", {"name": tool, "arguments": {"text": "hi"}})
         except RuntimeError as exc:
             failures.append(str(exc))
+            if refused is not None:
+                refused.append(index)
     return session
 
 
@@ -205,18 +226,30 @@ async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any
         # One session first, so that what every process costs once (imports, pools) is in the
         # baseline and the growth is what sessions add.
         failures: list[str] = []
-        first = await open_session(http, url, tools, failures)
+        refused: list[int] = []
+        first = await open_session(http, url, tools, failures, 1, refused)
         before = footprint(pid)
         gate = asyncio.Semaphore(args.at_once)
 
-        async def opened() -> HostSession:
+        async def opened(index: int) -> HostSession:
             async with gate:
-                return await open_session(http, url, tools, failures)
+                return await open_session(http, url, tools, failures, index, refused)
 
         started = time.perf_counter()
-        sessions = [first, *await asyncio.gather(*(opened() for _ in range(args.sessions - 1)))]
+        rest = await asyncio.gather(*(opened(index) for index in range(2, args.sessions + 1)))
+        sessions = [first, *rest]
         opening_s = time.perf_counter() - started
         after = footprint(pid)
+
+        # A session that has listed nothing yet: its tools/list comes from the shared catalogue.
+        fresh_list_ms = []
+        for _ in range(min(args.calls, 50)):
+            fresh = HostSession(http, url)
+            client_info = {"name": "bench-fresh", "version": "1"}
+            handshake = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": client_info}
+            await fresh.request("initialize", handshake)
+            fresh_list_ms.append(await timed(fresh.request("tools/list")))
+            await fresh.delete()
 
         call_ms = [
             await timed(
@@ -237,8 +270,13 @@ async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any
         "stdio_upstreams": args.stdio,
         "opening_s": round(opening_s, 2),
         "at_once": args.at_once,
+        "mode": args.mode,
+        "web_mode": args.web_mode,
+        "max_children": args.max_children,
         "failed_calls": len(failures),
         "first_failure": failures[0] if failures else None,
+        "first_refused_session": min(refused) if refused else None,
+        "sessions_refused": len(set(refused)),
         "before": asdict(before),
         "after": asdict(after),
         "released": asdict(released),
@@ -249,17 +287,24 @@ async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any
         "call_p99_ms": round(percentile(call_ms, 0.99), 2),
         "list_p50_ms": round(statistics.median(list_ms), 2),
         "list_p99_ms": round(percentile(list_ms, 0.99), 2),
+        "fresh_list_p50_ms": round(statistics.median(fresh_list_ms), 2),
+        "fresh_list_p99_ms": round(percentile(fresh_list_ms, 0.99), 2),
     }
 
 
 def report(result: dict[str, Any]) -> None:
     after, before, released = result["after"], result["before"], result["released"]
     print(
-        f"{result['sessions']} host sessions, {result['stdio_upstreams']} stdio upstreams + 1 HTTP upstream"
+        f"{result['sessions']} host sessions, {result['stdio_upstreams']} stdio upstreams ({result['mode']},"
+        f" max_children {result['max_children']}) + 1 HTTP upstream ({result['web_mode']})"
     )
     print(f"  opened in {result['opening_s']} s, {result['at_once']} at a time")
     if result["failed_calls"]:
         print(f"  {result['failed_calls']} calls failed while opening; the first: {result['first_failure']}")
+        print(
+            f"  {result['sessions_refused']} sessions had a call refused; the first was session"
+            f" {result['first_refused_session']}"
+        )
     for label, seen in (("1 session", before), ("all open", after), ("all deleted", released)):
         total = seen["gateway_pss_mb"] + seen["children_pss_mb"]
         print(
@@ -272,6 +317,10 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"  tools/call p50 {result['call_p50_ms']} ms p99 {result['call_p99_ms']} ms (HTTP upstream)")
     print(f"  tools/list p50 {result['list_p50_ms']} ms p99 {result['list_p99_ms']} ms")
+    print(
+        f"  tools/list on a fresh session (catalogue) p50 {result['fresh_list_p50_ms']} ms"
+        f" p99 {result['fresh_list_p99_ms']} ms"
+    )
 
 
 def main() -> None:
@@ -280,6 +329,11 @@ def main() -> None:
     parser.add_argument("--stdio", type=int, default=2, help="stdio upstreams (gateway.demo children)")
     parser.add_argument("--at-once", type=int, default=OPENING_AT_ONCE, help="sessions opened concurrently")
     parser.add_argument("--calls", type=int, default=200, help="tools/call and tools/list to time")
+    parser.add_argument("--mode", choices=["shared", "per_host"], default="shared", help="stdio upstreams")
+    parser.add_argument("--max-children", type=int, default=50, help="stdio upstreams, per_host mode")
+    parser.add_argument(
+        "--web-mode", choices=["shared", "per_host"], default="per_host", help="HTTP upstream"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sessions.json")
     args = parser.parse_args()
     if args.sessions < 2:
@@ -290,7 +344,7 @@ def main() -> None:
         upstream = procs.spawn([sys.executable, str(Path(__file__).parent / "upstream.py")], upstream_log)
         upstream_url = wait_for_line(upstream, upstream_log, "READY", STARTUP_TIMEOUT_S).split()[1]
         port = free_port()
-        config = write_config(workdir, port, args.stdio, upstream_url)
+        config = write_config(workdir, port, args, upstream_url)
         log = workdir / "gateway.log"
         gateway = procs.spawn([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)], log)
         wait_for_http(gateway, f"http://127.0.0.1:{port}/healthz", log, STARTUP_TIMEOUT_S)

@@ -46,6 +46,7 @@ from api import (
 )
 from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
+from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
 from gateway.core.sessions import SessionRegistry, StatelessGroup, start_reaper
@@ -70,8 +71,9 @@ from gateway.signin.server import SignInServer
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.metrics import GatewayMetrics, HeldOpen
 from gateway.telemetry.window import UpstreamWindow
+from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
-from gateway.upstream.stdio import StdioChannel
+from gateway.upstream.pool import SharedPool
 from store import Binding, Store, open_sqlite_store
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,11 @@ class Gateway:
     readiness: Readiness
     metrics: GatewayMetrics
     window: UpstreamWindow  # each upstream's last hour of calls
+    # What upstreams list, shared by every host session, and the sessions no host owns: what the
+    # gateway holds for its upstreams (children per upstream: `children.count(name)`).
+    lists: UpstreamLists
+    pools: Mapping[str, SharedPool]
+    children: Children
     signin: SignInServer | None = None  # with host_sign_in.enabled: the authorization server
     stopped: bool = False
 
@@ -127,6 +134,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
         connectors: dict[str, Connector] = {}
+        children = Children(config.sessions.max_children)
         # What upstreams write to the gateway's log is redacted by the record's own rules.
         log_redactor = Redactor.with_defaults(config.recording.redact_keys, config.recording.redact_patterns)
         for upstream in config.upstreams:
@@ -135,9 +143,18 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             pool = await stack.enter_async_context(pool_for(upstream)) if http else None
             client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
             connectors[upstream.name] = Connector(
-                upstream, task_group, pool=pool, sse_client=client, log_redactor=log_redactor
+                upstream,
+                task_group,
+                pool=pool,
+                sse_client=client,
+                log_redactor=log_redactor,
+                children=children,
             )
-        router = Router(config.upstreams)
+        pools = {name: SharedPool(connector) for name, connector in connectors.items()}
+        for each in pools.values():
+            stack.push_async_callback(each.aclose)
+        lists = UpstreamLists(connectors, pools)
+        router = Router(config.upstreams, lists)
         # Authorization servers get a client of their own: upstream pools carry upstream headers.
         # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
         # and a TLS connection verified for one name must not serve another on the same address.
@@ -150,8 +167,10 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
 
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
-        registry = SessionRegistry(connectors, config.sessions, recorder, broker)
-        metrics.watch(lambda: _held_open(registry, stored, connectors))
+        registry = SessionRegistry(connectors, config.sessions, recorder, broker, pools, lists.forget)
+        for each in pools.values():
+            each.on_list_changed = registry.upstream_list_changed
+        metrics.watch(lambda: _held_open(registry, stored, connectors, pools, children))
         broker.on_connected(registry.connected)
         for connector in connectors.values():
             connector.on_recovered(registry.upstream_recovered)
@@ -232,25 +251,30 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             signin=signin,
             metrics=metrics,
             window=window,
+            lists=lists,
+            pools=pools,
+            children=children,
         )
 
 
 def _held_open(
-    registry: SessionRegistry, recorder: StoreRecorder | None, connectors: Mapping[str, Connector]
+    registry: SessionRegistry,
+    recorder: StoreRecorder | None,
+    connectors: Mapping[str, Connector],
+    pools: Mapping[str, SharedPool],
+    children: Children,
 ) -> HeldOpen:
     kinds: Counter[str] = Counter()
-    upstream_sessions: Counter[str] = Counter()
-    children: Counter[str] = Counter()
+    upstream_sessions: Counter[str] = Counter({name: pool.sessions() for name, pool in pools.items()})
     for session in registry.sessions():
         kinds["group" if isinstance(session, StatelessGroup) else "session"] += 1
         for upstream in session.open_upstreams():
             if not upstream.channel.closed:
                 upstream_sessions[upstream.name] += 1
-                if isinstance(upstream.channel, StdioChannel):
-                    children[upstream.name] += 1
+    running = {name: children.count(name) for name in connectors}
     states = {name: connector.health.state for name, connector in connectors.items()}
     return HeldOpen(
-        kinds, upstream_sessions, children, 0 if recorder is None else recorder.queue_depth, states
+        kinds, upstream_sessions, running, 0 if recorder is None else recorder.queue_depth, states
     )
 
 

@@ -7,6 +7,7 @@
     │   │   └── HandshakeRefused      it answered, but refused our `initialize` (a 2026-07-28-only one does)
     │   ├── UpstreamTimeout           it did not answer within its `call_s`
     │   ├── UpstreamSessionExpired    it forgot our session (HTTP 404): re-initialise once
+    │   ├── UpstreamBusy              starting one more session or child would pass a configured cap
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
     ├── RequestIdInUse                a host reused the id of a request still being served
@@ -81,6 +82,11 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamSessionExpired(UpstreamError):
     """The upstream answered 404 for our session id: it no longer knows the session."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Opening one more upstream session would pass a cap (`max_children`, `sessions.max_children`):
+    refused at once, and not a sign that the upstream is down."""
 
 
 class UpstreamUnauthorized(UpstreamError):

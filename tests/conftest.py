@@ -60,8 +60,13 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
 async def web_gateway(
     demo_http_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningGateway]:
-    """The demo over Streamable HTTP (`web__`)."""
-    upstreams = f"\n  - {{name: web, transport: http, url: '{demo_http_url}', timeouts: {{call_s: 5}}}}"
+    """The demo over Streamable HTTP (`web__`). One demo process serves every session, and a tool
+    one client adds is announced to that client alone: the gateway's shared lists of it are not
+    kept (list_ttl_s near 0), so what it lists is always what a client connected directly sees."""
+    upstreams = (
+        f"\n  - {{name: web, transport: http, url: '{demo_http_url}', timeouts: {{call_s: 5}},"
+        " list_ttl_s: 0.000001}"
+    )
     async with serve_gateway(keyless_config(tmp_path_factory.mktemp("web"), upstreams)) as running:
         yield running
 
@@ -70,8 +75,8 @@ async def web_gateway(
 async def sse_gateway(
     demo_sse_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningGateway]:
-    """The demo over the legacy HTTP+SSE transport (`old__`)."""
-    upstreams = f"\n  - {{name: old, transport: sse, url: '{demo_sse_url}'}}"
+    """The demo over the legacy HTTP+SSE transport (`old__`); its lists not kept, as `web_gateway`'s."""
+    upstreams = f"\n  - {{name: old, transport: sse, url: '{demo_sse_url}', list_ttl_s: 0.000001}}"
     async with serve_gateway(keyless_config(tmp_path_factory.mktemp("sse"), upstreams)) as running:
         yield running
 

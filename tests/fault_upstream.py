@@ -11,7 +11,10 @@ tool is one fault:
 - `leak(text)`: writes secret-looking lines on stderr, then answers;
 - `chatter(lines)`: writes `lines` lines on stderr, then answers;
 - `crash()`: exits without answering;
-- `hang()`: never answers.
+- `hang()`: never answers;
+- `ask_host(calls)`: holds the next `calls` tool calls it is sent unanswered (so that many more
+  are in flight), then sends the host a `roots/list` request of its own mid-call, answers with
+  what came back (`answered {...}`), then the held calls.
 
 Run with `--exit-at-start` it writes one line on stderr and exits with code 3 before reading
 anything (a server that fails to start); with `--mute` it reads what it is sent and never
@@ -24,7 +27,7 @@ import json
 import sys
 from typing import Any
 
-TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang"]
+TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "ask_host"]
 # What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment.
 LEAKED = ["sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "AKIAIOSFODNN7EXAMPLE", "hunter2-correct-horse"]
 
@@ -67,7 +70,28 @@ def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
         return _text("chattered")
     if name == "crash":
         sys.exit(3)
+    if name == "ask_host":
+        return _ask_host(int(arguments.get("calls", 0)))
     return None  # hang
+
+
+def _ask_host(calls: int) -> dict[str, Any]:
+    held: list[dict[str, Any]] = []
+    while len(held) < calls:
+        message = json.loads(sys.stdin.readline())
+        if message.get("method") == "tools/call":
+            held.append(message)
+    _send({"jsonrpc": "2.0", "id": "faults-roots", "method": "roots/list"})
+    while True:
+        message = json.loads(sys.stdin.readline())
+        if message.get("id") == "faults-roots" and "method" not in message:
+            break
+    for call in held:
+        params = call.get("params") or {}
+        result = _call(str(params.get("name")), params.get("arguments") or {})
+        _send({"jsonrpc": "2.0", "id": call["id"], "result": result})
+    answer = {key: message[key] for key in ("result", "error") if key in message}
+    return _text(f"answered {json.dumps(answer)}")
 
 
 def _answer(message: dict[str, Any]) -> dict[str, Any] | None:

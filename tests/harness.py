@@ -131,13 +131,18 @@ def keyless_config(directory: Path, upstreams_yaml: str, extra_yaml: str = "") -
     )
 
 
-def demo_stdio_yaml(name: str = "demo", extra: str = "") -> str:
+def demo_stdio_yaml(name: str = "demo", extra: str = "", sessions: str = "per_host", cwd: str = "") -> str:
+    """The demo over stdio; `per_host` unless asked (it asks hosts for input and samples their
+    LLM mid-call, so a session of its own per host session is what it needs). `cwd` "." runs it
+    in the config's directory, where `tests.processes.children` can tell it from others."""
+    where = f"    cwd: {cwd}\n" if cwd else ""
     return f"""
   - name: {name}
     transport: stdio
     command: [python, -m, gateway.demo]
     env: {{PYTHONPATH: "{ROOT}"}}
-{extra}"""
+    sessions: {sessions}
+{where}{extra}"""
 
 
 async def start_demo_http(*extra: str) -> tuple[Process, str]:

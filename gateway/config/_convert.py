@@ -21,6 +21,7 @@ from gateway.config.schema import (
     UpstreamModel,
 )
 from gateway.config.values import (
+    DEFAULT_SESSION_MODE,
     AuthConfig,
     GatewayConfig,
     HostSignInConfig,
@@ -142,6 +143,10 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
         idle_s=up.idle_s,
         required=up.required,
+        sessions=DEFAULT_SESSION_MODE[up.transport] if up.sessions is None else up.sessions,
+        max_sessions=up.max_sessions,
+        max_children=up.max_children,
+        list_ttl_s=up.list_ttl_s,
         auth=_upstream_auth(up, here, problems),
     )
 
@@ -154,6 +159,9 @@ def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> Upstream
             problems.append(((*at, key), f"not allowed for auth kind {model.kind!r}"))
     if model.kind in ("oauth", "user_headers") and up.transport != "http":
         problems.append(((*at, "kind"), f"{model.kind!r} needs an http (Streamable HTTP) upstream"))
+    if model.kind in ("oauth", "user_headers") and up.sessions == "shared":
+        # A shared session carries no one caller's credential.
+        problems.append(((*here, "sessions"), f"must be per_host for auth kind {model.kind!r}"))
     elif model.kind == "headers" and up.transport == "stdio":
         problems.append(((*at, "kind"), "'headers' needs an http or sse upstream (stdio: use env)"))
     names: tuple[str, ...] = ()

@@ -45,6 +45,7 @@ from gateway.config.values import (
     RetentionConfig,
     SecretsConfig,
     SecurityConfig,
+    SessionMode,
     SessionsConfig,
     SignInClientConfig,
     Timeouts,
@@ -122,6 +123,7 @@ class SessionsModel(Model):
     max_per_key: _Count = default_of(SessionsConfig, "max_per_key")
     max_total: _Count = default_of(SessionsConfig, "max_total")
     groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
+    max_children: _Count = default_of(SessionsConfig, "max_children")
 
 
 class ToolFilterModel(Model):
@@ -164,6 +166,10 @@ class UpstreamModel(Model):
     timeouts: TimeoutsModel = Field(default_factory=TimeoutsModel)
     idle_s: _Seconds = default_of(UpstreamConfig, "idle_s")
     required: _Bool = default_of(UpstreamConfig, "required")
+    sessions: SessionMode | None = None  # None: DEFAULT_SESSION_MODE of the transport
+    max_sessions: _Count = default_of(UpstreamConfig, "max_sessions")
+    max_children: _Count = default_of(UpstreamConfig, "max_children")
+    list_ttl_s: _Seconds = default_of(UpstreamConfig, "list_ttl_s")
     auth: UpstreamAuthModel = Field(default_factory=UpstreamAuthModel)
 
 

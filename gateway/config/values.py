@@ -14,6 +14,7 @@ from typing import Literal, TypeAlias
 from gateway.config.policy import ToolFilter, local_url
 
 __all__ = [
+    "DEFAULT_SESSION_MODE",
     "AuthConfig",
     "AuthKind",
     "GatewayConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "RetentionConfig",
     "SecretsConfig",
     "SecurityConfig",
+    "SessionMode",
     "SessionsConfig",
     "SignInClientConfig",
     "Timeouts",
@@ -42,6 +44,17 @@ IdentityMode: TypeAlias = Literal["user", "vk", "session"]
 Transport: TypeAlias = Literal["stdio", "http", "sse"]
 LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
 LogFormat: TypeAlias = Literal["text", "json"]
+SessionMode: TypeAlias = Literal["per_host", "shared"]
+
+# An upstream's `sessions` when the file sets none. stdio: shared, because a child per host
+# session costs tens of MB and most stdio servers keep no per-client state; http and sse:
+# per_host, because a remote session is cheap to hold and remote servers more often keep
+# per-client state or ask the host things (sampling, elicitation, roots) mid-call.
+DEFAULT_SESSION_MODE: Mapping[Transport, SessionMode] = {
+    "stdio": "shared",
+    "http": "per_host",
+    "sse": "per_host",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +99,18 @@ class UpstreamConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     tools: ToolFilter = field(default_factory=ToolFilter)
     timeouts: Timeouts = Timeouts()
-    idle_s: float = 600.0
+    idle_s: float = 300.0
     auth: UpstreamAuth = UpstreamAuth()
     # Whether the gateway is ready (`/readyz`) only while this upstream is up; a required
     # upstream is also tried at start-up rather than when a host first needs it.
     required: bool = False
+    # per_host: one upstream session per host session; shared: a pool of at most
+    # `max_sessions` upstream sessions multiplexed across host sessions. The loader fills it
+    # from DEFAULT_SESSION_MODE when the file sets none.
+    sessions: SessionMode = "per_host"
+    max_sessions: int = 4  # shared: upstream sessions (stdio: children) in the pool
+    max_children: int = 50  # stdio, per_host: children running at once for all host sessions
+    list_ttl_s: float = 300.0  # what it lists is listed again after this long (unless it says)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +140,15 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class SessionsConfig:
-    idle_s: float = 1800.0
+    # A host session with no request and no open stream for this long is ended (its children
+    # stop with it): five minutes, so abandoned sessions (killed bridges, one-shot CLIs, probes)
+    # give their processes back within minutes; hosts that stay keep a GET stream open.
+    idle_s: float = 300.0
     stateless_gap_s: float = 1800.0
     max_per_key: int = 100  # open host sessions one API key may hold (key-less: the whole gateway)
     max_total: int = 10_000  # open host sessions and 2026-07-28 groups, all keys together
     groups_per_key: int = 20  # 2026-07-28 groups per key; past it the least recently used is ended
+    max_children: int = 200  # stdio children of all upstreams together
 
 
 @dataclass(frozen=True, slots=True)

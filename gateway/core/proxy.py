@@ -184,7 +184,7 @@ class Proxy:
         level = params_of(message).get("level")
         if not isinstance(level, str):
             return error(message["id"], INVALID_PARAMS, "Invalid params: 'level' must be a string")
-        session.log_level = level
+        await session.set_log_level(level)
         for upstream in session.open_upstreams():
             if "logging" in upstream.capabilities:
                 try:

@@ -1,5 +1,7 @@
 """Names and URIs: which upstream serves what the host asks for.
 
+What each upstream lists comes from the shared catalogue (`lists.py`), fetched once for every
+host session; the merge, the filters and the routing table are each session's own.
 Tools and prompts are exposed as `<prefix><name>` (prefix `<upstream>__` unless configured);
 resources keep their URIs (the upstream needs them as it wrote them) and get a prefixed
 `name`. Lists are fanned out to every upstream and merged; the merge also builds the routing
@@ -21,6 +23,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.core.catalogue import Kind, Route, Table
+from gateway.core.lists import UpstreamLists
 from gateway.core.sessions import HostSession
 from gateway.errors import AuthRequired, CredentialError, RoutingError, UpstreamError
 from gateway.protocol.jsonrpc import JSONObject, meta_of, params_of
@@ -43,7 +46,9 @@ class Listing:
 
 
 class Router:
-    def __init__(self, upstreams: Sequence[UpstreamConfig]) -> None:
+    def __init__(self, upstreams: Sequence[UpstreamConfig], lists: UpstreamLists | None = None) -> None:
+        # Without the shared lists (fast tests over fake channels), each session lists for itself.
+        self._lists = lists
         self._upstreams = {u.name: u for u in upstreams}
         self._order = [u.name for u in upstreams]
         self._conflicts_told: set[tuple[str, str]] = set()  # a config problem: said once, not per listing
@@ -131,6 +136,8 @@ class Router:
     async def _fetch_all(
         self, session: HostSession, name: str, message: JSONObject, key: str, sink: MessageSink | None
     ) -> list[JSONObject]:
+        if self._lists is not None:
+            return await self._lists.items(session, name, key, message)
         capability = "resources" if key == "resourceTemplates" else key
         if capability not in await session.capabilities(name):
             return []

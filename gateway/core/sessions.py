@@ -46,6 +46,7 @@ from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connects, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource
+from gateway.upstream.pool import SharedPool
 from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class ListenStream:
         # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
         self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
         self._lock = anyio.Lock()
+        self._none_open = anyio.Event()
+        self._none_open.set()
 
     @property
     def open(self) -> bool:
@@ -149,6 +152,8 @@ class ListenStream:
 
     async def attach(self, sink: MessageSink) -> None:
         async with self._lock:
+            if self._none_open.is_set():
+                self._none_open = anyio.Event()
             self._sinks.append(sink)
             while self._buffer:
                 await sink.send(self._buffer.popleft())
@@ -156,6 +161,12 @@ class ListenStream:
     def detach(self, sink: MessageSink) -> None:
         if sink in self._sinks:
             self._sinks.remove(sink)
+        if not self._sinks:
+            self._none_open.set()
+
+    async def closed(self) -> None:
+        """Return once no stream is open."""
+        await self._none_open.wait()
 
     async def send(self, message: JSONObject) -> None:
         async with self._lock:
@@ -182,6 +193,7 @@ class HostSession:
         *,
         idle_s: float,
         broker: CredentialBroker | None = None,
+        pools: Mapping[str, SharedPool] | None = None,
     ) -> None:
         self.id = session_id
         self.record_id = str(uuid.uuid4())  # the session's id in the record and the listing API
@@ -197,6 +209,11 @@ class HostSession:
         self.questions = HostQuestions()  # what the gateway asks the host for a 2026-only upstream
         self._modern_only: set[str] = set()  # upstreams that refused initialize but speak 2026-07-28
         self._connectors = connectors
+        self._pools = pools or {}
+        # Upstreams whose own session here said its lists changed: what it lists may be this
+        # session's alone (per-client state), so this session lists them through that session.
+        self.own_lists: set[str] = set()
+        self.lists_changed: Callable[[str, Kind | None], None] = _ignore  # the shared lists' `forget`
         self._credentials = _Credentials(broker)
         self._upstreams: dict[str, UpstreamSession] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -206,6 +223,22 @@ class HostSession:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    async def announce(self, message: JSONObject) -> None:
+        """Send the host a message outside any call (what a shared upstream session announces)."""
+        await self.listen.send(message)
+
+    def _shared(self, name: str) -> SharedPool | None:
+        """Upstream `name`'s pool, if this session's calls go through it (`sessions: shared`)."""
+        pool = self._pools.get(name)
+        return pool if pool is not None and pool.shared else None
+
+    async def set_log_level(self, level: str) -> None:
+        """The host asked for log messages from `level` up: shared pools take it as one host's wish."""
+        self.log_level = level
+        for pool in self._pools.values():
+            if pool.shared:
+                await pool.set_level(self, level)
 
     def open_upstreams(self) -> list[UpstreamSession]:
         return list(self._upstreams.values())
@@ -273,6 +306,10 @@ class HostSession:
                 ),
             )
             self._upstreams[name] = opened
+            # What the upstream announces during this first call (a list change, say) must reach
+            # the gateway: a Streamable HTTP session's GET stream opens beside it, so it is awaited.
+            with anyio.move_on_after(opened.config.timeouts.connect_s):
+                await opened.announcing()
             if self.log_level is not None and "logging" in opened.capabilities:
                 await self._replay_log_level(opened)
             return opened
@@ -319,6 +356,9 @@ class HostSession:
             return await self._modern_request(modern, message, sink, credential, context)
         original = message
         message = self._upward(message)
+        pool = self._shared(name)
+        if pool is not None:
+            return await self._forward_shared(pool, message, sink, request_id)
         try:
             upstream = await self.upstream(name)
         except UpstreamUnavailable:
@@ -354,6 +394,29 @@ class HostSession:
         return await bridged_request(
             modern, self.handshake, self.questions, message, target, credential, context.forwarded
         )
+
+    async def _forward_shared(
+        self, pool: SharedPool, message: JSONObject, sink: MessageSink | None, request_id: object
+    ) -> JSONObject:
+        used: list[UpstreamSession] = []
+
+        def relay(upstream: UpstreamSession) -> MessageSink:
+            used.append(upstream)
+            if isinstance(request_id, str | int):
+                self.in_flight[request_id] = upstream  # not idle while it runs
+            return self.relay(upstream, sink)
+
+        try:
+            if message["method"] in ("resources/subscribe", "resources/unsubscribe"):
+                response = await pool.subscribe(self, message, relay)
+            else:
+                response = await pool.request(self, message, relay)
+        finally:
+            if isinstance(request_id, str | int):
+                self.in_flight.pop(request_id, None)
+        if not used:  # answered by the pool itself (a URI someone else subscribed to already)
+            return response
+        return self._downward(response, request_id, used[-1])
 
     def _upward(self, message: JSONObject) -> JSONObject:
         """A host request as its upstream session gets it."""
@@ -400,6 +463,8 @@ class HostSession:
     async def aclose(self) -> None:
         self.closed = True
         self.ended.set()
+        for pool in self._pools.values():
+            pool.leave(self)
         with anyio.CancelScope(shield=True):
             for name in list(self._upstreams):
                 await self.drop_upstream(name)
@@ -437,6 +502,10 @@ class _Relay:
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
             self._session.catalogue.forget(_LIST_CHANGED[method])
+            self._session.own_lists.add(self._upstream.name)
+            # The change may be everybody's too (one server behind many sessions): the shared
+            # list is listed again when next needed.
+            self._session.lists_changed(self._upstream.name, _LIST_CHANGED[method])
         if self._session.announces_on_listen_only and method in _ANNOUNCEMENTS:
             # 2026-07-28 announces changes on listen streams only, even those an upstream of the
             # handshake era sent on the response stream of the call that caused them.
@@ -494,6 +563,9 @@ class SessionRegistry:
     limits: SessionsConfig
     recorder: Recorder = field(default_factory=NullRecorder)
     broker: CredentialBroker | None = None
+    pools: Mapping[str, SharedPool] = field(default_factory=dict)  # one per upstream (upstream/pool.py)
+    # The shared lists' `forget(upstream, kind)` (core/lists.py): kind None is every list.
+    lists_changed: Callable[[str, Kind | None], None] = field(default=lambda name, kind: None)
     _sessions: dict[str, HostSession] = field(default_factory=dict)
     _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
     _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
@@ -550,7 +622,16 @@ class SessionRegistry:
         self, kind: type[S], idle_s: float, principal: Principal, handshake: Handshake, protocol_version: str
     ) -> S:
         session_id = secrets.token_urlsafe(24)
-        session = kind(session_id, principal, handshake, self.connectors, idle_s=idle_s, broker=self.broker)
+        session = kind(
+            session_id,
+            principal,
+            handshake,
+            self.connectors,
+            idle_s=idle_s,
+            broker=self.broker,
+            pools=self.pools,
+        )
+        session.lists_changed = self.lists_changed
         client = handshake.client_info
         name, version = client.get("name"), client.get("version")
         await self.recorder.session_started(
@@ -615,6 +696,7 @@ class SessionRegistry:
         """Upstream `name` answers again after being down: every session's lists lacked what it
         offers, so each forgets them and its host is told to list again."""
         kinds: tuple[Kind, ...] = ("tools", "prompts", "resources")
+        self.lists_changed(name, None)
         # Nothing known of what it offers (it refused the check's credential): its tools at least.
         offered = [kind for kind in kinds if kind in capabilities] or ["tools"]
 
@@ -629,9 +711,32 @@ class SessionRegistry:
                     session.catalogue.forget(kind)
                 tg.start_soon(tell, session)
 
+    async def upstream_list_changed(self, name: str, method: str) -> None:
+        """A session no host owns (the catalogue's, or a shared pool's) says upstream `name`'s list
+        changed: the shared list is listed again, and every host is told to list again."""
+        kind = _LIST_CHANGED.get(method)
+        if kind is None:
+            return
+        self.lists_changed(name, kind)
+
+        async def tell(session: HostSession) -> None:
+            with anyio.move_on_after(1):  # a host whose GET stream does not read holds up no other
+                await session.listen.send(notification(method))
+
+        async with anyio.create_task_group() as tg:
+            for session in list(self._sessions.values()):
+                session.catalogue.forget(kind)
+                tg.start_soon(tell, session)
+
     async def reap(self) -> None:
         now = time.monotonic()
+        for pool in self.pools.values():
+            await pool.reap(now)
         for session in list(self._sessions.values()):
+            if session.listen.open:
+                # A host holding a stream open is still there (a quiet GET stream, a 2026-07-28
+                # listen): its session is idle from when the last one closed, not from its last request.
+                session.touch()
             if now - session.last_activity > session.idle_s and not session.in_flight:
                 logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
                 await self.end(session, "idle")
@@ -645,6 +750,10 @@ class SessionRegistry:
             session.cancel_all_host_requests()
         for session in list(self._sessions.values()):
             await self.end(session, "shutdown")
+
+
+def _ignore(name: str, kind: Kind | None) -> None:
+    return None
 
 
 def client_id_of(name: object) -> str | None:

@@ -41,6 +41,7 @@ from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
 from gateway.upstream._wire import Pool
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
+from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.sse import SseChannel
@@ -72,6 +73,9 @@ class Handshake:
 
 # The gateway's own handshake, when it checks an upstream it has no host session for.
 _CHECK = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "health check"})
+# ... and for sessions no one host owns (the catalogue's listing session, shared pools): they
+# declare no client capabilities, so a well-behaved server asks no host for sampling or input.
+SHARED_HANDSHAKE = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "shared session"})
 Recovered = Callable[[str, JSONObject], Awaitable[None]]
 
 
@@ -202,8 +206,10 @@ class Connector:
         pool: Pool | None = None,
         sse_client: httpx2.AsyncClient | None = None,
         log_redactor: Redactor | None = None,
+        children: Children | None = None,
     ) -> None:
         self.config = config
+        self.children = children or Children(max_total=1_000_000)
         self._log_redactor = log_redactor or Redactor.with_defaults()
         self._task_group = task_group
         self._pool = pool
@@ -280,7 +286,15 @@ class Connector:
         refusal = self.health.refusal()
         if refusal is not None:
             raise refusal
-        return await self._opening(handshake, unsolicited, credential)
+        if self.config.transport != "stdio":
+            return await self._opening(handshake, unsolicited, credential)
+        # A pool's sessions (opened with the shared handshake) are capped by its max_sessions;
+        # host sessions' own by max_children; the gateway's cap holds for every child.
+        own = handshake is not SHARED_HANDSHAKE
+        with self.children.starting(self.name, self.config.max_children, own=own):
+            session = await self._opening(handshake, unsolicited, credential)
+        self.children.track(self.name, session.channel, own=own)
+        return session
 
     async def check(self) -> None:
         """Try to reach the upstream now, with a session of the gateway's own closed at once; what

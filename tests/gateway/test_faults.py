@@ -32,11 +32,13 @@ _ids = itertools.count(1)
 
 
 def faults_yaml(extra: str = "    timeouts: {call_s: 2}") -> str:
+    """The fault upstream, per_host: its children live and end with one host session, as these tests watch."""
     return f"""
   - name: faults
     transport: stdio
     command: [python, -m, tests.fault_upstream]
     env: {{PYTHONPATH: "{ROOT}"}}
+    sessions: per_host
 {extra}"""
 
 

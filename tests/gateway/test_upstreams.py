@@ -35,7 +35,8 @@ async def fragile(
         demo_stdio_yaml(extra="    timeouts: {call_s: 1}")
         + f"""
   - {{name: web, transport: http, url: '{demo_http_url}'}}
-  - {{name: sleepy, transport: stdio, command: [python, -m, gateway.demo], idle_s: 0.000001}}"""
+  - {{name: sleepy, transport: stdio, command: [python, -m, gateway.demo], idle_s: 0.000001,
+     sessions: per_host}}"""
     )
     config = keyless_config(tmp_path_factory.mktemp("fragile"), upstreams)
     async with serve_gateway(config) as running:

@@ -148,7 +148,7 @@ def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
     assert config.auth.required is True
     assert config.security.allowed_hosts == ()
     assert config.security.allowed_origins == ()
-    assert config.sessions.idle_s == 1800.0
+    assert config.sessions.idle_s == 300.0
     assert config.upstreams == ()
     assert (config.logging.level, config.logging.format, config.logging.access_log) == ("info", "text", False)
     assert (config.metrics.enabled, config.metrics.token) == (True, None)
@@ -192,7 +192,7 @@ def test_upstream_defaults(tmp_path: Path) -> None:
     [web] = config.upstreams
     assert web.tools == ToolFilter()
     assert web.timeouts == Timeouts(connect_s=10.0, call_s=60.0)
-    assert web.idle_s == 600.0
+    assert web.idle_s == 300.0
     assert web.headers == {}
     assert web.command == ()
     assert web.cwd is None
@@ -864,3 +864,32 @@ def test_bad_host_sign_in_settings_are_refused_with_their_key_and_reason(
 ) -> None:
     error = load_error(tmp_path, text)
     assert where in str(error) and why in str(error), str(error)
+
+
+def test_sessions_default_to_shared_for_stdio_and_per_host_for_http(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - {name: kid, transport: stdio, command: [x]}
+              - {name: web, transport: http, url: 'http://h/mcp'}
+              - {name: own, transport: stdio, command: [x], sessions: per_host, max_children: 3}
+            """,
+        )
+    )
+    assert [(u.sessions, u.max_sessions, u.max_children) for u in config.upstreams] == [
+        ("shared", 4, 50),
+        ("per_host", 4, 50),
+        ("per_host", 4, 3),
+    ]
+    assert config.sessions.max_children == 200
+
+
+def test_an_upstream_with_per_user_credentials_cannot_be_shared(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        "upstreams: [{name: a, transport: http, url: 'http://h/mcp', sessions: shared,"
+        " auth: {kind: oauth}}]\n",
+    )
+    assert "upstreams[0].sessions" in str(error) and "must be per_host" in str(error), str(error)
