@@ -87,10 +87,11 @@ async def test_the_counters_equal_the_calls_sent_by_upstream_tool_method_and_out
     assert value(found, "mcpgw_call_gateway_seconds_count", upstream="none", method="tools/call") == 1
     assert value(found, "mcpgw_call_upstream_seconds_count", upstream="none", method="tools/call") == 0
     assert value(found, "mcpgw_call_gateway_seconds_sum", **tools_call) > 0
-    # What is held open: this one session, its one upstream session and its stdio child.
+    # What is held open: this one session; two upstream sessions and stdio children of the demo
+    # (per_host): the session's own, and the one the shared catalogue lists through.
     assert value(found, "mcpgw_host_sessions", kind="session") == 1
-    assert value(found, "mcpgw_upstream_sessions", upstream="demo") == 1
-    assert value(found, "mcpgw_upstream_children", upstream="demo") == 1
+    assert value(found, "mcpgw_upstream_sessions", upstream="demo") == 2
+    assert value(found, "mcpgw_upstream_children", upstream="demo") == 2
     assert value(found, "mcpgw_recorder_queue_depth") == 0
     assert value(found, "mcpgw_recorder_commit_seconds_count") >= 1  # the session, and the calls
 
