@@ -44,6 +44,7 @@ from api import (
     key_routes,
     metrics_routes,
 )
+from api.console import Console, ConsoleSessions, UpstreamStatus, console_routes
 from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
@@ -101,6 +102,7 @@ class Gateway:
     readiness: Readiness
     metrics: GatewayMetrics
     window: UpstreamWindow  # each upstream's last hour of calls
+    console: Console  # the admin console at /admin/
     signin: SignInServer | None = None  # with host_sign_in.enabled: the authorization server
     stopped: bool = False
 
@@ -214,6 +216,20 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             return flow.id, flow.auth_kind, broker.flow_url(flow)
 
         cursors = CursorCodec(await store.gateway_secret(CURSOR_SECRET_NAME))
+        credentials_api = CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget)
+
+        def upstream_statuses() -> list[UpstreamStatus]:
+            return [_upstream_status(connector, window) for connector in connectors.values()]
+
+        console = Console(
+            store,
+            cursors,
+            authenticate_api,
+            ConsoleSessions(store, sealer),
+            credentials_api,
+            upstream_statuses,
+            secure_cookies=config.public_url.startswith("https://"),
+        )
         yield Gateway(
             config,
             store,
@@ -222,7 +238,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             broker,
             legacy=LegacySse(endpoint),
             sessions_api=SessionsApi(store, cursors, authenticate_api),
-            credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
+            credentials_api=credentials_api,
             keys_api=KeysApi(store, authenticate_api),
             grants_api=GrantsApi(store, authenticate_api),
             pages=ConnectPages(broker, authenticate),
@@ -232,7 +248,25 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             signin=signin,
             metrics=metrics,
             window=window,
+            console=console,
         )
+
+
+def _upstream_status(connector: Connector, window: UpstreamWindow) -> UpstreamStatus:
+    health = connector.health.report()
+    last = window.summary(connector.config.name)
+    return UpstreamStatus(
+        name=connector.config.name,
+        transport=connector.config.transport,
+        state=str(health["state"]),
+        last_error=None if health["last_error"] is None else str(health["last_error"]),
+        last_error_at=None if health["last_error_at"] is None else str(health["last_error_at"]),
+        calls=last.calls,
+        errors=last.errors,
+        error_rate=last.error_rate,
+        p50_ms=last.p50_ms,
+        p99_ms=last.p99_ms,
+    )
 
 
 def _held_open(
@@ -316,6 +350,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         assert server is not None  # its routes are declared only when it is enabled
         return server
 
+    def console(request: Request) -> Console:
+        return _gateway(request.scope).console
+
     def exposition(request: Request) -> Callable[[], bytes]:
         return _gateway(request.scope).metrics.exposition
 
@@ -328,6 +365,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         *credential_routes(credentials_api),
         *key_routes(keys_api),
         *grant_routes(grants_api),
+        *console_routes(console),
         *connect_routes(pages, config.public_url),
         *(signin_routes(signin) if config.host_sign_in.enabled else []),
         *(metrics_routes(exposition, config.metrics.token) if config.metrics.enabled else []),
