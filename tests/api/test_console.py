@@ -1,0 +1,175 @@
+"""The admin console over plain HTTP (the browser scenarios are in `test_console_browser.py`):
+signing in, tenancy (another organisation's ids answer 404 on every route), CSRF on every
+POST, and no secret on any page."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import anyio
+import httpx2
+import pytest
+
+from store import Binding, Seek, utc_now
+from tests.api.conftest import TIMEOUT, McpClient, Tenant, new_tenant
+from tests.api.console_client import ConsoleClient, csrf_of, open_grant
+from tests.harness import RunningGateway
+
+
+@pytest.fixture
+async def console(keyed: RunningGateway) -> AsyncIterator[ConsoleClient]:
+    async with ConsoleClient(keyed.base_url) as client:
+        yield client
+
+
+async def signed_in(console: ConsoleClient, tenant: Tenant) -> None:
+    answer = await console.sign_in(tenant.key)
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/admin/sessions"
+
+
+async def test_an_admin_signs_in_with_a_key_and_holds_a_sealed_httponly_strict_cookie_not_the_key(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    admin = await new_tenant(keyed, "console-signin", admin=True)
+    with anyio.fail_after(TIMEOUT):
+        answer = await console.sign_in(admin.key)
+        page = await console.get("/admin/sessions")
+    assert answer.status_code == 303, answer.text
+    cookie = next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and "mcpgw_console=" in v)
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/admin" in cookie
+    assert "Max-Age=" in cookie and admin.key not in cookie and admin.api_key_id not in cookie
+    assert admin.key not in str(answer.headers.get("location"))
+    assert page.status_code == 200 and "<h1>Sessions</h1>" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "<script" not in page.text
+
+
+async def test_a_key_that_is_not_an_admins_gets_a_403_page_and_no_session(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    user = await new_tenant(keyed, "console-user")
+    with anyio.fail_after(TIMEOUT):
+        answer = await console.sign_in(user.key)
+        wrong = await console.sign_in("mgw_not-a-key")
+        page = await console.get("/admin/sessions")
+    assert answer.status_code == 403 and "not an admin" in answer.text
+    assert "mcpgw_console=" not in answer.headers.get("set-cookie", "")
+    assert wrong.status_code == 401
+    assert page.status_code == 303 and page.headers["location"] == "/admin/signin"
+
+
+async def test_a_revoked_admin_key_ends_its_console_session_at_once(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    admin = await new_tenant(keyed, "console-revoked-admin", admin=True)
+    with anyio.fail_after(TIMEOUT):
+        await signed_in(console, admin)
+        assert (await console.get("/admin/keys")).status_code == 200
+        await keyed.gateway.store.revoke_api_key(admin.api_key_id)
+        after = await console.get("/admin/keys")
+    assert after.status_code == 303 and after.headers["location"] == "/admin/signin"
+
+
+async def test_a_post_without_the_sessions_csrf_token_is_refused_and_changes_nothing(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    admin = await new_tenant(keyed, "console-csrf", admin=True)
+    victim = await keyed.gateway.store.create_api_key(admin.organisation_id)
+    with anyio.fail_after(TIMEOUT):
+        await signed_in(console, admin)
+        bare = await console.http.post(f"/admin/keys/{victim.key.id}/revoke")
+        forged = await console.http.post(f"/admin/keys/{victim.key.id}/revoke", data={"csrf": "guess"})
+        created = await console.http.post("/admin/keys", data={"user": "mallory", "admin": "on"})
+        signin_forged = await console.http.post("/admin/signin", data={"api_key": admin.key, "csrf": "x"})
+    assert [bare.status_code, forged.status_code, created.status_code] == [403, 403, 403]
+    assert signin_forged.status_code == 403
+    keys = await keyed.gateway.store.list_api_keys(admin.organisation_id)
+    assert [key.id for key in keys] == [admin.api_key_id, victim.key.id]  # nothing created
+    assert all(key.revoked_at is None for key in keys)
+
+
+async def test_every_console_route_with_another_organisations_ids_answers_404(
+    keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
+) -> None:
+    mine = await new_tenant(keyed, "console-mine", admin=True)
+    theirs = await new_tenant(keyed, "console-theirs", admin=True)
+    store = keyed.gateway.store
+    with anyio.fail_after(TIMEOUT):
+        mcp = McpClient(http, keyed.url, theirs.key)
+        await mcp.call(await mcp.open(), "demo__echo", {"text": "theirs"})
+        [their_session] = (
+            await store.list_sessions(theirs.organisation_id, api_key_id=None, seek=_start(), limit=5)
+        ).rows
+        binding = Binding(theirs.organisation_id, "demo", "vk", theirs.api_key_id)
+        flow_id = str(uuid.uuid4())
+        now = utc_now()
+        await store.credentials.create_flow(
+            flow_id, binding, "headers", secret={}, oauth_client_id=None, now=now,
+            expires_at=now + timedelta(minutes=15),
+        )  # fmt: skip
+        grant_id = await open_grant(store, theirs.organisation_id, theirs.api_key_id)
+        await signed_in(console, mine)
+        csrf = csrf_of((await console.get("/admin/keys")).text)
+        reads = [
+            f"/admin/sessions/{their_session.id}",
+            f"/admin/keys/{theirs.api_key_id}/revoke",
+            f"/admin/credentials/{flow_id}/reauth",
+            f"/admin/credentials/{flow_id}/delete",
+            f"/admin/grants/{grant_id}/revoke",
+        ]
+        read_answers = [(path, (await console.get(path)).status_code) for path in reads]
+        listing = await console.get("/admin/sessions", key=theirs.api_key_id)
+        write_answers = [
+            (path, (await console.http.post(path, data={"csrf": csrf})).status_code) for path in reads[1:]
+        ]
+        pages = {path: (await console.get(path)).text for path in ("/admin/sessions", "/admin/keys",
+                 "/admin/credentials", "/admin/grants")}  # fmt: skip
+    assert all(status == 404 for _, status in read_answers), read_answers
+    assert listing.status_code == 404
+    assert all(status == 404 for _, status in write_answers), write_answers
+    assert await store.live_api_keys(theirs.organisation_id, api_key_id=theirs.api_key_id)
+    assert [g.revoked_at for g in await store.signin.grants(theirs.organisation_id)] == [None]
+    assert await store.credentials.flow(flow_id) is not None
+    for path, text in pages.items():
+        for their_id in (their_session.id, theirs.api_key_id, flow_id, grant_id):
+            assert their_id not in text, (path, their_id)
+
+
+async def test_no_page_shows_a_secret_and_a_new_key_is_shown_once(
+    keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
+) -> None:
+    admin = await new_tenant(keyed, "console-secrets", admin=True)
+    store = keyed.gateway.store
+    user = await store.create_api_key(admin.organisation_id, user_id="alice")
+    token = "ghp_" + "a1b2c3d4" * 5
+    with anyio.fail_after(TIMEOUT):
+        mcp = McpClient(http, keyed.url, user.secret)
+        await mcp.call(await mcp.open(), "demo__echo", {"text": "hi", "authorization": f"Bearer {token}"})
+        await signed_in(console, admin)
+        created = await console.submit("/admin/keys", user="bob", tools_deny="demo__wait")
+        secret = re.search(r'id="new-key" value="([^"]+)"', created.text)
+        assert created.status_code == 201 and secret is not None
+        [session] = (
+            await store.list_sessions(admin.organisation_id, api_key_id=None, seek=_start(), limit=5)
+        ).rows
+        pages = [
+            await console.get(path)
+            for path in (
+                "/admin/sessions", f"/admin/sessions/{session.id}", "/admin/keys", "/admin/credentials",
+                "/admin/upstreams", "/admin/grants",
+            )
+        ]  # fmt: skip
+    assert (await store.find_api_key(secret.group(1))) is not None  # the key shown works
+    for page in pages:
+        assert page.status_code == 200, (page.request.url, page.text)
+        for value in (admin.key, user.secret, secret.group(1), token):
+            assert value not in page.text, page.request.url
+    assert "hi" in pages[1].text  # the timeline shows the call, its secret redacted
+
+
+def _start() -> Seek:
+    return Seek()
