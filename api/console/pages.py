@@ -22,7 +22,7 @@ from api.console.signin import COOKIE, SESSION_TTL_S, Admin, ConsoleSessions
 from api.credentials import CredentialsApi, render_row
 from api.cursor import CursorCodec
 from api.errors import Refused, Throttled
-from api.paging import page_body, read_seek
+from api.paging import page_body, read_limit, read_seek
 from api.sessions import Authenticate, client_of
 from store import ApiKey, CredentialFilter, Grant, RecordedSession, Seek, Store, utc_now
 
@@ -160,7 +160,7 @@ class Console:
             if seek.key is None and until is not None:
                 seek = Seek((int(until.timestamp() * 1000), _LATEST_SEQ))
             page = await self._store.list_sessions(
-                admin.organisation_id, api_key_id=key_id or None, seek=seek, limit=_PAGE
+                admin.organisation_id, api_key_id=key_id or None, seek=seek, limit=read_limit(query, _PAGE)
             )
             body = page_body(
                 page, codec=self._codec, scope=scope, incoming=query.get("Cursor"), render=lambda s: {}
@@ -173,6 +173,7 @@ class Console:
                 cursors["next"] = None
         filters = {"user": user, "key": query.get("key", ""), "since": query.get("since", "")}
         filters["until"] = query.get("until", "")
+        filters["Limit"] = query.get("Limit", "")
         kept = {name: value for name, value in filters.items() if value}
         return render(
             "sessions.html",
@@ -194,8 +195,9 @@ class Console:
         if found is None:
             raise Refused(404, "Mcp.SessionNotFound", "No such session in this organisation.")
         scope = "|".join(("invocations", found.id, admin.organisation_id, "*"))
+        query = request.query_params
         page = await self._store.list_invocations(
-            found.id, seek=read_seek(request.query_params, self._codec, scope), limit=_PAGE
+            found.id, seek=read_seek(query, self._codec, scope), limit=read_limit(query, _PAGE)
         )
         body = page_body(
             page,
@@ -222,6 +224,7 @@ class Console:
             calls=calls,
             slowest=max(slowest, 1),
             cursors=body["meta"]["cursors"],
+            kept={"Limit": query["Limit"]} if query.get("Limit") else {},
         )
 
     # -- keys ----------------------------------------------------------------------------------

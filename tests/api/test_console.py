@@ -4,6 +4,7 @@ POST, and no secret on any page."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -173,3 +174,81 @@ async def test_no_page_shows_a_secret_and_a_new_key_is_shown_once(
 
 def _start() -> Seek:
     return Seek()
+
+
+def _links(page: str, rel: str) -> list[str]:
+    return [html.unescape(href) for href in re.findall(rf'<a rel="{rel}" href="([^"]+)"', page)]
+
+
+async def test_sessions_filtered_by_user_page_with_cursors_the_api_accepts(
+    keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
+) -> None:
+    admin = await new_tenant(keyed, "console-filter", admin=True)
+    store = keyed.gateway.store
+    alice = await store.create_api_key(admin.organisation_id, user_id="alice")
+    bob = await store.create_api_key(admin.organisation_id, user_id="bob")
+    with anyio.fail_after(TIMEOUT):
+        for created, client_name in ((alice, "a1"), (bob, "b1"), (alice, "a2"), (alice, "a3")):
+            mcp = McpClient(http, keyed.url, created.secret)
+            await mcp.call(await mcp.open(name=client_name), "demo__echo", {"text": client_name})
+        await signed_in(console, admin)
+        first = await console.get("/admin/sessions", user="alice", Limit="2")
+        [following] = _links(first.text, "next")
+        second = await console.http.get(following)
+        cursor = following.rpartition("Cursor=")[2]
+        from_api = await http.get(
+            f"{keyed.base_url}/mcp/{admin.organisation_id}/sessions",
+            params={"Cursor": cursor, "Limit": "2"},
+            headers={"x-api-key": alice.secret},  # the same query: alice's sessions
+        )
+        everyone = await console.get("/admin/sessions")
+        future = await console.get(
+            "/admin/sessions", since=(utc_now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+        )
+        past = await console.get(
+            "/admin/sessions", until=(utc_now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+        )
+        bad_time = await console.get("/admin/sessions", since="yesterday")
+        nobody = await console.get("/admin/sessions", user="carol")
+    names = lambda page: re.findall(r"<td>(a\d|b\d) 1</td>", page.text)  # noqa: E731
+    assert names(first) == ["a3", "a2"] and names(second) == ["a1"]
+    assert "alice" in first.text and _links(second.text, "next") == []
+    assert from_api.status_code == 200  # the console pages with the API's own cursors
+    assert [row["clientName"] for row in from_api.json()["data"]] == ["a1"]
+    assert names(everyone) == ["a3", "a2", "b1", "a1"]
+    assert names(future) == [] and names(past) == []
+    assert bad_time.status_code == 400
+    assert nobody.status_code == 200 and "No key is bound to user" in nobody.text
+
+
+async def test_a_sessions_timeline_shows_each_call_pretty_printed_with_large_payloads_cut_and_sized(
+    keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
+) -> None:
+    admin = await new_tenant(keyed, "console-timeline", admin=True)
+    big = "x" * 40_000
+    with anyio.fail_after(TIMEOUT):
+        mcp = McpClient(http, keyed.url, admin.key)
+        session_id = await mcp.open()
+        await mcp.call(session_id, "demo__echo", {"text": "small one"}, headers={"traceparent": _TRACE})
+        await mcp.call(session_id, "demo__echo", {"text": big})
+        await mcp.call(session_id, "demo__no_such_tool", {})
+        await signed_in(console, admin)
+        listing = await console.get("/admin/sessions")
+        [opened] = re.findall(r'href="(/admin/sessions/[0-9a-f-]{36})"', listing.text)
+        timeline = await console.get(opened)
+        paged = await console.get(opened, Limit="2")
+        [later] = _links(paged.text, "next")
+        rest = await console.http.get(opened + later)
+    page = timeline.text
+    assert timeline.status_code == 200
+    assert page.count("<details>") == 3
+    assert '<pre class="arguments">{\n  &#34;text&#34;: &#34;small one&#34;\n}</pre>' in page  # indented JSON
+    assert _TRACE.split("-")[1] in page  # the host's trace id
+    assert "first 16 KiB shown" in page and "39.1 KiB" in page and big not in page
+    assert re.search(r'<meter min="0" max="\d+" value="\d+">', page)
+    outcomes = re.findall(r'<span class="badge (?:ok|bad)">([a-z_]+)</span>', page)
+    assert outcomes[:2] == ["ok", "ok"] and outcomes[2] != "ok"
+    assert rest.text.count("<details>") == 1
+
+
+_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
