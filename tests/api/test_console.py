@@ -176,6 +176,11 @@ def _start() -> Seek:
     return Seek()
 
 
+def names(page: httpx2.Response) -> list[str]:
+    """The client names of the sessions a page lists."""
+    return re.findall(r"<td>(a\d|b\d) 1</td>", page.text)
+
+
 def _links(page: str, rel: str) -> list[str]:
     return [html.unescape(href) for href in re.findall(rf'<a rel="{rel}" href="([^"]+)"', page)]
 
@@ -210,7 +215,6 @@ async def test_sessions_filtered_by_user_page_with_cursors_the_api_accepts(
         )
         bad_time = await console.get("/admin/sessions", since="yesterday")
         nobody = await console.get("/admin/sessions", user="carol")
-    names = lambda page: re.findall(r"<td>(a\d|b\d) 1</td>", page.text)  # noqa: E731
     assert names(first) == ["a3", "a2"] and names(second) == ["a1"]
     assert "alice" in first.text and _links(second.text, "next") == []
     assert from_api.status_code == 200  # the console pages with the API's own cursors
