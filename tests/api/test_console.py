@@ -256,3 +256,51 @@ async def test_a_sessions_timeline_shows_each_call_pretty_printed_with_large_pay
 
 
 _TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_the_upstreams_page_shows_each_upstreams_state_and_last_hour(
+    keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
+) -> None:
+    admin = await new_tenant(keyed, "console-upstreams", admin=True)
+    before = keyed.gateway.window.summary("demo").calls
+    with anyio.fail_after(TIMEOUT):
+        mcp = McpClient(http, keyed.url, admin.key)
+        session = await mcp.open()
+        await mcp.call(session, "demo__echo", {"text": "one"})
+        await mcp.call(session, "demo__fail", {})
+        await signed_in(console, admin)
+        page = await console.get("/admin/upstreams")
+    [row] = re.findall(r"<tr>\s*<td>demo</td>(.*?)</tr>", page.text, re.S)
+    cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    transport, state, _, calls, rate, p50, p99 = cells
+    assert (transport, state) == ("stdio", "up")
+    assert int(calls) == before + 2 and rate.endswith("%") and p50.endswith("ms") and p99.endswith("ms")
+
+
+async def test_an_admin_revokes_a_host_sign_in_behind_a_confirmation(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    admin = await new_tenant(keyed, "console-grants", admin=True)
+    store = keyed.gateway.store
+    user = await store.create_api_key(admin.organisation_id, user_id="alice")
+    grant_id = await open_grant(store, admin.organisation_id, user.key.id)
+    with anyio.fail_after(TIMEOUT):
+        await signed_in(console, admin)
+        listed = await console.get("/admin/grants")
+        revoked = await console.submit(f"/admin/grants/{grant_id}/revoke")
+        after = await console.get("/admin/grants")
+    assert "alice" in listed.text and f"/admin/grants/{grant_id}/revoke" in listed.text
+    assert revoked.status_code == 303 and revoked.headers["location"] == "/admin/grants"
+    assert "revoked (revoked)" in after.text and f"/admin/grants/{grant_id}/revoke" not in after.text
+    [grant] = await store.signin.grants(admin.organisation_id)
+    assert grant.revoked_at is not None
+
+
+async def test_signing_out_ends_the_console_session(keyed: RunningGateway, console: ConsoleClient) -> None:
+    admin = await new_tenant(keyed, "console-signout", admin=True)
+    with anyio.fail_after(TIMEOUT):
+        await signed_in(console, admin)
+        out = await console.submit("/admin/sessions", "/admin/signout")
+        after = await console.get("/admin/sessions")
+    assert out.status_code == 303 and out.headers["location"] == "/admin/signin"
+    assert after.status_code == 303 and after.headers["location"] == "/admin/signin"
