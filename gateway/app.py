@@ -44,7 +44,15 @@ from api import (
     key_routes,
     metrics_routes,
 )
-from api.console import Console, ConsoleSessions, UpstreamStatus, console_routes
+from api.console import (
+    Console,
+    ConsoleSessions,
+    ProviderRedirect,
+    ProviderSignIn,
+    UpstreamStatus,
+    console_routes,
+)
+from api.errors import ProviderUnavailable
 from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.proxy import Proxy
@@ -54,7 +62,7 @@ from gateway.core.tasks import TASK_IDS_SECRET_NAME, TaskIds, TaskRelay
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
-from gateway.errors import AuthThrottled, FlowProblem
+from gateway.errors import AuthThrottled, FlowProblem, OidcError
 from gateway.host.asgi import OriginGuard
 from gateway.host.auth import HostAuth, Principal
 from gateway.host.legacy_sse import LegacySse
@@ -66,6 +74,7 @@ from gateway.recording.observed import ObservedRecorder
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
 from gateway.recording.store_recorder import StoreRecorder, running_recorder
+from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE
 from gateway.signin.routes import signin_routes
 from gateway.signin.server import SignInServer
 from gateway.telemetry.access import AccessLog
@@ -229,7 +238,10 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             credentials_api,
             upstream_statuses,
             secure_cookies=config.public_url.startswith("https://"),
+            providers=None if signin is None else _console_providers(signin),
         )
+        if signin is not None:
+            signin.consents.console = console.provider_signed_in
         yield Gateway(
             config,
             store,
@@ -250,6 +262,21 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             window=window,
             console=console,
         )
+
+
+def _console_providers(signin: SignInServer) -> ProviderSignIn | None:
+    """The host sign-in's OpenID Connect providers, offered on the console's sign-in page too."""
+    if not signin.config.oidc:
+        return None
+
+    async def begin(provider: str) -> ProviderRedirect:
+        try:
+            begun = await signin.consents.begin_console_sign_in(provider)
+        except OidcError as exc:
+            raise ProviderUnavailable(exc.message) from exc
+        return ProviderRedirect(begun.url, STATE_COOKIE, begun.stored_state, begun.max_age_s, CALLBACK_PATH)
+
+    return ProviderSignIn({p.name: p.label for p in signin.config.oidc}, begin)
 
 
 def _upstream_status(connector: Connector, window: UpstreamWindow) -> UpstreamStatus:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -21,12 +21,12 @@ from api.console.render import STYLESHEET, pretty_json, redirect, render, when
 from api.console.signin import COOKIE, SESSION_TTL_S, Admin, ConsoleSessions
 from api.credentials import CredentialsApi, render_row
 from api.cursor import CursorCodec
-from api.errors import Refused, Throttled
+from api.errors import ProviderUnavailable, Refused, Throttled
 from api.paging import page_body, read_limit, read_seek
-from api.sessions import Authenticate, client_of
+from api.sessions import Authenticate, Caller, client_of
 from store import ApiKey, CredentialFilter, Grant, RecordedSession, Seek, Store, utc_now
 
-__all__ = ["BASE", "Console", "UpstreamStatus"]
+__all__ = ["BASE", "Console", "ProviderRedirect", "ProviderSignIn", "UpstreamStatus"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,29 @@ class UpstreamStatus:
     p99_ms: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderRedirect:
+    """Where to send the browser to sign in with an OpenID Connect provider, and the cookie that
+    carries the sealed sign-in state to the provider's callback (set with the redirect)."""
+
+    url: str
+    cookie: str
+    value: str
+    max_age_s: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSignIn:
+    """The gateway's OpenID Connect providers as the console offers them: `labels` (name ->
+    button label) and `begin`, which starts a sign-in for the console. The provider's callback
+    is the gateway's (shared with the consent page); it hands an admin back to
+    `Console.provider_signed_in`."""
+
+    labels: Mapping[str, str]
+    begin: Callable[[str], Awaitable[ProviderRedirect]]
+
+
 class Console:
     def __init__(
         self,
@@ -67,6 +90,7 @@ class Console:
         upstreams: Callable[[], Sequence[UpstreamStatus]],
         *,
         secure_cookies: bool,
+        providers: ProviderSignIn | None = None,
     ) -> None:
         self._store = store
         self._codec = codec
@@ -75,6 +99,7 @@ class Console:
         self._credentials = credentials
         self._upstreams = upstreams
         self._secure = secure_cookies
+        self._providers = providers
 
     # -- signing in and out --------------------------------------------------------------------
 
@@ -88,7 +113,8 @@ class Console:
 
     def _signin_form(self, problem: str | None, status: int) -> Response:
         csrf = secrets.token_urlsafe(24)
-        response = render("signin.html", status, problem=problem, csrf=csrf, admin=None)
+        labels = {} if self._providers is None else dict(self._providers.labels)
+        response = render("signin.html", status, problem=problem, csrf=csrf, admin=None, providers=labels)
         response.set_cookie(
             _SIGNIN_CSRF, csrf, max_age=3600, path=BASE, secure=self._secure, httponly=True, samesite="strict"
         )
@@ -99,6 +125,9 @@ class Console:
         posted, cookie = form.get("csrf"), request.cookies.get(_SIGNIN_CSRF, "")
         if not (isinstance(posted, str) and cookie and secrets.compare_digest(posted, cookie)):
             return self._signin_form("This form had expired; sign in again.", 403)
+        provider = form.get("provider")
+        if isinstance(provider, str):
+            return await self._to_provider(provider)
         key = form.get("api_key")
         if not isinstance(key, str) or not key.strip() or len(key) > _MAX_KEY_CHARS:
             return self._signin_form("Enter an admin API key.", 400)
@@ -112,9 +141,47 @@ class Console:
             return self._signin_form("That API key is not valid.", 401)
         if not caller.is_admin:
             return self._signin_form("That API key is not an admin's: the console is for admins.", 403)
-        admin, value = self._sessions.open_session(caller.organisation_id, caller.api_key_id, caller.user_id)
-        logger.info("console: key %s of organisation %s signed in", admin.api_key_id, admin.organisation_id)
-        response = redirect(f"{BASE}/sessions")
+        logger.info("console: key %s of organisation %s signed in", caller.api_key_id, caller.organisation_id)
+        return self._open_session(
+            redirect(f"{BASE}/sessions"), caller.organisation_id, caller.api_key_id, caller.user_id
+        )
+
+    async def _to_provider(self, provider: str) -> Response:
+        if self._providers is None or provider not in self._providers.labels:
+            return self._signin_form("That sign-in method is not offered here.", 400)
+        try:
+            begun = await self._providers.begin(provider)
+        except ProviderUnavailable as exc:
+            return self._signin_form(f"Signing in that way is not possible now: {exc}", 502)
+        response = redirect(begun.url)
+        # SameSite=Lax: the provider's redirect back is a top-level GET from its site.
+        response.set_cookie(
+            begun.cookie,
+            begun.value,
+            max_age=begun.max_age_s,
+            path=begun.path,
+            secure=self._secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    def provider_signed_in(self, caller: Caller, who: str) -> Response:
+        """The answer to the provider's callback for a console sign-in: `caller` is what the
+        person signs in as (`who`: their e-mail or user id). A page that moves on to the console
+        rather than a redirect: the callback is reached from the provider's site, and a browser
+        withholds a SameSite=Strict cookie on every redirect of such a navigation."""
+        if caller.api_key_id is None or not caller.is_admin:
+            detail = f"{who} is not an admin of their organisation: the console is for admins."
+            return render("error.html", 403, admin=None, title="Not an admin", detail=detail)
+        logger.info("console: %s of organisation %s signed in with a provider", who, caller.organisation_id)
+        page = render("entered.html", admin=None, who=who)
+        return self._open_session(page, caller.organisation_id, caller.api_key_id, caller.user_id)
+
+    def _open_session(
+        self, response: Response, organisation_id: str, api_key_id: str, user_id: str | None
+    ) -> Response:
+        _, value = self._sessions.open_session(organisation_id, api_key_id, user_id)
         response.set_cookie(
             COOKIE,
             value,

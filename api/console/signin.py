@@ -7,6 +7,10 @@ sealer (AES-GCM, `store.Sealer`) in an HttpOnly, SameSite=Strict cookie (Secure 
 gateway's public URL is https). Nothing is kept server-side, so every gateway on the database
 accepts it; every request re-reads the key, so revoking the admin's key (or its losing admin)
 ends its console sessions at once. The key itself never reaches the cookie.
+
+Where the gateway has OpenID Connect providers for host sign-in, an admin may sign in with one
+instead (`pages.py`, `ProviderSignIn`): the person becomes the key `identity_key` finds for them,
+and gets a console session only if that key is an admin's.
 """
 
 from __future__ import annotations
