@@ -10,7 +10,8 @@ one keep-alive connection, `--samples` times after a warm-up, interleaved:
 
 - sessions: first page; a deep page (40,000 sessions in, reached with the API's own cursors,
   which the console pages with); one key's sessions (the user filter of a user with one key);
-  a time range (`until` 10 days back);
+  one client's (`Inspector`, a quarter of them), one key's and client's; a time range (`until`
+  10 days back);
 - the timeline of the busiest session: first page, and page 1,000 (50,000 calls in);
 - keys, credentials, upstreams, host sign-ins.
 
@@ -77,6 +78,11 @@ async def benchmark(dataset: Dataset, base: str, samples: int) -> dict[str, dict
             "sessions, first page": ("/admin/sessions", {}),
             "sessions, 40,000 in": ("/admin/sessions", {"Cursor": sessions_cursor}),
             "sessions of one key": ("/admin/sessions", {"key": dataset.user_key_id}),
+            "sessions of one client": ("/admin/sessions", {"client": "Inspector"}),
+            "sessions of one key and client": (
+                "/admin/sessions",
+                {"key": dataset.user_key_id, "client": "Inspector"},
+            ),
             "sessions until 10 days ago": ("/admin/sessions", {"until": until}),
             "timeline, first page": (timeline, {}),
             "timeline, 50,000 calls in": (timeline, {"Cursor": calls_cursor}),

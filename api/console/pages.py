@@ -220,14 +220,21 @@ class Console:
         sessions: list[RecordedSession] = []
         cursors: dict[str, str | None] = {"next": None, "previous": None}
         choose_key = bool(user) and not key_id
+        client = query.get("client", "").strip() or None
         if not (user and not user_keys and not key_id) and not choose_key:
-            # The API's own scope string: a cursor from either pages the other.
-            scope = "|".join(("sessions", admin.organisation_id, key_id or "*"))
+            # The API's own scope string: a cursor from either pages the other. A client filter
+            # (the API has none) is a query of its own.
+            parts = ("sessions", admin.organisation_id, key_id or "*")
+            scope = "|".join((*parts, "client", client) if client else parts)
             seek = read_seek(query, self._codec, scope)
             if seek.key is None and until is not None:
                 seek = Seek((int(until.timestamp() * 1000), _LATEST_SEQ))
             page = await self._store.list_sessions(
-                admin.organisation_id, api_key_id=key_id or None, seek=seek, limit=read_limit(query, _PAGE)
+                admin.organisation_id,
+                api_key_id=key_id or None,
+                client_name=client,
+                seek=seek,
+                limit=read_limit(query, _PAGE),
             )
             body = page_body(
                 page, codec=self._codec, scope=scope, incoming=query.get("Cursor"), render=lambda s: {}
@@ -238,7 +245,8 @@ class Console:
                 # Newest first: past the first older row, every row is older.
                 sessions = [s for s in sessions if s.last_call_at >= since]
                 cursors["next"] = None
-        filters = {"user": user, "key": query.get("key", ""), "since": query.get("since", "")}
+        filters = {"user": user, "key": query.get("key", ""), "client": client or ""}
+        filters["since"] = query.get("since", "")
         filters["until"] = query.get("until", "")
         filters["Limit"] = query.get("Limit", "")
         kept = {name: value for name, value in filters.items() if value}

@@ -185,7 +185,7 @@ def _links(page: str, rel: str) -> list[str]:
     return [html.unescape(href) for href in re.findall(rf'<a rel="{rel}" href="([^"]+)"', page)]
 
 
-async def test_sessions_filtered_by_user_page_with_cursors_the_api_accepts(
+async def test_sessions_filtered_by_user_client_and_time_page_with_cursors_the_api_accepts(
     keyed: RunningGateway, console: ConsoleClient, http: httpx2.AsyncClient
 ) -> None:
     admin = await new_tenant(keyed, "console-filter", admin=True)
@@ -215,6 +215,8 @@ async def test_sessions_filtered_by_user_page_with_cursors_the_api_accepts(
         )
         bad_time = await console.get("/admin/sessions", since="yesterday")
         nobody = await console.get("/admin/sessions", user="carol")
+        one_client = await console.get("/admin/sessions", client="b1", Limit="1")
+        alices_a2 = await console.get("/admin/sessions", user="alice", client="a2")
     assert names(first) == ["a3", "a2"] and names(second) == ["a1"]
     assert "alice" in first.text and _links(second.text, "next") == []
     assert from_api.status_code == 200  # the console pages with the API's own cursors
@@ -223,6 +225,8 @@ async def test_sessions_filtered_by_user_page_with_cursors_the_api_accepts(
     assert names(future) == [] and names(past) == []
     assert bad_time.status_code == 400
     assert nobody.status_code == 200 and "No key is bound to user" in nobody.text
+    assert names(one_client) == ["b1"] and _links(one_client.text, "next") == []
+    assert names(alices_a2) == ["a2"]
 
 
 async def test_a_sessions_timeline_shows_each_call_pretty_printed_with_large_payloads_cut_and_sized(
