@@ -308,3 +308,40 @@ async def test_signing_out_ends_the_console_session(keyed: RunningGateway, conso
         after = await console.get("/admin/sessions")
     assert out.status_code == 303 and out.headers["location"] == "/admin/signin"
     assert after.status_code == 303 and after.headers["location"] == "/admin/signin"
+
+
+async def test_credentials_show_their_status_and_reauth_and_delete_follow_the_apis_rules(
+    keyed: RunningGateway, console: ConsoleClient
+) -> None:
+    admin = await new_tenant(keyed, "console-credentials", admin=True)
+    store = keyed.gateway.store
+    now = utc_now()
+    bobs, vks = str(uuid.uuid4()), str(uuid.uuid4())
+    for row_id, binding in (
+        (bobs, Binding(admin.organisation_id, "demo", "user", "bob")),
+        (vks, Binding(admin.organisation_id, "demo", "vk", admin.api_key_id)),
+    ):
+        await store.credentials.save(
+            row_id, binding, kind="header", secret={"x-token": "s3cr3t-value"}, header_names=("x-token",),
+            oauth_client_id=None, expires_at=None, now=now,
+        )  # fmt: skip
+    await store.credentials.set_status(bobs, "needs_reauth")
+    with anyio.fail_after(TIMEOUT):
+        await signed_in(console, admin)
+        listed = await console.get("/admin/credentials")
+        only_reauth = await console.get("/admin/credentials", status="needs_reauth")
+        not_bobs_admin = await console.submit(f"/admin/credentials/{bobs}/reauth")
+        confirm = await console.get(f"/admin/credentials/{vks}/delete")
+        deleted = await console.submit(f"/admin/credentials/{vks}/delete")
+        after = await console.get("/admin/credentials")
+        bad_status = await console.get("/admin/credentials", status="lost")
+    assert "status-needs_reauth" in listed.text and "status-active" in listed.text
+    assert "s3cr3t-value" not in listed.text
+    assert f"/admin/credentials/{bobs}/reauth" not in listed.text  # can_reauth: bob's, not this admin's
+    assert f"/admin/credentials/{vks}/reauth" in listed.text
+    assert f'id="credential-{bobs}"' in only_reauth.text and f'id="credential-{vks}"' not in only_reauth.text
+    assert not_bobs_admin.status_code == 403 and "Only the user" in not_bobs_admin.text
+    assert confirm.status_code == 200 and "Delete this credential?" in confirm.text
+    assert deleted.status_code == 303 and f'id="credential-{vks}"' not in after.text
+    assert await store.credentials.credential(admin.organisation_id, vks) is None
+    assert bad_status.status_code == 400
