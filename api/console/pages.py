@@ -17,7 +17,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.console.render import STYLESHEET, pretty_json, redirect, render, when
+from api.console.render import SIGNIN_HEADERS, STYLESHEET, pretty_json, redirect, render, when
 from api.console.signin import COOKIE, SESSION_TTL_S, Admin, ConsoleSessions
 from api.credentials import CredentialsApi, render_row
 from api.cursor import CursorCodec
@@ -114,7 +114,15 @@ class Console:
     def _signin_form(self, problem: str | None, status: int) -> Response:
         csrf = secrets.token_urlsafe(24)
         labels = {} if self._providers is None else dict(self._providers.labels)
-        response = render("signin.html", status, problem=problem, csrf=csrf, admin=None, providers=labels)
+        response = render(
+            "signin.html",
+            status,
+            headers=SIGNIN_HEADERS,
+            problem=problem,
+            csrf=csrf,
+            admin=None,
+            providers=labels,
+        )
         response.set_cookie(
             _SIGNIN_CSRF, csrf, max_age=3600, path=BASE, secure=self._secure, httponly=True, samesite="strict"
         )
@@ -227,8 +235,9 @@ class Console:
             parts = ("sessions", admin.organisation_id, key_id or "*")
             scope = "|".join((*parts, "client", client) if client else parts)
             seek = read_seek(query, self._codec, scope)
+            starts_at_until = False
             if seek.key is None and until is not None:
-                seek = Seek((int(until.timestamp() * 1000), _LATEST_SEQ))
+                seek, starts_at_until = Seek((int(until.timestamp() * 1000), _LATEST_SEQ)), True
             page = await self._store.list_sessions(
                 admin.organisation_id,
                 api_key_id=key_id or None,
@@ -240,6 +249,8 @@ class Console:
                 page, codec=self._codec, scope=scope, incoming=query.get("Cursor"), render=lambda s: {}
             )
             cursors = body["meta"]["cursors"]
+            if starts_at_until:  # the first page of the range: what is newer is outside it
+                cursors["previous"] = None
             sessions = list(page.rows)
             if since is not None and any(s.last_call_at < since for s in sessions):
                 # Newest first: past the first older row, every row is older.

@@ -12,18 +12,19 @@ import orjson
 from jinja2 import Environment, FunctionLoader, StrictUndefined, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse
 
-__all__ = ["HEADERS", "STYLESHEET", "pretty_json", "redirect", "render", "when"]
+__all__ = ["HEADERS", "SIGNIN_HEADERS", "STYLESHEET", "pretty_json", "redirect", "render", "when"]
 
+_POLICY = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 HEADERS = {
     "cache-control": "no-store",
-    "content-security-policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "content-security-policy": f"{_POLICY}; form-action 'self'",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
     "x-content-type-options": "nosniff",
 }
+SIGNIN_HEADERS = {**HEADERS, "content-security-policy": _POLICY}
+"""The sign-in page's: its "Sign in with <provider>" forms post here and are redirected to the
+provider, and browsers hold a form's redirects to `form-action` too."""
 SHOWN_PAYLOAD_CHARS = 16_384
 """How much of a call's arguments or result a timeline shows; the rest is summarised by size."""
 
@@ -75,9 +76,11 @@ def pretty_json(text: str | None) -> dict[str, Any]:
 _ENV.filters["when"] = when
 
 
-def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def render(
+    template: str, status: int = 200, *, headers: dict[str, str] = HEADERS, **context: Any
+) -> HTMLResponse:
     html = _ENV.get_template(template).render(**context)
-    return HTMLResponse(html, status, headers=HEADERS)
+    return HTMLResponse(html, status, headers=headers)
 
 
 def redirect(url: str) -> RedirectResponse:

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 
 from tests.api.conftest import ACCEPT, TIMEOUT, McpClient, new_tenant
+from tests.api.test_console_oidc import console_oidc_gateway
 from tests.browser import BrowserUnavailable, chromium_path
 from tests.connecting import connect_url, people, serve_gateway_at_own_url
 from tests.gateway.credentials.test_oauth_upstream import World, authorise, rows
@@ -169,3 +170,13 @@ async def test_an_admin_reauthorises_a_needs_reauth_credential_in_the_browser(
     with anyio.fail_after(TIMEOUT):
         assert (await authorise(world, seen["link"], "alice@example")).status_code == 200
         assert [r["status"] for r in await rows(world)] == ["active"]
+
+
+async def test_an_admin_signs_in_with_the_organisations_provider_in_the_browser(
+    browse: Browse, tmp_path: Path
+) -> None:
+    async with console_oidc_gateway(tmp_path) as gateway:
+        admin = await browse("provider_signin", base=gateway.base_url, label="Corp SSO", login="erin")
+        other = await browse("provider_signin", base=gateway.base_url, label="Corp SSO", login="alice")
+    assert admin["url"] == f"{gateway.base_url}/admin/sessions" and admin["heading"] == "Sessions"
+    assert other["heading"] == "Not an admin" and "alice@example.com is not an admin" in other["text"]

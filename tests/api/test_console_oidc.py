@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -27,8 +29,10 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SignInGateway]:
+@asynccontextmanager
+async def console_oidc_gateway(directory: Path) -> AsyncIterator[SignInGateway]:
+    """A gateway with host sign-in through a real provider (Corp SSO), whose admins are the
+    people in its `mcpgw-admins` group."""
     sock = listening_socket()
     async with running_oidc_provider([base_url_of(sock) + CALLBACK_PATH], ACCOUNTS) as provider:
         oidc = (
@@ -43,8 +47,14 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sig
             "      admin_claim: groups\n"
             "      admin_values: [mcpgw-admins]\n"
         )
-        async with signin_gateway(tmp_path_factory.mktemp("console-oidc"), oidc, sock) as running:
+        async with signin_gateway(directory, oidc, sock) as running:
             yield running
+
+
+@pytest.fixture(scope="module")
+async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SignInGateway]:
+    async with console_oidc_gateway(tmp_path_factory.mktemp("console-oidc")) as running:
+        yield running
 
 
 async def through_provider(

@@ -71,6 +71,25 @@ const scenarios = {
     return { status, link: await page.getAttribute("a.reauth-link", "href"), heading: await page.textContent("h1") };
   },
 
+  async provider_signin(page, plan) {
+    // The console's "Sign in with" button, then the provider's own pages (login, consent: plain
+    // forms), until the browser is back in the console or stops somewhere else.
+    await page.goto(`${plan.base}/admin/signin`);
+    await page.click(`button:text('Sign in with ${plan.label}')`);
+    for (let step = 0; step < 8 && !page.url().startsWith(`${plan.base}/admin/`); step++) {
+      if (page.url().startsWith(`${plan.base}/signin/oidc/callback`)) {
+        await page.waitForURL(`${plan.base}/admin/**`, { timeout: 5000 }).catch(() => {});
+        break;
+      }
+      if (await page.locator("input[name=login]").count()) {
+        await page.fill("input[name=login]", plan.login);
+        await page.fill("input[name=password]", "any password will do");
+      }
+      await Promise.all([page.waitForLoadState("load"), page.locator("button[type=submit]").first().click()]);
+    }
+    return { url: page.url(), heading: await page.textContent("h1"), text: await page.textContent("main") };
+  },
+
   async csrf(page, plan) {
     await signIn(page, plan.base, plan.key);
     const url = `${plan.base}/admin/keys/${plan.keyId}/revoke`;
