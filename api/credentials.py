@@ -16,7 +16,7 @@ Errors are the spec's BifrostError (`api/errors.py`); another organisation's row
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from api.errors import InvalidCursor, ReauthRefused, Refused
 from api.sessions import Authenticate, Caller, client_of
 from store import Binding, CredentialFilter, CredentialRow, Store, format_timestamp, utc_now
 
-__all__ = ["CredentialsApi", "Forget", "Reauthorise"]
+__all__ = ["CredentialsApi", "Forget", "Reauthorise", "may_reauth", "render_row"]
 
 _DEFAULT_LIMIT = 50
 _MAX_LIMIT = 200
@@ -69,7 +69,7 @@ def render_row(row: CredentialRow, caller: Caller) -> dict[str, Any]:
         "last_refreshed_at": _time(row.last_refreshed_at),
         "updated_at": _time(row.updated_at),
         "oauth_config_id": row.oauth_client_id,
-        "can_reauth": _may_reauth(binding, row.status, caller),
+        "can_reauth": may_reauth(binding, row.status, caller),
     }
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -78,7 +78,9 @@ def _time(moment: Any) -> str | None:
     return None if moment is None else format_timestamp(moment)
 
 
-def _may_reauth(binding: Binding, status: str, caller: Caller) -> bool:
+def may_reauth(binding: Binding, status: str, caller: Caller) -> bool:
+    """Whether `caller` may re-authorise the row: never an orphaned one, and a user-mode row only
+    its own user (the URL would mint a credential for whoever opens it)."""
     if status == "orphaned":
         return False
     return binding.auth_mode != "user" or caller.user_id == binding.subject
@@ -112,13 +114,22 @@ class CredentialsApi:
             upstream=query.get("mcp_client") or None,
         )
         limit = _limit(query.get("limit"))
+        rows, following = await self.page(caller, where, query.get("cursor"), limit)
+        body = {"sessions": [render_row(row, caller) for row in rows], "next_cursor": following}
+        return Response(orjson.dumps(body), 200, media_type="application/json")
+
+    async def page(
+        self, caller: Caller, where: CredentialFilter, cursor: str | None, limit: int
+    ) -> tuple[Sequence[CredentialRow], str | None]:
+        """Up to `limit` rows of the caller's organisation after `cursor`, and the next page's
+        cursor (None on the last page); a `Refused` 400 for a cursor not minted for this query."""
         # A cursor is good only for the organisation and filters it was minted under.
         filters = (where.status, where.auth_mode, where.kind, where.upstream)
         scope = "|".join(("credentials", caller.organisation_id, *(str(v) for v in filters)))
         after = None
-        if query.get("cursor"):
+        if cursor:
             try:
-                created, row_id = self.codec.open(scope, query["cursor"])
+                created, row_id = self.codec.open(scope, cursor)
                 after = (int(created), str(row_id))
             except (InvalidCursor, ValueError, TypeError):
                 raise Refused(400, "invalid_cursor", "The cursor is invalid for this query.") from None
@@ -126,33 +137,43 @@ class CredentialsApi:
             caller.organisation_id, where, after, limit + 1, utc_now()
         )
         following = self.codec.seal(scope, list(rows[limit - 1].key)) if len(rows) > limit else None
-        body = {"sessions": [render_row(row, caller) for row in rows[:limit]], "next_cursor": following}
-        return Response(orjson.dumps(body), 200, media_type="application/json")
+        return rows[:limit], following
 
     async def reauth(self, request: Request) -> Response:
         caller = await self._admin(request)
-        row = await self._row(caller, request.path_params["id"])
+        row = await self.row(caller, request.path_params["id"])
+        flow_id, kind, url = await self.start_reauth(caller, row)
+        key = "authorize_url" if kind == "oauth" else "submit_url"
+        return Response(orjson.dumps({key: url, "session_id": flow_id}), 200, media_type="application/json")
+
+    async def start_reauth(self, caller: Caller, row: CredentialRow) -> tuple[str, str, str]:
+        """A fresh flow for the row's binding, (flow id, auth kind, URL); `Refused` as the API
+        words it (403 orphaned or another user's, 409 no longer re-authorisable). The console
+        calls this too, so both refuse exactly alike."""
         if row.status == "orphaned":
             raise Refused(403, "orphaned", "This credential's identity no longer reaches the upstream.")
-        if not _may_reauth(row.binding, row.status, caller):
+        if not may_reauth(row.binding, row.status, caller):
             raise Refused(
                 403, "not_bound_user", "Only the user this credential belongs to can re-authorise it."
             )
         try:
-            flow_id, kind, url = await self.reauthorise(row.binding)
+            return await self.reauthorise(row.binding)
         except ReauthRefused as exc:
             raise Refused(409, "not_reauthorisable", str(exc)) from exc
-        key = "authorize_url" if kind == "oauth" else "submit_url"
-        return Response(orjson.dumps({key: url, "session_id": flow_id}), 200, media_type="application/json")
 
     async def delete(self, request: Request) -> Response:
         caller = await self._admin(request)
-        row = await self._row(caller, request.path_params["id"])
-        await self.store.credentials.delete(caller.organisation_id, row.id)
-        self.forget(row.binding)
+        row = await self.row(caller, request.path_params["id"])
+        await self.remove(caller, row)
         return Response(status_code=204)
 
-    async def _row(self, caller: Caller, row_id: str) -> CredentialRow:
+    async def remove(self, caller: Caller, row: CredentialRow) -> None:
+        """Delete the row (its binding's flows, then its credential) and forget it in memory."""
+        await self.store.credentials.delete(caller.organisation_id, row.id)
+        self.forget(row.binding)
+
+    async def row(self, caller: Caller, row_id: str) -> CredentialRow:
+        """The caller's organisation's row with this id; a `Refused` 404 for any other."""
         for row in await self.store.credentials.listing(
             caller.organisation_id, CredentialFilter(), None, _MAX_LIMIT, utc_now(), row_id=row_id
         ):

@@ -6,8 +6,10 @@
     │                   raised by the `Authenticate` the app hands in
     ├── InvalidCursor   a cursor this gateway did not mint for this query; the handler that read
     │                   it answers a `Refused` 400 in its surface's words
-    └── ReauthRefused   the binding's upstream takes no per-user credentials any more; raised by
-                        the `Reauthorise` the app hands in, answered 409 by the credential handler
+    ├── ReauthRefused   the binding's upstream takes no per-user credentials any more; raised by
+    │                   the `Reauthorise` the app hands in, answered 409 by the credential handler
+    └── ProviderUnavailable  an OpenID Connect provider cannot be used now; raised by the console's
+                        `ProviderSignIn.begin` the app hands in, said on the console's sign-in page
 
 Two surfaces, two bodies:
 
@@ -43,6 +45,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "ApiError",
     "InvalidCursor",
+    "ProviderUnavailable",
     "ReauthRefused",
     "Refused",
     "Surface",
@@ -83,6 +86,10 @@ class InvalidCursor(ApiError):
 class ReauthRefused(ApiError):
     """The binding's upstream no longer takes per-user credentials (a pending flow, unlike a
     credential, is not marked orphaned when that changes): answered 409."""
+
+
+class ProviderUnavailable(ApiError):
+    """An OpenID Connect provider cannot be used now (its discovery or keys failed)."""
 
 
 def _problem(status: int, code: str, detail: str) -> dict[str, Any]:

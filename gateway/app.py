@@ -44,6 +44,15 @@ from api import (
     key_routes,
     metrics_routes,
 )
+from api.console import (
+    Console,
+    ConsoleSessions,
+    ProviderRedirect,
+    ProviderSignIn,
+    UpstreamStatus,
+    console_routes,
+)
+from api.errors import ProviderUnavailable
 from gateway.background import every, start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.lists import UpstreamLists
@@ -54,7 +63,7 @@ from gateway.core.tasks import TASK_IDS_SECRET_NAME, TaskIds, TaskRelay
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
-from gateway.errors import AuthThrottled, FlowProblem
+from gateway.errors import AuthThrottled, FlowProblem, OidcError
 from gateway.host.asgi import OriginGuard
 from gateway.host.auth import HostAuth, Principal
 from gateway.host.legacy_sse import LegacySse
@@ -66,6 +75,7 @@ from gateway.recording.observed import ObservedRecorder
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.recording.redaction import Redactor
 from gateway.recording.store_recorder import StoreRecorder, running_recorder
+from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE
 from gateway.signin.routes import signin_routes
 from gateway.signin.server import SignInServer
 from gateway.telemetry.access import AccessLog
@@ -108,6 +118,7 @@ class Gateway:
     lists: UpstreamLists
     pools: Mapping[str, SharedPool]
     children: Children
+    console: Console  # the admin console at /admin/
     signin: SignInServer | None = None  # with host_sign_in.enabled: the authorization server
     stopped: bool = False
 
@@ -233,6 +244,23 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             return flow.id, flow.auth_kind, broker.flow_url(flow)
 
         cursors = CursorCodec(await store.gateway_secret(CURSOR_SECRET_NAME))
+        credentials_api = CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget)
+
+        def upstream_statuses() -> list[UpstreamStatus]:
+            return [_upstream_status(connector, window) for connector in connectors.values()]
+
+        console = Console(
+            store,
+            cursors,
+            authenticate_api,
+            ConsoleSessions(store, sealer),
+            credentials_api,
+            upstream_statuses,
+            secure_cookies=config.public_url.startswith("https://"),
+            providers=None if signin is None else _console_providers(signin),
+        )
+        if signin is not None:
+            signin.consents.console = console.provider_signed_in
         yield Gateway(
             config,
             store,
@@ -241,7 +269,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             broker,
             legacy=LegacySse(endpoint),
             sessions_api=SessionsApi(store, cursors, authenticate_api),
-            credentials_api=CredentialsApi(store, cursors, authenticate_api, reauthorise, broker.forget),
+            credentials_api=credentials_api,
             keys_api=KeysApi(store, authenticate_api),
             grants_api=GrantsApi(store, authenticate_api),
             pages=ConnectPages(broker, authenticate),
@@ -254,7 +282,40 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             lists=lists,
             pools=pools,
             children=children,
+            console=console,
         )
+
+
+def _console_providers(signin: SignInServer) -> ProviderSignIn | None:
+    """The host sign-in's OpenID Connect providers, offered on the console's sign-in page too."""
+    if not signin.config.oidc:
+        return None
+
+    async def begin(provider: str) -> ProviderRedirect:
+        try:
+            begun = await signin.consents.begin_console_sign_in(provider)
+        except OidcError as exc:
+            raise ProviderUnavailable(exc.message) from exc
+        return ProviderRedirect(begun.url, STATE_COOKIE, begun.stored_state, begun.max_age_s, CALLBACK_PATH)
+
+    return ProviderSignIn({p.name: p.label for p in signin.config.oidc}, begin)
+
+
+def _upstream_status(connector: Connector, window: UpstreamWindow) -> UpstreamStatus:
+    health = connector.health.report()
+    last = window.summary(connector.config.name)
+    return UpstreamStatus(
+        name=connector.config.name,
+        transport=connector.config.transport,
+        state=str(health["state"]),
+        last_error=None if health["last_error"] is None else str(health["last_error"]),
+        last_error_at=None if health["last_error_at"] is None else str(health["last_error_at"]),
+        calls=last.calls,
+        errors=last.errors,
+        error_rate=last.error_rate,
+        p50_ms=last.p50_ms,
+        p99_ms=last.p99_ms,
+    )
 
 
 def _held_open(
@@ -340,6 +401,9 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         assert server is not None  # its routes are declared only when it is enabled
         return server
 
+    def console(request: Request) -> Console:
+        return _gateway(request.scope).console
+
     def exposition(request: Request) -> Callable[[], bytes]:
         return _gateway(request.scope).metrics.exposition
 
@@ -352,6 +416,7 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
         *credential_routes(credentials_api),
         *key_routes(keys_api),
         *grant_routes(grants_api),
+        *console_routes(console),
         *connect_routes(pages, config.public_url),
         *(signin_routes(signin) if config.host_sign_in.enabled else []),
         *(metrics_routes(exposition, config.metrics.token) if config.metrics.enabled else []),

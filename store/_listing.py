@@ -133,13 +133,18 @@ async def list_sessions(
     api_key_id: str | None,
     seek: Seek,
     limit: int,
+    client_name: str | None = None,
 ) -> Page[RecordedSession]:
+    conditions: list[str] = []
     args: tuple[object, ...] = ()
-    scope = "1"
     if organisation_id is not None:
-        scope, args = "organisation_id = ?", (organisation_id,)
+        # Each combination has an index whose columns are these, then last_call_at.
+        conditions, args = ["organisation_id = ?"], (organisation_id,)
         if api_key_id is not None:
-            scope, args = "organisation_id = ? AND api_key_id = ?", (organisation_id, api_key_id)
+            conditions, args = [*conditions, "api_key_id = ?"], (*args, api_key_id)
+        if client_name is not None:
+            conditions, args = [*conditions, "client_name = ?"], (*args, client_name)
+    scope = " AND ".join(conditions) or "1"
     return await _keyset_page(
         conn,
         select=f"SELECT {SESSION_COLUMNS} FROM sessions",

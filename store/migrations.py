@@ -218,6 +218,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX signin_tokens_by_grant ON signin_tokens(grant_id);
     CREATE INDEX signin_tokens_by_expiry ON signin_tokens(expires_at);
     """,
+    # 8: the admin console lists an organisation's sessions of one client (by the name it gave),
+    # alone or with one key, newest activity first: keyset pages over these, like the others.
+    """
+    CREATE INDEX sessions_by_client_activity ON sessions(organisation_id, client_name, last_call_at);
+    CREATE INDEX sessions_by_key_client_activity
+        ON sessions(organisation_id, api_key_id, client_name, last_call_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -360,12 +360,19 @@ class Store(Protocol):
         ...
 
     async def list_sessions(
-        self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
+        self,
+        organisation_id: str | None,
+        *,
+        api_key_id: str | None,
+        seek: Seek,
+        limit: int,
+        client_name: str | None = None,
     ) -> Page[RecordedSession]:
         """A page of sessions, most recent activity first.
 
         ``organisation_id=None`` lists every organisation (the operator's terminal view);
-        ``api_key_id`` narrows to the sessions one key opened, ``None`` does not narrow.
+        ``api_key_id`` narrows to the sessions one key opened, ``client_name`` (within an
+        organisation) to those of one client as it named itself; ``None`` does not narrow.
         """
         ...
 

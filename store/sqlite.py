@@ -289,10 +289,16 @@ class SqliteStore:
                 return cursor.rowcount
 
     async def list_sessions(
-        self, organisation_id: str | None, *, api_key_id: str | None, seek: Seek, limit: int
+        self,
+        organisation_id: str | None,
+        *,
+        api_key_id: str | None,
+        seek: Seek,
+        limit: int,
+        client_name: str | None = None,
     ) -> Page[RecordedSession]:
         with translated("list sessions"):
-            return await list_sessions(self._conn, organisation_id, api_key_id, seek, limit)
+            return await list_sessions(self._conn, organisation_id, api_key_id, seek, limit, client_name)
 
     async def get_session(
         self, organisation_id: str | None, session_id: str, *, api_key_id: str | None

@@ -14,9 +14,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -86,14 +87,22 @@ class NodeProgram:
 
 
 @asynccontextmanager
-async def run_node(script: str, *args: str) -> AsyncIterator[NodeProgram]:
+async def run_node(
+    script: str, *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[NodeProgram]:
     """Run `node tests/node/<script> <args>` until the block ends; enter once it has printed a
     JSON line with `"listening": true` (within `NODE_STARTUP_TIMEOUT_S`). Its stderr goes to the
-    test's. `install()` must have run (the `node_modules` fixture)."""
+    test's; `env` is added to this process's environment. `install()` must have run (the
+    `node_modules` fixture)."""
     node = shutil.which("node")
     if node is None:
         raise NodeUnavailable("node is not on PATH; install Node.js 20 or later (https://nodejs.org)")
-    process = await anyio.open_process([node, str(NODE_DIR / script), *args], cwd=NODE_DIR, stderr=None)
+    process = await anyio.open_process(
+        [node, str(NODE_DIR / script), *args],
+        cwd=NODE_DIR,
+        stderr=None,
+        env=None if env is None else {**os.environ, **env},
+    )
     try:
         assert process.stdout is not None
         ready: dict[str, Any] | None = None

@@ -14,6 +14,11 @@ let whoever started the request send someone straight to their provider, where a
 signs them in without their seeing what they approve. The page has no script and no inline style,
 so it works without JavaScript under a `default-src 'none'` policy.
 
+The provider's callback is shared with the admin console (`api/console`), which signs admins in
+through the same providers: a sign-in it began (`begin_console_sign_in`) carries `CONSOLE_SIGN_IN`
+in its sealed state where a consent sign-in carries its pending request, and its callback ends in
+the console's `console` hook rather than here.
+
 The answer goes back to the client's redirect URI, which its client registered and the SDK
 handler checked, with `iss` (RFC 9207) and the host's `state`: a code (`complete_sign_in`), or
 `access_denied`. Nothing is redirected anywhere else.
@@ -39,7 +44,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from gateway.config import HostSignInConfig
 from gateway.errors import AuthThrottled, OidcError, OidcRefused
 from gateway.signin.clients import HostClient
-from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE, OidcSignIn, SignedInUser
+from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE, Begun, OidcSignIn, SignedInUser
 from gateway.signin.resource import SCOPE, ProtectedResource
 from gateway.signin.tokens import CODE_PREFIX, new_secret
 from store import SignInCode, SignInStore, utc_now
@@ -47,7 +52,14 @@ from store import SignInCode, SignInStore, utc_now
 if TYPE_CHECKING:
     from gateway.host.auth import Principal
 
-__all__ = ["CONSENT_PATH", "Consents", "PendingAuthorization", "SignInMethod"]
+__all__ = [
+    "CONSENT_PATH",
+    "CONSOLE_SIGN_IN",
+    "Consents",
+    "ConsoleSignedIn",
+    "PendingAuthorization",
+    "SignInMethod",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +80,11 @@ KeyCheck = Callable[[Mapping[str, str], str | None], Awaitable["Principal | None
 # What a person an OpenID Connect provider vouched for signs in as (oidc.identity_key's principal).
 Identify = Callable[[SignedInUser], Awaitable["Principal"]]
 _OIDC_DECISION = "oidc:"
+CONSOLE_SIGN_IN = "console"
+"""What a provider sign-in started by the admin console is for, in place of a pending
+authorization's id (which `secrets.token_urlsafe` never makes): the callback is shared."""
+# The admin console's answer to a person a provider vouched for (api/console: `provider_signed_in`).
+ConsoleSignedIn = Callable[["Principal", str], Response]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +128,7 @@ class Consents:
         self._oidc = oidc
         self._pending: dict[str, PendingAuthorization] = {}
         self._secure_cookie = resource.public_url.startswith("https://")
+        self.console: ConsoleSignedIn | None = None  # set by the app once the console exists
 
     # -- the provider's side -------------------------------------------------------------------
 
@@ -279,6 +297,16 @@ class Consents:
         if self._oidc is None:
             return _page("Not found", "<p>No OpenID Connect provider is configured.</p>", 404)
         sign_in, identify = self._oidc
+        return await self._from_provider(request, sign_in, identify)
+
+    async def begin_console_sign_in(self, provider: str) -> Begun:
+        """Start a provider sign-in for the admin console (its callback is `oidc_callback`);
+        `OidcError` when the provider cannot be used now."""
+        if self._oidc is None or provider not in self._oidc[0].providers:
+            raise OidcRefused(provider, "unknown_provider", "that sign-in method is not offered here")
+        return await self._oidc[0].begin(provider, CONSOLE_SIGN_IN)
+
+    async def _from_provider(self, request: Request, sign_in: OidcSignIn, identify: Identify) -> Response:
         try:
             user = await sign_in.finish(dict(request.query_params), request.cookies.get(STATE_COOKIE))
         except OidcRefused as exc:
@@ -287,6 +315,11 @@ class Consents:
         except OidcError as exc:
             logger.warning("sign-in: OIDC provider %r cannot be used: %s", exc.provider, exc)
             return _page("Signing in is not possible now", f"<p>{html.escape(exc.message)}</p>", 502)
+        if user.pending_authorization_id == CONSOLE_SIGN_IN and self.console is not None:
+            # Sealed in the state by `begin_console_sign_in`: only the console's own sign-ins.
+            answer = self.console(await identify(user), user.email or user.user_id)
+            answer.delete_cookie(STATE_COOKIE, path=CALLBACK_PATH)
+            return answer
         pending = self.pending(user.pending_authorization_id)
         if pending is None:
             return _expired()

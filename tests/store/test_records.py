@@ -29,14 +29,14 @@ from store._writer_thread import CHECKPOINT_EVERY
 T0 = utc_now()
 
 
-def start(org: str, *, key: str | None = None, at: datetime = T0) -> SessionStart:
+def start(org: str, *, key: str | None = None, at: datetime = T0, client: str = "host") -> SessionStart:
     return SessionStart(
         id=str(uuid.uuid4()),
         mcp_session_id=uuid.uuid4().hex,
         organisation_id=org,
         api_key_id=key,
         client_id=None,
-        client_name="host",
+        client_name=client,
         client_version="1",
         protocol_version="2025-11-25",
         started_at=at,
@@ -175,6 +175,28 @@ async def test_sessions_list_newest_activity_first_and_narrow_to_one_key(store: 
     assert len(every_org.rows) == 5
 
 
+async def test_sessions_narrow_to_one_client_alone_or_with_a_key(store: SqliteStore) -> None:
+    org = (await store.ensure_organisation("o")).id
+    claude = [start(org, key="k1", at=T0 + timedelta(seconds=n), client="Claude Code") for n in range(3)]
+    cursor = start(org, key="k1", at=T0 + timedelta(seconds=5), client="Cursor")
+    other_key = start(org, key="k2", at=T0 + timedelta(seconds=6), client="Claude Code")
+    await store.write_records([*claude, cursor, other_key])
+
+    by_client = await store.list_sessions(
+        org, api_key_id=None, client_name="Claude Code", seek=Seek(), limit=2
+    )
+    assert [s.id for s in by_client.rows] == [other_key.id, claude[2].id] and by_client.more_after
+    rest = await store.list_sessions(
+        org, api_key_id=None, client_name="Claude Code", seek=Seek(by_client.rows[-1].key), limit=2
+    )
+    assert [s.id for s in rest.rows] == [claude[1].id, claude[0].id] and not rest.more_after
+    both = await store.list_sessions(org, api_key_id="k2", client_name="Claude Code", seek=Seek(), limit=5)
+    assert [s.id for s in both.rows] == [other_key.id]
+    assert (
+        await store.list_sessions(org, api_key_id="k2", client_name="Cursor", seek=Seek(), limit=5)
+    ).rows == ()
+
+
 async def test_a_session_is_found_by_the_mcp_session_id_its_host_used(store: SqliteStore) -> None:
     org = (await store.ensure_organisation("o")).id
     other = (await store.ensure_organisation("p")).id
@@ -226,6 +248,8 @@ async def test_every_listing_query_is_an_index_range_scan(db_path: Path, store: 
     await store._conn.set_trace_callback(statements.append)
     first = await store.list_sessions(org, api_key_id=None, seek=Seek(), limit=1)
     await store.list_sessions(org, api_key_id="k", seek=Seek(first.rows[0].key, backward=True), limit=1)
+    await store.list_sessions(org, api_key_id=None, client_name="host", seek=Seek(first.rows[0].key), limit=1)
+    await store.list_sessions(org, api_key_id="k", client_name="host", seek=Seek(), limit=1)
     calls = await store.list_invocations(session.id, seek=Seek(), limit=2)
     await store.list_invocations(session.id, seek=Seek(calls.rows[-1].key), limit=2)
     await store._conn.set_trace_callback(None)  # type: ignore[arg-type]  # None turns it off
