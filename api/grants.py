@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import Refused
-from api.keys import admin_caller, json_response, stamp
-from api.sessions import Authenticate, Caller
+from api.keys import admin_caller, stamp
+from api.sessions import Authenticate, Caller, json_response
 from store import Grant, Store, utc_now
 
 __all__ = ["GrantsApi", "render_grant"]
@@ -37,6 +37,7 @@ def render_grant(grant: Grant) -> dict[str, Any]:
         "apiKeyId": grant.api_key_id,
         "keyPrefix": grant.key_prefix,
         "clientId": grant.client_row_id,
+        "oauthClientId": grant.client_id,
         "clientName": grant.client_name,
         "resource": grant.resource,
         "createdAt": stamp(grant.created_at),

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import Refused
-from api.sessions import Authenticate, Caller, caller_of
+from api.sessions import Authenticate, Caller, caller_of, json_response
 from store import ApiKey, KeyNotFound, Store, format_timestamp
 
-__all__ = ["KeysApi", "admin_caller", "json_response", "render_key", "stamp"]
+__all__ = ["KeysApi", "admin_caller", "render_key", "stamp"]
 
 
 def stamp(moment: datetime | None) -> str | None:
@@ -89,7 +88,3 @@ class KeysApi:
             if key.id == key_id:
                 return key
         return None
-
-
-def json_response(body: Any) -> Response:
-    return Response(orjson.dumps(body), 200, media_type="application/json")

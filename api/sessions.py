@@ -25,7 +25,7 @@ from api.errors import Refused
 from api.paging import page_body, read_limit, read_seek
 from store import RecordedInvocation, RecordedSession, Seek, Store, format_timestamp
 
-__all__ = ["Authenticate", "Caller", "SessionsApi", "caller_of", "client_of"]
+__all__ = ["Authenticate", "Caller", "SessionsApi", "caller_of", "client_of", "is_uuid", "json_response"]
 
 INLINE_INVOCATIONS = 50
 """How many invocations the session detail carries inline; the rest are paged."""
@@ -105,11 +105,11 @@ def render_invocation(call: RecordedInvocation) -> dict[str, Any]:
     }
 
 
-def _json(body: Any) -> Response:
+def json_response(body: Any) -> Response:
     return Response(orjson.dumps(body), 200, media_type="application/json")
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
     try:
         UUID(text)
     except ValueError:
@@ -143,7 +143,7 @@ class SessionsApi:
     async def _session(self, request: Request, scope: _Scope) -> RecordedSession:
         session_id = request.path_params["sessionId"]
         found = None
-        if _is_uuid(session_id):
+        if is_uuid(session_id):
             found = await self.store.get_session(
                 scope.organisation_id, session_id, api_key_id=scope.api_key_id
             )
@@ -160,7 +160,9 @@ class SessionsApi:
             scope.organisation_id, api_key_id=scope.api_key_id, seek=seek, limit=limit
         )
         incoming = request.query_params.get("Cursor")
-        return _json(page_body(page, codec=self.codec, scope=query, incoming=incoming, render=render_session))
+        return json_response(
+            page_body(page, codec=self.codec, scope=query, incoming=incoming, render=render_session)
+        )
 
     async def get_session(self, request: Request) -> Response:
         scope = await self._scope(request)
@@ -172,7 +174,7 @@ class SessionsApi:
         body = render_session(session)
         body["invocations"] = [render_invocation(call) for call in page.rows]
         body["invocationsNextCursor"] = following
-        return _json(body)
+        return json_response(body)
 
     async def list_invocations(self, request: Request) -> Response:
         scope = await self._scope(request)
@@ -182,6 +184,6 @@ class SessionsApi:
         seek = read_seek(request.query_params, self.codec, query)
         page = await self.store.list_invocations(session.id, seek=seek, limit=limit)
         incoming = request.query_params.get("Cursor")
-        return _json(
+        return json_response(
             page_body(page, codec=self.codec, scope=query, incoming=incoming, render=render_invocation)
         )

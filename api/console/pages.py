@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from uuid import UUID
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -23,7 +22,7 @@ from api.credentials import CredentialsApi, render_row
 from api.cursor import CursorCodec
 from api.errors import ProviderUnavailable, Refused, Throttled
 from api.paging import page_body, read_limit, read_seek
-from api.sessions import Authenticate, Caller, client_of
+from api.sessions import Authenticate, Caller, client_of, is_uuid
 from store import ApiKey, CredentialFilter, Grant, RecordedSession, Seek, Store, utc_now
 
 __all__ = ["BASE", "Console", "ProviderRedirect", "ProviderSignIn", "UpstreamStatus"]
@@ -276,7 +275,7 @@ class Console:
     async def session(self, request: Request, admin: Admin) -> Response:
         session_id = request.path_params["sessionId"]
         found = None
-        if _is_uuid(session_id):
+        if is_uuid(session_id):
             found = await self._store.get_session(admin.organisation_id, session_id, api_key_id=None)
         if found is None:
             raise Refused(404, "Mcp.SessionNotFound", "No such session in this organisation.")
@@ -457,11 +456,3 @@ def _action(request: Request) -> str:
     if action not in ("reauth", "delete"):
         raise Refused(404, "NotFound", "Nothing here.")
     return action
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        UUID(text)
-    except ValueError:
-        return False
-    return True

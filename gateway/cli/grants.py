@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from store import Grant, format_timestamp, open_sqlite_store, utc_now
+from api import render_grant
+from store import open_sqlite_store, utc_now
 
 __all__ = ["list_grants", "revoke_grant"]
 
@@ -31,7 +31,7 @@ async def list_grants(database: Path, organisation: str, as_json: bool, out: Pri
             return 1
         grants = await store.signin.grants(org.id)
     if as_json:
-        out(json.dumps([_row(grant) for grant in grants]))
+        out(json.dumps([render_grant(grant) for grant in grants]))
         return 0
     if not grants:
         out(f"no sign-ins in {organisation}")
@@ -69,26 +69,6 @@ async def revoke_grant(database: Path, grant_id: str) -> int:
         return 1
     print(json.dumps({"grantId": grant_id, "revoked": True}))
     return 0
-
-
-def _row(grant: Grant) -> dict[str, Any]:
-    def stamp(moment: datetime | None) -> str | None:
-        return None if moment is None else format_timestamp(moment)
-
-    return {
-        "grantId": grant.id,
-        "userId": grant.user_id,
-        "apiKeyId": grant.api_key_id,
-        "keyPrefix": grant.key_prefix,
-        "clientId": grant.client_row_id,
-        "oauthClientId": grant.client_id,
-        "clientName": grant.client_name,
-        "resource": grant.resource,
-        "createdAt": stamp(grant.created_at),
-        "lastUsedAt": stamp(grant.last_used_at),
-        "revokedAt": stamp(grant.revoked_at),
-        "revokedReason": grant.revoked_reason,
-    }
 
 
 def _when(moment: datetime | None) -> str:
