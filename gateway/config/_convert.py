@@ -147,6 +147,8 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         max_sessions=up.max_sessions,
         max_children=up.max_children,
         list_ttl_s=up.list_ttl_s,
+        max_connections=up.max_connections,
+        max_listen_streams=up.max_listen_streams,
         auth=_upstream_auth(up, here, problems),
     )
 

@@ -170,6 +170,8 @@ class UpstreamModel(Model):
     max_sessions: _Count = default_of(UpstreamConfig, "max_sessions")
     max_children: _Count = default_of(UpstreamConfig, "max_children")
     list_ttl_s: _Seconds = default_of(UpstreamConfig, "list_ttl_s")
+    max_connections: _Count = default_of(UpstreamConfig, "max_connections")
+    max_listen_streams: _Count = default_of(UpstreamConfig, "max_listen_streams")
     auth: UpstreamAuthModel = Field(default_factory=UpstreamAuthModel)
 
 

@@ -111,6 +111,10 @@ class UpstreamConfig:
     max_sessions: int = 4  # shared: upstream sessions (stdio: children) in the pool
     max_children: int = 50  # stdio, per_host: children running at once for all host sessions
     list_ttl_s: float = 300.0  # what it lists is listed again after this long (unless it says)
+    # http: connections its calls share, and GET (listen) streams kept open beside them, in a
+    # pool of their own so that listening sessions never hold a call's connection.
+    max_connections: int = 256
+    max_listen_streams: int = 128
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
+from gateway.upstream.listening import ListenStreams
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
 
@@ -207,8 +208,10 @@ class Connector:
         sse_client: httpx2.AsyncClient | None = None,
         log_redactor: Redactor | None = None,
         children: Children | None = None,
+        listen_streams: ListenStreams | None = None,
     ) -> None:
         self.config = config
+        self.listen_streams = listen_streams
         self.children = children or Children(max_total=1_000_000)
         self._log_redactor = log_redactor or Redactor.with_defaults()
         self._task_group = task_group
@@ -453,7 +456,13 @@ class Connector:
             )
         if config.transport == "http":
             assert self._pool is not None
-            return HttpChannel(config.name, self._pool, unsolicited, extra_headers=credential)
+            return HttpChannel(
+                config.name,
+                self._pool,
+                unsolicited,
+                extra_headers=credential,
+                listen_streams=self.listen_streams,
+            )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(
             config.name, self._sse_client, config.url, unsolicited, self._task_group
@@ -487,14 +496,18 @@ def _upstream_client_info(info: JSONObject) -> JSONObject:
     }
 
 
-def pool_for(config: UpstreamConfig) -> Pool:
-    """The connection pool every session of one Streamable HTTP upstream shares."""
+def pool_for(config: UpstreamConfig, *, listening: bool = False) -> Pool:
+    """The connection pool the calls of every session of one Streamable HTTP upstream share;
+    with `listening`, the one their GET streams share (see `listening.py`)."""
     assert config.url is not None
+    cap = config.max_listen_streams if listening else config.max_connections
     return Pool(
         config.url,
         {**config.headers, **config.auth.static_headers},
         connect_s=config.timeouts.connect_s,
         user_agent=USER_AGENT,
+        max_connections=cap,
+        max_idle=min(cap, 64),
         ssl_context=httpx2.create_ssl_context(),
     )
 
