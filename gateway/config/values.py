@@ -92,6 +92,9 @@ class UpstreamConfig:
     name: str
     transport: Transport
     prefix: str  # "<name>__" unless the file sets one ("" included)
+    # Put before every resource URI (and template) it lists, as hosts see them, and taken off
+    # those a host sends back: "a+" exposes demo://readme as a+demo://readme. "": URIs as listed.
+    uri_prefix: str = ""
     command: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None

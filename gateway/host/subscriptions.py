@@ -135,9 +135,10 @@ async def _listen_upstream(
             await upstream.announcing()
         if "subscribe" in (upstream.capabilities.get("resources") or {}):
             for uri in wanted.get("resourceSubscriptions") or ():
-                if (await router.route(session, "resources", uri, message)).upstream == name:
+                route = await router.route(session, "resources", uri, message)
+                if route.upstream == name:  # under the URI the upstream wrote (protocol/uris.py)
                     subscribe = {"jsonrpc": "2.0", "id": f"mcpgw-sub-{uri}", "method": "resources/subscribe"}
-                    await upstream.request({**subscribe, "params": {"uri": uri}}, None)
+                    await upstream.request({**subscribe, "params": {"uri": route.original}}, None)
     except (UpstreamError, RoutingError, CredentialError) as exc:
         logger.info("session %s: no change events from %s: %s", session.id, name, exc)
     finally:
