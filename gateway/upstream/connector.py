@@ -388,7 +388,11 @@ class Connector:
         config = self.config
         try:
             with anyio.fail_after(config.timeouts.connect_s):
-                channel = await self._open_channel(unsolicited, credential)
+                # Sessions no host owns (the catalogue's listing session, a shared pool's, at most
+                # max_sessions + 1) keep their GET streams on the calls' pool: they hear the list
+                # changes every host is told of, and must not queue behind host sessions' streams.
+                own = handshake is not SHARED_HANDSHAKE
+                channel = await self._open_channel(unsolicited, credential, own_listen_slot=own)
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)
                     if "error" in response:
@@ -442,7 +446,9 @@ class Connector:
         if "error" in response:
             raise UpstreamUnavailable(self.name, f"refused initialize: {response['error'].get('message')}")
 
-    async def _open_channel(self, unsolicited: Unsolicited, credential: HeaderSource | None) -> Channel:
+    async def _open_channel(
+        self, unsolicited: Unsolicited, credential: HeaderSource | None, *, own_listen_slot: bool = True
+    ) -> Channel:
         config = self.config
         if config.transport == "stdio":
             return await StdioChannel.start(

@@ -11,6 +11,9 @@ calls keep theirs (`max_connections`) whole. A session past the cap opens no str
 not wait for one before its first call: its calls work as before; what the upstream would
 send it outside a call is lost until a stream frees up, when it takes the slot (first come,
 first served). That is logged, at most once a minute per upstream.
+The gateway's own sessions (the catalogue's listing session, a shared pool's: at most
+`max_sessions` + 1) take no slot and keep their streams on the calls' pool: what they hear
+(list changes) every host needs, and they must not queue behind host sessions.
 
 Why not open a stream only while the host itself listens: hosts that never open a GET stream
 (one-shot CLIs, most bridges) would lose the `list_changed` an upstream sends during their

@@ -16,7 +16,14 @@ from mcp import Client
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.api.conftest import McpClient
-from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.harness import (
+    RunningGateway,
+    demo_stdio_yaml,
+    keyless_config,
+    serve_gateway,
+    start_demo_http,
+    stop_process,
+)
 
 TIMEOUT = 30.0
 
@@ -141,3 +148,44 @@ async def test_an_upstream_without_a_uri_prefix_keeps_its_uris_as_it_wrote_them(
     assert [r["uri"] for r in resources] == ["demo://readme"]
     assert read["result"]["contents"][0]["uri"] == "demo://readme"
     assert linked["result"]["content"][0]["uri"] == "demo://readme"
+
+
+@pytest.fixture(scope="module")
+async def web_twins(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    """Two instances of the demo over Streamable HTTP, which speak 2026-07-28 to the gateway."""
+    first, first_url = await start_demo_http()
+    try:
+        second, second_url = await start_demo_http()
+        try:
+            upstreams = "".join(
+                f"""
+  - name: {name}
+    transport: http
+    url: {url}
+    uri_prefix: "{name}+"
+"""
+                for name, url in (("a", first_url), ("b", second_url))
+            )
+            config = keyless_config(tmp_path_factory.mktemp("web-twins"), upstreams)
+            async with serve_gateway(config) as gateway:
+                yield gateway
+        finally:
+            await stop_process(second)
+    finally:
+        await stop_process(first)
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+async def test_a_2026_listen_gets_the_updates_of_the_uri_it_asked_for_from_that_instance(
+    web_twins: RunningGateway, name: str
+) -> None:
+    exposed = f"{name}+demo://readme"
+    events: list[str] = []
+    async with Client(web_twins.url, mode="2026-07-28", cache=None) as client:
+        with anyio.fail_after(TIMEOUT):
+            async with client.listen(resource_subscriptions=[exposed]) as subscription:
+                await client.call_tool(f"{name}__touch", {"uri": "demo://readme"})
+                async for event in subscription:
+                    events.append(str(getattr(event, "uri", "")))
+                    break
+    assert events == [exposed]
