@@ -467,7 +467,7 @@ class Connector:
                 self._pool,
                 unsolicited,
                 extra_headers=credential,
-                listen_streams=self.listen_streams,
+                listen_streams=self.listen_streams if own_listen_slot else None,
             )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(

@@ -72,6 +72,8 @@ class HttpChannel:
         # Set once the GET stream is open, or known not to be coming: until then, what the
         # upstream announces (list changes, resource updates) has nowhere to go and is lost.
         self.listening = anyio.Event()
+        # Set once a GET stream has opened (for a session past max_listen_streams: once it got a slot).
+        self.stream_open = anyio.Event()
 
     @property
     def closed(self) -> bool:
@@ -248,6 +250,7 @@ class HttpChannel:
                         if resp.status >= 400:
                             logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status)
                             return
+                        self.stream_open.set()
                         decoder = EventDecoder()
                         while chunk := await resp.chunk():
                             for event in decoder.feed(chunk):
