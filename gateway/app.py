@@ -83,6 +83,7 @@ from gateway.telemetry.metrics import GatewayMetrics, HeldOpen
 from gateway.telemetry.window import UpstreamWindow
 from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
+from gateway.upstream.listening import ListenStreams
 from gateway.upstream.pool import SharedPool
 from store import Binding, Store, open_sqlite_store
 
@@ -152,6 +153,10 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             http = upstream.transport == "http"
             sse = upstream.transport == "sse"
             pool = await stack.enter_async_context(pool_for(upstream)) if http else None
+            listen_streams = None
+            if http:
+                listen_pool = await stack.enter_async_context(pool_for(upstream, listening=True))
+                listen_streams = ListenStreams(upstream.name, listen_pool, upstream.max_listen_streams)
             client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
             connectors[upstream.name] = Connector(
                 upstream,
@@ -160,6 +165,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
                 sse_client=client,
                 log_redactor=log_redactor,
                 children=children,
+                listen_streams=listen_streams,
             )
         pools = {name: SharedPool(connector) for name, connector in connectors.items()}
         for each in pools.values():

@@ -21,8 +21,9 @@ Tools: echo, count_slowly (progress), log_levels (logging), ask_name
 (elicitation), fail (isError), structured (structuredContent), sample_haiku
 (sampling), name_roots (roots), wait (timeouts/cancellation), touch (resources/updated to
 subscribers), add_tool (tools/list_changed), traceparent (echoes the W3C trace context it
-received), crash (exits mid-call). Also a `demo://readme` resource, a
-`demo://greeting/{name}` template, a `greet` prompt and argument completion for it.
+received), crash (exits mid-call), readme_link (the readme as a resource link and embedded).
+Also a `demo://readme` resource, a `demo://greeting/{name}` template, a `greet` prompt and
+argument completion for it.
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ from mcp_types import (
     Completion,
     CompletionArgument,
     CompletionContext,
+    ContentBlock,
     CreateMessageResult,
+    EmbeddedResource,
     EmptyResult,
     ListRootsResult,
     LoggingLevel,
     PromptReference,
+    ResourceLink,
     ResourceTemplateReference,
     SamplingMessage,
     SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
+    TextResourceContents,
     UnsubscribeRequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -210,6 +215,18 @@ def crash() -> str:
 @mcp.resource("demo://readme", name="readme", description="About this server.", mime_type="text/plain")
 def readme() -> str:
     return "mcpgw demo server: a small upstream used to exercise the gateway."
+
+
+@mcp.tool(description="Point to the readme: a resource_link to demo://readme and the readme embedded.")
+def readme_link() -> list[ContentBlock]:
+    text = readme()
+    return [
+        ResourceLink(type="resource_link", uri="demo://readme", name="readme", mime_type="text/plain"),
+        EmbeddedResource(
+            type="resource",
+            resource=TextResourceContents(uri="demo://readme", mime_type="text/plain", text=text),
+        ),
+    ]
 
 
 @mcp.resource("demo://greeting/{name}", name="greeting", mime_type="text/plain")

@@ -47,6 +47,14 @@ def check_prefix(value: str) -> str:
     return value
 
 
+def check_uri_prefix(value: str) -> str:
+    # Put before a URI's scheme, it must leave a scheme (RFC 3986: a letter, then letters, digits,
+    # "+", "-" or "."); the final "+" keeps the upstream's own scheme readable, as in git+https.
+    if value and not re.fullmatch(r"[a-z][a-z0-9.+-]*\+", value):
+        raise ValueError(f"uri_prefix must match ^[a-z][a-z0-9.+-]*\\+$ (like 'a+'), got {value!r}")
+    return value
+
+
 def _split_url(value: str) -> SplitResult | None:
     """The URL's parts, or None when it does not parse (a malformed port included)."""
     try:

@@ -84,6 +84,7 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
             problems.append((("upstreams", i, "name"), why))
         first_at.setdefault(up.name, i)
         upstreams.append(_upstream(up, ("upstreams", i), base, problems))
+    _check_uri_prefixes(model, problems)
     database = base / Path(model.database).expanduser()
     security = model.security
     public_url = (model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/")
@@ -139,6 +140,7 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         url=up.url,
         headers=dict(up.headers or {}),
         prefix=f"{up.name}__" if up.prefix is None else up.prefix,
+        uri_prefix=up.uri_prefix,
         tools=ToolFilter(allow=tuple(up.tools.allow), deny=tuple(up.tools.deny)),
         timeouts=Timeouts(connect_s=up.timeouts.connect_s, call_s=up.timeouts.call_s),
         idle_s=up.idle_s,
@@ -147,8 +149,23 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         max_sessions=up.max_sessions,
         max_children=up.max_children,
         list_ttl_s=up.list_ttl_s,
+        max_connections=up.max_connections,
+        max_listen_streams=up.max_listen_streams,
         auth=_upstream_auth(up, here, problems),
     )
+
+
+def _check_uri_prefixes(model: GatewayModel, problems: Problems) -> None:
+    """A URI a host sends back must lead to one upstream: no uri_prefix may begin another."""
+    seen: list[tuple[int, str]] = []
+    for i, up in enumerate(model.upstreams):
+        if not up.uri_prefix:
+            continue
+        for j, other in seen:
+            if up.uri_prefix.startswith(other) or other.startswith(up.uri_prefix):
+                why = f"{up.uri_prefix!r} and upstreams[{j}].uri_prefix {other!r}: one begins the other"
+                problems.append((("upstreams", i, "uri_prefix"), why))
+        seen.append((i, up.uri_prefix))
 
 
 def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> UpstreamAuth:

@@ -24,6 +24,7 @@ from gateway.config._checks import (
     check_pattern,
     check_prefix,
     check_scope,
+    check_uri_prefix,
     check_url,
     float_from_text,
     int_from_text,
@@ -162,6 +163,7 @@ class UpstreamModel(Model):
     url: Annotated[str, AfterValidator(check_url)] | None = None
     headers: dict[_HeaderName, _HeaderValue] | None = None
     prefix: Annotated[str, AfterValidator(check_prefix)] | None = None  # None: "<name>__"
+    uri_prefix: Annotated[str, AfterValidator(check_uri_prefix)] = default_of(UpstreamConfig, "uri_prefix")
     tools: ToolFilterModel = Field(default_factory=ToolFilterModel)
     timeouts: TimeoutsModel = Field(default_factory=TimeoutsModel)
     idle_s: _Seconds = default_of(UpstreamConfig, "idle_s")
@@ -170,6 +172,8 @@ class UpstreamModel(Model):
     max_sessions: _Count = default_of(UpstreamConfig, "max_sessions")
     max_children: _Count = default_of(UpstreamConfig, "max_children")
     list_ttl_s: _Seconds = default_of(UpstreamConfig, "list_ttl_s")
+    max_connections: _Count = default_of(UpstreamConfig, "max_connections")
+    max_listen_streams: _Count = default_of(UpstreamConfig, "max_listen_streams")
     auth: UpstreamAuthModel = Field(default_factory=UpstreamAuthModel)
 
 

@@ -92,6 +92,9 @@ class UpstreamConfig:
     name: str
     transport: Transport
     prefix: str  # "<name>__" unless the file sets one ("" included)
+    # Put before every resource URI (and template) it lists, as hosts see them, and taken off
+    # those a host sends back: "a+" exposes demo://readme as a+demo://readme. "": URIs as listed.
+    uri_prefix: str = ""
     command: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
@@ -111,6 +114,10 @@ class UpstreamConfig:
     max_sessions: int = 4  # shared: upstream sessions (stdio: children) in the pool
     max_children: int = 50  # stdio, per_host: children running at once for all host sessions
     list_ttl_s: float = 300.0  # what it lists is listed again after this long (unless it says)
+    # http: connections its calls share, and GET (listen) streams kept open beside them, in a
+    # pool of their own so that listening sessions never hold a call's connection.
+    max_connections: int = 256
+    max_listen_streams: int = 128
 
 
 @dataclass(frozen=True, slots=True)

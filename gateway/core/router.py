@@ -3,8 +3,9 @@
 What each upstream lists comes from the shared catalogue (`lists.py`), fetched once for every
 host session; the merge, the filters and the routing table are each session's own.
 Tools and prompts are exposed as `<prefix><name>` (prefix `<upstream>__` unless configured);
-resources keep their URIs (the upstream needs them as it wrote them) and get a prefixed
-`name`. Lists are fanned out to every upstream and merged; the merge also builds the routing
+resources get a prefixed `name` and keep their URIs, or have them under the upstream's
+`uri_prefix` when it has one (`protocol/uris.py`), which also routes any URI under it to that
+upstream. Lists are fanned out to every upstream and merged; the merge also builds the routing
 table the session uses for calls. A name two upstreams both claim is refused, not guessed.
 
 An upstream whose listing fails (down, or no usable credential) is left out of the list and
@@ -52,6 +53,10 @@ class Router:
         self._upstreams = {u.name: u for u in upstreams}
         self._order = [u.name for u in upstreams]
         self._conflicts_told: set[tuple[str, str]] = set()  # a config problem: said once, not per listing
+        # Longest first, though the config lets no uri_prefix begin another.
+        self._uri_prefixes = sorted(
+            ((u.uri_prefix, u.name) for u in upstreams if u.uri_prefix), key=lambda each: -len(each[0])
+        )
 
     @property
     def upstream_names(self) -> list[str]:
@@ -105,6 +110,10 @@ class Router:
 
     async def route(self, session: HostSession, kind: Kind, name: str, message: JSONObject) -> Route:
         """The upstream for a tool/prompt name or resource URI, listing once if not yet known."""
+        if kind == "resources":
+            for uri_prefix, upstream in self._uri_prefixes:
+                if name.startswith(uri_prefix):
+                    return Route(upstream, name[len(uri_prefix) :])
         route = _lookup(session.catalogue.table(kind), kind, name)
         if route is None:
             await self._refresh(session, kind, message)
@@ -166,11 +175,11 @@ class Router:
             for item in per_upstream.get(name, []):
                 if key == "tools" and not config.tools.permits(str(item.get("name"))):
                     continue
-                exposed, route_key, original = _exposure(config.prefix, key, item)
+                exposed, route_key, original = _exposure(config, key, item)
                 if key == "tools" and not key_filter.permits(exposed):
                     continue  # the API key's own filter: it can only narrow the upstream's
                 if key == "resourceTemplates":
-                    _add_template(table, item, name)
+                    _add_template(table, route_key, name)
                 if route_key in table.refused:
                     continue
                 owner = table.routes.get(route_key)
@@ -178,18 +187,19 @@ class Router:
                     if (key, route_key) not in self._conflicts_told and len(self._conflicts_told) < 1000:
                         self._conflicts_told.add((key, route_key))
                         logger.error(
-                            "%s %r is offered by both %r and %r; refusing it",
+                            "%s %r is offered by both %r and %r; refusing it (give one a %s)",
                             key,
                             route_key,
                             owner.upstream,
                             name,
+                            "prefix" if key in ("tools", "prompts") else "uri_prefix",
                         )
                     table.refused[route_key] = (owner.upstream, name)
                     del table.routes[route_key]
                     merged.pop(route_key, None)
                     continue
                 table.routes[route_key] = Route(name, original)
-                merged[route_key] = {**item, "name": exposed}
+                merged[route_key] = _exposed_item(key, item, exposed, route_key)
         return list(merged.values()), table
 
 
@@ -215,20 +225,29 @@ def _kind(method: str) -> Kind:
     return kind  # type: ignore[return-value]
 
 
-def _exposure(prefix: str, key: str, item: JSONObject) -> tuple[str, str, str]:
-    """(host-visible name, routing key, upstream's own key) for one listed item."""
+def _exposure(config: UpstreamConfig, key: str, item: JSONObject) -> tuple[str, str, str]:
+    """(host-visible name, routing key, upstream's own key) for one listed item; the routing key
+    of a resource or template is its URI as the host sees it."""
     name = str(item.get("name", ""))
     if key in ("tools", "prompts"):
-        return prefix + name, prefix + name, name
+        return config.prefix + name, config.prefix + name, name
     uri = str(item.get("uriTemplate" if key == "resourceTemplates" else "uri", ""))
-    return prefix + name, uri, uri
+    return config.prefix + name, config.uri_prefix + uri, uri
 
 
-def _add_template(table: Table, item: JSONObject, upstream: str) -> None:
+def _exposed_item(key: str, item: JSONObject, exposed: str, route_key: str) -> JSONObject:
+    if key == "resources":
+        return {**item, "name": exposed, "uri": route_key}
+    if key == "resourceTemplates":
+        return {**item, "name": exposed, "uriTemplate": route_key}
+    return {**item, "name": exposed}
+
+
+def _add_template(table: Table, template: str, upstream: str) -> None:
     try:
-        table.templates.append((UriTemplate.parse(str(item.get("uriTemplate", ""))), upstream))
+        table.templates.append((UriTemplate.parse(template), upstream))
     except InvalidUriTemplate:
-        logger.warning("upstream %s lists an invalid URI template %r", upstream, item.get("uriTemplate"))
+        logger.warning("upstream %s lists an invalid URI template %r", upstream, template)
 
 
 def _lookup(table: Table | None, kind: Kind, name: str) -> Route | None:
@@ -237,7 +256,8 @@ def _lookup(table: Table | None, kind: Kind, name: str) -> Route | None:
     if name in table.refused:
         first, second = table.refused[name]
         raise RoutingError(
-            f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a prefix"
+            f"{name!r} is offered by both upstream {first!r} and {second!r}; give one a "
+            + ("uri_prefix" if kind == "resources" else "prefix")
         )
     route = table.routes.get(name)
     if route is None and kind != "resources":

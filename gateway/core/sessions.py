@@ -42,6 +42,7 @@ from gateway.host.auth import Principal
 from gateway.protocol.context import NO_CONTEXT, RequestContext
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification
 from gateway.protocol.revisions import to_handshake_request, with_server_info
+from gateway.protocol.uris import outward
 from gateway.recording.recorder import NullRecorder, Recorder
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connects, Handshake, ModernUpstream, UpstreamSession
@@ -325,7 +326,8 @@ class HostSession:
         self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext = NO_CONTEXT
     ) -> JSONObject:
         """Send a host request to upstream `name`, with this caller's credential if it needs one."""
-        return await self._retrying_credential(name, lambda: self._forward(name, message, sink, context))
+        response = await self._retrying_credential(name, lambda: self._forward(name, message, sink, context))
+        return outward(self._connectors[name].config.uri_prefix, response)
 
     async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt`; if the upstream refuses the credential, have the broker refresh it (or
@@ -496,6 +498,7 @@ class _Relay:
         method = message.get("method")
         if method is None:
             return
+        message = outward(self._upstream.config.uri_prefix, message)
         if "id" in message:
             gateway_id = self._session.outbound.add(self._upstream, message["id"])
             message = {**message, "id": gateway_id}

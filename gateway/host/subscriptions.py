@@ -22,6 +22,7 @@ from gateway.core.sessions import HostSession
 from gateway.errors import CredentialError, RoutingError, UpstreamError
 from gateway.host.asgi import ResponseStream
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification, params_of, result
+from gateway.protocol.uris import outward
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +64,18 @@ class _Filtered:
 
 
 class _UpstreamAck:
-    """In front of the relay for one 2026 upstream's listen: notes when that upstream has acknowledged."""
+    """In front of the relay for one 2026 upstream's listen: notes when that upstream has
+    acknowledged, and puts the URIs it announces under its uri_prefix (protocol/uris.py)."""
 
-    def __init__(self, relay: _Filtered) -> None:
+    def __init__(self, relay: _Filtered, uri_prefix: str) -> None:
         self.ready = anyio.Event()
         self._relay = relay
+        self._uri_prefix = uri_prefix
 
     async def send(self, message: JSONObject) -> None:
         if message.get("method") == "notifications/subscriptions/acknowledged":
             self.ready.set()
-        await self._relay.send(message)
+        await self._relay.send(outward(self._uri_prefix, message))
 
 
 async def serve_listen(
@@ -124,10 +127,12 @@ async def _listen_upstream(
     try:
         modern = await session.modern(name)
         if modern is not None:
-            upstream_ack = _UpstreamAck(relay)
+            uri_prefix = modern.config.uri_prefix
+            upstream_ack = _UpstreamAck(relay, uri_prefix)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_set_when, upstream_ack.ready, ready)
-                await modern.channel.request(message, upstream_ack)  # returns when that upstream ends it
+                # returns when that upstream ends it
+                await modern.channel.request(_as_upstream_wrote(message, uri_prefix), upstream_ack)
                 tg.cancel_scope.cancel()
             return
         upstream = await session.upstream(name)  # opened now, so its announcements reach the relay
@@ -135,13 +140,28 @@ async def _listen_upstream(
             await upstream.announcing()
         if "subscribe" in (upstream.capabilities.get("resources") or {}):
             for uri in wanted.get("resourceSubscriptions") or ():
-                if (await router.route(session, "resources", uri, message)).upstream == name:
+                route = await router.route(session, "resources", uri, message)
+                if route.upstream == name:  # under the URI the upstream wrote (protocol/uris.py)
                     subscribe = {"jsonrpc": "2.0", "id": f"mcpgw-sub-{uri}", "method": "resources/subscribe"}
-                    await upstream.request({**subscribe, "params": {"uri": uri}}, None)
+                    await upstream.request({**subscribe, "params": {"uri": route.original}}, None)
     except (UpstreamError, RoutingError, CredentialError) as exc:
         logger.info("session %s: no change events from %s: %s", session.id, name, exc)
     finally:
         ready.set()
+
+
+def _as_upstream_wrote(message: JSONObject, uri_prefix: str) -> JSONObject:
+    """The host's listen as an upstream with a uri_prefix gets it: only the URIs under its prefix,
+    without it."""
+    params = params_of(message)
+    wanted = params.get("notifications")
+    if not uri_prefix or not isinstance(wanted, dict):
+        return message
+    uris = wanted.get("resourceSubscriptions")
+    if not isinstance(uris, list):
+        return message
+    own = [uri[len(uri_prefix) :] for uri in uris if isinstance(uri, str) and uri.startswith(uri_prefix)]
+    return {**message, "params": {**params, "notifications": {**wanted, "resourceSubscriptions": own}}}
 
 
 async def _set_when(source: anyio.Event, target: anyio.Event) -> None:

@@ -44,6 +44,7 @@ from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
+from gateway.upstream.listening import ListenStreams
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
 
@@ -207,8 +208,10 @@ class Connector:
         sse_client: httpx2.AsyncClient | None = None,
         log_redactor: Redactor | None = None,
         children: Children | None = None,
+        listen_streams: ListenStreams | None = None,
     ) -> None:
         self.config = config
+        self.listen_streams = listen_streams
         self.children = children or Children(max_total=1_000_000)
         self._log_redactor = log_redactor or Redactor.with_defaults()
         self._task_group = task_group
@@ -385,7 +388,11 @@ class Connector:
         config = self.config
         try:
             with anyio.fail_after(config.timeouts.connect_s):
-                channel = await self._open_channel(unsolicited, credential)
+                # Sessions no host owns (the catalogue's listing session, a shared pool's, at most
+                # max_sessions + 1) keep their GET streams on the calls' pool: they hear the list
+                # changes every host is told of, and must not queue behind host sessions' streams.
+                own = handshake is not SHARED_HANDSHAKE
+                channel = await self._open_channel(unsolicited, credential, own_listen_slot=own)
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)
                     if "error" in response:
@@ -439,7 +446,9 @@ class Connector:
         if "error" in response:
             raise UpstreamUnavailable(self.name, f"refused initialize: {response['error'].get('message')}")
 
-    async def _open_channel(self, unsolicited: Unsolicited, credential: HeaderSource | None) -> Channel:
+    async def _open_channel(
+        self, unsolicited: Unsolicited, credential: HeaderSource | None, *, own_listen_slot: bool = True
+    ) -> Channel:
         config = self.config
         if config.transport == "stdio":
             return await StdioChannel.start(
@@ -453,7 +462,13 @@ class Connector:
             )
         if config.transport == "http":
             assert self._pool is not None
-            return HttpChannel(config.name, self._pool, unsolicited, extra_headers=credential)
+            return HttpChannel(
+                config.name,
+                self._pool,
+                unsolicited,
+                extra_headers=credential,
+                listen_streams=self.listen_streams if own_listen_slot else None,
+            )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(
             config.name, self._sse_client, config.url, unsolicited, self._task_group
@@ -487,14 +502,18 @@ def _upstream_client_info(info: JSONObject) -> JSONObject:
     }
 
 
-def pool_for(config: UpstreamConfig) -> Pool:
-    """The connection pool every session of one Streamable HTTP upstream shares."""
+def pool_for(config: UpstreamConfig, *, listening: bool = False) -> Pool:
+    """The connection pool the calls of every session of one Streamable HTTP upstream share;
+    with `listening`, the one their GET streams share (see `listening.py`)."""
     assert config.url is not None
+    cap = config.max_listen_streams if listening else config.max_connections
     return Pool(
         config.url,
         {**config.headers, **config.auth.static_headers},
         connect_s=config.timeouts.connect_s,
         user_agent=USER_AGENT,
+        max_connections=cap,
+        max_idle=min(cap, 64),
         ssl_context=httpx2.create_ssl_context(),
     )
 

@@ -38,6 +38,7 @@ from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, dumps, loads_relayab
 from gateway.upstream._wire import Pool, Response
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.events import Event, EventDecoder
+from gateway.upstream.listening import ListenStreams
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,11 @@ class HttpChannel:
         *,
         extra_headers: HeaderSource | None = None,
         modern_version: str | None = None,
+        listen_streams: ListenStreams | None = None,
     ) -> None:
         self._name = name
         self._pool = pool
+        self._listen_streams = listen_streams  # None: GET streams share the calls' pool
         self._unsolicited = unsolicited
         self._extra_headers = extra_headers
         self._modern_version = modern_version
@@ -69,6 +72,8 @@ class HttpChannel:
         # Set once the GET stream is open, or known not to be coming: until then, what the
         # upstream announces (list changes, resource updates) has nowhere to go and is lost.
         self.listening = anyio.Event()
+        # Set once a GET stream has opened (for a session past max_listen_streams: once it got a slot).
+        self.stream_open = anyio.Event()
 
     @property
     def closed(self) -> bool:
@@ -226,13 +231,18 @@ class HttpChannel:
             )
 
     async def _listen(self) -> None:
+        streams = self._listen_streams
+        pool = self._pool if streams is None else streams.pool
         with anyio.CancelScope() as scope:
             self._listen_scope = scope
             while not self._closed:
+                if streams is not None and not streams.try_take():
+                    self.listening.set()  # a stream may be long in coming: calls do not wait for it
+                    await streams.take()
                 try:
                     headers = await self._headers(None, None)
                     headers["accept"] = "text/event-stream"
-                    resp = await self._pool.request("GET", headers)
+                    resp = await pool.request("GET", headers)
                     try:
                         self.listening.set()  # open, or refused: either way, nothing more to wait for
                         if resp.status == 405:
@@ -240,6 +250,7 @@ class HttpChannel:
                         if resp.status >= 400:
                             logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status)
                             return
+                        self.stream_open.set()
                         decoder = EventDecoder()
                         while chunk := await resp.chunk():
                             for event in decoder.feed(chunk):
@@ -252,6 +263,9 @@ class HttpChannel:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
                 except Exception:  # this task lives in the gateway's task group: never let it end it
                     logger.exception("upstream %s: GET stream failed", self._name)
+                finally:
+                    if streams is not None:
+                        streams.give_back()
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
 

@@ -40,6 +40,7 @@ from gateway.protocol.jsonrpc import (
     params_of,
     result,
 )
+from gateway.protocol.uris import outward
 from gateway.upstream.channel import DISCARD, MessageSink
 from gateway.upstream.connector import SHARED_HANDSHAKE, Connects, UpstreamSession
 
@@ -265,10 +266,11 @@ class SharedPool:
             await self.on_list_changed(self.name, method)
         elif method == "notifications/resources/updated":
             uri = params_of(message).get("uri")
+            exposed = outward(self._connector.config.uri_prefix, message)  # as its hosts subscribed
             for user_id in list(self._subscribers.get(str(uri), ())):
                 user = self._users.get(user_id)
                 if user is not None:
-                    await user.announce(message)
+                    await user.announce(exposed)
         elif method == "notifications/message":
             for user in list(self._users.values()):
                 if _wants(user, message):

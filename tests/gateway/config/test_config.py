@@ -227,6 +227,38 @@ def test_same_prefix_on_two_upstreams_is_allowed(tmp_path: Path) -> None:
     assert len(config.upstreams) == 2
 
 
+def test_a_uri_prefix_is_empty_unless_set_and_must_leave_a_uri_scheme(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            upstreams:
+              - {name: a, transport: stdio, command: [a], uri_prefix: "a+"}
+              - {name: b, transport: stdio, command: [b]}
+            """,
+        )
+    )
+    assert [u.uri_prefix for u in config.upstreams] == ["a+", ""]
+    error = load_error(
+        tmp_path, "upstreams:\n  - {name: a, transport: stdio, command: [a], uri_prefix: 'A_'}\n"
+    )
+    assert error.problems[0].key == "upstreams[0].uri_prefix"
+    assert "like 'a+'" in str(error)
+
+
+def test_a_uri_prefix_that_begins_another_is_refused(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        """
+upstreams:
+  - {name: a, transport: stdio, command: [a], uri_prefix: "a+"}
+  - {name: b, transport: stdio, command: [b], uri_prefix: "a+b+"}
+""",
+    )
+    assert error.problems[0].key == "upstreams[1].uri_prefix"
+    assert "one begins the other" in str(error)
+
+
 def test_config_values_are_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     with pytest.raises(AttributeError):
