@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -132,9 +132,17 @@ class MemoryStorage(TokenStorage):
         self.client_info = client_info
 
 
+class PersonsBrowser(Protocol):
+    """Where the host sends the person (`open`), and what its redirect URI then received."""
+
+    async def open(self, authorization_url: str) -> None: ...
+
+    async def callback(self) -> AuthorizationCodeResult: ...
+
+
 def oauth_client(
     server_url: str,
-    browser: Browser,
+    browser: PersonsBrowser,
     storage: MemoryStorage,
     *,
     auth_method: str | None = None,

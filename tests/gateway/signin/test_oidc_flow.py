@@ -15,9 +15,8 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
-from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+from mcp.shared.auth import AuthorizationCodeResult
 
 from gateway.signin.consent import CONSENT_PATH
 from gateway.signin.oidc import CALLBACK_PATH
@@ -27,6 +26,7 @@ from tests.gateway.signin.browser import (
     MemoryStorage,
     SignInGateway,
     authorize_params,
+    oauth_client,
     pkce,
     register,
     signin_gateway,
@@ -105,19 +105,6 @@ class SsoBrowser:
         return AuthorizationCodeResult(code=got.get("code", ""), state=got.get("state"), iss=got.get("iss"))
 
 
-def sdk_client(gateway: SignInGateway, browser: SsoBrowser, storage: MemoryStorage) -> OAuthClientProvider:
-    metadata = OAuthClientMetadata.model_validate(
-        {
-            "redirect_uris": [REDIRECT_URI],
-            "client_name": "SSO test host",
-            "grant_types": ["authorization_code", "refresh_token"],
-        }
-    )
-    return OAuthClientProvider(
-        gateway.url, metadata, storage, redirect_handler=browser.open, callback_handler=browser.callback
-    )
-
-
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 async def test_a_person_signs_in_with_the_organisations_provider_and_the_host_works_as_them(
     gateway: SignInGateway, mode: str
@@ -126,7 +113,7 @@ async def test_a_person_signs_in_with_the_organisations_provider_and_the_host_wo
     async with httpx2.AsyncClient(follow_redirects=False, timeout=TIMEOUT) as browser_http:
         browser = SsoBrowser(browser_http, "alice")
         async with (
-            httpx2.AsyncClient(auth=sdk_client(gateway, browser, storage), timeout=TIMEOUT) as http,
+            httpx2.AsyncClient(auth=oauth_client(gateway.url, browser, storage), timeout=TIMEOUT) as http,
             Client(streamable_http_client(gateway.url, http_client=http), mode=mode) as client,
         ):
             with anyio.fail_after(TIMEOUT):
