@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import orjson
@@ -351,6 +351,17 @@ class SignInSql:
     async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None:
         row = await self._one(f"{_SIGNED_IN} AND {_LIVE}", (hash_api_key(access_token), "access", _ms(now)))
         return None if row is None else _signed_in(row)
+
+    async def access_token_ended(
+        self, access_token: str, now: datetime
+    ) -> Literal["expired", "revoked"] | None:
+        row = await self._one(_SIGNED_IN, (hash_api_key(access_token), "access"))
+        if row is None:
+            return None
+        signed_in = _signed_in(row)
+        if signed_in.grant.revoked_at is not None:
+            return "revoked"
+        return "expired" if signed_in.expires_at <= now else None
 
     async def refreshable(self, refresh_token: str, now: datetime) -> SignedIn | None:
         digest = hash_api_key(refresh_token)

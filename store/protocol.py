@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .models import (
     ApiKey,
@@ -233,6 +233,14 @@ class SignInStore(Protocol):
         not revoked; else ``None``."""
         ...
 
+    async def access_token_ended(
+        self, access_token: str, now: datetime
+    ) -> Literal["expired", "revoked"] | None:
+        """Why a token ``signed_in`` refused is no longer good: the key that approved it was
+        revoked, or it expired; ``None`` when no such token is known (a revoked grant's tokens
+        are deleted with it)."""
+        ...
+
     async def refreshable(self, refresh_token: str, now: datetime) -> SignedIn | None:
         """What a live, unused refresh token stands for. One already exchanged is a replay: its
         whole grant is revoked (``refresh_token_reused``) and ``None`` returned."""
@@ -304,6 +312,11 @@ class Store(Protocol):
 
     async def find_api_key(self, secret: str) -> ApiKey | None:
         """Return the key whose secret this is, or ``None`` if unknown or revoked."""
+        ...
+
+    async def api_key_revoked(self, secret: str) -> bool:
+        """Whether this secret is a key that was revoked (``find_api_key`` found nothing for it
+        and its holder is told why)."""
         ...
 
     async def live_api_keys(

@@ -219,6 +219,16 @@ class SqliteStore:
             )
         return None if row is None else _api_key(row)
 
+    async def api_key_revoked(self, secret: str) -> bool:
+        if not secret.startswith(KEY_PREFIX):
+            return False
+        with translated("find API key"):
+            row = await self._fetchone(
+                "SELECT 1 FROM api_keys WHERE key_hash = ? AND revoked_at IS NOT NULL",
+                (hash_api_key(secret),),
+            )
+        return row is not None
+
     async def list_api_keys(self, organisation_id: str) -> list[ApiKey]:
         with translated("list API keys"):
             async with self._conn.execute(

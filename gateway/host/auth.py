@@ -12,7 +12,9 @@ Keys arrive as `Authorization: Bearer mgw_...` or `x-api-key: mgw_...`. What eac
   a lookup is in flight is caught by the following request rather than cached for 30 s.
 - A key created while the gateway serves works at once: nothing known is ever negative for it.
 - A bad key (unknown, revoked, malformed) costs at most one lookup per minute when it is sent
-  again (a host retrying a revoked key): the digests of recent misses are kept, and a new key
+  again (a host retrying a revoked key): the digests of recent misses are kept with why each
+  failed (a second query, on a miss only, tells a revoked key or an ended token from an unknown
+  one, so that the 401 says which: `Refusal`), and a new key
   never has one of them (it is 256 fresh random bits). Each failure spends from the client
   address's bucket (`_auth_failures.py`, `auth.max_failures_per_minute`); an address that has
   spent it gets `AuthThrottled` (429, Retry-After) without a lookup, unless its key is one
@@ -36,7 +38,8 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
+from enum import StrEnum
+from typing import Literal, Protocol
 
 import anyio
 
@@ -77,10 +80,40 @@ class Principal:
         )
 
 
+class Refusal(StrEnum):
+    """Why a credential was not accepted, as the host that sent it is told (defect 8 of issue 23:
+    one text for every case sent people looking for the wrong mistake). Only the holder of the
+    secret learns its state; nothing here says whether any other credential exists, and a key of
+    another organisation on its URL is a 404 before any of these."""
+
+    MISSING = "no API key or access token was sent"
+    UNKNOWN_KEY = "unknown API key: check that it was copied whole"
+    REVOKED_KEY = "this API key was revoked: ask an admin of its organisation for a new one"
+    UNKNOWN_TOKEN = "unknown access token (revoked, or never issued here): sign in again"
+    EXPIRED_TOKEN = "access token expired: refresh it or sign in again"
+    REVOKED_TOKEN = (
+        "access token revoked (its sign-in or the key that approved it was revoked): sign in again"
+    )
+    TOKEN_ELSEWHERE = "access token issued for another MCP URL: sign in to this one"
+    TOKENS_NOT_ACCEPTED = "access tokens are not accepted here: send an API key"
+
+    @property
+    def names_a_token(self) -> bool:
+        return self in _TOKEN_REFUSALS
+
+
+_TOKEN_REFUSALS = frozenset(
+    {Refusal.UNKNOWN_TOKEN, Refusal.EXPIRED_TOKEN, Refusal.REVOKED_TOKEN, Refusal.TOKEN_ELSEWHERE}
+)
+_TOKEN_ENDED: dict[str | None, Refusal] = {"expired": Refusal.EXPIRED_TOKEN, "revoked": Refusal.REVOKED_TOKEN}
+
+
 class KeyStore(Protocol):
     """What host authentication needs of the store (`store.Store` has it all)."""
 
     async def find_api_key(self, secret: str) -> ApiKey | None: ...
+
+    async def api_key_revoked(self, secret: str) -> bool: ...
 
     def key_generation(self) -> Hashable: ...
 
@@ -91,6 +124,10 @@ class TokenStore(Protocol):
     """What accepting signed-in hosts' access tokens needs of the store (`store.SignInStore` has it)."""
 
     async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None: ...
+
+    async def access_token_ended(
+        self, access_token: str, now: datetime
+    ) -> Literal["expired", "revoked"] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +154,7 @@ class HostAuth:
         self._anonymous = Principal(default_organisation_id, None, None, False)
         self._clock = clock
         self._known: dict[str, _Known] = {}
-        self._misses: dict[str, float] = {}  # digest -> monotonic expiry
+        self._misses: dict[str, tuple[float, Refusal]] = {}  # digest -> (monotonic expiry, why)
         self._failures = FailureLimits(max_failures_per_minute, logger)
         self._use_due: dict[str, float] = {}  # key id -> monotonic time its use is next written
         self._used: dict[str, datetime] = {}
@@ -131,47 +168,67 @@ class HostAuth:
     async def authenticate(
         self, headers: Mapping[str, str], client: str | None = None, resource: str | None = None
     ) -> Principal | None:
-        """The caller's principal; None when a key is missing (and required) or unknown.
+        """The caller's principal; None when a key is missing (and required) or not good.
 
         `client` is the caller's address, by which failures are limited: past the limit this
         raises `AuthThrottled` rather than look the key up. `resource` is the MCP URL the request
         is for, where a signed-in host's access token may be accepted (one bound to it only).
         """
+        found = await self.admit(headers, client, resource)
+        return None if isinstance(found, Refusal) else found
+
+    async def admit(
+        self, headers: Mapping[str, str], client: str | None = None, resource: str | None = None
+    ) -> Principal | Refusal:
+        """As `authenticate`, but a refusal says why, for the caller who holds the credential."""
         secret = key_from_headers(headers)
         if secret is None:
-            return None if self._required else self._anonymous
+            return Refusal.MISSING if self._required else self._anonymous
         digest = hash_api_key(secret)
         now = self._clock()
         generation = self._store.key_generation()
         known = self._known.get(digest)
         if known is not None and known.good_until > now and known.generation == generation:
-            if known.principal.resource != resource:
-                return None  # a token used for another resource (or where none is accepted)
-            self._note_use(known.principal, now)
-            return known.principal
+            return self._accepted(known.principal, resource, now)
         wait = self._failures.retry_after(client, now)
         if wait is not None:
             raise AuthThrottled(wait)
-        if self._misses.get(digest, 0.0) > now:
+        missed = self._misses.get(digest)
+        if missed is not None and missed[0] > now:
             self._failures.failed(client, now)
-            return None
-        if is_access_token(secret):
-            found = await self._signed_in(secret, now)
-        else:
-            key = await self._store.find_api_key(secret)
-            found = None if key is None else (principal_of(key), now + _CACHE_TTL_S)
-        if found is None:
-            self._remember_miss(digest, now)
+            return missed[1]
+        found = await self._look_up(secret, now)
+        if isinstance(found, Refusal):
+            self._remember_miss(digest, found, now)
             self._failures.failed(client, now)
-            return None
+            return found
         principal, good_until = found
         if len(self._known) >= _CACHE_MAX:
             self._known.clear()
         self._known[digest] = _Known(principal, good_until, generation)
-        if principal.resource != resource:
-            return None
+        return self._accepted(principal, resource, now)
+
+    def _accepted(self, principal: Principal, resource: str | None, now: float) -> Principal | Refusal:
+        # A key is good on every URL of its organisation; a token only for the MCP URL it was
+        # issued for (RFC 8707), so nowhere that names none (the APIs, the legacy SSE paths).
+        if principal.grant_id is not None and principal.resource != resource:
+            return Refusal.TOKEN_ELSEWHERE if resource is not None else Refusal.TOKENS_NOT_ACCEPTED
         self._note_use(principal, now)
         return principal
+
+    async def _look_up(self, secret: str, now: float) -> tuple[Principal, float] | Refusal:
+        if is_access_token(secret):
+            if self._tokens is None:
+                return Refusal.TOKENS_NOT_ACCEPTED
+            found = await self._signed_in(secret, now)
+            if found is not None:
+                return found
+            ended = await self._tokens.access_token_ended(secret, utc_now())
+            return _TOKEN_ENDED.get(ended, Refusal.UNKNOWN_TOKEN)
+        key = await self._store.find_api_key(secret)
+        if key is not None:
+            return principal_of(key), now + _CACHE_TTL_S
+        return Refusal.REVOKED_KEY if await self._store.api_key_revoked(secret) else Refusal.UNKNOWN_KEY
 
     async def _signed_in(self, token: str, now: float) -> tuple[Principal, float] | None:
         if self._tokens is None:
@@ -190,12 +247,12 @@ class HostAuth:
         left_s = (signed_in.expires_at - wall).total_seconds()
         return principal, now + min(_CACHE_TTL_S, left_s)
 
-    def _remember_miss(self, digest: str, now: float) -> None:
+    def _remember_miss(self, digest: str, refusal: Refusal, now: float) -> None:
         if len(self._misses) >= _MISSES_MAX:
-            self._misses = {d: until for d, until in self._misses.items() if until > now}
+            self._misses = {d: miss for d, miss in self._misses.items() if miss[0] > now}
             if len(self._misses) >= _MISSES_MAX:
                 self._misses.clear()
-        self._misses[digest] = now + _MISS_TTL_S
+        self._misses[digest] = (now + _MISS_TTL_S, refusal)
 
     def _note_use(self, principal: Principal, now: float) -> None:
         key_id = principal.api_key_id

@@ -32,7 +32,7 @@ from gateway.host.asgi import (
     send_json,
     wait_for_disconnect_or,
 )
-from gateway.host.auth import HostAuth, Principal
+from gateway.host.auth import HostAuth, Principal, Refusal
 from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
 from gateway.protocol.context import RequestContext
@@ -93,19 +93,22 @@ class Endpoint:
         on_mcp = self.signin is not None and scope["path"].startswith("/mcp")
         resource = self.signin.url(organisation) if self.signin is not None and on_mcp else None
         try:
-            principal = await self.auth.authenticate(headers, client[0] if client else None, resource)
+            principal = await self.auth.admit(headers, client[0] if client else None, resource)
         except AuthThrottled as exc:
             message = "Too many failed authentications from this address; retry later"
             retry_after = (b"retry-after", str(exc.retry_after_s).encode())
             raise HostRefusal(429, INVALID_REQUEST, message, headers=(retry_after,)) from None
-        if principal is None:
-            missing = "authorization" not in headers and "x-api-key" not in headers
+        if isinstance(principal, Refusal):
+            missing = principal is Refusal.MISSING
             if self.signin is not None and on_mcp:
                 # RFC 9728 section 5.1: where the host finds out how to sign in.
-                challenge = self.signin.challenge(organisation, invalid_token=not missing)
-                reason = f"sign in, or {_SEND_YOUR_KEY}" if missing else "unknown or expired credential"
+                description = None if missing else principal.value
+                challenge = self.signin.challenge(
+                    organisation, invalid_token=not missing, description=description
+                )
+                reason = f"sign in, or {_SEND_YOUR_KEY}" if missing else principal.value
                 raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(challenge,))
-            reason = f"missing API key: {_SEND_YOUR_KEY}" if missing else "unknown API key"
+            reason = f"missing API key: {_SEND_YOUR_KEY}" if missing else principal.value
             raise HostRefusal(401, INVALID_REQUEST, f"Unauthorized: {reason}", headers=(_API_KEY_CHALLENGE,))
         if organisation is not None and organisation != principal.organisation_id:
             # Another tenant's URL: answer as if it did not exist.

@@ -62,11 +62,16 @@ class ProtectedResource:
             return self.url(organisation)
         return None
 
-    def challenge(self, organisation: str | None, *, invalid_token: bool) -> tuple[bytes, bytes]:
+    def challenge(
+        self, organisation: str | None, *, invalid_token: bool, description: str | None = None
+    ) -> tuple[bytes, bytes]:
         """The `WWW-Authenticate` of a 401 (RFC 6750 section 3, RFC 9728 section 5.1): where the
         resource's metadata is, the scope to ask for, and `invalid_token` when a credential was
-        sent and is not good (none when nothing was sent, as RFC 6750 asks)."""
+        sent and is not good (none when nothing was sent, as RFC 6750 asks), with what is wrong
+        with it as `error_description` (a fixed text, which never holds a quote)."""
         error = 'error="invalid_token", ' if invalid_token else ""
+        if description is not None:
+            error += f'error_description="{description}", '
         value = f'Bearer {error}resource_metadata="{self.metadata_url(organisation)}", scope="{SCOPE}"'
         return (b"www-authenticate", value.encode())
 

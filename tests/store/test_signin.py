@@ -131,6 +131,9 @@ async def test_an_access_token_stands_for_its_key_until_it_expires(store: Sqlite
     )
     assert await store.signin.signed_in(access, now + timedelta(seconds=60)) is None
     assert await store.signin.signed_in(new_secret("mga_"), now) is None
+    # What a refused host is told: its token expired, or the gateway never issued it.
+    assert await store.signin.access_token_ended(access, now + timedelta(seconds=60)) == "expired"
+    assert await store.signin.access_token_ended(new_secret("mga_"), now) is None
 
 
 async def test_revoking_the_grant_or_its_key_ends_its_tokens_at_once(store: SqliteStore) -> None:
@@ -140,12 +143,16 @@ async def test_revoking_the_grant_or_its_key_ends_its_tokens_at_once(store: Sqli
     assert await store.signin.revoke_grant(grant_id, "revoked", now)
     assert store.key_generation() != generation
     assert await store.signin.signed_in(access, now) is None
+    assert await store.signin.access_token_ended(access, now) is None  # its tokens are gone
     assert await store.signin.refreshable(refresh, now) is None
     assert not await store.signin.revoke_grant(grant_id, "revoked", now)
 
     second, access, refresh, key, _ = await signed_in(store, now)
     await store.revoke_api_key(key.key.id)
     assert await store.signin.signed_in(access, now) is None
+    assert await store.signin.access_token_ended(access, now) == "revoked"
+    assert await store.api_key_revoked(key.secret)
+    assert not await store.api_key_revoked(new_secret("mgw_"))
     assert await store.signin.refreshable(refresh, now) is None
     listed = await store.signin.grants(key.key.organisation_id)
     assert {g.id: g.revoked_reason for g in listed} == {grant_id: "revoked", second: "api_key_revoked"}

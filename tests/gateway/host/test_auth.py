@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Hashable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 from uuid import uuid4
 
 import anyio
@@ -48,6 +49,9 @@ class CountingStore:
     async def find_api_key(self, secret: str) -> ApiKey | None:
         self.lookups += 1
         return await self.store.find_api_key(secret)
+
+    async def api_key_revoked(self, secret: str) -> bool:
+        return await self.store.api_key_revoked(secret)
 
     def key_generation(self) -> Hashable:
         return self.store.key_generation()
@@ -229,6 +233,11 @@ class CountingSignIns:
     async def signed_in(self, access_token: str, now: datetime) -> SignedIn | None:
         self.lookups += 1
         return await self.signin.signed_in(access_token, now)
+
+    async def access_token_ended(
+        self, access_token: str, now: datetime
+    ) -> Literal["expired", "revoked"] | None:
+        return await self.signin.access_token_ended(access_token, now)
 
 
 async def signed_in_token(store: SqliteStore, created: CreatedKey, resource: str) -> tuple[str, str]:

@@ -125,7 +125,7 @@ async def test_a_key_revoked_by_another_process_is_refused_on_the_very_next_requ
             cwd=ROOT,
         )
     refused = await http.post(keyed.url, json=INIT, headers=headers)
-    assert refused.status_code == 401 and "unknown API key" in refused.json()["error"]["message"]
+    assert refused.status_code == 401 and "API key was revoked" in refused.json()["error"]["message"]
 
 
 async def test_past_the_failure_limit_an_address_gets_429_with_retry_after(
