@@ -1,5 +1,5 @@
-"""The SQLite :class:`~store.protocol.SignInStore`: hosts' OAuth clients, authorization codes,
-grants and their tokens.
+"""The SQLite :class:`~store.protocol.SignInStore`: hosts' OAuth clients, authorization requests
+awaiting consent, authorization codes, grants and their tokens.
 
 Codes, tokens and client secrets are kept as SHA-256 hashes (each is 256 random bits, so a fast
 hash is enough; see ``keys.py``). Reads go through the store's statement connection; what must
@@ -24,7 +24,7 @@ from ._sqlite_errors import translated
 from ._timestamps import from_unix_ms, parse_timestamp, to_unix_ms
 from ._writer_thread import WriterThread
 from .keys import hash_api_key
-from .models import ApiKey, Grant, IssuedToken, SignedIn, SignInClient, SignInCode
+from .models import ApiKey, Grant, IssuedToken, PendingSignIn, SignedIn, SignInClient, SignInCode
 
 __all__ = ["SignInSql"]
 
@@ -226,6 +226,7 @@ def _prune(conn: sqlite3.Connection, now: int, unused_before: int) -> int:
             "DELETE FROM signin_codes WHERE expires_at < ?", (now - _CODES_KEPT // timedelta(milliseconds=1),)
         ).rowcount
         deleted += conn.execute("DELETE FROM signin_tokens WHERE expires_at <= ?", (now,)).rowcount
+        deleted += conn.execute("DELETE FROM signin_pending WHERE expires_at <= ?", (now,)).rowcount
         deleted += conn.execute(
             "DELETE FROM signin_grants WHERE revoked_at < ? OR (revoked_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM signin_tokens t WHERE t.grant_id = signin_grants.id))",
@@ -296,6 +297,50 @@ class SignInSql:
         saved = await self.client(client.client_id)
         assert saved is not None
         return saved
+
+    # -- authorization requests awaiting consent -----------------------------------------------
+
+    async def park_authorization(self, pending: PendingSignIn, per_address: int, now: datetime) -> bool:
+        # One statement, so the count and the insert cannot be split by another writer.
+        with translated("park an authorization request"):
+            async with self._conn.execute(
+                "INSERT INTO signin_pending (id, address, client_id, request, created_at, expires_at)"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM signin_pending"
+                " WHERE address = ? AND expires_at > ?) < ?",
+                (
+                    pending.id,
+                    pending.address,
+                    pending.client_id,
+                    orjson.dumps(dict(pending.request)).decode(),
+                    _ms(now),
+                    _ms(pending.expires_at),
+                    pending.address,
+                    _ms(now),
+                    per_address,
+                ),
+            ) as cursor:
+                return cursor.rowcount > 0
+
+    async def pending_authorization(self, request_id: str, now: datetime) -> PendingSignIn | None:
+        row = await self._one(
+            "SELECT id, address, client_id, request, expires_at FROM signin_pending"
+            " WHERE id = ? AND expires_at > ?",
+            (request_id, _ms(now)),
+        )
+        if row is None:
+            return None
+        return PendingSignIn(
+            id=row[0],
+            address=row[1],
+            client_id=row[2],
+            request=orjson.loads(row[3]),
+            expires_at=from_unix_ms(row[4]),
+        )
+
+    async def end_authorization(self, request_id: str) -> bool:
+        with translated("end an authorization request"):
+            async with self._conn.execute("DELETE FROM signin_pending WHERE id = ?", (request_id,)) as cursor:
+                return cursor.rowcount > 0
 
     # -- codes and grants ----------------------------------------------------------------------
 

@@ -225,6 +225,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sessions_by_key_client_activity
         ON sessions(organisation_id, api_key_id, client_name, last_call_at);
     """,
+    # 9: authorization requests awaiting the person's consent, where every process sees them,
+    # counted per client address (live ones: unexpired) and pruned by expiry.
+    """
+    CREATE TABLE signin_pending (
+        id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        request TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX signin_pending_by_address ON signin_pending(address, expires_at);
+    CREATE INDEX signin_pending_by_expiry ON signin_pending(expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

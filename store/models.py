@@ -310,6 +310,21 @@ class SignInClient:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingSignIn:
+    """An authorization request waiting for the person's answer on the consent page."""
+
+    id: str
+    """Random, in the consent page's URL."""
+    address: str
+    """Where the request came from (an IPv6 address by its /64): what the bound per address counts."""
+    client_id: str
+    request: Mapping[str, Any]
+    """What finishing it needs (the client, the request's parameters, the resource, the CSRF
+    token), as JSON values; the caller words it and bounds its size."""
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SignInCode:
     """What an authorization code stands for: a person's consent, bound to the client, its
     redirect URI, the PKCE challenge and the resource (the MCP URL the tokens are for)."""

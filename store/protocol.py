@@ -24,6 +24,7 @@ from .models import (
     OAuthClient,
     Organisation,
     Page,
+    PendingSignIn,
     RecordedInvocation,
     RecordedSession,
     RecordEvent,
@@ -207,6 +208,20 @@ class SignInStore(Protocol):
         takes the new metadata and expiry and keeps its id; the kept row is returned."""
         ...
 
+    async def park_authorization(self, pending: PendingSignIn, per_address: int, now: datetime) -> bool:
+        """Keep an authorization request until its ``expires_at``, unless ``per_address``
+        requests from its address, unexpired at ``now``, are kept already: then ``False``."""
+        ...
+
+    async def pending_authorization(self, request_id: str, now: datetime) -> PendingSignIn | None:
+        """The kept authorization request, unless it is unknown, ended or expired at ``now``."""
+        ...
+
+    async def end_authorization(self, request_id: str) -> bool:
+        """Forget the authorization request; ``True`` for the one call that did (so that a
+        request answered twice at once is finished once)."""
+        ...
+
     async def issue_code(self, code: str, what: SignInCode, now: datetime) -> None:
         """Keep a new authorization code (its hash) for what it stands for."""
         ...
@@ -267,9 +282,9 @@ class SignInStore(Protocol):
         ...
 
     async def prune(self, now: datetime, unused_before: datetime) -> int:
-        """Delete expired codes and tokens, grants left without tokens, grants revoked a week
-        ago, and clients unused since ``unused_before`` that no live grant needs; return how
-        many rows went."""
+        """Delete expired codes, tokens and authorization requests, grants left without tokens,
+        grants revoked a week ago, and clients unused since ``unused_before`` that no live
+        grant needs; return how many rows went."""
         ...
 
 

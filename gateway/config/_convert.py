@@ -303,6 +303,9 @@ def _host_sign_in(model: GatewayModel, public_url: str, problems: Problems) -> H
         code_ttl_s=sign_in.code_ttl_s,
         consent_ttl_s=sign_in.consent_ttl_s,
         registrations_per_hour=sign_in.registrations_per_hour,
+        pending_per_address=sign_in.pending_per_address,
+        document_fetches_per_hour=sign_in.document_fetches_per_hour,
+        document_fetches_per_hour_total=sign_in.document_fetches_per_hour_total,
         unused_client_ttl_s=sign_in.unused_client_ttl_s,
         clients=tuple(clients),
     )

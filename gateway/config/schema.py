@@ -255,6 +255,13 @@ class HostSignInModel(Model):
     registrations_per_hour: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
         HostSignInConfig, "registrations_per_hour"
     )
+    pending_per_address: _Count = default_of(HostSignInConfig, "pending_per_address")
+    document_fetches_per_hour: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
+        HostSignInConfig, "document_fetches_per_hour"
+    )
+    document_fetches_per_hour_total: Annotated[int, BeforeValidator(int_from_text), Field(ge=0)] = default_of(
+        HostSignInConfig, "document_fetches_per_hour_total"
+    )
     unused_client_ttl_s: _Count = default_of(HostSignInConfig, "unused_client_ttl_s")
     clients: list[SignInClientModel] = default_of(HostSignInConfig, "clients")
 

@@ -253,6 +253,9 @@ class HostSignInConfig:
     code_ttl_s: int = 60  # an authorization code's life: the host redeems it at once
     consent_ttl_s: int = 600  # how long a consent page can be answered
     registrations_per_hour: int = 20  # RFC 7591 registrations per client address; 0 = no limit
+    pending_per_address: int = 30  # authorization requests awaiting consent per client address
+    document_fetches_per_hour: int = 30  # client metadata documents fetched per client address; 0 = no limit
+    document_fetches_per_hour_total: int = 300  # the same, for all addresses together; 0 = no limit
     unused_client_ttl_s: int = 30 * 86400  # a registered client with no live sign-in is forgotten
     clients: tuple[SignInClientConfig, ...] = ()  # pre-registered
 

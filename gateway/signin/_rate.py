@@ -1,5 +1,6 @@
-"""Registrations per client address: a token bucket each (an IPv6 address counts by its /64,
-as failed key checks do), so one address cannot fill the database with clients."""
+"""Registrations and metadata document fetches per client address: a token bucket each (an IPv6
+address counts by its /64, as failed key checks do), so one address cannot fill the database
+with clients or send the gateway fetching for it."""
 
 from __future__ import annotations
 

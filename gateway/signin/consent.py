@@ -2,17 +2,19 @@
 the host may act as them.
 
 An authorization request the SDK handler has validated is parked here (`Consents.start`) under a
-random id for `host_sign_in.consent_ttl_s`, and the browser is sent to `/signin/consent?request=
-<id>`. The page names the client (from its metadata), where it sends the person back, and what it
-gets; it offers each sign-in method the config enables (`methods`): a user-bound API key, POSTed
-in the form body and never in a URL, and a button per OpenID Connect provider, which sends the
-browser to the provider (`oidc.py`) and, on its callback (`oidc_callback`), ends in
-`complete_sign_in` as the key does. Every answer (approve with a key, sign in with a provider,
-deny) is a POST of a form with a CSRF token that must equal the one in a cookie set with the page
-(double submit, SameSite=Strict): a provider's button is a form too, because a plain link would
-let whoever started the request send someone straight to their provider, where a live session
-signs them in without their seeing what they approve. The page has no script and no inline style,
-so it works without JavaScript under a `default-src 'none'` policy.
+random id for `host_sign_in.consent_ttl_s`, in the store (`SignInStore.park_authorization`), so
+that any process can show and finish it, at most `pending_per_address` at once from one client
+address; the browser is sent to `/signin/consent?request=<id>`. The page names the client (from
+its metadata), where it sends the person back, and what it gets; it offers each sign-in method
+the config enables (`methods`): a user-bound API key, POSTed in the form body and never in a
+URL, and a button per OpenID Connect provider, which sends the browser to the provider
+(`oidc.py`) and, on its callback (`oidc_callback`), ends in `complete_sign_in` as the key does.
+Every answer (approve with a key, sign in with a provider, deny) is a POST of a form with a CSRF
+token that must equal the one in a cookie set with the page (double submit, SameSite=Strict): a
+provider's button is a form too, because a plain link would let whoever started the request send
+someone straight to their provider, where a live session signs them in without their seeing what
+they approve. The page has no script and no inline style, so it works without JavaScript under a
+`default-src 'none'` policy.
 
 The provider's callback is shared with the admin console (`api/console`), which signs admins in
 through the same providers: a sign-in it began (`begin_console_sign_in`) carries `CONSOLE_SIGN_IN`
@@ -30,24 +32,26 @@ import hmac
 import html
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mcp.server.auth.provider import AuthorizationParams, construct_redirect_uri
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.config import HostSignInConfig
-from gateway.errors import AuthThrottled, OidcError, OidcRefused
+from gateway.errors import AuthThrottled, OidcError, OidcRefused, SignInRefused
+from gateway.host._throttle import bucket_of
+from gateway.signin._fields import read_form
 from gateway.signin.clients import HostClient
 from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE, Begun, OidcSignIn, SignedInUser
 from gateway.signin.resource import SCOPE, ProtectedResource
 from gateway.signin.tokens import CODE_PREFIX, new_secret
-from store import SignInCode, SignInStore, utc_now
+from store import PendingSignIn, SignInCode, SignInStore, utc_now
 
 if TYPE_CHECKING:
     from gateway.host.auth import Principal
@@ -65,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 CONSENT_PATH = "/signin/consent"
 _COOKIE_PREFIX = "mcpgw_consent_"
-_MAX_PENDING = 10_000
 _MAX_KEY_CHARS = 200
 _HEADERS = {
     "cache-control": "no-store",
@@ -96,7 +99,32 @@ class PendingAuthorization:
     params: AuthorizationParams
     resource: str  # the MCP URL the tokens will be bound to
     csrf: str
-    expires_at: float  # monotonic
+
+    def kept(self, address: str | None, expires_at: datetime) -> PendingSignIn:
+        """As the store keeps it (the client without its secret's hash, which finishing needs not)."""
+        request = {
+            "client": self.client.model_dump(mode="json", exclude_none=True, exclude={"secret_hash"}),
+            "params": self.params.model_dump(mode="json"),
+            "resource": self.resource,
+            "csrf": self.csrf,
+        }
+        return PendingSignIn(self.id, bucket_of(address), self.client.client_id, request, expires_at)
+
+    @classmethod
+    def of(cls, kept: PendingSignIn) -> PendingAuthorization | None:
+        """The request the store kept; None if it no longer reads as one (a client record of an
+        older gateway: the person starts again)."""
+        try:
+            request = kept.request
+            return cls(
+                id=kept.id,
+                client=HostClient.model_validate(request["client"]),
+                params=AuthorizationParams.model_validate(request["params"]),
+                resource=str(request["resource"]),
+                csrf=str(request["csrf"]),
+            )
+        except (KeyError, TypeError, ValidationError):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,55 +145,53 @@ class Consents:
         resource: ProtectedResource,
         config: HostSignInConfig,
         check_key: KeyCheck,
-        clock: Callable[[], float] = time.monotonic,
         oidc: tuple[OidcSignIn, Identify] | None = None,
     ) -> None:
         self._store = store
         self._resource = resource
         self._config = config
         self._check_key = check_key
-        self._clock = clock
         self._oidc = oidc
-        self._pending: dict[str, PendingAuthorization] = {}
         self._secure_cookie = resource.public_url.startswith("https://")
         self.console: ConsoleSignedIn | None = None  # set by the app once the console exists
 
     # -- the provider's side -------------------------------------------------------------------
 
-    def start(self, client: HostClient, params: AuthorizationParams, resource: str) -> str:
-        """Park a validated authorization request; the URL of its consent page."""
-        now = self._clock()
-        if len(self._pending) >= _MAX_PENDING:
-            self._pending = {k: p for k, p in self._pending.items() if p.expires_at > now}
-            if len(self._pending) >= _MAX_PENDING:  # a flood: the oldest go first
-                for key in list(self._pending)[: _MAX_PENDING // 10]:
-                    del self._pending[key]
+    async def start(
+        self, client: HostClient, params: AuthorizationParams, resource: str, address: str | None
+    ) -> str | None:
+        """Park a validated authorization request from `address`; the URL of its consent page,
+        or None when that address has `pending_per_address` requests waiting already."""
         pending = PendingAuthorization(
             id=secrets.token_urlsafe(24),
             client=client,
             params=params,
             resource=resource,
             csrf=secrets.token_urlsafe(24),
-            expires_at=now + self._config.consent_ttl_s,
         )
-        self._pending[pending.id] = pending
+        now = utc_now()
+        expires_at = now + timedelta(seconds=self._config.consent_ttl_s)
+        kept = pending.kept(address, expires_at)
+        if not await self._store.park_authorization(kept, self._config.pending_per_address, now):
+            return None
         return f"{self._resource.public_url}{CONSENT_PATH}?request={pending.id}"
 
-    def pending(self, request_id: str) -> PendingAuthorization | None:
-        """The pending request, unless unknown or expired (an OIDC flow looks it up by id)."""
-        pending = self._pending.get(request_id)
-        if pending is None or pending.expires_at <= self._clock():
-            self._pending.pop(request_id, None)
+    async def pending(self, request_id: str) -> PendingAuthorization | None:
+        """The pending request, unless unknown, answered or expired (an OIDC flow looks it up by id)."""
+        if not request_id or len(request_id) > 64:
             return None
-        return pending
+        kept = await self._store.pending_authorization(request_id, utc_now())
+        return None if kept is None else PendingAuthorization.of(kept)
 
-    async def complete_sign_in(self, pending: PendingAuthorization, principal: Principal) -> str:
+    async def complete_sign_in(self, pending: PendingAuthorization, principal: Principal) -> str | None:
         """The person is known (`principal`: what they sign in as): issue a single-use code for
         the pending request and return where the browser goes next (the client's redirect URI
-        with code, state and iss). Every sign-in method ends here."""
-        self._pending.pop(pending.id, None)
+        with code, state and iss), or None if the request was answered meanwhile (twice at once:
+        only one answer issues a code). Every sign-in method ends here."""
         if principal.api_key_id is None:
             raise ValueError("a sign-in needs a principal with an API key")
+        if not await self._store.end_authorization(pending.id):
+            return None
         code = new_secret(CODE_PREFIX)
         now = utc_now()
         await self._store.issue_code(
@@ -187,8 +213,9 @@ class Consents:
         )
         return self._back(pending, code=code)
 
-    def deny(self, pending: PendingAuthorization) -> str:
-        self._pending.pop(pending.id, None)
+    async def deny(self, pending: PendingAuthorization) -> str | None:
+        if not await self._store.end_authorization(pending.id):
+            return None
         return self._back(
             pending, error="access_denied", error_description="the person did not allow this sign-in"
         )
@@ -211,7 +238,7 @@ class Consents:
     # -- the page --------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        pending = self.pending(request.query_params.get("request", ""))
+        pending = await self.pending(request.query_params.get("request", ""))
         if pending is None:
             return _expired()
         response = self._render(pending, None, 200)
@@ -227,9 +254,12 @@ class Consents:
         return response
 
     async def answer(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=10)
+        try:
+            form = await read_form(request)
+        except SignInRefused:
+            return _expired()
         request_id = form.get("request")
-        pending = self.pending(request_id) if isinstance(request_id, str) else None
+        pending = await self.pending(request_id) if isinstance(request_id, str) else None
         if pending is None:
             return _expired()
         posted = form.get("csrf")
@@ -242,7 +272,7 @@ class Consents:
             return _page("This form cannot be used", "<p>Open the sign-in page again from your app.</p>", 403)
         decision = form.get("decision")
         if decision == "deny":
-            return _redirect(self.deny(pending))
+            return _redirect_or_expired(await self.deny(pending))
         if isinstance(decision, str) and decision.startswith(_OIDC_DECISION):
             return await self._to_provider(pending, decision.removeprefix(_OIDC_DECISION))
         if not self._config.api_keys:
@@ -267,7 +297,7 @@ class Consents:
             pending.client.row_id,
             pending.resource,
         )
-        return _redirect(await self.complete_sign_in(pending, principal))
+        return _redirect_or_expired(await self.complete_sign_in(pending, principal))
 
     async def _to_provider(self, pending: PendingAuthorization, provider: str) -> Response:
         if self._oidc is None or provider not in self._oidc[0].providers:
@@ -320,7 +350,7 @@ class Consents:
             answer = self.console(await identify(user), user.email or user.user_id)
             answer.delete_cookie(STATE_COOKIE, path=CALLBACK_PATH)
             return answer
-        pending = self.pending(user.pending_authorization_id)
+        pending = await self.pending(user.pending_authorization_id)
         if pending is None:
             return _expired()
         principal = await identify(user)
@@ -338,7 +368,10 @@ class Consents:
             pending.client.row_id,
             pending.resource,
         )
-        response = _redirect(await self.complete_sign_in(pending, principal))
+        back = await self.complete_sign_in(pending, principal)
+        if back is None:
+            return _expired()
+        response = _redirect(back)
         response.delete_cookie(STATE_COOKIE, path=CALLBACK_PATH)
         return response
 
@@ -412,6 +445,10 @@ def _page(title: str, body: str, status: int) -> HTMLResponse:
 def _expired() -> HTMLResponse:
     text = "<p>This sign-in request is unknown or has expired. Start again from your app.</p>"
     return _page("Sign-in expired", text, 400)
+
+
+def _redirect_or_expired(url: str | None) -> Response:
+    return _expired() if url is None else _redirect(url)
 
 
 def _redirect(url: str) -> RedirectResponse:

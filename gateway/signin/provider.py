@@ -6,6 +6,11 @@ client, redirect URI and verifier, the refresh token's client) and word the RFC'
 keeps clients, codes and tokens in the store (`store.SignInStore`, hashes only). An authorization
 request does not end here: `authorize` parks it (`consent.py`) and sends the browser to the
 consent page, which issues the code once the person approves (`complete_sign_in`).
+
+The SDK handlers call the provider without the request they serve. What the provider needs of
+it (the client's address, which bounds the requests it parks; the resource a token request
+names, which must be the code's or the grant's, RFC 8707 section 2.2) is set by `SignInServer`
+for that one request in `ASKING`, a context variable (each request runs in a task of its own).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import base64
 import binascii
 import hmac
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import unquote
 
@@ -37,11 +44,34 @@ from gateway.signin.resource import SCOPE, ProtectedResource
 from gateway.signin.tokens import ACCESS_PREFIX, REFRESH_PREFIX, new_secret
 from store import IssuedToken, SignInCode, SignInStore, utc_now
 
-__all__ = ["ConsentStarter", "HostClientAuthenticator", "RedeemedCode", "SignInProvider", "SignInRefresh"]
+__all__ = [
+    "ASKING",
+    "Asking",
+    "ConsentStarter",
+    "HostClientAuthenticator",
+    "RedeemedCode",
+    "SignInProvider",
+    "SignInRefresh",
+]
 
-# Parks an authorization request (client, its parameters, the resource it is for) for the
-# person's consent; returns the consent page's URL (consent.py `Consents.start`).
-ConsentStarter = Callable[[HostClient, AuthorizationParams, str], str]
+# Parks an authorization request (client, its parameters, the resource it is for, the client's
+# address) for the person's consent; returns the consent page's URL, or None when that address
+# has too many waiting (consent.py `Consents.start`).
+ConsentStarter = Callable[[HostClient, AuthorizationParams, str, str | None], Awaitable[str | None]]
+# Whether an organisation (by id) exists: `/mcp/{organisationId}` of another is no resource.
+OrganisationCheck = Callable[[str], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Asking:
+    """Of the request an SDK handler serves, what the provider needs and is not handed."""
+
+    address: str | None = None  # the client's address
+    resource: str | None = None  # a token request's `resource`, as this gateway names it
+
+
+ASKING: ContextVar[Asking] = ContextVar("signin_asking")
+_NOT_ASKED = Asking()
 
 _PKCE_CHALLENGE_LENGTH = 43  # base64url of a SHA-256 digest, unpadded (RFC 7636 section 4.2)
 
@@ -64,15 +94,17 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
         resource: ProtectedResource,
         config: HostSignInConfig,
         consent_url: ConsentStarter,
+        organisation_exists: OrganisationCheck,
     ) -> None:
         self._store = store
         self._clients = clients
         self._resource = resource
         self._config = config
         self._consent = consent_url
+        self._organisation_exists = organisation_exists
 
     async def get_client(self, client_id: str) -> HostClient | None:
-        return await self._clients.get(client_id)
+        return await self._clients.get(client_id, ASKING.get(_NOT_ASKED).address)
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         await self._clients.register(client_info)
@@ -87,10 +119,19 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
             resource = self._resource.url()  # a host that names none means the gateway's MCP URL
         else:
             known = self._resource.known(params.resource)
-            if known is None:
+            organisation = None if known is None else self._resource.organisation_of(known)
+            if known is None or (
+                organisation is not None and not await self._organisation_exists(organisation)
+            ):
                 raise AuthorizeError("invalid_target", "resource is not an MCP URL of this gateway")
             resource = known
-        return self._consent(client, params, resource)
+        url = await self._consent(client, params, resource, ASKING.get(_NOT_ASKED).address)
+        if url is None:
+            raise AuthorizeError(
+                "temporarily_unavailable",
+                "too many sign-ins from this address are waiting for an answer; try again later",
+            )
+        return url
 
     async def load_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: str
@@ -115,6 +156,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
     async def exchange_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: RedeemedCode
     ) -> OAuthToken:
+        _same_resource(authorization_code.resource)
         now = utc_now()
         access, refresh = self._new_tokens(now)
         await self._store.open_grant(authorization_code.code, str(uuid.uuid4()), access, refresh, now)
@@ -138,6 +180,7 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: SignInRefresh, scopes: list[str]
     ) -> OAuthToken:
+        _same_resource(refresh_token.resource)
         now = utc_now()
         access, refresh = self._new_tokens(now)
         if not await self._store.rotate(refresh_token.token, access, refresh, now):
@@ -179,6 +222,14 @@ class SignInProvider(OAuthAuthorizationServerProvider[RedeemedCode, SignInRefres
             scope=SCOPE,
             refresh_token=refresh.secret,
         )
+
+
+def _same_resource(granted: str | None) -> None:
+    """RFC 8707 section 2.2: a token request may name only the resource the code (or the grant)
+    is for; tokens for another are `invalid_target` (an MCP URL of this gateway, or not)."""
+    asked = ASKING.get(_NOT_ASKED).resource
+    if asked is not None and asked != granted:
+        raise TokenError("invalid_target", "resource is not the one this sign-in was approved for")
 
 
 class HostClientAuthenticator(ClientAuthenticator):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 __all__ = ["METADATA_PREFIX", "SCOPE", "ProtectedResource"]
 
@@ -43,8 +43,10 @@ class ProtectedResource:
         return f"{self.public_url}{METADATA_PREFIX}{path}"
 
     def known(self, resource: str) -> str | None:
-        """`resource` as this gateway names it, if it is one of its MCP URLs (a trailing slash
-        and the case of scheme and host aside); else None."""
+        """`resource` as this gateway names it, if it is one of its MCP URLs (a trailing slash,
+        the case of scheme and host, percent-encoding and dot segments aside: `/mcp/%2e%2e` is
+        `/`, no MCP URL); else None. Whether the organisation it names exists is the caller's
+        question."""
         try:
             parts = urlsplit(resource)
         except ValueError:
@@ -54,7 +56,12 @@ class ProtectedResource:
         origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
         if origin != self.public_url.lower():
             return None
-        path = parts.path.rstrip("/")
+        # Decoded, then resolved as RFC 3986 section 5.2 resolves a reference (urljoin removes
+        # dot segments), so that no spelling of a path reaches the consent page as another.
+        decoded = unquote(parts.path)
+        if "//" in decoded or "\\" in decoded or not decoded.isprintable():
+            return None  # not a path another spelling of which could be an MCP URL
+        path = urlsplit(urljoin(f"{origin}/", decoded)).path.rstrip("/")
         if path == "/mcp":
             return self.url()
         organisation = path.removeprefix("/mcp/")

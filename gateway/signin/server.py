@@ -4,6 +4,10 @@ limit; built in the app's lifespan and served by the routes `routes.py` declares
 
 Endpoints (the issuer is `public_url`, an origin, so RFC 8414 metadata is at its root):
 `/signin/authorize`, `/signin/consent`, `/signin/token`, `/signin/register`, `/signin/revoke`.
+
+Each endpoint reads its form and bounds every field (`_fields.py`) before the SDK handler sees
+the request, so an oversized one is a plain `invalid_request` (never echoed to the client, never
+kept), and sets what the provider needs of the request in `provider.ASKING`.
 """
 
 from __future__ import annotations
@@ -24,13 +28,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.config import HostSignInConfig, is_loopback_host
+from gateway.errors import AuthThrottled, SignInRefused
 from gateway.host.auth import Principal, principal_of
+from gateway.signin._fields import AUTHORIZE_LIMITS, TOKEN_LIMITS, oversized, read_form
 from gateway.signin._rate import PerAddress
 from gateway.signin.clients import Clients
 from gateway.signin.consent import CONSENT_PATH, Consents, KeyCheck
-from gateway.signin.documents import ClientDocuments
+from gateway.signin.documents import MAX_DOCUMENT_BYTES, ClientDocuments, is_document_url
 from gateway.signin.oidc import OidcSignIn, SignedInUser, identity_key
-from gateway.signin.provider import HostClientAuthenticator, SignInProvider, SignInRefresh
+from gateway.signin.provider import (
+    ASKING,
+    Asking,
+    HostClientAuthenticator,
+    SignInProvider,
+    SignInRefresh,
+)
 from gateway.signin.resource import SCOPE, ProtectedResource
 from store import Sealer, SignInStore, Store, StoreError, utc_now
 
@@ -61,9 +73,7 @@ class SignInServer:
         self.resource = ProtectedResource(public_url)
         self._store: SignInStore = store.signin
         on_loopback = is_loopback_host(urlsplit(public_url).hostname or "")
-        self.clients = Clients(
-            self._store, ClientDocuments(http, gateway_on_loopback=on_loopback), config.clients
-        )
+        self.clients = Clients(self._store, ClientDocuments(http, gateway_on_loopback=on_loopback), config)
         oidc = None
         if config.oidc:
             providers = OidcSignIn(
@@ -75,7 +85,13 @@ class SignInServer:
 
             oidc = (providers, identify)
         self.consents = Consents(self._store, self.resource, config, check_key, oidc=oidc)
-        self.provider = SignInProvider(self._store, self.clients, self.resource, config, self.consents.start)
+
+        async def organisation_exists(organisation_id: str) -> bool:
+            return await store.get_organisation(organisation_id) is not None
+
+        self.provider = SignInProvider(
+            self._store, self.clients, self.resource, config, self.consents.start, organisation_exists
+        )
         self._authenticator = authenticator = HostClientAuthenticator(self.provider)
         self._authorize = AuthorizationHandler(self.provider)
         self._token = TokenHandler(self.provider, authenticator)
@@ -108,7 +124,30 @@ class SignInServer:
         }
 
     async def authorize(self, request: Request) -> Response:
-        response = await self._authorize.handle(request)
+        address = _address(request)
+        try:
+            params = request.query_params if request.method == "GET" else await read_form(request)
+        except SignInRefused as exc:
+            return _error(400, exc.error, exc.description)
+        problem = oversized(params, AUTHORIZE_LIMITS)
+        if problem is not None:
+            # Answered here, not at the client's redirect URI: the SDK would echo the state back.
+            return _error(400, "invalid_request", problem)
+        client_id = params.get("client_id")
+        if isinstance(client_id, str) and is_document_url(client_id):
+            try:  # fetched (within the limits) here, so that a refusal can say to wait
+                await self.clients.find(client_id, address)
+            except AuthThrottled as exc:
+                throttled = _error(
+                    429, "invalid_request", "too many client metadata documents to fetch now; try again later"
+                )
+                throttled.headers["retry-after"] = str(exc.retry_after_s)
+                return throttled
+        asking = ASKING.set(Asking(address=address))
+        try:
+            response = await self._authorize.handle(request)
+        finally:
+            ASKING.reset(asking)
         location = response.headers.get("location")
         consent = self.resource.public_url + CONSENT_PATH
         if location is not None and not location.startswith(consent):
@@ -118,7 +157,13 @@ class SignInServer:
         return response
 
     async def token(self, request: Request) -> Response:
-        form = await request.form()
+        try:
+            form = await read_form(request)
+        except SignInRefused as exc:
+            return _error(400, exc.error, exc.description)
+        problem = oversized(form, TOKEN_LIMITS)
+        if problem is not None:
+            return _error(400, "invalid_request", problem)
         grant_type = form.get("grant_type")
         if isinstance(grant_type, str) and grant_type not in _GRANT_TYPES:
             # The SDK would call an unknown grant type a malformed request; RFC 6749 5.2 names it.
@@ -126,31 +171,49 @@ class SignInServer:
                 400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"
             )
         resource = form.get("resource")
-        if isinstance(resource, str) and self.resource.known(resource) is None:
+        known = self.resource.known(resource) if isinstance(resource, str) else None
+        if isinstance(resource, str) and known is None:
             return _error(400, "invalid_target", "resource is not an MCP URL of this gateway (RFC 8707)")
-        answer: Response = await self._token.handle(request)
+        asking = ASKING.set(Asking(address=_address(request), resource=known))
+        try:
+            answer: Response = await self._token.handle(request)
+        finally:
+            ASKING.reset(asking)
         return answer
 
     async def register(self, request: Request) -> Response:
-        client = request.client.host if request.client else None
-        wait = self._registrations.spend(client)
+        wait = self._registrations.spend(_address(request))
         if wait is not None:
             response = _error(429, "invalid_request", "too many client registrations from this address")
             response.headers["retry-after"] = str(wait)
             return response
+        # As large as a client metadata document may be: a registration is the same metadata.
+        if len(await request.body()) > MAX_DOCUMENT_BYTES:
+            return _error(
+                400, "invalid_client_metadata", f"the registration is larger than {MAX_DOCUMENT_BYTES} bytes"
+            )
         return await self._register.handle(request)
 
     async def revoke(self, request: Request) -> Response:
+        try:
+            form = await read_form(request)
+        except SignInRefused as exc:
+            return _error(400, exc.error, exc.description)
+        problem = oversized(form, TOKEN_LIMITS)
+        if problem is not None:
+            return _error(400, "invalid_request", problem)
+        asking = ASKING.set(Asking(address=_address(request)))
         try:
             client = await self._authenticator.authenticate_request(request)
         except AuthenticationError as exc:
             # RFC 7009 2.2.1 answers a client that fails to authenticate as RFC 6749 5.2 does:
             # invalid_client (the SDK handler would say unauthorized_client).
             return _error(401, "invalid_client", exc.message)
+        finally:
+            ASKING.reset(asking)
         # Not the SDK's RevocationHandler past this point: its request model requires a
         # client_secret field (and a client_id in the form), which refuses a public client, and a
         # client that authenticates with Basic, revoking as RFC 7009 section 2.1 has them do.
-        form = await request.form()
         token, hint = form.get("token"), form.get("token_type_hint")
         if not isinstance(token, str) or not token:
             return _error(400, "invalid_request", "token is required")
@@ -185,6 +248,10 @@ class SignInServer:
             return
         if gone:
             logger.info("sign-in: pruned %d expired code(s), token(s), grant(s) and client(s)", gone)
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _error(status: int, error: str, description: str) -> JSONResponse:

@@ -15,6 +15,7 @@ import pytest
 from store import (
     CreatedKey,
     IssuedToken,
+    PendingSignIn,
     SignInClient,
     SignInCode,
     SqliteStore,
@@ -248,3 +249,34 @@ async def test_a_metadata_documents_client_is_refreshed_in_place(store: SqliteSt
     again = SignInClient(str(uuid4()), url, "document", {"client_name": "B"}, None, now, None, now)
     refreshed = await store.signin.save_client(again)
     assert (refreshed.id, refreshed.metadata["client_name"]) == (saved.id, "B")
+
+
+def _pending(address: str, expires_at: datetime) -> PendingSignIn:
+    request = {"params": {"state": "s"}, "csrf": secrets.token_urlsafe(8)}
+    return PendingSignIn(secrets.token_urlsafe(24), address, "client", request, expires_at)
+
+
+async def test_authorization_requests_are_kept_until_they_expire_and_bounded_per_address(
+    store: SqliteStore,
+) -> None:
+    now = utc_now()
+    signin = store.signin
+    kept = [_pending("192.0.2.1", now + timedelta(minutes=10)) for _ in range(3)]
+    assert [await signin.park_authorization(p, 3, now) for p in kept] == [True, True, True]
+    assert not await signin.park_authorization(_pending("192.0.2.1", now + timedelta(minutes=10)), 3, now)
+    assert await signin.park_authorization(_pending("192.0.2.2", now + timedelta(minutes=10)), 3, now)
+    read = await signin.pending_authorization(kept[0].id, now)
+    assert read == kept[0]
+    # Expired ones no longer count, nor are they found.
+    later = now + timedelta(minutes=11)
+    assert await signin.pending_authorization(kept[0].id, later) is None
+    assert await signin.park_authorization(_pending("192.0.2.1", later + timedelta(minutes=10)), 3, later)
+    assert await signin.prune(later, now - timedelta(days=1)) == 4
+
+
+async def test_an_authorization_request_ends_once(store: SqliteStore) -> None:
+    now = utc_now()
+    pending = _pending("192.0.2.1", now + timedelta(minutes=10))
+    assert await store.signin.park_authorization(pending, 10, now)
+    assert [await store.signin.end_authorization(pending.id) for _ in range(2)] == [True, False]
+    assert await store.signin.pending_authorization(pending.id, now) is None
