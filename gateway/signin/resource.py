@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 __all__ = ["METADATA_PREFIX", "SCOPE", "ProtectedResource"]
 
@@ -39,7 +39,9 @@ class ProtectedResource:
         return resource[len(prefix) :] if resource.startswith(prefix) else None
 
     def metadata_url(self, organisation: str | None = None) -> str:
-        path = "/mcp" if organisation is None else f"/mcp/{organisation}"
+        # Percent-encoded: `organisation` is a path segment as a host spelled it (decoded), which
+        # may hold anything, a quote or a control character among them, and goes into a header.
+        path = "/mcp" if organisation is None else f"/mcp/{quote(organisation, safe='')}"
         return f"{self.public_url}{METADATA_PREFIX}{path}"
 
     def known(self, resource: str) -> str | None:

@@ -20,6 +20,10 @@ REQUEST_DEADLINE_S = 5.0
 EXAMPLES = 4000 if LONG else 250
 """Examples per property-based test."""
 
+SIGNIN_EXAMPLES = 1000 if LONG else 80
+"""Examples per sign-in endpoint class (test_signin_endpoints.py): each is a request or two, and
+a normal sign-in follows every class."""
+
 SCHEMATHESIS_EXAMPLES = 400 if LONG else 20
 """Schemathesis's `--max-examples`, per API operation and caller."""
 

@@ -6,7 +6,9 @@ demo over Streamable HTTP three times: `web` plainly and `vault` with per-key he
 credentials, both without the tools that sleep, crash, or wait on the host, and `slow` with
 nothing but `wait`, for the tests that need a call to stay in flight. Before the fuzzers start, the
 store holds credential rows and flows, and real clients have recorded sessions and calls, so
-ids and cursors the fuzzers draw can name things that exist.
+ids and cursors the fuzzers draw can name things that exist. Host sign-in is on, with API keys
+and a real OpenID Connect provider (`tests/oidc_provider.py`) on the consent page, and a
+registered client and a user-bound key for the sign-in fuzzers (`World.signin`).
 
 After every test: a normal client still calls a tool in both protocol generations, and the
 gateway's memory stayed within `budget.RSS_GROWTH_LIMIT`.
@@ -27,9 +29,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_config
 from gateway.credentials.sealing import sealer_for
+from gateway.signin.oidc import CALLBACK_PATH
 from store import Binding, open_sqlite_store, utc_now
 from tests.fuzz.budget import REQUEST_DEADLINE_S, RSS_GROWTH_LIMIT
-from tests.fuzz.world import TALLY, Caller, World
+from tests.fuzz.world import TALLY, Caller, SignIn, World
+from tests.gateway.signin.browser import REDIRECT_URI
 from tests.harness import (
     STARTUP_TIMEOUT,
     base_url_of,
@@ -39,6 +43,7 @@ from tests.harness import (
     stop_process,
     write_config,
 )
+from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, RunningProvider, running_oidc_provider
 
 # Tools that sleep, exit, change the upstream for everyone, or wait on the host for an answer:
 # each would only spend the run's time budget (or end the upstream) without testing the gateway.
@@ -46,7 +51,10 @@ _SLOW_OR_GLOBAL = "[wait, crash, add_tool, ask_name, sample_haiku, name_roots, c
 _CREDENTIAL_VALUE = "vault-key-7d41c0aa"  # a stored header credential: must never be logged
 
 
-def _config(directory: Path, base_url: str, upstream_url: str) -> Path:
+OIDC_ACCOUNTS = {"alice": {"email": "alice@example.com", "email_verified": True, "name": "Alice"}}
+
+
+def _config(directory: Path, base_url: str, upstream_url: str, oidc: RunningProvider) -> Path:
     return write_config(
         directory,
         f"""
@@ -54,6 +62,17 @@ database: ./gw.db
 public_url: {base_url}
 auth: {{required: true, max_failures_per_minute: 0}}  # the fuzzers fail keys by the thousand
 security: {{max_body_bytes: 65536, body_timeout_s: 3}}  # a stalled body is cut off in 3 s
+host_sign_in:
+  enabled: true
+  registrations_per_hour: 0  # the fuzzers register by the hundred
+  pending_per_address: 100000  # and start sign-ins by the thousand, all from 127.0.0.1
+  document_fetches_per_hour: 0
+  oidc:
+    - name: corp
+      issuer: {oidc.issuer}
+      client_id: {CLIENT_ID}
+      client_secret: {CLIENT_SECRET}
+      domains: {{example.com: fuzz}}
 upstreams:
   - name: web
     transport: http
@@ -75,7 +94,7 @@ upstreams:
     )
 
 
-async def _seed(config_path: Path) -> tuple[Caller, Caller, Caller, Caller, list[str]]:
+async def _seed(config_path: Path) -> tuple[Caller, Caller, Caller, Caller, list[str], str]:
     """Keys, and credential rows of every kind the API shows, written before the gateway starts."""
     config = load_config(config_path)
     async with open_sqlite_store(config.database, sealer=sealer_for(config.secrets)) as store:
@@ -86,6 +105,7 @@ async def _seed(config_path: Path) -> tuple[Caller, Caller, Caller, Caller, list
             created = await store.create_api_key(organisation, is_admin=is_admin)
             callers.append(Caller(organisation, created.key.id, created.secret))
         fuzz, admin, canary, stranger = callers
+        signer = (await store.create_api_key(org.id, user_id="signer")).secret  # signs in on the page
         now = utc_now()
         rows: list[str] = []
         for binding, kind in (
@@ -117,7 +137,7 @@ async def _seed(config_path: Path) -> tuple[Caller, Caller, Caller, Caller, list
                     now=now,
                 )
             rows.append(row_id)
-    return fuzz, admin, canary, stranger, rows
+    return fuzz, admin, canary, stranger, rows, signer
 
 
 async def _sdk_call(url: str, caller: Caller, mode: str) -> str:
@@ -136,30 +156,44 @@ async def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
     upstream, upstream_url = await start_demo_http()
     try:
         sock = listening_socket()
-        config_path = _config(directory, base_url_of(sock), upstream_url)
-        fuzz, admin, canary, stranger, rows = await _seed(config_path)
-        async with (
-            gateway_process(config_path, sock) as gateway,
-            httpx2.AsyncClient(timeout=REQUEST_DEADLINE_S * 2) as http,
-        ):
-            world = World(gateway, http, fuzz, admin, canary, stranger, [], rows)
-            with anyio.fail_after(STARTUP_TIMEOUT):
-                # Real traffic first, so there are sessions and calls to list (both generations).
-                for caller in (fuzz, canary):
-                    for mode in ("legacy", "2026-07-28"):
-                        assert await _sdk_call(gateway.url, caller, mode) == f"sdk {mode}"
-                await world.still_serves()
-                listed = await http.get(
-                    f"{gateway.base_url}/mcp/{fuzz.organisation_id}/sessions",
-                    params={"Limit": "200"},
-                    headers=admin.headers,
-                )
-            world.session_ids.extend(session["id"] for session in listed.json()["data"])
-            TALLY.rss_start, TALLY.rss_peak = gateway.memory()
-            yield world
-            TALLY.rss_end, TALLY.rss_peak = gateway.memory()
+        callback = base_url_of(sock) + CALLBACK_PATH
+        async with running_oidc_provider([callback], OIDC_ACCOUNTS) as oidc:
+            config_path = _config(directory, base_url_of(sock), upstream_url, oidc)
+            fuzz, admin, canary, stranger, rows, signer = await _seed(config_path)
+            async with (
+                gateway_process(config_path, sock) as gateway,
+                httpx2.AsyncClient(timeout=REQUEST_DEADLINE_S * 2) as http,
+            ):
+                world = World(gateway, http, fuzz, admin, canary, stranger, [], rows)
+                with anyio.fail_after(STARTUP_TIMEOUT):
+                    world.signin = await _signin(world, signer, oidc)
+                    # Real traffic first, so there are sessions and calls to list (both generations).
+                    for caller in (fuzz, canary):
+                        for mode in ("legacy", "2026-07-28"):
+                            assert await _sdk_call(gateway.url, caller, mode) == f"sdk {mode}"
+                    await world.still_serves()
+                    listed = await http.get(
+                        f"{gateway.base_url}/mcp/{fuzz.organisation_id}/sessions",
+                        params={"Limit": "200"},
+                        headers=admin.headers,
+                    )
+                world.session_ids.extend(session["id"] for session in listed.json()["data"])
+                TALLY.rss_start, TALLY.rss_peak = gateway.memory()
+                yield world
+                TALLY.rss_end, TALLY.rss_peak = gateway.memory()
     finally:
         await stop_process(upstream)
+
+
+async def _signin(world: World, signer: str, oidc: RunningProvider) -> SignIn:
+    """A registered client (with a secret) for the sign-in fuzzers, and who signs in with it."""
+    registered = await world.http.post(
+        f"{world.gateway.base_url}/signin/register",
+        json={"redirect_uris": [REDIRECT_URI], "client_name": "Fuzz host"},
+    )
+    assert registered.status_code == 201, registered.text
+    client = registered.json()
+    return SignIn(client["client_id"], client["client_secret"], signer, oidc.issuer)
 
 
 def _tracebacks(world: World) -> int:

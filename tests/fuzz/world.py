@@ -36,6 +36,7 @@ class Tally:
     canaries: int = 0
     schemathesis_cases: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    signin: Counter[str] = field(default_factory=Counter)  # requests per sign-in endpoint class
     rss_start: int = 0
     rss_end: int = 0
     rss_peak: int = 0
@@ -43,10 +44,12 @@ class Tally:
     def summary(self) -> str:
         mib = 1024 * 1024
         common = ", ".join(f"{status}: {n}" for status, n in sorted(self.statuses.items()))
+        signin = ", ".join(f"{name}: {n}" for name, n in sorted(self.signin.items()))
         return (
             f"fuzz: {self.requests} requests ({common}), {self.server_errors} 5xx, {self.hangs} hangs; "
             f"{self.canaries} canary calls; {self.schemathesis_cases} schemathesis cases; gateway RSS "
             f"{self.rss_start / mib:.1f} -> {self.rss_end / mib:.1f} MiB (peak {self.rss_peak / mib:.1f})"
+            + (f"; sign-in requests: {signin}" if signin else "")
         )
 
 
@@ -84,6 +87,18 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """What the sign-in fuzzers sign in with: a registered client and a user-bound key of the
+    fuzz organisation (for the consent page), and the OpenID Connect provider's issuer."""
+
+    client_id: str
+    client_secret: str
+    key: str
+    oidc_issuer: str
 
 
 class GatewayDown(AssertionError):
@@ -100,6 +115,7 @@ class World:
     stranger: Caller  # an admin of another organisation
     session_ids: list[str]  # recorded sessions (listing ids) of the fuzz organisation
     credential_ids: list[str]  # credential rows and flows of the fuzz organisation
+    signin: SignIn | None = None  # set once the gateway is up
     _live: str | None = None
     _canary_session: str | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -171,7 +187,12 @@ class World:
             raise AssertionError(f"{response.status_code} {body[:300]!r} for {shot!r}")
         if shot.method == "DELETE" and session == self._live and response.status_code == 200:
             self._live = None
-        return Answer(response.status_code, response.headers.get("content-type", ""), body)
+        return Answer(
+            response.status_code,
+            response.headers.get("content-type", ""),
+            body,
+            response.headers.get("location"),
+        )
 
     async def still_serves(self) -> None:
         """A normal client's `tools/call` still goes through (its own session, its own key)."""

@@ -74,3 +74,17 @@ async def test_without_host_sign_in_nothing_invites_an_oauth_flow(tmp_path: Path
     assert refused.status_code == 401
     assert not refused.headers["www-authenticate"].lower().startswith("bearer")
     assert metadata.status_code == server.status_code == 404
+
+
+async def test_an_mcp_url_of_any_spelling_is_refused_with_a_challenge_a_host_can_read(tmp_path: Path) -> None:
+    # Found by the sign-in fuzzers (issue 23): `/mcp/%00` put a NUL into the challenge's header,
+    # which the server cannot send: the host got a dropped connection instead of its 401.
+    async with signin_gateway(tmp_path) as gateway, httpx2.AsyncClient() as http:
+        with anyio.fail_after(TIMEOUT):
+            for path in ("/mcp/%00", "/mcp/%0d%0aset-cookie:x", '/mcp/a"b', "/mcp/%C3%A9"):
+                refused = await http.post(gateway.base_url + path, json=PING, headers=ACCEPT)
+                assert refused.status_code == 401, path
+                challenge = refused.headers["www-authenticate"]
+                where = challenge.split('resource_metadata="')[1].split('"')[0]
+                assert where.startswith(f"{gateway.base_url}/.well-known/oauth-protected-resource/mcp/")
+                assert (await http.get(where)).status_code == 200
