@@ -266,8 +266,9 @@ class Consents:
         cookie = request.cookies.get(_COOKIE_PREFIX + pending.id, "")
         if not (
             isinstance(posted, str)
-            and hmac.compare_digest(posted, pending.csrf)
-            and hmac.compare_digest(cookie, pending.csrf)
+            # As bytes: compare_digest refuses str that is not ASCII, which anyone can post.
+            and hmac.compare_digest(posted.encode(), pending.csrf.encode())
+            and hmac.compare_digest(cookie.encode(), pending.csrf.encode())
         ):
             return _page("This form cannot be used", "<p>Open the sign-in page again from your app.</p>", 403)
         decision = form.get("decision")

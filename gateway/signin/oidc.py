@@ -178,7 +178,8 @@ class OidcSignIn:
         kept = self._opened(stored_state)
         provider = kept["provider"]
         config = self._config(provider)
-        if not hmac.compare_digest(params.get("state", ""), kept["state"]):
+        # As bytes: compare_digest refuses str that is not ASCII, which any callback may hold.
+        if not hmac.compare_digest(params.get("state", "").encode(), str(kept["state"]).encode()):
             raise OidcRefused(provider, "state", _START_AGAIN)
         if kept["expires_at"] <= self._clock():
             raise OidcRefused(provider, "expired", "the sign-in took too long; start again from the app")

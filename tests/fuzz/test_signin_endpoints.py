@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from gateway.signin.oidc import CALLBACK_PATH, STATE_COOKIE
 from tests.fuzz.budget import REQUEST_DEADLINE_S, SIGNIN_EXAMPLES, fuzz_settings
-from tests.fuzz.strategies import json_values, rarely
+from tests.fuzz.strategies import encode, json_values, rarely
 from tests.fuzz.world import TALLY, Answer, Shot, SignIn, World
 from tests.gateway.signin.browser import REDIRECT_URI, Registered, authorize_params, pkce, redeem, sign_in
 
@@ -332,7 +332,7 @@ async def test_token_requests_are_never_a_server_error(fuzz_world: World, data: 
                     ),
                     base64.b64encode(b"nobody:nothing"),
                     b"%%%",
-                    b"",
+                    b"=",  # (an empty value cannot be sent: h11 refuses the trailing space)
                 ]
             )
         )
@@ -376,7 +376,7 @@ async def test_registrations_are_never_a_server_error_and_register_only_the_mcp_
                 st.builds(lambda n: ["c@example.com" * 30] * n, st.integers(1, 50)),
             )
         )
-    body = orjson.dumps(metadata) if data.draw(st.integers(0, 5)) else data.draw(st.binary(max_size=300))
+    body = encode(metadata) if data.draw(st.integers(0, 5)) else data.draw(st.binary(max_size=300))
     shot = Shot(
         "POST", "/signin/register", "none", headers=(("content-type", b"application/json"),), body=body
     )

@@ -133,3 +133,21 @@ async def test_an_unknown_or_answered_consent_request_cannot_be_answered_again(
     assert first.status_code == 303
     assert second.status_code == unknown.status_code == 400
     assert "expired" in second.text
+
+
+async def test_a_csrf_token_that_is_not_ascii_is_refused_like_any_wrong_one(gateway: SignInGateway) -> None:
+    # Found by the sign-in fuzzers (issue 23): hmac.compare_digest refuses to compare str that
+    # is not ASCII, and the page answered 500.
+    key = await create_key(gateway, "ada")
+    async with httpx2.AsyncClient() as http:
+        with anyio.fail_after(TIMEOUT):
+            _, form = await open_consent(http, gateway)
+            answer = await http.post(
+                f"{gateway.base_url}/signin/consent",
+                data={**form, "csrf": "\u0080é", "decision": "approve", "api_key": key},
+            )
+            real = await http.post(
+                f"{gateway.base_url}/signin/consent", data={**form, "decision": "approve", "api_key": key}
+            )
+    assert answer.status_code == 403 and "location" not in answer.headers
+    assert real.status_code == 303
