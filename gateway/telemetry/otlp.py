@@ -6,8 +6,8 @@ endpoint is given (`telemetry.endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT` or the pe
 variables); `OTEL_SDK_DISABLED=true` turns it off whatever else is set.
 
 Nothing here runs on a call's path but `queue`: spans are handed to the SDK's
-`BatchSpanProcessor`, whose own thread encodes and sends them; metrics are read and sent by a
-`PeriodicExportingMetricReader`'s thread. A collector that is slow, refuses or hangs holds up
+`BatchSpanProcessor`, whose own thread encodes and sends them; metrics are aggregated in
+`otel_metrics.py` and sent by its thread. A collector that is slow, refuses or hangs holds up
 that thread only, for at most the exporter's timeout per batch. A span that cannot be sent
 (the queue full, or its batch's export failed) is dropped and counted: `dropped` is what
 `/metrics` shows as `mcpgw_telemetry_dropped_total`. Metrics are cumulative, so an interval
@@ -26,8 +26,6 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -40,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from gateway.config.values import TelemetryConfig
+from gateway.telemetry.otel_metrics import OperationMetrics
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
@@ -54,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "mcpgw"
 _MAX_QUEUE = 2048  # the SDK's default (OTEL_BSP_MAX_QUEUE_SIZE)
-_SHUTDOWN_S = 2.0  # what the gateway's stop waits for the last spans at most
 # OTLP SpanFlags: whether the parent's remoteness is known, and that it is remote.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 
@@ -90,6 +88,11 @@ def otlp_settings(config: TelemetryConfig, environ: Mapping[str, str]) -> OtlpSe
     if protocol != "http/protobuf":
         raise TelemetryConfigError(f"OTLP protocol {protocol!r} is not supported: use http/protobuf")
     interval = config.metrics_interval_s * 1000 if config.metrics_interval_s is not None else None
+    if interval is None:
+        try:
+            interval = float(environ.get("OTEL_METRIC_EXPORT_INTERVAL", "")) or None
+        except ValueError:
+            interval = None
     return OtlpSettings(
         traces_endpoint=traces,
         metrics_endpoint=metrics,
@@ -258,7 +261,7 @@ class OtlpExport:
         self._waiting = 0  # spans queued and not yet taken by an export
         self._dropped = 0
         self._spans: BatchSpanProcessor | None = None
-        self.meters: MeterProvider | None = None
+        self.metrics: OperationMetrics | None = None
         if settings.traces_endpoint is not None:
             exporter = QuickSpanExporter(
                 endpoint=settings.traces_endpoint, headers=settings.headers, timeout=settings.timeout_s
@@ -268,10 +271,7 @@ class OtlpExport:
             metric_exporter = OTLPMetricExporter(
                 endpoint=settings.metrics_endpoint, headers=settings.headers, timeout=settings.timeout_s
             )
-            reader = PeriodicExportingMetricReader(
-                metric_exporter, export_interval_millis=settings.metrics_interval_ms
-            )
-            self.meters = MeterProvider(metric_readers=[reader], resource=settings.resource)
+            self.metrics = OperationMetrics(metric_exporter, settings.resource, settings.metrics_interval_ms)
 
     @property
     def tracing(self) -> bool:
@@ -306,5 +306,5 @@ class OtlpExport:
         in a worker thread."""
         if self._spans is not None:
             self._spans.shutdown()  # type: ignore[no-untyped-call]
-        if self.meters is not None:
-            self.meters.shutdown(timeout_millis=_SHUTDOWN_S * 1000)
+        if self.metrics is not None:
+            self.metrics.shutdown()

@@ -52,7 +52,6 @@ from gateway.config.values import UpstreamConfig
 from gateway.protocol.tracecontext import TraceParent
 from gateway.recording.recorder import CallRecord
 from gateway.recording.redaction import Redactor
-from gateway.telemetry.otel_metrics import OperationMetrics
 from gateway.telemetry.otlp import OtlpExport
 
 __all__ = ["PeerAddress", "Tracing"]
@@ -117,7 +116,7 @@ class Tracing:
     def __init__(self, export: OtlpExport, upstreams: tuple[UpstreamConfig, ...], redactor: Redactor) -> None:
         self._export = export
         self._tracing = export.tracing
-        self._metrics = OperationMetrics(export.meters) if export.meters is not None else None
+        self._metrics = export.metrics
         self._resource = export.settings.resource
         sampler = export.settings.sampler
         # always_on/always_off decide without a parent context: skip building one.
