@@ -67,6 +67,7 @@ CLIENTS = (1, 16)
 # Endpoint kinds: the upstream called directly, the gateway with recording on / off, and (with
 # --relay) a byte-copying relay in front of the upstream: what any proxy costs on this machine.
 DIRECT, RECORDING, NOT_RECORDING, RELAY = "direct", "gateway", "gw-norec", "relay"
+TRACED = "gw-traced"  # --tracing: recording on, and spans and metrics exported over OTLP
 GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
 
 # DESIGN.md section 8.
@@ -74,6 +75,7 @@ TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
 TARGET_ADDED_P50_MS = 1.0  # gateway p50 - direct p50, at 1 client
 TARGET_GATEWAY_CPU_MS = 0.6  # gateway CPU per tools/call
 TARGET_RECORDING_RATIO = 0.9  # recording on/off calls/s: recording costs under 10 %
+TARGET_TRACING_CPU_MS = 0.05  # gateway CPU per call, tracing on (always_on) less tracing off (issue 21)
 
 
 # --------------------------------------------------------------------------- data
@@ -182,6 +184,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--relay", action="store_true", help="also measure a byte-copying relay (bench/relay.py): the ceiling"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also a recording gateway exporting every span (always_on) to a local OTLP receiver",
+    )
     args = parser.parse_args(argv)
     args.clients = [int(n) for n in args.clients.split(",")]
     args.modes = args.modes.split(",")
@@ -207,6 +214,14 @@ def start_upstream(procs: Processes, workdir: Path, stock: bool) -> tuple[subpro
     return child, line.split()[1]
 
 
+def start_sink(procs: Processes, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start bench/otlp_sink.py; return it and its base URL once it is READY."""
+    log = workdir / "otlp-sink.log"
+    child = procs.spawn([sys.executable, str(BENCH / "otlp_sink.py")], log)
+    line = wait_for_line(child, log, "READY ", STARTUP_TIMEOUT_S)
+    return child, line.split()[1]
+
+
 def start_relay(procs: Processes, workdir: Path, upstream_url: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start bench/relay.py in front of the upstream; return it and its /mcp URL once it is READY."""
     log = workdir / "relay.log"
@@ -221,11 +236,13 @@ def port_of(url: str) -> int:
     return port
 
 
-def write_config(workdir: Path, kind: str, upstream_url: str, port: int) -> Path:
-    """`<kind>.yaml`, with its own database `<kind>.db`; recording off for the gw-norec kind."""
+def write_config(workdir: Path, kind: str, upstream_url: str, port: int, otlp_url: str | None = None) -> Path:
+    """`<kind>.yaml`, with its own database `<kind>.db`; recording off for the gw-norec kind,
+    telemetry to `otlp_url` (every span sampled) for the gw-traced one."""
     config = workdir / f"{kind}.yaml"
+    telemetry = f"telemetry: {{endpoint: {otlp_url}, sampler: always_on}}\n" if kind == TRACED else ""
     config.write_text(
-        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        telemetry + f"listen: {{host: 127.0.0.1, port: {port}}}\n"
         f"database: ./{kind}.db\n"
         "auth: {required: false}\n"
         f"recording: {{enabled: {str(kind != NOT_RECORDING).lower()}}}\n"
@@ -254,10 +271,11 @@ def start_gateway(
     kind: str = RECORDING,
     profiler: str | None = None,
     profile_out: Path | None = None,
+    otlp_url: str | None = None,
 ) -> GatewayProcess:
     """Start `mcpgw serve` (optionally under a profiler) and wait until its /healthz answers."""
     port = free_port()
-    config = write_config(workdir, kind, upstream_url, port)
+    config = write_config(workdir, kind, upstream_url, port, otlp_url)
     module_argv = ["gateway.cli", "serve", "--config", str(config), "--port", str(port)]
     if profiler is None:
         argv = [sys.executable, "-m", *module_argv]
@@ -394,6 +412,9 @@ def run_matrix(
     """All modes x client counts x reps, direct and the gateway(s) interleaved: forward order in
     even reps, reversed in odd ones (ABBA with two endpoints, ABC CBA with three)."""
     gateways = [start_gateway(procs, workdir, upstream_url, kind) for kind in GATEWAYS[args.recording]]
+    if args.tracing:
+        _sink, sink_url = start_sink(procs, workdir)
+        gateways.append(start_gateway(procs, workdir, upstream_url, TRACED, otlp_url=sink_url))
     port = port_of(upstream_url)
     endpoints = [Endpoint(DIRECT, upstream_url, "echo", {"upstream": upstream.pid}, port)]
     if args.relay:  # its CPU shows in the gateway column: it is the process in the middle
@@ -480,7 +501,15 @@ def median_or_none(values: Any) -> float | None:
 
 
 # (kind, baseline): the relay and each gateway against direct, and recording on against off.
-PAIRS = ((RELAY, DIRECT), (NOT_RECORDING, DIRECT), (RECORDING, DIRECT), (RECORDING, NOT_RECORDING))
+# With --tracing: the traced gateway against direct, and against the same gateway untraced.
+PAIRS = (
+    (RELAY, DIRECT),
+    (NOT_RECORDING, DIRECT),
+    (RECORDING, DIRECT),
+    (RECORDING, NOT_RECORDING),
+    (TRACED, DIRECT),
+    (TRACED, RECORDING),
+)
 
 
 def compare(summaries: list[Summary]) -> list[Comparison]:
@@ -524,8 +553,18 @@ def check_targets(
             ratio = cost.throughput_ratio if cost else None
             limit = TARGET_RECORDING_RATIO
             checks.append(Check("recording on/off >= 0.9", mode, n, ratio, limit, _at_least(ratio, limit)))
+    by_kind = {(s.mode, s.clients, s.kind): s for s in summaries}
+    for (mode, n, kind), traced in sorted(by_kind.items()):
+        untraced = by_kind.get((mode, n, RECORDING))
+        if kind != TRACED or untraced is None:
+            continue
+        on, off = traced.gateway_cpu_ms_per_call, untraced.gateway_cpu_ms_per_call
+        added = None if on is None or off is None else on - off
+        limit = TARGET_TRACING_CPU_MS
+        target = "tracing CPU added <= 0.05 ms"
+        checks.append(Check(target, mode, n, added, limit, _at_most(added, limit), TRACED))
     for s in summaries:
-        if s.kind in (RECORDING, NOT_RECORDING):
+        if s.kind in (RECORDING, NOT_RECORDING, TRACED):
             cpu = s.gateway_cpu_ms_per_call
             limit = TARGET_GATEWAY_CPU_MS
             target = "gateway CPU <= 0.6 ms/call"
@@ -553,7 +592,7 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
     ratios: dict[tuple[str, int, str], list[Comparison]] = {}
     for c in comparisons:
         ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
-    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3}  # on/off comes after both gateways
+    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3, TRACED: 4}  # on/off after both gateways
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
@@ -563,12 +602,15 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
             f"{s.upstream_closes_per_call:13.2f} {s.failed:>6}"
         )
         for c in ratios.get((s.mode, s.clients, s.kind), []):
-            what = f"{c.kind}/direct" if c.baseline == DIRECT else "recording on/off"
+            what = f"{c.kind}/direct" if c.baseline == DIRECT else _ON_OFF[c.kind]
             rows.append(
                 f"{'':15}-> {what} throughput {c.throughput_ratio:.2f}, "
                 f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms"
             )
     return "\n".join(rows)
+
+
+_ON_OFF = {RECORDING: "recording on/off", TRACED: "tracing on/off"}
 
 
 def format_checks(checks: list[Check]) -> str:
@@ -603,6 +645,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "modes": args.modes,
         "recording": args.recording,
         "relay": args.relay,
+        "tracing": args.tracing,
         "upstream": "python -m gateway.demo (stock)"
         if args.stock_demo
         else "bench/upstream.py (gateway.demo app)",

@@ -15,6 +15,7 @@ and no routing run for it, and it answers every error itself.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,7 +28,7 @@ from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import (
     CURSOR_SECRET_NAME,
@@ -80,6 +81,8 @@ from gateway.signin.routes import signin_routes
 from gateway.signin.server import SignInServer
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.metrics import GatewayMetrics, HeldOpen
+from gateway.telemetry.otlp import OtlpExport, otlp_settings
+from gateway.telemetry.tracing import PeerAddress, Tracing
 from gateway.telemetry.window import UpstreamWindow
 from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
@@ -140,8 +143,18 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             recording = running_recorder(store, config.recording, metrics.commit)
             stored = await stack.enter_async_context(recording)
         window = UpstreamWindow()
+        tracing: Tracing | None = None
+        if (telemetry := otlp_settings(config.telemetry, os.environ)) is not None:
+            export = OtlpExport(telemetry)
+            stack.push_async_callback(_stop_export, export)
+            metrics.watch_telemetry(export.dropped)
+            # Captured content (telemetry.capture_content) is redacted by the record's own rules.
+            content = Redactor.with_defaults(
+                config.recording.redact_keys, config.recording.redact_patterns, telemetry.max_content_bytes
+            )
+            tracing = Tracing(export, config.upstreams, content)
         recorder: Recorder = ObservedRecorder(
-            stored or NullRecorder(), metrics, window, log_calls=config.logging.calls
+            stored or NullRecorder(), metrics, window, log_calls=config.logging.calls, tracing=tracing
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
@@ -193,7 +206,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             connector.on_recovered(registry.upstream_recovered)
         stack.push_async_callback(registry.aclose)
         task_ids = TaskIds(await store.gateway_secret(TASK_IDS_SECRET_NAME))
-        proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, recorder, task_ids))
+        proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, recorder, task_ids), tracing)
         auth = HostAuth(
             store,
             required=config.auth.required,
@@ -345,6 +358,12 @@ def _held_open(
     )
 
 
+async def _stop_export(export: OtlpExport) -> None:
+    """Send the last spans, but never hold the gateway's stop for a collector that hangs."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(3):
+        await anyio.to_thread.run_sync(export.shutdown, abandon_on_cancel=True)
+
+
 async def _shielded(step: Callable[[], Awaitable[None]]) -> None:
     with anyio.CancelScope(shield=True):
         await step()
@@ -431,7 +450,8 @@ def build_app(config: GatewayConfig, shutdown: Shutdown | None = None) -> Gatewa
     # Starlette would answer "/x/" with a redirect to "/x" built from the request's Host
     # header, which a client chooses: a path is either served or 404.
     rest.router.redirect_slashes = False
-    return GatewayApp(rest, access_log=config.logging.access_log)
+    traced = otlp_settings(config.telemetry, os.environ) is not None
+    return GatewayApp(rest, access_log=config.logging.access_log, peer_address=traced)
 
 
 class GatewayApp:
@@ -444,10 +464,11 @@ class GatewayApp:
     app with every other route.
     """
 
-    def __init__(self, rest: Starlette, access_log: bool = False) -> None:
+    def __init__(self, rest: Starlette, access_log: bool = False, peer_address: bool = False) -> None:
         self.rest = rest
         # Only wrapped when asked for: the MCP endpoint's path stays as short as it can be.
-        self._logged = AccessLog(self._route) if access_log else None
+        self._routed: ASGIApp = PeerAddress(self._route) if peer_address else self._route
+        self._logged = AccessLog(self._routed) if access_log else None
 
     @property
     def state(self) -> State:
@@ -458,7 +479,7 @@ class GatewayApp:
         if self._logged is not None:
             await self._logged(scope, receive, send)
         else:
-            await self._route(scope, receive, send)
+            await self._routed(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):

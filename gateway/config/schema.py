@@ -8,7 +8,7 @@ for keys whose default the loader works out or whose absence it must tell apart.
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
@@ -49,6 +49,7 @@ from gateway.config.values import (
     SessionMode,
     SessionsConfig,
     SignInClientConfig,
+    TelemetryConfig,
     Timeouts,
     Transport,
     UpstreamAuth,
@@ -215,6 +216,30 @@ class MetricsModel(Model):
     token: Annotated[str, Field(min_length=16)] | None = default_of(MetricsConfig, "token")
 
 
+# The samplers OTEL_TRACES_SAMPLER names (the SDK's own list).
+_SAMPLERS = (
+    "always_on|always_off|traceidratio|parentbased_always_on|parentbased_always_off|parentbased_traceidratio"
+)
+
+
+class TelemetryModel(Model):
+    endpoint: Annotated[str, AfterValidator(check_url)] | None = default_of(TelemetryConfig, "endpoint")
+    headers: dict[_HeaderName, _HeaderValue] | None = default_of(TelemetryConfig, "headers")
+    timeout_s: _Seconds | None = default_of(TelemetryConfig, "timeout_s")
+    protocol: Literal["http/protobuf"] | None = default_of(TelemetryConfig, "protocol")
+    service_name: _Text | None = default_of(TelemetryConfig, "service_name")
+    resource_attributes: dict[_Text, str] | None = default_of(TelemetryConfig, "resource_attributes")
+    sampler: Annotated[str, Field(pattern=f"^({_SAMPLERS})$")] | None = default_of(TelemetryConfig, "sampler")
+    sampler_arg: Annotated[float, BeforeValidator(float_from_text), Field(ge=0, le=1)] | None = default_of(
+        TelemetryConfig, "sampler_arg"
+    )
+    metrics_interval_s: _Seconds | None = default_of(TelemetryConfig, "metrics_interval_s")
+    traces: _Bool = default_of(TelemetryConfig, "traces")
+    metrics: _Bool = default_of(TelemetryConfig, "metrics")
+    capture_content: _Bool = default_of(TelemetryConfig, "capture_content")
+    max_content_bytes: _Bytes = default_of(TelemetryConfig, "max_content_bytes")
+
+
 class SecretsModel(Model):
     key: str | None = None  # base64url of 32 bytes; "" (an unset ${VAR:-}) means none
     previous_keys: list[_Text] = default_of(SecretsConfig, "previous_keys")
@@ -279,6 +304,7 @@ class GatewayModel(Model):
     host_sign_in: HostSignInModel = Field(default_factory=HostSignInModel)
     logging: LoggingModel = Field(default_factory=LoggingModel)
     metrics: MetricsModel = Field(default_factory=MetricsModel)
+    telemetry: TelemetryModel = Field(default_factory=TelemetryModel)
 
 
 # Which model a mapping at a given key path (list indexes dropped) is validated by.
@@ -301,6 +327,7 @@ MODEL_AT: dict[tuple[str, ...], type[Model]] = {
     ("host_sign_in", "oidc"): OidcProviderModel,
     ("logging",): LoggingModel,
     ("metrics",): MetricsModel,
+    ("telemetry",): TelemetryModel,
 }
 
 # The top-level keys that hold mappings of their own; an empty one (`upstreams:` with nothing

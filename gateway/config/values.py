@@ -191,6 +191,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Traces and metrics over OTLP (gateway/telemetry/otlp.py). Each key mirrors a standard
+    OpenTelemetry environment variable; a key left out (None) takes that variable, else the
+    SDK's default. Off unless an endpoint is given here or in OTEL_EXPORTER_OTLP_ENDPOINT."""
+
+    endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT: the collector's base URL
+    headers: Mapping[str, str] | None = field(default=None, repr=False)  # OTEL_EXPORTER_OTLP_HEADERS
+    timeout_s: float | None = None  # OTEL_EXPORTER_OTLP_TIMEOUT (the SDK's default: 10 s)
+    protocol: Literal["http/protobuf"] | None = None  # OTEL_EXPORTER_OTLP_PROTOCOL
+    service_name: str | None = None  # OTEL_SERVICE_NAME; else "mcpgw"
+    resource_attributes: Mapping[str, str] | None = None  # OTEL_RESOURCE_ATTRIBUTES
+    sampler: str | None = None  # OTEL_TRACES_SAMPLER (the SDK's default: parentbased_always_on)
+    sampler_arg: float | None = None  # OTEL_TRACES_SAMPLER_ARG
+    metrics_interval_s: float | None = None  # OTEL_METRIC_EXPORT_INTERVAL (the SDK's: 60 s)
+    traces: bool = True
+    metrics: bool = True
+    capture_content: bool = False  # tool arguments and results on spans, redacted and capped
+    max_content_bytes: int = 4096  # per captured value
+
+
+@dataclass(frozen=True, slots=True)
 class SecretsConfig:
     """The keys that seal credentials at rest: one from the config (or its ${ENV}), else a key file."""
 
@@ -275,6 +296,7 @@ class GatewayConfig:
     host_sign_in: HostSignInConfig = field(default_factory=HostSignInConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     public_url_configured: bool = False  # else public_url follows the address served on
 
     def served_at(self, host: str, port: int) -> "GatewayConfig":

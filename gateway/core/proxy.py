@@ -51,6 +51,7 @@ from gateway.protocol.jsonrpc import (
 )
 from gateway.protocol.tracecontext import trace_for
 from gateway.recording.recorder import CallRecord, Recorder, outcome_of
+from gateway.telemetry.tracing import Tracing
 from gateway.upstream.channel import MessageSink
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,15 @@ _ROUTED_BY: dict[str, tuple[Kind, str]] = {
 
 
 class Proxy:
-    def __init__(self, router: Router, recorder: Recorder, tasks: TaskRelay | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        recorder: Recorder,
+        tasks: TaskRelay | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.router = router
+        self.tracing = tracing  # None unless telemetry is configured: then no tracing code runs
         self.recorder = recorder
         self.tasks = tasks or TaskRelay(router.upstream_names, recorder)
         self._handlers: dict[str, Handler] = {
@@ -110,6 +118,13 @@ class Proxy:
         return response or error(request_id, REQUEST_CANCELLED, "Request cancelled")
 
     async def request(
+        self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
+    ) -> JSONObject:
+        if self.tracing is not None:
+            return await self.tracing.serve(self._request, session, message, sink, context)
+        return await self._request(session, message, sink, context)
+
+    async def _request(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext
     ) -> JSONObject:
         session.touch()
@@ -253,6 +268,7 @@ class Proxy:
                 upstream_s=upstream_s,
                 trace_id=trace.trace_id,
                 invocation_id=invocation_id,
+                span_id=trace.span_id,
             )
             try:
                 with anyio.CancelScope(shield=True):

@@ -1,6 +1,7 @@
 """`ObservedRecorder`: the recorder as operators see it. It wraps the recorder the gateway uses
 (the store's, or `NullRecorder` with recording off) and, for every call that recorder is handed,
-counts it in the metrics, adds it to the upstreams' last hour and writes its log line.
+counts it in the metrics, adds it to the upstreams' last hour and writes its log line; with
+telemetry on, it hands the record to the request's spans (`telemetry/tracing.py`).
 
 It sits here because the recorder already sees every recorded call's outcome, timings and trace
 id, once, after the call has ended; it learns from the sessions it is told of which
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from gateway.recording.recorder import CallRecord, Recorder, TaskEnded
 from gateway.telemetry.logs import CALLS, log_call
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Tracing
 from gateway.telemetry.window import UpstreamWindow
 from store import SessionEnd, SessionStart
 
@@ -29,9 +31,15 @@ class _Who:
 
 class ObservedRecorder:
     def __init__(
-        self, inner: Recorder, metrics: GatewayMetrics, window: UpstreamWindow, log_calls: bool
+        self,
+        inner: Recorder,
+        metrics: GatewayMetrics,
+        window: UpstreamWindow,
+        log_calls: bool,
+        tracing: Tracing | None = None,
     ) -> None:
         self.inner = inner
+        self._tracing = tracing
         self._metrics = metrics
         self._window = window
         self._log_calls = log_calls
@@ -57,6 +65,8 @@ class ObservedRecorder:
         await self.inner.task_ended(end)
 
     def _observe(self, call: CallRecord) -> None:
+        if self._tracing is not None:
+            self._tracing.called(call)
         name = _shown(call.method, call.name)
         self._metrics.call(call.upstream, name, call.method, call.outcome, call.duration_s, call.upstream_s)
         if call.upstream is not None:

@@ -33,6 +33,7 @@ class CallRecord:
     upstream_s: float | None
     trace_id: str | None
     invocation_id: str | None = None  # chosen by the caller when it must know it (a task's row)
+    span_id: str | None = None  # the span id of the traceparent sent upstream (telemetry's client span)
 
 
 @dataclass(frozen=True, slots=True)

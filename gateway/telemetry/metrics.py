@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -154,9 +154,28 @@ class GatewayMetrics:
         """Report what the gateway holds open, read at each scrape."""
         self.registry.register(_HeldOpenCollector(report, self._upstreams))
 
+    def watch_telemetry(self, dropped: Callable[[], int]) -> None:
+        """Count the spans OTLP export dropped (telemetry/otlp.py), read at each scrape."""
+        self.registry.register(_DroppedCollector(dropped))
+
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _DroppedCollector(Collector):
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self._dropped = dropped
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "mcpgw_telemetry_dropped",
+            "Spans that could not be sent to the OTLP collector (its queue full, or the export failed).",
+            value=self._dropped(),
+        )
 
 
 class _HeldOpenCollector(Collector):

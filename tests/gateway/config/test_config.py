@@ -84,6 +84,7 @@ def test_example_config_commented_out_keys_are_valid_too(
     monkeypatch.setenv("EDITOR_CLIENT_SECRET", "ed1t0r")
     monkeypatch.setenv("OKTA_CLIENT_SECRET", "0kta-s3cret")
     monkeypatch.setenv("MCPGW_METRICS_TOKEN", "a-metrics-token-of-some-length")
+    monkeypatch.setenv("HONEYCOMB_API_KEY", "a-collector-key")
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
@@ -98,6 +99,9 @@ def test_example_config_commented_out_keys_are_valid_too(
         ("X-Api-Key",),
     )
     assert internal.auth.static_headers == {"Authorization": "Bearer t0k"}
+    assert config.telemetry.endpoint == "http://127.0.0.1:4318"
+    assert config.telemetry.headers == {"x-honeycomb-team": "a-collector-key"}
+    assert config.telemetry.capture_content is False
     assert config.public_url == "https://mcp.example.com"
     assert config.secrets.key == bytes(32) and config.secrets.key_file == tmp_path / "mcpgw.keys"
     assert demo.env == {"DEMO_LOG_LEVEL": "info"}
