@@ -47,7 +47,8 @@ class Admin:
     is_admin: bool = True
 
     def csrf_ok(self, posted: object) -> bool:
-        return isinstance(posted, str) and hmac.compare_digest(posted, self.csrf)
+        # As bytes: compare_digest refuses str that is not ASCII, which anyone can post.
+        return isinstance(posted, str) and hmac.compare_digest(posted.encode(), self.csrf.encode())
 
 
 class ConsoleSessions:

@@ -86,8 +86,11 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused_and_changes_not
         forged = await console.http.post(f"/admin/keys/{victim.key.id}/revoke", data={"csrf": "guess"})
         created = await console.http.post("/admin/keys", data={"user": "mallory", "admin": "on"})
         signin_forged = await console.http.post("/admin/signin", data={"api_key": admin.key, "csrf": "x"})
+        # Not ASCII: compared as text, such a token made compare_digest raise (a 500).
+        forged_text = await console.http.post(f"/admin/keys/{victim.key.id}/revoke", data={"csrf": "é" * 8})
+        signin_text = await console.http.post("/admin/signin", data={"api_key": admin.key, "csrf": "ü"})
     assert [bare.status_code, forged.status_code, created.status_code] == [403, 403, 403]
-    assert signin_forged.status_code == 403
+    assert [signin_forged.status_code, forged_text.status_code, signin_text.status_code] == [403, 403, 403]
     keys = await keyed.gateway.store.list_api_keys(admin.organisation_id)
     assert [key.id for key in keys] == [admin.api_key_id, victim.key.id]  # nothing created
     assert all(key.revoked_at is None for key in keys)
