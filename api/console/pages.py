@@ -130,7 +130,9 @@ class Console:
     async def sign_in(self, request: Request) -> Response:
         form = await _form(request)
         posted, cookie = form.get("csrf"), request.cookies.get(_SIGNIN_CSRF, "")
-        if not (isinstance(posted, str) and cookie and secrets.compare_digest(posted.encode(), cookie.encode())):
+        if not (
+            isinstance(posted, str) and cookie and secrets.compare_digest(posted.encode(), cookie.encode())
+        ):
             return self._signin_form("This form had expired; sign in again.", 403)
         provider = form.get("provider")
         if isinstance(provider, str):
