@@ -44,12 +44,12 @@ class Processes:
             stop(child)
 
     def spawn(
-        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             child = subprocess.Popen(
                 list(argv),
-                cwd=ROOT,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

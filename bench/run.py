@@ -66,8 +66,11 @@ MODES = ("legacy", "2026-07-28")
 CLIENTS = (1, 16)
 # Endpoint kinds: the upstream called directly, the gateway with recording on / off, and (with
 # --relay) a byte-copying relay in front of the upstream: what any proxy costs on this machine.
+# With --baseline, a recording gateway run from another source tree (a checkout of main, say):
+# the same measurement before and after a change, in one interleaved run.
 DIRECT, RECORDING, NOT_RECORDING, RELAY = "direct", "gateway", "gw-norec", "relay"
 TRACED = "gw-traced"  # --tracing: recording on, and spans and metrics exported over OTLP
+BASELINE = "gw-base"
 GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
 
 # DESIGN.md section 8.
@@ -141,6 +144,7 @@ class Comparison:
     throughput_ratio: float  # kind calls/s / baseline calls/s
     added_p50_ms: float  # kind p50 - baseline p50
     added_p99_ms: float
+    cpu_ratio: float | None = None  # kind's middle-process CPU per call / baseline's (not direct)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also a recording gateway exporting every span (always_on) to a local OTLP receiver",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also a recording gateway run from the source tree at this path (e.g. a checkout of main)",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "gateway" / "cli").is_dir():
+            parser.error(f"--baseline {args.baseline}: no gateway/cli there")
     args.clients = [int(n) for n in args.clients.split(",")]
     args.modes = args.modes.split(",")
     if args.seconds <= 0 or args.warmup < 0 or args.reps < 1 or min(args.clients) < 1:
@@ -272,8 +285,10 @@ def start_gateway(
     profiler: str | None = None,
     profile_out: Path | None = None,
     otlp_url: str | None = None,
+    source: Path | None = None,
 ) -> GatewayProcess:
-    """Start `mcpgw serve` (optionally under a profiler) and wait until its /healthz answers."""
+    """Start `mcpgw serve` (optionally under a profiler, or from the source tree `source`) and
+    wait until its /healthz answers."""
     port = free_port()
     config = write_config(workdir, kind, upstream_url, port, otlp_url)
     module_argv = ["gateway.cli", "serve", "--config", str(config), "--port", str(port)]
@@ -283,7 +298,10 @@ def start_gateway(
         assert profile_out is not None
         argv = _profile.wrap(profiler, module_argv, profile_out)
     log = workdir / f"gateway-{port}.log"
-    child = procs.spawn(argv, log)
+    if source is None:
+        child = procs.spawn(argv, log)
+    else:  # `python -m` puts its working directory first on the path, before PYTHONPATH
+        child = procs.spawn(argv, log, env={"PYTHONPATH": str(source)}, cwd=source)
     pid = child_pid(child.pid, STARTUP_TIMEOUT_S) if profiler == "py-spy" else child.pid
     base = f"http://127.0.0.1:{port}"
     wait_for_http(child, f"{base}/healthz", log, STARTUP_TIMEOUT_S)
@@ -415,6 +433,8 @@ def run_matrix(
     if args.tracing:
         _sink, sink_url = start_sink(procs, workdir)
         gateways.append(start_gateway(procs, workdir, upstream_url, TRACED, otlp_url=sink_url))
+    if args.baseline is not None:
+        gateways.append(start_gateway(procs, workdir, upstream_url, BASELINE, source=args.baseline))
     port = port_of(upstream_url)
     endpoints = [Endpoint(DIRECT, upstream_url, "echo", {"upstream": upstream.pid}, port)]
     if args.relay:  # its CPU shows in the gateway column: it is the process in the middle
@@ -504,9 +524,12 @@ def median_or_none(values: Any) -> float | None:
 # With --tracing: the traced gateway against direct, and against the same gateway untraced.
 PAIRS = (
     (RELAY, DIRECT),
+    (BASELINE, DIRECT),
     (NOT_RECORDING, DIRECT),
     (RECORDING, DIRECT),
     (RECORDING, NOT_RECORDING),
+    (RECORDING, RELAY),
+    (RECORDING, BASELINE),
     (TRACED, DIRECT),
     (TRACED, RECORDING),
 )
@@ -529,9 +552,14 @@ def compare(summaries: list[Summary]) -> list[Comparison]:
                     throughput_ratio=measured.calls_per_s / base.calls_per_s,
                     added_p50_ms=measured.p50_ms - base.p50_ms,
                     added_p99_ms=measured.p99_ms - base.p99_ms,
+                    cpu_ratio=_ratio(measured.gateway_cpu_ms_per_call, base.gateway_cpu_ms_per_call),
                 )
             )
     return comparisons
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
 
 
 def check_targets(
@@ -592,7 +620,7 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
     ratios: dict[tuple[str, int, str], list[Comparison]] = {}
     for c in comparisons:
         ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
-    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3, TRACED: 4}  # on/off after both gateways
+    order = {DIRECT: 0, RELAY: 1, BASELINE: 2, NOT_RECORDING: 3, RECORDING: 4, TRACED: 5}  # on/off after both
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
@@ -602,15 +630,16 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
             f"{s.upstream_closes_per_call:13.2f} {s.failed:>6}"
         )
         for c in ratios.get((s.mode, s.clients, s.kind), []):
-            what = f"{c.kind}/direct" if c.baseline == DIRECT else _ON_OFF[c.kind]
+            what = _ON_OFF.get((c.kind, c.baseline), f"{c.kind}/{c.baseline}")
+            cpu = "" if c.cpu_ratio is None else f", cpu/call x{c.cpu_ratio:.2f}"
             rows.append(
                 f"{'':15}-> {what} throughput {c.throughput_ratio:.2f}, "
-                f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms"
+                f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms{cpu}"
             )
     return "\n".join(rows)
 
 
-_ON_OFF = {RECORDING: "recording on/off", TRACED: "tracing on/off"}
+_ON_OFF = {(RECORDING, NOT_RECORDING): "recording on/off", (TRACED, RECORDING): "tracing on/off"}
 
 
 def format_checks(checks: list[Check]) -> str:

@@ -35,6 +35,9 @@ class Table:
     # call answers with what is wrong (the link to connect the account, the authorization
     # server or the upstream being down, naming the cause) instead of "unknown tool".
     unlisted: dict[str, str] = field(default_factory=dict)
+    # Names the tool filters were checked against for a call, and what they said: once per
+    # table, not per call (the filters are the session's and its upstreams', fixed meanwhile).
+    permitted: dict[str, bool] = field(default_factory=dict)
 
 
 class Catalogue:

@@ -33,6 +33,7 @@ from gateway.upstream.channel import MessageSink
 logger = logging.getLogger(__name__)
 
 _MAX_PAGES = 100
+_MAX_REMEMBERED = 10_000  # tool names whose filter verdict a session's table keeps
 _ITEMS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
           "resources/templates/list": "resourceTemplates"}  # fmt: skip
 
@@ -118,12 +119,23 @@ class Router:
         if route is None:
             await self._refresh(session, kind, message)
             route = _lookup(session.catalogue.table(kind), kind, name)
-        if route is None or (kind == "tools" and not self._permitted(session, route, name)):
+        if route is None or (kind == "tools" and not self._permitted_once(session, route, name)):
             # A missing resource is the spec's resource-not-found: invalid params, naming the URI.
             raise RoutingError(
                 f"Unknown {_SINGULAR[kind]}: {name}", {"uri": name} if kind == "resources" else None
             )
         return route
+
+    def _permitted_once(self, session: HostSession, route: Route, name: str) -> bool:
+        table = session.catalogue.table("tools")
+        if table is None:
+            return self._permitted(session, route, name)
+        known = table.permitted.get(name)
+        if known is None:
+            known = self._permitted(session, route, name)
+            if len(table.permitted) < _MAX_REMEMBERED:  # names come from hosts: bounded
+                table.permitted[name] = known
+        return known
 
     def _permitted(self, session: HostSession, route: Route, name: str) -> bool:
         """The filters, on every call and not only when lists are built: a route found another

@@ -28,6 +28,7 @@ from gateway.protocol.jsonrpc import (
 )
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_MAX_SEEN_HOSTS = 256
 JSON_HEADER = (b"content-type", b"application/json")
 _OWS = " \t"
 
@@ -115,6 +116,7 @@ class OriginGuard:
     def __init__(self, allowed_hosts: Sequence[str], allowed_origins: Sequence[str]) -> None:
         self._hosts = frozenset(h.lower() for h in allowed_hosts)
         self._origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        self._seen_hosts: dict[str, bool] = {}  # Host values parsed already, and the verdict
 
     def problem(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         host = headers.get("host", "").lower()
@@ -128,8 +130,13 @@ class OriginGuard:
     def _host_allowed(self, host: str) -> bool:
         if host in self._hosts:
             return True
-        name = urlsplit(f"//{host}").hostname or ""
-        return name in self._hosts if self._hosts else name in _LOOPBACK
+        allowed = self._seen_hosts.get(host)
+        if allowed is None:
+            name = urlsplit(f"//{host}").hostname or ""
+            allowed = name in self._hosts if self._hosts else name in _LOOPBACK
+            if len(self._seen_hosts) < _MAX_SEEN_HOSTS:  # a client chooses the value: bounded
+                self._seen_hosts[host] = allowed
+        return allowed
 
     def _origin_allowed(self, origin: str) -> bool:
         if origin in self._origins:

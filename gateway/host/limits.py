@@ -16,6 +16,8 @@ protocol with the same bounds, from the `security` section of the config:
 - a head has at most `max_headers` headers, whose names and values come to at most
   `max_header_bytes` (else 431), and a request target of at most `max_url_bytes` (else 414).
 
+It also sends a response whose length is declared in one `write`, head and body together.
+
 The limits are applied in llhttp's callbacks; no Python code looks at the bytes. The deadlines
 cost one timer per connection, not per request: the timer is re-armed lazily when it fires, so a
 request only moves a float. Time during which uvicorn itself holds a request back (a pipelined
@@ -37,7 +39,7 @@ from typing import Any, ClassVar
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway.config import SecurityConfig
@@ -266,6 +268,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = _OneWrite(self.transport, cycle)  # type: ignore[assignment]
         self._expect(_BODY, self._body_s)
 
     def on_message_complete(self) -> None:
@@ -302,6 +307,44 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
         else:
             super().shutdown()
+
+
+class _OneWrite:
+    """A response's transport: the head of a response with a declared length waits for the
+    body's first bytes and leaves with them in one `write` (uvicorn writes the head, then the
+    body: two system calls, and two wake-ups of the client, for every JSON response). Streams
+    (no length) and HEAD responses (no body) are written as uvicorn writes them."""
+
+    __slots__ = ("_cycle", "_head", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        elif not self._started and self._cycle.response_started:
+            # The first write of a started response is its head (a 100 Continue comes before).
+            self._started = True
+            cycle = self._cycle
+            if cycle.chunked_encoding is False and cycle.scope["method"] != "HEAD":
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:  # the app ended without a body: what uvicorn would have sent
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 def protocol_for(security: SecurityConfig) -> type[LimitedHttpProtocol]:

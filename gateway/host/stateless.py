@@ -71,6 +71,7 @@ from gateway.upstream.connector import Handshake
 logger = logging.getLogger(__name__)
 
 SUSPENDED_TTL_S = 600.0
+_WATCH_AFTER_S = 0.05  # an inline call is watched for the host closing its stream after this long
 _LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 # What an upstream may ask a host mid-call: elicitation, sampling, roots/list.
 _INPUT_CAPABILITIES = ("elicitation", "sampling", "roots")
@@ -177,13 +178,23 @@ class StatelessHandler:
         """
         stream = ResponseStream(send, [], True)
         sink = _DirectSink(session, stream, log_level)
+        watcher: asyncio.Future[None] | None = None
         with anyio.CancelScope() as scope:
-            # Closing the response stream is this revision's cancellation.
-            watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, scope))
+
+            def watch() -> None:
+                nonlocal watcher
+                watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, scope))
+
+            # Closing the response stream is this revision's cancellation; it is watched for
+            # once the call has taken a moment: most are answered sooner, and a task per call
+            # to watch costs more than the call's own routing.
+            later = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
             try:
                 response = await self.proxy.request(session, message, sink, RequestContext.of(headers))
             finally:
-                watcher.cancel()
+                later.cancel()
+                if watcher is not None:
+                    watcher.cancel()
         if scope.cancelled_caught:
             return
         answer = to_modern_response(message["method"], {**response, "id": message["id"]})
