@@ -295,7 +295,9 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             credentials_api=credentials_api,
             keys_api=KeysApi(store, authenticate_api),
             grants_api=GrantsApi(store, authenticate_api),
-            pages=ConnectPages(broker, authenticate),
+            pages=ConnectPages(
+                broker, authenticate, sealer, secure_cookies=config.public_url.startswith("https://")
+            ),
             readiness=Readiness(
                 store, {name: connector.health for name, connector in connectors.items()}, task_group
             ),

@@ -1,14 +1,18 @@
 """Helpers for the per-user credential tests: a gateway that knows its own URL, the people
-who use it, and reading the connect link out of a call's answer."""
+who use it, reading the connect link out of a call's answer, and a person's browser on the
+connect pages (`confirm`, `submit_headers`): an `httpx2.AsyncClient` is one browser, its cookie
+jar the browser's."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx2
 
@@ -75,3 +79,53 @@ def leaks(directory: Path, log: str, secrets: list[str]) -> list[str]:
         if secret in log:
             found.append(f"{secret[:8]}… in the log")
     return found
+
+
+@dataclass
+class PageForm:
+    """A page's first form: where it posts (absolute) and its hidden fields."""
+
+    action: str
+    hidden: dict[str, str] = field(default_factory=dict)
+
+
+class _FormParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.hidden: dict[str, str] = {}
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        if tag == "form" and self.action is None:
+            self.action, self._inside = attributes.get("action", ""), True
+        elif tag == "input" and self._inside and attributes.get("type") == "hidden":
+            self.hidden[attributes.get("name", "")] = attributes.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._inside = False
+
+
+def form_of(page: httpx2.Response) -> PageForm:
+    parser = _FormParser()
+    parser.feed(page.text)
+    assert parser.action is not None, page.text
+    return PageForm(urljoin(str(page.url), parser.action), parser.hidden)
+
+
+async def confirm(http: httpx2.AsyncClient, url: str) -> httpx2.Response:
+    """Open a connect link in the browser `http` and confirm whose credential it makes: the
+    answer, unfollowed (a redirect to the authorization server, or the header form)."""
+    page = await http.get(url, follow_redirects=False)
+    assert page.status_code == 200, page.text
+    form = form_of(page)
+    return await http.post(form.action, data=form.hidden, follow_redirects=False)
+
+
+async def submit_headers(http: httpx2.AsyncClient, url: str, values: dict[str, str]) -> httpx2.Response:
+    """Confirm a header flow's link in the browser `http`, then submit `values` on its form."""
+    page = await confirm(http, url)
+    assert page.status_code == 200 and 'type="password"' in page.text, page.text
+    return await http.post(form_of(page).action, data=values, follow_redirects=False)

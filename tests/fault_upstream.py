@@ -28,8 +28,15 @@ import sys
 from typing import Any
 
 TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "ask_host"]
-# What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment.
-LEAKED = ["sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "AKIAIOSFODNN7EXAMPLE", "hunter2-correct-horse"]
+# What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment, and
+# a password with an ampersand in a line that goes on after it.
+LEAKED = [
+    "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c",
+    "AKIAIOSFODNN7EXAMPLE",
+    "hunter2-correct-horse",
+    "Tr0ub4dor&3xyz",
+]
+LEAK_LINE_GOES_ON = "for ada, retrying in 5s"
 
 
 def _send(message: dict[str, Any]) -> None:
@@ -59,8 +66,11 @@ def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
         sys.stdout.flush()
         return _text(str(arguments.get("text", "")))
     if name == "leak":
-        key, aws, password = LEAKED
-        sys.stderr.write(f"connecting with api key {key}\naws {aws}\npassword={password}\n")
+        key, aws, password, ampersand = LEAKED
+        sys.stderr.write(
+            f"connecting with api key {key}\naws {aws}\n"
+            f"login failed: password={ampersand} {LEAK_LINE_GOES_ON}\npassword={password}\n"
+        )
         sys.stderr.flush()
         return _text(str(arguments.get("text", "")))
     if name == "chatter":

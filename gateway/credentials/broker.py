@@ -2,9 +2,11 @@
 
 The proxy asks `headers()` for what to send an upstream on a caller's behalf. Without a usable
 credential it raises `AuthRequired` carrying the URL of a pending flow (15 minutes, bound to the
-caller's binding, claimed once). The user opens that URL: an OAuth flow redirects to the
-authorization server and comes back to `complete_oauth`; a header flow shows a form whose
-values `submit_headers` verifies with one upstream call before keeping them. Tokens are
+caller's binding, claimed once). The user opens that URL, sees whose credential it makes
+(`owner`) and confirms in their browser (`pages.py`, `confirmation.py`); then an OAuth flow
+redirects to the authorization server and comes back to `complete_oauth`, and a header flow
+shows a form whose values `submit_headers` verifies with one upstream call before keeping them.
+Both take only the browser that confirmed. Tokens are
 refreshed on use, one refresh in flight per credential; a refresh the server refuses
 (`invalid_grant`, 401) turns the credential `needs_reauth`, a 5xx or network error does not.
 """
@@ -26,6 +28,7 @@ import httpx2
 
 from gateway.background import every
 from gateway.config import ToolFilter, UpstreamConfig
+from gateway.credentials.binding import LOCAL_SUBJECT
 from gateway.credentials.oauth import (
     OAuthUpstream,
     Tokens,
@@ -47,6 +50,17 @@ _LINK = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 Verifier = Callable[[UpstreamConfig, Mapping[str, str]], Awaitable[None]]
 Listener = Callable[[Binding], Awaitable[None]]
+InBrowser = Callable[[AuthFlow], bool]  # whether the request comes from the browser that confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOwner:
+    """Whose credential a flow makes, as the connect page names it."""
+
+    organisation: str  # the organisation's name
+    mode: str  # user | vk | session | local (a key-less gateway's one person)
+    name: str  # the user; the API key's display prefix; the session's client (name version)
+    upstream: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +261,23 @@ class CredentialBroker:
             raise FlowProblem(403, "This connection request belongs to someone else.")
         return flow, config
 
+    async def owner(self, flow: AuthFlow) -> FlowOwner:
+        binding = flow.binding
+        organisation = await self._store.get_organisation(binding.organisation_id)
+        org_name = organisation.name if organisation is not None else binding.organisation_id
+        mode: str = binding.auth_mode
+        name = binding.subject
+        if mode == "session":
+            session = await self._store.get_session(binding.organisation_id, binding.subject, api_key_id=None)
+            client = () if session is None else (session.client_name, session.client_version)
+            name = " ".join(part for part in client if part) or "an unnamed client"
+        elif binding.subject == LOCAL_SUBJECT:
+            mode, name = "local", ""
+        elif mode == "vk":
+            keys = await self._store.live_api_keys(binding.organisation_id, api_key_id=binding.subject)
+            name = keys[0].prefix if keys else binding.subject
+        return FlowOwner(org_name, mode, name, binding.upstream)
+
     async def authorize_url(self, flow: AuthFlow) -> str:
         oauth = self._oauth[flow.binding.upstream]
         server = await oauth.server()
@@ -254,7 +285,7 @@ class CredentialBroker:
         return oauth.authorize_url(server, client, dict(flow.secret))
 
     async def complete_oauth(
-        self, state: str, code: str | None, iss: str | None, error: str | None
+        self, state: str, code: str | None, iss: str | None, error: str | None, in_browser: InBrowser
     ) -> Binding:
         flow = await self._store.credentials.flow_by_state(state)
         if flow is None:
@@ -265,6 +296,19 @@ class CredentialBroker:
             raise FlowProblem(410, "This connection request has expired. Call the tool again for a new one.")
         if not await self._store.credentials.claim_flow(flow.id, utc_now()):
             raise FlowProblem(400, "This authorisation was already completed (replayed state).")
+        if not in_browser(flow):
+            # Spent, not left open: whoever sent this browser here may hold the callback URL too.
+            logger.warning(
+                "upstream %s: an authorisation came back to another browser than the one that "
+                "confirmed its connect link; nothing was connected",
+                flow.binding.upstream,
+            )
+            raise FlowProblem(
+                403,
+                "This authorisation came back to another browser than the one that confirmed the "
+                "connect link, so nothing was connected and the link cannot be used any more. Call "
+                "the tool again for a new link, and finish it in the browser where you confirm it.",
+            )
         if error is not None or not code:
             raise FlowProblem(
                 400, f"The authorization server did not authorise the gateway ({error or 'no code'})."
@@ -283,10 +327,18 @@ class CredentialBroker:
         await self._keep(flow.binding, "token", tokens.as_secret(), (), client.id, tokens)
         return flow.binding
 
-    async def submit_headers(self, link: str, values: Mapping[str, str], caller: Principal | None) -> Binding:
+    async def submit_headers(
+        self, link: str, values: Mapping[str, str], caller: Principal | None, in_browser: InBrowser
+    ) -> Binding:
         flow, config = await self.open_flow(link, caller)
         if flow.auth_kind != "headers":
             raise FlowProblem(400, "This connection request is not a header form.")
+        if not in_browser(flow):
+            raise FlowProblem(
+                403,
+                "These values come from another browser than the one that confirmed the connect "
+                "link (or the confirmation expired): open the link again in this browser.",
+            )
         given = {name.lower(): value.strip() for name, value in values.items()}
         kept = {name: given.get(name.lower(), "") for name in config.auth.header_names}  # undeclared: dropped
         missing = [name for name, value in kept.items() if not value]

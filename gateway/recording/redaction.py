@@ -7,14 +7,22 @@ Two passes, both before anything is written:
   Keys are split into words at case changes and separators, and a secret name matches any run
   of consecutive words whatever their case and separators (`accessKey`, `ACCESS-KEY` and
   `access_key` are all access+key; `pass_code` is passcode), so `token` catches
-  `refresh_token` but not `max_tokens`.
+  `refresh_token` but not `max_tokens`. `pass` counts only as a key's last word (`pass`,
+  `db_pass`, `smtpPass`), so `pass_through` and `pass_rate` are kept.
+  A name/value pair is treated as a key and its value: a two-item list whose first item is a
+  secret name (`[["X-Api-Key", "…"]]`, how header lists are often written) and an object of
+  exactly `name` and `value` (`[{"name": "Cookie", "value": "…"}]`, as in HAR files).
 - **values**: substrings of any string that look like credentials (bearer tokens, JWTs, PEM
   private keys, well-known key prefixes such as `sk-`, `ghp_`, `AKIA`, `mgw_` (and the
   `mga_`, `mgr_`, `mgc_` of hosts' sign-in tokens and codes), the password
   of a `scheme://user:password@host` URL, a connect link's token) are replaced, in text
   content too; so is the value of an assignment in text whose name is a secret key
   (`password=…`, `PWD: '…'`, `?access_token=…`). Patterns run on each string value, never on
-  the JSON text, so no pattern can break the JSON.
+  the JSON text, so no pattern can break the JSON. An assignment's value is quoted, or runs to
+  whitespace or a quote, ampersands, commas and semicolons included, except where one of those
+  starts the next pair (`&x=1`, `,db=main`) or a comma or semicolon ends the value before
+  whitespace: so `password=Tr0ub4dor&3xyz retrying` loses the whole password and keeps
+  `retrying`, and a query string (where a literal `&` is `%26`) loses only the one value.
 
 `redact_text` applies the value rules to one line of text: the gateway's log uses it for what
 stdio upstreams write on stderr.
@@ -88,13 +96,19 @@ _BUILT_IN: tuple[tuple[str, str], ...] = (
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = tuple(pattern for pattern, _ in _BUILT_IN)
 _MARKER_OF = dict(_BUILT_IN)
 
+# Secret only as a key's last word: `db_pass` is a password, `pass_through` is not.
+_SECRET_LAST_WORDS = frozenset({"pass"})
+
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # `name = value`, `name: 'value'`, `?name=value&`: the value is replaced when the name is secret.
 # A name starts only where a word does and is at most 64 characters, so a long run of letters
-# costs one short attempt, not one per letter (which made a 16 KB word take seconds).
-_ASSIGNMENT = re.compile(
-    r"""(?<![A-Za-z0-9_.-])([A-Za-z_][A-Za-z0-9_.-]{0,63})(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,;"']+)"""
-)
+# costs one short attempt, not one per letter (which made a 16 KB word take seconds). The value
+# is read only after a secret name, and the scan goes on right after a name that is not (its
+# "value" may hold the assignment that is: `failed: password=…`), so each character is read a
+# bounded number of times.
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+_ASSIGNED = re.compile(rf"""(?<![A-Za-z0-9_.-])({_NAME})(\s*[=:]\s*)""")
+_VALUE = re.compile(rf""""[^"]*"|'[^']*'|(?:[^\s"',;&]|&(?!{_NAME}=)|[,;](?!\s|$|{_NAME}=))+""")
 
 
 def _words(key: str) -> tuple[str, ...]:
@@ -139,6 +153,8 @@ class Redactor:
         # A secret written as one word ("apikey") or as several ("api_key", "ApiKey") joins to
         # the same text; so any run of the key's words, joined, that is a secret is one.
         words = _words(key)
+        if words and words[-1] in _SECRET_LAST_WORDS:
+            return True
         for start in range(len(words)):
             joined = ""
             for end in range(start, len(words)):
@@ -157,13 +173,17 @@ class Redactor:
             text = self._configured.sub(REDACTED, text)
         if "=" not in text and ":" not in text:
             return text  # no assignment to look at
-        return _ASSIGNMENT.sub(self._assignment, text)
-
-    def _assignment(self, match: re.Match[str]) -> str:
-        name, separator, value = match.groups()
-        if value == REDACTED or not self.is_secret_key(name):
-            return match.group(0)
-        return f"{name}{separator}{REDACTED}"
+        pieces: list[str] = []
+        done = 0  # text[:done] is in pieces
+        found = _ASSIGNED.search(text)
+        while found is not None:
+            after = found.end()
+            value = _VALUE.match(text, after) if self.is_secret_key(found.group(1)) else None
+            if value is not None and value.group(0) != REDACTED:
+                pieces += (text[done:after], REDACTED)
+                done = after = value.end()
+            found = _ASSIGNED.search(text, after)
+        return "".join((*pieces, text[done:])) if pieces else text
 
     def clean(self, value: Any) -> Any:
         """`value` with secrets replaced; the very same object where nothing changed."""
@@ -175,14 +195,19 @@ class Redactor:
             return NESTED_TOO_DEEP
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
+            named = value.keys() == {"name", "value"} and isinstance(value["name"], str)
             for key, item in value.items():
                 secret = isinstance(key, str) and self.is_secret_key(key)
+                if named and key == "value":
+                    secret = self.is_secret_key(value["name"])
                 new = REDACTED if secret else self._clean(item, depth + 1, cut)
                 if new is not item:
                     out = dict(value) if out is None else out
                     out[key] = new
             return value if out is None else out
         if isinstance(value, list):
+            if len(value) == 2 and isinstance(value[0], str) and self.is_secret_key(value[0]):
+                return value if value[1] == REDACTED else [value[0], REDACTED]  # a [name, value] pair
             items = [self._clean(item, depth + 1, cut) for item in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
         if isinstance(value, str):

@@ -192,6 +192,33 @@ async def test_secrets_in_arguments_never_reach_the_database_file(
         assert needle.encode() not in raw, needle
 
 
+async def test_ampersand_passwords_pass_keys_and_header_pairs_never_reach_the_record(
+    keyed: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    tenant, client, session = await fresh(keyed, http, "redaction-gaps")
+    line = "login failed: password=Tr0ub4dor&3xyz for ada, retrying in 5s"
+    arguments = {
+        "text": line,
+        "pass": "plain-pass-value-5521",
+        "headers": [["X-Api-Key", "header-pair-value-8813"], ["Accept", "application/json"]],
+    }
+    answer = await client.call(session, "demo__echo", arguments)
+    assert answer["result"]["content"][0]["text"] == line  # the host still gets it all
+
+    [call] = await recorded(http, keyed, tenant)
+    kept = "login failed: password=[REDACTED] for ada, retrying in 5s"
+    assert json.loads(call["argumentsJson"]) == {
+        "text": kept,
+        "pass": "[REDACTED]",
+        "headers": [["X-Api-Key", "[REDACTED]"], ["Accept", "application/json"]],
+    }
+    assert json.loads(call["resultJson"])["content"][0]["text"] == kept
+    database = keyed.gateway.config.database
+    raw = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    for needle in ("Tr0ub4dor", "&3xyz", "plain-pass-value-5521", "header-pair-value-8813"):
+        assert needle.encode() not in raw, needle
+
+
 @pytest.mark.parametrize("size", [70_000, 200_000])
 async def test_large_arguments_are_stored_capped_and_flagged(
     keyed: RunningGateway, http: httpx2.AsyncClient, size: int

@@ -21,7 +21,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.fault_upstream import LEAKED
+from tests.fault_upstream import LEAK_LINE_GOES_ON, LEAKED
 from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.upstreams import serve_faulty
 
@@ -269,6 +269,8 @@ async def test_what_a_stdio_upstream_writes_on_stderr_is_logged_redacted(
     logged = "\n".join(watch.lines("upstream faults stderr"))
     assert "[REDACTED]" in logged
     assert [secret for secret in LEAKED if secret in logged] == []
+    # The whole password goes, ampersand and all, and the rest of its line stays.
+    assert f"login failed: password=[REDACTED] {LEAK_LINE_GOES_ON}" in logged and "3xyz" not in logged
 
 
 async def test_a_chatty_stdio_upstream_cannot_flood_the_log(

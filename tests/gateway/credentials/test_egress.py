@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.credentials.egress import Egress
 from gateway.errors import EgressRefused
 from tests.api.conftest import McpClient
-from tests.connecting import connect_url, serve_gateway_at_own_url
+from tests.connecting import confirm, connect_url, serve_gateway_at_own_url
 from tests.harness import base_url_of, listening_socket, serve_asgi_on
 from tests.oauth import running_auth_server, serve_protected_upstream
 
@@ -282,8 +282,8 @@ upstreams:
             with anyio.fail_after(TIMEOUT):
                 host = McpClient(http, gateway.url, "")
                 url = connect_url(await host.call(await host.open(), "gh__whoami", {}))
-                to_server = await http.get(url, follow_redirects=False)
-    assert to_server.status_code == 302 and to_server.headers["location"].startswith(auth.issuer)
+                to_server = await confirm(http, url)
+    assert to_server.status_code == 303 and to_server.headers["location"].startswith(auth.issuer)
     assert auth.registrations == 1
 
 

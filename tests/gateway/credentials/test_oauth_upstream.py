@@ -1,6 +1,6 @@
 """Per-user OAuth for an upstream, against a real authorization server and an upstream that
 accepts only tokens minted for its own audience. No browser: the tests follow the redirects
-and submit the consent form with a plain HTTP client."""
+and submit the forms with a plain HTTP client, whose cookie jar is the browser's."""
 
 from __future__ import annotations
 
@@ -17,7 +17,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import McpClient
-from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
+from tests.connecting import (
+    confirm,
+    connect_url,
+    form_of,
+    leaks,
+    people,
+    serve_gateway_at_own_url,
+    text_of,
+)
 from tests.harness import RunningGateway, base_url_of, listening_socket
 from tests.oauth import AuthServer, ProtectedUpstream, consent, running_auth_server, serve_protected_upstream
 
@@ -68,9 +76,9 @@ upstreams:
 
 
 async def authorise(world: World, url: str, user: str) -> httpx2.Response:
-    """Open a connect URL as a browser would, consent as `user`, and land on the callback."""
-    to_server = await world.http.get(url, follow_redirects=False)
-    assert to_server.status_code == 302, to_server.text
+    """Open a connect URL as a browser would, confirm, consent as `user`, and land on the callback."""
+    to_server = await confirm(world.http, url)
+    assert to_server.status_code == 303, to_server.text
     to_consent = await world.http.get(to_server.headers["location"], follow_redirects=False)
     assert to_consent.status_code == 302, to_consent.text
     back = await consent(world.http, to_consent.headers["location"], user)
@@ -101,7 +109,7 @@ async def test_a_user_connects_through_consent_and_calls_as_themselves(world: Wo
         session = await world.alice.open()
         url = connect_url(await world.alice.call(session, "gh__whoami", {}))
 
-        to_server = await world.http.get(url, follow_redirects=False)
+        to_server = await confirm(world.http, url)
         authorize = parse_qs(urlsplit(to_server.headers["location"]).query)
         assert authorize["code_challenge_method"] == ["S256"] and authorize["resource"] == [
             world.upstream.url
@@ -120,6 +128,55 @@ async def test_a_user_connects_through_consent_and_calls_as_themselves(world: Wo
         host_keys = {world.alice.key, world.bob.key}
         assert world.upstream.seen_authorizations
         assert not any(key in value for value in world.upstream.seen_authorizations for key in host_keys)
+
+
+async def test_a_connect_link_names_whose_account_it_connects_before_leaving_the_gateway(
+    world: World,
+) -> None:
+    """Bob's link, sent to alice: the page says the account will be bob's and asks her to
+    confirm; nothing reaches the authorization server before a confirmation from this browser."""
+    with anyio.fail_after(TIMEOUT):
+        url = connect_url(await world.bob.call(await world.bob.open(), "gh__whoami", {}))
+        page = await world.http.get(url, follow_redirects=False)
+        assert page.status_code == 200, page.text
+        assert "user <strong>bob</strong>" in page.text and "<strong>default</strong>" in page.text
+        assert "<strong>gh</strong>" in page.text and "If you are not bob" in page.text
+        assert page.headers["cache-control"] == "no-store"
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        confirmation = form_of(page)
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as elsewhere:  # a forged cross-site post
+            forged = await elsewhere.post(confirmation.action, data=confirmation.hidden)
+        assert forged.status_code == 403
+        assert not world.auth.pending  # no authorization request was made
+        to_server = await confirm(world.http, url)
+        assert to_server.status_code == 303
+        assert to_server.headers["location"].startswith(f"{world.auth.issuer}/authorize?")
+        assert "httponly" in to_server.headers["set-cookie"].lower()
+        assert "samesite=lax" in to_server.headers["set-cookie"].lower()
+
+
+async def test_a_callback_in_another_browser_than_the_one_that_confirmed_connects_nothing(
+    world: World,
+) -> None:
+    """Bob confirms his own link, then hands the authorization server's page on to alice: her
+    consent brings her browser, which never confirmed bob's link, to the callback. It is refused,
+    the flow is spent (bob's browser cannot finish it either), and no token is ever obtained."""
+    with anyio.fail_after(TIMEOUT):
+        session = await world.bob.open()
+        url = connect_url(await world.bob.call(session, "gh__whoami", {}))
+        to_server = await confirm(world.http, url)  # bob's browser
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as alices_browser:
+            to_consent = await alices_browser.get(to_server.headers["location"], follow_redirects=False)
+            back = await consent(alices_browser, to_consent.headers["location"], "alice@example")
+            refused = await alices_browser.get(back.headers["location"], follow_redirects=False)
+        assert refused.status_code == 403 and "another browser" in refused.text, refused.text
+        assert (await world.http.get(back.headers["location"], follow_redirects=False)).status_code == 400
+        assert world.auth.issued == []  # the code was never exchanged
+        assert [r["kind"] for r in await rows(world)] == []
+        again = connect_url(await world.bob.call(session, "gh__whoami", {}))
+        assert again != url
+        assert (await authorise(world, again, "bob@example")).status_code == 200
+        assert text_of(await world.bob.call(session, "gh__whoami", {})) == "bob@example"
 
 
 async def test_an_expired_token_is_refreshed_once_for_concurrent_calls(world: World) -> None:

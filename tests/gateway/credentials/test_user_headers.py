@@ -18,8 +18,18 @@ import httpx2
 import pytest
 
 from store import Binding, CredentialFilter, utc_now
+from store.keys import display_prefix
 from tests.api.conftest import McpClient, spec_validator
-from tests.connecting import connect_url, leaks, people, serve_gateway_at_own_url, text_of
+from tests.connecting import (
+    confirm,
+    connect_url,
+    form_of,
+    leaks,
+    people,
+    serve_gateway_at_own_url,
+    submit_headers,
+    text_of,
+)
 from tests.harness import ROOT, RunningGateway
 from tests.upstreams import KeyedUpstream, serve_keyed_upstream
 
@@ -71,24 +81,29 @@ async def test_a_user_connects_with_a_form_and_then_calls_with_their_own_key(wor
         assert [t["name"] for t in listed["result"]["tools"]] == ["vault__connect_account"]
 
         url = connect_url(await world.alice.call(session, "vault__whoami", {}))
-        form = await world.http.get(url)
+        page = await world.http.get(url)
+        assert page.status_code == 200 and 'type="password"' not in page.text  # first: whose it is
+        assert page.headers["cache-control"] == "no-store"
+        form = await confirm(world.http, url)
         assert form.status_code == 200 and 'name="X-Api-Key"' in form.text and 'type="password"' in form.text
         assert form.headers["cache-control"] == "no-store"
+        submit = form_of(form).action
 
-        refused = await world.http.post(url, data={"X-Api-Key": WRONG_KEY})
+        refused = await world.http.post(submit, data={"X-Api-Key": WRONG_KEY})
         assert refused.status_code == 422 and WRONG_KEY not in refused.text
         store = world.gateway.gateway.store
         rows = await store.credentials.listing(await org_id(world), CredentialFilter(), None, 10, utc_now())
         assert [(r.kind, r.status) for r in rows] == [("flow", "pending")]  # nothing stored
 
-        missing = await world.http.post(url, data={"X-Other": "x"})
+        missing = await world.http.post(submit, data={"X-Other": "x"})
         assert missing.status_code == 400 and "X-Api-Key" in missing.text
 
-        saved = await world.http.post(url, data={"X-Api-Key": ALICE_KEY, "X-Undeclared": "dropped"})
+        saved = await world.http.post(submit, data={"X-Api-Key": ALICE_KEY, "X-Undeclared": "dropped"})
         assert saved.status_code == 200, saved.text
         assert ALICE_KEY not in saved.text
-        replay = await world.http.post(url, data={"X-Api-Key": ALICE_KEY})
+        replay = await world.http.post(submit, data={"X-Api-Key": ALICE_KEY})
         assert replay.status_code == 400
+        assert (await world.http.get(url)).status_code == 400  # the link is used up too
 
         assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
         listed = await world.alice.request(session, "tools/list", {})
@@ -107,12 +122,54 @@ async def test_two_users_never_share_a_credential(world: World) -> None:
 
         someone_else = await world.http.get(alice_url, headers={"x-api-key": world.bob.key})
         assert someone_else.status_code == 403
-        assert (await world.http.post(alice_url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert (await submit_headers(world.http, alice_url, {"X-Api-Key": ALICE_KEY})).status_code == 200
 
         assert connect_url(await world.bob.call(bob_session, "vault__whoami", {})) == bob_url
-        assert (await world.http.post(bob_url, data={"X-Api-Key": BOB_KEY})).status_code == 200
+        assert (await submit_headers(world.http, bob_url, {"X-Api-Key": BOB_KEY})).status_code == 200
         assert text_of(await world.bob.call(bob_session, "vault__whoami", {})) == "bob"
         assert text_of(await world.alice.call(alice_session, "vault__whoami", {})) == "alice"
+
+
+async def test_the_page_names_whose_values_they_become_and_only_the_confirming_browser_may_send_them(
+    world: World,
+) -> None:
+    """Bob's link, opened by someone else: before any form, the page says the values will be
+    bob's. A confirmation or a form posted by a browser that did not open the page (another
+    cookie jar, as a forged cross-site post would be) is refused and stores nothing."""
+    with anyio.fail_after(TIMEOUT):
+        url = connect_url(await world.bob.call(await world.bob.open(), "vault__whoami", {}))
+        page = await world.http.get(url)
+        assert page.status_code == 200 and 'type="password"' not in page.text
+        assert "user <strong>bob</strong>" in page.text and "<strong>default</strong>" in page.text
+        assert "vault" in page.text
+        confirmation = form_of(page)
+        submit = form_of(await confirm(world.http, url)).action
+        async with httpx2.AsyncClient(timeout=TIMEOUT) as elsewhere:
+            forged = await elsewhere.post(confirmation.action, data=confirmation.hidden)
+            posted = await elsewhere.post(submit, data={"X-Api-Key": ALICE_KEY})
+        assert forged.status_code == 403 and 'type="password"' not in forged.text
+        assert posted.status_code == 403 and "browser" in posted.text
+        tampered = await world.http.post(confirmation.action, data={**confirmation.hidden, "csrf": "x" * 32})
+        assert tampered.status_code == 403
+        store = world.gateway.gateway.store
+        rows = await store.credentials.listing(await org_id(world), CredentialFilter(), None, 10, utc_now())
+        assert [(r.kind, r.status) for r in rows] == [("flow", "pending")]
+        assert not any(h.get("x-api-key") == ALICE_KEY for h in world.upstream.seen)  # not even tried
+
+        assert (await world.http.post(submit, data={"X-Api-Key": BOB_KEY})).status_code == 200
+        assert text_of(await world.bob.call(await world.bob.open(), "vault__whoami", {})) == "bob"
+
+
+async def test_the_page_escapes_the_names_it_shows(world: World) -> None:
+    store = world.gateway.gateway.store
+    odd = await store.create_api_key(await org_id(world), user_id='<i>eve</i>&"co"')
+    client = McpClient(world.http, world.gateway.url, odd.secret)
+    with anyio.fail_after(TIMEOUT):
+        url = connect_url(await client.call(await client.open(), "vault__whoami", {}))
+        page = await world.http.get(url)
+    assert page.status_code == 200 and "&lt;i&gt;eve&lt;/i&gt;&amp;&quot;co&quot;" in page.text
+    assert "<i>" not in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
 
 
 async def test_the_call_without_a_credential_is_recorded_as_auth_required(world: World) -> None:
@@ -170,7 +227,7 @@ async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_ask
     with anyio.fail_after(TIMEOUT):
         session = await world.alice.open()
         url = connect_url(await world.alice.call(session, "vault__whoami", {}))
-        await world.http.post(url, data={"X-Api-Key": ALICE_KEY})
+        await submit_headers(world.http, url, {"X-Api-Key": ALICE_KEY})
         bob_session = await world.bob.open()
         await world.bob.call(bob_session, "vault__whoami", {})
 
@@ -197,7 +254,7 @@ async def test_the_listing_api_shows_rows_by_status_and_changing_the_headers_ask
                 assert statuses["alice"] == "needs_update"
                 client = McpClient(world.http, restarted.url, world.alice.key)
                 again = await client.call(await client.open(), "vault__whoami", {})
-                form = await world.http.get(connect_url(again))
+                form = await confirm(world.http, connect_url(again))
                 assert 'name="X-Team"' in form.text
 
     assert leaks(world.directory, caplog.text, [ALICE_KEY, BOB_KEY, WRONG_KEY]) == []
@@ -211,7 +268,7 @@ async def test_rotating_the_key_beside_a_running_gateway_reseals_everything(worl
     with anyio.fail_after(TIMEOUT):
         session = await world.alice.open()
         url = connect_url(await world.alice.call(session, "vault__whoami", {}))
-        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert (await submit_headers(world.http, url, {"X-Api-Key": ALICE_KEY})).status_code == 200
         store = world.gateway.gateway.store
         (before,) = await store.credentials.key_ids_in_use()
 
@@ -229,7 +286,7 @@ async def test_rotating_the_key_beside_a_running_gateway_reseals_everything(worl
         assert alice is not None and alice.secret["X-Api-Key"] == ALICE_KEY
         # ...and seals what comes next under the new key.
         bob_url = connect_url(await world.bob.call(await world.bob.open(), "vault__whoami", {}))
-        assert (await world.http.post(bob_url, data={"X-Api-Key": BOB_KEY})).status_code == 200
+        assert (await submit_headers(world.http, bob_url, {"X-Api-Key": BOB_KEY})).status_code == 200
         assert await store.credentials.key_ids_in_use() == {report["keyId"]}
         assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
 
@@ -240,7 +297,7 @@ async def test_a_credential_is_orphaned_while_its_user_has_no_key_that_reaches_t
     with anyio.fail_after(TIMEOUT):
         session = await world.alice.open()
         url = connect_url(await world.alice.call(session, "vault__whoami", {}))
-        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert (await submit_headers(world.http, url, {"X-Api-Key": ALICE_KEY})).status_code == 200
         gateway = world.gateway.gateway
         org = await org_id(world)
         operator = await gateway.store.create_api_key(org, is_admin=True)  # bound to nobody
@@ -316,7 +373,7 @@ async def test_a_stateless_2026_host_connects_and_calls_the_same_way(world: Worl
         first = await world.http.post(world.gateway.url, json=call, headers=headers)
         assert first.status_code == 200, first.text
         url = connect_url(first.json())
-        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert (await submit_headers(world.http, url, {"X-Api-Key": ALICE_KEY})).status_code == 200
         second = await world.http.post(world.gateway.url, json=call, headers=headers)
         assert text_of(second.json()) == "alice"
         assert world.upstream.seen[-1]["x-api-key"] == ALICE_KEY
@@ -334,7 +391,9 @@ async def test_session_credentials_belong_to_one_session_and_end_with_it(tmp_pat
         with anyio.fail_after(TIMEOUT):
             first, second = await users.alice.open(), await users.alice.open()
             url = connect_url(await users.alice.call(first, "vault__whoami", {}))
-            assert (await http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+            page = (await http.get(url)).text
+            assert "one MCP session" in page and "<strong>tests 1</strong>" in page  # its client
+            assert (await submit_headers(http, url, {"X-Api-Key": ALICE_KEY})).status_code == 200
             assert text_of(await users.alice.call(first, "vault__whoami", {})) == "alice"
             assert connect_url(await users.alice.call(second, "vault__whoami", {})) != url
 
@@ -360,7 +419,7 @@ async def test_a_session_whose_credential_is_deleted_under_it_still_ends_cleanly
     with anyio.fail_after(TIMEOUT):
         session = await world.alice.open()
         url = connect_url(await world.alice.call(session, "vault__whoami", {}))
-        assert (await world.http.post(url, data={"X-Api-Key": ALICE_KEY})).status_code == 200
+        assert (await submit_headers(world.http, url, {"X-Api-Key": ALICE_KEY})).status_code == 200
         assert text_of(await world.alice.call(session, "vault__whoami", {})) == "alice"
         api = f"{world.gateway.base_url}/api/mcp/sessions"
         [row] = (await world.http.get(api, headers=world.admin)).json()["sessions"]
@@ -397,7 +456,8 @@ async def test_set_level_after_the_sessions_credential_is_deleted_is_still_answe
         with anyio.fail_after(TIMEOUT):
             session = await users.alice.open()
             url = connect_url(await users.alice.call(session, "vault__echo", {"text": "hi"}))
-            assert (await http.post(url, data={"X-Api-Key": "any"})).status_code == 200
+            assert f"the API key <strong>{display_prefix(users.alice.key)}" in (await http.get(url)).text
+            assert (await submit_headers(http, url, {"X-Api-Key": "any"})).status_code == 200
             assert text_of(await users.alice.call(session, "vault__echo", {"text": "hi"})) == "hi"
             api = f"{gateway.base_url}/api/mcp/sessions"
             [row] = (await http.get(api, headers=users.admin)).json()["sessions"]

@@ -24,8 +24,10 @@ def test_values_under_secret_looking_keys_are_replaced_whatever_their_type(key: 
 
 
 @pytest.mark.parametrize(
-    "key", ["max_tokens", "tokenizer", "author", "keyboard", "monkey", "passage", "oauth_flow"]
-)
+    "key",
+    ["max_tokens", "tokenizer", "author", "keyboard", "monkey", "passage", "oauth_flow", "bypass",
+     "pass_through", "pass_rate", "compass"],
+)  # fmt: skip
 def test_keys_that_only_contain_a_secret_word_as_part_of_another_are_kept(key: str) -> None:
     text, _ = redactor.render({key: "value"})
     assert json.loads(text or "") == {key: "value"}
@@ -99,7 +101,7 @@ def test_none_stays_none() -> None:
     ["pwd", "PWD", "passcode", "pass_code", "Pass-Code", "private", "private_key", "PRIVATE-KEY",
      "privateKey", "session_key", "sessionKey", "SESSION-KEY", "signature", "X-Hub-Signature",
      "accessKey", "access_key", "AccessKEY", "aws_access_key_id", "credentials", "Credentials",
-     "api-key", "Api_Key", "APIKEY"],
+     "api-key", "Api_Key", "APIKEY", "pass", "PASS", "db_pass", "smtpPass", "user-pass"],
 )  # fmt: skip
 def test_key_rules_ignore_case_and_separators(key: str) -> None:
     text, _ = redactor.render({key: "s3cr3t-value", "kept": "visible"})
@@ -126,6 +128,19 @@ def test_credentials_inside_urls_are_replaced(url: str, shown: str) -> None:
         ("connecting with PWD: 'abc def' now", "connecting with PWD: [REDACTED] now"),
         ("GET /cb?code=1&access_token=abc123&x=1", "GET /cb?code=1&access_token=[REDACTED]&x=1"),
         ("max_tokens=512 temperature=0.2", "max_tokens=512 temperature=0.2"),
+        # Free text: a value runs to whitespace or a quote, ampersands and all...
+        ("password=Tr0ub4dor&3xyz", "password=[REDACTED]"),
+        (
+            "login failed: password=Tr0ub4dor&3xyz for ada, retrying",
+            "login failed: password=[REDACTED] for ada, retrying",
+        ),
+        ("secret=a;b,c&d:e", "secret=[REDACTED]"),
+        # ...up to a separator that starts the next pair, or ends the value (`, ` or `;` at the end).
+        ("user=ada,password=p&ss;w0rd,db=main", "user=ada,password=[REDACTED],db=main"),
+        ("token=abc, next=1; pwd=x;", "token=[REDACTED], next=1; pwd=[REDACTED];"),
+        ("a=1&token=abc&b=2", "a=1&token=[REDACTED]&b=2"),
+        # A query string encodes a literal & (%26): its values end at the next &.
+        ("GET /cb?state=s&password=Tr0ub4dor%263xyz&x=1", "GET /cb?state=s&password=[REDACTED]&x=1"),
     ],
 )
 def test_secret_looking_assignments_in_text_are_replaced(line: str, shown: str) -> None:
@@ -156,3 +171,19 @@ def test_a_secret_that_straddles_the_cap_is_redacted_not_cut() -> None:
     secret = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz"
     text, truncated = capped.render({"t": "x" * 80 + " " + secret + " " + "y" * 100_000})
     assert truncated and text is not None and "sk-ant" not in text
+
+
+def test_the_value_of_a_name_value_pair_with_a_secret_name_is_replaced() -> None:
+    headers = [["X-Api-Key", "k-123"], ["Accept", "application/json"], ["authorization", 7]]
+    har = [{"name": "Cookie", "value": "sid=1"}, {"name": "Accept", "value": "*/*"}]
+    text, _ = redactor.render(
+        {"headers": headers, "har": har, "pair": ["token", "t-1"], "three": ["token", "a", "b"]}
+    )
+    assert json.loads(text or "") == {
+        "headers": [["X-Api-Key", REDACTED], ["Accept", "application/json"], ["authorization", REDACTED]],
+        "har": [{"name": "Cookie", "value": REDACTED}, {"name": "Accept", "value": "*/*"}],
+        "pair": ["token", REDACTED],
+        "three": ["token", "a", "b"],  # not a pair
+    }
+    carried, _ = redactor.render({"text": json.dumps({"headers": [["X-Api-Key", "k-456"]]})})
+    assert "k-456" not in (carried or "")
