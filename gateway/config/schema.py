@@ -125,6 +125,7 @@ class SessionsModel(Model):
     max_total: _Count = default_of(SessionsConfig, "max_total")
     groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
     max_children: _Count = default_of(SessionsConfig, "max_children")
+    max_listen_streams_per_key: _Count = default_of(SessionsConfig, "max_listen_streams_per_key")
 
 
 class ToolFilterModel(Model):

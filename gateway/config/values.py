@@ -156,6 +156,8 @@ class SessionsConfig:
     max_total: int = 10_000  # open host sessions and 2026-07-28 groups, all keys together
     groups_per_key: int = 20  # 2026-07-28 groups per key; past it the least recently used is ended
     max_children: int = 200  # stdio children of all upstreams together
+    # 2026-07-28 subscriptions/listen streams one API key may hold open (key-less: the gateway)
+    max_listen_streams_per_key: int = 16
 
 
 @dataclass(frozen=True, slots=True)
