@@ -116,6 +116,8 @@ class SecurityModel(Model):
     max_headers: _Count = default_of(SecurityConfig, "max_headers")
     max_header_bytes: _Bytes = default_of(SecurityConfig, "max_header_bytes")
     max_url_bytes: _Bytes = default_of(SecurityConfig, "max_url_bytes")
+    write_timeout_s: _Seconds = default_of(SecurityConfig, "write_timeout_s")
+    max_connections: _Count = default_of(SecurityConfig, "max_connections")
 
 
 class SessionsModel(Model):

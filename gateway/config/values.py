@@ -143,6 +143,9 @@ class SecurityConfig:
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
     max_url_bytes: int = 8 * 1024
+    # A response the client stops reading: its connection is closed after this long stalled.
+    write_timeout_s: float = 30.0
+    max_connections: int = 2000  # client connections open at once; past it, 503 and closed
 
 
 @dataclass(frozen=True, slots=True)
