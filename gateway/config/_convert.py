@@ -105,6 +105,8 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
             max_headers=security.max_headers,
             max_header_bytes=security.max_header_bytes,
             max_url_bytes=security.max_url_bytes,
+            write_timeout_s=security.write_timeout_s,
+            max_connections=security.max_connections,
         ),
         sessions=SessionsConfig(**model.sessions.model_dump()),
         upstreams=tuple(upstreams),

@@ -117,6 +117,8 @@ class SecurityModel(Model):
     max_headers: _Count = default_of(SecurityConfig, "max_headers")
     max_header_bytes: _Bytes = default_of(SecurityConfig, "max_header_bytes")
     max_url_bytes: _Bytes = default_of(SecurityConfig, "max_url_bytes")
+    write_timeout_s: _Seconds = default_of(SecurityConfig, "write_timeout_s")
+    max_connections: _Count = default_of(SecurityConfig, "max_connections")
 
 
 class SessionsModel(Model):
@@ -126,6 +128,7 @@ class SessionsModel(Model):
     max_total: _Count = default_of(SessionsConfig, "max_total")
     groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
     max_children: _Count = default_of(SessionsConfig, "max_children")
+    max_listen_streams_per_key: _Count = default_of(SessionsConfig, "max_listen_streams_per_key")
 
 
 class ToolFilterModel(Model):

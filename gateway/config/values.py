@@ -143,6 +143,9 @@ class SecurityConfig:
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
     max_url_bytes: int = 8 * 1024
+    # A response the client stops reading: its connection is closed after this long stalled.
+    write_timeout_s: float = 30.0
+    max_connections: int = 2000  # client connections open at once; past it, 503 and closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,8 @@ class SessionsConfig:
     max_total: int = 10_000  # open host sessions and 2026-07-28 groups, all keys together
     groups_per_key: int = 20  # 2026-07-28 groups per key; past it the least recently used is ended
     max_children: int = 200  # stdio children of all upstreams together
+    # 2026-07-28 subscriptions/listen streams one API key may hold open (key-less: the gateway)
+    max_listen_streams_per_key: int = 16
 
 
 @dataclass(frozen=True, slots=True)

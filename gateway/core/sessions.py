@@ -572,6 +572,7 @@ class SessionRegistry:
     _sessions: dict[str, HostSession] = field(default_factory=dict)
     _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
     _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    _listening: Counter[tuple[str, str | None]] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -593,6 +594,28 @@ class SessionRegistry:
         session = await self._open(HostSession, self.limits.idle_s, principal, handshake, protocol_version)
         self._per_key[caller] += 1
         return session
+
+    @contextmanager
+    def listening(self, principal: Principal) -> Iterator[None]:
+        """Hold one of the caller's 2026-07-28 listen streams while inside: `SessionLimit` (429)
+        at once when its key holds `max_listen_streams_per_key` already. A group's streams are
+        not otherwise bounded (a key may open any number on one group), and each holds memory
+        and a listen slot of every HTTP upstream it reaches."""
+        caller = (principal.organisation_id, principal.api_key_id)
+        cap = self.limits.max_listen_streams_per_key
+        if self._listening[caller] >= cap:
+            raise SessionLimit(
+                429,
+                f"this API key has {cap} listen streams open, its limit (max_listen_streams_per_key): "
+                "close one first",
+            )
+        self._listening[caller] += 1
+        try:
+            yield
+        finally:
+            self._listening[caller] -= 1
+            if not self._listening[caller]:
+                del self._listening[caller]
 
     async def group(
         self, principal: Principal, handshake: Handshake, protocol_version: str

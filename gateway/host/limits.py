@@ -14,7 +14,13 @@ protocol with the same bounds, from the `security` section of the config:
 - its body must be complete within `body_timeout_s` of its head. Only reading the request is
   timed: the response (a long tool call, an SSE stream) takes as long as the app takes;
 - a head has at most `max_headers` headers, whose names and values come to at most
-  `max_header_bytes` (else 431), and a request target of at most `max_url_bytes` (else 414).
+  `max_header_bytes` (else 431), and a request target of at most `max_url_bytes` (else 414);
+- a response the client stops reading (the transport's buffer over its high-water mark, so the
+  app's sends wait) may stall for `write_timeout_s`: then the connection is dropped, and the
+  app's sends go nowhere, so an unread answer is not held for as long as the client likes;
+- at most `max_connections` connections are open at once: one more is answered 503 and closed
+  as it opens (uvicorn's `limit_concurrency` answers 503 only once a head is complete, so
+  connections that never send one were all kept).
 
 It also sends a response whose length is declared in one `write`, head and body together.
 
@@ -53,6 +59,10 @@ logger = logging.getLogger(__name__)
 _IDLE, _HEAD, _BODY, _APP = range(4)
 _LINGER_S = 2.0
 _LOG_EVERY_S = 10.0
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 19\r\nconnection: close\r\n\r\nService Unavailable"
+)
 
 
 class _Refused(Exception):
@@ -116,6 +126,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # names and values of this request's headers so far
         self._head_bytes = 0  # bytes received while this request's head stayed unfinished
         self._refused = False
+        self._write_s = limits.write_timeout_s
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # --- the client's clock
 
@@ -202,13 +214,48 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.security.max_connections:
+            self._refused = True
+            self._phase = _APP
+            cap = self.security.max_connections
+            self.refusals.refused(self.loop.time(), self.client, f"{cap} connections open, its limit (503)")
+            transport.write(_BUSY)
+            transport.close()  # after the buffered answer is sent
+            return
         self._expect(_HEAD, self._head_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self._write_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if self.transport.is_closing():
+            return
+        self.refusals.refused(
+            self.loop.time(), self.client, f"response not read for {self._write_s:g} s (closed)"
+        )
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app reads a disconnect, and what it sends goes nowhere
+            cycle.message_event.set()
+        self.transport.abort()  # closing would wait for the unread buffer to drain: it never does
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

@@ -140,7 +140,15 @@ class StatelessHandler:
         except SessionLimit as exc:
             raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=request_id) from None
         if message["method"] == "subscriptions/listen":
-            await self._listen(session, message, receive, send)
+            try:
+                held = self.registry.listening(principal)
+                held.__enter__()
+            except SessionLimit as exc:
+                raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=request_id) from None
+            try:
+                await self._listen(session, message, receive, send)
+            finally:
+                held.__exit__(None, None, None)
             return
         self._expire_suspended()
         state = params_of(message).get("requestState")

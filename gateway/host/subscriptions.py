@@ -131,8 +131,15 @@ async def _listen_upstream(
             upstream_ack = _UpstreamAck(relay, uri_prefix)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_set_when, upstream_ack.ready, ready)
-                # returns when that upstream ends it
-                await modern.channel.request(_as_upstream_wrote(message, uri_prefix), upstream_ack)
+                try:
+                    # returns when that upstream ends it; on the listen pool, never the calls'
+                    await modern.channel.listen(
+                        _as_upstream_wrote(message, uri_prefix), upstream_ack, None, ready
+                    )
+                except (UpstreamError, RoutingError, CredentialError) as exc:
+                    # Caught here: raised through the task group, it would leave as an
+                    # ExceptionGroup that nothing handles, and the host would get no answer.
+                    logger.info("session %s: no change events from %s: %s", session.id, name, exc)
                 tg.cancel_scope.cancel()
             return
         upstream = await session.upstream(name)  # opened now, so its announcements reach the relay

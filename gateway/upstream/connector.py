@@ -257,7 +257,9 @@ class Connector:
         return self._modern is not None or time.monotonic() - self._probed_at < _REPROBE_S
 
     async def _discover(self, pool: Pool) -> ModernUpstream | None:
-        channel = HttpChannel(self.name, pool, _nowhere, modern_version=MODERN_VERSION)
+        channel = HttpChannel(
+            self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
+        )
         meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
         probe = {
             "jsonrpc": "2.0",

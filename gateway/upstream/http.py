@@ -87,12 +87,17 @@ class HttpChannel:
         self._protocol_version = version
 
     async def request(
-        self, message: JSONObject, sink: MessageSink | None, headers: Mapping[str, str] | None = None
+        self,
+        message: JSONObject,
+        sink: MessageSink | None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        pool: Pool | None = None,
     ) -> JSONObject:
         request_headers = await self._headers(message, headers)
         body = dumps(message)  # TooDeep reaches the caller: the message's fault, not the upstream's
         try:
-            resp = await self._pool.request("POST", request_headers, body)
+            resp = await (pool or self._pool).request("POST", request_headers, body)
             try:
                 if message.get("method") == "initialize":
                     self._session_id = resp.headers.get("mcp-session-id")
@@ -120,6 +125,23 @@ class HttpChannel:
             ) from exc
         except EventStreamError as exc:
             raise UpstreamUnavailable(self._name, f"sent an event stream that cannot be read: {exc}") from exc
+
+    async def listen(
+        self, message: JSONObject, sink: MessageSink, headers: Mapping[str, str] | None, waiting: anyio.Event
+    ) -> JSONObject:
+        """A 2026-07-28 `subscriptions/listen`, held open in a slot of the listen pool (never on a
+        connection the calls need: `listening.py`). Past `max_listen_streams` it waits for a
+        slot, `waiting` set meanwhile so that the host's acknowledgement need not wait too."""
+        streams = self._listen_streams
+        if streams is None:
+            return await self.request(message, sink, headers)
+        if not streams.try_take():
+            waiting.set()
+            await streams.take()
+        try:
+            return await self.request(message, sink, headers, pool=streams.pool)
+        finally:
+            streams.give_back()
 
     async def notify(self, message: JSONObject) -> None:
         await self._post_one_way(message)

@@ -8,6 +8,7 @@ Everything the child writes arrives on one stream; `Demux` matches it to the wai
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -89,6 +90,30 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return argv
 
 
+def _not_inherited() -> None:
+    """Mark every descriptor above stderr close-on-exec, so a child gets its three pipes only.
+
+    anyio spawns with the loop's subprocess support: asyncio's closes other descriptors
+    (`close_fds`), but uvloop's (the loop `mcpgw serve` runs on, libuv underneath) ignores
+    `close_fds`: whatever the gateway holds without close-on-exec reaches every child. Python
+    opens descriptors that way, but a socket handed down by a supervisor (or made inheritable)
+    is not: a child holding the listening socket keeps the port bound after a `kill -9` of the
+    gateway, and one holding another child's pipe would keep that child from reading EOF when
+    the gateway dies. Spawning is rare (a child per session at most), the scan is cheap.
+    """
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc (not Linux): the loop's close_fds is all there is
+        return
+    for fd in descriptors:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:  # closed since it was listed (or the listing's own descriptor)
+                continue
+
+
 class StdioChannel:
     def __init__(self, name: str, process: Process, unsolicited: Unsolicited, stderr: StderrLog) -> None:
         self._name = name
@@ -113,6 +138,7 @@ class StdioChannel:
     ) -> StdioChannel:
         full_env = {**get_default_environment(), **env}
         try:
+            _not_inherited()
             process = await anyio.open_process(
                 resolve_command(command),
                 stdin=PIPE,
