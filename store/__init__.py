@@ -46,6 +46,8 @@ from .models import (
     SignInCode,
     TaskEnd,
 )
+from .opening import is_postgres_url, open_store
+from .postgres import PostgresStore, open_postgres_store
 from .protocol import CredentialStore, SignInStore, Store
 from .sealing import FixedKeys, Keyring, Sealer, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
@@ -74,6 +76,7 @@ __all__ = [
     "Organisation",
     "OrganisationNotFound",
     "Page",
+    "PostgresStore",
     "RecordEvent",
     "RecordedInvocation",
     "RecordedSession",
@@ -98,8 +101,11 @@ __all__ = [
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
+    "is_postgres_url",
     "key_id_for",
     "load_or_create_keyring",
+    "open_postgres_store",
     "open_sqlite_store",
+    "open_store",
     "utc_now",
 ]

@@ -41,6 +41,7 @@ def _same_binding(a: str, b: str) -> str:
 
 # One listing over both tables: credentials, and each binding's newest live flow when the
 # binding has no credential (the spec shows the credential instead of a flow beside it).
+# A parameter tested for NULL is cast, so PostgreSQL knows its type from that use alone.
 _LISTING = f"""
 SELECT * FROM (
     SELECT c.id, CASE c.kind WHEN 'token' THEN 'token' ELSE 'header' END AS kind,
@@ -60,10 +61,12 @@ SELECT * FROM (
             AND (g.created_at, g.id) > (f.created_at, f.id)
       )
 ) AS r
-WHERE (:status IS NULL OR r.status = :status) AND (:mode IS NULL OR r.auth_mode = :mode)
-  AND (:kind IS NULL OR r.kind = :kind) AND (:upstream IS NULL OR r.upstream = :upstream)
-  AND (:after_created IS NULL OR (r.created_at, r.id) < (:after_created, :after_id))
-  AND (:row_id IS NULL OR r.id = :row_id)
+WHERE (CAST(:status AS TEXT) IS NULL OR r.status = :status)
+  AND (CAST(:mode AS TEXT) IS NULL OR r.auth_mode = :mode)
+  AND (CAST(:kind AS TEXT) IS NULL OR r.kind = :kind)
+  AND (CAST(:upstream AS TEXT) IS NULL OR r.upstream = :upstream)
+  AND (CAST(:after_created AS BIGINT) IS NULL OR (r.created_at, r.id) < (:after_created, :after_id))
+  AND (CAST(:row_id AS TEXT) IS NULL OR r.id = :row_id)
 ORDER BY r.created_at DESC, r.id DESC
 LIMIT :limit
 """

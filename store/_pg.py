@@ -11,7 +11,7 @@ asyncpg's errors never leave the package: :func:`translated` turns them into ``S
 connections, a server shutting down or starting up, no free connection slots, a full disk).
 Messages are PostgreSQL's primary message only: its ``DETAIL`` can quote a row's values.
 
-:class:`Portable` runs SQL in the dialect both backends accept, written with SQLite's ``?`` and
+:class:`PgDatabase` runs SQL in the dialect both backends accept, written with SQLite's ``?`` and
 ``:name`` markers (the credential tables' code is shared that way, ``_credentials.py``): it
 numbers them as PostgreSQL's ``$1``… once per statement text.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -30,7 +31,7 @@ import asyncpg
 
 from .errors import StoreError, StoreUnavailable
 
-__all__ = ["Portable", "no_reset", "numbered", "rowcount", "translate", "translated"]
+__all__ = ["Availability", "PgDatabase", "no_reset", "numbered", "rowcount", "translate", "translated"]
 
 # SQLSTATE classes that mean "not now", not "bad request": 08 connection exception, 53
 # insufficient resources, 57 operator intervention (shutdown, cannot connect now), 58 system
@@ -113,25 +114,67 @@ def rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-class Portable:
-    """Portable SQL on a pool: fetch one row, all rows, or run a statement and count its rows."""
+class Availability:
+    """Whether the server is worth asking: after a failure to reach it, every use fails at once
+    (``StoreUnavailable``) until a retry is due, backing off from 50 ms to 2 s, so an outage is
+    told to callers without each of them waiting on a connection attempt; the first use after
+    the backoff tries again, and one success ends the outage."""
+
+    _FIRST_S = 0.05
+    _MAX_S = 2.0
+
+    def __init__(self) -> None:
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self.problem: str | None = None  # what the last failure said, while it holds
+
+    def check(self, action: str) -> None:
+        if self.problem is not None and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(f"{action}: {self.problem}")
+
+    def failed(self, error: StoreUnavailable) -> None:
+        self._backoff = min(self._MAX_S, max(self._FIRST_S, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+        self.problem = str(error).partition(": ")[2] or str(error)
+
+    def succeeded(self) -> None:
+        if self.problem is not None:
+            self.problem, self._backoff = None, 0.0
+
+
+class PgDatabase:
+    """The pool, behind :class:`Availability`; runs portable SQL (``_statements.Statements``)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+        self.pool = pool
+        self.availability = Availability()
+
+    @contextmanager
+    def guarded(self, action: str) -> Iterator[None]:
+        """Fail at once while the server is known to be away; translate the driver's errors."""
+        self.availability.check(action)
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            error = translate(exc, action)
+            if isinstance(error, StoreUnavailable):
+                self.availability.failed(error)
+            raise error from exc
+        self.availability.succeeded()
 
     async def one(self, action: str, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         text, names = numbered(sql)
-        with translated(action):
-            return await self._pool.fetchrow(text, *_arguments(names, parameters))
+        with self.guarded(action):
+            return await self.pool.fetchrow(text, *_arguments(names, parameters))
 
     async def all(
         self, action: str, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[Any]:
         text, names = numbered(sql)
-        with translated(action):
-            return list(await self._pool.fetch(text, *_arguments(names, parameters)))
+        with self.guarded(action):
+            return list(await self.pool.fetch(text, *_arguments(names, parameters)))
 
     async def run(self, action: str, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> int:
         text, names = numbered(sql)
-        with translated(action):
-            return rowcount(await self._pool.execute(text, *_arguments(names, parameters)))
+        with self.guarded(action):
+            return rowcount(await self.pool.execute(text, *_arguments(names, parameters)))
