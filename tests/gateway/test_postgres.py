@@ -1,0 +1,108 @@
+"""The gateway on PostgreSQL, as an operator runs it: `mcpgw serve`, `mcpgw migrate` and
+`mcpgw keys revoke` as processes of their own beside a running gateway, on the test server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from store import open_postgres_store
+from store.migrations import SCHEMA_VERSION
+from tests.gateway.cli.commands import run_mcpgw
+from tests.harness import demo_stdio_yaml, serve_gateway, write_config
+from tests.postgres import PostgresServer
+
+TIMEOUT = 20.0
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+ACCEPT = {"accept": "application/json, text/event-stream"}
+
+
+def new_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+@pytest.fixture
+def database(postgres_server: PostgresServer) -> Iterator[str]:
+    name = postgres_server.create_database()
+    yield name
+    postgres_server.drop_database(name)
+
+
+def pg_config(directory: Path, url: str, extra: str = "") -> Path:
+    return write_config(
+        directory,
+        f"database: {url}\nsecrets: {{key: {new_key()}}}\nauth: {{required: true}}\n{extra}"
+        f"upstreams:{demo_stdio_yaml()}\n",
+    )
+
+
+async def test_migrate_creates_the_schema_and_serve_refuses_a_newer_one_naming_its_version(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    config = pg_config(tmp_path, postgres_server.url(database))
+    code, out, err = await run_mcpgw("migrate", "--config", str(config))
+    assert code == 0, err
+    assert json.loads(out) == {"database": postgres_server.url(database, password=False).replace(
+        "mcpgw_test@", "mcpgw_test:***@"), "schemaVersion": SCHEMA_VERSION}  # fmt: skip
+    assert postgres_server.password not in out + err
+
+    postgres_server.psql(f"UPDATE mcpgw_schema SET version = {SCHEMA_VERSION + 1}", database)
+    code, out, err = await run_mcpgw("serve", "--config", str(config), "--port", "0")
+    assert code == 1
+    [line] = err.strip().splitlines()
+    assert f"schema is version {SCHEMA_VERSION + 1}" in line and f"knows ({SCHEMA_VERSION})" in line
+
+
+async def test_serve_without_the_sealing_key_says_how_to_make_one(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, f"database: {postgres_server.url(database)}\nupstreams: []\n")
+    code, _, err = await run_mcpgw("serve", "--config", str(config), "--port", "0")
+    assert code == 2
+    assert "secrets.key" in err and "mcpgw secrets new-key" in err
+
+
+async def test_serve_with_an_unreachable_server_or_a_wrong_password_is_one_line_and_a_failure(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    wrong = postgres_server.url(database).replace(postgres_server.password, "not-the-password")
+    for url, why in ((wrong, "password authentication failed"), ("postgresql://x@127.0.0.1:1/db", "reach")):
+        config = pg_config(tmp_path, url)
+        code, _, err = await run_mcpgw("serve", "--config", str(config), "--port", "0")
+        assert code == 1
+        [line] = err.strip().splitlines()
+        assert why in line and "not-the-password" not in line
+
+
+async def test_a_key_revoked_by_another_process_is_refused_on_the_very_next_request(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    url = postgres_server.url(database)
+    config = pg_config(tmp_path, url)
+    async with open_postgres_store(url) as store:
+        org = await store.ensure_organisation("default")
+        created = await store.create_api_key(org.id)
+    async with serve_gateway(config) as running, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        headers = {**ACCEPT, "x-api-key": created.secret}
+        for _ in range(3):  # known, then answered from the gateway's memory
+            assert (await http.post(f"{running.url}", json=INIT, headers=headers)).status_code == 200
+        code, _, err = await run_mcpgw("keys", "revoke", created.key.id, "--config", str(config))
+        assert code == 0, err
+        refused = await http.post(f"{running.url}", json=INIT, headers=headers)
+        assert refused.status_code == 401
+        assert "revoked" in refused.text
