@@ -14,6 +14,7 @@ from .errors import (
     SealError,
     StoreError,
     StoreUnavailable,
+    StoreUnreachable,
 )
 from .keyfile import KeyFile, add_current_key, drop_keys_except, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
@@ -95,6 +96,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoreUnreachable",
     "TaskEnd",
     "add_current_key",
     "drop_keys_except",

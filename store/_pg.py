@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import StoreError, StoreUnavailable
+from .errors import StoreError, StoreUnavailable, StoreUnreachable
 
 __all__ = ["Availability", "PgDatabase", "no_reset", "numbered", "rowcount", "translate", "translated"]
 
@@ -37,6 +37,7 @@ __all__ = ["Availability", "PgDatabase", "no_reset", "numbered", "rowcount", "tr
 # insufficient resources, 57 operator intervention (shutdown, cannot connect now), 58 system
 # error (I/O); and the serialization failures and deadlocks that retrying resolves (40001, 40P01).
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+_UNREACHABLE_CLASSES = ("08", "57")  # the connection, or the server, is gone
 _UNAVAILABLE_STATES = frozenset({"40001", "40P01", "55P03"})
 
 
@@ -45,15 +46,17 @@ def translate(exc: BaseException, action: str) -> StoreError:
     if isinstance(exc, asyncpg.PostgresError):
         state = str(exc.sqlstate or "")
         message = f"{action}: {exc.args[0] if exc.args else type(exc).__name__}"
+        if state[:2] in _UNREACHABLE_CLASSES:
+            return StoreUnreachable(message)
         if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
             return StoreUnavailable(message)
         return StoreError(message)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return StoreUnavailable(f"{action}: the database did not answer in time")
+        return StoreUnreachable(f"{action}: the database did not answer in time")
     if isinstance(exc, OSError):
-        return StoreUnavailable(f"{action}: cannot reach the database: {exc.strerror or exc}")
+        return StoreUnreachable(f"{action}: cannot reach the database: {exc.strerror or exc}")
     # InterfaceError (a connection lost or closed under us, the pool closing), ssl errors.
-    return StoreUnavailable(f"{action}: the database connection failed: {exc}")
+    return StoreUnreachable(f"{action}: the database connection failed: {exc}")
 
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ssl.SSLError)
@@ -130,9 +133,9 @@ class Availability:
 
     def check(self, action: str) -> None:
         if self.problem is not None and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(f"{action}: {self.problem}")
+            raise StoreUnreachable(f"{action}: {self.problem}")
 
-    def failed(self, error: StoreUnavailable) -> None:
+    def failed(self, error: StoreUnreachable) -> None:
         self._backoff = min(self._MAX_S, max(self._FIRST_S, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
         self.problem = str(error).partition(": ")[2] or str(error)
@@ -157,7 +160,7 @@ class PgDatabase:
             yield
         except _DRIVER_ERRORS as exc:
             error = translate(exc, action)
-            if isinstance(error, StoreUnavailable):
+            if isinstance(error, StoreUnreachable):
                 self.availability.failed(error)
             raise error from exc
         self.availability.succeeded()

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 
@@ -106,3 +107,55 @@ async def test_a_key_revoked_by_another_process_is_refused_on_the_very_next_requ
         refused = await http.post(f"{running.url}", json=INIT, headers=headers)
         assert refused.status_code == 401
         assert "revoked" in refused.text
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start again."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+async def test_while_the_database_is_away_calls_are_refused_at_once_and_work_again_once_it_is_back(
+    own_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = own_server.url(own_server.create_database())
+    config = write_config(
+        tmp_path,
+        f"database: {url}\nsecrets: {{key: {new_key()}}}\nauth: {{required: false}}\nupstreams:{demo_stdio_yaml()}\n",
+    )
+    async with serve_gateway(config) as running, httpx2.AsyncClient(timeout=TIMEOUT, headers=ACCEPT) as http:
+        opened = await http.post(running.url, json=INIT)
+        http.headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+
+        async def echo(n: int) -> dict[str, object]:
+            body = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                    "params": {"name": "demo__echo", "arguments": {"text": f"t{n}"}}}  # fmt: skip
+            response = await http.post(running.url, json=body)
+            assert response.status_code == 200, response.text
+            answer: dict[str, object] = response.json()
+            return answer
+
+        assert "result" in await echo(1)
+        own_server.stop()
+        with anyio.fail_after(3):  # at once: no wait for a server that is not there
+            for n in range(2, 5):
+                refused = await echo(n)
+                assert "result" not in refused
+                assert "record is unavailable" in json.dumps(refused["error"])
+            ready = await http.get(f"{running.base_url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["database"]["writable"] is False and ready.json()["database"]["error"]
+
+        own_server.start()  # on the same port
+        with anyio.fail_after(10):  # the pool and the recorder's connection reconnect by themselves
+            n = 5
+            while "result" not in (answer := await echo(n)):
+                assert "record is unavailable" in json.dumps(answer["error"])
+                n += 1
+                await anyio.sleep(0.1)  # a retry schedule: each attempt is a real call
+        assert (await http.get(f"{running.base_url}/readyz")).status_code == 200
