@@ -126,7 +126,8 @@ async def test_while_the_database_is_away_calls_are_refused_at_once_and_work_aga
     url = own_server.url(own_server.create_database())
     config = write_config(
         tmp_path,
-        f"database: {url}\nsecrets: {{key: {new_key()}}}\nauth: {{required: false}}\nupstreams:{demo_stdio_yaml()}\n",
+        f"database: {url}\nsecrets: {{key: {new_key()}}}\nauth: {{required: false}}\n"
+        f"upstreams:{demo_stdio_yaml()}\n",
     )
     async with serve_gateway(config) as running, httpx2.AsyncClient(timeout=TIMEOUT, headers=ACCEPT) as http:
         opened = await http.post(running.url, json=INIT)
