@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             from gateway.cli.migrate import migrate
 
-            return anyio.run(migrate, config)
+            return anyio.run(migrate, config, args.source)
         if args.command == "grants":
             from gateway.cli.grants import list_grants, revoke_grant
 
@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", help="create the database's schema, or bring it up to this version (SQLite or PostgreSQL)"
     )
     migrate.add_argument("--config", help=config_help)
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        metavar="sqlite:///PATH",
+        help="copy everything from this SQLite database into the configured (empty) PostgreSQL one",
+    )
 
     stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
     stdio.add_argument("--config", help=config_help)

@@ -4,16 +4,30 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import anyio
 import httpx2
 import pytest
 
-from store import open_postgres_store
+from store import (
+    Binding,
+    FixedKeys,
+    InvocationRecord,
+    Keyring,
+    Sealer,
+    Seek,
+    SessionStart,
+    key_id_for,
+    open_postgres_store,
+    open_sqlite_store,
+    utc_now,
+)
 from store.migrations import SCHEMA_VERSION
 from tests.gateway.cli.commands import run_mcpgw
 from tests.harness import demo_stdio_yaml, serve_gateway, write_config
@@ -160,3 +174,73 @@ async def test_while_the_database_is_away_calls_are_refused_at_once_and_work_aga
                 n += 1
                 await anyio.sleep(0.1)  # a retry schedule: each attempt is a real call
         assert (await http.get(f"{running.base_url}/readyz")).status_code == 200
+
+
+async def test_migrate_from_sqlite_copies_everything_and_the_same_keys_pages_and_secrets_work(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    key = new_key()
+    keys = FixedKeys(Keyring({key_id_for(raw := base64.urlsafe_b64decode(key + "=")): raw}, key_id_for(raw)))
+    sqlite_file = tmp_path / "old.db"
+    async with open_sqlite_store(sqlite_file, sealer=Sealer(keys)) as old:
+        org = await old.ensure_organisation("acme")
+        created = await old.create_api_key(org.id, user_id="ada")
+        session = SessionStart(
+            str(uuid4()), "mcp-1", org.id, created.key.id, None, "host", "1", "2025-11-25", utc_now()
+        )
+        calls = [
+            InvocationRecord(
+                str(uuid4()),
+                session.id,
+                "tools/call",
+                f"t{n}",
+                "up",
+                "t",
+                str(n),
+                "{}",
+                False,
+                "{}",
+                False,
+                True,
+                "ok",
+                1,
+                1,
+                None,
+                utc_now(),
+            )
+            for n in range(3)
+        ]
+        await old.write_records([session, *calls])
+        where = Binding(org.id, "gh", "user", "ada")
+        await old.credentials.save(
+            "cred-1",
+            where,
+            kind="token",
+            secret={"access_token": "s3cret"},
+            header_names=(),
+            oauth_client_id=None,
+            expires_at=None,
+            now=utc_now(),
+        )
+        before = await old.list_invocations(session.id, seek=Seek(), limit=2)
+        sessions_before = await old.list_sessions(org.id, api_key_id=None, seek=Seek(), limit=10)
+
+    url = postgres_server.url(database)
+    config = write_config(tmp_path, f"database: {url}\nsecrets: {{key: {key}}}\nupstreams: []\n")
+    code, out, err = await run_mcpgw("migrate", "--config", str(config), "--from", f"sqlite:///{sqlite_file}")
+    assert code == 0, err
+    assert json.loads(out)["copied"]["invocations"] == 3
+
+    async with open_postgres_store(url, sealer=Sealer(keys)) as new:
+        found = await new.find_api_key(created.secret)
+        assert found is not None and found.user_id == "ada"
+        assert await new.list_invocations(session.id, seek=Seek(), limit=2) == before
+        assert await new.list_sessions(org.id, api_key_id=None, seek=Seek(), limit=10) == sessions_before
+        credential = await new.credentials.credential_for(where)
+        assert credential is not None and credential.secret == {"access_token": "s3cret"}
+        await new.write_records([dataclasses.replace(calls[0], id=str(uuid4()))])  # numbering goes on
+        page = await new.list_invocations(session.id, seek=Seek(), limit=10)
+        assert len(page.rows) == 4
+
+    code, _, err = await run_mcpgw("migrate", "--config", str(config), "--from", f"sqlite:///{sqlite_file}")
+    assert code == 1 and "empty" in err  # never into a database that holds a gateway already
