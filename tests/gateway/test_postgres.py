@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -30,7 +31,7 @@ from store import (
 )
 from store.migrations import SCHEMA_VERSION
 from tests.gateway.cli.commands import run_mcpgw
-from tests.harness import demo_stdio_yaml, serve_gateway, write_config
+from tests.harness import ROOT, demo_stdio_yaml, serve_gateway, write_config
 from tests.postgres import PostgresServer
 
 TIMEOUT = 20.0
@@ -244,3 +245,34 @@ async def test_migrate_from_sqlite_copies_everything_and_the_same_keys_pages_and
 
     code, _, err = await run_mcpgw("migrate", "--config", str(config), "--from", f"sqlite:///{sqlite_file}")
     assert code == 1 and "empty" in err  # never into a database that holds a gateway already
+
+
+def readme_postgres_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("\n## PostgreSQL\n", 1)[1].split("\n## ", 1)[0]
+
+
+async def test_the_readme_postgresql_section_works_as_written(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's role and database, its config and its `mcpgw migrate`, on the test server
+    (its address for db.internal, and no TLS: the test server has no certificate)."""
+    section = readme_postgres_section()
+    [create] = re.findall(r'^psql (-c ".*")$', section, re.M)
+    for sql in re.findall(r'-c "([^"]*)"', create):
+        postgres_server.psql(sql)
+    try:
+        [example] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+        example = example.replace("db.internal:5432", f"127.0.0.1:{postgres_server.port}")
+        example = example.replace("sslmode=require", "sslmode=disable")
+        config = write_config(tmp_path, example + "upstreams: []\n")
+        monkeypatch.setenv("MCPGW_DB_PASSWORD", "change-me")
+        monkeypatch.setenv("MCPGW_SECRETS_KEY", new_key())
+        code, out, err = await run_mcpgw("migrate", "--config", str(config))
+        assert code == 0, err
+        shown = json.loads(out)
+        assert shown["schemaVersion"] == SCHEMA_VERSION and "change-me" not in out
+        assert f'"schemaVersion": {SCHEMA_VERSION}}}' in section  # the README shows this version
+    finally:
+        postgres_server.psql("DROP DATABASE IF EXISTS mcpgw WITH (FORCE)")
+        postgres_server.psql("DROP ROLE IF EXISTS mcpgw")
