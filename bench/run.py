@@ -67,7 +67,16 @@ CLIENTS = (1, 16)
 # Endpoint kinds: the upstream called directly, the gateway with recording on / off, and (with
 # --relay) a byte-copying relay in front of the upstream: what any proxy costs on this machine.
 DIRECT, RECORDING, NOT_RECORDING, RELAY = "direct", "gateway", "gw-norec", "relay"
-GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
+# `--recording pg`: the recording gateway on SQLite and one recording on PostgreSQL (a throwaway
+# server, tests/postgres.py), interleaved: what the PostgreSQL store costs per call.
+ON_POSTGRES = "gw-pg"
+GATEWAYS = {
+    "on": (RECORDING,),
+    "off": (NOT_RECORDING,),
+    "both": (RECORDING, NOT_RECORDING),
+    "pg": (RECORDING, ON_POSTGRES),
+}
+_POSTGRES_URL: list[str] = []  # the server's database, once started (with --recording pg)
 
 # DESIGN.md section 8.
 TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
@@ -226,8 +235,12 @@ def write_config(workdir: Path, kind: str, upstream_url: str, port: int) -> Path
     config = workdir / f"{kind}.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"database: ./{kind}.db\n"
-        "auth: {required: false}\n"
+        + (
+            f"database: ./{kind}.db\n"
+            if kind != ON_POSTGRES
+            else f"database: {_POSTGRES_URL[0]}\nsecrets: {{key: {'A' * 43}}}\n"
+        )
+        + "auth: {required: false}\n"
         f"recording: {{enabled: {str(kind != NOT_RECORDING).lower()}}}\n"
         "upstreams:\n"
         "  - name: demo\n"
@@ -435,6 +448,8 @@ def recording_state(database: Path, enabled: bool) -> dict[str, Any]:
     one configured not to record has some.
     """
     state: dict[str, Any] = {"enabled": enabled}
+    if not database.exists() and _POSTGRES_URL:
+        return {**state, "as_configured": None, "detail": "on PostgreSQL (not read here)"}
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -480,7 +495,14 @@ def median_or_none(values: Any) -> float | None:
 
 
 # (kind, baseline): the relay and each gateway against direct, and recording on against off.
-PAIRS = ((RELAY, DIRECT), (NOT_RECORDING, DIRECT), (RECORDING, DIRECT), (RECORDING, NOT_RECORDING))
+PAIRS = (
+    (RELAY, DIRECT),
+    (NOT_RECORDING, DIRECT),
+    (RECORDING, DIRECT),
+    (RECORDING, NOT_RECORDING),
+    (ON_POSTGRES, DIRECT),
+    (ON_POSTGRES, RECORDING),
+)
 
 
 def compare(summaries: list[Summary]) -> list[Comparison]:
@@ -620,6 +642,22 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
+    if args.recording == "pg":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        try:
+            _POSTGRES_URL.append(server.url(server.create_database()))
+            return _benchmark(args, procs, workdir)
+        finally:
+            procs.__exit__(None, None, None)  # the gateways go before their database
+            server.destroy()
+    return _benchmark(args, procs, workdir)
+
+
+def _benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
     started = machine()
     upstream, upstream_url = start_upstream(procs, workdir, args.stock_demo)
     runs, recording = run_matrix(procs, workdir, args, upstream, upstream_url)
