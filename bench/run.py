@@ -575,7 +575,8 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
     ratios: dict[tuple[str, int, str], list[Comparison]] = {}
     for c in comparisons:
         ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
-    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3}  # on/off comes after both gateways
+    # on/off comes after both gateways
+    order = {DIRECT: 0, RELAY: 1, NOT_RECORDING: 2, RECORDING: 3, ON_POSTGRES: 4}
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
@@ -585,7 +586,13 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
             f"{s.upstream_closes_per_call:13.2f} {s.failed:>6}"
         )
         for c in ratios.get((s.mode, s.clients, s.kind), []):
-            what = f"{c.kind}/direct" if c.baseline == DIRECT else "recording on/off"
+            what = (
+                f"{c.kind}/direct"
+                if c.baseline == DIRECT
+                else "recording on/off"
+                if c.baseline == NOT_RECORDING
+                else f"{c.kind}/{c.baseline}"
+            )
             rows.append(
                 f"{'':15}-> {what} throughput {c.throughput_ratio:.2f}, "
                 f"added p50 {c.added_p50_ms:+.2f} ms, added p99 {c.added_p99_ms:+.2f} ms"
