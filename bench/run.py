@@ -71,7 +71,16 @@ CLIENTS = (1, 16)
 DIRECT, RECORDING, NOT_RECORDING, RELAY = "direct", "gateway", "gw-norec", "relay"
 TRACED = "gw-traced"  # --tracing: recording on, and spans and metrics exported over OTLP
 BASELINE = "gw-base"
-GATEWAYS = {"on": (RECORDING,), "off": (NOT_RECORDING,), "both": (RECORDING, NOT_RECORDING)}
+# `--recording pg`: the recording gateway on SQLite and one recording on PostgreSQL (a throwaway
+# server, tests/postgres.py), interleaved: what the PostgreSQL store costs per call.
+ON_POSTGRES = "gw-pg"
+GATEWAYS = {
+    "on": (RECORDING,),
+    "off": (NOT_RECORDING,),
+    "both": (RECORDING, NOT_RECORDING),
+    "pg": (RECORDING, ON_POSTGRES),
+}
+_POSTGRES_URL: list[str] = []  # the server's database, once started (with --recording pg)
 
 # DESIGN.md section 8.
 TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
@@ -255,9 +264,14 @@ def write_config(workdir: Path, kind: str, upstream_url: str, port: int, otlp_ur
     config = workdir / f"{kind}.yaml"
     telemetry = f"telemetry: {{endpoint: {otlp_url}, sampler: always_on}}\n" if kind == TRACED else ""
     config.write_text(
-        telemetry + f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"database: ./{kind}.db\n"
-        "auth: {required: false}\n"
+        telemetry
+        + f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        + (
+            f"database: ./{kind}.db\n"
+            if kind != ON_POSTGRES
+            else f"database: {_POSTGRES_URL[0]}\nsecrets: {{key: {'A' * 43}}}\n"
+        )
+        + "auth: {required: false}\n"
         f"recording: {{enabled: {str(kind != NOT_RECORDING).lower()}}}\n"
         "upstreams:\n"
         "  - name: demo\n"
@@ -476,6 +490,8 @@ def recording_state(database: Path, enabled: bool) -> dict[str, Any]:
     one configured not to record has some.
     """
     state: dict[str, Any] = {"enabled": enabled}
+    if not database.exists() and _POSTGRES_URL:
+        return {**state, "as_configured": None, "detail": "on PostgreSQL (not read here)"}
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -532,6 +548,8 @@ PAIRS = (
     (RECORDING, BASELINE),
     (TRACED, DIRECT),
     (TRACED, RECORDING),
+    (ON_POSTGRES, DIRECT),
+    (ON_POSTGRES, RECORDING),
 )
 
 
@@ -620,7 +638,7 @@ def format_table(summaries: list[Summary], comparisons: list[Comparison]) -> str
     ratios: dict[tuple[str, int, str], list[Comparison]] = {}
     for c in comparisons:
         ratios.setdefault((c.mode, c.clients, c.kind), []).append(c)
-    order = {DIRECT: 0, RELAY: 1, BASELINE: 2, NOT_RECORDING: 3, RECORDING: 4, TRACED: 5}  # on/off after both
+    order = {DIRECT: 0, RELAY: 1, BASELINE: 2, NOT_RECORDING: 3, RECORDING: 4, TRACED: 5, ON_POSTGRES: 6}
     for s in sorted(summaries, key=lambda s: (s.mode, s.clients, order[s.kind])):
         gw = f"{s.gateway_cpu_ms_per_call:.3f}" if s.gateway_cpu_ms_per_call is not None else "-"
         up = f"{s.upstream_cpu_ms_per_call:.3f}" if s.upstream_cpu_ms_per_call is not None else "-"
@@ -692,6 +710,22 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
+    if args.recording == "pg":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        try:
+            _POSTGRES_URL.append(server.url(server.create_database()))
+            return _benchmark(args, procs, workdir)
+        finally:
+            procs.__exit__(None, None, None)  # the gateways go before their database
+            server.destroy()
+    return _benchmark(args, procs, workdir)
+
+
+def _benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
     started = machine()
     upstream, upstream_url = start_upstream(procs, workdir, args.stock_demo)
     runs, recording = run_matrix(procs, workdir, args, upstream, upstream_url)

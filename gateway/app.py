@@ -89,7 +89,8 @@ from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for
 from gateway.upstream.listening import ListenStreams
 from gateway.upstream.pool import SharedPool
-from store import Binding, Store, open_sqlite_store
+from store import Binding, Store, open_store
+from store.postgres import DEFAULT_POOL_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,10 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
     shutdown = shutdown or Shutdown()
     async with AsyncExitStack() as stack:
         sealer = sealer_for(config.secrets)
-        store = await stack.enter_async_context(open_sqlite_store(config.database, sealer=sealer))
+        pool_size = config.postgres.pool_size if config.postgres else DEFAULT_POOL_SIZE
+        store = await stack.enter_async_context(
+            open_store(config.store_at, sealer=sealer, pool_size=pool_size)
+        )
         organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
         # One gateway per database: what the record shows open now, a previous run left open.
         if stale := await store.end_open_sessions("gateway_restart"):

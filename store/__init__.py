@@ -14,6 +14,7 @@ from .errors import (
     SealError,
     StoreError,
     StoreUnavailable,
+    StoreUnreachable,
 )
 from .keyfile import KeyFile, add_current_key, drop_keys_except, load_or_create_keyring
 from .keys import generate_api_key, hash_api_key
@@ -47,6 +48,8 @@ from .models import (
     SignInCode,
     TaskEnd,
 )
+from .opening import is_postgres_url, open_store
+from .postgres import PostgresStore, open_postgres_store
 from .protocol import CredentialStore, SignInStore, Store
 from .sealing import FixedKeys, Keyring, Sealer, key_id_for
 from .sqlite import SqliteStore, open_sqlite_store
@@ -76,6 +79,7 @@ __all__ = [
     "OrganisationNotFound",
     "Page",
     "PendingSignIn",
+    "PostgresStore",
     "RecordEvent",
     "RecordedInvocation",
     "RecordedSession",
@@ -94,14 +98,18 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoreUnreachable",
     "TaskEnd",
     "add_current_key",
     "drop_keys_except",
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
+    "is_postgres_url",
     "key_id_for",
     "load_or_create_keyring",
+    "open_postgres_store",
     "open_sqlite_store",
+    "open_store",
     "utc_now",
 ]

@@ -1,5 +1,6 @@
-"""The SQLite :class:`~store.protocol.CredentialStore`: upstream credentials, the flows that
-obtain them, and OAuth client registrations.
+"""The :class:`~store.protocol.CredentialStore` of both backends: upstream credentials, the flows
+that obtain them, and OAuth client registrations, in SQL both SQLite and PostgreSQL accept
+(run through ``_statements.Statements``).
 
 Secret parts are sealed here, on the way in, and opened here, on the way out, each bound to
 its table, row and column (``credentials/<id>/secret``), so nothing above the store handles
@@ -13,10 +14,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-import aiosqlite
 import orjson
 
-from ._sqlite_errors import translated
+from ._statements import Parameters, Statements
 from ._timestamps import from_unix_ms, to_unix_ms
 from .models import AuthFlow, Binding, Credential, CredentialFilter, CredentialRow, OAuthClient
 from .sealing import Sealer
@@ -41,6 +41,7 @@ def _same_binding(a: str, b: str) -> str:
 
 # One listing over both tables: credentials, and each binding's newest live flow when the
 # binding has no credential (the spec shows the credential instead of a flow beside it).
+# A parameter tested for NULL is cast, so PostgreSQL knows its type from that use alone.
 _LISTING = f"""
 SELECT * FROM (
     SELECT c.id, CASE c.kind WHEN 'token' THEN 'token' ELSE 'header' END AS kind,
@@ -60,10 +61,12 @@ SELECT * FROM (
             AND (g.created_at, g.id) > (f.created_at, f.id)
       )
 ) AS r
-WHERE (:status IS NULL OR r.status = :status) AND (:mode IS NULL OR r.auth_mode = :mode)
-  AND (:kind IS NULL OR r.kind = :kind) AND (:upstream IS NULL OR r.upstream = :upstream)
-  AND (:after_created IS NULL OR (r.created_at, r.id) < (:after_created, :after_id))
-  AND (:row_id IS NULL OR r.id = :row_id)
+WHERE (CAST(:status AS TEXT) IS NULL OR r.status = :status)
+  AND (CAST(:mode AS TEXT) IS NULL OR r.auth_mode = :mode)
+  AND (CAST(:kind AS TEXT) IS NULL OR r.kind = :kind)
+  AND (CAST(:upstream AS TEXT) IS NULL OR r.upstream = :upstream)
+  AND (CAST(:after_created AS BIGINT) IS NULL OR (r.created_at, r.id) < (:after_created, :after_id))
+  AND (CAST(:row_id AS TEXT) IS NULL OR r.id = :row_id)
 ORDER BY r.created_at DESC, r.id DESC
 LIMIT :limit
 """
@@ -87,8 +90,8 @@ class CredentialSql:
     """The credential tables on the store's statement connection, sealing with ``sealer``.
     Private to the package: everything outside sees the ``CredentialStore`` protocol."""
 
-    def __init__(self, conn: aiosqlite.Connection, sealer: Sealer) -> None:
-        self._conn = conn
+    def __init__(self, statements: Statements, sealer: Sealer) -> None:
+        self._db = statements
         self._sealer = sealer
 
     def _seal(self, table: str, row_id: str, value: Mapping[str, Any]) -> bytes:
@@ -99,21 +102,15 @@ class CredentialSql:
             dict[str, Any], orjson.loads(self._sealer.open(bytes(sealed), f"{table}/{row_id}/secret"))
         )
 
-    # Every statement goes through these three, which turn sqlite3 errors into StoreErrors.
-    async def _one(self, sql: str, parameters: Any) -> Any:
-        with translated("read credentials"):
-            async with self._conn.execute(sql, parameters) as cursor:
-                return await cursor.fetchone()
+    # Every statement goes through these three, which turn driver errors into StoreErrors.
+    async def _one(self, sql: str, parameters: Parameters) -> Any:
+        return await self._db.one("read credentials", sql, parameters)
 
-    async def _all(self, sql: str, parameters: Any = ()) -> list[Any]:
-        with translated("read credentials"):
-            async with self._conn.execute(sql, parameters) as cursor:
-                return list(await cursor.fetchall())
+    async def _all(self, sql: str, parameters: Parameters = ()) -> list[Any]:
+        return await self._db.all("read credentials", sql, parameters)
 
-    async def _run(self, sql: str, parameters: Any) -> int:
-        with translated("write credentials"):
-            async with self._conn.execute(sql, parameters) as cursor:
-                return cursor.rowcount
+    async def _run(self, sql: str, parameters: Parameters) -> int:
+        return await self._db.run("write credentials", sql, parameters)
 
     # -- credentials ---------------------------------------------------------------------------
 

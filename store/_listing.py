@@ -3,7 +3,8 @@
 Every page is one index range scan: rows past a (sort value, seq) position, in index order,
 ``LIMIT n + 1`` (the extra row says whether the walk can go on), plus a one-row probe for
 whether anything lies on the other side. No OFFSET and no COUNT, so page 50,000 costs what
-page 1 costs.
+page 1 costs. The SQL is what both backends accept (``_statements.py``); row values compare
+lexicographically, and both turn that into an index range.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-import aiosqlite
-
+from ._statements import Statements
 from ._timestamps import from_unix_ms
 from .models import Page, RecordedInvocation, RecordedSession, Seek
 
@@ -74,7 +74,7 @@ def _invocation_from_row(session_id: str, row: Any) -> RecordedInvocation:
 
 
 async def _keyset_page(
-    conn: aiosqlite.Connection,
+    db: Statements,
     *,
     select: str,
     scope: str,
@@ -90,7 +90,6 @@ async def _keyset_page(
     ``descending``, starting at ``seek``."""
 
     def beyond(key: tuple[int, int], toward_end: bool, inclusive: bool) -> tuple[str, tuple[object, ...]]:
-        # Row values compare lexicographically and SQLite turns them into an index range.
         op = ">" if toward_end != descending else "<"
         return f" AND ({sort}, seq) {op}{'=' if inclusive else ''} (?, ?)", key
 
@@ -101,8 +100,7 @@ async def _keyset_page(
     toward_end = not seek.backward
     where, args = ("", ()) if seek.key is None else beyond(seek.key, toward_end, seek.inclusive)
     sql = f"{select} WHERE {scope}{where}{order(toward_end)} LIMIT ?"
-    async with conn.execute(sql, (*scope_args, *args, limit + 1)) as cursor:
-        rows = [convert(row) for row in await cursor.fetchall()]
+    rows = [convert(row) for row in await db.all("list records", sql, (*scope_args, *args, limit + 1))]
     more_in_walk = len(rows) > limit
     rows = rows[:limit]
     if seek.backward:
@@ -111,8 +109,7 @@ async def _keyset_page(
     async def anything_beyond(key: tuple[int, int], toward_end: bool, inclusive: bool) -> bool:
         where, args = beyond(key, toward_end, inclusive)
         probe = f"SELECT 1 FROM {select.partition(' FROM ')[2]} WHERE {scope}{where} LIMIT 1"
-        async with conn.execute(probe, (*scope_args, *args)) as cursor:
-            return await cursor.fetchone() is not None
+        return await db.one("list records", probe, (*scope_args, *args)) is not None
 
     # The other side of the page: nothing before the start of the listing; otherwise look.
     if seek.key is None:
@@ -128,7 +125,7 @@ async def _keyset_page(
 
 
 async def list_sessions(
-    conn: aiosqlite.Connection,
+    db: Statements,
     organisation_id: str | None,
     api_key_id: str | None,
     seek: Seek,
@@ -144,9 +141,9 @@ async def list_sessions(
             conditions, args = [*conditions, "api_key_id = ?"], (*args, api_key_id)
         if client_name is not None:
             conditions, args = [*conditions, "client_name = ?"], (*args, client_name)
-    scope = " AND ".join(conditions) or "1"
+    scope = " AND ".join(conditions) or "1 = 1"
     return await _keyset_page(
-        conn,
+        db,
         select=f"SELECT {SESSION_COLUMNS} FROM sessions",
         scope=scope,
         scope_args=args,
@@ -160,7 +157,7 @@ async def list_sessions(
 
 
 async def get_session(
-    conn: aiosqlite.Connection, organisation_id: str | None, session_id: str, api_key_id: str | None
+    db: Statements, organisation_id: str | None, session_id: str, api_key_id: str | None
 ) -> RecordedSession | None:
     sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"
     args: tuple[object, ...] = (session_id,)
@@ -168,23 +165,21 @@ async def get_session(
         sql, args = sql + " AND organisation_id = ?", (*args, organisation_id)
     if api_key_id is not None:
         sql, args = sql + " AND api_key_id = ?", (*args, api_key_id)
-    async with conn.execute(sql, args) as cursor:
-        row = await cursor.fetchone()
+    row = await db.one("get session", sql, args)
     return None if row is None else session_from_row(row)
 
 
-async def find_session(conn: aiosqlite.Connection, mcp_session_id: str) -> RecordedSession | None:
+async def find_session(db: Statements, mcp_session_id: str) -> RecordedSession | None:
     sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE mcp_session_id = ? ORDER BY seq DESC LIMIT 1"
-    async with conn.execute(sql, (mcp_session_id,)) as cursor:
-        row = await cursor.fetchone()
+    row = await db.one("find session", sql, (mcp_session_id,))
     return None if row is None else session_from_row(row)
 
 
 async def list_invocations(
-    conn: aiosqlite.Connection, session_id: str, seek: Seek, limit: int
+    db: Statements, session_id: str, seek: Seek, limit: int
 ) -> Page[RecordedInvocation]:
     return await _keyset_page(
-        conn,
+        db,
         select=f"SELECT {_INVOCATION_COLUMNS} FROM invocations",
         scope="session_seq = (SELECT seq FROM sessions WHERE id = ?)",
         scope_args=(session_id,),

@@ -146,7 +146,8 @@ PRUNE_STEPS = {
     # at the lowest numbers: look at the oldest batch only, never scan the table (a call that
     # ran much longer than its neighbours goes in a later pass).
     "calls": "DELETE FROM invocations WHERE seq IN (SELECT seq FROM"
-    " (SELECT seq, created_at FROM invocations ORDER BY seq LIMIT :batch) WHERE created_at < :value)",
+    " (SELECT seq, created_at FROM invocations ORDER BY seq LIMIT :batch) AS oldest"
+    " WHERE created_at < :value)",
     # The oldest invocations, below the oldest one the configured maximum keeps.
     "excess": "DELETE FROM invocations WHERE seq IN"
     " (SELECT seq FROM invocations WHERE seq < :value ORDER BY seq LIMIT :batch)",

@@ -7,7 +7,9 @@
     ├── OrganisationNotFound    no organisation has the given id
     ├── SchemaVersionError      the database was migrated by a newer mcpgw than this one
     ├── StoreUnavailable        the database cannot be used right now: locked past the busy
-    │                           timeout, unreadable, full, or not openable
+    │   │                       timeout, unreadable, full, or not openable
+    │   └── StoreUnreachable    the database server cannot be reached (down, connection lost):
+    │                           waiting for it is pointless, every use fails at once until it is back
     ├── SealError               a sealed secret does not open: unknown key id, sealed for
     │                           another place, or tampered with
     └── KeyFileError            the key file (the keys that seal secrets) is missing,
@@ -29,6 +31,7 @@ __all__ = [
     "SealError",
     "StoreError",
     "StoreUnavailable",
+    "StoreUnreachable",
 ]
 
 
@@ -50,6 +53,10 @@ class SchemaVersionError(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database is locked, unreadable, full, or cannot be opened."""
+
+
+class StoreUnreachable(StoreUnavailable):
+    """The database server cannot be reached now: callers fail at once rather than wait for it."""
 
 
 class SealError(StoreError):

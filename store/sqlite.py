@@ -36,6 +36,7 @@ from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_rec
 from ._revocations import RevocationMarker
 from ._signin import SignInSql
 from ._sqlite_errors import translate, translated
+from ._statements import SqliteStatements
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from ._writer_thread import WriterThread
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
@@ -98,7 +99,8 @@ class SqliteStore:
         self._conn = conn
         self._writer = writer
         self._revocations = revocations
-        self._credentials = None if sealer is None else CredentialSql(conn, sealer)
+        self._statements = SqliteStatements(conn)
+        self._credentials = None if sealer is None else CredentialSql(self._statements, sealer)
         self._signin = SignInSql(conn, writer, revocations)
 
     @property
@@ -308,21 +310,23 @@ class SqliteStore:
         client_name: str | None = None,
     ) -> Page[RecordedSession]:
         with translated("list sessions"):
-            return await list_sessions(self._conn, organisation_id, api_key_id, seek, limit, client_name)
+            return await list_sessions(
+                self._statements, organisation_id, api_key_id, seek, limit, client_name
+            )
 
     async def get_session(
         self, organisation_id: str | None, session_id: str, *, api_key_id: str | None
     ) -> RecordedSession | None:
         with translated("get session"):
-            return await get_session(self._conn, organisation_id, session_id, api_key_id)
+            return await get_session(self._statements, organisation_id, session_id, api_key_id)
 
     async def find_session(self, mcp_session_id: str) -> RecordedSession | None:
         with translated("find session"):
-            return await find_session(self._conn, mcp_session_id)
+            return await find_session(self._statements, mcp_session_id)
 
     async def list_invocations(self, session_id: str, *, seek: Seek, limit: int) -> Page[RecordedInvocation]:
         with translated("list invocations"):
-            return await list_invocations(self._conn, session_id, seek, limit)
+            return await list_invocations(self._statements, session_id, seek, limit)
 
     async def gateway_secret(self, name: str) -> bytes:
         with translated("read gateway secret"):

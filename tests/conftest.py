@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -18,6 +18,7 @@ from tests.harness import (
     stop_process,
 )
 from tests.node import install
+from tests.postgres import PostgresServer, PostgresUnavailable
 
 
 def pytest_asyncio_loop_factories(
@@ -86,3 +87,26 @@ async def node_modules() -> None:
     """`tests/node/node_modules` as its lockfile says (`npm ci` when it is not, once per run):
     what a test that starts a Node program (`tests.node.run_node`) asks for first."""
     await anyio.to_thread.run_sync(install)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/postgres.py), started once per test session; skipped, with
+    the reason, where the machine has none and none could be installed."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A `postgresql://` URL (password in it) to a new, empty database of its own, dropped after."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)

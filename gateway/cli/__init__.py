@@ -1,5 +1,5 @@
 """The `mcpgw` command: serve, keys create|list|revoke, grants list|revoke, sessions [show ID],
-secrets rotate|new-key, stdio; `mcpgw --version`.
+secrets rotate|new-key, migrate, stdio; `mcpgw --version`.
 
 Every subcommand takes `--config FILE` (default `$MCPGW_CONFIG`, then `./config.yaml`). A bad
 config ends the command with one line per problem, naming the file, the key and the reason.
@@ -50,27 +50,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.cli.terminal import show_session, show_sessions
 
             if args.show is None:
-                return anyio.run(show_sessions, config.database, args.limit or 20)
+                return anyio.run(show_sessions, config.store_at, args.limit or 20)
             if args.session_id is None:
                 parser.error("sessions show needs a session ID")
-            return anyio.run(show_session, config.database, args.session_id, args.limit or 100)
+            return anyio.run(show_session, config.store_at, args.session_id, args.limit or 100)
         if args.command == "secrets":
             return anyio.run(_rotate, config, args.drop_old)
+        if args.command == "migrate":
+            from gateway.cli.migrate import migrate
+
+            return anyio.run(migrate, config, args.source)
         if args.command == "grants":
             from gateway.cli.grants import list_grants, revoke_grant
 
             if args.grants_command == "list":
-                return anyio.run(list_grants, config.database, args.org, args.json)
-            return anyio.run(revoke_grant, config.database, args.grant_id)
+                return anyio.run(list_grants, config.store_at, args.org, args.json)
+            return anyio.run(revoke_grant, config.store_at, args.grant_id)
         if args.command == "keys":
             from gateway.cli.keys import create_key, list_keys, revoke_key
 
             if args.keys_command == "list":
-                return anyio.run(list_keys, config.database, args.org, args.json)
+                return anyio.run(list_keys, config.store_at, args.org, args.json)
             if args.keys_command == "revoke":
-                return anyio.run(revoke_key, config.database, args.api_key_id)
+                return anyio.run(revoke_key, config.store_at, args.api_key_id)
             return anyio.run(
-                create_key, config.database, args.org, args.user, args.admin, args.allow or ["*"], args.deny
+                create_key, config.store_at, args.org, args.user, args.admin, args.allow or ["*"], args.deny
             )
     except ConfigError as exc:
         print(f"mcpgw: {exc}", file=sys.stderr)
@@ -158,6 +162,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     secret_commands.add_parser("new-key", help="print a new random key for secrets.key")
 
+    migrate = commands.add_parser(
+        "migrate", help="create the database's schema, or bring it up to this version (SQLite or PostgreSQL)"
+    )
+    migrate.add_argument("--config", help=config_help)
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        metavar="sqlite:///PATH",
+        help="copy everything from this SQLite database into the configured (empty) PostgreSQL one",
+    )
+
     stdio = commands.add_parser("stdio", help="bridge a stdio-only MCP host to a gateway URL")
     stdio.add_argument("--config", help=config_help)
     stdio.add_argument("--url", required=True, help="the gateway's MCP URL, e.g. http://127.0.0.1:8080/mcp")
@@ -190,6 +205,13 @@ def _serve(config: GatewayConfig, host: str | None, port: int | None) -> int:
             file=sys.stderr,
         )
         return 2
+    from gateway.cli.migrate import check_database
+
+    # Before anything listens: an unreachable server, a refused login or a schema from a newer
+    # mcpgw is one line and a non-zero exit, not a traceback from the app's start-up.
+    if (problem := anyio.run(check_database, config)) is not None:
+        print(f"mcpgw: {problem}", file=sys.stderr)
+        return 1
     return serve(config, listen_host, config.listen.port if port is None else port)
 
 
@@ -197,14 +219,14 @@ async def _rotate(config: GatewayConfig, drop_old: bool) -> int:
     """Re-seal under the current key: a new one added to the key file, or the config's own
     (after the operator moved the old one to secrets.previous_keys)."""
     from gateway.credentials.sealing import sealer_for
-    from store import add_current_key, drop_keys_except, open_sqlite_store
+    from store import add_current_key, drop_keys_except, open_store
 
     from_file = config.secrets.key is None
     if from_file:
         sealer_for(config.secrets)  # creates the file if there is none yet
         add_current_key(config.secrets.key_file)
     sealer = sealer_for(config.secrets)
-    async with open_sqlite_store(config.database, sealer=sealer) as store:
+    async with open_store(config.store_at, sealer=sealer, pool_size=2) as store:
         resealed = await store.credentials.reseal()
         in_use = await store.credentials.key_ids_in_use()
     dropped: list[str] = []

@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from api import render_grant
-from store import open_sqlite_store, utc_now
+from store import open_store, utc_now
 
 __all__ = ["list_grants", "revoke_grant"]
 
 Print = Callable[[str], None]
 
 
-async def list_grants(database: Path, organisation: str, as_json: bool, out: Print = print) -> int:
-    async with open_sqlite_store(database) as store:
+async def list_grants(database: Path | str, organisation: str, as_json: bool, out: Print = print) -> int:
+    async with open_store(database, pool_size=2) as store:
         org = await store.find_organisation(organisation)
         if org is None:
             print(f"mcpgw: no organisation {organisation!r}", file=sys.stderr)
@@ -59,8 +59,8 @@ async def list_grants(database: Path, organisation: str, as_json: bool, out: Pri
     return 0
 
 
-async def revoke_grant(database: Path, grant_id: str) -> int:
-    async with open_sqlite_store(database) as store:
+async def revoke_grant(database: Path | str, grant_id: str) -> int:
+    async with open_store(database, pool_size=2) as store:
         revoked = await store.signin.revoke_grant(grant_id, "revoked", utc_now())
     if not revoked:
         print(

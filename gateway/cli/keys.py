@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from api import render_key
-from store import KeyNotFound, open_sqlite_store
+from store import KeyNotFound, open_store
 
 __all__ = ["create_key", "list_keys", "revoke_key"]
 
@@ -23,9 +23,9 @@ Print = Callable[[str], None]
 
 
 async def create_key(
-    database: Path, organisation: str, user: str | None, admin: bool, allow: list[str], deny: list[str]
+    database: Path | str, organisation: str, user: str | None, admin: bool, allow: list[str], deny: list[str]
 ) -> int:
-    async with open_sqlite_store(database) as store:
+    async with open_store(database, pool_size=2) as store:
         org = await store.ensure_organisation(organisation)
         created = await store.create_api_key(
             org.id, user_id=user, is_admin=admin, tools_allow=allow, tools_deny=deny
@@ -34,8 +34,8 @@ async def create_key(
     return 0
 
 
-async def list_keys(database: Path, organisation: str, as_json: bool, out: Print = print) -> int:
-    async with open_sqlite_store(database) as store:
+async def list_keys(database: Path | str, organisation: str, as_json: bool, out: Print = print) -> int:
+    async with open_store(database, pool_size=2) as store:
         org = await store.find_organisation(organisation)
         if org is None:
             print(f"mcpgw: no organisation {organisation!r}", file=sys.stderr)
@@ -80,8 +80,8 @@ async def list_keys(database: Path, organisation: str, as_json: bool, out: Print
     return 0
 
 
-async def revoke_key(database: Path, api_key_id: str) -> int:
-    async with open_sqlite_store(database) as store:
+async def revoke_key(database: Path | str, api_key_id: str) -> int:
+    async with open_store(database, pool_size=2) as store:
         try:
             await store.revoke_api_key(api_key_id)
         except KeyNotFound:

@@ -119,7 +119,7 @@ def _announce(config: GatewayConfig) -> None:
     else:
         log.info("auth: off (key-less mode, loopback only)")
     recording = "on" if config.recording.enabled else "off"
-    log.info("database: %s (recording %s)", config.database, recording)
+    log.info("database: %s (recording %s)", config.database_shown, recording)
     if config.metrics.enabled:
         who = "bearer token" if config.metrics.token is not None else "loopback clients only"
         log.info("metrics: /metrics (%s)", who)

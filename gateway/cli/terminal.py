@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from store import RecordedSession, Seek, Store, open_sqlite_store
+from store import RecordedSession, Seek, Store, open_store
 
 __all__ = ["show_session", "show_sessions"]
 
@@ -43,8 +43,8 @@ def _user(session: RecordedSession, users: dict[str, str]) -> str:
     return users.get(session.api_key_id, "-") if session.api_key_id is not None else "-"
 
 
-async def show_sessions(database: Path, limit: int, out: Print = print) -> int:
-    async with open_sqlite_store(database) as store:
+async def show_sessions(database: Path | str, limit: int, out: Print = print) -> int:
+    async with open_store(database, pool_size=2) as store:
         page = await store.list_sessions(None, api_key_id=None, seek=Seek(), limit=limit)
         users = await _users(store, list(page.rows))
     if not page.rows:
@@ -64,8 +64,8 @@ async def show_sessions(database: Path, limit: int, out: Print = print) -> int:
     return 0
 
 
-async def show_session(database: Path, session_id: str, limit: int, out: Print = print) -> int:
-    async with open_sqlite_store(database) as store:
+async def show_session(database: Path | str, session_id: str, limit: int, out: Print = print) -> int:
+    async with open_store(database, pool_size=2) as store:
         session = await store.get_session(None, session_id, api_key_id=None)
         if session is None:
             session = await store.find_session(session_id)  # an Mcp-Session-Id, as a log line shows

@@ -29,6 +29,7 @@ from gateway.config.values import (
     LoggingConfig,
     MetricsConfig,
     OidcProviderConfig,
+    PostgresConfig,
     RecordingConfig,
     RetentionConfig,
     SecretsConfig,
@@ -86,13 +87,14 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
         first_at.setdefault(up.name, i)
         upstreams.append(_upstream(up, ("upstreams", i), base, problems))
     _check_uri_prefixes(model, problems)
-    database = base / Path(model.database).expanduser()
+    database, postgres = _database(model, base, problems)
     security = model.security
     public_url = (model.public_url or local_url(model.listen.host, model.listen.port)).rstrip("/")
     return GatewayConfig(
         path=absolute,
         listen=ListenConfig(host=model.listen.host, port=model.listen.port),
         database=database,
+        postgres=postgres,
         auth=AuthConfig(
             required=model.auth.required, max_failures_per_minute=model.auth.max_failures_per_minute
         ),
@@ -115,7 +117,7 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
         logging=LoggingConfig(**model.logging.model_dump()),
         metrics=MetricsConfig(**model.metrics.model_dump()),
         telemetry=TelemetryConfig(**model.telemetry.model_dump()),
-        secrets=_secrets(model.secrets, base, database, problems),
+        secrets=_secrets(model.secrets, base, database, problems, postgres is not None),
         host_sign_in=_host_sign_in(model, public_url, problems),
         public_url_configured=model.public_url is not None,
     )
@@ -225,7 +227,40 @@ def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> Upstream
     )
 
 
-def _secrets(model: SecretsModel, base: Path, database: Path, problems: Problems) -> SecretsConfig:
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_SQLITE_PREFIX = "sqlite:///"  # then a path: sqlite:///relative.db, sqlite:////absolute.db
+
+
+def _database(model: GatewayModel, base: Path, problems: Problems) -> tuple[Path, PostgresConfig | None]:
+    """`database:` as a SQLite file (a path or sqlite:///path), or a PostgreSQL server's URL."""
+    text = model.database
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme in _POSTGRES_SCHEMES:
+        parts = urlsplit(text)
+        if not parts.hostname and "host=" not in parts.query:
+            problems.append(
+                (("database",), "a PostgreSQL URL names its server: postgresql://user@host:port/db")
+            )
+        if not parts.path.strip("/"):
+            problems.append(
+                (("database",), "a PostgreSQL URL names its database: postgresql://user@host:port/db")
+            )
+        shown = text
+        if parts.password is not None:
+            shown = text.replace(f":{parts.password}@", ":***@", 1)
+        postgres = PostgresConfig(url=text, shown=shown, pool_size=model.database_pool_size)
+        return base / "mcpgw.db", postgres
+    if text.startswith(_SQLITE_PREFIX):
+        text = text[len(_SQLITE_PREFIX) :]
+    elif scheme:
+        why = f"unknown database scheme {scheme!r}: give a path, sqlite:///path or postgresql://user@host:port/db"
+        problems.append((("database",), why))
+    return base / Path(text).expanduser(), None
+
+
+def _secrets(
+    model: SecretsModel, base: Path, database: Path, problems: Problems, on_postgres: bool = False
+) -> SecretsConfig:
     def decode(text: str, loc: Loc) -> bytes:
         try:
             key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -239,6 +274,16 @@ def _secrets(model: SecretsModel, base: Path, database: Path, problems: Problems
     previous = tuple(decode(k, ("secrets", "previous_keys", i)) for i, k in enumerate(model.previous_keys))
     if previous and key is None:
         problems.append((("secrets", "previous_keys"), "needs secrets.key (previous keys only open)"))
+    if on_postgres and not model.key:
+        # A file beside the database does not exist for a server, and every gateway process on
+        # it must seal with the same key: it comes from the environment.
+        why = (
+            "is required with a PostgreSQL database: make one with `mcpgw secrets new-key` and give it "
+            "from the environment (key: ${MCPGW_SECRETS_KEY})"
+        )
+        problems.append((("secrets", "key"), why))
+    if on_postgres and model.key_file:
+        problems.append((("secrets", "key_file"), "not used with a PostgreSQL database (set secrets.key)"))
     key_file = base / Path(model.key_file).expanduser() if model.key_file else database.with_suffix(".keys")
     return SecretsConfig(key_file=key_file, key=key, previous_keys=previous)
 

@@ -42,6 +42,7 @@ from gateway.config.values import (
     LogLevel,
     MetricsConfig,
     OidcProviderConfig,
+    PostgresConfig,
     RecordingConfig,
     RetentionConfig,
     SecretsConfig,
@@ -298,6 +299,9 @@ class GatewayModel(Model):
     listen: ListenModel = Field(default_factory=ListenModel)
     public_url: Annotated[str, AfterValidator(check_url)] | None = None  # None: the listen address
     database: _Text = default_of(GatewayConfig, "database")
+    database_pool_size: Annotated[int, BeforeValidator(int_from_text), Field(ge=1, le=1000)] = default_of(
+        PostgresConfig, "pool_size"
+    )
     auth: AuthModel = Field(default_factory=AuthModel)
     security: SecurityModel = Field(default_factory=SecurityModel)
     sessions: SessionsModel = Field(default_factory=SessionsModel)

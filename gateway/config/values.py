@@ -287,11 +287,23 @@ class HostSignInConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    """`database: postgresql://user[:password]@host[:port]/db[?sslmode=…]`: the store on a
+    PostgreSQL server. A password the URL leaves out comes from PGPASSWORD or ~/.pgpass; TLS
+    parameters in its query (sslmode, sslrootcert, sslcert, sslkey) go to the driver as they are."""
+
+    url: str = field(repr=False)  # may hold the password: never logged (see `shown`)
+    shown: str = ""  # the URL without its password, for the log and messages
+    pool_size: int = 10  # connections at most, besides the recorder's and the listener's
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     path: Path
     public_url: str  # the base of the URLs users open (OAuth, forms); else the listen address
     secrets: SecretsConfig
     database: Path = Path("mcpgw.db")  # a relative path is relative to the config file's folder
+    postgres: PostgresConfig | None = None  # `database:` named a PostgreSQL server (then no file)
     listen: ListenConfig = field(default_factory=ListenConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -309,3 +321,13 @@ class GatewayConfig:
         bound): `public_url` names that address unless the config sets one."""
         public_url = self.public_url if self.public_url_configured else local_url(host, port)
         return replace(self, listen=ListenConfig(host, port), public_url=public_url)
+
+    @property
+    def store_at(self) -> Path | str:
+        """What `store.open_store` opens: the PostgreSQL URL, else the SQLite file."""
+        return self.database if self.postgres is None else self.postgres.url
+
+    @property
+    def database_shown(self) -> str:
+        """Where the record is, for the log: the file, or the server's URL without a password."""
+        return str(self.database) if self.postgres is None else self.postgres.shown

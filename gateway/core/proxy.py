@@ -276,7 +276,11 @@ class Proxy:
             except RecordingFailed as exc:
                 # The upstream did the work, but an unrecorded answer must not reach the host.
                 logger.error("session %s: call %r not recorded: %s", session.id, request_id, exc)
-                response = error(request_id, INTERNAL_ERROR, "The gateway could not record this call")
+                response = error(
+                    request_id,
+                    INTERNAL_ERROR,
+                    "The gateway could not record this call: its record is unavailable",
+                )
         return answered if response is None else response
 
     async def _connect(self, session: HostSession, upstream: str, request_id: RequestId) -> JSONObject:

@@ -37,6 +37,7 @@ from store import (
     Store,
     StoreError,
     StoreUnavailable,
+    StoreUnreachable,
     TaskEnd,
 )
 
@@ -197,6 +198,8 @@ class StoreRecorder:
                 if self._on_commit is not None:
                     self._on_commit(time.perf_counter() - began)
                 return
+            except StoreUnreachable:
+                raise  # the server is away: refuse the calls now rather than hold them
             except StoreUnavailable as exc:
                 if time.monotonic() + delay > deadline:
                     raise

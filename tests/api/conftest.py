@@ -6,7 +6,9 @@ calls through the gateway, then reads the record back over HTTP.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, serve_gateway, write_config
+from tests.postgres import PostgresServer
 
 TIMEOUT = 20.0
 SPEC = ROOT / "docs" / "spec"  # the listing contracts, kept in the repository
@@ -83,22 +86,46 @@ class McpClient:
         return await self.request(session_id, "tools/call", {"name": tool, "arguments": arguments}, **kw)
 
 
-@pytest.fixture(scope="package")
-async def keyed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+@pytest.fixture(scope="package", params=["sqlite", "postgres"])
+async def keyed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
+    """The keyed gateway on each backend: a SQLite file, and a database on the test PostgreSQL
+    server (then with the sealing key from the config, as PostgreSQL needs)."""
+    database = "./gw.db"
+    name: str | None = None
+    server: PostgresServer | None = None
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        name = server.create_database()
+        database = (
+            f"{server.url(name)}\nsecrets: {{key: {base64.urlsafe_b64encode(os.urandom(32)).decode()}}}"
+        )
     config = write_config(
         tmp_path_factory.mktemp("api"),
         f"""
-database: ./gw.db
+database: {database}
 auth: {{required: true}}
 upstreams:{demo_stdio_yaml(extra="    timeouts: {call_s: 2}")}
 """,
     )
-    async with serve_gateway(config) as running:
-        yield running
+    try:
+        async with serve_gateway(config) as running:
+            yield running
+    finally:
+        if server is not None and name is not None:
+            server.drop_database(name)
+
+
+def sqlite_only(gateway: RunningGateway) -> None:
+    """Skip a test of what only the SQLite backend has (its file, its write lock)."""
+    if gateway.gateway.config.postgres is not None:
+        pytest.skip("about the SQLite backend's own file")
 
 
 @pytest.fixture(scope="package")
 def database(keyed: RunningGateway) -> Path:
+    sqlite_only(keyed)
     return keyed.gateway.config.database
 
 

@@ -180,6 +180,8 @@ async def test_secrets_in_arguments_never_reach_the_database_file(
     [first, second] = await recorded(http, keyed, tenant)
     stored = first["argumentsJson"] + first["resultJson"] + second["argumentsJson"]
     assert "[REDACTED]" in stored and "max_tokens" in first["argumentsJson"]
+    if keyed.gateway.config.postgres is not None:
+        return  # what the API shows is checked above; the server's files are its own
     database = keyed.gateway.config.database
     raw = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
     for needle in (

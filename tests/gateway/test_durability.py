@@ -1,4 +1,5 @@
-"""`kill -9` of the gateway under load loses no invocation whose response a client received.
+"""`kill -9` of the gateway under load loses no invocation whose response a client received, on
+SQLite and on PostgreSQL.
 
 DESIGN.md §4, "durable before acknowledged": the real `mcpgw serve` runs as a child process with
 the demo upstream over stdio; several clients call `demo__echo` back to back, each call with a
@@ -9,6 +10,8 @@ an `ok` invocation. Rows for calls that were recorded but never answered are fin
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import itertools
 import json
 import os
@@ -23,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import asyncpg
 import httpx2
 import pytest
 from anyio.abc import Process, TaskStatus
 
 from tests.gateway.cli.commands import free_port, mcpgw_serve
 from tests.harness import ROOT, demo_stdio_yaml, keyless_config
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="finds the gateway's children in /proc")
 
@@ -73,8 +79,48 @@ class Load:
             os.killpg(self.gateway_pid, signal.SIGKILL)
 
 
-async def test_kill_9_under_load_loses_no_answered_invocation(tmp_path: Path) -> None:
-    config = keyless_config(tmp_path, demo_stdio_yaml())
+@pytest.fixture(params=["sqlite", "postgres"])
+def record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Record]:
+    """Where the gateway records: a SQLite file, or a database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        yield Record(tmp_path / "gw.db", None)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    yield Record(tmp_path / "gw.db", server.url(name))
+    server.drop_database(name)
+
+
+@dataclass
+class Record:
+    path: Path
+    url: str | None  # a PostgreSQL database, else the SQLite file at `path`
+
+    def config_yaml(self) -> str:
+        if self.url is None:
+            return ""
+        key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        return f"database: {self.url}\nsecrets: {{key: {key}}}\n"
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.url is None:
+            with closing(sqlite3.connect(self.path)) as db:
+                return [tuple(row) for row in db.execute(sql).fetchall()]
+
+        async def fetch(url: str) -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(url)
+            try:
+                return [tuple(row) for row in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch(self.url))
+
+
+async def test_kill_9_under_load_loses_no_answered_invocation(tmp_path: Path, record: Record) -> None:
+    config = keyless_config(tmp_path, demo_stdio_yaml(), record.config_yaml())
+    if record.url is not None:  # the file's own `database:` line comes first; the record's wins
+        config.write_text(config.read_text().replace("database: ./gw.db\n", "", 1))
     log = bytearray()
     children: list[int] = []  # pidfds of the gateway's stdio upstreams (each in a session of its own)
     gateway = await anyio.open_process(
@@ -103,7 +149,7 @@ async def test_kill_9_under_load_loses_no_answered_invocation(tmp_path: Path) ->
     finally:
         await kill_all(gateway, children)
 
-    sessions, recorded = read_record(config.parent / "gw.db")
+    sessions, recorded = await anyio.to_thread.run_sync(read_record, record)
     lost = [text for text in load.answered if recorded.get(text) != ("ok", 1)]
     summary = f"{len(load.answered)} answered, {len(recorded)} recorded, {len(load.errors)} error responses"
     print(summary)
@@ -112,10 +158,10 @@ async def test_kill_9_under_load_loses_no_answered_invocation(tmp_path: Path) ->
     assert not lost, f"{summary}; answered but not recorded as ok: {lost[:10]} ({len(lost)} in all)"
 
     # The killed run's sessions are open in the record until the next start ends them.
-    assert set(ends(config.parent / "gw.db", load.sessions).values()) == {(None, None)}
+    assert set((await anyio.to_thread.run_sync(ends, record, load.sessions)).values()) == {(None, None)}
     async with mcpgw_serve(config, free_port()):
         pass  # it ends them before it serves
-    ended = ends(config.parent / "gw.db", load.sessions)
+    ended = await anyio.to_thread.run_sync(ends, record, load.sessions)
     assert {reason for _, reason in ended.values()} == {"gateway_restart"}
     assert all(at is not None for at, _ in ended.values())
 
@@ -207,18 +253,16 @@ async def kill_all(gateway: Process, children: list[int]) -> None:
         os.close(pidfd)
 
 
-def ends(database: Path, mcp_session_ids: list[str]) -> dict[str, tuple[int | None, str | None]]:
+def ends(record: Record, mcp_session_ids: list[str]) -> dict[str, tuple[int | None, str | None]]:
     """(ended_at, end_reason) of each of these sessions in the record."""
-    with closing(sqlite3.connect(database)) as db:
-        rows = db.execute("SELECT mcp_session_id, ended_at, end_reason FROM sessions").fetchall()
+    rows = record.rows("SELECT mcp_session_id, ended_at, end_reason FROM sessions")
     return {row[0]: (row[1], row[2]) for row in rows if row[0] in mcp_session_ids}
 
 
-def read_record(database: Path) -> tuple[set[str], dict[str, tuple[str, int]]]:
+def read_record(record: Record) -> tuple[set[str], dict[str, tuple[str, int]]]:
     """The recorded Mcp-Session-Ids, and (outcome, success) by text for every recorded `demo__echo` call."""
-    with closing(sqlite3.connect(database)) as db:
-        sessions = {row[0] for row in db.execute("SELECT mcp_session_id FROM sessions")}
-        calls = db.execute(
-            "SELECT arguments_json, outcome, success FROM invocations WHERE tool_name = 'demo__echo'"
-        ).fetchall()
+    sessions = {row[0] for row in record.rows("SELECT mcp_session_id FROM sessions")}
+    calls = record.rows(
+        "SELECT arguments_json, outcome, success FROM invocations WHERE tool_name = 'demo__echo'"
+    )
     return sessions, {json.loads(arguments)["text"]: (outcome, ok) for arguments, outcome, ok in calls}

@@ -14,20 +14,20 @@ from store import (
     CredentialFilter,
     KeyFile,
     Sealer,
-    SqliteStore,
+    Store,
     add_current_key,
     load_or_create_keyring,
-    open_sqlite_store,
     utc_now,
 )
+from tests.store.conftest import BACKENDS, backend_store
 
 SECRET = "tok-5f1e0c9a-do-not-store-in-clear"
 
 
-@pytest.fixture
-async def sealed_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+@pytest.fixture(params=BACKENDS)
+async def sealed_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     load_or_create_keyring(tmp_path / "keys")
-    async with open_sqlite_store(tmp_path / "gw.db", sealer=Sealer(KeyFile(tmp_path / "keys"))) as store:
+    async with backend_store(request, tmp_path / "gw.db", Sealer(KeyFile(tmp_path / "keys"))) as store:
         yield store
 
 
@@ -35,12 +35,12 @@ def files_holding(directory: Path, text: str) -> list[str]:
     return [file.name for file in directory.iterdir() if text.encode() in file.read_bytes()]
 
 
-async def binding(store: SqliteStore, subject: str = "alice", upstream: str = "gh") -> Binding:
+async def binding(store: Store, subject: str = "alice", upstream: str = "gh") -> Binding:
     org = await store.ensure_organisation("default")
     return Binding(org.id, upstream, "user", subject)
 
 
-async def save_token(store: SqliteStore, where: Binding, token: str = SECRET) -> str:
+async def save_token(store: Store, where: Binding, token: str = SECRET) -> str:
     row_id = str(uuid4())
     await store.credentials.save(
         row_id,
@@ -56,7 +56,7 @@ async def save_token(store: SqliteStore, where: Binding, token: str = SECRET) ->
 
 
 async def test_a_credential_opens_for_its_binding_and_is_not_in_the_file_in_clear(
-    sealed_store: SqliteStore, tmp_path: Path
+    sealed_store: Store, tmp_path: Path
 ) -> None:
     alice = await binding(sealed_store)
     await save_token(sealed_store, alice)
@@ -67,7 +67,7 @@ async def test_a_credential_opens_for_its_binding_and_is_not_in_the_file_in_clea
 
 
 async def test_saving_again_replaces_the_binding_credential_and_keeps_its_id(
-    sealed_store: SqliteStore,
+    sealed_store: Store,
 ) -> None:
     alice = await binding(sealed_store)
     first = await save_token(sealed_store, alice)
@@ -79,7 +79,7 @@ async def test_saving_again_replaces_the_binding_credential_and_keeps_its_id(
 
 
 async def test_the_listing_shows_a_flow_only_while_its_binding_has_no_credential(
-    sealed_store: SqliteStore,
+    sealed_store: Store,
 ) -> None:
     alice, bob = await binding(sealed_store), await binding(sealed_store, "bob")
     now = utc_now()
@@ -105,7 +105,7 @@ async def test_the_listing_shows_a_flow_only_while_its_binding_has_no_credential
     assert [r.binding.subject for r in rows] == ["alice"]
 
 
-async def test_a_flow_is_claimed_once_and_not_after_it_expires(sealed_store: SqliteStore) -> None:
+async def test_a_flow_is_claimed_once_and_not_after_it_expires(sealed_store: Store) -> None:
     alice = await binding(sealed_store)
     now = utc_now()
     live, old = str(uuid4()), str(uuid4())
@@ -129,7 +129,7 @@ async def test_a_flow_is_claimed_once_and_not_after_it_expires(sealed_store: Sql
 
 
 async def test_deleting_a_credential_removes_the_pending_flows_of_its_binding(
-    sealed_store: SqliteStore,
+    sealed_store: Store,
 ) -> None:
     alice = await binding(sealed_store)
     now = utc_now()
@@ -146,7 +146,7 @@ async def test_deleting_a_credential_removes_the_pending_flows_of_its_binding(
 
 
 async def test_rotation_reseals_every_secret_under_the_new_key_while_the_store_is_open(
-    sealed_store: SqliteStore, tmp_path: Path
+    sealed_store: Store, tmp_path: Path
 ) -> None:
     alice = await binding(sealed_store)
     await save_token(sealed_store, alice)

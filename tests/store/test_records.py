@@ -19,6 +19,7 @@ from store import (
     SessionEnd,
     SessionStart,
     SqliteStore,
+    Store,
     StoreError,
     TaskEnd,
     open_sqlite_store,
@@ -65,7 +66,7 @@ def call(session: SessionStart, n: int, at: datetime) -> InvocationRecord:
     )
 
 
-async def test_a_batch_counts_calls_into_their_sessions(store: SqliteStore) -> None:
+async def test_a_batch_counts_calls_into_their_sessions(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     first, second = start(org), start(org)
     later = T0 + timedelta(seconds=5)
@@ -86,7 +87,7 @@ async def test_a_batch_counts_calls_into_their_sessions(store: SqliteStore) -> N
 
 
 async def test_a_task_end_finishes_its_pending_row_once_with_the_duration_to_the_end(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     org = (await store.ensure_organisation("o")).id
     session = start(org)
@@ -112,7 +113,7 @@ async def test_a_task_end_finishes_its_pending_row_once_with_the_duration_to_the
     assert (rows[other.id].outcome, rows[other.id].result_json) == ("ok", "{}")
 
 
-async def test_an_invocation_without_a_session_row_fails_its_batch(store: SqliteStore) -> None:
+async def test_an_invocation_without_a_session_row_fails_its_batch(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     known, unknown = start(org), start(org)
     with pytest.raises(StoreError, match="no row"):
@@ -120,7 +121,7 @@ async def test_an_invocation_without_a_session_row_fails_its_batch(store: Sqlite
     assert await store.get_session(org, known.id, api_key_id=None) is None
 
 
-async def test_a_failed_batch_writes_nothing(store: SqliteStore) -> None:
+async def test_a_failed_batch_writes_nothing(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     orphan = start("no-such-organisation")  # violates the organisations foreign key
     good = start(org)
@@ -129,7 +130,7 @@ async def test_a_failed_batch_writes_nothing(store: SqliteStore) -> None:
     assert await store.get_session(org, good.id, api_key_id=None) is None
 
 
-async def test_pages_of_equal_timestamps_split_by_row_order_without_loss(store: SqliteStore) -> None:
+async def test_pages_of_equal_timestamps_split_by_row_order_without_loss(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     session = start(org)
     # Many calls in the same millisecond: the row number breaks the tie.
@@ -157,7 +158,7 @@ async def test_pages_of_equal_timestamps_split_by_row_order_without_loss(store: 
     assert again.rows == back.rows
 
 
-async def test_sessions_list_newest_activity_first_and_narrow_to_one_key(store: SqliteStore) -> None:
+async def test_sessions_list_newest_activity_first_and_narrow_to_one_key(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     other = (await store.ensure_organisation("p")).id
     mine = [start(org, key="k1", at=T0 + timedelta(seconds=n)) for n in range(3)]
@@ -175,7 +176,7 @@ async def test_sessions_list_newest_activity_first_and_narrow_to_one_key(store: 
     assert len(every_org.rows) == 5
 
 
-async def test_sessions_narrow_to_one_client_alone_or_with_a_key(store: SqliteStore) -> None:
+async def test_sessions_narrow_to_one_client_alone_or_with_a_key(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     claude = [start(org, key="k1", at=T0 + timedelta(seconds=n), client="Claude Code") for n in range(3)]
     cursor = start(org, key="k1", at=T0 + timedelta(seconds=5), client="Cursor")
@@ -197,7 +198,7 @@ async def test_sessions_narrow_to_one_client_alone_or_with_a_key(store: SqliteSt
     ).rows == ()
 
 
-async def test_a_session_is_found_by_the_mcp_session_id_its_host_used(store: SqliteStore) -> None:
+async def test_a_session_is_found_by_the_mcp_session_id_its_host_used(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     other = (await store.ensure_organisation("p")).id
     first, elsewhere = start(org, key="k1"), start(other, key="k2", at=T0 + timedelta(seconds=5))
@@ -209,7 +210,7 @@ async def test_a_session_is_found_by_the_mcp_session_id_its_host_used(store: Sql
 
 
 async def test_retention_drops_old_sessions_with_their_calls_and_caps_the_row_count(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     org = (await store.ensure_organisation("o")).id
     old, live = start(org, at=T0 - timedelta(days=40)), start(org, at=T0 - timedelta(days=40))
@@ -238,7 +239,8 @@ async def test_the_gateway_secret_is_made_once_and_kept(db_path: Path) -> None:
         assert await reopened.gateway_secret("cursor") == made
 
 
-async def test_every_listing_query_is_an_index_range_scan(db_path: Path, store: SqliteStore) -> None:
+async def test_every_listing_query_is_an_index_range_scan(db_path: Path, sqlite_store: SqliteStore) -> None:
+    store = sqlite_store  # the SQLite backend's own file and connections
     org = (await store.ensure_organisation("o")).id
     session = start(org, key="k")
     await store.write_records([session, *(call(session, n, T0) for n in range(5))])
@@ -261,7 +263,7 @@ async def test_every_listing_query_is_an_index_range_scan(db_path: Path, store: 
             assert "INDEX" in plan and "TEMP B-TREE" not in plan and "SCAN" not in plan, (sql, plan)
 
 
-async def test_a_cancelled_write_still_commits_whole_and_the_writer_goes_on(store: SqliteStore) -> None:
+async def test_a_cancelled_write_still_commits_whole_and_the_writer_goes_on(store: Store) -> None:
     org = (await store.ensure_organisation("o")).id
     session = start(org)
     with anyio.CancelScope() as scope:
@@ -274,8 +276,9 @@ async def test_a_cancelled_write_still_commits_whole_and_the_writer_goes_on(stor
 
 
 async def test_a_write_waits_for_another_connections_lock_without_holding_up_the_gateway(
-    db_path: Path, store: SqliteStore
+    db_path: Path, sqlite_store: SqliteStore
 ) -> None:
+    store = sqlite_store  # the SQLite backend's own file and connections
     org = (await store.ensure_organisation("o")).id
     session = start(org)
     written = anyio.Event()
@@ -304,8 +307,9 @@ async def test_a_write_waits_for_another_connections_lock_without_holding_up_the
 
 
 async def test_recording_call_after_call_keeps_the_write_ahead_log_small(
-    db_path: Path, store: SqliteStore
+    db_path: Path, sqlite_store: SqliteStore
 ) -> None:
+    store = sqlite_store  # the SQLite backend's own file and connections
     org = (await store.ensure_organisation("o")).id
     session = start(org)
     await store.write_records([session])

@@ -18,17 +18,17 @@ from store import (
     PendingSignIn,
     SignInClient,
     SignInCode,
-    SqliteStore,
-    open_sqlite_store,
+    Store,
     utc_now,
 )
+from tests.store.conftest import BACKENDS, backend_store
 
 RESOURCE = "https://gw.example.com/mcp"
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with open_sqlite_store(tmp_path / "gw.db") as opened:
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with backend_store(request, tmp_path / "gw.db") as opened:
         yield opened
 
 
@@ -36,7 +36,7 @@ def new_secret(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-async def registered(store: SqliteStore, now: datetime, secret_hash: str | None = None) -> SignInClient:
+async def registered(store: Store, now: datetime, secret_hash: str | None = None) -> SignInClient:
     client = SignInClient(
         id=str(uuid4()),
         client_id=str(uuid4()),
@@ -48,7 +48,7 @@ async def registered(store: SqliteStore, now: datetime, secret_hash: str | None 
     return await store.signin.save_client(client)
 
 
-async def approved(store: SqliteStore, client: SignInClient, key: CreatedKey, now: datetime) -> str:
+async def approved(store: Store, client: SignInClient, key: CreatedKey, now: datetime) -> str:
     code = new_secret("mgc_")
     what = SignInCode(
         client_id=client.client_id,
@@ -66,13 +66,13 @@ async def approved(store: SqliteStore, client: SignInClient, key: CreatedKey, no
     return code
 
 
-async def user_key(store: SqliteStore) -> CreatedKey:
+async def user_key(store: Store) -> CreatedKey:
     org = await store.ensure_organisation("acme")
     return await store.create_api_key(org.id, user_id="ada", tools_allow=["demo__*"], tools_deny=["demo__rm"])
 
 
 async def signed_in(
-    store: SqliteStore, now: datetime, access_s: int = 3600, refresh_days: int = 30
+    store: Store, now: datetime, access_s: int = 3600, refresh_days: int = 30
 ) -> tuple[str, str, str, CreatedKey, SignInClient]:
     """A grant with its first tokens: (grant id, access token, refresh token, key, client)."""
     key = await user_key(store)
@@ -90,7 +90,7 @@ async def signed_in(
     return grant_id, access, refresh, key, client
 
 
-async def test_a_code_is_redeemed_once_and_a_replay_revokes_the_grant_it_opened(store: SqliteStore) -> None:
+async def test_a_code_is_redeemed_once_and_a_replay_revokes_the_grant_it_opened(store: Store) -> None:
     now = utc_now()
     key = await user_key(store)
     client = await registered(store, now)
@@ -114,7 +114,7 @@ async def test_a_code_is_redeemed_once_and_a_replay_revokes_the_grant_it_opened(
     assert await store.signin.redeem_code(new_secret("mgc_"), now) is None
 
 
-async def test_an_access_token_stands_for_its_key_until_it_expires(store: SqliteStore) -> None:
+async def test_an_access_token_stands_for_its_key_until_it_expires(store: Store) -> None:
     now = utc_now()
     grant_id, access, _, key, client = await signed_in(store, now, access_s=60)
     found = await store.signin.signed_in(access, now + timedelta(seconds=59))
@@ -137,7 +137,7 @@ async def test_an_access_token_stands_for_its_key_until_it_expires(store: Sqlite
     assert await store.signin.access_token_ended(new_secret("mga_"), now) is None
 
 
-async def test_revoking_the_grant_or_its_key_ends_its_tokens_at_once(store: SqliteStore) -> None:
+async def test_revoking_the_grant_or_its_key_ends_its_tokens_at_once(store: Store) -> None:
     now = utc_now()
     grant_id, access, refresh, key, _ = await signed_in(store, now)
     generation = store.key_generation()
@@ -160,7 +160,7 @@ async def test_revoking_the_grant_or_its_key_ends_its_tokens_at_once(store: Sqli
 
 
 async def test_a_refresh_token_rotates_once_and_its_reuse_revokes_the_whole_family(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     now = utc_now()
     grant_id, first_access, refresh, _, _ = await signed_in(store, now)
@@ -188,7 +188,7 @@ async def test_a_refresh_token_rotates_once_and_its_reuse_revokes_the_whole_fami
     assert (listed.id, listed.revoked_reason) == (grant_id, "refresh_token_reused")
 
 
-async def test_two_rotations_of_one_refresh_token_cannot_both_succeed(store: SqliteStore) -> None:
+async def test_two_rotations_of_one_refresh_token_cannot_both_succeed(store: Store) -> None:
     now = utc_now()
     _, _, refresh, _, _ = await signed_in(store, now)
 
@@ -205,7 +205,7 @@ def files_holding(directory: Path, text: str) -> list[str]:
     return [file.name for file in directory.iterdir() if text.encode() in file.read_bytes()]
 
 
-async def test_no_code_or_token_is_kept_in_clear(store: SqliteStore, tmp_path: Path) -> None:
+async def test_no_code_or_token_is_kept_in_clear(store: Store, tmp_path: Path) -> None:
     now = utc_now()
     key = await user_key(store)
     client = await registered(store, now)
@@ -223,7 +223,7 @@ async def test_no_code_or_token_is_kept_in_clear(store: SqliteStore, tmp_path: P
         assert files_holding(tmp_path, value) == []
 
 
-async def test_pruning_forgets_unused_clients_and_dead_grants_and_keeps_live_ones(store: SqliteStore) -> None:
+async def test_pruning_forgets_unused_clients_and_dead_grants_and_keeps_live_ones(store: Store) -> None:
     now = utc_now()
     idle = await registered(store, now - timedelta(days=40))
     grant_id, access, _, key, in_use = await signed_in(
@@ -241,7 +241,7 @@ async def test_pruning_forgets_unused_clients_and_dead_grants_and_keeps_live_one
     assert await store.signin.client(in_use.client_id) is None
 
 
-async def test_a_metadata_documents_client_is_refreshed_in_place(store: SqliteStore) -> None:
+async def test_a_metadata_documents_client_is_refreshed_in_place(store: Store) -> None:
     now = utc_now()
     url = "https://host.example/client.json"
     first = SignInClient(str(uuid4()), url, "document", {"client_name": "A"}, None, now, None, now)
@@ -257,7 +257,7 @@ def _pending(address: str, expires_at: datetime) -> PendingSignIn:
 
 
 async def test_authorization_requests_are_kept_until_they_expire_and_bounded_per_address(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     now = utc_now()
     signin = store.signin
@@ -274,7 +274,7 @@ async def test_authorization_requests_are_kept_until_they_expire_and_bounded_per
     assert await signin.prune(later, now - timedelta(days=1)) == 4
 
 
-async def test_an_authorization_request_ends_once(store: SqliteStore) -> None:
+async def test_an_authorization_request_ends_once(store: Store) -> None:
     now = utc_now()
     pending = _pending("192.0.2.1", now + timedelta(minutes=10))
     assert await store.signin.park_authorization(pending, 10, now)

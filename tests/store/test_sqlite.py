@@ -35,6 +35,12 @@ def _read_all(db_path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
 
 
+@pytest.fixture
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    """This file is the SQLite backend's own: its file, its connections, its marker."""
+    return sqlite_store
+
+
 async def test_sqlite_store_satisfies_the_store_protocol(store: SqliteStore) -> None:
     as_protocol: Store = store  # checked by mypy
 

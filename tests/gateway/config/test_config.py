@@ -181,6 +181,35 @@ def test_absolute_database_is_kept(tmp_path: Path) -> None:
     assert config.database == db
 
 
+def test_a_sqlite_url_is_a_file_and_a_postgresql_url_a_server_whose_password_is_never_shown(
+    tmp_path: Path,
+) -> None:
+    assert (
+        load_config(write(tmp_path, "database: sqlite:///data/gw.db\n")).database == tmp_path / "data/gw.db"
+    )
+    assert load_config(write(tmp_path, "database: sqlite:////abs/gw.db\n")).database == Path("/abs/gw.db")
+    key = "A" * 43
+    config = load_config(
+        write(
+            tmp_path,
+            f"database: postgresql://gw:hunter2@db:5432/mcpgw?sslmode=require\nsecrets: {{key: {key}}}\n",
+        )
+    )
+    assert config.postgres is not None and config.postgres.pool_size == 10
+    assert config.store_at == "postgresql://gw:hunter2@db:5432/mcpgw?sslmode=require"
+    assert config.database_shown == "postgresql://gw:***@db:5432/mcpgw?sslmode=require"
+    assert "hunter2" not in repr(config)
+
+
+def test_postgresql_needs_the_sealing_key_from_the_config_and_says_how_to_make_one(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "database: postgresql://gw@db/mcpgw\n")
+    assert "secrets.key" in str(error) and "mcpgw secrets new-key" in str(error)
+    assert "unknown database scheme 'mysql'" in str(load_error(tmp_path, "database: mysql://db/x\n"))
+    assert "names its database" in str(
+        load_error(tmp_path, f"database: postgresql://gw@db\nsecrets: {{key: {'A' * 43}}}\n")
+    )
+
+
 def test_upstream_defaults(tmp_path: Path) -> None:
     config = load_config(
         write(
