@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import mcp_types as types
 from mcp import Client
+from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 
 STARTUP_S = 60.0
@@ -149,7 +151,11 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
     async with (
         httpx2.AsyncClient(headers=headers, timeout=STEP_S) as http,
         httpx2.AsyncClient(follow_redirects=True, timeout=STEP_S) as browser,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,  # type: ignore[arg-type]
+        Client(
+            streamable_http_client(url, http_client=http),
+            mode=mode,  # type: ignore[arg-type]
+            elicitation_callback=accept_empty,
+        ) as client,
     ):
         while True:
             listed = await asyncio.wait_for(client.list_tools(), STEP_S)
@@ -174,6 +180,14 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
             if landed.status_code != 200:
                 print(landed.text[:500], file=sys.stderr)
                 return 1
+
+
+async def accept_empty(
+    context: ClientRequestContext, params: types.ElicitRequestParams
+) -> types.ElicitResult:
+    """A host that accepts whatever it is asked, filling in nothing: defaults are the client's
+    (the gateway's) to apply."""
+    return types.ElicitResult(action="accept", content={})
 
 
 def example(schema: Any) -> Any:
