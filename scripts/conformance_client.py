@@ -46,6 +46,7 @@ STARTUP_S = 60.0
 STEP_S = 30.0
 MAX_SIGN_INS = 4
 CONNECT_META_KEY = "mcpgw/connect"
+CIMD_URL = "https://conformance-test.local/client-metadata.json"
 
 
 def main(argv: list[str]) -> int:
@@ -88,7 +89,10 @@ def write_config(
     env = {**os.environ}
     upstream = f"{{name: conformance, transport: http, url: '{url}', prefix: ''"
     if scenario.startswith("auth/"):
-        auth = "kind: oauth, identity: user"
+        # The suite's authorization servers expect this client id metadata document URL (its
+        # own example client's); they do not fetch it. Without it the gateway offers its own,
+        # <public_url>/oauth/client-metadata.json, which the suite counts as the wrong one.
+        auth = f"kind: oauth, identity: user, client_metadata_url: '{CIMD_URL}'"
         if context.get("client_id"):
             auth += f", client_id: '{context['client_id']}'"
         if context.get("client_secret"):
