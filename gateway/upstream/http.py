@@ -161,7 +161,10 @@ class HttpChannel:
         if self._protocol_version is not None:
             headers["mcp-protocol-version"] = self._protocol_version
         modern = self._modern_version is not None or self._protocol_version in MODERN_PROTOCOL_VERSIONS
-        if modern and message is not None and "method" in message:
+        if message is not None and message.get("method") == "initialize":
+            # Before the revision is known: 2026-07-28 wants it, older servers ignore it.
+            headers[MCP_METHOD_HEADER] = "initialize"
+        elif modern and message is not None and "method" in message:
             # Also after an `initialize` the upstream answered with a 2026-07-28 version: that
             # revision's headers go with its version header.
             method = message["method"]

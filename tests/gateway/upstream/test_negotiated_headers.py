@@ -30,11 +30,13 @@ TOOL = {"name": "echo", "inputSchema": {"type": "object", "properties": {"text":
 class Negotiating:
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []  # the headers of every POST after initialize
+        self.initialize_method: str | None = None
 
     async def mcp(self, request: Request) -> Response:
         message: dict[str, Any] = await request.json()
         method = message.get("method")
         if method == "initialize":
+            self.initialize_method = request.headers.get("mcp-method")
             result: dict[str, Any] = {
                 "protocolVersion": "2026-07-28",
                 "capabilities": {"tools": {}},
@@ -74,6 +76,8 @@ async def test_calls_after_a_2026_initialize_carry_the_method_and_name_headers(
             session = await client.open()
             answer = await client.call(session, "echo", {"text": "hi"})
     assert answer["result"]["content"][0]["text"] == "hi"
+    # Sent before the revision is known: harmless to a server of an older one, required by 2026-07-28.
+    assert upstream.initialize_method == "initialize"
     calls = [h for h in upstream.seen if h.get("mcp-method") == "tools/call"]
     assert calls and calls[-1]["mcp-name"] == "echo"
     assert all(h.get("mcp-method") for h in upstream.seen if h.get("mcp-protocol-version") == "2026-07-28")
