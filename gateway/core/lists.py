@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import anyio
 
 from gateway.core.sessions import HostSession
-from gateway.errors import RoutingError
+from gateway.errors import HandshakeRefused, RoutingError
 from gateway.protocol.jsonrpc import JSONObject, params_of
 from gateway.upstream.connector import Connects
 from gateway.upstream.pool import SharedPool
@@ -128,6 +128,15 @@ class UpstreamLists:
             or await session.modern(name) is not None
         )
         send: Callable[[JSONObject], Awaitable[JSONObject]]
+        capabilities: JSONObject | None = None
+        if not own:
+            assert pool is not None
+            try:
+                capabilities = await pool.capabilities()
+            except HandshakeRefused:
+                # A 2026-07-28-only upstream refuses the listing session's `initialize`: it is
+                # reached statelessly through the session, as its calls are.
+                own = True
         if own:
             capabilities = await session.capabilities(name)
 
@@ -138,10 +147,9 @@ class UpstreamLists:
 
         else:
             assert pool is not None
-            capabilities = await pool.capabilities()
             send = pool.list
             message = {"jsonrpc": "2.0", "id": "mcpgw-list", "method": _METHOD_OF[key]}
-        if _KIND_OF[key] not in capabilities:
+        if capabilities is None or _KIND_OF[key] not in capabilities:
             return _Page([], None, private=False)
         return await _all_pages(send, message, key)
 

@@ -155,19 +155,21 @@ class OAuthUpstream:
             )
         resource = None
         notes = ""
+        found_at = ""
         for candidate in build_protected_resource_metadata_discovery_urls(
             extract_resource_metadata_from_www_auth(challenge), url
         ):
             response = await self._send(create_oauth_metadata_request(candidate), own)
             resource = await handle_protected_resource_response(response)
             if resource is not None:
+                found_at = candidate
                 break
             notes += redirect_note(candidate, response)
         if resource is None:
             raise OAuthError(
                 f"{url} publishes no protected resource metadata (RFC 9728){notes}", permanent=True
             )
-        if str(resource.resource).rstrip("/") != url.rstrip("/"):
+        if not _describes(str(resource.resource), url, found_at):
             # RFC 9728 section 3.3: metadata for another resource must not be used for this one.
             raise OAuthError(f"{url}'s resource metadata describes {resource.resource}", permanent=True)
         issuer = str(resource.authorization_servers[0])
@@ -350,3 +352,20 @@ def _token_error(response: httpx2.Response, grant: str) -> OAuthError:
     )
     detail = f" ({code})" if isinstance(code, str) else ""
     return OAuthError(f"the {grant} request got HTTP {response.status_code}{detail}", permanent=permanent)
+
+
+def _describes(resource: str, url: str, found_at: str) -> bool:
+    """Whether resource metadata naming `resource`, fetched from `found_at`, is this MCP URL's:
+    the URL itself, or its origin when the metadata is at the origin's root well-known path
+    (RFC 9728 section 3.1: a resource without a path), never another origin's."""
+    if resource.rstrip("/") == url.rstrip("/"):
+        return True
+    mcp, named, where = httpx2.URL(url), httpx2.URL(resource), httpx2.URL(found_at)
+    origin = (mcp.scheme, mcp.host, mcp.port)
+    return (
+        named.path in ("", "/")
+        and not named.query
+        and (named.scheme, named.host, named.port) == origin
+        and (where.scheme, where.host, where.port) == origin
+        and where.path == "/.well-known/oauth-protected-resource"
+    )

@@ -264,6 +264,16 @@ class HostClientAuthenticator(ClientAuthenticator):
         return client
 
 
+def basic_client_id(header: str) -> str | None:
+    """The client id of a well-formed `Authorization: Basic` header, else None (a malformed one
+    is refused by `HostClientAuthenticator` with its reason)."""
+    try:
+        basic = _basic_credentials(header)
+    except AuthenticationError:
+        return None
+    return None if basic is None else basic[0]
+
+
 def _basic_credentials(header: str) -> tuple[str, str] | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:

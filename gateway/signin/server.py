@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx2
 from mcp.server.auth.handlers.authorize import AuthorizationHandler
@@ -26,6 +26,7 @@ from mcp.server.auth.provider import AccessToken, construct_redirect_uri
 from mcp.server.auth.settings import ClientRegistrationOptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
 from gateway.config import HostSignInConfig, is_loopback_host
 from gateway.errors import AuthThrottled, SignInRefused
@@ -42,6 +43,7 @@ from gateway.signin.provider import (
     HostClientAuthenticator,
     SignInProvider,
     SignInRefresh,
+    basic_client_id,
 )
 from gateway.signin.resource import SCOPE, ProtectedResource
 from store import Sealer, SignInStore, Store, StoreError, utc_now
@@ -174,6 +176,12 @@ class SignInServer:
         known = self.resource.known(resource) if isinstance(resource, str) else None
         if isinstance(resource, str) and known is None:
             return _error(400, "invalid_target", "resource is not an MCP URL of this gateway (RFC 8707)")
+        client_id = form.get("client_id")
+        named = basic_client_id(request.headers.get("authorization", ""))
+        if (not isinstance(client_id, str) or not client_id) and named is not None:
+            # RFC 6749 2.3.1: a client_secret_basic client is named by its header alone; the
+            # SDK's token request model wants client_id in the body, so it is added there.
+            request = _with_form(request, [*form.multi_items(), ("client_id", named)])
         asking = ASKING.set(Asking(address=_address(request), resource=known))
         try:
             answer: Response = await self._token.handle(request)
@@ -256,3 +264,18 @@ def _address(request: Request) -> str | None:
 
 def _error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status, headers=_NO_STORE)
+
+
+def _with_form(request: Request, fields: list[tuple[str, Any]]) -> Request:
+    """The same request with this urlencoded form as its body."""
+    body = urlencode([(name, value) for name, value in fields if isinstance(value, str)]).encode()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-length", b"content-type")]
+    headers += [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return Request({**request.scope, "headers": headers}, receive)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import anyio
 from anyio.abc import TaskGroup
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.background import start_guarded
 from gateway.errors import (
@@ -181,7 +182,13 @@ class HttpChannel:
             headers["mcp-session-id"] = self._session_id
         if self._protocol_version is not None:
             headers["mcp-protocol-version"] = self._protocol_version
-        if self._modern_version is not None and message is not None and "method" in message:
+        modern = self._modern_version is not None or self._protocol_version in MODERN_PROTOCOL_VERSIONS
+        if message is not None and message.get("method") == "initialize":
+            # Before the revision is known: 2026-07-28 wants it, older servers ignore it.
+            headers[MCP_METHOD_HEADER] = "initialize"
+        elif modern and message is not None and "method" in message:
+            # Also after an `initialize` the upstream answered with a 2026-07-28 version: that
+            # revision's headers go with its version header.
             method = message["method"]
             headers[MCP_METHOD_HEADER] = method
             name_key = NAME_BEARING_METHODS.get(method)

@@ -93,3 +93,20 @@ async def test_a_2025_host_is_asked_what_a_2026_only_upstream_needs_and_gets_its
     through = await _call(gateway.url, f"ask__{tool}", arguments)
     assert through == direct
     assert direct[1]  # the host was asked, in both
+
+
+async def test_a_2025_host_lists_the_tools_of_a_2026_only_upstream_before_calling_one(
+    direct_url: str, gateway: RunningGateway
+) -> None:
+    # What every host does first: the listing goes over the gateway's shared listing session,
+    # whose `initialize` the upstream refuses; it must be reached statelessly there too.
+    asked = Asked()
+    async with legacy_host(direct_url, asked) as client:
+        with anyio.fail_after(TIMEOUT):
+            direct = {tool.name for tool in (await client.list_tools()).tools}
+    async with legacy_host(gateway.url, asked) as client:
+        with anyio.fail_after(TIMEOUT):
+            through = {tool.name for tool in (await client.list_tools()).tools}
+            result = await client.call_tool("ask__haiku", {"topic": "frogs"})
+    assert through == {f"ask__{name}" for name in direct} and direct
+    assert not result.is_error

@@ -343,3 +343,37 @@ async def test_a_server_that_reads_client_metadata_documents_gets_the_gateways_o
                 f"{gateway.base_url}/oauth/callback"
             ]
         assert auth.registrations == 0  # nothing registered: the document is the client
+
+
+async def test_an_upstream_whose_resource_is_its_origin_is_connected_and_called(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RFC 9728 3.1 / MCP authorization: metadata at the root well-known path may name the origin
+    # as the resource (the gateway used to demand the MCP URL itself, and the connect page said 502).
+    async with (
+        running_auth_server() as auth,
+        serve_protected_upstream(auth, resource_at_origin=True) as upstream,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        body = f"""
+auth: {{required: true}}
+upstreams:
+  - name: gh
+    transport: http
+    url: {upstream.url}
+    auth: {{kind: oauth, identity: user, scopes: [read]}}
+"""
+        async with serve_gateway_at_own_url(tmp_path, body) as gateway:
+            users = await people(gateway, http)
+            with anyio.fail_after(TIMEOUT):
+                session = await users.alice.open()
+                url = connect_url(await users.alice.call(session, "gh__whoami", {}))
+                to_server = await http.get(url, follow_redirects=False)
+                assert to_server.status_code == 302, to_server.text
+                authorize = parse_qs(urlsplit(to_server.headers["location"]).query)
+                assert authorize["resource"] == [upstream.url.removesuffix("mcp")]
+                to_consent = await http.get(to_server.headers["location"], follow_redirects=False)
+                back = await consent(http, to_consent.headers["location"], "alice@example")
+                callback = await http.get(back.headers["location"], follow_redirects=False)
+                assert callback.status_code == 200, callback.text
+                assert text_of(await users.alice.call(session, "gh__whoami", {})) == "alice@example"

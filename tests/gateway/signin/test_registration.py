@@ -131,3 +131,30 @@ async def test_a_public_client_revokes_its_sign_in_with_its_client_id_alone(tmp_
     assert revoked.status_code == 200, revoked.text
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
     assert refused == 401
+
+
+async def test_a_client_authenticating_with_basic_redeems_a_code_without_client_id_in_the_body(
+    tmp_path: Path,
+) -> None:
+    # RFC 6749 section 2.3.1: with client_secret_basic the client is identified by the header;
+    # its body need not (and per section 4.1.3 of a confidential client, does not) repeat it.
+    async with signin_gateway(tmp_path) as gateway, httpx2.AsyncClient() as http:
+        key = await create_key(gateway, "ada")
+        with anyio.fail_after(TIMEOUT):
+            client = await register(http, gateway.base_url, token_endpoint_auth_method="client_secret_basic")
+            assert client.client_secret is not None
+            code, verifier = await sign_in(http, gateway.base_url, client.client_id, key)
+            data = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
+            data["redirect_uri"] = REDIRECT_URI
+            basic = httpx2.BasicAuth(client.client_id, client.client_secret)
+            tokens = await http.post(f"{gateway.base_url}/signin/token", data=data, auth=basic)
+            wrong = httpx2.BasicAuth(client.client_id, "not-the-secret")
+            code, verifier = await sign_in(http, gateway.base_url, client.client_id, key)
+            refused = await http.post(
+                f"{gateway.base_url}/signin/token",
+                data={**data, "code": code, "code_verifier": verifier},
+                auth=wrong,
+            )
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.json()["access_token"].startswith("mga_")
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"

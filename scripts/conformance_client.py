@@ -1,0 +1,220 @@
+"""The client under test for `conformance client`: mcpgw, as the client of the scenario's server.
+
+The suite runs `python scripts/conformance_client.py <server-url>` once per scenario, with
+MCP_CONFORMANCE_SCENARIO (the scenario's name), MCP_CONFORMANCE_PROTOCOL_VERSION (the revision)
+and, for some scenarios, MCP_CONFORMANCE_CONTEXT (JSON: a pre-registered client, ...). This
+driver makes the gateway the client the suite watches:
+
+1. It writes a config naming `<server-url>` as an `http` upstream with `prefix: ""`; for the
+   `auth/*` scenarios with per-user OAuth (`auth: {kind: oauth, identity: user}`, the context's
+   client id and secret when it has them), a user-bound API key, and `public_url` set so the
+   connect link and the OAuth redirect URI point at this gateway.
+2. It starts `mcpgw serve` on an ephemeral loopback port and acts as a host through it with the
+   MCP Python SDK's client (a 2025-11-25 session by default, as most hosts are today;
+   MCPGW_HOST_MODE=2026-07-28 makes it a stateless host): it lists the tools, calls each one with
+   arguments made from its input schema, and, when a call answers with the gateway's connect link
+   (`_meta["mcpgw/connect"]`), opens that link as a browser would (every redirect followed: the
+   scenario's authorization server redirects straight back without a consent page), then lists
+   and calls again. It stops after MAX_SIGN_INS sign-ins, the limit of a person who gives up.
+3. It stops the gateway. The gateway's log is kept in MCPGW_CONFORMANCE_LOG_DIR when set
+   (scripts/conformance.py sets it to the run's directory), else in a temporary directory.
+
+Exit status 0 when the host's steps all answered, 1 otherwise: the suite judges the scenario
+from what its server saw; the exit status only tells whether the host got through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.session import ClientRequestContext
+from mcp.client.streamable_http import streamable_http_client
+
+STARTUP_S = 60.0
+STEP_S = 30.0
+MAX_SIGN_INS = 4
+CONNECT_META_KEY = "mcpgw/connect"
+CIMD_URL = "https://conformance-test.local/client-metadata.json"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: conformance_client.py <server-url>", file=sys.stderr)
+        return 2
+    url = argv[0]
+    scenario = os.environ.get("MCP_CONFORMANCE_SCENARIO", "")
+    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+    mode = os.environ.get("MCPGW_HOST_MODE", "legacy")
+    logs = Path(os.environ.get("MCPGW_CONFORMANCE_LOG_DIR") or tempfile.mkdtemp(prefix="mcpgw-cc-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mcpgw-cc-") as directory:
+        work = Path(directory)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        config, env = write_config(work, base, port, url, scenario, context)
+        key = create_key(config, env) if scenario.startswith("auth/") else None
+        log = logs / f"gateway-{scenario.replace('/', '_') or 'scenario'}.log"
+        with log.open("w") as stderr:
+            mcpgw = Path(sys.executable).parent / "mcpgw"
+            child = subprocess.Popen(
+                [str(mcpgw), "serve", "--config", str(config)], cwd=work, env=env, stderr=stderr
+            )
+            try:
+                wait_healthy(f"{base}/healthz")
+                return asyncio.run(act_as_host(f"{base}/mcp", key, mode))
+            finally:
+                child.terminate()
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+
+def write_config(
+    work: Path, base: str, port: int, url: str, scenario: str, context: dict[str, Any]
+) -> tuple[Path, dict[str, str]]:
+    env = {**os.environ}
+    upstream = f"{{name: conformance, transport: http, url: '{url}', prefix: ''"
+    if scenario.startswith("auth/"):
+        # The suite's authorization servers expect this client id metadata document URL (its
+        # own example client's); they do not fetch it. Without it the gateway offers its own,
+        # <public_url>/oauth/client-metadata.json, which the suite counts as the wrong one.
+        auth = f"kind: oauth, identity: user, client_metadata_url: '{CIMD_URL}'"
+        if context.get("client_id"):
+            auth += f", client_id: '{context['client_id']}'"
+        if context.get("client_secret"):
+            env["CONFORMANCE_CLIENT_SECRET"] = str(context["client_secret"])
+            auth += ", client_secret: '${CONFORMANCE_CLIENT_SECRET}'"
+        upstream += f", auth: {{{auth}}}"
+        host_auth = "auth: {required: true}\n"
+    else:
+        host_auth = "auth: {required: false}\n"
+    config = work / "gateway.yaml"
+    config.write_text(
+        "# Generated by scripts/conformance_client.py for one conformance client scenario.\n"
+        "database: ./gateway.db\n"
+        f"public_url: {base}\n"
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        f"{host_auth}"
+        "upstreams:\n"
+        f"  - {upstream}}}\n"
+    )
+    return config, env
+
+
+def create_key(config: Path, env: dict[str, str]) -> str:
+    mcpgw = Path(sys.executable).parent / "mcpgw"
+    done = subprocess.run(
+        [str(mcpgw), "keys", "create", "--config", str(config), "--org", "default", "--user", "conformance"],
+        cwd=config.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    created = json.loads(done.stdout)
+    secret: str = created.get("key") or created["secret"]
+    return secret
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(url, timeout=5).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)  # a script polling a child process it started; not a test
+    raise SystemExit(f"mcpgw did not answer {url} within {STARTUP_S:g}s")
+
+
+async def act_as_host(url: str, key: str | None, mode: str) -> int:
+    headers = {"x-api-key": key} if key else {}
+    sign_ins = 0
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=STEP_S) as http,
+        httpx2.AsyncClient(follow_redirects=True, timeout=STEP_S) as browser,
+        Client(
+            streamable_http_client(url, http_client=http),
+            mode=mode,  # type: ignore[arg-type]
+            elicitation_callback=accept_empty,
+        ) as client,
+    ):
+        while True:
+            listed = await asyncio.wait_for(client.list_tools(), STEP_S)
+            print(f"tools: {[tool.name for tool in listed.tools]}", file=sys.stderr)
+            link = None
+            for tool in listed.tools:
+                arguments = example(tool.input_schema)
+                result = await asyncio.wait_for(client.call_tool(tool.name, arguments), STEP_S)
+                meta = result.meta or {}
+                print(f"call {tool.name}({arguments}): error={result.is_error}", file=sys.stderr)
+                if isinstance(meta.get(CONNECT_META_KEY), dict):
+                    link = str(meta[CONNECT_META_KEY]["url"])
+                    break
+            if link is None:
+                return 0
+            if sign_ins == MAX_SIGN_INS:
+                print(f"gave up after {sign_ins} sign-ins", file=sys.stderr)
+                return 1
+            sign_ins += 1
+            landed = await browser.get(link)
+            print(f"sign-in {sign_ins}: {landed.status_code} at {landed.url}", file=sys.stderr)
+            if landed.status_code != 200:
+                print(landed.text[:500], file=sys.stderr)
+                return 1
+
+
+async def accept_empty(
+    context: ClientRequestContext, params: types.ElicitRequestParams
+) -> types.ElicitResult:
+    """A host that accepts whatever it is asked, filling in nothing: defaults are the client's
+    (the gateway's) to apply."""
+    return types.ElicitResult(action="accept", content={})
+
+
+def example(schema: Any) -> Any:
+    """A value that fits a JSON Schema well enough for a scenario's tool: its default, example,
+    const or first enum value, else one of its type; an object gets every property."""
+    if not isinstance(schema, dict):
+        return None
+    for word in ("default", "const"):
+        if word in schema:
+            return schema[word]
+    if schema.get("examples"):
+        return schema["examples"][0]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        return {name: example(sub) for name, sub in (schema.get("properties") or {}).items()}
+    return {"string": "test", "integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(
+        str(kind), "test"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
