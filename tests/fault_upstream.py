@@ -12,6 +12,8 @@ tool is one fault:
 - `chatter(lines)`: writes `lines` lines on stderr, then answers;
 - `crash()`: exits without answering;
 - `hang()`: never answers;
+- `twice(text)`: first writes `STRAYS` answers under ids it was never sent, then answers the
+  call twice: `text`, then `SECOND_ANSWER` under the same id;
 - `ask_host(calls)`: holds the next `calls` tool calls it is sent unanswered (so that many more
   are in flight), then sends the host a `roots/list` request of its own mid-call, answers with
   what came back (`answered {...}`), then the held calls.
@@ -27,7 +29,9 @@ import json
 import sys
 from typing import Any
 
-TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "ask_host"]
+TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "twice", "ask_host"]
+STRAYS = 100
+SECOND_ANSWER = "a second answer to the same call"
 # What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment, and
 # a password with an ampersand in a line that goes on after it.
 LEAKED = [
@@ -78,6 +82,10 @@ def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
             sys.stderr.write(f"chatter line {i}\n")
         sys.stderr.flush()
         return _text("chattered")
+    if name == "twice":
+        for n in range(STRAYS):
+            _send({"jsonrpc": "2.0", "id": f"never-sent-{n}", "result": _text("not yours")})
+        return _text(str(arguments.get("text", "")))
     if name == "crash":
         sys.exit(3)
     if name == "ask_host":
@@ -138,7 +146,13 @@ def main() -> None:
         if "id" not in message or "method" not in message:
             continue  # notifications and responses need no answer
         result = _answer(message)
-        if result is not None:
+        if result is not None and (message.get("params") or {}).get("name") == "twice":
+            # Both answers in one write, so that both are read before the first is acted on.
+            first = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+            second = {**first, "result": _text(SECOND_ANSWER)}
+            sys.stdout.write(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+            sys.stdout.flush()
+        elif result is not None:
             _send({"jsonrpc": "2.0", "id": message["id"], "result": result})
         elif message["method"] not in ("tools/call",):
             error = {"code": -32601, "message": f"Method not found: {message['method']}"}

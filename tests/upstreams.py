@@ -5,6 +5,7 @@ They are real `MCPServer`s served over Streamable HTTP by uvicorn in the test pr
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -245,10 +246,14 @@ def shelf_server() -> MCPServer:
 
 
 class _Faulty:
-    """In front of a real server: a `tools/call` of `boom`, `cut` or `trickle` misbehaves.
+    """In front of a real server: a `tools/call` of `boom`, `cut`, `trickle`, `stray` or
+    `stray_stream` misbehaves.
 
     `boom` answers HTTP 500; `cut` starts an event stream and drops the connection mid-response;
-    `trickle` starts an event stream and sends only keep-alive comments, a few a second, forever.
+    `trickle` starts an event stream and sends only keep-alive comments, a few a second, forever;
+    `stray` answers with a JSON body under an id it was never sent (`stray_id_of(id)`, the id a
+    host's previous request would have: another upstream's call); `stray_stream` starts an
+    event stream with three such answers ("not yours"), then answers the call ("yours").
     Everything else reaches the server. A filter, because no real server fails on request.
     """
 
@@ -265,7 +270,8 @@ class _Faulty:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        fault = next((name for name in (b"boom", b"cut", b"trickle") if b'"name":"%s"' % name in body), None)
+        faults = (b"boom", b"cut", b"trickle", b"stray", b"stray_stream")
+        fault = next((name for name in faults if b'"name":"%s"' % name in body), None)
         if fault is None:
             sent = False
 
@@ -281,6 +287,10 @@ class _Faulty:
         if fault == b"boom":
             await PlainTextResponse("upstream exploded", 500)(scope, receive, send)
             return
+        request_id = json.loads(body)["id"]
+        if fault == b"stray":
+            await JSONResponse(_answer(stray_id_of(request_id), "not yours"))(scope, receive, send)
+            return
         start = {
             "type": "http.response.start",
             "status": 200,
@@ -290,6 +300,11 @@ class _Faulty:
         if fault == b"cut":
             await send({"type": "http.response.body", "body": b"event: message\ndata: {", "more_body": True})
             raise ConnectionAbortedError("the fault under test: a response cut off mid-stream")
+        if fault == b"stray_stream":
+            answers = [_answer(stray_id_of(request_id), "not yours")] * 3 + [_answer(request_id, "yours")]
+            events = b"".join(b"event: message\ndata: %s\n\n" % json.dumps(a).encode() for a in answers)
+            await send({"type": "http.response.body", "body": events, "more_body": False})
+            return
 
         async def trickle() -> None:
             while True:  # the fault is the pace, not synchronisation
@@ -303,6 +318,15 @@ class _Faulty:
             tg.cancel_scope.cancel()
 
 
+def stray_id_of(request_id: object) -> object:
+    """The id `stray` answers a request with: one it was never sent."""
+    return request_id - 1 if isinstance(request_id, int) else f"not-{request_id}"
+
+
+def _answer(request_id: object, text: str) -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": text}]}}
+
+
 def faulty_server() -> MCPServer:
     server: MCPServer = MCPServer("faulty")
 
@@ -310,7 +334,7 @@ def faulty_server() -> MCPServer:
     def echo(text: str) -> str:
         return text
 
-    for name in ("boom", "cut", "trickle"):
+    for name in ("boom", "cut", "trickle", "stray", "stray_stream"):
         server.add_tool(lambda: "never", name=name, description=f"Fails: {name}.")
     return server
 

@@ -4,11 +4,17 @@ stdio children and legacy SSE servers send everything (responses, progress, logs
 requests) down one stream, with no notion of "which call this belongs to". Responses match
 their call by id; progress by its token; what a running call can cause (logs, elicitation,
 sampling, roots) goes to the newest call still running; anything else is `unsolicited`.
+
+A response is taken only as the answer to a request this stream was sent and has not answered
+yet: one with an id it was never sent (another session's, another upstream's), or a second
+answer to the same request, is dropped and logged (`StrayResponses`: the first, then at most
+one line a minute with the count), never passed on: a host matches answers by id alone.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +40,37 @@ _CALL_SCOPED = frozenset(
 )
 
 
+_STRAYS_LOGGED_EVERY_S = 60.0
+
+
+class StrayResponses:
+    """Responses an upstream sent to no request it has in flight: dropped, and logged so that a
+    misbehaving upstream is seen without flooding the log (the first at once, then one line a
+    minute at most, counting those not logged)."""
+
+    __slots__ = ("_logged_at", "_name", "_unlogged")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logged_at: float | None = None
+        self._unlogged = 0
+
+    def drop(self, message: JSONObject) -> None:
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < _STRAYS_LOGGED_EVERY_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more since the last such line)" if self._unlogged else ""
+        self._logged_at, self._unlogged = now, 0
+        logger.warning(
+            "upstream %s: dropped a response with id %.80r, which answers no request of this "
+            "session in flight (never sent, or answered already)%s",
+            self._name,
+            message.get("id"),
+            more,
+        )
+
+
 @dataclass(slots=True)
 class Pending:
     sink: MessageSink | None
@@ -47,6 +84,7 @@ class Demux:
         self._name = name
         self._unsolicited = unsolicited
         self._pending: dict[RequestId, Pending] = {}
+        self._strays = StrayResponses(name)
 
     def expect(self, message: JSONObject, sink: MessageSink | None) -> Pending:
         pending = Pending(sink, meta_of(message).get("progressToken"))
@@ -82,10 +120,13 @@ class Demux:
     async def dispatch(self, message: JSONObject) -> None:
         method = message.get("method")
         if method is None:
-            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-            if pending is not None:
-                pending.response = message
-                pending.done.set()
+            request_id = message.get("id")
+            pending = self._pending.get(request_id) if isinstance(request_id, str | int) else None
+            if pending is None or pending.response is not None:  # not asked, or answered already
+                self._strays.drop(message)
+                return
+            pending.response = message
+            pending.done.set()
             return
         target = self._route(method, message)
         if target is not None:

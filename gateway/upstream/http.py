@@ -38,6 +38,7 @@ from gateway.errors import (
 from gateway.protocol.jsonrpc import MAX_DEPTH, JSONObject, dumps, loads_relayable
 from gateway.upstream._wire import Pool, Response
 from gateway.upstream.channel import MessageSink, Unsolicited
+from gateway.upstream.demux import StrayResponses
 from gateway.upstream.events import Event, EventDecoder
 from gateway.upstream.listening import ListenStreams
 
@@ -69,6 +70,7 @@ class HttpChannel:
         self._session_id: str | None = None
         self._protocol_version: str | None = modern_version
         self._closed = False
+        self._strays = StrayResponses(name)
         self._listen_scope: anyio.CancelScope | None = None
         # Set once the GET stream is open, or known not to be coming: until then, what the
         # upstream announces (list changes, resource updates) has nowhere to go and is lost.
@@ -106,7 +108,7 @@ class HttpChannel:
                     return await self._error_response(resp, message)
                 if resp.headers.get("content-type", "").startswith("text/event-stream"):
                     return await self._relay_stream(resp, message, sink)
-                return _as_response(loads_relayable(await resp.read()), message)
+                return self._as_response(loads_relayable(await resp.read()), message)
             finally:
                 resp.close()
         except ConnectTimeout as exc:
@@ -143,6 +145,19 @@ class HttpChannel:
             return await self.request(message, sink, headers, pool=streams.pool)
         finally:
             streams.give_back()
+
+    def _as_response(self, parsed: object, message: JSONObject) -> JSONObject:
+        """The one response a JSON body holds, as the answer to `message`. One under another id
+        answers a request this POST did not make: it is dropped, and the call has no answer."""
+        if not isinstance(parsed, dict) or "method" in parsed:
+            raise MessageError(-32600, "expected one JSON-RPC response object")
+        answered = parsed.get("id")
+        if answered is None:
+            parsed["id"] = message.get("id")
+        elif answered != message.get("id"):
+            self._strays.drop(parsed)
+            raise MessageError(-32600, "a response to another request (its id was not this request's)")
+        return parsed
 
     async def notify(self, message: JSONObject) -> None:
         await self._post_one_way(message)
@@ -211,8 +226,11 @@ class HttpChannel:
                 received = _message_in(event)
                 if received is None:
                     continue
-                if "method" not in received and received.get("id") == request_id:
-                    return received  # closing the response lets the stream end on its own
+                if "method" not in received:
+                    if received.get("id") == request_id:
+                        return received  # closing the response lets the stream end on its own
+                    self._strays.drop(received)  # an answer to a request not made on this stream
+                    continue
                 if sink is not None:
                     await sink.send(received)
                 else:
@@ -231,7 +249,7 @@ class HttpChannel:
         if isinstance(parsed, dict) and "error" in parsed:
             if resp.status == 404 and self._session_id is not None and parsed.get("id") is None:
                 raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
-            return _as_response(parsed, message)
+            return self._as_response(parsed, message)
         if resp.status == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
         raise UpstreamUnavailable(self._name, f"answered HTTP {resp.status}")
@@ -305,11 +323,3 @@ def _message_in(event: Event) -> JSONObject | None:
         return None
     received = loads_relayable(event.data)
     return received if isinstance(received, dict) else None
-
-
-def _as_response(parsed: object, message: JSONObject) -> JSONObject:
-    if not isinstance(parsed, dict):
-        raise MessageError(-32600, "expected one JSON-RPC response object")
-    if parsed.get("id") is None:
-        parsed["id"] = message.get("id")
-    return parsed

@@ -340,3 +340,74 @@ async def test_an_unreachable_upstream_costs_a_host_no_more_than_its_own_tools(
     answer = await host.call("dead__anything", {})
     assert "error" in answer  # answered at once, not after a hang
     await still_serving(gateway, http, host)
+
+
+STRAY_CALLS = [
+    # (tool, what the host gets: its text, or the error code when there is no answer left)
+    ("faults__twice", "mine"),  # stdio: 100 answers under ids never sent, then two answers to the call
+    ("flaky__stray_stream", "yours"),  # HTTP event stream: answers under another id, then its own
+    ("flaky__stray", -32001),  # HTTP JSON body: the only answer is under another id
+]
+
+
+def assert_host_got_what_was_recorded(database: Path, tool: str, answer: dict[str, Any]) -> None:
+    """The record holds the answer the host got (less what 2026-07-28 adds to every result: the
+    serverInfo `_meta` and `resultType`)."""
+    row = recorded_call(database, tool)
+    assert row["request_id"] == str(answer["id"])
+    got: dict[str, Any] = answer.get("result") or answer["error"]
+    envelope = {"resultType", "_meta"} if "result" in answer else set()
+    recorded = orjson.loads(row["result_json"])
+    assert {k: v for k, v in recorded.items() if k not in envelope} == {
+        k: v for k, v in got.items() if k not in envelope
+    }
+
+
+@pytest.mark.parametrize(("tool", "expected"), STRAY_CALLS, ids=["stdio", "http-stream", "http-json"])
+async def test_an_upstream_answer_under_an_id_it_was_never_sent_never_reaches_the_host(
+    gateway: RunningGateway,
+    http: httpx2.AsyncClient,
+    log_watch: Callable[[str], LogWatch],
+    tool: str,
+    expected: str | int,
+) -> None:
+    """An answer is the call's only if the upstream was sent its id on that session: one under an
+    id of another call (another upstream's, which the host would match by id) or a second answer
+    is dropped and logged once; the host gets its own answer, and the record holds just that."""
+    watch = log_watch("dropped a response with id")
+    host = await Host(http, gateway.url).open()
+    answer = await host.call(tool, {"text": "mine"})
+    assert isinstance(answer["id"], int) and answer["id"] == next(_ids) - 1  # the id it sent
+    if isinstance(expected, str):
+        assert text_of(answer) == expected, answer
+    else:
+        assert answer["error"]["code"] == expected and "flaky" in answer["error"]["message"], answer
+        assert recorded_call(gateway.gateway.config.database, tool)["outcome"] == "upstream_error"
+    assert_host_got_what_was_recorded(gateway.gateway.config.database, tool, answer)
+    assert len(watch.lines("dropped a response with id")) == 1, watch.lines("dropped")
+    await still_serving(gateway, http, host)
+
+
+@pytest.mark.parametrize("capabilities", [b'{"sampling":{}}', b"{}"], ids=["can-be-asked", "cannot"])
+@pytest.mark.parametrize(("tool", "expected"), STRAY_CALLS, ids=["stdio", "http-stream", "http-json"])
+async def test_a_2026_host_never_gets_an_upstream_answer_under_an_id_it_was_never_sent(
+    gateway: RunningGateway,
+    http: httpx2.AsyncClient,
+    tool: str,
+    expected: str | int,
+    capabilities: bytes,
+) -> None:
+    earlier = await Host(http, gateway.url).open()
+    response = await Host(http, gateway.url).post(
+        modern_call(tool, b'{"text":"mine"}', capabilities), modern_headers(tool)
+    )
+    messages = [orjson.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    answers = messages or [response.json()]
+    assert [m for m in answers if "method" not in m and m.get("id") != next(_ids) - 1] == []
+    answer = answers[-1]
+    if isinstance(expected, str):
+        assert text_of(answer) == expected, answer
+    else:
+        assert answer["error"]["code"] == expected, answer
+    assert_host_got_what_was_recorded(gateway.gateway.config.database, tool, answer)
+    await still_serving(gateway, http, earlier)
