@@ -368,8 +368,8 @@ upstreams:
             with anyio.fail_after(TIMEOUT):
                 session = await users.alice.open()
                 url = connect_url(await users.alice.call(session, "gh__whoami", {}))
-                to_server = await http.get(url, follow_redirects=False)
-                assert to_server.status_code == 302, to_server.text
+                to_server = await confirm(http, url)
+                assert to_server.status_code == 303, to_server.text
                 authorize = parse_qs(urlsplit(to_server.headers["location"]).query)
                 assert authorize["resource"] == [upstream.url.removesuffix("mcp")]
                 to_consent = await http.get(to_server.headers["location"], follow_redirects=False)
