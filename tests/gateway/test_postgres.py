@@ -31,7 +31,8 @@ from store import (
 )
 from store.migrations import SCHEMA_VERSION
 from tests.gateway.cli.commands import run_mcpgw
-from tests.harness import ROOT, demo_stdio_yaml, serve_gateway, write_config
+from tests.gateway.signin.browser import redeem, register, sign_in
+from tests.harness import ROOT, base_url_of, demo_stdio_yaml, listening_socket, serve_gateway, write_config
 from tests.postgres import PostgresServer
 
 TIMEOUT = 20.0
@@ -276,3 +277,33 @@ async def test_the_readme_postgresql_section_works_as_written(
     finally:
         postgres_server.psql("DROP DATABASE IF EXISTS mcpgw WITH (FORCE)")
         postgres_server.psql("DROP ROLE IF EXISTS mcpgw")
+
+
+async def test_a_sign_in_revoked_by_another_process_is_refused_on_the_very_next_request(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    """`mcpgw grants revoke` in a process of its own: the running gateway hears of it over
+    NOTIFY, so the host's access token, answered from memory until then, is refused at once."""
+    url = postgres_server.url(database)
+    sock = listening_socket()
+    base_url = base_url_of(sock)
+    config = pg_config(tmp_path, url, f"public_url: {base_url}\nhost_sign_in: {{enabled: true}}\n")
+    async with open_postgres_store(url) as store:
+        org = await store.ensure_organisation("default")
+        created = await store.create_api_key(org.id, user_id="ada")
+    async with serve_gateway(config, sock) as running, httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        with anyio.fail_after(TIMEOUT):
+            client = await register(http, base_url, client_name="Claude")
+            code, verifier = await sign_in(http, base_url, client.client_id, created.secret)
+            access = (await redeem(http, base_url, client, code, verifier)).json()["access_token"]
+            headers = {**ACCEPT, "authorization": f"Bearer {access}"}
+            for _ in range(3):  # known, then answered from the gateway's memory
+                assert (await http.post(running.url, json=INIT, headers=headers)).status_code == 200
+        async with open_postgres_store(url) as store:
+            [grant] = await store.signin.grants(org.id)
+        code_, _, err = await run_mcpgw("grants", "revoke", grant.id, "--config", str(config))
+        assert code_ == 0, err
+        with anyio.fail_after(TIMEOUT):
+            refused = await http.post(running.url, json=INIT, headers=headers)
+        assert refused.status_code == 401
+        assert "access token" in refused.json()["error"]["message"]
