@@ -130,6 +130,7 @@ class SessionsModel(Model):
     groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
     max_children: _Count = default_of(SessionsConfig, "max_children")
     max_listen_streams_per_key: _Count = default_of(SessionsConfig, "max_listen_streams_per_key")
+    max_requests_in_flight_per_key: _Count = default_of(SessionsConfig, "max_requests_in_flight_per_key")
 
 
 class ToolFilterModel(Model):

@@ -161,6 +161,9 @@ class SessionsConfig:
     max_children: int = 200  # stdio children of all upstreams together
     # 2026-07-28 subscriptions/listen streams one API key may hold open (key-less: the gateway)
     max_listen_streams_per_key: int = 16
+    # Host requests one API key may have in flight at once, both generations together (key-less:
+    # the gateway); each holds memory until answered. Past it: 429 at once.
+    max_requests_in_flight_per_key: int = 64
 
 
 @dataclass(frozen=True, slots=True)
