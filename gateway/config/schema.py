@@ -120,6 +120,7 @@ class SecurityModel(Model):
     max_url_bytes: _Bytes = default_of(SecurityConfig, "max_url_bytes")
     write_timeout_s: _Seconds = default_of(SecurityConfig, "write_timeout_s")
     max_connections: _Count = default_of(SecurityConfig, "max_connections")
+    max_upstream_response_bytes: _Bytes = default_of(SecurityConfig, "max_upstream_response_bytes")
 
 
 class SessionsModel(Model):
