@@ -2,7 +2,7 @@
 whole past it: the host gets a JSON-RPC error naming the limit, the call is recorded as an
 upstream error with that message, and the upstream keeps serving calls within the limit.
 
-The demo's `echo` tool over HTTP (JSON and SSE answers alike) and over stdio answers what it is
+The demo's `echo` tool over HTTP (SSE answers, and JSON ones with `--json-response`) and over stdio answers what it is
 sent, so a text longer than the (small, configured) limit makes a real server answer too much.
 """
 
@@ -18,7 +18,15 @@ import anyio
 import httpx2
 import pytest
 
-from tests.harness import INITIALIZE, RunningGateway, demo_stdio_yaml, serve_gateway, write_config
+from tests.harness import (
+    INITIALIZE,
+    RunningGateway,
+    demo_stdio_yaml,
+    serve_gateway,
+    start_demo_http,
+    stop_process,
+    write_config,
+)
 
 TIMEOUT = 20.0
 LIMIT = 64 * 1024
@@ -26,8 +34,16 @@ ACCEPT = {"accept": "application/json, text/event-stream"}
 
 
 @pytest.fixture(scope="module")
+async def demo_json_url() -> AsyncIterator[str]:
+    """The demo answering POSTs with one JSON body (the other path through the HTTP client)."""
+    proc, url = await start_demo_http("--json-response")
+    yield url
+    await stop_process(proc)
+
+
+@pytest.fixture(scope="module")
 async def gateway(
-    tmp_path_factory: pytest.TempPathFactory, demo_http_url: str
+    tmp_path_factory: pytest.TempPathFactory, demo_http_url: str, demo_json_url: str
 ) -> AsyncIterator[RunningGateway]:
     config = write_config(
         tmp_path_factory.mktemp("response-size"),
@@ -39,6 +55,9 @@ upstreams:
   - name: web
     transport: http
     url: {demo_http_url}
+  - name: plain
+    transport: http
+    url: {demo_json_url}
 {demo_stdio_yaml()}
 """,
     )
@@ -71,16 +90,19 @@ async def call(
     return answer.json()
 
 
-@pytest.mark.parametrize("tool", ["web__echo", "demo__echo"], ids=["http", "stdio"])
+@pytest.mark.parametrize(
+    ("tool", "n"),
+    [("web__echo", 100), ("plain__echo", 300), ("demo__echo", 200)],
+    ids=["http-sse", "http-json", "stdio"],
+)
 async def test_an_upstream_answer_over_the_limit_is_an_error_naming_it_and_recorded_as_such(
-    gateway: RunningGateway, tool: str
+    gateway: RunningGateway, tool: str, n: int
 ) -> None:
     async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
         with anyio.fail_after(TIMEOUT):
             opened = await http.post(gateway.url, json=INITIALIZE, headers=ACCEPT)
         assert opened.status_code == 200, opened.text
         session = {**ACCEPT, "mcp-session-id": opened.headers["mcp-session-id"]}
-        n = 100 if tool == "web__echo" else 200
         answer = await call(http, gateway.url, session, tool, "x" * (2 * LIMIT), n)
         assert answer["error"]["code"] == -32001, answer
         assert "max_upstream_response_bytes" in answer["error"]["message"]
