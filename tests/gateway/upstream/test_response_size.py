@@ -2,8 +2,9 @@
 whole past it: the host gets a JSON-RPC error naming the limit, the call is recorded as an
 upstream error with that message, and the upstream keeps serving calls within the limit.
 
-The demo's `echo` tool over HTTP (SSE answers, and JSON ones with `--json-response`) and over stdio answers what it is
-sent, so a text longer than the (small, configured) limit makes a real server answer too much.
+The demo's `echo` tool over HTTP (SSE answers, and JSON ones with `--json-response`) and over
+stdio answers what it is sent, so a text longer than the (small, configured) limit makes a real
+server answer too much.
 """
 
 from __future__ import annotations
