@@ -173,10 +173,15 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         for upstream in config.upstreams:
             http = upstream.transport == "http"
             sse = upstream.transport == "sse"
-            pool = await stack.enter_async_context(pool_for(upstream)) if http else None
+            most = config.security.max_upstream_response_bytes
+            pool = (
+                await stack.enter_async_context(pool_for(upstream, max_response_bytes=most)) if http else None
+            )
             listen_streams = None
             if http:
-                listen_pool = await stack.enter_async_context(pool_for(upstream, listening=True))
+                listen_pool = await stack.enter_async_context(
+                    pool_for(upstream, listening=True, max_response_bytes=most)
+                )
                 listen_streams = ListenStreams(upstream.name, listen_pool, upstream.max_listen_streams)
             client = await stack.enter_async_context(sse_client_for(upstream)) if sse else None
             connectors[upstream.name] = Connector(
@@ -187,6 +192,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
                 log_redactor=log_redactor,
                 children=children,
                 listen_streams=listen_streams,
+                max_response_bytes=most,
             )
         pools = {name: SharedPool(connector) for name, connector in connectors.items()}
         for each in pools.values():

@@ -28,6 +28,7 @@
     │   ├── ConnectTimeout            no connection within the connect timeout
     │   └── ConnectFailed             the upstream's address refused or could not be reached
     ├── EventStreamError              an upstream's event stream that cannot be decoded
+    ├── ResponseTooLarge              an upstream's answer over `security.max_upstream_response_bytes`
     ├── ConfigError                   the config file is missing, unreadable or not valid
     └── OidcError                     a person's sign-in through an OpenID Connect provider failed
         ├── OidcUnavailable           the provider cannot be used now (discovery, keys, token endpoint)
@@ -224,6 +225,17 @@ class ConfigProblem:
     key: str  # key path such as "upstreams[1].transport"; "" when it concerns the whole file
     line: int | None  # 1-based
     reason: str
+
+
+class ResponseTooLarge(GatewayError):
+    """An upstream answered more than `security.max_upstream_response_bytes` (an HTTP body, one
+    event of its stream, one stdio line): reading stopped there, nothing past it was buffered."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"answered with more than {limit} bytes, the limit (security.max_upstream_response_bytes)"
+        )
+        self.limit = limit
 
 
 class ConfigError(GatewayError):

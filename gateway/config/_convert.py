@@ -109,6 +109,7 @@ def to_values(model: GatewayModel, absolute: Path, problems: Problems) -> Gatewa
             max_url_bytes=security.max_url_bytes,
             write_timeout_s=security.write_timeout_s,
             max_connections=security.max_connections,
+            max_upstream_response_bytes=security.max_upstream_response_bytes,
         ),
         sessions=SessionsConfig(**model.sessions.model_dump()),
         upstreams=tuple(upstreams),

@@ -120,6 +120,7 @@ class SecurityModel(Model):
     max_url_bytes: _Bytes = default_of(SecurityConfig, "max_url_bytes")
     write_timeout_s: _Seconds = default_of(SecurityConfig, "write_timeout_s")
     max_connections: _Count = default_of(SecurityConfig, "max_connections")
+    max_upstream_response_bytes: _Bytes = default_of(SecurityConfig, "max_upstream_response_bytes")
 
 
 class SessionsModel(Model):
@@ -130,6 +131,7 @@ class SessionsModel(Model):
     groups_per_key: _Count = default_of(SessionsConfig, "groups_per_key")
     max_children: _Count = default_of(SessionsConfig, "max_children")
     max_listen_streams_per_key: _Count = default_of(SessionsConfig, "max_listen_streams_per_key")
+    max_requests_in_flight_per_key: _Count = default_of(SessionsConfig, "max_requests_in_flight_per_key")
 
 
 class ToolFilterModel(Model):

@@ -146,6 +146,11 @@ class SecurityConfig:
     # A response the client stops reading: its connection is closed after this long stalled.
     write_timeout_s: float = 30.0
     max_connections: int = 2000  # client connections open at once; past it, 503 and closed
+    # An upstream's answer (HTTP body, SSE event, stdio line) is read up to this, never buffered
+    # whole past it. 16 MiB is several times the largest tool result a model's context can take
+    # (about 1M tokens, some 4 MB of text) and room for a base64 document from resources/read,
+    # while 30 such answers in flight stay a few hundred MB, not the gigabytes of 64 MiB each.
+    max_upstream_response_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,9 @@ class SessionsConfig:
     max_children: int = 200  # stdio children of all upstreams together
     # 2026-07-28 subscriptions/listen streams one API key may hold open (key-less: the gateway)
     max_listen_streams_per_key: int = 16
+    # Host requests one API key may have in flight at once, both generations together (key-less:
+    # the gateway); each holds memory until answered. Past it: 429 at once.
+    max_requests_in_flight_per_key: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -573,6 +573,7 @@ class SessionRegistry:
     _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
     _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     _listening: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    _in_flight: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -594,6 +595,34 @@ class SessionRegistry:
         session = await self._open(HostSession, self.limits.idle_s, principal, handshake, protocol_version)
         self._per_key[caller] += 1
         return session
+
+    def begin_request(self, principal: Principal) -> tuple[str, str | None]:
+        """Count one more host request of the caller in flight, and return what `end_request`
+        takes (in a `finally`): `SessionLimit` (429) at once when its key (or sign-in grant;
+        key-less: the gateway) has `max_requests_in_flight_per_key` already. Each holds its
+        request, and the answer on its way, in memory; without a cap one key could hold any
+        number. A dict of ints, no lock: this runs on every request."""
+        caller = (principal.organisation_id, principal.api_key_id or principal.grant_id)
+        held = self._in_flight.get(caller, 0)
+        if held >= self.limits.max_requests_in_flight_per_key:
+            raise SessionLimit(
+                429,
+                f"this API key has {held} requests in flight, its limit "
+                "(max_requests_in_flight_per_key): wait for one to be answered",
+            )
+        self._in_flight[caller] = held + 1
+        return caller
+
+    def end_request(self, caller: tuple[str, str | None]) -> None:
+        held = self._in_flight[caller] - 1
+        if held:
+            self._in_flight[caller] = held
+        else:
+            del self._in_flight[caller]
+
+    def requests_in_flight(self, who: str | None) -> int:
+        """The requests in flight of one API key (or sign-in grant; None: key-less)."""
+        return sum(n for (_, caller), n in self._in_flight.items() if caller == who)
 
     @contextmanager
     def listening(self, principal: Principal) -> Iterator[None]:

@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
 from gateway.core.sessions import HostSession
-from gateway.errors import HostRefusal
+from gateway.errors import HostRefusal, SessionLimit
 from gateway.host.asgi import (
     EventStream,
     answering_refusals,
@@ -117,13 +117,23 @@ class LegacySse:
                 await connection.stream.send(error(message["id"], INVALID_REQUEST, "Not initialized"))
             return
         if is_request(message):
-            connection.tasks.start_soon(self._answer, connection.stream, current, message, context)
+            connection.tasks.start_soon(self._answer, connection, current, message, context)
         elif is_notification(message):
             await self.endpoint.proxy.notification(current, message)
         else:
             await self.endpoint.proxy.response(current, message)
 
     async def _answer(
-        self, stream: EventStream, session: HostSession, message: JSONObject, context: RequestContext
+        self, connection: _Connection, session: HostSession, message: JSONObject, context: RequestContext
     ) -> None:
-        await stream.send(await self.endpoint.proxy.answer(session, message, stream, context))
+        stream = connection.stream
+        try:
+            # Counted in the task, not before it starts: a task cancelled unstarted runs no `finally`.
+            caller = self.endpoint.registry.begin_request(connection.principal)
+        except SessionLimit as exc:  # this transport answers on its stream, not in HTTP
+            await stream.send(error(message["id"], INVALID_REQUEST, str(exc)))
+            return
+        try:
+            await stream.send(await self.endpoint.proxy.answer(session, message, stream, context))
+        finally:
+            self.endpoint.registry.end_request(caller)

@@ -159,22 +159,40 @@ class Endpoint:
         if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS or _MODERN_META_KEY in meta_of(
             message
         ):
-            await self.stateless.handle(message, headers, principal, receive, send)
+            # A listen stream is no request in flight: those have a cap of their own.
+            if not is_request(message) or message["method"] == "subscriptions/listen":
+                await self.stateless.handle(message, headers, principal, receive, send)
+                return
+            caller = self._begin(principal, message)
+            try:
+                await self.stateless.handle(message, headers, principal, receive, send)
+            finally:
+                self.registry.end_request(caller)
             return
         if message.get("method") == "initialize" and is_request(message):
             await self._initialize(send, message, principal)
             return
         session = self._session(headers, principal)
         if is_request(message):
-            context = RequestContext.of(headers)
-            stream = ResponseStream(send, [], context.event_stream)
-            await stream.finish(await self.proxy.answer(session, message, stream, context))
+            caller = self._begin(principal, message)
+            try:
+                context = RequestContext.of(headers)
+                stream = ResponseStream(send, [], context.event_stream)
+                await stream.finish(await self.proxy.answer(session, message, stream, context))
+            finally:
+                self.registry.end_request(caller)
             return
         if is_notification(message):
             await self.proxy.notification(session, message)
         else:
             await self.proxy.response(session, message)
         await send_bytes(send, 202, b"", [])
+
+    def _begin(self, principal: Principal, message: JSONObject) -> tuple[str, str | None]:
+        try:
+            return self.registry.begin_request(principal)
+        except SessionLimit as exc:
+            raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=message["id"]) from None
 
     async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
         session, answer = await self.initialize(message, principal)

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from gateway.errors import ConnectFailed, ConnectTimeout, WireError
+from gateway.errors import ConnectFailed, ConnectTimeout, ResponseTooLarge, WireError
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\r\n\0]")
@@ -49,7 +49,7 @@ _PARK_S = 1.0  # how long an abandoned response may take to end before its conne
 MAX_HEADERS = 256
 MAX_HEAD_BYTES = 64 * 1024
 MAX_INTERIM = 8  # 1xx responses before the real one
-MAX_BODY_BYTES = 64 * 1024 * 1024  # for `Response.read`; streams are read piece by piece
+MAX_BODY_BYTES = 16 * 1024 * 1024  # for `Response.read` (a pool's own); streams are read piece by piece
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
@@ -328,11 +328,17 @@ class Response:
         return self._connection is None or self._connection.complete
 
     async def read(self) -> bytes:
+        """The whole body; `ResponseTooLarge` as soon as it (or its declared length) passes the
+        pool's `max_body_bytes`: what is past the limit is never buffered."""
+        limit = self._pool.max_body_bytes
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(limit)
         chunks, size = [], 0
         while chunk := await self.chunk():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise WireError(f"sent a response body over {MAX_BODY_BYTES} bytes")
+            if size > limit:
+                raise ResponseTooLarge(limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -374,7 +380,9 @@ class Pool:
         max_idle: int = 64,
         idle_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
+        self.max_body_bytes = max_body_bytes  # also each event of a stream (`upstream/http.py`)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")

@@ -39,7 +39,7 @@ from gateway.errors import (
 from gateway.protocol.context import NO_HEADERS
 from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
-from gateway.upstream._wire import Pool
+from gateway.upstream._wire import MAX_BODY_BYTES, Pool
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
@@ -209,8 +209,10 @@ class Connector:
         log_redactor: Redactor | None = None,
         children: Children | None = None,
         listen_streams: ListenStreams | None = None,
+        max_response_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.config = config
+        self._max_response_bytes = max_response_bytes  # a stdio child's longest line
         self.listen_streams = listen_streams
         self.children = children or Children(max_total=1_000_000)
         self._log_redactor = log_redactor or Redactor.with_defaults()
@@ -461,6 +463,7 @@ class Connector:
                 unsolicited,
                 self._task_group,
                 StderrLog(config.name, self._log_redactor),
+                max_line_bytes=self._max_response_bytes,
             )
         if config.transport == "http":
             assert self._pool is not None
@@ -504,9 +507,12 @@ def _upstream_client_info(info: JSONObject) -> JSONObject:
     }
 
 
-def pool_for(config: UpstreamConfig, *, listening: bool = False) -> Pool:
+def pool_for(
+    config: UpstreamConfig, *, listening: bool = False, max_response_bytes: int = MAX_BODY_BYTES
+) -> Pool:
     """The connection pool the calls of every session of one Streamable HTTP upstream share;
-    with `listening`, the one their GET streams share (see `listening.py`)."""
+    with `listening`, the one their GET streams share (see `listening.py`). No answer read
+    through it may pass `max_response_bytes` (`security.max_upstream_response_bytes`)."""
     assert config.url is not None
     cap = config.max_listen_streams if listening else config.max_connections
     return Pool(
@@ -517,6 +523,7 @@ def pool_for(config: UpstreamConfig, *, listening: bool = False) -> Pool:
         max_connections=cap,
         max_idle=min(cap, 64),
         ssl_context=httpx2.create_ssl_context(),
+        max_body_bytes=max_response_bytes,
     )
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.errors import EventStreamError
+from gateway.errors import ResponseTooLarge
 
 _BOM = b"\xef\xbb\xbf"
-MAX_LINE_BYTES = 64 * 1024 * 1024  # one message per line: as much as a whole response may be
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one message per event: as much as a whole response may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,9 @@ class Event:
 class EventDecoder:
     """Feed it body chunks as they arrive; it returns the events each chunk completes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_LINE_BYTES) -> None:
+        self._max = max_event_bytes  # one event's data: `ResponseTooLarge` past it
+        self._size = 0
         self._pending = b""  # an unfinished line, carried to the next chunk
         self._started = False
         self._data: list[str] = []
@@ -48,8 +50,8 @@ class EventDecoder:
             buffer = buffer[:-1]
         lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         self._pending = lines.pop() + (b"\r" if held else b"")
-        if len(self._pending) > MAX_LINE_BYTES:
-            raise EventStreamError(f"an event stream line over {MAX_LINE_BYTES} bytes")
+        if len(self._pending) > self._max:
+            raise ResponseTooLarge(self._max)
         events = []
         for line in lines:
             event = self._line(line.decode("utf-8", "replace"))
@@ -70,6 +72,9 @@ class EventDecoder:
         if colon and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._size += len(value)
+            if self._size > self._max:
+                raise ResponseTooLarge(self._max)
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -80,7 +85,7 @@ class EventDecoder:
 
     def _dispatch(self) -> Event | None:
         data, event = self._data, self._event
-        self._data, self._event = [], ""
+        self._data, self._event, self._size = [], "", 0
         if not data:
             return None
         return Event("\n".join(data), event or "message", self._last_id)

@@ -28,6 +28,7 @@ from gateway.errors import (
     CredentialError,
     EventStreamError,
     MessageError,
+    ResponseTooLarge,
     TooDeep,
     UpstreamSessionExpired,
     UpstreamUnauthorized,
@@ -111,6 +112,8 @@ class HttpChannel:
                 return self._as_response(loads_relayable(await resp.read()), message)
             finally:
                 resp.close()
+        except ResponseTooLarge as exc:
+            raise UpstreamUnavailable(self._name, str(exc)) from None
         except ConnectTimeout as exc:
             if exc.connecting:  # the address does not answer (a pool at its cap says nothing of it)
                 raise UpstreamUnreachable(self._name, f"connection timed out ({exc})") from exc
@@ -219,7 +222,7 @@ class HttpChannel:
         self, resp: Response, message: JSONObject, sink: MessageSink | None
     ) -> JSONObject:
         request_id = message.get("id")
-        decoder = EventDecoder()
+        decoder = EventDecoder(self._pool.max_body_bytes)
         while True:
             chunk = await resp.chunk()
             for event in decoder.feed(chunk) if chunk else decoder.close():
@@ -265,6 +268,8 @@ class HttpChannel:
                     resp.close()
         except WireError as exc:
             raise UpstreamUnavailable(self._name, f"connection failed: {exc}") from exc
+        except ResponseTooLarge as exc:
+            raise UpstreamUnavailable(self._name, str(exc)) from None
         except TimeoutError:
             method = message.get("method", "response")
             raise UpstreamUnavailable(self._name, f"no answer to a {method} within {_ONE_WAY_S:g}s") from None
@@ -298,7 +303,7 @@ class HttpChannel:
                             logger.info("upstream %s: GET stream refused (HTTP %d)", self._name, resp.status)
                             return
                         self.stream_open.set()
-                        decoder = EventDecoder()
+                        decoder = EventDecoder(pool.max_body_bytes)
                         while chunk := await resp.chunk():
                             for event in decoder.feed(chunk):
                                 received = _message_in(event)
@@ -306,7 +311,7 @@ class HttpChannel:
                                     await self._unsolicited(received)
                     finally:
                         resp.close()
-                except (WireError, MessageError, EventStreamError) as exc:
+                except (WireError, MessageError, EventStreamError, ResponseTooLarge) as exc:
                     logger.debug("upstream %s: GET stream dropped: %s", self._name, exc)
                 except Exception:  # this task lives in the gateway's task group: never let it end it
                     logger.exception("upstream %s: GET stream failed", self._name)

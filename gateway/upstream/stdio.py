@@ -21,7 +21,7 @@ from mcp.client.stdio import get_default_environment
 from mcp.os.posix.utilities import terminate_posix_process_tree
 
 from gateway.background import start_guarded
-from gateway.errors import UpstreamUnavailable, UpstreamUnreachable
+from gateway.errors import ResponseTooLarge, UpstreamUnavailable, UpstreamUnreachable
 from gateway.protocol.jsonrpc import JSONObject, dumps
 from gateway.recording.redaction import Redactor
 from gateway.upstream.channel import MessageSink, Unsolicited
@@ -29,7 +29,7 @@ from gateway.upstream.demux import Demux
 
 logger = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024  # the default of security.max_upstream_response_bytes
 _STDERR_LINE_BYTES = 64 * 1024  # read; what is logged of a line is cut far shorter
 _STDERR_LOGGED_CHARS = 2000
 _STREAM_ENDED = (
@@ -124,6 +124,8 @@ class StdioChannel:
         self._closed = False
         self._scope = anyio.CancelScope()
         self.exited = anyio.Event()
+        self._max_line_bytes = MAX_LINE_BYTES
+        self._failure: str | None = None  # why the channel closed, when that is what calls are told
 
     @classmethod
     async def start(
@@ -135,6 +137,8 @@ class StdioChannel:
         unsolicited: Unsolicited,
         task_group: TaskGroup,
         stderr: StderrLog,
+        *,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> StdioChannel:
         full_env = {**get_default_environment(), **env}
         try:
@@ -151,6 +155,7 @@ class StdioChannel:
         except OSError as exc:
             raise UpstreamUnreachable(name, f"cannot start {command[0]!r}: {exc}") from exc
         channel = cls(name, process, unsolicited, stderr)
+        channel._max_line_bytes = max_line_bytes
         start_guarded(task_group, f"upstream {name}: reading its output", channel._run)
         return channel
 
@@ -165,6 +170,8 @@ class StdioChannel:
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         response = await self._demux.round_trip(message, sink, self._write)
         if response is None:
+            if self._failure is not None:
+                raise UpstreamUnavailable(self._name, self._failure)
             code = self._process.returncode
             exited = "the process exited before answering"
             raise UpstreamUnavailable(self._name, exited if code is None else f"{exited} (exit code {code})")
@@ -220,11 +227,14 @@ class StdioChannel:
         reader = BufferedByteReceiveStream(self._process.stdout)
         while True:
             try:
-                line = await reader.receive_until(b"\n", MAX_LINE_BYTES)
+                line = await reader.receive_until(b"\n", self._max_line_bytes)
             except _STREAM_ENDED:
                 return
             except anyio.DelimiterNotFound:
-                logger.error("upstream %s: a message over %d bytes; closing", self._name, MAX_LINE_BYTES)
+                # Whose answer it is cannot be known without reading it whole: the child is
+                # ended, and the calls it had are told why.
+                self._failure = str(ResponseTooLarge(self._max_line_bytes))
+                logger.error("upstream %s: %s; ending its process", self._name, self._failure)
                 return
             if line.strip():
                 await self._demux.dispatch_raw(line)
