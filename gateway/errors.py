@@ -30,6 +30,7 @@
     ├── EventStreamError              an upstream's event stream that cannot be decoded
     ├── ResponseTooLarge              an upstream's answer over `security.max_upstream_response_bytes`
     ├── ConfigError                   the config file is missing, unreadable or not valid
+    │   └── TelemetryConfigError      telemetry settings (or OTEL_* variables) this gateway cannot do
     └── OidcError                     a person's sign-in through an OpenID Connect provider failed
         ├── OidcUnavailable           the provider cannot be used now (discovery, keys, token endpoint)
         └── OidcRefused               the person is not signed in (`reason` says why, the message how)
@@ -245,6 +246,11 @@ class ConfigError(GatewayError):
         super().__init__(message)
         self.file = file
         self.problems = tuple(problems)
+
+
+class TelemetryConfigError(ConfigError):
+    """The telemetry settings name something this gateway cannot do (a protocol other than
+    http/protobuf, an unknown sampler), in the config or the standard OTEL_* variables."""
 
 
 class HostRefusal(GatewayError):

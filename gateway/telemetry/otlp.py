@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from gateway.config.values import TelemetryConfig
+from gateway.errors import TelemetryConfigError
 from gateway.telemetry.otel_metrics import OperationMetrics
 
 __all__ = [
@@ -55,11 +56,6 @@ DEFAULT_SERVICE_NAME = "mcpgw"
 _MAX_QUEUE = 2048  # the SDK's default (OTEL_BSP_MAX_QUEUE_SIZE)
 # OTLP SpanFlags: whether the parent's remoteness is known, and that it is remote.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-
-
-class TelemetryConfigError(ValueError):
-    """The telemetry settings name something this gateway cannot do (a protocol other than
-    http/protobuf, an unknown sampler)."""
 
 
 @dataclass(frozen=True, slots=True)
