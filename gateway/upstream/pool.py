@@ -42,7 +42,8 @@ from gateway.protocol.jsonrpc import (
 )
 from gateway.protocol.uris import outward
 from gateway.upstream.channel import DISCARD, MessageSink
-from gateway.upstream.connector import SHARED_HANDSHAKE, Connects, UpstreamSession
+from gateway.upstream.connector import SHARED_HANDSHAKE, Connects, UpstreamSession, shared_handshake
+from gateway.upstream.profiles import EMPTY_PROFILE, Profile, capabilities_of
 
 __all__ = ["PoolUser", "SharedPool"]
 
@@ -107,6 +108,10 @@ class SharedPool:
         self.on_list_changed = on_list_changed
         self._members: list[_Member] = []
         self._lock = anyio.Lock()
+        # Listing sessions for hosts' capability profiles (other than the empty one, whose
+        # lists come from `_members`): their handshakes declare the profile, so the upstream
+        # lists what it offers such a host. `core/lists.py` bounds how many profiles there are.
+        self._listing: dict[Profile, _Member] = {}
         self._users: dict[str, PoolUser] = {}
         self._subscribers: dict[str, set[str]] = {}
         self._levels: dict[str, str] = {}
@@ -125,17 +130,34 @@ class SharedPool:
         """Upstream sessions (stdio: children) open in the pool now."""
         return sum(1 for member in self._members if member.live)
 
-    async def capabilities(self) -> JSONObject:
-        """What the upstream can do, from a pool session (opened if there is none)."""
-        member = await self._member()
+    async def capabilities(self, profile: Profile = EMPTY_PROFILE) -> JSONObject:
+        """What the upstream can do, from a pool session (opened if there is none) declaring
+        the client capabilities of `profile`."""
+        member = await self._lister(profile)
         assert member.session is not None
         return member.session.capabilities
 
-    async def list(self, message: JSONObject) -> JSONObject:
-        """Send a listing request of the gateway's own (no host's progress, no host's id)."""
-        member = await self._member()
+    async def list(self, message: JSONObject, profile: Profile = EMPTY_PROFILE) -> JSONObject:
+        """Send a listing request of the gateway's own (no host's progress, no host's id), as a
+        client with the capabilities of `profile`."""
+        member = await self._lister(profile)
         assert member.session is not None
         return await member.session.request({**message, "id": f"mcpgw-s{next(_IDS)}"}, DISCARD)
+
+    async def _lister(self, profile: Profile) -> _Member:
+        if profile == EMPTY_PROFILE:
+            return await self._member()
+        async with self._lock:
+            member = self._listing.get(profile)
+            if member is not None and member.live:
+                return member
+            member = _Member()
+            handshake = shared_handshake(capabilities_of(profile))
+            member.session = await self._connector.open_session(handshake, self._unsolicited(member))
+            self._listing[profile] = member
+            with anyio.move_on_after(self._connector.config.timeouts.connect_s):
+                await member.session.announcing()  # its list changes reach the gateway from the start
+            return member
 
     async def request(
         self, user: PoolUser, message: JSONObject, relay: Callable[[UpstreamSession], MessageSink]
@@ -217,13 +239,21 @@ class SharedPool:
             logger.info("upstream %s: closing an idle pooled session", self.name)
             self._members.remove(member)
             await session.channel.aclose()
+        for profile, member in list(self._listing.items()):
+            session = member.session
+            if session is None or now - session.last_used <= idle_s:
+                continue
+            logger.info("upstream %s: closing an idle listing session", self.name)
+            del self._listing[profile]
+            await session.channel.aclose()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            for member in self._members:
+            for member in [*self._members, *self._listing.values()]:
                 if member.session is not None:
                     await member.session.channel.aclose()
             self._members.clear()
+            self._listing.clear()
 
     async def _member(self) -> _Member:
         """The pool session with the fewest calls in flight; a new one while the pool has room
