@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from tests.harness import RunningGateway, keyless_config, serve_gateway
+from gateway.core.lists import MAX_PROFILES
+from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.node import NODE_DIR
 
 EVERYTHING = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -129,3 +132,56 @@ async def test_sampling_through_the_gateway_reaches_the_host_that_declared_it(
     assert not result.is_error
     text = " ".join(item.text for item in result.content if isinstance(item, types.TextContent))
     assert "sampled by the host" in text
+
+
+@pytest.fixture(scope="module")
+async def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+    async with serve_gateway(
+        keyless_config(tmp_path_factory.mktemp("profiles"), demo_stdio_yaml())
+    ) as running:
+        yield running
+
+
+async def _modern_tools(
+    http: httpx2.AsyncClient, gateway: RunningGateway, capabilities: dict[str, Any]
+) -> set[str]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+        "io.modelcontextprotocol/clientInfo": {"name": "many", "version": "1"},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/list",
+    }
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    with anyio.fail_after(TIMEOUT):
+        answer = await http.post(gateway.url, json=message, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return {tool["name"] for tool in answer.json()["result"]["tools"]}
+
+
+async def test_hosts_cannot_make_the_gateway_list_an_upstream_for_unboundedly_many_capability_sets(
+    demo_gateway: RunningGateway,
+) -> None:
+    """Each capability set is a listing session (a child, for stdio) and a list held: past
+    MAX_PROFILES per upstream, and for keys outside the spec's, nothing new is listed."""
+    kinds = ["roots", "sampling", "elicitation", "tasks"]
+    sets: list[dict[str, Any]] = [
+        {kind: {} for kind, bit in zip(kinds, f"{n:04b}", strict=True) if bit == "1"} for n in range(1, 16)
+    ]
+    lists = demo_gateway.gateway.lists
+    async with httpx2.AsyncClient() as http:
+        bare = await _modern_tools(http, demo_gateway, {})
+        before = lists.fetched["demo"]
+        for n in range(20):  # experimental and extension keys are not part of a capability set
+            extras: dict[str, Any] = {"experimental": {f"x{n}": {}}, "extensions": {f"io.example/{n}": {}}}
+            assert await _modern_tools(http, demo_gateway, extras) == bare
+        assert lists.fetched["demo"] == before
+        for capabilities in sets:
+            assert await _modern_tools(http, demo_gateway, capabilities) == bare
+        assert lists.fetched["demo"] == before + MAX_PROFILES
+        for capabilities in sets:  # listed once: served from the catalogue
+            await _modern_tools(http, demo_gateway, capabilities)
+        assert lists.fetched["demo"] == before + MAX_PROFILES
