@@ -6,10 +6,10 @@ list is fetched through its pool's listing session (`upstream/pool.py`: one sess
 never one per host, so listing starts no child per host session), per capability profile
 (`upstream/profiles.py`): an upstream may offer some tools only to clients that can answer what
 they ask (sampling, elicitation, roots), so each profile's list is fetched by a listing session
-declaring that profile, once, and every host of that profile is served it. A `sessions: shared`
-upstream is listed with the empty profile: its calls go over pool sessions that declare nothing,
-where only that list's tools exist. At most `MAX_PROFILES` profiles per upstream are listed; a
-host of another is served the empty profile's list (logged once per upstream). Except:
+declaring that profile, once, and every host of that profile is served it (a `sessions: shared`
+upstream's calls go over pool sessions of the host's profile too, where those tools exist). At
+most `MAX_PROFILES` profiles per upstream are listed (`SharedPool.admit`); a host of another is
+served the empty profile's list (logged once per upstream). Except:
 - an upstream that needs a credential per identity (`auth` oauth or user_headers) is listed with
   that identity's credential, through the host session's own upstream session, and cached per
   credential binding: one user's list never reaches another;
@@ -40,12 +40,11 @@ from gateway.upstream.connector import Connects
 from gateway.upstream.pool import SharedPool
 from gateway.upstream.profiles import EMPTY_PROFILE, Profile, profile_of
 
-__all__ = ["MAX_PROFILES", "UpstreamLists"]
+__all__ = ["UpstreamLists"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_PAGES = 100
-MAX_PROFILES = 8  # capability profiles listed per upstream (a handful exist among real hosts)
 _KIND_OF = {
     "tools": "tools",
     "prompts": "prompts",
@@ -77,8 +76,6 @@ class UpstreamLists:
         self._entries: dict[_Key, _Entry] = {}
         self._locks: dict[_Key, anyio.Lock] = {}
         self._generations: Counter[str] = Counter()  # a fetch begun before a `forget` is not kept
-        self._profiles: dict[str, set[Profile]] = {}  # listed per upstream, at most MAX_PROFILES
-        self._too_many: set[str] = set()  # upstreams whose cap on profiles was logged
         self.fetched: Counter[str] = Counter()  # lists fetched from each upstream (tests, metrics)
 
     def forget(self, name: str, kind: str | None = None) -> None:
@@ -124,26 +121,10 @@ class UpstreamLists:
         return entry
 
     def _profile(self, session: HostSession, name: str) -> Profile:
-        """Which profile's list `session` is served of upstream `name`."""
+        """Which profile's list `session` is served of upstream `name` (its pool bounds them)."""
         pool = self._pools.get(name)
-        if pool is not None and pool.shared:
-            return EMPTY_PROFILE
         profile = profile_of(session.handshake.capabilities)
-        known = self._profiles.setdefault(name, {EMPTY_PROFILE})
-        if profile in known:
-            return profile
-        if len(known) > MAX_PROFILES:  # the empty one is not counted
-            if name not in self._too_many:
-                self._too_many.add(name)
-                logger.warning(
-                    "upstream %s: hosts declared more than %d sets of capabilities; hosts of other "
-                    "sets are served what it lists to a client declaring none",
-                    name,
-                    MAX_PROFILES,
-                )
-            return EMPTY_PROFILE
-        known.add(profile)
-        return profile
+        return profile if pool is None else pool.admit(profile)
 
     def _shared_scope(self, session: HostSession, name: str) -> Hashable:
         """Whose list it is: everyone's, or (per-identity credentials) the credential binding's."""

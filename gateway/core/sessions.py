@@ -203,6 +203,7 @@ class HostSession:
         self.ended = anyio.Event()
         self.principal = principal
         self.handshake = handshake
+        self.profile = profile_of(handshake.capabilities)  # what pools' sessions declare for it
         self.listen = ListenStream(buffered=not self.announces_on_listen_only)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
@@ -411,9 +412,9 @@ class HostSession:
 
         try:
             if message["method"] in ("resources/subscribe", "resources/unsubscribe"):
-                response = await pool.subscribe(self, message, relay)
+                response = await pool.subscribe(self, message, relay, self.profile)
             else:
-                response = await pool.request(self, message, relay)
+                response = await pool.request(self, message, relay, self.profile)
         finally:
             if isinstance(request_id, str | int):
                 self.in_flight.pop(request_id, None)

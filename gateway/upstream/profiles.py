@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from gateway.protocol.jsonrpc import JSONObject
 
-__all__ = ["EMPTY_PROFILE", "Profile", "capabilities_of", "profile_of"]
+__all__ = ["EMPTY_PROFILE", "MAX_PROFILES", "Profile", "capabilities_of", "profile_of"]
 
 # The client capabilities of the spec (2025-11-25, and the tasks requests), as dotted paths.
 _PATHS = (
@@ -36,6 +36,7 @@ _PATHS = (
 )
 _BOOLEAN = frozenset({"roots.listChanged"})  # the others are objects
 
+MAX_PROFILES = 8  # per upstream, besides the empty one (a handful exist among real hosts)
 Profile = tuple[str, ...]  # the declared paths, in `_PATHS` order
 EMPTY_PROFILE: Profile = ()
 

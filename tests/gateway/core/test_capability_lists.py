@@ -20,13 +20,14 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from gateway.core.lists import MAX_PROFILES
+from gateway.upstream.profiles import MAX_PROFILES
 from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.node import NODE_DIR
 
 EVERYTHING = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 TIMEOUT = 30.0
 MODES = ["legacy", "2026-07-28"]
+UPSTREAMS = ["every", "pooled"]  # sessions: per_host, shared
 CAPABLE_ONLY = {"trigger-sampling-request", "trigger-elicitation-request", "get-roots-list"}
 
 
@@ -38,7 +39,11 @@ async def everything_gateway(
   - name: every
     transport: stdio
     command: [node, "{EVERYTHING}", stdio]
-    sessions: per_host"""
+    sessions: per_host
+  - name: pooled
+    transport: stdio
+    command: [node, "{EVERYTHING}", stdio]
+    sessions: shared"""
     async with serve_gateway(keyless_config(tmp_path_factory.mktemp("everything"), upstreams)) as running:
         yield running
 
@@ -81,22 +86,25 @@ async def _direct_tools(*, capable: bool) -> set[str]:
 
 
 async def _gateway_tools(
-    gateway: RunningGateway, *, capable: bool, mode: str, name: str | None = None
+    gateway: RunningGateway, *, capable: bool, mode: str, name: str | None = None, upstream: str = "every"
 ) -> set[str]:
     async with _client(gateway.url, capable=capable, mode=mode, name=name) as client:
         with anyio.fail_after(TIMEOUT):
             tools = (await client.list_tools()).tools
-    return {tool.name.removeprefix("every__") for tool in tools}
+    prefix = f"{upstream}__"
+    return {tool.name.removeprefix(prefix) for tool in tools if tool.name.startswith(prefix)}
 
 
+@pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("capable", [True, False], ids=["capable", "bare"])
 async def test_a_host_sees_the_tools_a_direct_client_with_its_capabilities_sees(
-    everything_gateway: RunningGateway, capable: bool, mode: str
+    everything_gateway: RunningGateway, capable: bool, mode: str, upstream: str
 ) -> None:
     direct = await _direct_tools(capable=capable)
     assert (direct >= CAPABLE_ONLY) is capable  # the server really lists per capability
-    assert await _gateway_tools(everything_gateway, capable=capable, mode=mode) == direct
+    seen = await _gateway_tools(everything_gateway, capable=capable, mode=mode, upstream=upstream)
+    assert seen == direct
 
 
 async def test_a_capable_host_and_a_bare_one_each_see_their_own_list(
@@ -121,13 +129,15 @@ async def test_a_2026_host_is_served_the_list_of_the_capabilities_its_request_de
     assert not CAPABLE_ONLY & bare
 
 
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("mode", MODES)
 async def test_sampling_through_the_gateway_reaches_the_host_that_declared_it(
-    everything_gateway: RunningGateway,
+    everything_gateway: RunningGateway, upstream: str, mode: str
 ) -> None:
-    async with _client(everything_gateway.url, capable=True) as client:
+    async with _client(everything_gateway.url, capable=True, mode=mode) as client:
         with anyio.fail_after(TIMEOUT):
             result = await client.call_tool(
-                "every__trigger-sampling-request", {"prompt": "say something", "maxTokens": 20}
+                f"{upstream}__trigger-sampling-request", {"prompt": "say something", "maxTokens": 20}
             )
     assert not result.is_error
     text = " ".join(item.text for item in result.content if isinstance(item, types.TextContent))
