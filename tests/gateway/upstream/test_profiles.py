@@ -13,7 +13,12 @@ def test_the_same_capabilities_in_any_order_make_one_profile() -> None:
 
 
 def test_experimental_extensions_and_unknown_keys_make_no_profile_of_their_own() -> None:
-    noisy = {"experimental": {"x": {}}, "extensions": {"io.example/y": {}}, "whatever": {}, "sampling": {}}
+    noisy: dict[str, object] = {
+        "experimental": {"x": {}},
+        "extensions": {"io.example/y": {}},
+        "whatever": {},
+        "sampling": {},
+    }
     assert profile_of(noisy) == profile_of({"sampling": {}})
     assert profile_of({"experimental": {"x": {}}}) == EMPTY_PROFILE
 
