@@ -1,5 +1,5 @@
 """Node programs the tests start: `tests/node/` (a real OpenID provider, MCP clients of the
-TypeScript SDK), installed from its committed lockfile.
+TypeScript SDK, server-everything), installed from its committed lockfile.
 
 `install()` runs `npm ci` in `tests/node/` when `node_modules` does not match the lockfile (a
 stamp in `node_modules` holds the lockfile's hash), under a file lock, so parallel test runs

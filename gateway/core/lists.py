@@ -3,7 +3,13 @@
 A host session's `tools/list` (prompts, resources, templates) is served from here; the router
 merges, filters per key and builds the session's routing table from these lists. An upstream's
 list is fetched through its pool's listing session (`upstream/pool.py`: one session per upstream,
-never one per host, so listing starts no child per host session), except:
+never one per host, so listing starts no child per host session), per capability profile
+(`upstream/profiles.py`): an upstream may offer some tools only to clients that can answer what
+they ask (sampling, elicitation, roots), so each profile's list is fetched by a listing session
+declaring that profile, once, and every host of that profile is served it (a `sessions: shared`
+upstream's calls go over pool sessions of the host's profile too, where those tools exist). At
+most `MAX_PROFILES` profiles per upstream are listed (`SharedPool.admit`); a host of another is
+served the empty profile's list (logged once per upstream). Except:
 - an upstream that needs a credential per identity (`auth` oauth or user_headers) is listed with
   that identity's credential, through the host session's own upstream session, and cached per
   credential binding: one user's list never reaches another;
@@ -32,6 +38,7 @@ from gateway.errors import HandshakeRefused, RoutingError
 from gateway.protocol.jsonrpc import JSONObject, params_of
 from gateway.upstream.connector import Connects
 from gateway.upstream.pool import SharedPool
+from gateway.upstream.profiles import EMPTY_PROFILE, Profile, profile_of
 
 __all__ = ["UpstreamLists"]
 
@@ -46,7 +53,7 @@ _KIND_OF = {
 }
 _METHOD_OF = {"tools": "tools/list", "prompts": "prompts/list", "resources": "resources/list",
               "resourceTemplates": "resources/templates/list"}  # fmt: skip
-_Key = tuple[str, str, Hashable]  # upstream, items key ("tools", ...), identity (None: everyone)
+_Key = tuple[str, str, Hashable]  # upstream, items key ("tools", ...), (profile, identity (None: everyone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +91,9 @@ class UpstreamLists:
         "resourceTemplates"), as `session`'s caller may see it: cached, or listed now."""
         if name in session.own_lists:  # its own upstream session said they changed: its alone
             return (await self._fetch(session, name, key, message)).items
-        shared = self._shared_scope(session, name)
-        private = _caller(session)
+        profile = self._profile(session, name)
+        shared = (profile, self._shared_scope(session, name))
+        private = (profile, _caller(session))
         found = self._fresh((name, key, private)) or self._fresh((name, key, shared))
         if found is not None:
             return found.items
@@ -95,7 +103,7 @@ class UpstreamLists:
             if found is not None:
                 return found.items
             generation = self._generations[name]
-            page = await self._fetch(session, name, key, message)
+            page = await self._fetch(session, name, key, message, profile)
             self.fetched[name] += 1
             ttl_s = self._connectors[name].config.list_ttl_s if page.ttl_s is None else page.ttl_s
             if generation == self._generations[name] and ttl_s > 0:
@@ -112,13 +120,21 @@ class UpstreamLists:
             return None
         return entry
 
+    def _profile(self, session: HostSession, name: str) -> Profile:
+        """Which profile's list `session` is served of upstream `name` (its pool bounds them)."""
+        pool = self._pools.get(name)
+        profile = profile_of(session.handshake.capabilities)
+        return profile if pool is None else pool.admit(profile)
+
     def _shared_scope(self, session: HostSession, name: str) -> Hashable:
         """Whose list it is: everyone's, or (per-identity credentials) the credential binding's."""
         if not self._connectors[name].config.auth.per_identity:
             return None
         return ("binding", session.binding(name))
 
-    async def _fetch(self, session: HostSession, name: str, key: str, message: JSONObject) -> _Page:
+    async def _fetch(
+        self, session: HostSession, name: str, key: str, message: JSONObject, profile: Profile = EMPTY_PROFILE
+    ) -> _Page:
         config = self._connectors[name].config
         pool = self._pools.get(name)
         own = (
@@ -132,7 +148,7 @@ class UpstreamLists:
         if not own:
             assert pool is not None
             try:
-                capabilities = await pool.capabilities()
+                capabilities = await pool.capabilities(profile)
             except HandshakeRefused:
                 # A 2026-07-28-only upstream refuses the listing session's `initialize`: it is
                 # reached statelessly through the session, as its calls are.
@@ -147,7 +163,11 @@ class UpstreamLists:
 
         else:
             assert pool is not None
-            send = pool.list
+
+            async def through_pool(request: JSONObject) -> JSONObject:
+                return await pool.list(request, profile)
+
+            send = through_pool
             message = {"jsonrpc": "2.0", "id": "mcpgw-list", "method": _METHOD_OF[key]}
         if capabilities is None or _KIND_OF[key] not in capabilities:
             return _Page([], None, private=False)

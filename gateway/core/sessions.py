@@ -48,6 +48,7 @@ from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import Connects, Handshake, ModernUpstream, UpstreamSession
 from gateway.upstream.http import HeaderSource
 from gateway.upstream.pool import SharedPool
+from gateway.upstream.profiles import Profile, profile_of
 from store import Binding, SessionEnd, SessionStart, StoreError, utc_now
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ class HostSession:
         self.ended = anyio.Event()
         self.principal = principal
         self.handshake = handshake
+        self.profile = profile_of(handshake.capabilities)  # what pools' sessions declare for it
         self.listen = ListenStream(buffered=not self.announces_on_listen_only)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
@@ -410,9 +412,9 @@ class HostSession:
 
         try:
             if message["method"] in ("resources/subscribe", "resources/unsubscribe"):
-                response = await pool.subscribe(self, message, relay)
+                response = await pool.subscribe(self, message, relay, self.profile)
             else:
-                response = await pool.request(self, message, relay)
+                response = await pool.request(self, message, relay, self.profile)
         finally:
             if isinstance(request_id, str | int):
                 self.in_flight.pop(request_id, None)
@@ -554,7 +556,8 @@ class StatelessGroup(HostSession):
         return with_server_info({**response, "id": request_id}, upstream.server_info)
 
 
-GroupKey = tuple[str, str | None, str | None, str, str]  # organisation, API key, grant, client name, version
+# organisation, API key, grant, client name, version, capability profile
+GroupKey = tuple[str, str | None, str | None, str, str, Profile]
 
 
 @dataclass(slots=True)
@@ -649,12 +652,16 @@ class SessionRegistry:
     async def group(
         self, principal: Principal, handshake: Handshake, protocol_version: str
     ) -> StatelessGroup:
-        """The 2026-07-28 group of this key and client (name and version), opened (and recorded)
-        if there is none; past the key's `groups_per_key`, its least recently used group ends."""
+        """The 2026-07-28 group of this key, client (name and version) and capability profile,
+        opened (and recorded) if there is none; past the key's `groups_per_key`, its least
+        recently used group ends."""
         info = handshake.client_info
         name, version = str(info.get("name", "")), str(info.get("version", ""))
         # A signed-in host's grants are kept apart: each is a sign-in of its own, revoked alone.
-        key = (principal.organisation_id, principal.api_key_id, principal.grant_id, name, version)
+        # Capabilities come with each request: a group's upstream sessions declare its first
+        # request's, so requests declaring others (another profile) make a group of their own.
+        profile = profile_of(handshake.capabilities)
+        key = (principal.organisation_id, principal.api_key_id, principal.grant_id, name, version, profile)
         found = self._groups.get(key)
         if found is not None and not found.closed:
             return found

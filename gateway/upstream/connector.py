@@ -70,13 +70,23 @@ class Handshake:
     protocol_version: str
     capabilities: JSONObject
     client_info: JSONObject
+    shared: bool = False  # a session no one host owns (a pool's): counted and streamed as such
 
 
 # The gateway's own handshake, when it checks an upstream it has no host session for.
 _CHECK = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "health check"})
-# ... and for sessions no one host owns (the catalogue's listing session, shared pools): they
-# declare no client capabilities, so a well-behaved server asks no host for sampling or input.
-SHARED_HANDSHAKE = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "shared session"})
+# ... and for sessions no one host owns (the catalogue's listing sessions, shared pools): they
+# declare no client capabilities, so a well-behaved server asks no host for sampling or input
+# (a listing session for a capability profile declares that profile's: `shared_handshake`).
+_SHARED_INFO = {"name": "mcpgw", "version": "shared session"}
+SHARED_HANDSHAKE = Handshake(_VERIFY_VERSION, {}, _SHARED_INFO, shared=True)
+
+
+def shared_handshake(capabilities: JSONObject) -> Handshake:
+    """The handshake of a session no host owns that declares `capabilities`."""
+    return Handshake(_VERIFY_VERSION, capabilities, _SHARED_INFO, shared=True)
+
+
 Recovered = Callable[[str, JSONObject], Awaitable[None]]
 
 
@@ -297,7 +307,7 @@ class Connector:
             return await self._opening(handshake, unsolicited, credential)
         # A pool's sessions (opened with the shared handshake) are capped by its max_sessions;
         # host sessions' own by max_children; the gateway's cap holds for every child.
-        own = handshake is not SHARED_HANDSHAKE
+        own = not handshake.shared
         with self.children.starting(self.name, self.config.max_children, own=own):
             session = await self._opening(handshake, unsolicited, credential)
         self.children.track(self.name, session.channel, own=own)
@@ -395,7 +405,7 @@ class Connector:
                 # Sessions no host owns (the catalogue's listing session, a shared pool's, at most
                 # max_sessions + 1) keep their GET streams on the calls' pool: they hear the list
                 # changes every host is told of, and must not queue behind host sessions' streams.
-                own = handshake is not SHARED_HANDSHAKE
+                own = not handshake.shared
                 channel = await self._open_channel(unsolicited, credential, own_listen_slot=own)
                 try:
                     response = await channel.request(self._initialize(handshake), DISCARD)

@@ -1,10 +1,13 @@
 """Upstream sessions that belong to no one host session: one `SharedPool` per configured upstream.
 
 Every upstream has a pool. For a `per_host` upstream it holds only the catalogue's listing
-session (what the upstream lists is fetched once for everybody, `core/lists.py`); for a `shared`
+sessions (what the upstream lists is fetched once for everybody, `core/lists.py`); for a `shared`
 upstream it is also where every host session's calls go, multiplexed over at most `max_sessions`
 upstream sessions (stdio: children), each opened with the gateway's own handshake when a call
-needs one and closed once idle for the upstream's `idle_s`.
+needs one and closed once idle for the upstream's `idle_s`. Both are kept per capability profile
+(`profiles.py`, at most MAX_PROFILES besides the empty one): a session's handshake declares its
+profile's client capabilities, so the upstream lists (and serves) to it what it would to a host
+of that profile, and a host's calls go to a session of its own profile.
 
 Multiplexing keeps what one host session does apart from another's:
 - request ids are replaced by ids unique in the upstream session (`mcpgw-s<n>`), and put back on
@@ -42,7 +45,8 @@ from gateway.protocol.jsonrpc import (
 )
 from gateway.protocol.uris import outward
 from gateway.upstream.channel import DISCARD, MessageSink
-from gateway.upstream.connector import SHARED_HANDSHAKE, Connects, UpstreamSession
+from gateway.upstream.connector import SHARED_HANDSHAKE, Connects, UpstreamSession, shared_handshake
+from gateway.upstream.profiles import EMPTY_PROFILE, MAX_PROFILES, Profile, capabilities_of
 
 __all__ = ["PoolUser", "SharedPool"]
 
@@ -86,6 +90,7 @@ class _Call:
 
 @dataclass(slots=True)
 class _Member:
+    profile: Profile = EMPTY_PROFILE  # the client capabilities its handshake declared
     session: UpstreamSession | None = None
     calls: dict[str, _Call] = field(default_factory=dict)  # by the upstream-facing id
 
@@ -107,6 +112,10 @@ class SharedPool:
         self.on_list_changed = on_list_changed
         self._members: list[_Member] = []
         self._lock = anyio.Lock()
+        # Hosts' capability profiles this pool opens sessions for, besides the empty one: at
+        # most MAX_PROFILES (`admit`), each a session or more whose handshake declares it.
+        self._profiles: set[Profile] = set()
+        self._too_many_logged = False
         self._users: dict[str, PoolUser] = {}
         self._subscribers: dict[str, set[str]] = {}
         self._levels: dict[str, str] = {}
@@ -125,33 +134,63 @@ class SharedPool:
         """Upstream sessions (stdio: children) open in the pool now."""
         return sum(1 for member in self._members if member.live)
 
-    async def capabilities(self) -> JSONObject:
-        """What the upstream can do, from a pool session (opened if there is none)."""
-        member = await self._member()
+    def admit(self, profile: Profile) -> Profile:
+        """The profile whose sessions (and lists) serve a host of `profile`: itself, or the empty
+        one once MAX_PROFILES others are known (logged once)."""
+        if profile == EMPTY_PROFILE or profile in self._profiles:
+            return profile
+        if len(self._profiles) < MAX_PROFILES:
+            self._profiles.add(profile)
+            return profile
+        if not self._too_many_logged:
+            self._too_many_logged = True
+            logger.warning(
+                "upstream %s: hosts declared more than %d sets of capabilities; hosts of other sets "
+                "are served as a client declaring none",
+                self.name,
+                MAX_PROFILES,
+            )
+        return EMPTY_PROFILE
+
+    async def capabilities(self, profile: Profile = EMPTY_PROFILE) -> JSONObject:
+        """What the upstream can do, from a pool session (opened if there is none) declaring
+        the client capabilities of `profile`."""
+        member = await self._member(profile)
         assert member.session is not None
         return member.session.capabilities
 
-    async def list(self, message: JSONObject) -> JSONObject:
-        """Send a listing request of the gateway's own (no host's progress, no host's id)."""
-        member = await self._member()
+    async def list(self, message: JSONObject, profile: Profile = EMPTY_PROFILE) -> JSONObject:
+        """Send a listing request of the gateway's own (no host's progress, no host's id), as a
+        client with the capabilities of `profile`."""
+        member = await self._member(profile)
         assert member.session is not None
         return await member.session.request({**message, "id": f"mcpgw-s{next(_IDS)}"}, DISCARD)
 
     async def request(
-        self, user: PoolUser, message: JSONObject, relay: Callable[[UpstreamSession], MessageSink]
+        self,
+        user: PoolUser,
+        message: JSONObject,
+        relay: Callable[[UpstreamSession], MessageSink],
+        profile: Profile = EMPTY_PROFILE,
     ) -> JSONObject:
-        """Send a host's request over a pool session, under an id (and progress token) unique in
-        it; what the upstream sends during the call goes to `relay(session)`."""
+        """Send a host's request over a pool session declaring the host's `profile` (`admit`),
+        under an id (and progress token) unique in it; what the upstream sends during the call
+        goes to `relay(session)`."""
         self._users[user.id] = user
+        profile = self.admit(profile)
         try:
-            return await self._request(user, message, relay)
+            return await self._request(user, message, relay, profile)
         except UpstreamSessionExpired:  # it forgot that session (HTTP 404): once more, on another
-            return await self._request(user, message, relay)
+            return await self._request(user, message, relay, profile)
 
     async def _request(
-        self, user: PoolUser, message: JSONObject, relay: Callable[[UpstreamSession], MessageSink]
+        self,
+        user: PoolUser,
+        message: JSONObject,
+        relay: Callable[[UpstreamSession], MessageSink],
+        profile: Profile,
     ) -> JSONObject:
-        member = await self._member()
+        member = await self._member(profile)
         session = member.session
         assert session is not None
         call_id = f"mcpgw-s{next(_IDS)}"
@@ -173,14 +212,18 @@ class SharedPool:
         return {**response, "id": message["id"]}
 
     async def subscribe(
-        self, user: PoolUser, message: JSONObject, relay: Callable[[UpstreamSession], MessageSink]
+        self,
+        user: PoolUser,
+        message: JSONObject,
+        relay: Callable[[UpstreamSession], MessageSink],
+        profile: Profile = EMPTY_PROFILE,
     ) -> JSONObject:
         """resources/subscribe or unsubscribe: the upstream sees the first and the last of each URI."""
         uri = str(params_of(message).get("uri"))
         subscribers = self._subscribers.setdefault(uri, set())
         if message["method"] == "resources/subscribe":
             if not subscribers:
-                response = await self.request(user, message, relay)
+                response = await self.request(user, message, relay, profile)
                 if "error" in response:
                     return response
             subscribers.add(user.id)
@@ -188,7 +231,7 @@ class SharedPool:
             subscribers.discard(user.id)
             if not subscribers:
                 del self._subscribers[uri]
-                return await self.request(user, message, relay)
+                return await self.request(user, message, relay, profile)
         return result(message["id"], {})
 
     async def set_level(self, user: PoolUser, level: str) -> None:
@@ -225,20 +268,22 @@ class SharedPool:
                     await member.session.channel.aclose()
             self._members.clear()
 
-    async def _member(self) -> _Member:
-        """The pool session with the fewest calls in flight; a new one while the pool has room
-        and each open one is busy."""
+    async def _member(self, profile: Profile = EMPTY_PROFILE) -> _Member:
+        """The pool session of `profile` with the fewest calls in flight; a new one while the
+        pool has room for that profile (`max_sessions` each) and each open one is busy."""
         async with self._lock:
             self._members = [member for member in self._members if member.live]
-            best = min(self._members, key=lambda member: len(member.calls), default=None)
-            room = len(self._members) < (self._connector.config.max_sessions if self.shared else 1)
+            mine = [member for member in self._members if member.profile == profile]
+            best = min(mine, key=lambda member: len(member.calls), default=None)
+            room = len(mine) < (self._connector.config.max_sessions if self.shared else 1)
             if best is not None and (not best.calls or not room):
                 return best
-            member = _Member()
+            member = _Member(profile)
+            handshake = (
+                SHARED_HANDSHAKE if profile == EMPTY_PROFILE else shared_handshake(capabilities_of(profile))
+            )
             try:
-                member.session = await self._connector.open_session(
-                    SHARED_HANDSHAKE, self._unsolicited(member)
-                )
+                member.session = await self._connector.open_session(handshake, self._unsolicited(member))
             except UpstreamBusy:
                 if best is None:
                     raise
