@@ -486,7 +486,12 @@ class Connector:
             )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(
-            config.name, self._sse_client, config.url, unsolicited, self._task_group
+            config.name,
+            self._sse_client,
+            config.url,
+            unsolicited,
+            self._task_group,
+            max_event_bytes=self._max_response_bytes,
         )
 
     @staticmethod

@@ -15,17 +15,26 @@ import httpx2
 from anyio.abc import TaskGroup
 
 from gateway.background import start_guarded
-from gateway.errors import UpstreamUnavailable, UpstreamUnreachable
+from gateway.errors import ResponseTooLarge, UpstreamUnavailable, UpstreamUnreachable
 from gateway.protocol.jsonrpc import JSONObject, dumps
 from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import Demux
+from gateway.upstream.events import MAX_LINE_BYTES, EventDecoder
 
 logger = logging.getLogger(__name__)
 
 
 class SseChannel:
-    def __init__(self, name: str, client: httpx2.AsyncClient, url: str, unsolicited: Unsolicited) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: httpx2.AsyncClient,
+        url: str,
+        unsolicited: Unsolicited,
+        max_event_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         self._name = name
+        self._max_event_bytes = max_event_bytes  # `security.max_upstream_response_bytes`
         self._client = client
         self._url = url
         self._demux = Demux(name, unsolicited)
@@ -37,9 +46,15 @@ class SseChannel:
 
     @classmethod
     async def start(
-        cls, name: str, client: httpx2.AsyncClient, url: str, unsolicited: Unsolicited, task_group: TaskGroup
+        cls,
+        name: str,
+        client: httpx2.AsyncClient,
+        url: str,
+        unsolicited: Unsolicited,
+        task_group: TaskGroup,
+        max_event_bytes: int = MAX_LINE_BYTES,
     ) -> SseChannel:
-        channel = cls(name, client, url, unsolicited)
+        channel = cls(name, client, url, unsolicited, max_event_bytes)
         start_guarded(task_group, f"upstream {name}: reading its event stream", channel._run)
         await channel._ready.wait()
         if channel._endpoint is None:
@@ -55,7 +70,9 @@ class SseChannel:
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         response = await self._demux.round_trip(message, sink, self._post)
         if response is None:
-            raise UpstreamUnavailable(self._name, "the SSE stream closed before the response")
+            raise self._failure or UpstreamUnavailable(
+                self._name, "the SSE stream closed before the response"
+            )
         return response
 
     async def notify(self, message: JSONObject) -> None:
@@ -91,12 +108,21 @@ class SseChannel:
                         logger.warning("upstream %s: %s", self._name, refused)
                         self._failure = UpstreamUnavailable(self._name, refused)
                         return
-                    async for event in httpx2.EventSource(response):
-                        if event.event == "endpoint":
-                            self._endpoint = self._same_origin(urljoin(self._url, event.data))
-                            self._ready.set()
-                        elif event.data:
-                            await self._demux.dispatch_raw(event.data)
+                    # The project's decoder, not httpx2's: it stops at an event over the limit
+                    # instead of buffering it whole.
+                    decoder = EventDecoder(self._max_event_bytes)
+                    async for chunk in response.aiter_bytes():
+                        for event in decoder.feed(chunk):
+                            if event.event == "endpoint":
+                                self._endpoint = self._same_origin(urljoin(self._url, event.data))
+                                self._ready.set()
+                            elif event.data:
+                                await self._demux.dispatch_raw(event.data)
+            except ResponseTooLarge as exc:
+                # The stream cannot be read past it: whose answer it was is unknown, so every
+                # call waiting on this stream fails with the limit, and the channel closes.
+                logger.warning("upstream %s: SSE stream ended: %s", self._name, exc)
+                self._failure = UpstreamUnavailable(self._name, str(exc))
             except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
                 logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
                 reason = f"could not connect ({exc or type(exc).__name__})"

@@ -2,9 +2,9 @@
 whole past it: the host gets a JSON-RPC error naming the limit, the call is recorded as an
 upstream error with that message, and the upstream keeps serving calls within the limit.
 
-The demo's `echo` tool over HTTP (SSE answers, and JSON ones with `--json-response`) and over
-stdio answers what it is sent, so a text longer than the (small, configured) limit makes a real
-server answer too much.
+The demo's `echo` tool over HTTP (SSE answers, and JSON ones with `--json-response`), over the
+legacy HTTP+SSE transport and over stdio answers what it is sent, so a text longer than the
+(small, configured) limit makes a real server answer too much.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def demo_json_url() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 async def gateway(
-    tmp_path_factory: pytest.TempPathFactory, demo_http_url: str, demo_json_url: str
+    tmp_path_factory: pytest.TempPathFactory, demo_http_url: str, demo_json_url: str, demo_sse_url: str
 ) -> AsyncIterator[RunningGateway]:
     config = write_config(
         tmp_path_factory.mktemp("response-size"),
@@ -59,6 +59,9 @@ upstreams:
   - name: plain
     transport: http
     url: {demo_json_url}
+  - name: old
+    transport: sse
+    url: {demo_sse_url}
 {demo_stdio_yaml()}
 """,
     )
@@ -93,8 +96,8 @@ async def call(
 
 @pytest.mark.parametrize(
     ("tool", "n"),
-    [("web__echo", 100), ("plain__echo", 300), ("demo__echo", 200)],
-    ids=["http-sse", "http-json", "stdio"],
+    [("web__echo", 100), ("plain__echo", 300), ("demo__echo", 200), ("old__echo", 400)],
+    ids=["http-sse", "http-json", "stdio", "legacy-sse"],
 )
 async def test_an_upstream_answer_over_the_limit_is_an_error_naming_it_and_recorded_as_such(
     gateway: RunningGateway, tool: str, n: int
