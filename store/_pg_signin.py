@@ -31,6 +31,7 @@ from ._signin import (
     _SIGNED_IN,
     _client,
     _grant,
+    _pending,
     _signed_in,
     _token_rows,
 )
@@ -139,15 +140,7 @@ class PgSignIn:
             " WHERE id = ? AND expires_at > ?",
             (request_id, _ms(now)),
         )
-        if row is None:
-            return None
-        return PendingSignIn(
-            id=row[0],
-            address=row[1],
-            client_id=row[2],
-            request=orjson.loads(row[3]),
-            expires_at=from_unix_ms(row[4]),
-        )
+        return None if row is None else _pending(row)
 
     async def end_authorization(self, request_id: str) -> bool:
         ended = await self._db.run(

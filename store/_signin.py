@@ -102,6 +102,16 @@ def _grant(row: Any) -> Grant:
     )
 
 
+def _pending(row: Any) -> PendingSignIn:
+    return PendingSignIn(
+        id=row[0],
+        address=row[1],
+        client_id=row[2],
+        request=orjson.loads(row[3]),
+        expires_at=from_unix_ms(row[4]),
+    )
+
+
 def _signed_in(row: Any) -> SignedIn:
     key = ApiKey(
         id=row[15],
@@ -327,15 +337,7 @@ class SignInSql:
             " WHERE id = ? AND expires_at > ?",
             (request_id, _ms(now)),
         )
-        if row is None:
-            return None
-        return PendingSignIn(
-            id=row[0],
-            address=row[1],
-            client_id=row[2],
-            request=orjson.loads(row[3]),
-            expires_at=from_unix_ms(row[4]),
-        )
+        return None if row is None else _pending(row)
 
     async def end_authorization(self, request_id: str) -> bool:
         with translated("end an authorization request"):
