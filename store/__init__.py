@@ -6,6 +6,7 @@ Exceptions are documented in :mod:`store.errors`.
 """
 
 from ._timestamps import format_timestamp, utc_now
+from .coordination import Coordination, LocalCoordination
 from .errors import (
     KeyFileError,
     KeyNotFound,
@@ -60,6 +61,7 @@ __all__ = [
     "AuthFlow",
     "AuthMode",
     "Binding",
+    "Coordination",
     "CreatedKey",
     "Credential",
     "CredentialFilter",
@@ -74,6 +76,7 @@ __all__ = [
     "KeyFileError",
     "KeyNotFound",
     "Keyring",
+    "LocalCoordination",
     "OAuthClient",
     "Organisation",
     "OrganisationNotFound",

@@ -34,6 +34,7 @@ from ._pg_schema import apply_postgres_migrations
 from ._pg_signin import PgSignIn
 from ._records import PRUNE_BATCH, PRUNE_STEPS
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
+from .coordination import Coordination, LocalCoordination
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .models import (
@@ -103,12 +104,18 @@ class PostgresStore:
         self._revocations = revocations
         self._credentials = None if sealer is None else CredentialSql(database, sealer)
         self._signin = PgSignIn(database, self._revoked)
+        # Until the LISTEN/NOTIFY coordination lands (issue 25), replicas do not reach each other.
+        self._coordination: Coordination = LocalCoordination()
 
     @property
     def credentials(self) -> CredentialStore:
         if self._credentials is None:
             raise StoreError("this store was opened without keys, so it cannot hold credentials")
         return self._credentials
+
+    @property
+    def coordination(self) -> Coordination:
+        return self._coordination
 
     @property
     def signin(self) -> SignInStore:

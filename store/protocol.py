@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from .coordination import Coordination
 from .models import (
     ApiKey,
     AuthFlow,
@@ -433,6 +434,11 @@ class Store(Protocol):
     @property
     def signin(self) -> SignInStore:
         """Hosts that sign in: their clients, authorization codes, grants and tokens."""
+        ...
+
+    @property
+    def coordination(self) -> Coordination:
+        """How this process reaches the others on the same database (store/coordination.py)."""
         ...
 
     async def gateway_secret(self, name: str) -> bytes:

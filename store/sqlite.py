@@ -39,6 +39,7 @@ from ._sqlite_errors import translate, translated
 from ._statements import SqliteStatements
 from ._timestamps import format_timestamp, parse_timestamp, to_unix_ms, utc_now
 from ._writer_thread import WriterThread
+from .coordination import Coordination, LocalCoordination
 from .errors import KeyNotFound, OrganisationNotFound, StoreError
 from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .migrations import apply_migrations
@@ -102,6 +103,7 @@ class SqliteStore:
         self._statements = SqliteStatements(conn)
         self._credentials = None if sealer is None else CredentialSql(self._statements, sealer)
         self._signin = SignInSql(conn, writer, revocations)
+        self._coordination: Coordination = LocalCoordination()  # one process alone on its file
 
     @property
     def credentials(self) -> CredentialStore:
@@ -109,6 +111,10 @@ class SqliteStore:
         if self._credentials is None:
             raise StoreError("this store was opened without keys, so it cannot hold credentials")
         return self._credentials
+
+    @property
+    def coordination(self) -> Coordination:
+        return self._coordination
 
     @property
     def signin(self) -> SignInStore:
