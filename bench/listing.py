@@ -16,7 +16,7 @@
    - **store**: the Store methods the API handler calls, in-process (aiosqlite);
    - **http**: ``GET`` over one keep-alive connection (httpx2) with an API key.
 4. Prints ``EXPLAIN QUERY PLAN`` of every statement the store ran, a table of p50/p99 per
-   query and layer, checks DESIGN.md section 8 (p99 <= 5 ms over HTTP) and writes JSON to
+   query and layer, checks the target (docs/design.md, Performance: p99 <= 5 ms over HTTP) and writes JSON to
    ``--out`` (default ``bench/results/listing.json``).
 
 With ``--postgres`` the same data is also copied into a throwaway PostgreSQL server
@@ -60,7 +60,7 @@ BENCH = Path(__file__).resolve().parent
 STARTUP_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 10.0
 WARMUP = 20  # untimed requests per query and layer before sampling
-TARGET_P99_MS = 5.0  # DESIGN.md section 8: listing pages, first and deep
+TARGET_P99_MS = 5.0  # docs/design.md, Performance: listing pages, first and deep
 FLOOR = "GET /healthz (HTTP floor)"  # the same client and server, no handler work
 
 SESSIONS_LIMIT = 20  # the API's defaults
@@ -882,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(timings))
     load = ", ".join(f"{x:.2f}" for x in started["loadavg_at_start"])
     print(f"\nload average (1, 5, 15 min) at start {load}; at end {os.getloadavg()[0]:.2f}")
-    print(f"targets (DESIGN.md section 8), nproc={started['nproc']}:")
+    print(f"targets (docs/design.md, Performance), nproc={started['nproc']}:")
     for c in checks:
         print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['target']:24} {c['query']:40} {c['value']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ over the repetitions: calls/s, p50/p99 latency, CPU per call of the gateway and 
 upstream (from /proc/<pid>/stat over the measured window), and the load generator's own
 CPU use (near 100 % means the clients, not the servers, were the limit). It prints a table
 with the gateway/direct and recording on/off ratios, writes everything as JSON to ``--out``
-and checks the targets of DESIGN.md section 8.
+and checks the targets (docs/design.md, Performance).
 
 Everything is bounded (warm-up + window per run, deadlines on start-up and on each load
 generator) and every child process is stopped on exit, on errors and on Ctrl-C.
@@ -82,7 +82,7 @@ GATEWAYS = {
 }
 _POSTGRES_URL: list[str] = []  # the server's database, once started (with --recording pg)
 
-# DESIGN.md section 8.
+# docs/design.md, Performance.
 TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
 TARGET_ADDED_P50_MS = 1.0  # gateway p50 - direct p50, at 1 client
 TARGET_GATEWAY_CPU_MS = 0.6  # gateway CPU per tools/call
@@ -739,7 +739,7 @@ def _benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int
         rows = f"{state.get('invocations', '?')} invocations, {state.get('sessions', '?')} sessions"
         note = "" if state["as_configured"] else f"   <-- not as configured {state.get('detail', '')}"
         print(f"  {kind:8} recording {'on ' if state['enabled'] else 'off'}: {rows}{note}")
-    print(f"targets (DESIGN.md section 8), nproc={started['nproc']}:")
+    print(f"targets (docs/design.md, Performance), nproc={started['nproc']}:")
     print(format_checks(checks))
     write_json(
         args.out,

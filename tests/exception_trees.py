@@ -1,4 +1,4 @@
-"""What a package's exception tree must hold, read from its modules (DESIGN section 7).
+"""What a package's exception tree must hold, read from its modules (docs/design.md, Errors).
 
 Every exception a package defines lives in its `errors.py` and is named in that module's
 docstring tree, unless it is private (`_Name`): a signal raised and caught inside one module.

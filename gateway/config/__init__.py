@@ -9,8 +9,9 @@
 Defaults live in the values, and the schema reads them (`schema.default_of`), rather than the
 other way round: the values are what the gateway and its tests construct directly
 (`SecurityConfig()`, `ToolFilter()`), so a default written there holds for them as it does for
-a file, while pydantic stays at the edge where the file is read (DESIGN §7). A default that
-depends on other keys or on the file's folder is worked out once, by the loader.
+a file, while pydantic stays at the edge where the file is read (docs/design.md, "Types,
+modules and config"). A default that depends on other keys or on the file's folder is worked
+out once, by the loader.
 `config.example.yaml` at the repository root documents every key.
 """
 

@@ -11,7 +11,7 @@ LOCAL_SUBJECT = "local"  # key-less mode: one person on one machine
 
 
 def binding_for(config: UpstreamConfig, principal: Principal, session_record_id: str) -> Binding:
-    """The binding a call to `config` by `principal` in a session uses (DESIGN section 2)."""
+    """The binding a call to `config` by `principal` in a session uses (docs/design.md, Identity)."""
     mode = config.auth.identity
     if mode == "session":
         subject: str | None = session_record_id

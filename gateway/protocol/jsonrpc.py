@@ -1,7 +1,7 @@
 """JSON-RPC 2.0 messages as the gateway handles them: plain dicts, encoded with orjson.
 
 The forwarding path works on messages, not on the SDK's pydantic models: a proxy that
-re-validated every message it relays spent most of its CPU doing so (DESIGN section 8).
+re-validated every message it relays spent most of its CPU doing so (docs/design.md, Performance).
 This module holds the few helpers every layer needs to look at a message.
 """
 

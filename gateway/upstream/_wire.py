@@ -2,7 +2,7 @@
 
 Every `tools/call` through the gateway is one POST to an upstream. Through httpx2, httpcore2 and
 anyio's socket streams that POST cost about 0.9 ms of CPU here (`bench/run.py --profile`), more
-than the whole per-call budget (DESIGN §8). This client keeps only what upstream MCP traffic
+than the whole per-call budget (docs/design.md, Performance). This client keeps only what upstream MCP traffic
 needs:
 - keep-alive connections pooled per upstream URL (LIFO, capped, idle ones expire);
 - one `write` per request (head and body together);

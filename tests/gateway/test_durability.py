@@ -1,7 +1,7 @@
 """`kill -9` of the gateway under load loses no invocation whose response a client received, on
 SQLite and on PostgreSQL.
 
-DESIGN.md §4, "durable before acknowledged": the real `mcpgw serve` runs as a child process with
+docs/design.md, Recording: "durable before acknowledged": the real `mcpgw serve` runs as a child process with
 the demo upstream over stdio; several clients call `demo__echo` back to back, each call with a
 unique text. Once enough calls have been answered, the gateway gets SIGKILL mid-load. Every call
 whose whole response a client received and parsed as a result must then be in the database as
