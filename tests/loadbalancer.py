@@ -1,0 +1,177 @@
+"""A real load balancer for the tests: HAProxy from the machine's packages, round-robin and
+without affinity, in front of gateway replicas, in a temporary directory.
+
+`find_haproxy()` finds the `haproxy` binary; where there is none, `apt-get install -y haproxy`
+is tried once (as root only, as `tests/postgres.py` does for PostgreSQL: CI's clean machine gets
+it this way); where that fails too, the tests that need it are skipped, saying why. Debian's
+package starts no service in a container (policy-rc.d), and the tests never use its own config.
+
+`run_haproxy` serves a config on a listening socket the test bound (HAProxy's `bind fd@N`), so
+a host can connect at once: the kernel queues the connection until HAProxy accepts it, as
+`tests/harness.py` does for the gateway. HAProxy runs in the foreground (`-db`) and is stopped
+with SIGTERM when the block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import Process
+
+from tests.harness import base_url_of, listening_socket, stop_process
+
+__all__ = [
+    "HAProxy",
+    "LoadBalancerUnavailable",
+    "find_haproxy",
+    "haproxy_config",
+    "run_haproxy",
+    "serve_behind_haproxy",
+]
+
+_INSTALL_TIMEOUT_S = 600
+_apt_tried = False
+
+
+class LoadBalancerUnavailable(Exception):
+    """No HAProxy here, and none could be installed: the reason, for a skip."""
+
+
+def _on_path() -> str | None:
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+def find_haproxy() -> str:
+    """The `haproxy` binary, installing Debian's package first if need be (root with apt-get)."""
+    global _apt_tried
+    found = _on_path()
+    if found is None and not _apt_tried and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_tried = True
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "haproxy"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            timeout=_INSTALL_TIMEOUT_S,
+        )
+        found = _on_path()
+    if found is None:
+        why = (
+            "apt-get install haproxy failed"
+            if _apt_tried
+            else "not root or no apt-get, so it was not installed"
+        )
+        raise LoadBalancerUnavailable(f"no haproxy binary on this machine ({why})")
+    return found
+
+
+def haproxy_config(frontend_fd: int, replicas: Sequence[str], *, check_interval_ms: int = 200) -> str:
+    """A round-robin HAProxy config without affinity: every request goes to the next replica
+    that is ready, `GET /readyz` answering 200, checked every `check_interval_ms` (out after two
+    failures in a row, a slow answer failing only after 5 s: a busy machine is not a down one).
+    `replicas` are their base URLs (http://127.0.0.1:PORT); the frontend is the inherited,
+    listening socket `frontend_fd`. A refused connection is retried on the other replica
+    (`option redispatch`): nothing reached the stopped one, so nothing runs twice.
+    """
+    servers = "\n".join(
+        f"    server replica-{n} {url.removeprefix('http://')} check" for n, url in enumerate(replicas)
+    )
+    return f"""global
+    maxconn 1000
+
+defaults
+    mode http
+    option forwardfor
+    option redispatch
+    retries 2
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+    timeout check 5s
+
+frontend mcp
+    bind fd@{frontend_fd}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter {check_interval_ms}ms fall 2 rise 1
+{servers}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HAProxy:
+    process: Process
+    base_url: str  # where hosts connect
+    directory: Path  # its config, and what it printed
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def log(self) -> str:
+        return (self.directory / "haproxy.log").read_text(errors="replace")
+
+
+@asynccontextmanager
+async def run_haproxy(config_text: str, frontend: socket.socket) -> AsyncIterator[HAProxy]:
+    """Run HAProxy on `config_text`, whose frontend binds `fd@{frontend.fileno()}` (a listening
+    socket from `tests.harness.listening_socket`), until the block ends; closes `frontend`. The
+    config is checked first (`haproxy -c`), so a bad one fails saying why."""
+    binary = find_haproxy()
+    base_url = base_url_of(frontend)
+    fd = frontend.fileno()
+    directory = Path(tempfile.mkdtemp(prefix="mcpgw-haproxy-"))
+    try:
+        config = directory / "haproxy.cfg"
+        config.write_text(config_text)
+        with anyio.fail_after(30):
+            checked = await anyio.run_process(
+                [binary, "-c", "-q", "-f", str(config)], check=False, pass_fds=[fd]
+            )
+        if checked.returncode != 0:
+            raise AssertionError(f"haproxy -c refused the config:\n{checked.stderr.decode()}\n{config_text}")
+        with (directory / "haproxy.log").open("wb") as output:
+            process = await anyio.open_process(
+                [binary, "-db", "-f", str(config)],
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                pass_fds=[fd],
+            )
+        frontend.close()  # HAProxy has its own copy of the listening socket
+        try:
+            yield HAProxy(process, base_url, directory)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stop_process(process)
+    finally:
+        frontend.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@asynccontextmanager
+async def serve_behind_haproxy(
+    replicas: Sequence[str], *, check_interval_ms: int = 200
+) -> AsyncIterator[HAProxy]:
+    """HAProxy round-robin over `replicas` (their base URLs), on an ephemeral loopback port."""
+    frontend = listening_socket()
+    config = haproxy_config(frontend.fileno(), replicas, check_interval_ms=check_interval_ms)
+    async with run_haproxy(config, frontend) as proxy:
+        yield proxy
