@@ -75,13 +75,14 @@ def find_haproxy() -> str:
     return found
 
 
-def haproxy_config(frontend_fd: int, replicas: Sequence[str], *, check_interval_ms: int = 200) -> str:
+def haproxy_config(bind: str, replicas: Sequence[str], *, check_interval_ms: int = 200) -> str:
     """A round-robin HAProxy config without affinity: every request goes to the next replica
     that is ready, `GET /readyz` answering 200, checked every `check_interval_ms` (out after two
     failures in a row, a slow answer failing only after 5 s: a busy machine is not a down one).
-    `replicas` are their base URLs (http://127.0.0.1:PORT); the frontend is the inherited,
-    listening socket `frontend_fd`. A refused connection is retried on the other replica
-    (`option redispatch`): nothing reached the stopped one, so nothing runs twice.
+    `replicas` are their base URLs (http://127.0.0.1:PORT); the frontend binds `bind` (an
+    address, or `fd@N` for a listening socket inherited as file descriptor N). A refused
+    connection is retried on the other replica (`option redispatch`): nothing reached the
+    stopped one, so nothing runs twice.
     """
     servers = "\n".join(
         f"    server replica-{n} {url.removeprefix('http://')} check" for n, url in enumerate(replicas)
@@ -101,7 +102,7 @@ defaults
     timeout check 5s
 
 frontend mcp
-    bind fd@{frontend_fd}
+    bind {bind}
     default_backend replicas
 
 backend replicas
@@ -172,6 +173,6 @@ async def serve_behind_haproxy(
 ) -> AsyncIterator[HAProxy]:
     """HAProxy round-robin over `replicas` (their base URLs), on an ephemeral loopback port."""
     frontend = listening_socket()
-    config = haproxy_config(frontend.fileno(), replicas, check_interval_ms=check_interval_ms)
+    config = haproxy_config(f"fd@{frontend.fileno()}", replicas, check_interval_ms=check_interval_ms)
     async with run_haproxy(config, frontend) as proxy:
         yield proxy
