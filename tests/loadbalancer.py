@@ -1,10 +1,11 @@
 """A real load balancer for the tests: HAProxy from the machine's packages, round-robin and
 without affinity, in front of gateway replicas, in a temporary directory.
 
-`find_haproxy()` finds the `haproxy` binary; where there is none, `apt-get install -y haproxy`
-is tried once (as root only, as `tests/postgres.py` does for PostgreSQL: CI's clean machine gets
-it this way); where that fails too, the tests that need it are skipped, saying why. Debian's
-package starts no service in a container (policy-rc.d), and the tests never use its own config.
+`find_haproxy()` finds the `haproxy` binary; where there is none, `apt-get install haproxy` is
+tried once (as root only, after an `apt-get update` if need be, as `tests/browser.py` does for
+chromium: CI's clean machine gets it this way); where that fails too, the tests that need it
+are skipped, saying why. Whatever service the package sets up (with Debian's config, which
+listens nowhere) the tests leave alone: each test runs an HAProxy of its own.
 
 `run_haproxy` serves a config on a listening socket the test bound (HAProxy's `bind fd@N`), so
 a host can connect at once: the kernel queues the connection until HAProxy accepts it, as
@@ -14,6 +15,7 @@ with SIGTERM when the block ends.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -39,7 +41,8 @@ __all__ = [
 ]
 
 _INSTALL_TIMEOUT_S = 600
-_apt_tried = False
+_INSTALL_LOCK = Path(tempfile.gettempdir()) / "mcpgw-apt-haproxy.lock"  # test processes install once
+_failed: list[str] = []  # why the install failed, once tried in this process
 
 
 class LoadBalancerUnavailable(Exception):
@@ -50,28 +53,43 @@ def _on_path() -> str | None:
     return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
 
+def _apt(*args: str) -> subprocess.CompletedProcess[str]:
+    # Another install (chromium, postgresql) may hold dpkg's lock: wait for it rather than fail.
+    return subprocess.run(
+        ["apt-get", "-o", "DPkg::Lock::Timeout=300", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        timeout=_INSTALL_TIMEOUT_S,
+    )
+
+
 def find_haproxy() -> str:
-    """The `haproxy` binary, installing Debian's package first if need be (root with apt-get)."""
-    global _apt_tried
-    found = _on_path()
-    if found is None and not _apt_tried and os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_tried = True
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "haproxy"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            timeout=_INSTALL_TIMEOUT_S,
+    """The `haproxy` binary, installing Debian's package first if need be (as root with apt-get,
+    after an `apt-get update` if the package is not yet known)."""
+    if found := _on_path():
+        return found
+    if _failed:
+        raise LoadBalancerUnavailable(_failed[0])
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise LoadBalancerUnavailable(
+            "no haproxy binary on this machine, and it cannot be installed here (that needs root and "
+            "apt-get): run `apt-get install haproxy` as root"
         )
-        found = _on_path()
-    if found is None:
-        why = (
-            "apt-get install haproxy failed"
-            if _apt_tried
-            else "not root or no apt-get, so it was not installed"
-        )
-        raise LoadBalancerUnavailable(f"no haproxy binary on this machine ({why})")
+    with _INSTALL_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if found := _on_path():
+            return found
+        done = _apt("install", "-y", "-q", "--no-install-recommends", "haproxy")
+        if done.returncode != 0:
+            _apt("update", "-q")
+            done = _apt("install", "-y", "-q", "--no-install-recommends", "haproxy")
+        if (found := _on_path()) is None:
+            _failed.append(
+                f"no haproxy binary, and apt-get install haproxy failed ({done.returncode}): {done.stderr}"
+            )
+            raise LoadBalancerUnavailable(_failed[0])
     return found
 
 
