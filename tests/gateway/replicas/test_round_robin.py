@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import httpx2
+
 from tests.harness import demo_stdio_yaml
 from tests.replicas import RoundRobin, replica_configs, serve_replicas
 
