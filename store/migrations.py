@@ -467,6 +467,30 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX signin_pending_by_expiry ON signin_pending(expires_at);
     """,
     ),
+    # 10: replicas on one PostgreSQL database (store/_pg_coordination.py): each process's
+    # heartbeat, the leases that make maintenance run once, and the payloads too large for a
+    # NOTIFY. A SQLite file has one process alone (LocalCoordination): nothing to keep.
+    Migration(
+        sqlite="",
+        postgres="""
+    CREATE TABLE cluster_instances (
+        id TEXT PRIMARY KEY,
+        started_at TIMESTAMPTZ NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE cluster_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE cluster_messages (
+        id BIGSERIAL PRIMARY KEY,
+        payload TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX cluster_messages_by_age ON cluster_messages(created_at);
+    """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -28,6 +28,7 @@ import asyncpg
 from ._credentials import CredentialSql
 from ._listing import find_session, get_session, list_invocations, list_sessions
 from ._pg import PgDatabase, no_reset, translate
+from ._pg_coordination import PgCoordination
 from ._pg_records import RecordWriter
 from ._pg_revocations import CHANNEL, RevocationListener
 from ._pg_schema import apply_postgres_migrations
@@ -98,14 +99,14 @@ class PostgresStore:
         writer: RecordWriter,
         revocations: RevocationListener,
         sealer: Sealer | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
         self._db = database
         self._writer = writer
         self._revocations = revocations
         self._credentials = None if sealer is None else CredentialSql(database, sealer)
         self._signin = PgSignIn(database, self._revoked)
-        # Until the LISTEN/NOTIFY coordination lands (issue 25), replicas do not reach each other.
-        self._coordination: Coordination = LocalCoordination()
+        self._coordination: Coordination = coordination or LocalCoordination()
 
     @property
     def credentials(self) -> CredentialStore:
@@ -421,7 +422,13 @@ async def open_postgres_store(
             await revocations.start()
         except Exception as exc:
             raise translate(exc, f"listen on {where}") from exc
-        yield PostgresStore(database, writer, revocations, sealer)
+        coordination = PgCoordination(database, partial(_connect, url))
+        stack.push_async_callback(coordination.aclose)
+        try:
+            await coordination.start()
+        except Exception as exc:
+            raise translate(exc, f"listen on {where}") from exc
+        yield PostgresStore(database, writer, revocations, sealer, coordination)
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

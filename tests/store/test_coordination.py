@@ -7,11 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-import pytest
 
 from store import Store
-
-pytestmark = pytest.mark.anyio
 
 
 async def test_a_message_reaches_every_subscriber_of_its_topic_in_order(store: Store) -> None:

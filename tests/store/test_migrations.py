@@ -147,7 +147,10 @@ async def test_both_backends_end_with_the_same_tables(postgres_server: PostgresS
             pass
         conn = await asyncpg.connect(postgres_server.url(name))
         try:
-            assert await _pg_tables(conn) == _tables(db_path) | {"mcpgw_schema"}
+            # PostgreSQL's own: its schema version, and what replicas coordinate by (a SQLite
+            # file has one process alone).
+            coordination = {"cluster_instances", "cluster_leases", "cluster_messages"}
+            assert await _pg_tables(conn) == _tables(db_path) | {"mcpgw_schema"} | coordination
         finally:
             await conn.close()
     finally:

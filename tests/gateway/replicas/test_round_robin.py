@@ -6,12 +6,9 @@ from pathlib import Path
 
 import anyio
 import httpx2
-import pytest
 
 from tests.harness import demo_stdio_yaml
 from tests.replicas import RoundRobin, replica_configs, serve_replicas
-
-pytestmark = pytest.mark.anyio
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
