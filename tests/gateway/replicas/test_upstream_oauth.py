@@ -5,7 +5,7 @@ authorization server of tests/oauth.py (rotating refresh tokens) and its protect
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import anyio
 import httpx2
 import pytest
 
+from gateway.credentials.broker import CREDENTIAL_CHANGED
 from store import open_postgres_store
 from tests.api.conftest import McpClient
 from tests.connecting import connect_url, form_of, text_of
@@ -167,8 +168,10 @@ async def test_two_replicas_racing_to_refresh_one_credential_refresh_it_once(
 async def test_a_credential_deleted_through_one_replica_is_not_sent_by_another(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """Replica B has alice's headers in memory; she deletes the credential through replica A. B's
-    very next call for her asks her to connect again rather than call as her."""
+    """Replica B has alice's headers in memory; she deletes the credential through replica A. Once
+    B has heard of it (NOTIFY: a notice is asynchronous, so the test waits for B to hear it
+    rather than race it), B's very next call for her asks her to connect again rather than call
+    as her with what it had cached (for 30 s)."""
     async with oauth_replicas(tmp_path, postgres_url, 2) as world:
         with anyio.fail_after(TIMEOUT):
             on_a, on_b = world.alice(0), world.alice(1)
@@ -177,8 +180,15 @@ async def test_a_credential_deleted_through_one_replica_is_not_sent_by_another(
             session_b = await on_b.open()
             assert text_of(await on_b.call(session_b, "gh__whoami", {})) == "alice@example"
             [row] = await world.credentials(0)
+            heard = anyio.Event()
+
+            async def hear(payload: Mapping[str, Any]) -> None:
+                heard.set()  # after the broker's own handler, subscribed before it
+
+            world.replicas[1].gateway.store.coordination.subscribe(CREDENTIAL_CHANGED, hear)
             deleted = await world.http.delete(f"{world.api(0)}/{row['id']}", headers=world.admin)
             assert deleted.status_code == 204, deleted.text
+            await heard.wait()
             assert connect_url(await on_b.call(session_b, "gh__whoami", {}))
 
 
