@@ -80,7 +80,9 @@ async def test_a_listing_cursor_minted_by_one_replica_is_accepted_by_another(
             assert first.status_code == 200, first.text
             cursor = first.json()["meta"]["cursors"]["next"]
             assert cursor
-            second = await http.get(f"{b.base_url}{listing}", params={"Limit": 2, "Cursor": cursor}, headers=headers)
+            second = await http.get(
+                f"{b.base_url}{listing}", params={"Limit": 2, "Cursor": cursor}, headers=headers
+            )
         assert second.status_code == 200, second.text
         seen = [s["id"] for s in first.json()["data"]] + [s["id"] for s in second.json()["data"]]
         assert len(seen) == len(set(seen)) == 3
