@@ -124,20 +124,36 @@ class CredentialBroker:
             and upstream in (None, b.upstream)
         ]:
             self._cache.pop(binding, None)
+        if payload.get("connected") and isinstance(upstream, str):
+            fields = (organisation, upstream, mode, subject)
+            if all(isinstance(f, str) for f in fields) and mode in ("user", "vk", "session"):
+                await self._tell_connected(Binding(*fields))  # type: ignore[arg-type]
 
-    async def _changed(self, binding: Binding, *, every_upstream: bool = False) -> None:
-        """Forget `binding`'s cached headers here and on every other replica."""
+    async def _tell_connected(self, binding: Binding) -> None:
+        """This replica's sessions of `binding` re-list their tools (and tell their hosts)."""
+        for listener in self._listeners:
+            await listener(binding)
+
+    async def _changed(
+        self, binding: Binding, *, every_upstream: bool = False, connected: bool = False
+    ) -> None:
+        """Forget `binding`'s cached headers here and on every other replica; `connected`: it
+        has a fresh credential, and every replica's listeners (`on_connected`) hear of it."""
         self._cache.pop(binding, None)
         payload = {
             "organisation_id": binding.organisation_id,
             "auth_mode": binding.auth_mode,
             "subject": binding.subject,
             "upstream": None if every_upstream else binding.upstream,
+            "connected": connected,
         }
         try:
+            # Delivered here too, in memory, before it returns: this replica's listeners included.
             await self._store.coordination.publish(CREDENTIAL_CHANGED, payload)
         except StoreError as exc:  # the others' caches lapse within _CACHE_S anyway
             logger.warning("credentials: could not tell the other replicas of a change: %s", exc)
+            if connected:
+                await self._tell_connected(binding)
 
     def on_connected(self, listener: Listener) -> None:
         """Call `listener` when a binding gets a fresh credential (its sessions re-list tools)."""
@@ -450,9 +466,7 @@ class CredentialBroker:
             expires_at=None if tokens is None else tokens.expires_at,
             now=utc_now(),
         )
-        await self._changed(binding)
-        for listener in self._listeners:
-            await listener(binding)
+        await self._changed(binding, connected=True)
 
     async def session_ended(self, organisation_id: str, session_id: str) -> None:
         """A session's own credentials (identity `session`) end with it."""

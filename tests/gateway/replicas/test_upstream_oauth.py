@@ -192,6 +192,42 @@ async def test_a_credential_deleted_through_one_replica_is_not_sent_by_another(
             assert connect_url(await on_b.call(session_b, "gh__whoami", {}))
 
 
+async def test_a_connection_made_through_one_replica_changes_the_tools_listed_on_another(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Alice's session on B lists the upstream's tools before she connects (only what a call
+    needs to ask her to), and listens on its GET stream; she connects through A. B tells her
+    host that the tools changed, and lists the upstream's own tools, as A does."""
+    async with oauth_replicas(tmp_path, postgres_url, 2) as world:
+        with anyio.fail_after(TIMEOUT):
+            on_a, on_b = world.alice(0), world.alice(1)
+            session_a, session_b = await on_a.open(), await on_b.open()
+            before = await tool_names(on_b, session_b)
+            url = connect_url(await on_a.call(session_a, "gh__whoami", {}))
+            heard = anyio.Event()
+
+            async def hear(payload: Mapping[str, Any]) -> None:
+                heard.set()
+
+            world.replicas[1].gateway.store.coordination.subscribe(CREDENTIAL_CHANGED, hear)
+            stream_headers = {**on_b._headers(session_b), "accept": "text/event-stream"}
+            async with world.http.stream("GET", on_b.url, headers=stream_headers) as stream:
+                assert stream.status_code == 200
+                assert (await connect(world, url, page=0, confirm=0, callback=0)).status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and "notifications/tools/list_changed" in line:
+                        break
+            await heard.wait()
+            on_a_now = await tool_names(on_a, session_a)
+            assert {"gh__whoami", "gh__echo"} <= on_a_now and on_a_now != before
+            assert await tool_names(on_b, session_b) == on_a_now
+
+
+async def tool_names(client: McpClient, session: str) -> set[str]:
+    listed = await client.request(session, "tools/list", {})
+    return {tool["name"] for tool in listed["result"]["tools"]}
+
+
 async def until(predicate: Any) -> None:
     """Poll what the authorization server counts: it has no event a test can wait on."""
     while not predicate():  # noqa: ASYNC110
