@@ -44,7 +44,7 @@ Reauthorise = Callable[[Binding], Awaitable[tuple[str, str, str]]]
 """Start a new flow for a binding: (flow id, auth kind `oauth`|`headers`, URL to open); raises
 `api.errors.ReauthRefused` when the binding can have none."""
 
-Forget = Callable[[Binding], None]
+Forget = Callable[[Binding], Awaitable[None]]
 
 
 def render_row(row: CredentialRow, caller: Caller) -> dict[str, Any]:
@@ -170,7 +170,7 @@ class CredentialsApi:
     async def remove(self, caller: Caller, row: CredentialRow) -> None:
         """Delete the row (its binding's flows, then its credential) and forget it in memory."""
         await self.store.credentials.delete(caller.organisation_id, row.id)
-        self.forget(row.binding)
+        await self.forget(row.binding)
 
     async def row(self, caller: Caller, row_id: str) -> CredentialRow:
         """The caller's organisation's row with this id; a `Refused` 404 for any other."""

@@ -55,7 +55,7 @@ from api.console import (
     console_routes,
 )
 from api.errors import ProviderUnavailable
-from gateway.background import every, start_guarded
+from gateway.background import start_guarded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
@@ -148,7 +148,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         metrics = GatewayMetrics(upstream.name for upstream in config.upstreams)
         stored: StoreRecorder | None = None
         if config.recording.enabled:
-            recording = running_recorder(store, config.recording, metrics.commit)
+            recording = running_recorder(store, config.recording, metrics.commit, metrics.maintenance)
             stored = await stack.enter_async_context(recording)
         window = UpstreamWindow()
         tracing: Tracing | None = None
@@ -233,7 +233,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             signin = SignInServer(
                 config.host_sign_in, config.public_url, store, oauth_http, auth.authenticate, sealer
             )
-            start_guarded(task_group, "sign-in maintenance", every, 3600.0, "pruning sign-ins", signin.prune)
+            start_guarded(task_group, "sign-in maintenance", signin.maintain, metrics.maintenance)
         # Before the task group is cancelled and the store closed: the last key use is kept.
         stack.push_async_callback(_shielded, auth.flush_usage)
         endpoint = Endpoint(
@@ -259,7 +259,8 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         for connector in connectors.values():
             if connector.config.required:
                 connector.check_soon()
-        start_guarded(task_group, "credential maintenance", broker.maintain)
+        stack.callback(broker.listen())
+        start_guarded(task_group, "credential maintenance", broker.maintain, metrics.maintenance)
         start_guarded(task_group, "API key maintenance", auth.maintain)
         authenticate = endpoint.auth.authenticate
 

@@ -42,6 +42,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import unquote, urlencode, urljoin
 
+import anyio
 import httpx2
 from mcp.server.auth.handlers.token import TokenHandler
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -95,6 +96,10 @@ class AuthServer:
     rotate_refresh_tokens: bool = True
     registrations: int = 0
     refreshes: int = 0
+    refresh_requests: int = 0  # refresh requests that reached the server, refused ones included
+    # When set, each refresh request waits for it before its token is looked up: a refresh that
+    # takes as long as the test likes, for races between gateways.
+    hold_refreshes: anyio.Event | None = None
     # When set, the token endpoint answers only this HTTP status (e.g. 503), before looking at
     # the request: an outage, as opposed to a grant the server has refused.
     fail_token_endpoint_with: int | None = None
@@ -243,6 +248,9 @@ class _Provider(OAuthAuthorizationServerProvider[AuthorizationCode, RefreshToken
     async def load_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: str
     ) -> RefreshToken | None:
+        self.server.refresh_requests += 1
+        if self.server.hold_refreshes is not None:
+            await self.server.hold_refreshes.wait()
         return self.server.refresh_tokens.get(refresh_token)
 
     async def exchange_refresh_token(

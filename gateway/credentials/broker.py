@@ -7,8 +7,15 @@ caller's binding, claimed once). The user opens that URL, sees whose credential 
 redirects to the authorization server and comes back to `complete_oauth`, and a header flow
 shows a form whose values `submit_headers` verifies with one upstream call before keeping them.
 Both take only the browser that confirmed. Tokens are
-refreshed on use, one refresh in flight per credential; a refresh the server refuses
-(`invalid_grant`, 401) turns the credential `needs_reauth`, a 5xx or network error does not.
+refreshed on use, one refresh in flight per credential across every replica on the database
+(`coordination.exclusive`, then the credential is read again: whoever waited uses what the one
+before it stored); a refresh the server refuses (`invalid_grant`, 401) turns the credential
+`needs_reauth`, a 5xx or network error does not, nor does a refusal of a refresh token that
+another replica had rotated meanwhile.
+
+What is sent is cached per replica for up to 30 s (`_CACHE_S`); whatever changes a credential
+(connected again, deleted, a status change) is published on `CREDENTIAL_CHANGED`, and every
+replica drops its cached headers for that binding, so none goes on sending a deleted credential.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
+from typing import Any
 
-import anyio
 import httpx2
 
-from gateway.background import every
+from gateway.background import every_once
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.credentials.binding import LOCAL_SUBJECT
 from gateway.credentials.oauth import (
@@ -39,6 +46,7 @@ from gateway.credentials.oauth import (
 from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
 from gateway.host.auth import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
+from store.coordination import Unsubscribe
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,10 @@ _REFRESH_AHEAD = timedelta(seconds=60)  # refresh a token this long before it ex
 _CACHE_S = 30.0
 _MAINTAIN_S = 60.0
 _LINK = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+MAINTENANCE_LEASE = "maintenance/credentials"
+CREDENTIAL_CHANGED = "credentials/changed"
+"""Coordination topic: a binding's credential changed; payload: the binding's fields, `upstream`
+None for all of the subject's upstreams (a session's credentials, ended with it)."""
 
 Verifier = Callable[[UpstreamConfig, Mapping[str, str]], Awaitable[None]]
 Listener = Callable[[Binding], Awaitable[None]]
@@ -92,8 +104,56 @@ class CredentialBroker:
             if config.auth.kind == "oauth"
         }
         self._cache: dict[Binding, _Cached] = {}
-        self._refresh_locks: dict[str, anyio.Lock] = {}
         self._listeners: list[Listener] = []
+
+    def listen(self) -> Unsubscribe:
+        """Drop cached headers when any replica says a credential changed (`CREDENTIAL_CHANGED`)."""
+        return self._store.coordination.subscribe(CREDENTIAL_CHANGED, self._heard_changed)
+
+    async def _heard_changed(self, payload: Mapping[str, Any]) -> None:
+        organisation, mode, subject = (
+            payload.get("organisation_id"),
+            payload.get("auth_mode"),
+            payload.get("subject"),
+        )
+        upstream = payload.get("upstream")
+        for binding in [
+            b
+            for b in self._cache
+            if (b.organisation_id, b.auth_mode, b.subject) == (organisation, mode, subject)
+            and upstream in (None, b.upstream)
+        ]:
+            self._cache.pop(binding, None)
+        if payload.get("connected") and isinstance(upstream, str):
+            fields = (organisation, upstream, mode, subject)
+            if all(isinstance(f, str) for f in fields) and mode in ("user", "vk", "session"):
+                await self._tell_connected(Binding(*fields))  # type: ignore[arg-type]
+
+    async def _tell_connected(self, binding: Binding) -> None:
+        """This replica's sessions of `binding` re-list their tools (and tell their hosts)."""
+        for listener in self._listeners:
+            await listener(binding)
+
+    async def _changed(
+        self, binding: Binding, *, every_upstream: bool = False, connected: bool = False
+    ) -> None:
+        """Forget `binding`'s cached headers here and on every other replica; `connected`: it
+        has a fresh credential, and every replica's listeners (`on_connected`) hear of it."""
+        self._cache.pop(binding, None)
+        payload = {
+            "organisation_id": binding.organisation_id,
+            "auth_mode": binding.auth_mode,
+            "subject": binding.subject,
+            "upstream": None if every_upstream else binding.upstream,
+            "connected": connected,
+        }
+        try:
+            # Delivered here too, in memory, before it returns: this replica's listeners included.
+            await self._store.coordination.publish(CREDENTIAL_CHANGED, payload)
+        except StoreError as exc:  # the others' caches lapse within _CACHE_S anyway
+            logger.warning("credentials: could not tell the other replicas of a change: %s", exc)
+            if connected:
+                await self._tell_connected(binding)
 
     def on_connected(self, listener: Listener) -> None:
         """Call `listener` when a binding gets a fresh credential (its sessions re-list tools)."""
@@ -116,7 +176,7 @@ class CredentialBroker:
             raise await self.auth_required(config, binding, "no credential yet: connect the account first")
         if credential.status == "orphaned":
             # The call got this far, so the policy lets this identity reach the upstream again.
-            await self._store.credentials.set_status(credential.id, "active")
+            await self._set_status(credential, "active")
         elif credential.status != "active":
             raise await self.auth_required(config, binding, f"the credential is {credential.status}")
         if credential.kind == "header":
@@ -143,19 +203,23 @@ class CredentialBroker:
                 await self._refresh(config, credential, force=True)
                 return
         status = "needs_reauth" if credential.kind == "token" else "needs_update"
-        await self._store.credentials.set_status(credential.id, status)
+        await self._set_status(credential, status)
         raise await self.auth_required(
             config, binding, f"the upstream refused the credential; it is now {status}"
         )
 
     async def _header_values(self, config: UpstreamConfig, credential: Credential) -> Mapping[str, str]:
         if {n.lower() for n in credential.header_names} != {n.lower() for n in config.auth.header_names}:
-            await self._store.credentials.set_status(credential.id, "needs_update")
+            await self._set_status(credential, "needs_update")
             raise await self.auth_required(
                 config, credential.binding, "the upstream asks for other headers now"
             )
         values = {name: str(credential.secret[name]) for name in credential.header_names}
         return self._remember(credential, values)
+
+    async def _set_status(self, credential: Credential, status: str) -> None:
+        if await self._store.credentials.set_status(credential.id, status):
+            await self._changed(credential.binding)
 
     def _remember(self, credential: Credential, headers: Mapping[str, str]) -> Mapping[str, str]:
         until = time.monotonic() + _CACHE_S
@@ -166,9 +230,11 @@ class CredentialBroker:
         return headers
 
     async def _refresh(self, config: UpstreamConfig, seen: Credential, *, force: bool = False) -> Credential:
-        lock = self._refresh_locks.setdefault(seen.id, anyio.Lock())
-        async with lock:
-            # Whoever held the lock before us may have refreshed already: use theirs.
+        # One refresh per credential at a time on every replica: a rotating refresh token used
+        # twice is refused the second time, which would cost the user their connection.
+        async with self._store.coordination.exclusive(f"credentials/refresh/{seen.id}"):
+            # Whoever held the lock before us (here or on another replica) may have refreshed
+            # already: use theirs.
             current = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
             if current is None or current.status != "active":
                 raise await self.auth_required(
@@ -179,7 +245,7 @@ class CredentialBroker:
                 return current  # still good: refreshed by whoever held the lock, or not due yet
             refresh_token = current.secret.get("refresh_token")
             if not refresh_token:
-                await self._store.credentials.set_status(current.id, "needs_reauth")
+                await self._set_status(current, "needs_reauth")
                 raise await self.auth_required(
                     config, seen.binding, "the token expired and cannot be refreshed"
                 )
@@ -189,12 +255,14 @@ class CredentialBroker:
                 client = await self._client_of(oauth, current)
                 tokens = await oauth.refresh(server, client, str(refresh_token))
             except OAuthError as exc:
+                if exc.permanent and (rotated := await self._rotated_since(current)) is not None:
+                    return rotated  # refused because someone else used the token first: theirs is good
                 self._refreshed(config.name, "refused" if exc.permanent else "failed")
                 if exc.permanent:
                     logger.info(
                         "upstream %s: refresh refused (%s); credential needs reauth", config.name, exc
                     )
-                    await self._store.credentials.set_status(current.id, "needs_reauth")
+                    await self._set_status(current, "needs_reauth")
                     raise await self.auth_required(
                         config, seen.binding, "the authorization server refused a refresh"
                     ) from None
@@ -210,6 +278,20 @@ class CredentialBroker:
             refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
             assert refreshed is not None
             return refreshed
+
+    async def _rotated_since(self, used: Credential) -> Credential | None:
+        """The credential as stored now, if its refresh token is no longer the one `used` held: a
+        refresh made where the exclusive section could not reach (a replica that lost its database
+        connection mid-refresh) rotated it, and a refusal of the old token says nothing of the new."""
+        latest = await self._store.credentials.credential(used.binding.organisation_id, used.id)
+        if latest is None or latest.status != "active":
+            return None
+        if latest.secret.get("refresh_token") == used.secret.get("refresh_token"):
+            return None
+        logger.info(
+            "upstream %s: a refresh token rotated by another replica; using its tokens", used.binding.upstream
+        )
+        return latest
 
     def _refreshed(self, upstream: str, result: str) -> None:
         if self._on_refresh is not None:
@@ -384,25 +466,30 @@ class CredentialBroker:
             expires_at=None if tokens is None else tokens.expires_at,
             now=utc_now(),
         )
-        self._cache.pop(binding, None)
-        for listener in self._listeners:
-            await listener(binding)
+        await self._changed(binding, connected=True)
 
     async def session_ended(self, organisation_id: str, session_id: str) -> None:
         """A session's own credentials (identity `session`) end with it."""
         if any(config.auth.identity == "session" for config in self._upstreams.values()):
             await self._store.credentials.delete_session_bindings(organisation_id, session_id)
-            for binding in [b for b in self._cache if b.auth_mode == "session" and b.subject == session_id]:
-                self._cache.pop(binding, None)
+            await self._changed(Binding(organisation_id, "", "session", session_id), every_upstream=True)
 
-    def forget(self, binding: Binding) -> None:
-        self._cache.pop(binding, None)
+    async def forget(self, binding: Binding) -> None:
+        """`binding`'s credential was deleted: no replica sends it again."""
+        await self._changed(binding)
 
     # -- policy --------------------------------------------------------------------------------
 
-    async def maintain(self, interval_s: float = _MAINTAIN_S) -> None:
-        """Reconcile statuses at start and then every `interval_s`; drop flows long expired."""
-        await every(interval_s, "credential maintenance", self._maintain_once)
+    async def maintain(
+        self, ran: Callable[[str], None] | None = None, interval_s: float = _MAINTAIN_S
+    ) -> None:
+        """Reconcile statuses at start and then every `interval_s`; drop flows long expired. One
+        replica at a time does it (the holder of `MAINTENANCE_LEASE`): the answers are the
+        database's, the same for all; each replica's cache hears of a change (`_changed`)."""
+        coordination = self._store.coordination
+        await every_once(
+            coordination, MAINTENANCE_LEASE, interval_s, "credential maintenance", self._maintain_once, ran
+        )
 
     async def _maintain_once(self) -> None:
         try:
@@ -436,7 +523,7 @@ class CredentialBroker:
             ):
                 target = "needs_update"
             if target != status and await self._store.credentials.set_status(credential_id, target):
-                self._cache.pop(binding, None)
+                await self._changed(binding)
                 changed += 1
         return changed
 

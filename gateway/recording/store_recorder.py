@@ -25,6 +25,7 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
+from gateway.background import every_once
 from gateway.config import RecordingConfig
 from gateway.errors import RecordingFailed
 from gateway.recording.recorder import CallRecord, TaskEnded
@@ -41,9 +42,11 @@ from store import (
     TaskEnd,
 )
 
-__all__ = ["StoreRecorder", "running_recorder"]
+__all__ = ["RETENTION_LEASE", "StoreRecorder", "running_recorder"]
 
 logger = logging.getLogger(__name__)
+
+RETENTION_LEASE = "maintenance/retention"
 
 _RETRY_FOR_S = 10.0
 _WAIT_FOR_COMMIT_S = 30.0
@@ -213,37 +216,45 @@ class StoreRecorder:
         self._closed = True
         self._queued.set()
 
-    async def prune_forever(self) -> None:
+    async def prune_forever(self, ran: Callable[[str], None] | None = None) -> None:
+        """Apply the retention limits every `retention.interval_s`: on one replica at a time
+        (the holder of the lease `RETENTION_LEASE`), as they are the same for all."""
         retention = self._config.retention
         if retention.max_age_days is None and retention.max_invocations is None:
             return
-        while True:
-            older_than = (
-                None
-                if retention.max_age_days is None
-                else datetime.now(UTC) - timedelta(days=retention.max_age_days)
+        coordination = self._store.coordination
+        await every_once(coordination, RETENTION_LEASE, retention.interval_s, "retention", self._prune, ran)
+
+    async def _prune(self) -> None:
+        retention = self._config.retention
+        older_than = (
+            None
+            if retention.max_age_days is None
+            else datetime.now(UTC) - timedelta(days=retention.max_age_days)
+        )
+        try:
+            deleted = await self._store.prune_records(
+                older_than=older_than, max_invocations=retention.max_invocations
             )
-            try:
-                deleted = await self._store.prune_records(
-                    older_than=older_than, max_invocations=retention.max_invocations
-                )
-                if deleted:
-                    logger.info("retention: deleted %d old record row(s)", deleted)
-            except StoreError as exc:
-                logger.warning("retention: pruning failed, will retry: %s", exc)
-            await anyio.sleep(retention.interval_s)  # a schedule, not synchronisation
+            if deleted:
+                logger.info("retention: deleted %d old record row(s)", deleted)
+        except StoreError as exc:
+            logger.warning("retention: pruning failed, will retry: %s", exc)
 
 
 @asynccontextmanager
 async def running_recorder(
-    store: Store, config: RecordingConfig, on_commit: Callable[[float], None] | None = None
+    store: Store,
+    config: RecordingConfig,
+    on_commit: Callable[[float], None] | None = None,
+    ran: Callable[[str], None] | None = None,
 ) -> AsyncIterator[StoreRecorder]:
     """A StoreRecorder with its writer and pruner running; on exit, queued rows are committed."""
     async with anyio.create_task_group() as writer:
         recorder = StoreRecorder(store, config, writer, on_commit)
         try:
             async with anyio.create_task_group() as background:
-                background.start_soon(recorder.prune_forever)
+                background.start_soon(recorder.prune_forever, ran)
                 try:
                     yield recorder
                 finally:

@@ -13,6 +13,7 @@ kept), and sets what the provider needs of the request in `provider.ASKING`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
+from gateway.background import every_once
 from gateway.config import HostSignInConfig, is_loopback_host
 from gateway.errors import AuthThrottled, SignInRefused
 from gateway.host.auth import Principal, principal_of
@@ -56,6 +58,8 @@ AUTHORIZE_PATH = "/signin/authorize"
 TOKEN_PATH = "/signin/token"
 REGISTER_PATH = "/signin/register"
 REVOKE_PATH = "/signin/revoke"
+PRUNE_LEASE = "maintenance/signin"
+PRUNE_INTERVAL_S = 3600.0
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _GRANT_TYPES = ("authorization_code", "refresh_token")
 _CLIENT_AUTH_METHODS = ["none", "client_secret_post", "client_secret_basic"]
@@ -74,6 +78,7 @@ class SignInServer:
         self.config = config
         self.resource = ProtectedResource(public_url)
         self._store: SignInStore = store.signin
+        self._coordination = store.coordination
         on_loopback = is_loopback_host(urlsplit(public_url).hostname or "")
         self.clients = Clients(self._store, ClientDocuments(http, gateway_on_loopback=on_loopback), config)
         oidc = None
@@ -245,6 +250,12 @@ class SignInServer:
 
     def server_metadata(self) -> Response:
         return JSONResponse(self.metadata, headers={"cache-control": "max-age=3600"})
+
+    async def maintain(self, ran: Callable[[str], None] | None = None) -> None:
+        """Prune every `PRUNE_INTERVAL_S`, on one replica at a time (the holder of `PRUNE_LEASE`)."""
+        await every_once(
+            self._coordination, PRUNE_LEASE, PRUNE_INTERVAL_S, "pruning sign-ins", self.prune, ran
+        )
 
     async def prune(self) -> None:
         """Forget expired codes and tokens, and registered clients long unused."""

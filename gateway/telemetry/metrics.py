@@ -107,6 +107,13 @@ class GatewayMetrics:
             ("upstream", "result"),
             registry=self.registry,
         )
+        self._maintenance = Counter(
+            "mcpgw_maintenance_rounds",
+            "Rounds of work done once across replicas (retention, sign-in and credential upkeep) that"
+            " this replica ran, holding the task's lease, by task.",
+            ("task",),
+            registry=self.registry,
+        )
         self._upstreams = frozenset(upstreams)
         self._tools: dict[str, _Tools] = {}
         # The label children, looked up once per label set: `labels()` costs more than `inc()`.
@@ -149,6 +156,10 @@ class GatewayMetrics:
     def refresh(self, upstream: str, result: str) -> None:
         """One OAuth refresh for `upstream`: ok | refused | failed."""
         self._refreshes.labels(upstream, result).inc()
+
+    def maintenance(self, task: str) -> None:
+        """One round of `task` (a lease's name) ran here."""
+        self._maintenance.labels(task).inc()
 
     def watch(self, report: Callable[[], HeldOpen]) -> None:
         """Report what the gateway holds open, read at each scrape."""
