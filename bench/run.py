@@ -80,7 +80,9 @@ GATEWAYS = {
     "both": (RECORDING, NOT_RECORDING),
     "pg": (RECORDING, ON_POSTGRES),
 }
-_POSTGRES_URL: list[str] = []  # the server's database, once started (with --recording pg)
+# The server's databases, once started (with --recording pg): gw-pg's, and gw-base's (with
+# --baseline, the baseline gateway records on PostgreSQL too, so the two compare like for like).
+_POSTGRES_URL: list[str] = []
 
 # docs/design.md, Performance.
 TARGET_THROUGHPUT_RATIO = 0.8  # gateway/direct calls/s, at 16 clients
@@ -267,9 +269,9 @@ def write_config(workdir: Path, kind: str, upstream_url: str, port: int, otlp_ur
         telemetry
         + f"listen: {{host: 127.0.0.1, port: {port}}}\n"
         + (
-            f"database: ./{kind}.db\n"
-            if kind != ON_POSTGRES
-            else f"database: {_POSTGRES_URL[0]}\nsecrets: {{key: {'A' * 43}}}\n"
+            f"database: {_POSTGRES_URL[kind == BASELINE]}\nsecrets: {{key: {'A' * 43}}}\n"
+            if kind == ON_POSTGRES or (kind == BASELINE and _POSTGRES_URL)
+            else f"database: ./{kind}.db\n"
         )
         + "auth: {required: false}\n"
         f"recording: {{enabled: {str(kind != NOT_RECORDING).lower()}}}\n"
@@ -546,6 +548,7 @@ PAIRS = (
     (RECORDING, NOT_RECORDING),
     (RECORDING, RELAY),
     (RECORDING, BASELINE),
+    (ON_POSTGRES, BASELINE),
     (TRACED, DIRECT),
     (TRACED, RECORDING),
     (ON_POSTGRES, DIRECT),
@@ -717,7 +720,8 @@ def benchmark(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
         server = PostgresServer()
         server.start()
         try:
-            _POSTGRES_URL.append(server.url(server.create_database()))
+            for _ in range(1 + (args.baseline is not None)):
+                _POSTGRES_URL.append(server.url(server.create_database()))
             return _benchmark(args, procs, workdir)
         finally:
             procs.__exit__(None, None, None)  # the gateways go before their database
