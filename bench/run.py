@@ -777,7 +777,11 @@ def profile(args: argparse.Namespace, procs: Processes, workdir: Path) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.unlink(missing_ok=True)
         kind = NOT_RECORDING if args.recording == "off" else RECORDING
-        gateway = start_gateway(procs, workdir, upstream_url, kind, profiler, output)
+        sink_url = None
+        if args.tracing:  # the traced gateway, exporting to a local receiver, is the one profiled
+            kind = TRACED
+            _sink, sink_url = start_sink(procs, workdir)
+        gateway = start_gateway(procs, workdir, upstream_url, kind, profiler, output, otlp_url=sink_url)
         watch = {"gateway": gateway.pid, "upstream": upstream.pid}
         endpoint = Endpoint(kind, gateway.url, "demo__echo", watch, port_of(upstream_url))
         run = run_load(procs, workdir, endpoint, mode, clients, args, rep=0)

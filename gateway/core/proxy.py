@@ -32,7 +32,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.protocol.context import RequestContext
+from gateway.protocol.context import NO_CONTEXT, RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -133,7 +133,15 @@ class Proxy:
             return error(message["id"], METHOD_NOT_FOUND, f"Method not found: {message['method']}")
         return await handler(session, message, sink, context)
 
-    async def notification(self, session: HostSession, message: JSONObject) -> None:
+    async def notification(
+        self, session: HostSession, message: JSONObject, context: RequestContext = NO_CONTEXT
+    ) -> None:
+        if self.tracing is not None:
+            await self.tracing.notified(self._notification, session, message, context.traceparent)
+            return
+        await self._notification(session, message)
+
+    async def _notification(self, session: HostSession, message: JSONObject) -> None:
         session.touch()
         method = message["method"]
         if method == "notifications/cancelled":
@@ -230,6 +238,7 @@ class Proxy:
         trace, traced = trace_for(message, context.traceparent)
         route: Route | None = None
         upstream_s: float | None = None
+        upstream_started: float | None = None
         response: JSONObject | None = None
         outcome = "cancelled"  # unless the call gets further: the host, or the gateway stopping
         invocation_id: str | None = None  # chosen here only for a task, whose end finishes the row
@@ -266,6 +275,9 @@ class Proxy:
                 started_at=started,
                 duration_s=time.perf_counter() - clock,
                 upstream_s=upstream_s,
+                upstream_started_at=None
+                if upstream_started is None
+                else started + (upstream_started - clock),
                 trace_id=trace.trace_id,
                 invocation_id=invocation_id,
                 span_id=trace.span_id,

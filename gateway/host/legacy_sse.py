@@ -103,7 +103,9 @@ class LegacySse:
     async def _handle(self, connection: _Connection, message: JSONObject, context: RequestContext) -> None:
         if message.get("method") == "initialize" and is_request(message):
             try:
-                session, answer = await self.endpoint.initialize(message, connection.principal)
+                session, answer = await self.endpoint.initialize(
+                    message, connection.principal, context.traceparent
+                )
             except HostRefusal as refusal:  # this transport answers on its stream, not in HTTP
                 await connection.stream.send(error(message["id"], refusal.code, refusal.message))
                 return
@@ -119,7 +121,7 @@ class LegacySse:
         if is_request(message):
             connection.tasks.start_soon(self._answer, connection, current, message, context)
         elif is_notification(message):
-            await self.endpoint.proxy.notification(current, message)
+            await self.endpoint.proxy.notification(current, message, context)
         else:
             await self.endpoint.proxy.response(current, message)
 

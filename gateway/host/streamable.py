@@ -115,10 +115,20 @@ class Endpoint:
             raise HostRefusal(404, INVALID_REQUEST, "Not Found")
         return principal
 
-    async def initialize(self, message: JSONObject, principal: Principal) -> tuple[HostSession, JSONObject]:
+    async def initialize(
+        self, message: JSONObject, principal: Principal, traceparent: str | None = None
+    ) -> tuple[HostSession, JSONObject]:
         """Open a host session for an `initialize` request; return it and the answer.
         `HostRefusal` if none can be opened: 503 when it cannot be recorded, 429 or 503 past
-        the sessions the caller or the gateway may hold."""
+        the sessions the caller or the gateway may hold. `traceparent`: the request's header."""
+        if self.proxy.tracing is not None:
+            opening = self._open_session(message, principal)
+            return await self.proxy.tracing.initialize(opening, message, traceparent)
+        return await self._open_session(message, principal)
+
+    async def _open_session(
+        self, message: JSONObject, principal: Principal
+    ) -> tuple[HostSession, JSONObject]:
         params = params_of(message)
         requested = params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
@@ -170,7 +180,7 @@ class Endpoint:
                 self.registry.end_request(caller)
             return
         if message.get("method") == "initialize" and is_request(message):
-            await self._initialize(send, message, principal)
+            await self._initialize(send, message, principal, headers.get("traceparent"))
             return
         session = self._session(headers, principal)
         if is_request(message):
@@ -183,7 +193,7 @@ class Endpoint:
                 self.registry.end_request(caller)
             return
         if is_notification(message):
-            await self.proxy.notification(session, message)
+            await self.proxy.notification(session, message, RequestContext.of(headers))
         else:
             await self.proxy.response(session, message)
         await send_bytes(send, 202, b"", [])
@@ -194,8 +204,10 @@ class Endpoint:
         except SessionLimit as exc:
             raise HostRefusal(exc.status, INVALID_REQUEST, str(exc), request_id=message["id"]) from None
 
-    async def _initialize(self, send: Send, message: JSONObject, principal: Principal) -> None:
-        session, answer = await self.initialize(message, principal)
+    async def _initialize(
+        self, send: Send, message: JSONObject, principal: Principal, traceparent: str | None
+    ) -> None:
+        session, answer = await self.initialize(message, principal, traceparent)
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
     def _session(self, headers: dict[str, str], principal: Principal) -> HostSession:

@@ -63,6 +63,8 @@ class ObservedRecorder:
         # Counted once already, as the call that started it (outcome task_pending); its end is
         # the record's business.
         await self.inner.task_ended(end)
+        if self._tracing is not None:
+            self._tracing.task_ended(end)
 
     def _observe(self, call: CallRecord) -> None:
         if self._tracing is not None:

@@ -34,6 +34,7 @@ class CallRecord:
     trace_id: str | None
     invocation_id: str | None = None  # chosen by the caller when it must know it (a task's row)
     span_id: str | None = None  # the span id of the traceparent sent upstream (telemetry's client span)
+    upstream_started_at: float | None = None  # time.time() when the upstream call began
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,8 +155,8 @@ class QuickSpanExporter(OTLPSpanExporter):
 
     The SDK encodes each attribute of each span anew (most of the CPU telemetry costs per
     call); the gateway's spans repeat a handful of (key, value) pairs, so those are encoded
-    once and copied. Only for what the gateway builds: one resource, one scope, no events or
-    links. The message is the SDK's own (`tests/gateway/telemetry/test_otlp.py` compares
+    once and copied. Only for what the gateway builds: one resource, one scope, no events, links
+    without attributes. The message is the SDK's own (`tests/gateway/telemetry/test_otlp.py` compares
     them); sending, retries and timeouts stay the exporter's. On an SDK whose exporter lacks
     the HTTP client this relies on, it falls back to the SDK's encoding.
     """
@@ -199,6 +199,13 @@ class QuickSpanExporter(OTLPSpanExporter):
                 encoded.parent_span_id = parent.span_id.to_bytes(8, "big")
             if span.attributes:
                 encoded.attributes.extend([self._pair(k, v) for k, v in span.attributes.items()])
+            for link in span.links:
+                linked = link.context
+                encoded.links.add(
+                    trace_id=linked.trace_id.to_bytes(16, "big"),
+                    span_id=linked.span_id.to_bytes(8, "big"),
+                    flags=_HAS_IS_REMOTE | (_IS_REMOTE if linked.is_remote else 0),
+                )
             status = span.status
             encoded.status.code = status.status_code.value
             if status.description:

@@ -39,6 +39,7 @@ from gateway.errors import (
 from gateway.protocol.context import NO_HEADERS
 from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
+from gateway.telemetry.hop import upstream_version
 from gateway.upstream._wire import MAX_BODY_BYTES, Pool
 from gateway.upstream.channel import DISCARD, Channel, MessageSink, Unsolicited
 from gateway.upstream.children import Children
@@ -125,6 +126,7 @@ class UpstreamSession:
     async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
         self.last_used = time.monotonic()
         _refused_if_down(self.health, self.config)
+        upstream_version(self.protocol_version)
         try:
             # asyncio's timeout, not anyio's: this wraps every forwarded call (see wire.py).
             async with asyncio.timeout(self.config.timeouts.call_s):
@@ -181,6 +183,7 @@ class ModernUpstream:
         if credential:
             headers = {**headers, **credential}
         _refused_if_down(self.health, self.config)
+        upstream_version(self.channel.protocol_version)
         try:
             async with asyncio.timeout(call_s):
                 response = await self.channel.request(message, sink, headers)

@@ -87,6 +87,10 @@ class HttpChannel:
     def session_id(self) -> str | None:
         return self._session_id
 
+    @property
+    def protocol_version(self) -> str | None:
+        return self._protocol_version
+
     def set_protocol_version(self, version: str) -> None:
         self._protocol_version = version
 

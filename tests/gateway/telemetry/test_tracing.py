@@ -20,13 +20,16 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOC
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.telemetry.otel_metrics import BUCKETS
+from tests.gateway.core.test_tasks import Host as TasksHost
 from tests.gateway.telemetry.otlp_receiver import attributes_of, otlp_receiver
 from tests.gateway.telemetry.test_metrics import samples, value
 from tests.gateway.test_upstream_health import free_url
 from tests.harness import (
     RunningGateway,
     demo_stdio_yaml,
+    keyless_config,
     serve_gateway,
+    start_conformance_upstream,
     start_demo_http,
     stop_process,
     write_config,
@@ -366,3 +369,139 @@ async def test_nothing_secret_reaches_the_collector(
     for secret in (key, JWT, ARG_PASSWORD, KEY_SECRET_HEADER, UPSTREAM_SECRET):
         assert secret.encode() not in exported, secret
     assert (b"visible-marker" in exported) is capture  # content is there only when asked for
+
+
+async def test_initialize_and_the_hosts_notifications_are_server_spans_of_their_session(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{trace}-{HOST_SPAN}-01"
+    async with (
+        otlp_receiver() as receiver,
+        gateway_with(tmp_path, "stdio", telemetry_yaml(receiver.url)) as (running, _),
+    ):
+        host = Host(http, running.url, "2025-06-18")
+        # The host's trace travels in the initialize request's header, the notifications' _meta.
+        host.headers["traceparent"] = traceparent
+        await host.open()
+        del host.headers["traceparent"]
+        cancelled = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                     "params": {"requestId": 99, "reason": "changed my mind",
+                                "_meta": {"traceparent": traceparent}}}  # fmt: skip
+        with anyio.fail_after(TIMEOUT):
+            answered = await http.post(running.url, json=cancelled, headers=host._headers(cancelled))
+        assert answered.status_code == 202
+        spans = await receiver.wait_for(
+            lambda: len(receiver.spans_of(trace)) >= 3 and receiver.spans_of(trace)
+        )
+
+    by_name = {span.name: span for span in spans}
+    assert set(by_name) == {"initialize", "notifications/initialized", "notifications/cancelled"}
+    for span in spans:
+        assert span.kind == Span.SPAN_KIND_SERVER
+        assert span.parent_span_id.hex() == HOST_SPAN
+        attrs = attributes_of(span)
+        assert attrs["mcp.method.name"] == span.name
+        assert attrs["mcp.session.id"] == host.session_id
+        assert attrs["mcp.protocol.version"] == "2025-06-18"
+        assert attrs["network.transport"] == "tcp"
+        assert attrs["client.address"] == "127.0.0.1"
+        assert "error.type" not in attrs
+        # A notification has no id (the cancellation names another request's): only initialize does.
+        assert ("jsonrpc.request.id" in attrs) is (span.name == "initialize")
+    assert attributes_of(by_name["initialize"])["jsonrpc.request.id"] == "0"
+    assert b"changed my mind" not in bytes(receiver.received)
+
+
+async def test_a_refused_initialize_is_an_error_span(tmp_path: Path, http: httpx2.AsyncClient) -> None:
+    limits = "sessions: {max_per_key: 1}\n"
+    async with (
+        otlp_receiver() as receiver,
+        gateway_with(tmp_path, "stdio", telemetry_yaml(receiver.url, "") + limits) as (running, _),
+    ):
+        await Host(http, running.url, "2025-11-25").open()
+        init = {"jsonrpc": "2.0", "id": 7, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                           "clientInfo": {"name": "second", "version": "1"}}}  # fmt: skip
+        with anyio.fail_after(TIMEOUT):
+            refused = await http.post(running.url, json=init, headers=ACCEPT)
+        assert refused.status_code == 429, refused.text
+
+        def failed() -> list[Span]:
+            return [
+                s for s in receiver.spans if s.name == "initialize" and attributes_of(s).get("error.type")
+            ]
+
+        spans = await receiver.wait_for(failed)
+    attrs = attributes_of(spans[0])
+    assert attrs["error.type"] == str(refused.json()["error"]["code"])
+    assert "mcp.session.id" not in attrs
+    assert spans[0].status.code == spans[0].status.STATUS_CODE_ERROR
+
+
+async def test_the_client_span_carries_the_upstream_sessions_version_and_starts_with_its_call(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    async with (
+        otlp_receiver() as receiver,
+        gateway_with(tmp_path, "http", telemetry_yaml(receiver.url)) as (running, _),
+    ):
+        host = Host(http, running.url, "2025-06-18")
+        await host.open()
+        await host.call("demo__wait", {"seconds": 0.3})
+        spans = await receiver.wait_for(
+            lambda: (
+                len([s for s in receiver.spans if s.kind == Span.SPAN_KIND_CLIENT]) >= 1 and receiver.spans
+            )
+        )
+    server = next(s for s in spans if s.name == "tools/call demo__wait")
+    client = one([s for s in spans if s.trace_id == server.trace_id], Span.SPAN_KIND_CLIENT)
+    assert attributes_of(client)["mcp.protocol.version"] == "2025-06-18"  # what demo negotiated
+    waited = client.end_time_unix_nano - client.start_time_unix_nano
+    assert 300_000_000 <= waited <= server.end_time_unix_nano - server.start_time_unix_nano
+    assert server.start_time_unix_nano <= client.start_time_unix_nano
+    assert client.end_time_unix_nano <= server.end_time_unix_nano
+
+
+async def test_a_task_that_outlives_its_call_is_a_span_of_its_own_linked_to_the_poll_that_saw_it_end(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    proc, url = await start_conformance_upstream()
+    try:
+        async with otlp_receiver() as receiver:
+            telemetry = telemetry_yaml(receiver.url)
+            config = keyless_config(
+                tmp_path, f"\n  - {{name: work, transport: http, url: '{url}'}}", telemetry
+            )
+            async with serve_gateway(config) as running:
+                tasks_host = TasksHost(http, running.url)
+                created = await tasks_host.call(
+                    "tools/call", {"name": "work__slow_compute", "arguments": {"seconds": 0.2}}
+                )
+                assert created["resultType"] == "task"
+                await tasks_host.until(created["taskId"], "completed")
+
+                def task_span() -> list[Span]:
+                    return [s for s in receiver.spans if s.kind == Span.SPAN_KIND_INTERNAL]
+
+                found = await receiver.wait_for(task_span)
+                spans = list(receiver.spans)
+    finally:
+        await stop_process(proc)
+    task = found[0]
+    call = next(s for s in spans if s.span_id == task.parent_span_id)
+    assert call.name == "tools/call work__slow_compute"
+    assert call.kind == Span.SPAN_KIND_SERVER
+    assert task.name == "task tools/call work__slow_compute"
+    assert task.trace_id == call.trace_id
+    attrs = attributes_of(task)
+    assert attrs["gen_ai.tool.name"] == "work__slow_compute"
+    assert attrs["mcpgw.task.outcome"] == "ok"
+    assert "error.type" not in attrs
+    # It ends with the tasks/get that saw the task done, and links to that request's span.
+    (link,) = task.links
+    poll = next(s for s in spans if s.span_id == link.span_id)
+    assert poll.name == "tasks/get"
+    assert task.start_time_unix_nano == call.start_time_unix_nano
+    assert task.end_time_unix_nano - task.start_time_unix_nano >= 200_000_000
+    assert task.end_time_unix_nano <= poll.end_time_unix_nano
