@@ -326,7 +326,8 @@ def run_client_suite(
         if only:  # a developer looking at a few scenarios wants the checks that failed
             for entry in entries:
                 if entry["status"] in FAILING:
-                    print(f"  {requirement_set} {found['scenario']}: {entry['id']}: {entry.get('description')}")
+                    where = f"{requirement_set} {found['scenario']}"
+                    print(f"  {where}: {entry['id']}: {entry.get('description')}")
     if not passed:
         raise SetupError(f"the suite ran no client scenario (see {out})")
     return passed
