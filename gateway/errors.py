@@ -92,7 +92,13 @@ class UpstreamBusy(UpstreamError):
 
 
 class UpstreamUnauthorized(UpstreamError):
-    """The upstream answered 401 or 403: the credential we sent is not (or no longer) good."""
+    """The upstream answered 401 or 403: the credential we sent is not (or no longer) good.
+    ``scope`` is what a 403 `insufficient_scope` challenge names: the token is good, but this
+    call needs more (step-up authorization)."""
+
+    def __init__(self, upstream: str, reason: str, *, scope: str | None = None) -> None:
+        super().__init__(upstream, reason)
+        self.scope = scope
 
 
 class CredentialError(GatewayError):

@@ -87,15 +87,22 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requirements", default=",".join(REQUIREMENT_SETS), help="comma-separated sets")
     parser.add_argument("--client-only", action="store_true", help="only the client scenarios")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="only this client scenario (repeatable; implies --client-only)",
+    )
     args = parser.parse_args(argv)
     sets = [s for s in args.requirements.split(",") if s]
+    only = set(args.scenario)
     try:
         node, suite = install()
         run_dir = CACHE / "runs" / time.strftime("%Y%m%dT%H%M%S")
         run_dir.mkdir(parents=True)
         results = {}
         with upstream(run_dir) as upstream_url, gateway(run_dir, upstream_url) as gateway_url:
-            for requirement_set in [] if args.client_only else sets:
+            for requirement_set in [] if args.client_only or only else sets:
                 direct = run_suite(
                     node, suite, upstream_url, requirement_set, run_dir / f"direct-{requirement_set}"
                 )
@@ -105,7 +112,7 @@ def main(argv: list[str]) -> int:
                 results[requirement_set] = (direct, through)
         clients = {
             requirement_set: run_client_suite(
-                node, suite, requirement_set, run_dir / f"client-{requirement_set}"
+                node, suite, requirement_set, run_dir / f"client-{requirement_set}", only
             )
             for requirement_set in sets
         }
@@ -284,8 +291,11 @@ def client_scenarios(suite: Path, requirement_set: str) -> list[str]:
     return names
 
 
-def run_client_suite(node: Path, suite: Path, requirement_set: str, out: Path) -> dict[str, bool]:
-    """Run one set's client scenarios with the gateway as the client; whether each passed.
+def run_client_suite(
+    node: Path, suite: Path, requirement_set: str, out: Path, only: set[str] | None = None
+) -> dict[str, bool]:
+    """Run one set's client scenarios (those of `only`, if given) with the gateway as the
+    client; whether each passed.
 
     One scenario at a time per worker (CLIENT_WORKERS): `--requirements` would start them all at
     once, and as many gateways starting together on a small machine miss the suite's deadline."""
@@ -303,14 +313,21 @@ def run_client_suite(node: Path, suite: Path, requirement_set: str, out: Path) -
             subprocess.run(argv, cwd=out, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     with ThreadPoolExecutor(CLIENT_WORKERS) as workers:
-        list(workers.map(run, client_scenarios(suite, requirement_set)))
+        scenarios = [name for name in client_scenarios(suite, requirement_set) if not only or name in only]
+        list(workers.map(run, scenarios))
     passed: dict[str, bool] = {}
     for checks_file in sorted(out.glob("**/checks.json")):
         found = _CLIENT_RUN_DIR.match(str(checks_file.parent.relative_to(out)))
         if found is None:
             continue
-        statuses = [str(entry["status"]) for entry in json.loads(checks_file.read_text())]
+        entries = json.loads(checks_file.read_text())
+        statuses = [str(entry["status"]) for entry in entries]
         passed[found["scenario"]] = bool(statuses) and not any(s in FAILING for s in statuses)
+        if only:  # a developer looking at a few scenarios wants the checks that failed
+            for entry in entries:
+                if entry["status"] in FAILING:
+                    where = f"{requirement_set} {found['scenario']}"
+                    print(f"  {where}: {entry['id']}: {entry.get('description')}")
     if not passed:
         raise SetupError(f"the suite ran no client scenario (see {out})")
     return passed

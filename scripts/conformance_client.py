@@ -13,8 +13,9 @@ driver makes the gateway the client the suite watches:
    MCP Python SDK's client (a 2025-11-25 session by default, as most hosts are today;
    MCPGW_HOST_MODE=2026-07-28 makes it a stateless host): it lists the tools, calls each one with
    arguments made from its input schema, and, when a call answers with the gateway's connect link
-   (`_meta["mcpgw/connect"]`), opens that link as a browser would (every redirect followed: the
-   scenario's authorization server redirects straight back without a consent page), then lists
+   (`_meta["mcpgw/connect"]`), opens that link as a browser would (it confirms whose credential
+   the link makes, then every redirect is followed: the scenario's authorization server
+   redirects straight back without a consent page), then lists
    and calls again. It stops after MAX_SIGN_INS sign-ins, the limit of a person who gives up.
 3. It stops the gateway. The gateway's log is kept in MCPGW_CONFORMANCE_LOG_DIR when set
    (scripts/conformance.py sets it to the run's directory), else in a temporary directory.
@@ -33,8 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx2
 import mcp_types as types
@@ -179,11 +182,44 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
                 print(f"gave up after {sign_ins} sign-ins", file=sys.stderr)
                 return 1
             sign_ins += 1
-            landed = await browser.get(link)
+            landed = await sign_in(browser, link)
             print(f"sign-in {sign_ins}: {landed.status_code} at {landed.url}", file=sys.stderr)
             if landed.status_code != 200:
                 print(landed.text[:500], file=sys.stderr)
                 return 1
+
+
+async def sign_in(browser: httpx2.AsyncClient, link: str) -> httpx2.Response:
+    """Open a connect link as a person would: the page says whose credential it makes, the
+    person confirms (its form, posted with the page's hidden fields), and every redirect after
+    that is followed (the scenario's authorization server redirects straight back)."""
+    page = await browser.get(link)
+    form = _ConfirmForm()
+    form.feed(page.text)
+    if page.status_code != 200 or form.action is None:
+        return page
+    return await browser.post(urljoin(str(page.url), form.action), data=form.hidden)
+
+
+class _ConfirmForm(HTMLParser):
+    """The first form of a page: where it posts and its hidden fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.hidden: dict[str, str] = {}
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        if tag == "form" and self.action is None:
+            self.action, self._inside = attributes.get("action", ""), True
+        elif tag == "input" and self._inside and attributes.get("type") == "hidden":
+            self.hidden[attributes.get("name", "")] = attributes.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._inside = False
 
 
 async def accept_empty(

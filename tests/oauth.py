@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.harness import base_url_of, listening_socket, serve_asgi_on
+from tests.upstreams import ModernOnly
 
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 CONSENT_PATH = "/consent"
@@ -113,6 +115,9 @@ class AuthServer:
     # fetched when the client is first seen (when the server was started to support them).
     metadata_documents: bool = False
     documents_fetched: list[str] = field(default_factory=list)
+    # Scopes never granted, though asked for and consented to (a person unticking them, or a
+    # policy of the server's): tokens carry the rest, and say so in their `scope`.
+    withheld: tuple[str, ...] = ()
 
     @property
     def metadata_url(self) -> str:
@@ -240,7 +245,7 @@ class _Provider(OAuthAuthorizationServerProvider[AuthorizationCode, RefreshToken
             )
         return self.server._mint(
             client.client_id,
-            authorization_code.scopes,
+            [scope for scope in authorization_code.scopes if scope not in self.server.withheld],
             authorization_code.resource,
             authorization_code.subject,
         )
@@ -558,13 +563,91 @@ def protected_server(
     return server
 
 
+class _StepUp:
+    """Per-tool scopes (step-up authorization, MCP 2025-11-25 "Scope Challenge Handling"): a
+    `tools/call` of a tool in `required` with a token lacking its scopes is answered 403
+    `insufficient_scope`, the challenge naming the scopes the call needs. A filter in front of the
+    real server, whose SDK middleware checks one set of scopes for the whole endpoint."""
+
+    def __init__(
+        self, app: ASGIApp, auth: AuthServer, required: Mapping[str, Sequence[str]], metadata_url: str
+    ) -> None:
+        self.app, self.auth, self.required, self.metadata_url = app, auth, required, metadata_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        needed = self._needed(body)
+        token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
+        access = self.auth.access_tokens.get(token)
+        if needed and access is not None and not set(needed) <= set(access.scopes):
+            challenge = (
+                f'Bearer error="insufficient_scope", scope="{" ".join(needed)}", '
+                f'resource_metadata="{self.metadata_url}"'
+            )
+            refusal = JSONResponse(
+                {"error": "insufficient_scope"}, 403, headers={"WWW-Authenticate": challenge}
+            )
+            await refusal(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _needed(self, body: bytes) -> Sequence[str]:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return ()
+        if not isinstance(message, dict) or message.get("method") != "tools/call":
+            return ()
+        params = message.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        return self.required.get(name, ()) if isinstance(name, str) else ()
+
+
+class _TokenFirst:
+    """The token checked before the revision, as an HTTP server's auth layer comes before its
+    MCP handler: a request without a token goes to `app` (whose check answers 401), one with a
+    token to `then`."""
+
+    def __init__(self, app: ASGIApp, then: ASGIApp) -> None:
+        self.app, self.then = app, then
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tokened = scope["type"] == "http" and any(name == b"authorization" for name, _ in scope["headers"])
+        await (self.then if tokened else self.app)(scope, receive, send)
+
+
 @asynccontextmanager
 async def serve_protected_upstream(
-    auth: AuthServer, *, scopes: Sequence[str] = ("read",), resource_at_origin: bool = False
+    auth: AuthServer,
+    *,
+    scopes: Sequence[str] = ("read",),
+    resource_at_origin: bool = False,
+    modern_only: bool = False,
+    tool_scopes: Mapping[str, Sequence[str]] | None = None,
 ) -> AsyncIterator[ProtectedUpstream]:
     """Serve an MCP server that `auth` protects, on an ephemeral loopback port. With
     `resource_at_origin` its resource identifier is its origin, its metadata at the root
-    well-known path (RFC 9728 section 3.1), as many servers publish it."""
+    well-known path (RFC 9728 section 3.1), as many servers publish it. With `modern_only` it
+    speaks 2026-07-28 only to a request with a token (`tests.upstreams.ModernOnly`): one without
+    gets the 401 of every request without a token. `tool_scopes` names the scopes some tools'
+    calls need beyond `scopes` (`_StepUp`)."""
     with listening_socket() as sock:
         base_url = base_url_of(sock)
         upstream = ProtectedUpstream(
@@ -573,6 +656,10 @@ async def serve_protected_upstream(
             + ("" if resource_at_origin else "/mcp"),
         )
         resource = f"{base_url}/" if resource_at_origin else None
-        app = protected_server(auth, upstream.url, scopes, resource).streamable_http_app()
+        app: ASGIApp = protected_server(auth, upstream.url, scopes, resource).streamable_http_app()
+        if tool_scopes:
+            app = _StepUp(app, auth, tool_scopes, upstream.resource_metadata_url)
+        if modern_only:
+            app = _TokenFirst(app, ModernOnly(app))
         async with serve_asgi_on(sock, _RecordAuthorization(app, upstream.seen_authorizations)):
             yield upstream

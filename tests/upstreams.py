@@ -149,7 +149,7 @@ class _HandshakeOnly:
         await self.app(scope, receive, send)
 
 
-class _ModernOnly:
+class ModernOnly:
     """An upstream of 2026-07-28 only: a handshake-era request (no 2026-07-28 protocol version
     header) is refused (400), as a server that never spoke the handshake era refuses `initialize`.
     A filter in front of a real server, because no installed server can be told to drop a revision."""
@@ -170,7 +170,7 @@ class _ModernOnly:
 @asynccontextmanager
 async def serve_modern_only(server: MCPServer) -> AsyncIterator[str]:
     """Serve `server` over Streamable HTTP in 2026-07-28 only; yield its /mcp URL."""
-    async with serve_asgi(_ModernOnly(server.streamable_http_app())) as base_url:
+    async with serve_asgi(ModernOnly(server.streamable_http_app())) as base_url:
         yield f"{base_url}/mcp"
 
 

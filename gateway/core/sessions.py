@@ -127,12 +127,15 @@ class _Credentials:
 
         return credential
 
-    async def rejected(self, name: str, binding: Binding | None, *, final: bool) -> bool:
+    async def rejected(
+        self, name: str, binding: Binding | None, *, final: bool, scope: str | None = None
+    ) -> bool:
         """Tell the broker the upstream refused what was sent (it refreshes, or says the user
-        must act); False when this session sends that upstream no credential of its own."""
+        must act, for more `scope` if the refusal named one); False when this session sends
+        that upstream no credential of its own."""
         if binding is None or self._broker is None:
             return False
-        await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=final)
+        await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=final, scope=scope)
         return True
 
 
@@ -249,11 +252,13 @@ class HostSession:
     async def modern(self, name: str) -> ModernUpstream | None:
         """Upstream `name` as a 2026-07-28 server, when this session may use it so (a 2026 group,
         or an upstream that speaks nothing else)."""
-        return await self._connectors[name].modern() if name in self._modern_only else None
+        if name not in self._modern_only:
+            return None
+        return await self._connectors[name].modern(self._credential_source(name))
 
     async def _modern_instead(self, name: str) -> ModernUpstream | None:
         """After upstream `name` refused `initialize`: itself as a 2026-07-28 server, if it is one."""
-        modern = await self._connectors[name].modern()
+        modern = await self._connectors[name].modern(self._credential_source(name))
         if modern is not None:
             logger.info("session %s: %s speaks 2026-07-28 only; reaching it statelessly", self.id, name)
             self._modern_only.add(name)
@@ -336,15 +341,15 @@ class HostSession:
         say the user must act: `AuthRequired`) and run it once more on a fresh upstream session."""
         try:
             return await attempt()
-        except UpstreamUnauthorized:
-            if not await self._credentials.rejected(name, self.binding(name), final=False):
+        except UpstreamUnauthorized as exc:
+            if not await self._credentials.rejected(name, self.binding(name), final=False, scope=exc.scope):
                 raise
             if name in self._upstreams:
                 await self.drop_upstream(name)
         try:
             return await attempt()
-        except UpstreamUnauthorized:
-            await self._credentials.rejected(name, self.binding(name), final=True)
+        except UpstreamUnauthorized as exc:
+            await self._credentials.rejected(name, self.binding(name), final=True, scope=exc.scope)
             raise
 
     async def _forward(
@@ -531,7 +536,7 @@ class StatelessGroup(HostSession):
     key: GroupKey | None = None  # set by the registry, which keeps its groups by it
 
     async def modern(self, name: str) -> ModernUpstream | None:
-        return await self._connectors[name].modern()
+        return await self._connectors[name].modern(self._credential_source(name))
 
     async def _modern_request(
         self,

@@ -26,12 +26,13 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
 import httpx2
+from mcp.client.auth.utils import union_scopes
 
 from gateway.background import every_once
 from gateway.config import ToolFilter, UpstreamConfig
@@ -43,7 +44,14 @@ from gateway.credentials.oauth import (
     new_pkce_secret,
     redirect_uri_for,
 )
-from gateway.errors import AuthRequired, FlowProblem, OAuthError, UpstreamError, UpstreamUnauthorized
+from gateway.errors import (
+    AuthRequired,
+    CredentialError,
+    FlowProblem,
+    OAuthError,
+    UpstreamError,
+    UpstreamUnauthorized,
+)
 from gateway.host.auth import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
 from store.coordination import Unsubscribe
@@ -186,16 +194,26 @@ class CredentialBroker:
         return self._remember(credential, {"authorization": f"Bearer {credential.secret['access_token']}"})
 
     async def rejected(
-        self, upstream: str, binding: Binding, sent: Mapping[str, str], *, final: bool = False
+        self,
+        upstream: str,
+        binding: Binding,
+        sent: Mapping[str, str],
+        *,
+        final: bool = False,
+        scope: str | None = None,
     ) -> None:
         """The upstream refused what `headers()` gave: return once a retry may work (a token was
         refreshed meanwhile or now); raise `AuthRequired` when the user must act (and always
-        when `final`: the retry was refused too)."""
+        when `final`: the retry was refused too). `scope`: the refusal was a 403
+        `insufficient_scope` naming it: the token stays good, and the user is asked to grant
+        more (`_step_up`)."""
         self._cache.pop(binding, None)
         config = self._upstreams[upstream]
         credential = await self._store.credentials.credential_for(binding)
         if credential is None:
             raise await self.auth_required(config, binding, "no credential yet: connect the account first")
+        if credential.kind == "token" and scope is not None:
+            await self._step_up(config, credential, scope)
         if credential.kind == "token" and not final:
             if sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
                 return  # already replaced since: try the new one
@@ -206,6 +224,31 @@ class CredentialBroker:
         await self._set_status(credential, status)
         raise await self.auth_required(
             config, binding, f"the upstream refused the credential; it is now {status}"
+        )
+
+    async def _step_up(self, config: UpstreamConfig, credential: Credential, challenged: str) -> None:
+        """Ask the user to authorise again, for the scope they hold and the one the upstream
+        challenged with (SEP-2350: the union, so one call's scope does not cost another's).
+        Refreshing cannot widen a token, so none is tried; the credential stays active for the
+        calls it is good for. A challenge for nothing beyond what the last sign-in asked for is the upstream
+        refusing outright, or the server not granting it: asking the person again would loop,
+        so the call fails instead."""
+        asked = credential.secret.get("requested_scope") or credential.secret.get("scope")
+        if not isinstance(asked, str):
+            asked = (await self._oauth[config.name].server()).scope
+        wanted = union_scopes(asked, challenged) or challenged
+        if asked and set(wanted.split()) == set(asked.split()):
+            raise CredentialError(
+                f"upstream {config.name!r} refuses this call for want of scope {challenged!r}, "
+                f"which the last sign-in asked for already ({asked!r}); signing in again would "
+                "not change that"
+            )
+        flow = await self.start_flow(config, credential.binding, reuse=True, scope=wanted)
+        raise AuthRequired(
+            config.name,
+            self.flow_url(flow),
+            flow.id,
+            reason=f"this call needs more access ({challenged}): authorise {wanted}",
         )
 
     async def _header_values(self, config: UpstreamConfig, credential: Credential) -> Mapping[str, str]:
@@ -274,7 +317,13 @@ class CredentialBroker:
                 raise
             self._refreshed(config.name, "ok")
             now = utc_now()
-            await self._store.credentials.refreshed(current.id, tokens.as_secret(), tokens.expires_at, now)
+            # A refresh answer without `scope` keeps the scope granted (RFC 6749 5.1, 6).
+            secret = {
+                **tokens.as_secret(),
+                "scope": tokens.scope or current.secret.get("scope"),
+                "requested_scope": current.secret.get("requested_scope"),
+            }
+            await self._store.credentials.refreshed(current.id, secret, tokens.expires_at, now)
             refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
             assert refreshed is not None
             return refreshed
@@ -309,17 +358,25 @@ class CredentialBroker:
         flow = await self.start_flow(config, binding, reuse=True)
         return AuthRequired(config.name, self.flow_url(flow), flow.id, reason=reason)
 
-    async def start_flow(self, config: UpstreamConfig, binding: Binding, *, reuse: bool) -> AuthFlow:
-        """A pending flow for `binding`: a live one from before if `reuse` and it has time left."""
+    async def start_flow(
+        self, config: UpstreamConfig, binding: Binding, *, reuse: bool, scope: str | None = None
+    ) -> AuthFlow:
+        """A pending flow for `binding`: a live one from before if `reuse` and it has time left
+        (and asks for the same `scope`: an OAuth flow's own, instead of discovery's)."""
         kind = _flow_kind(config)
         assert kind is not None, "only per-identity upstreams have flows"
         now = utc_now()
         if reuse:
             live = await self._store.credentials.live_flow(binding, kind, now + FLOW_TTL / 2)
-            if live is not None:
+            if live is not None and live.secret.get("scope") == scope:
                 return live
         flow_id = str(uuid.uuid4())
-        secret = {**(new_pkce_secret() if kind == "oauth" else {}), "link": secrets.token_urlsafe(32)}
+        secret: dict[str, str] = {
+            **(new_pkce_secret() if kind == "oauth" else {}),
+            "link": secrets.token_urlsafe(32),
+        }
+        if scope is not None:
+            secret["scope"] = scope
         await self._store.credentials.create_flow(
             flow_id, binding, kind, secret=secret, oauth_client_id=None, now=now, expires_at=now + FLOW_TTL
         )
@@ -406,7 +463,12 @@ class CredentialBroker:
         except OAuthError as exc:
             logger.warning("upstream %s: code exchange failed: %s", flow.binding.upstream, exc)
             raise FlowProblem(502, f"The gateway could not finish the authorisation: {exc}") from None
-        await self._keep(flow.binding, "token", tokens.as_secret(), (), client.id, tokens)
+        requested = oauth.scope_of(server, dict(flow.secret))
+        if tokens.scope is None:  # RFC 6749 5.1: then it is what was asked for
+            tokens = replace(tokens, scope=requested)
+        # What was asked for is kept too: a step-up asks for more, never for the same again.
+        secret = {**tokens.as_secret(), "requested_scope": requested}
+        await self._keep(flow.binding, "token", secret, (), client.id, tokens)
         return flow.binding
 
     async def submit_headers(

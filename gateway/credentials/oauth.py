@@ -36,6 +36,7 @@ from mcp.client.auth.utils import (
     handle_auth_metadata_response,
     handle_protected_resource_response,
     handle_registration_response,
+    union_scopes,
     validate_authorization_response_iss,
     validate_metadata_issuer,
 )
@@ -236,7 +237,9 @@ class OAuthUpstream:
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             client_name=_CLIENT_NAME,
-            scope=server.scope,
+            # What the client may ever ask for, not what it asks for now: a server that holds a
+            # client to its registered scope would refuse a later step-up to one it offers.
+            scope=union_scopes(server.scope, " ".join(server.metadata.scopes_supported or ())),
         )
         request = create_client_registration_request(server.metadata, metadata, server.issuer)
         try:
@@ -249,13 +252,19 @@ class OAuthUpstream:
 
     # -- requests ------------------------------------------------------------------------------
 
+    @staticmethod
+    def scope_of(server: AuthServer, secret: dict[str, Any]) -> str | None:
+        """The scope a flow asks for: its own (a step-up's), else what discovery chose."""
+        scope = secret.get("scope")
+        return scope if isinstance(scope, str) and scope else server.scope
+
     def authorize_url(self, server: AuthServer, client: OAuthClient, secret: dict[str, Any]) -> str:
         url: str = prepare_grant_uri(
             str(server.metadata.authorization_endpoint),
             client.client_id,
             "code",
             redirect_uri=client.redirect_uri,
-            scope=server.scope,
+            scope=self.scope_of(server, secret),
             state=secret["state"],
             code_challenge=create_s256_code_challenge(secret["code_verifier"]),  # type: ignore[no-untyped-call]
             code_challenge_method="S256",

@@ -205,7 +205,7 @@ class Connects(Protocol):
     @property
     def config(self) -> UpstreamConfig: ...
 
-    async def modern(self) -> ModernUpstream | None: ...
+    async def modern(self, credential: HeaderSource | None = None) -> ModernUpstream | None: ...
 
     async def open_session(
         self, handshake: Handshake, unsolicited: Unsolicited, credential: HeaderSource | None = None
@@ -244,8 +244,12 @@ class Connector:
         having been down, answers again."""
         self._recovered.append(callback)
 
-    async def modern(self) -> ModernUpstream | None:
-        """This upstream as a 2026-07-28 server, if it is one (asked once with server/discover)."""
+    async def modern(self, credential: HeaderSource | None = None) -> ModernUpstream | None:
+        """This upstream as a 2026-07-28 server, if it is one (asked once with server/discover,
+        carrying `credential` when the caller has one: an upstream that wants a token for every
+        request wants it there too). A probe refused with 401/403 is an answer about the
+        credential, not the revision: it is not kept, and with a `credential` it is raised
+        (`UpstreamUnauthorized`) for the caller's credential handling."""
         if self._pool is None:
             return None
         if self._fresh_probe() or self.health.down:  # down: what was known, until it is back
@@ -254,10 +258,15 @@ class Connector:
             if not self._fresh_probe():
                 self.health.attempting()
                 try:
-                    self._modern = await self._discover(self._pool)
+                    self._modern = await self._discover(self._pool, credential)
                 except UpstreamUnreachable as exc:
                     self.health.failed(exc, down=True)
                     return None  # asked again once it is back
+                except UpstreamUnauthorized:
+                    self.health.reached({})  # it answered: only the credential was refused
+                    if credential is not None:
+                        raise
+                    return None  # no credential to ask with: whoever has one asks again
                 finally:
                     self.health.settled()
                 self._probed_at = time.monotonic()
@@ -271,7 +280,8 @@ class Connector:
             return False
         return self._modern is not None or time.monotonic() - self._probed_at < _REPROBE_S
 
-    async def _discover(self, pool: Pool) -> ModernUpstream | None:
+    async def _discover(self, pool: Pool, credential: HeaderSource | None = None) -> ModernUpstream | None:
+        headers = None if credential is None else await credential()
         channel = HttpChannel(
             self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
         )
@@ -284,9 +294,9 @@ class Connector:
         }
         try:
             with anyio.fail_after(self.config.timeouts.connect_s):
-                response = await channel.request(probe, DISCARD)
-        except UpstreamUnreachable:
-            raise  # nothing there: no answer about its revision either
+                response = await channel.request(probe, DISCARD, headers)
+        except (UpstreamUnreachable, UpstreamUnauthorized):
+            raise  # nothing there, or a refused credential: no answer about its revision either
         except (UpstreamError, TimeoutError):
             return None
         result = response.get("result")
@@ -326,6 +336,11 @@ class Connector:
                     modern = await self._discover(self._pool)
                 except UpstreamUnreachable as exc:
                     self.health.failed(exc, down=True)
+                    return
+                except UpstreamUnauthorized:
+                    # Up, but it wants a credential the gateway has none of its own for: the
+                    # first caller with one learns its revision (modern()).
+                    self.health.reached({})
                     return
                 self._modern, self._probed_at = modern, time.monotonic()
                 if modern is not None:

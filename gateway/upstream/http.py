@@ -17,7 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
+import httpx2
 from anyio.abc import TaskGroup
+from mcp.client.auth.utils import extract_field_from_www_auth
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -248,7 +250,7 @@ class HttpChannel:
     async def _error_response(self, resp: Response, message: JSONObject) -> JSONObject:
         body = await resp.read()
         if resp.status in (401, 403):
-            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status})")
+            raise _unauthorized(self._name, resp)
         try:
             parsed = loads_relayable(body)
         except MessageError:
@@ -280,7 +282,7 @@ class HttpChannel:
         if resp.status == 404 and self._session_id is not None:
             raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
         if resp.status in (401, 403):
-            raise UpstreamUnauthorized(self._name, f"refused our credential (HTTP {resp.status})")
+            raise _unauthorized(self._name, resp)
         if resp.status >= 400:
             logger.warning(
                 "upstream %s answered HTTP %d to a %s", self._name, resp.status, message.get("method")
@@ -324,6 +326,20 @@ class HttpChannel:
                         streams.give_back()
                 # A dropped listen stream is re-opened after a pause, as the SDK client does.
                 await anyio.sleep(_LISTEN_RETRY_S)
+
+
+def _unauthorized(name: str, resp: Response) -> UpstreamUnauthorized:
+    """A 401 or 403, with the scope a 403 `insufficient_scope` challenge names (RFC 6750 3.1)."""
+    challenge = resp.headers.get("www-authenticate")
+    scope = None
+    if resp.status == 403 and challenge:
+        parsed = httpx2.Response(403, headers={"www-authenticate": challenge})  # what the SDK parses
+        if extract_field_from_www_auth(parsed, "error") == "insufficient_scope":
+            scope = extract_field_from_www_auth(parsed, "scope")
+    reason = f"refused our credential (HTTP {resp.status})"
+    if scope is not None:
+        reason = f"needs scope {scope!r} for this (HTTP 403 insufficient_scope)"
+    return UpstreamUnauthorized(name, reason, scope=scope)
 
 
 def _message_in(event: Event) -> JSONObject | None:

@@ -52,7 +52,7 @@ class FakeUpstream:
             name=self.name, transport="stdio", prefix=prefix, command=("fake",), tools=self.filter
         )
 
-    async def modern(self) -> ModernUpstream | None:
+    async def modern(self, credential: HeaderSource | None = None) -> ModernUpstream | None:
         return None
 
     async def open_session(
