@@ -11,6 +11,7 @@ call with the answers and the upstream's `requestState`, until the upstream comp
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Mapping
 from typing import Any, Final
@@ -19,6 +20,7 @@ import anyio
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from gateway.errors import UpstreamTimeout
+from gateway.protocol.context import Deadline
 from gateway.protocol.jsonrpc import INTERNAL_ERROR, JSONObject, error, params_of
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import MODERN_VERSION, Handshake, ModernUpstream
@@ -40,14 +42,15 @@ class HostQuestions:
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[anyio.Event, list[JSONObject]]] = {}
 
-    async def ask(self, sink: MessageSink, method: str, params: Any, timeout_s: float) -> JSONObject:
-        """Send the host `method` and wait (at most `timeout_s`) for its response message."""
+    async def ask(self, sink: MessageSink, method: str, params: Any, deadline: Deadline) -> JSONObject:
+        """Send the host `method` and wait (until `deadline`) for its response message:
+        `TimeoutError` past it."""
         question_id = f"{QUESTION_PREFIX}{next(self._ids)}"
         answered, answer = anyio.Event(), list[JSONObject]()
         self._waiting[question_id] = (answered, answer)
         try:
-            await sink.send({"jsonrpc": "2.0", "id": question_id, "method": method, "params": params})
-            with anyio.fail_after(timeout_s):
+            async with asyncio.timeout_at(deadline.at()):
+                await sink.send({"jsonrpc": "2.0", "id": question_id, "method": method, "params": params})
                 await answered.wait()
         finally:
             self._waiting.pop(question_id, None)
@@ -73,13 +76,14 @@ async def bridged_request(
     sink: MessageSink,
     credential: Mapping[str, str] | None,
     forwarded: Mapping[str, str],
+    deadline: Deadline,
 ) -> JSONObject:
     """Send a handshake-era host's request to a 2026-07-28 upstream, asking the host whatever
-    the upstream needs on the way; the final answer as the host's revision has it."""
+    the upstream needs on the way; the final answer as the host's revision has it. Every round,
+    and every question to the host, spends the one budget of the call: it ends at `deadline`."""
     request = _with_envelope(message, handshake)
-    timeout_s = modern.config.timeouts.call_s
     for _ in range(MAX_ROUNDS):
-        response = await modern.request(request, sink, credential, forwarded)
+        response = await modern.request(request, sink, credential, forwarded, deadline)
         result = response.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
             return _without_modern_fields(response)
@@ -89,9 +93,9 @@ async def bridged_request(
             if not isinstance(ask, dict) or not isinstance(ask.get("method"), str):
                 continue
             try:
-                reply = await questions.ask(sink, ask["method"], ask.get("params") or {}, timeout_s)
+                reply = await questions.ask(sink, ask["method"], ask.get("params") or {}, deadline)
             except TimeoutError:
-                text = f"the host did not answer within {timeout_s:g}s"
+                text = f"no answer within {deadline.budget_s:g}s: the host did not answer {ask['method']}"
                 raise UpstreamTimeout(modern.config.name, text) from None
             if "result" not in reply:  # the host refused: so does the call, with the host's words
                 return _refused(message, reply)

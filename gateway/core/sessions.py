@@ -8,6 +8,7 @@ each session to the API key that opened it, and reaps idle sessions and their ch
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -35,11 +36,12 @@ from gateway.errors import (
     SessionLimit,
     UpstreamError,
     UpstreamSessionExpired,
+    UpstreamTimeout,
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
 from gateway.host.auth import Principal
-from gateway.protocol.context import NO_CONTEXT, RequestContext
+from gateway.protocol.context import NO_CONTEXT, Deadline, RequestContext
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification
 from gateway.protocol.revisions import to_handshake_request, with_server_info
 from gateway.protocol.uris import outward
@@ -332,8 +334,12 @@ class HostSession:
     async def forward(
         self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext = NO_CONTEXT
     ) -> JSONObject:
-        """Send a host request to upstream `name`, with this caller's credential if it needs one."""
-        response = await self._retrying_credential(name, lambda: self._forward(name, message, sink, context))
+        """Send a host request to upstream `name`, with this caller's credential if it needs one;
+        whatever it takes (a second try, a new upstream session) ends at the call's one deadline."""
+        deadline = Deadline(self._connectors[name].config.timeouts.call_s)
+        response = await self._retrying_credential(
+            name, lambda: self._forward(name, message, sink, context, deadline)
+        )
         return outward(self._connectors[name].config.uri_prefix, response)
 
     async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -353,7 +359,12 @@ class HostSession:
             raise
 
     async def _forward(
-        self, name: str, message: JSONObject, sink: MessageSink | None, context: RequestContext
+        self,
+        name: str,
+        message: JSONObject,
+        sink: MessageSink | None,
+        context: RequestContext,
+        deadline: Deadline,
     ) -> JSONObject:
         """Send a host request to upstream `name`; re-initialise once if the upstream forgot us."""
         request_id = message.get("id")
@@ -362,29 +373,29 @@ class HostSession:
             # 2026 on both sides: it passes as it is, with the caller's credential if any.
             source = self._credential_source(name)
             credential = None if source is None else await source()
-            return await self._modern_request(modern, message, sink, credential, context)
+            return await self._modern_request(modern, message, sink, credential, context, deadline)
         original = message
         message = self._upward(message)
         pool = self._shared(name)
         if pool is not None:
-            return await self._forward_shared(pool, message, sink, request_id)
+            return await self._forward_shared(pool, message, sink, request_id, deadline)
         try:
             upstream = await self.upstream(name)
         except UpstreamUnavailable:
             if await self._modern_instead(name) is None:
                 raise
-            return await self._forward(name, original, sink, context)
+            return await self._forward(name, original, sink, context, deadline)
         if request_id is not None:
             self.in_flight[request_id] = upstream
         try:
             try:
-                response = await upstream.request(message, self.relay(upstream, sink))
+                response = await upstream.request(message, self.relay(upstream, sink), deadline)
             except UpstreamSessionExpired:
                 await self.drop_upstream(name)
-                upstream = await self.upstream(name)
+                upstream = await self._reopened(name, deadline)
                 if request_id is not None:
                     self.in_flight[request_id] = upstream
-                response = await upstream.request(message, self.relay(upstream, sink))
+                response = await upstream.request(message, self.relay(upstream, sink), deadline)
         finally:
             if request_id is not None:
                 self.in_flight.pop(request_id, None)
@@ -397,15 +408,30 @@ class HostSession:
         sink: MessageSink | None,
         credential: Mapping[str, str] | None,
         context: RequestContext,
+        deadline: Deadline,
     ) -> JSONObject:
         """A handshake-era host's request to a 2026-07-28-only upstream (see bridge.py)."""
         target = sink if sink is not None else self.listen
         return await bridged_request(
-            modern, self.handshake, self.questions, message, target, credential, context.forwarded
+            modern, self.handshake, self.questions, message, target, credential, context.forwarded, deadline
         )
 
+    async def _reopened(self, name: str, deadline: Deadline) -> UpstreamSession:
+        """A new upstream session for `name` in the middle of a call: within the call's deadline."""
+        try:
+            async with asyncio.timeout_at(deadline.at()):
+                return await self.upstream(name)
+        except TimeoutError:
+            text = f"no answer within {deadline.budget_s:g}s (reconnecting)"
+            raise UpstreamTimeout(name, text) from None
+
     async def _forward_shared(
-        self, pool: SharedPool, message: JSONObject, sink: MessageSink | None, request_id: object
+        self,
+        pool: SharedPool,
+        message: JSONObject,
+        sink: MessageSink | None,
+        request_id: object,
+        deadline: Deadline,
     ) -> JSONObject:
         used: list[UpstreamSession] = []
 
@@ -417,9 +443,9 @@ class HostSession:
 
         try:
             if message["method"] in ("resources/subscribe", "resources/unsubscribe"):
-                response = await pool.subscribe(self, message, relay, self.profile)
+                response = await pool.subscribe(self, message, relay, self.profile, deadline)
             else:
-                response = await pool.request(self, message, relay, self.profile)
+                response = await pool.request(self, message, relay, self.profile, deadline)
         finally:
             if isinstance(request_id, str | int):
                 self.in_flight.pop(request_id, None)
@@ -545,9 +571,10 @@ class StatelessGroup(HostSession):
         sink: MessageSink | None,
         credential: Mapping[str, str] | None,
         context: RequestContext,
+        deadline: Deadline,
     ) -> JSONObject:
         # 2026 on both sides: it passes as it is.
-        return await modern.request(message, sink, credential, context.forwarded)
+        return await modern.request(message, sink, credential, context.forwarded, deadline)
 
     def _upward(self, message: JSONObject) -> JSONObject:
         message = to_handshake_request(message)

@@ -36,7 +36,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
-from gateway.protocol.context import NO_HEADERS
+from gateway.protocol.context import NO_HEADERS, Deadline
 from gateway.protocol.jsonrpc import JSONObject, notification
 from gateway.recording.redaction import Redactor
 from gateway.telemetry.hop import upstream_version
@@ -106,6 +106,11 @@ def _failed(health: UpstreamHealth | None, exc: UpstreamError) -> None:
         health.failed(exc, down=isinstance(exc, UpstreamUnreachable))
 
 
+def _deadline(deadline: Deadline | None, config: UpstreamConfig) -> float:
+    """The host call's deadline, or a fresh `call_s` for a request of the gateway's own."""
+    return asyncio.get_running_loop().time() + config.timeouts.call_s if deadline is None else deadline.at()
+
+
 @dataclass(slots=True)
 class UpstreamSession:
     """One upstream session opened on behalf of one host session."""
@@ -123,13 +128,17 @@ class UpstreamSession:
     def name(self) -> str:
         return self.config.name
 
-    async def request(self, message: JSONObject, sink: MessageSink | None) -> JSONObject:
+    async def request(
+        self, message: JSONObject, sink: MessageSink | None, deadline: Deadline | None = None
+    ) -> JSONObject:
+        """Send `message` and wait for its answer until `deadline` (the host call's), or for
+        `timeouts.call_s` from now."""
         self.last_used = time.monotonic()
         _refused_if_down(self.health, self.config)
         upstream_version(self.protocol_version)
         try:
             # asyncio's timeout, not anyio's: this wraps every forwarded call (see wire.py).
-            async with asyncio.timeout(self.config.timeouts.call_s):
+            async with asyncio.timeout_at(_deadline(deadline, self.config)):
                 response = await self.channel.request(message, sink)
         except anyio.get_cancelled_exc_class():
             await self._cancel_upstream(message, "the host cancelled the request")
@@ -176,8 +185,10 @@ class ModernUpstream:
         sink: MessageSink | None,
         credential: Mapping[str, str] | None = None,
         forwarded: Mapping[str, str] = NO_HEADERS,
+        deadline: Deadline | None = None,
     ) -> JSONObject:
-        """Send `message` with the host's `forwarded` headers (and `credential`, if any)."""
+        """Send `message` with the host's `forwarded` headers (and `credential`, if any); wait
+        until `deadline` (the host call's), or `timeouts.call_s` from now."""
         call_s = self.config.timeouts.call_s
         headers = forwarded
         if credential:
@@ -185,7 +196,7 @@ class ModernUpstream:
         _refused_if_down(self.health, self.config)
         upstream_version(self.channel.protocol_version)
         try:
-            async with asyncio.timeout(call_s):
+            async with asyncio.timeout_at(_deadline(deadline, self.config)):
                 response = await self.channel.request(message, sink, headers)
         except TimeoutError:
             timeout = UpstreamTimeout(self.config.name, f"no answer within {call_s:g}s")

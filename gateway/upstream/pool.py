@@ -34,6 +34,7 @@ from typing import Protocol
 import anyio
 
 from gateway.errors import UpstreamBusy, UpstreamError, UpstreamSessionExpired
+from gateway.protocol.context import Deadline
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,
     LOG_LEVELS,
@@ -172,16 +173,17 @@ class SharedPool:
         message: JSONObject,
         relay: Callable[[UpstreamSession], MessageSink],
         profile: Profile = EMPTY_PROFILE,
+        deadline: Deadline | None = None,
     ) -> JSONObject:
         """Send a host's request over a pool session declaring the host's `profile` (`admit`),
         under an id (and progress token) unique in it; what the upstream sends during the call
-        goes to `relay(session)`."""
+        goes to `relay(session)`. Both tries wait until the host call's `deadline`, if it has one."""
         self._users[user.id] = user
         profile = self.admit(profile)
         try:
-            return await self._request(user, message, relay, profile)
+            return await self._request(user, message, relay, profile, deadline)
         except UpstreamSessionExpired:  # it forgot that session (HTTP 404): once more, on another
-            return await self._request(user, message, relay, profile)
+            return await self._request(user, message, relay, profile, deadline)
 
     async def _request(
         self,
@@ -189,6 +191,7 @@ class SharedPool:
         message: JSONObject,
         relay: Callable[[UpstreamSession], MessageSink],
         profile: Profile,
+        deadline: Deadline | None,
     ) -> JSONObject:
         member = await self._member(profile)
         session = member.session
@@ -202,7 +205,9 @@ class SharedPool:
             upward["params"] = {**params, "_meta": meta}
         member.calls[call_id] = _Call(user, token)
         try:
-            response = await session.request(upward, _CallSink(self, member, call_id, relay(session)))
+            response = await session.request(
+                upward, _CallSink(self, member, call_id, relay(session)), deadline
+            )
         except UpstreamSessionExpired:
             with anyio.CancelScope(shield=True):
                 await session.channel.aclose()  # closed: `_member` opens another
@@ -217,13 +222,14 @@ class SharedPool:
         message: JSONObject,
         relay: Callable[[UpstreamSession], MessageSink],
         profile: Profile = EMPTY_PROFILE,
+        deadline: Deadline | None = None,
     ) -> JSONObject:
         """resources/subscribe or unsubscribe: the upstream sees the first and the last of each URI."""
         uri = str(params_of(message).get("uri"))
         subscribers = self._subscribers.setdefault(uri, set())
         if message["method"] == "resources/subscribe":
             if not subscribers:
-                response = await self.request(user, message, relay, profile)
+                response = await self.request(user, message, relay, profile, deadline)
                 if "error" in response:
                     return response
             subscribers.add(user.id)
@@ -231,7 +237,7 @@ class SharedPool:
             subscribers.discard(user.id)
             if not subscribers:
                 del self._subscribers[uri]
-                return await self.request(user, message, relay, profile)
+                return await self.request(user, message, relay, profile, deadline)
         return result(message["id"], {})
 
     async def set_level(self, user: PoolUser, level: str) -> None:
