@@ -279,8 +279,10 @@ class SessionLink:
             await self._cluster.publish(inbox(holder), ToStream(self.key, message))
         return True
 
-    def opened(self) -> None:
-        self._cluster.post(EVERYONE, StreamOpened(self.key))
+    async def opened(self) -> None:
+        """A stream opened here: sent before the host is told it is open (a 2026 listen's ack),
+        so what the host causes next elsewhere is sent here."""
+        await self._cluster.publish(EVERYONE, StreamOpened(self.key))
 
     def closed(self) -> None:
         self._cluster.post(EVERYONE, StreamClosed(self.key))

@@ -164,7 +164,7 @@ class ListenStream:
             while self._buffer:
                 await sink.send(self._buffer.popleft())
         if self.link is not None and len(self._sinks) == 1:
-            self.link.opened()  # the other replicas send here now, what they buffered first
+            await self.link.opened()  # the other replicas send here now, what they buffered first
 
     def detach(self, sink: MessageSink) -> None:
         if sink in self._sinks:
