@@ -56,6 +56,7 @@ from api.console import (
 )
 from api.errors import ProviderUnavailable
 from gateway.background import start_guarded
+from gateway.cluster import Answered, Cancelled, Cluster, FanOuts, Hosts
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
@@ -70,7 +71,7 @@ from gateway.host.asgi import OriginGuard
 from gateway.host.auth import HostAuth, Principal
 from gateway.host.legacy_sse import LegacySse
 from gateway.host.shutdown import Shutdown
-from gateway.host.stateless import StatelessHandler
+from gateway.host.stateless import RESUME, StatelessHandler
 from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
 from gateway.readiness import Readiness
 from gateway.recording.observed import ObservedRecorder
@@ -211,13 +212,21 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
 
         upstreams = {upstream.name: upstream for upstream in config.upstreams}
         broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
-        registry = SessionRegistry(connectors, config.sessions, recorder, broker, pools, lists.forget)
+        # Replicas on one database reach each other through it (gateway/cluster.py); a gateway
+        # alone builds nothing of that.
+        cluster = Cluster(store.coordination, task_group) if store.coordination.shared else None
+        if cluster is not None:
+            stack.callback(cluster.close)
+        registry = SessionRegistry(
+            connectors, config.sessions, recorder, broker, pools, lists.forget, cluster
+        )
+        hosts: Hosts = registry if cluster is None else FanOuts(cluster, registry)
         for each in pools.values():
-            each.on_list_changed = registry.upstream_list_changed
+            each.on_list_changed = hosts.upstream_list_changed
         metrics.watch(lambda: _held_open(registry, stored, connectors, pools, children))
-        broker.on_connected(registry.connected)
+        broker.on_connected(hosts.connected)
         for connector in connectors.values():
-            connector.on_recovered(registry.upstream_recovered)
+            connector.on_recovered(hosts.upstream_recovered)
         stack.push_async_callback(registry.aclose)
         task_ids = TaskIds(await store.gateway_secret(TASK_IDS_SECRET_NAME))
         proxy = Proxy(router, recorder, TaskRelay(router.upstream_names, recorder, task_ids), tracing)
@@ -242,12 +251,15 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             registry=registry,
             proxy=proxy,
             stateless=StatelessHandler(
-                registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO, task_group, shutdown
+                registry, proxy, GATEWAY_CAPABILITIES, SERVER_INFO, task_group, shutdown, cluster
             ),
             max_body_bytes=config.security.max_body_bytes,
             shutdown=shutdown,
             signin=None if signin is None else signin.resource,
         )
+
+        if cluster is not None:
+            _serve_replicas(cluster, registry, proxy, endpoint.stateless)
 
         async def end_sessions_at_shutdown() -> None:
             await shutdown.wait()
@@ -543,3 +555,24 @@ class _Asgi:
 def _gateway(scope: Scope) -> Gateway:
     gateway: Gateway = scope["state"]["gateway"]
     return gateway
+
+
+def _serve_replicas(
+    cluster: Cluster, registry: SessionRegistry, proxy: Proxy, stateless: StatelessHandler
+) -> None:
+    """What other replicas pass this one: a host's answer to a request this one's upstream
+    made, a cancellation of a request it serves, the retry of a call it suspended."""
+
+    async def answered(message: Answered) -> None:
+        session = registry.held(message.session_id)
+        if session is not None:
+            await proxy.response(session, message.message)
+
+    async def cancelled(message: Cancelled) -> None:
+        session = registry.held(message.session_id)
+        if session is not None:
+            session.cancel_host_request(message.request_id)
+
+    cluster.on(Answered, answered)
+    cluster.on(Cancelled, cancelled)
+    cluster.serve(RESUME, stateless.resume_here)

@@ -11,6 +11,7 @@
     │   └── UpstreamUnauthorized      it refused our credential (HTTP 401/403)
     ├── RoutingError                  the host named a tool/resource/prompt nobody serves
     ├── RequestIdInUse                a host reused the id of a request still being served
+    ├── OwnerGone                     the replica holding a call stopped (`gateway/cluster.py`)
     ├── SessionLimit                  a caller (429) or the gateway (503) holds all the sessions it may
     ├── HostRefusal                   a host request refused at the door: HTTP status + JSON-RPC error
     ├── AuthThrottled                 a client address failed to authenticate too often (429)
@@ -176,6 +177,10 @@ class RequestIdInUse(GatewayError):
     def __init__(self, request_id: object) -> None:
         super().__init__(f"a request with id {request_id!r} is already in flight in this session")
         self.request_id = request_id
+
+
+class OwnerGone(GatewayError):
+    """The replica holding a call stopped (or was killed), or failed going on with it: lost."""
 
 
 class MessageError(GatewayError):

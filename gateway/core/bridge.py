@@ -19,6 +19,7 @@ from typing import Any, Final
 import anyio
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
+from gateway.cluster import owned
 from gateway.errors import UpstreamTimeout
 from gateway.protocol.context import Deadline
 from gateway.protocol.jsonrpc import INTERNAL_ERROR, JSONObject, error, params_of
@@ -36,16 +37,17 @@ QUESTION_PREFIX: Final = "mcpgw-ask-"
 class HostQuestions:
     """Requests the gateway itself puts to a session's host, and the answers it waits for."""
 
-    __slots__ = ("_ids", "_waiting")
+    __slots__ = ("_ids", "_waiting", "owner")
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[anyio.Event, list[JSONObject]]] = {}
+        self.owner: str | None = None  # on replicas: this one's id, where the answer must come back
 
     async def ask(self, sink: MessageSink, method: str, params: Any, deadline: Deadline) -> JSONObject:
         """Send the host `method` and wait (until `deadline`) for its response message:
         `TimeoutError` past it."""
-        question_id = f"{QUESTION_PREFIX}{next(self._ids)}"
+        question_id = owned(f"{QUESTION_PREFIX}{next(self._ids)}", self.owner)
         answered, answer = anyio.Event(), list[JSONObject]()
         self._waiting[question_id] = (answered, answer)
         try:

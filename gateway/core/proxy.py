@@ -146,7 +146,9 @@ class Proxy:
         method = message["method"]
         if method == "notifications/cancelled":
             # Cancelling the host's request cancels its upstream call, which tells the upstream.
-            session.cancel_host_request(params_of(message).get("requestId"))
+            request_id = params_of(message).get("requestId")
+            if not session.cancel_host_request(request_id) and session.link is not None:
+                await session.link.cancel(request_id)  # another replica may be serving it
         elif method == "notifications/roots/list_changed":
             for upstream in session.open_upstreams():
                 await _quietly(upstream.channel.notify(message))
@@ -159,6 +161,8 @@ class Proxy:
         outbound = session.outbound.take(message.get("id"))
         if outbound is None and str(message.get("id")).startswith(LOCAL_REQUEST_PREFIX):
             return  # the answer to a request of the gateway's own (a URL elicitation)
+        if outbound is None and session.link is not None and await session.link.answer(message):
+            return  # another replica's upstream asked: the id names it
         if outbound is None:
             logger.info("session %s: a response to no pending request (id %r)", session.id, message.get("id"))
             return

@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gateway.background import every, start_guarded
+from gateway.cluster import Cluster, SessionLink, group_stream_key, owned
 from gateway.config import SessionsConfig, UpstreamConfig
 from gateway.core.bridge import HostQuestions, bridged_request
 from gateway.core.catalogue import Catalogue, Kind
@@ -80,14 +81,15 @@ class OutboundRequests:
     ids the gateway mints: two upstreams may both use id 1 toward one host. The host's answer
     is taken back by the gateway's id and goes to the upstream that asked, under its own."""
 
-    __slots__ = ("_ids", "_pending")
+    __slots__ = ("_ids", "_pending", "owner")
 
     def __init__(self) -> None:
         self._pending: dict[str, Outbound] = {}
         self._ids = itertools.count(1)
+        self.owner: str | None = None  # on replicas: this one's id, where the answer must come back
 
     def add(self, upstream: UpstreamSession, original_id: RequestId) -> str:
-        gateway_id = f"mcpgw-{next(self._ids)}"
+        gateway_id = owned(f"mcpgw-{next(self._ids)}", self.owner)
         self._pending[gateway_id] = Outbound(upstream, original_id)
         return gateway_id
 
@@ -152,6 +154,8 @@ class ListenStream:
         self._lock = anyio.Lock()
         self._none_open = anyio.Event()
         self._none_open.set()
+        # On replicas: the session's streams open on the others (gateway/cluster.py).
+        self.link: SessionLink | None = None
 
     @property
     def open(self) -> bool:
@@ -164,12 +168,30 @@ class ListenStream:
             self._sinks.append(sink)
             while self._buffer:
                 await sink.send(self._buffer.popleft())
+        if self.link is not None and len(self._sinks) == 1:
+            await self.link.opened()  # the other replicas send here now, what they buffered first
 
     def detach(self, sink: MessageSink) -> None:
         if sink in self._sinks:
             self._sinks.remove(sink)
+            if not self._sinks and self.link is not None:
+                self.link.closed()
         if not self._sinks:
             self._none_open.set()
+
+    async def deliver_here(self, message: JSONObject) -> None:
+        """A message another replica sent this one's streams: to them, or buffered."""
+        async with self._lock:
+            if not self._sinks:
+                self._buffer.append(message)
+            for sink in list(self._sinks):
+                await sink.send(message)
+
+    async def flush(self, send: Callable[[JSONObject], Awaitable[None]]) -> None:
+        """What was buffered, handed to a stream opened on another replica."""
+        async with self._lock:
+            while self._buffer:
+                await send(self._buffer.popleft())
 
     async def closed(self) -> None:
         """Return once no stream is open."""
@@ -177,7 +199,10 @@ class ListenStream:
 
     async def send(self, message: JSONObject) -> None:
         async with self._lock:
-            if not self._sinks:
+            elsewhere = self.link is not None and await self.link.send(message)
+            if not self._sinks and not elsewhere:
+                if self.link is not None and not self._buffer:
+                    self.link.buffering()
                 self._buffer.append(message)
             for sink in list(self._sinks):
                 await sink.send(message)
@@ -231,6 +256,17 @@ class HostSession:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    @property
+    def link(self) -> SessionLink | None:
+        """On replicas: this session as the others know it (gateway/cluster.py)."""
+        return self.listen.link
+
+    def join(self, cluster: Cluster, key: str) -> None:
+        """Be known to the other replicas as `key`: what the gateway mints for this session's
+        host names this replica, and its streams are fed from theirs."""
+        self.listen.link = cluster.link(key, self.listen)
+        self.outbound.owner = self.questions.owner = cluster.instance_id
 
     async def announce(self, message: JSONObject) -> None:
         """Send the host a message outside any call (what a shared upstream session announces)."""
@@ -604,6 +640,7 @@ class SessionRegistry:
     pools: Mapping[str, SharedPool] = field(default_factory=dict)  # one per upstream (upstream/pool.py)
     # The shared lists' `forget(upstream, kind)` (core/lists.py): kind None is every list.
     lists_changed: Callable[[str, Kind | None], None] = field(default=lambda name, kind: None)
+    cluster: Cluster | None = None  # on replicas (a shared store): how the others are reached
     _sessions: dict[str, HostSession] = field(default_factory=dict)
     _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
     _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
@@ -629,6 +666,8 @@ class SessionRegistry:
         self._check_total()
         session = await self._open(HostSession, self.limits.idle_s, principal, handshake, protocol_version)
         self._per_key[caller] += 1
+        if self.cluster is not None:
+            session.join(self.cluster, session.id)
         return session
 
     def begin_request(self, principal: Principal) -> tuple[str, str | None]:
@@ -705,6 +744,8 @@ class SessionRegistry:
         group = await self._open(StatelessGroup, idle_s, principal, handshake, protocol_version)
         group.key = key
         self._groups[key] = group
+        if self.cluster is not None:
+            group.join(self.cluster, group_stream_key(key))
         return group
 
     def _check_total(self) -> None:
@@ -745,6 +786,12 @@ class SessionRegistry:
         self._sessions[session_id] = session
         return session
 
+    def held(self, session_id: str) -> HostSession | None:
+        """The session-based session `session_id` if this replica holds it (for what another
+        replica passes on: the caller was checked there)."""
+        session = self._sessions.get(session_id)
+        return None if isinstance(session, StatelessGroup) else session
+
     def get(self, session_id: str, principal: Principal) -> HostSession | None:
         """The session, only if the same API key (or, key-less, the same organisation) opened it."""
         session = self._sessions.get(session_id)
@@ -764,6 +811,8 @@ class SessionRegistry:
         else:
             self._per_key[(session.principal.organisation_id, session.principal.api_key_id)] -= 1
         await session.aclose()
+        if self.cluster is not None and session.link is not None:
+            self.cluster.unlink(session.link.key)
         if self.broker is not None:
             try:
                 await self.broker.session_ended(session.principal.organisation_id, session.record_id)

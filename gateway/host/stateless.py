@@ -19,6 +19,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,10 +38,18 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
 from gateway.background import log_failure, start_guarded
+from gateway.cluster import Cluster, owned, owner_of
 from gateway.core.proxy import Proxy
 from gateway.core.sessions import HostSession, SessionRegistry
 from gateway.core.tasks import header_mismatch, offered_extensions
-from gateway.errors import CredentialError, HostRefusal, RecordingFailed, SessionLimit, UpstreamError
+from gateway.errors import (
+    CredentialError,
+    HostRefusal,
+    OwnerGone,
+    RecordingFailed,
+    SessionLimit,
+    UpstreamError,
+)
 from gateway.host.asgi import (
     ResponseStream,
     send_bytes,
@@ -76,6 +85,7 @@ _LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"
 # What an upstream may ask a host mid-call: elicitation, sampling, roots/list.
 _INPUT_CAPABILITIES = ("elicitation", "sampling", "roots")
 Event = tuple[Literal["notify", "ask", "done"], JSONObject]
+RESUME = "resume"  # a suspended call's retry, forwarded to the replica holding the call
 
 
 @dataclass(slots=True)
@@ -109,6 +119,7 @@ class StatelessHandler:
     server_info: JSONObject
     task_group: TaskGroup
     shutdown: Shutdown  # the server stopping: the listen streams end
+    cluster: Cluster | None = None  # on replicas: a retry landing here may resume a call elsewhere
     _suspended: dict[str, _Call] = field(default_factory=dict)
 
     async def handle(
@@ -158,6 +169,15 @@ class StatelessHandler:
             call = None
         level = meta_of(message).get(_LOG_LEVEL_META_KEY)
         log_level = LOG_LEVELS.get(level) if isinstance(level, str) else None
+        owner = owner_of(state) if call is None and self.cluster is not None else None
+        # Suspended on another replica: it goes on there (sending the call again here would run
+        # it twice), unless that replica holds it no longer.
+        if (
+            owner is not None
+            and owner != self.cluster.instance_id  # type: ignore[union-attr]
+            and await self._resume_elsewhere(owner, message, principal, log_level, receive, send)
+        ):
+            return
         if call is not None:
             await self._answer_inputs(call, params_of(message).get("inputResponses"))
         elif _can_answer_input(route.client_capabilities):
@@ -278,8 +298,93 @@ class StatelessHandler:
             return
         await stream.finish(with_server_info(answer, self.server_info), _status_of(answer))
 
+    async def _resume_elsewhere(
+        self,
+        owner: str,
+        message: JSONObject,
+        principal: Principal,
+        log_level: int | None,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """Have replica `owner` resume the call it suspended, relaying what it streams; False if
+        it holds no such call (expired, or not this caller's), which is then served as here."""
+        assert self.cluster is not None
+        params = params_of(message)
+        body: JSONObject = {
+            "state": params.get("requestState"),
+            "inputResponses": params.get("inputResponses"),
+            "caller": [principal.organisation_id, principal.api_key_id, principal.grant_id],
+            "id": message["id"],
+            "logLevel": log_level,
+        }
+        stream = ResponseStream(send, [], True)
+        answer: JSONObject | None = None
+        gone = False
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal gone
+                await wait_for_disconnect(receive)
+                gone = True
+                tg.cancel_scope.cancel()  # the host closed the stream: the owner cancels the call
+
+            tg.start_soon(watch)
+            try:
+                answer = await self.cluster.forward(owner, RESUME, body, stream.send)
+            except OwnerGone:
+                text = "The gateway replica holding this call stopped: the call is lost"
+                answer = error(message["id"], INTERNAL_ERROR, text)
+            tg.cancel_scope.cancel()
+        if gone:
+            return True
+        if answer is None:
+            return False
+        await stream.finish(answer, _status_of(answer))
+        return True
+
+    async def resume_here(
+        self, body: JSONObject, emit: Callable[[JSONObject], Awaitable[None]]
+    ) -> JSONObject | None:
+        """Another replica's host retried a call suspended here: go on with it, `emit`ting what
+        it sends the host, to its answer (or its next `input_required`, suspended here again)."""
+        state, caller = body.get("state"), body.get("caller")
+        call = self._suspended.pop(state, None) if isinstance(state, str) else None
+        if call is None:
+            return None
+        who = call.principal
+        if caller != [who.organisation_id, who.api_key_id, who.grant_id]:
+            self._suspended[state] = call  # type: ignore[index]
+            return None
+        level = body.get("logLevel")
+        call.log_level = level if isinstance(level, int) else None
+        await self._answer_inputs(call, body.get("inputResponses"))
+        request_id = body.get("id")
+        answer: JSONObject | None = None
+        suspended = False
+        try:
+            async for kind, payload in call.events:
+                if kind == "notify":
+                    if _wanted(call.log_level, payload):
+                        await emit(payload)
+                    continue
+                if kind == "ask":
+                    answer, suspended = self._suspend(call, request_id, payload), True
+                else:
+                    answer = to_modern_response(call.method, {**payload, "id": request_id})
+                break
+        except anyio.get_cancelled_exc_class():
+            call.scope.cancel()  # the host closed its stream on the other replica
+            raise
+        finally:
+            if not suspended:
+                call.events.close()
+        if answer is None:
+            answer = error(request_id, INTERNAL_ERROR, "The gateway could not complete this request")
+        return with_server_info(answer, self.server_info)
+
     def _suspend(self, call: _Call, request_id: Any, ask: JSONObject) -> JSONObject:
-        token = secrets.token_urlsafe(32)
+        token = owned(secrets.token_urlsafe(32), None if self.cluster is None else self.cluster.instance_id)
         call.expires_at = time.monotonic() + SUSPENDED_TTL_S
         self._suspended[token] = call
         request = {"method": ask["method"], "params": ask.get("params", {})}
