@@ -22,7 +22,7 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -31,7 +31,16 @@ import asyncpg
 
 from .errors import StoreError, StoreUnavailable, StoreUnreachable
 
-__all__ = ["Availability", "PgDatabase", "no_reset", "numbered", "rowcount", "translate", "translated"]
+__all__ = [
+    "Availability",
+    "PgDatabase",
+    "listening",
+    "no_reset",
+    "numbered",
+    "rowcount",
+    "translate",
+    "translated",
+]
 
 # SQLSTATE classes that mean "not now", not "bad request": 08 connection exception, 53
 # insufficient resources, 57 operator intervention (shutdown, cannot connect now), 58 system
@@ -69,6 +78,24 @@ def translated(action: str) -> Iterator[None]:
         yield
     except _DRIVER_ERRORS as exc:
         raise translate(exc, action) from exc
+
+
+async def listening(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    channel: str,
+    heard: Callable[[Any, int, str, object], None],
+    lost: Callable[[Any], None],
+) -> asyncpg.Connection:
+    """A new connection LISTENing on ``channel`` (``heard`` per notice, ``lost`` when the
+    connection ends); closed again if setting it up fails."""
+    conn = await connect()
+    try:
+        conn.add_termination_listener(lost)
+        await conn.add_listener(channel, heard)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
 
 
 async def no_reset(conn: asyncpg.Connection) -> None:

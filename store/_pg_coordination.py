@@ -33,7 +33,7 @@ import anyio
 import asyncpg
 import orjson
 
-from ._pg import PgDatabase
+from ._pg import PgDatabase, listening
 from .coordination import Handler, LocalCoordination, Unsubscribe, new_instance_id
 from .errors import StoreError
 
@@ -178,15 +178,8 @@ class PgCoordination:
         self._lost.set()
 
     async def _listen(self) -> None:
-        conn = await self._connect()
-        try:
-            self._lost = asyncio.Event()
-            conn.add_termination_listener(self._terminated)
-            await conn.add_listener(CHANNEL, self._heard_notice)
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
+        self._lost = asyncio.Event()
+        self._conn = await listening(self._connect, CHANNEL, self._heard_notice, self._terminated)
         self.listening = True
 
     async def _keep_listening(self) -> None:

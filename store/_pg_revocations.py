@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 import asyncpg
 
+from ._pg import listening
+
 __all__ = ["CHANNEL", "POLL_S", "RevocationListener"]
 
 logger = logging.getLogger(__name__)
@@ -74,15 +76,8 @@ class RevocationListener:
         self._task = asyncio.get_running_loop().create_task(self._keep_listening())
 
     async def _listen(self) -> None:
-        conn = await self._connect()
-        try:
-            self._lost = anyio.Event()
-            conn.add_termination_listener(self._terminated)
-            await conn.add_listener(CHANNEL, self._heard)
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
+        self._lost = anyio.Event()
+        self._conn = await listening(self._connect, CHANNEL, self._heard, self._terminated)
         self.listening = True
 
     async def _keep_listening(self) -> None:
