@@ -60,19 +60,21 @@ from gateway.cluster import Answered, Cancelled, Cluster, FanOuts, Hosts
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
+from gateway.core.registry import SessionRegistry, start_reaper
 from gateway.core.router import Router
-from gateway.core.sessions import SessionRegistry, StatelessGroup, start_reaper
+from gateway.core.stateless_group import StatelessGroup
 from gateway.core.tasks import TASK_IDS_SECRET_NAME, TaskIds, TaskRelay
 from gateway.credentials.broker import CredentialBroker
 from gateway.credentials.pages import ConnectPages, connect_routes
 from gateway.credentials.sealing import sealer_for
 from gateway.errors import AuthThrottled, FlowProblem, OidcError
 from gateway.host.asgi import OriginGuard
-from gateway.host.auth import HostAuth, Principal
+from gateway.host.auth import HostAuth
 from gateway.host.legacy_sse import LegacySse
 from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import RESUME, StatelessHandler
 from gateway.host.streamable import GATEWAY_CAPABILITIES, SERVER_INFO, Endpoint
+from gateway.principal import Principal
 from gateway.readiness import Readiness
 from gateway.recording.observed import ObservedRecorder
 from gateway.recording.recorder import NullRecorder, Recorder

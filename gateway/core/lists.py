@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from gateway.core.sessions import HostSession
+from gateway.core.host_session import HostSession
 from gateway.errors import HandshakeRefused, RoutingError
 from gateway.protocol.jsonrpc import JSONObject, params_of
 from gateway.upstream.connector import Connects

@@ -3,7 +3,7 @@
 Requests are answered by the gateway itself (ping, the merged lists) or forwarded to the one
 upstream that owns the named tool, prompt or resource. Host request ids pass upstream
 unchanged: each host session has its own upstream sessions, so a host's ids are unique in each.
-Only requests upstreams originate get gateway ids (see sessions.py), and their answers are
+Only requests upstreams originate get gateway ids (see outbound.py), and their answers are
 mapped back here.
 """
 
@@ -18,8 +18,9 @@ import anyio
 
 from gateway.background import log_failure
 from gateway.core.catalogue import Kind, Route
+from gateway.core.host_session import HostSession
+from gateway.core.outbound import LOCAL_REQUEST_PREFIX
 from gateway.core.router import Router
-from gateway.core.sessions import LOCAL_REQUEST_PREFIX, HostSession
 from gateway.core.tasks import TASK_METHODS, TaskRelay
 from gateway.errors import (
     AuthRequired,

@@ -24,8 +24,8 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config import ToolFilter, UpstreamConfig
 from gateway.core.catalogue import Kind, Route, Table
+from gateway.core.host_session import HostSession
 from gateway.core.lists import UpstreamLists
-from gateway.core.sessions import HostSession
 from gateway.errors import AuthRequired, CredentialError, RoutingError, UpstreamError
 from gateway.protocol.jsonrpc import JSONObject, meta_of, params_of
 from gateway.upstream.channel import MessageSink

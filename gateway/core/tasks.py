@@ -34,7 +34,7 @@ import orjson
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
 
-from gateway.core.sessions import HostSession
+from gateway.core.host_session import HostSession
 from gateway.errors import CredentialError, RecordingFailed, TooDeep, UpstreamError, UpstreamTimeout
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (

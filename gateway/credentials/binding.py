@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.config import UpstreamConfig
 from gateway.errors import CredentialError
-from gateway.host.auth import Principal
+from gateway.principal import Principal
 from store import Binding
 
 LOCAL_SUBJECT = "local"  # key-less mode: one person on one machine

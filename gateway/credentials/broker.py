@@ -52,7 +52,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamUnauthorized,
 )
-from gateway.host.auth import Principal
+from gateway.principal import Principal
 from store import AuthFlow, Binding, Credential, OAuthClient, Store, StoreError, utc_now
 from store.coordination import Unsubscribe
 

@@ -36,7 +36,8 @@ from gateway.credentials.oauth import (
     redirect_uri_for,
 )
 from gateway.errors import AuthThrottled, FlowProblem, OAuthError
-from gateway.host.auth import Principal, key_from_headers
+from gateway.host.auth import key_from_headers
+from gateway.principal import Principal
 from store import AuthFlow, Sealer, StoreError
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -46,6 +46,7 @@ import anyio
 from gateway.config import ToolFilter
 from gateway.errors import AuthThrottled
 from gateway.host._throttle import LOG_INTERVAL_S, FailureLimits
+from gateway.principal import Principal
 from gateway.signin.tokens import is_access_token
 from store import ApiKey, SignedIn, StoreError, hash_api_key, utc_now
 
@@ -57,27 +58,6 @@ _MISS_TTL_S = 60.0
 _MISSES_MAX = 1024
 _USE_EVERY_S = 60.0
 _FLUSH_DEADLINE_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    organisation_id: str
-    api_key_id: str | None  # None only in key-less local mode
-    user_id: str | None
-    is_admin: bool
-    tools: ToolFilter = field(default_factory=ToolFilter)  # the key's narrowing, over host-visible names
-    # A signed-in host's: the grant its token belongs to, the registered client's id (what a
-    # session records as its clientId) and the MCP URL the token is bound to. None for a key.
-    grant_id: str | None = None
-    client_id: str | None = None
-    resource: str | None = None
-
-    def same_caller(self, other: Principal) -> bool:
-        return (
-            self.organisation_id == other.organisation_id
-            and self.api_key_id == other.api_key_id
-            and self.grant_id == other.grant_id
-        )
 
 
 class Refusal(StrEnum):

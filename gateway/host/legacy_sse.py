@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.types import Receive, Scope, Send
 
-from gateway.core.sessions import HostSession
+from gateway.core.host_session import HostSession
 from gateway.errors import HostRefusal, SessionLimit
 from gateway.host.asgi import (
     EventStream,
@@ -26,8 +26,8 @@ from gateway.host.asgi import (
     send_bytes,
     wait_for_disconnect_or,
 )
-from gateway.host.auth import Principal
 from gateway.host.streamable import Endpoint
+from gateway.principal import Principal
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INVALID_REQUEST,

@@ -39,8 +39,9 @@ from starlette.types import Receive, Send
 
 from gateway.background import log_failure, start_guarded
 from gateway.cluster import Cluster, owned, owner_of
+from gateway.core.host_session import HostSession
 from gateway.core.proxy import Proxy
-from gateway.core.sessions import HostSession, SessionRegistry
+from gateway.core.registry import SessionRegistry
 from gateway.core.tasks import header_mismatch, offered_extensions
 from gateway.errors import (
     CredentialError,
@@ -57,9 +58,9 @@ from gateway.host.asgi import (
     wait_for_disconnect,
     wait_for_disconnect_or,
 )
-from gateway.host.auth import Principal
 from gateway.host.shutdown import Shutdown
 from gateway.host.subscriptions import listen_ended, serve_listen
+from gateway.principal import Principal
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,

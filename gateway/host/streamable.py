@@ -18,8 +18,9 @@ import anyio
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
+from gateway.core.host_session import HostSession
 from gateway.core.proxy import Proxy
-from gateway.core.sessions import HostSession, SessionRegistry
+from gateway.core.registry import SessionRegistry
 from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed, SessionLimit
 from gateway.host.asgi import (
     EventStream,
@@ -32,9 +33,10 @@ from gateway.host.asgi import (
     send_json,
     wait_for_disconnect_or,
 )
-from gateway.host.auth import HostAuth, Principal, Refusal
+from gateway.host.auth import HostAuth, Refusal
 from gateway.host.shutdown import Shutdown
 from gateway.host.stateless import StatelessHandler
+from gateway.principal import Principal
 from gateway.protocol.context import RequestContext
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,

@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
+from gateway.core.host_session import HostSession
 from gateway.core.router import Router
-from gateway.core.sessions import HostSession
 from gateway.errors import CredentialError, RoutingError, UpstreamError
 from gateway.host.asgi import ResponseStream
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification, params_of, result

@@ -54,7 +54,7 @@ from gateway.signin.tokens import CODE_PREFIX, new_secret
 from store import PendingSignIn, SignInCode, SignInStore, utc_now
 
 if TYPE_CHECKING:
-    from gateway.host.auth import Principal
+    from gateway.principal import Principal
 
 __all__ = [
     "CONSENT_PATH",

@@ -32,7 +32,8 @@ from starlette.types import Message
 from gateway.background import every_once
 from gateway.config import HostSignInConfig, is_loopback_host
 from gateway.errors import AuthThrottled, SignInRefused
-from gateway.host.auth import Principal, principal_of
+from gateway.host.auth import principal_of
+from gateway.principal import Principal
 from gateway.signin._fields import AUTHORIZE_LIMITS, TOKEN_LIMITS, oversized, read_form
 from gateway.signin._rate import PerAddress
 from gateway.signin.clients import Clients

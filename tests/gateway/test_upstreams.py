@@ -11,7 +11,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.core.sessions import HostSession, StatelessGroup
+from gateway.core.host_session import HostSession
+from gateway.core.stateless_group import StatelessGroup
 from gateway.upstream.http import HttpChannel
 from gateway.upstream.stdio import StdioChannel
 from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway

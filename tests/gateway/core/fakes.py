@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 
 from gateway.config import ToolFilter, UpstreamConfig
-from gateway.core.sessions import HostSession
-from gateway.host.auth import Principal
+from gateway.core.host_session import HostSession
+from gateway.principal import Principal
 from gateway.protocol.jsonrpc import JSONObject, dumps, error, result
 from gateway.recording.recorder import CallRecord, TaskEnded
 from gateway.upstream.channel import MessageSink, Unsolicited

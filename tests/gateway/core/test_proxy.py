@@ -11,7 +11,7 @@ import pytest
 from gateway.config import ToolFilter
 from gateway.core.proxy import Proxy
 from gateway.core.router import Router
-from gateway.host.auth import Principal
+from gateway.principal import Principal
 from gateway.protocol.context import NO_CONTEXT, RequestContext
 from gateway.protocol.jsonrpc import JSONObject
 from tests.gateway.core.fakes import FakeUpstream, ListRecorder, echo, host_session, never, text

@@ -1,0 +1,79 @@
+"""Where a session's server-initiated messages go: its streams, the other replicas', or a buffer."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from gateway.cluster import SessionLink
+from gateway.protocol.jsonrpc import JSONObject
+from gateway.upstream.channel import MessageSink
+
+_BUFFERED_WHILE_NO_STREAM = 256
+
+
+class ListenStream:
+    """Where a session's server-initiated messages go: the host's GET stream, its 2026-07-28
+    listen streams, or, while none is open, a small buffer."""
+
+    def __init__(self, *, buffered: bool = True) -> None:
+        self._sinks: list[MessageSink] = []
+        # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
+        self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
+        self._lock = anyio.Lock()
+        self._none_open = anyio.Event()
+        self._none_open.set()
+        # On replicas: the session's streams open on the others (gateway/cluster.py).
+        self.link: SessionLink | None = None
+
+    @property
+    def open(self) -> bool:
+        return bool(self._sinks)
+
+    async def attach(self, sink: MessageSink) -> None:
+        async with self._lock:
+            if self._none_open.is_set():
+                self._none_open = anyio.Event()
+            self._sinks.append(sink)
+            while self._buffer:
+                await sink.send(self._buffer.popleft())
+        if self.link is not None and len(self._sinks) == 1:
+            await self.link.opened()  # the other replicas send here now, what they buffered first
+
+    def detach(self, sink: MessageSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+            if not self._sinks and self.link is not None:
+                self.link.closed()
+        if not self._sinks:
+            self._none_open.set()
+
+    async def deliver_here(self, message: JSONObject) -> None:
+        """A message another replica sent this one's streams: to them, or buffered."""
+        async with self._lock:
+            if not self._sinks:
+                self._buffer.append(message)
+            for sink in list(self._sinks):
+                await sink.send(message)
+
+    async def flush(self, send: Callable[[JSONObject], Awaitable[None]]) -> None:
+        """What was buffered, handed to a stream opened on another replica."""
+        async with self._lock:
+            while self._buffer:
+                await send(self._buffer.popleft())
+
+    async def closed(self) -> None:
+        """Return once no stream is open."""
+        await self._none_open.wait()
+
+    async def send(self, message: JSONObject) -> None:
+        async with self._lock:
+            elsewhere = self.link is not None and await self.link.send(message)
+            if not self._sinks and not elsewhere:
+                if self.link is not None and not self._buffer:
+                    self.link.buffering()
+                self._buffer.append(message)
+            for sink in list(self._sinks):
+                await sink.send(message)
