@@ -56,12 +56,13 @@ from api.console import (
 )
 from api.errors import ProviderUnavailable
 from gateway.background import start_guarded
-from gateway.cluster import Answered, Cancelled, Cluster, FanOuts, Hosts
+from gateway.cluster import Answered, Cancelled, Cluster, FanOuts, Hosts, SessionEnded
 from gateway.config import GatewayConfig, UpstreamConfig
 from gateway.core.lists import UpstreamLists
 from gateway.core.proxy import Proxy
 from gateway.core.registry import SessionRegistry, start_reaper
 from gateway.core.router import Router
+from gateway.core.shared_sessions import SharedSessions
 from gateway.core.stateless_group import StatelessGroup
 from gateway.core.tasks import TASK_IDS_SECRET_NAME, TaskIds, TaskRelay
 from gateway.credentials.broker import CredentialBroker
@@ -145,8 +146,10 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
             open_store(config.store_at, sealer=sealer, pool_size=pool_size)
         )
         organisation = await store.ensure_organisation(DEFAULT_ORGANISATION)
-        # One gateway per database: what the record shows open now, a previous run left open.
-        if stale := await store.end_open_sessions("gateway_restart"):
+        # One gateway per database: what the record shows open now, a previous run left open. On
+        # replicas, the sessions the others serve go on: only those none serves (their end lost).
+        shared = store.coordination.shared
+        if stale := await store.end_open_sessions("gateway_restart", keep_live=shared):
             logger.info("ended %d session(s) the previous run left open (reason gateway_restart)", stale)
         metrics = GatewayMetrics(upstream.name for upstream in config.upstreams)
         stored: StoreRecorder | None = None
@@ -220,7 +223,14 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         if cluster is not None:
             stack.callback(cluster.close)
         registry = SessionRegistry(
-            connectors, config.sessions, recorder, broker, pools, lists.forget, cluster
+            connectors,
+            config.sessions,
+            recorder,
+            broker,
+            pools,
+            lists.forget,
+            cluster,
+            None if cluster is None else SharedSessions(store, cluster),
         )
         hosts: Hosts = registry if cluster is None else FanOuts(cluster, registry)
         for each in pools.values():
@@ -563,7 +573,8 @@ def _serve_replicas(
     cluster: Cluster, registry: SessionRegistry, proxy: Proxy, stateless: StatelessHandler
 ) -> None:
     """What other replicas pass this one: a host's answer to a request this one's upstream
-    made, a cancellation of a request it serves, the retry of a call it suspended."""
+    made, a cancellation of a request it serves, the retry of a call it suspended, the end of a
+    session it holds a copy of."""
 
     async def answered(message: Answered) -> None:
         session = registry.held(message.session_id)
@@ -575,6 +586,10 @@ def _serve_replicas(
         if session is not None:
             session.cancel_host_request(message.request_id)
 
+    async def ended(message: SessionEnded) -> None:
+        await registry.ended_elsewhere(message.session_id)
+
     cluster.on(Answered, answered)
     cluster.on(Cancelled, cancelled)
+    cluster.on(SessionEnded, ended)
     cluster.serve(RESUME, stateless.resume_here)

@@ -37,6 +37,7 @@ from gateway.protocol.jsonrpc import JSONObject
 from store import Binding, Coordination, StoreError
 
 __all__ = [
+    "EVERYONE",
     "Answered",
     "Cancelled",
     "Cluster",
@@ -45,6 +46,7 @@ __all__ = [
     "Hosts",
     "ListChanged",
     "Recovered",
+    "SessionEnded",
     "SessionLink",
     "group_stream_key",
     "owned",
@@ -154,6 +156,15 @@ class Cancelled:
     request_id: str | int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The sender ended a session (deleted by its host, idle everywhere, evicted): every other
+    replica drops its copy (gateway/core/shared_sessions.py)."""
+
+    topic: ClassVar[str] = "session_ended"
+    session_id: str
+
+
 # What one replica hears.
 
 
@@ -211,6 +222,7 @@ Message = (
     | StreamClosed
     | StreamWanted
     | Cancelled
+    | SessionEnded
     | ToStream
     | Answered
     | _Forwarded
@@ -228,6 +240,7 @@ _TYPES: dict[str, type[Message]] = {
         StreamClosed,
         StreamWanted,
         Cancelled,
+        SessionEnded,
         ToStream,
         Answered,
         _Forwarded,
@@ -236,7 +249,7 @@ _TYPES: dict[str, type[Message]] = {
         _ForwardCancel,
     )
 }
-M = TypeVar("M", ListChanged, Recovered, Connected, Cancelled, Answered)
+M = TypeVar("M", ListChanged, Recovered, Connected, Cancelled, Answered, SessionEnded)
 Emit = Callable[[JSONObject], Awaitable[None]]
 Served = Callable[[JSONObject, Emit], Awaitable[JSONObject | None]]
 
@@ -362,7 +375,7 @@ class Cluster:
 
     def on(self, kind: type[M], handler: Callable[[M], Awaitable[None]]) -> None:
         """Run `handler` with every message of `kind` (fan-outs: from every replica, this one
-        included; `Answered`, `Cancelled`: from the others)."""
+        included; `Answered`, `Cancelled`, `SessionEnded`: from the others)."""
         self._handlers.setdefault(kind, []).append(handler)
 
     def serve(self, kind: str, handler: Served) -> None:
@@ -414,7 +427,7 @@ class Cluster:
             stream = self._streams.get(message.stream)
             if stream is not None:
                 await stream.deliver_here(message.message)
-        elif isinstance(message, Cancelled | Answered):
+        elif isinstance(message, Cancelled | Answered | SessionEnded):
             await self._dispatch(message)
         elif isinstance(message, _Forwarded):
             self._task_group.start_soon(self._serve_forwarded, message)

@@ -209,6 +209,11 @@ class RecordingFailed(GatewayError):
     """The record could not be made durable: the host must not be told the call succeeded."""
 
 
+class SessionsUnreachable(RecordingFailed):
+    """On replicas: the database that holds which sessions are live could not be asked, so a
+    session can be neither opened (its row is its first record) nor found (503: try again)."""
+
+
 class WireError(GatewayError):
     """The upstream could not be reached, or the connection broke before the response ended."""
 

@@ -491,6 +491,39 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX cluster_messages_by_age ON cluster_messages(created_at);
     """,
     ),
+    # 11: the host sessions replicas serve now (store/_live_sessions.py): any replica serves a
+    # session another one minted from its row. Deleted when the session ends; a 2026-07-28
+    # group's key is unique, so replicas racing to open one group open it once.
+    Migration(
+        sqlite="""
+    CREATE TABLE live_sessions (
+        mcp_session_id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        organisation_id TEXT NOT NULL,
+        api_key_id TEXT,
+        grant_id TEXT,
+        protocol_version TEXT NOT NULL,
+        handshake_json TEXT NOT NULL,
+        group_key TEXT UNIQUE,
+        last_seen_at INTEGER NOT NULL
+    );
+    CREATE INDEX live_sessions_by_last_seen ON live_sessions(last_seen_at);
+    """,
+        postgres="""
+    CREATE TABLE live_sessions (
+        mcp_session_id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        organisation_id TEXT NOT NULL,
+        api_key_id TEXT,
+        grant_id TEXT,
+        protocol_version TEXT NOT NULL,
+        handshake_json TEXT NOT NULL,
+        group_key TEXT UNIQUE,
+        last_seen_at BIGINT NOT NULL
+    );
+    CREATE INDEX live_sessions_by_last_seen ON live_sessions(last_seen_at);
+    """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -97,6 +97,26 @@ class SessionStart:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A host session (or 2026-07-28 group) some replica serves now: what any replica needs to
+    serve its next request without a new handshake. Kept apart from the record (which may be
+    off, and keeps what was said, not what is live) and deleted when the session ends."""
+
+    mcp_session_id: str
+    record_id: str
+    """The session's ``id`` in the record (``SessionStart.id``)."""
+    organisation_id: str
+    api_key_id: str | None
+    grant_id: str | None
+    protocol_version: str
+    handshake_json: str
+    """What the host said in its handshake (protocol version, capabilities, clientInfo), as JSON."""
+    last_seen_at: datetime
+    group_key: str | None = None
+    """A 2026-07-28 group's key (the same on every replica); None for a session-based session."""
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEnd:
     id: str
     ended_at: datetime

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from functools import partial
@@ -27,6 +27,15 @@ import asyncpg
 
 from ._credentials import CredentialSql
 from ._listing import find_session, get_session, list_invocations, list_sessions
+from ._live_sessions import (
+    END_OPEN_SESSIONS,
+    KEEPING_LIVE,
+    end_idle_sessions,
+    end_live_session,
+    live_session,
+    open_live_session,
+    sessions_seen,
+)
 from ._pg import PgDatabase, no_reset, translate
 from ._pg_coordination import PgCoordination
 from ._pg_records import RecordWriter
@@ -41,6 +50,7 @@ from .keys import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from .models import (
     ApiKey,
     CreatedKey,
+    LiveSession,
     Organisation,
     Page,
     RecordedInvocation,
@@ -302,12 +312,26 @@ class PostgresStore:
                     break
         return deleted
 
-    async def end_open_sessions(self, reason: str) -> int:
-        return await self._db.run(
-            "end open sessions",
-            "UPDATE sessions SET ended_at = last_call_at, end_reason = ? WHERE ended_at IS NULL",
-            (reason,),
-        )
+    async def end_open_sessions(self, reason: str, *, keep_live: bool = False) -> int:
+        sql = END_OPEN_SESSIONS + (KEEPING_LIVE if keep_live else "")
+        return await self._db.run("end open sessions", sql, (reason,))
+
+    async def open_live_session(self, live: LiveSession) -> LiveSession:
+        return await open_live_session(self._db, live)
+
+    async def live_session(self, mcp_session_id: str) -> LiveSession | None:
+        return await live_session(self._db, mcp_session_id)
+
+    async def sessions_seen(self, mcp_session_ids: Collection[str], at: datetime) -> None:
+        await sessions_seen(self._db, mcp_session_ids, at)
+
+    async def end_live_session(self, mcp_session_id: str) -> bool:
+        return await end_live_session(self._db, mcp_session_id)
+
+    async def end_idle_sessions(
+        self, sessions_before: datetime, groups_before: datetime
+    ) -> list[LiveSession]:
+        return await end_idle_sessions(self._db, sessions_before, groups_before)
 
     async def list_sessions(
         self,

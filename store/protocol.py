@@ -7,7 +7,7 @@ implementation; callers see only these protocols, the models and :mod:`store.err
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ from .models import (
     CredentialRow,
     Grant,
     IssuedToken,
+    LiveSession,
     OAuthClient,
     Organisation,
     Page,
@@ -382,10 +383,36 @@ class Store(Protocol):
         (not counting the invocations that go with a deleted session)."""
         ...
 
-    async def end_open_sessions(self, reason: str) -> int:
+    async def end_open_sessions(self, reason: str, *, keep_live: bool = False) -> int:
         """End every session the record shows open, as of its last call, with ``reason``; return
         how many. Run at start: the sessions open then are a previous run's, which stopped
-        without ending them (killed, or its machine went down)."""
+        without ending them (killed, or its machine went down). ``keep_live`` (replicas): only
+        those no replica serves now (no ``live_sessions`` row: its end was lost)."""
+        ...
+
+    async def open_live_session(self, live: LiveSession) -> LiveSession:
+        """Write a session's live row before its first upstream is contacted; for a 2026-07-28
+        group that another replica opened first (same ``group_key``), return that one's row."""
+        ...
+
+    async def live_session(self, mcp_session_id: str) -> LiveSession | None:
+        """The live row of a session some replica serves, None once it has ended."""
+        ...
+
+    async def sessions_seen(self, mcp_session_ids: Collection[str], at: datetime) -> None:
+        """These sessions had a request (or an open stream) at ``at``; batched by the caller."""
+        ...
+
+    async def end_live_session(self, mcp_session_id: str) -> bool:
+        """Delete the live row; True if this call did (the caller ends the session), False if
+        it was gone already (another replica ended it)."""
+        ...
+
+    async def end_idle_sessions(
+        self, sessions_before: datetime, groups_before: datetime
+    ) -> list[LiveSession]:
+        """Delete and return the live rows last seen before these times (sessions, groups):
+        each to one caller alone, whichever replicas run this at once."""
         ...
 
     async def list_sessions(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,15 @@ import anyio.to_thread
 from ._connection import configure, connect, connect_blocking
 from ._credentials import CredentialSql
 from ._listing import find_session, get_session, list_invocations, list_sessions
+from ._live_sessions import (
+    END_OPEN_SESSIONS,
+    KEEPING_LIVE,
+    end_idle_sessions,
+    end_live_session,
+    live_session,
+    open_live_session,
+    sessions_seen,
+)
 from ._records import PRUNE_BATCH, oldest_kept_invocation, prune_step, write_records
 from ._revocations import RevocationMarker
 from ._signin import SignInSql
@@ -46,6 +55,7 @@ from .migrations import apply_migrations
 from .models import (
     ApiKey,
     CreatedKey,
+    LiveSession,
     Organisation,
     Page,
     RecordedInvocation,
@@ -298,13 +308,29 @@ class SqliteStore:
                         break
         return deleted
 
-    async def end_open_sessions(self, reason: str) -> int:
+    async def end_open_sessions(self, reason: str, *, keep_live: bool = False) -> int:
         with translated("end open sessions"):
             async with self._conn.execute(
-                "UPDATE sessions SET ended_at = last_call_at, end_reason = ? WHERE ended_at IS NULL",
-                (reason,),
+                END_OPEN_SESSIONS + (KEEPING_LIVE if keep_live else ""), (reason,)
             ) as cursor:
                 return cursor.rowcount
+
+    async def open_live_session(self, live: LiveSession) -> LiveSession:
+        return await open_live_session(self._statements, live)
+
+    async def live_session(self, mcp_session_id: str) -> LiveSession | None:
+        return await live_session(self._statements, mcp_session_id)
+
+    async def sessions_seen(self, mcp_session_ids: Collection[str], at: datetime) -> None:
+        await sessions_seen(self._statements, mcp_session_ids, at)
+
+    async def end_live_session(self, mcp_session_id: str) -> bool:
+        return await end_live_session(self._statements, mcp_session_id)
+
+    async def end_idle_sessions(
+        self, sessions_before: datetime, groups_before: datetime
+    ) -> list[LiveSession]:
+        return await end_idle_sessions(self._statements, sessions_before, groups_before)
 
     async def list_sessions(
         self,

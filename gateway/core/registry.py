@@ -21,6 +21,7 @@ from gateway.cluster import Cluster, group_stream_key
 from gateway.config import SessionsConfig
 from gateway.core.catalogue import Kind
 from gateway.core.host_session import LIST_CHANGED, HostSession
+from gateway.core.shared_sessions import SharedSessions, handshake_of
 from gateway.core.stateless_group import GroupKey, StatelessGroup
 from gateway.credentials.broker import CredentialBroker
 from gateway.errors import (
@@ -54,9 +55,11 @@ class SessionRegistry:
     # The shared lists' `forget(upstream, kind)` (core/lists.py): kind None is every list.
     lists_changed: Callable[[str, Kind | None], None] = field(default=lambda name, kind: None)
     cluster: Cluster | None = None  # on replicas (a shared store): how the others are reached
+    shared: SharedSessions | None = None  # on replicas: the sessions' rows (core/shared_sessions.py)
     _sessions: dict[str, HostSession] = field(default_factory=dict)
     _groups: dict[GroupKey, StatelessGroup] = field(default_factory=dict)
     _per_key: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    _opening: anyio.Lock = field(default_factory=anyio.Lock)
     _listening: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     _in_flight: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
@@ -149,17 +152,24 @@ class SessionRegistry:
         found = self._groups.get(key)
         if found is not None and not found.closed:
             return found
-        theirs = [group for k, group in self._groups.items() if k[:2] == key[:2]]
-        if len(theirs) >= self.limits.groups_per_key:
-            await self.end(min(theirs, key=lambda group: group.last_activity), "evicted")
-        self._check_total()
-        idle_s = self.limits.stateless_gap_s
-        group = await self._open(StatelessGroup, idle_s, principal, handshake, protocol_version)
-        group.key = key
-        self._groups[key] = group
-        if self.cluster is not None:
-            group.join(self.cluster, group_stream_key(key))
-        return group
+        # One group per key: two first requests of a group at once open it once.
+        async with self._opening:
+            found = self._groups.get(key)
+            if found is not None and not found.closed:
+                return found
+            theirs = [group for k, group in self._groups.items() if k[:2] == key[:2]]
+            if len(theirs) >= self.limits.groups_per_key:
+                await self.end(min(theirs, key=lambda group: group.last_activity), "evicted")
+            self._check_total()
+            idle_s = self.limits.stateless_gap_s
+            group = await self._open(
+                StatelessGroup, idle_s, principal, handshake, protocol_version, group_stream_key(key)
+            )
+            group.key = key
+            self._groups[key] = group
+            if self.cluster is not None:
+                group.join(self.cluster, group_stream_key(key))
+            return group
 
     def _check_total(self) -> None:
         if len(self._sessions) >= self.limits.max_total:
@@ -167,7 +177,13 @@ class SessionRegistry:
             raise SessionLimit(503, f"the gateway holds {held} sessions, its limit: try again later")
 
     async def _open(
-        self, kind: type[S], idle_s: float, principal: Principal, handshake: Handshake, protocol_version: str
+        self,
+        kind: type[S],
+        idle_s: float,
+        principal: Principal,
+        handshake: Handshake,
+        protocol_version: str,
+        group_key: str | None = None,
     ) -> S:
         session_id = secrets.token_urlsafe(24)
         session = kind(
@@ -180,12 +196,18 @@ class SessionRegistry:
             pools=self.pools,
         )
         session.lists_changed = self.lists_changed
+        if self.shared is not None:
+            # Before any upstream is contacted: any replica can serve its next request.
+            live = await self.shared.opened(
+                session_id, session.record_id, principal, handshake, protocol_version, group_key
+            )
+            session.id, session.record_id = live.mcp_session_id, live.record_id
         client = handshake.client_info
         name, version = client.get("name"), client.get("version")
         await self.recorder.session_started(
             SessionStart(
                 id=session.record_id,
-                mcp_session_id=session_id,
+                mcp_session_id=session.id,
                 organisation_id=principal.organisation_id,
                 api_key_id=principal.api_key_id,
                 # A signed-in host's registered client; else one derived from the name it gives.
@@ -196,7 +218,7 @@ class SessionRegistry:
                 started_at=utc_now(),
             )
         )
-        self._sessions[session_id] = session
+        self._sessions[session.id] = session
         return session
 
     def held(self, session_id: str) -> HostSession | None:
@@ -205,19 +227,57 @@ class SessionRegistry:
         session = self._sessions.get(session_id)
         return None if isinstance(session, StatelessGroup) else session
 
-    def get(self, session_id: str, principal: Principal) -> HostSession | None:
-        """The session, only if the same API key (or, key-less, the same organisation) opened it."""
+    async def get(self, session_id: str, principal: Principal) -> HostSession | None:
+        """The session, only if the same API key (or, key-less, the same organisation) opened it.
+        On replicas, one another replica minted is built here from its row (`SessionsUnreachable`
+        if the database cannot be asked)."""
         session = self._sessions.get(session_id)
+        if session is None and self.shared is not None:
+            session = await self._adopt(session_id, principal)
         stateless = isinstance(session, StatelessGroup)  # a group is no Mcp-Session-Id a host can use
         if session is None or stateless or not principal.same_caller(session.principal):
             return None
         return session
 
+    async def _adopt(self, session_id: str, principal: Principal) -> HostSession | None:
+        """This replica's copy of a session another one minted: its upstream sessions open as
+        they are needed, under the handshake the host made there."""
+        assert self.shared is not None and self.cluster is not None
+        live = await self.shared.find(session_id, principal)
+        held = self._sessions.get(session_id)  # another request of it may have adopted it meanwhile
+        if live is None or held is not None:
+            return held
+        session = HostSession(
+            session_id,
+            principal,
+            handshake_of(live),
+            self.connectors,
+            idle_s=self.limits.idle_s,
+            broker=self.broker,
+            pools=self.pools,
+        )
+        session.record_id = live.record_id
+        session.lists_changed = self.lists_changed
+        self._sessions[session_id] = session
+        self._per_key[(principal.organisation_id, principal.api_key_id)] += 1
+        session.join(self.cluster, session_id)
+        logger.info("session %s: served here too (opened on another replica)", session_id)
+        return session
+
     async def end(self, session: HostSession, reason: str) -> None:
         """End `session`: `reason` is deleted (by the host), idle, closed (stream gone), evicted
-        (a newer group of its key took its place) or shutdown."""
-        if self._sessions.pop(session.id, None) is None:
+        (a newer group of its key took its place) or shutdown. On replicas, for all of them."""
+        if not await self.release(session):
             return
+        if self.shared is not None and not await self.shared.end(session.id):
+            return  # another replica ended it, and recorded so
+        await self._ended(session.principal.organisation_id, session.id, session.record_id, reason)
+
+    async def release(self, session: HostSession) -> bool:
+        """Drop this replica's copy of `session` (its upstream sessions close): False if it held
+        none. Alone, this ends nothing: on replicas, the others may go on serving it."""
+        if self._sessions.pop(session.id, None) is None:
+            return False
         if isinstance(session, StatelessGroup):
             if session.key is not None:
                 self._groups.pop(session.key, None)
@@ -226,15 +286,25 @@ class SessionRegistry:
         await session.aclose()
         if self.cluster is not None and session.link is not None:
             self.cluster.unlink(session.link.key)
+        return True
+
+    async def ended_elsewhere(self, session_id: str) -> None:
+        """Another replica ended this session: drop the copy held here, if any."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.cancel_all_host_requests()
+            await self.release(session)
+
+    async def _ended(self, organisation_id: str, session_id: str, record_id: str, reason: str) -> None:
         if self.broker is not None:
             try:
-                await self.broker.session_ended(session.principal.organisation_id, session.record_id)
+                await self.broker.session_ended(organisation_id, record_id)
             except StoreError as exc:
-                logger.warning("session %s: its own credentials could not be removed: %s", session.id, exc)
+                logger.warning("session %s: its own credentials could not be removed: %s", session_id, exc)
         try:
-            await self.recorder.session_ended(SessionEnd(session.record_id, utc_now(), reason))
+            await self.recorder.session_ended(SessionEnd(record_id, utc_now(), reason))
         except RecordingFailed as exc:
-            logger.error("session %s ended (%s) but the record could not say so: %s", session.id, reason, exc)
+            logger.error("session %s ended (%s) but the record could not say so: %s", session_id, reason, exc)
 
     async def connected(self, binding: Binding) -> None:
         """A binding just got its credential: its sessions' tool lists change (the connect tool
@@ -285,27 +355,57 @@ class SessionRegistry:
                 tg.start_soon(tell, session)
 
     async def reap(self) -> None:
+        """One round of the reaper: idle sessions end (on replicas: this replica's idle copies
+        are dropped, and the sessions no replica has seen for `idle_s` end), idle upstream
+        sessions close. Sessions end side by side: each may wait on its upstreams closing."""
         now = time.monotonic()
         for pool in self.pools.values():
             await pool.reap(now)
+        idle: list[HostSession] = []
         for session in list(self._sessions.values()):
-            if session.listen.open:
+            if session.listen.open or session.in_flight:
                 # A host holding a stream open is still there (a quiet GET stream, a 2026-07-28
                 # listen): its session is idle from when the last one closed, not from its last request.
                 session.touch()
-            if now - session.last_activity > session.idle_s and not session.in_flight:
+            if now - session.last_activity > session.idle_s:
                 logger.info("session %s: idle for %.0fs; ending it", session.id, now - session.last_activity)
-                await self.end(session, "idle")
+                idle.append(session)
             else:
                 await session.reap_idle_upstreams(now)
+        async with anyio.create_task_group() as tg:
+            for session in idle:
+                if self.shared is None:
+                    tg.start_soon(self.end, session, "idle")
+                else:
+                    tg.start_soon(self.release, session)  # idle here; maybe not on the others
+        if self.shared is not None:
+            await self._reap_shared(now)
+
+    async def _reap_shared(self, now: float) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.seen(((s.id, s.last_activity) for s in self._sessions.values()), now)
+            ended = await self.shared.idle(self.limits.idle_s, self.limits.stateless_gap_s)
+        except StoreError as exc:
+            logger.warning("sessions idle on every replica could not be ended this round: %s", exc)
+            return
+        for live in ended:
+            held = self._sessions.get(live.mcp_session_id)
+            if held is not None:
+                await self.release(held)
+            await self._ended(live.organisation_id, live.mcp_session_id, live.record_id, "idle")
 
     async def aclose(self) -> None:
         """End every session: the gateway is stopping. What they still serve is cancelled first, so
-        it is answered and recorded as cancelled, not as a failure of the upstream closed under it."""
+        it is answered and recorded as cancelled, not as a failure of the upstream closed under it.
+        On replicas, the sessions go on on the others: only this replica's copies are dropped."""
         for session in list(self._sessions.values()):
             session.cancel_all_host_requests()
         for session in list(self._sessions.values()):
-            await self.end(session, "shutdown")
+            if self.shared is None:
+                await self.end(session, "shutdown")
+            else:
+                await self.release(session)
 
 
 def client_id_of(name: object) -> str | None:

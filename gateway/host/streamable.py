@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.core.host_session import HostSession
 from gateway.core.proxy import Proxy
 from gateway.core.registry import SessionRegistry
-from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed, SessionLimit
+from gateway.errors import AuthThrottled, HostRefusal, RecordingFailed, SessionLimit, SessionsUnreachable
 from gateway.host.asgi import (
     EventStream,
     OriginGuard,
@@ -184,7 +184,7 @@ class Endpoint:
         if message.get("method") == "initialize" and is_request(message):
             await self._initialize(send, message, principal, headers.get("traceparent"))
             return
-        session = self._session(headers, principal)
+        session = await self._session(headers, principal)
         if is_request(message):
             caller = self._begin(principal, message)
             try:
@@ -212,7 +212,7 @@ class Endpoint:
         session, answer = await self.initialize(message, principal, traceparent)
         await send_json(send, 200, answer, [(b"mcp-session-id", session.id.encode())])
 
-    def _session(self, headers: dict[str, str], principal: Principal) -> HostSession:
+    async def _session(self, headers: dict[str, str], principal: Principal) -> HostSession:
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             text = f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}"
@@ -220,7 +220,13 @@ class Endpoint:
         session_id = headers.get("mcp-session-id")
         if not session_id:
             raise HostRefusal(400, INVALID_REQUEST, "Bad Request: Missing Mcp-Session-Id header")
-        session = self.registry.get(session_id, principal)
+        try:
+            session = await self.registry.get(session_id, principal)
+        except SessionsUnreachable as exc:
+            logger.error("a session could not be looked up: %s", exc)
+            raise HostRefusal(
+                503, INTERNAL_ERROR, "The gateway cannot find sessions right now: try again"
+            ) from None
         if session is None:
             raise HostRefusal(404, INVALID_REQUEST, "Session not found")
         return session
@@ -228,7 +234,7 @@ class Endpoint:
     async def _get(self, receive: Receive, send: Send, headers: dict[str, str], principal: Principal) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
             raise HostRefusal(406, INVALID_REQUEST, "Not Acceptable: GET needs Accept: text/event-stream")
-        session = self._session(headers, principal)
+        session = await self._session(headers, principal)
         if session.listen.open:
             raise HostRefusal(409, INVALID_REQUEST, "Conflict: this session already has a GET stream")
         stream = EventStream(send)
@@ -242,7 +248,7 @@ class Endpoint:
             await stream.close()
 
     async def _delete(self, send: Send, headers: dict[str, str], principal: Principal) -> None:
-        session = self._session(headers, principal)
+        session = await self._session(headers, principal)
         await self.registry.end(session, "deleted")
         await send_bytes(send, 200, b"", [])
 

@@ -119,7 +119,6 @@ async def test_a_2026_host_through_haproxy_is_answered_by_both_replicas_in_turn(
     assert served == [3.0, 3.0], served  # round-robin: no affinity, each replica every other call
 
 
-@pytest.mark.xfail(strict=True, reason="lands with replica-state: a 2026 group's session found by its key")
 async def test_a_2026_host_through_haproxy_is_recorded_as_one_session_whichever_replica_answers(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -195,9 +194,6 @@ def call(n: int) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lands with replica-state: a replica serves a session another one minted"
-)
 async def test_a_2025_session_through_haproxy_is_served_by_both_replicas_without_a_new_handshake(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -220,7 +216,7 @@ async def test_a_2025_session_through_haproxy_is_served_by_both_replicas_without
             served = [await calls_served(http, replica) for replica in replicas]
             assert (await http.delete(proxy.url, headers=session)).status_code in (200, 204)
     assert served == [3.0, 3.0], served
-    assert await recorded(postgres_url) == [(6, "host_closed")]
+    assert await recorded(postgres_url) == [(6, "deleted")]
 
 
 # The README's "Replicas" section, as written.
