@@ -118,7 +118,7 @@ async def serve_gateway(
     async with serve_asgi_on(sock or listening_socket(), app, config.security) as base_url:
         # uvicorn accepts the queued connection only once the lifespan (store, recorder, API
         # routes) is up, so this answer is the readiness barrier for tests that look inside.
-        async with httpx2.AsyncClient() as client:
+        async with httpx2.AsyncClient(timeout=STARTUP_TIMEOUT) as client:  # a child's imports: seconds
             with anyio.fail_after(STARTUP_TIMEOUT):
                 (await client.get(f"{base_url}/healthz")).raise_for_status()
         yield RunningGateway(base_url, app)
@@ -236,7 +236,7 @@ async def gateway_process(
     sock.close()  # the child has its own copy of the listening socket
     try:
         # As in `serve_gateway`: the kernel queues this until the lifespan is up.
-        async with httpx2.AsyncClient() as client:
+        async with httpx2.AsyncClient(timeout=STARTUP_TIMEOUT) as client:  # a child's imports: seconds
             with anyio.fail_after(STARTUP_TIMEOUT):
                 (await client.get(f"{base_url}/healthz")).raise_for_status()
         yield GatewayProcess(proc, base_url, log)
