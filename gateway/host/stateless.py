@@ -37,7 +37,7 @@ from mcp_types.methods import CLIENT_REQUESTS, SPEC_CLIENT_METHODS
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
-from gateway.background import log_failure, start_guarded
+from gateway.background import start_guarded
 from gateway.cluster import Cluster, owned, owner_of
 from gateway.core.host_session import HostSession
 from gateway.core.proxy import Proxy
@@ -219,7 +219,7 @@ class StatelessHandler:
             # to watch costs more than the call's own routing.
             later = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
             try:
-                response = await self.proxy.request(session, message, sink, RequestContext.of(headers))
+                response = await self.proxy.answered(session, message, sink, RequestContext.of(headers))
             finally:
                 later.cancel()
                 if watcher is not None:
@@ -255,14 +255,9 @@ class StatelessHandler:
         async def run() -> None:
             async with sender:
                 with call.scope:
-                    try:
-                        context = RequestContext.of(headers)
-                        response = await self.proxy.request(session, message, _CallSink(sender), context)
-                    except Exception as exc:  # this call's failure must reach its host, not the group
-                        log_failure(f"session {session.id}: {message['method']}", exc)
-                        response = error(
-                            message["id"], INTERNAL_ERROR, "The gateway could not complete this request"
-                        )
+                    # A failure of the gateway's own must reach this call's host, not end the group.
+                    context = RequestContext.of(headers)
+                    response = await self.proxy.answered(session, message, _CallSink(sender), context)
                     with contextlib.suppress(anyio.BrokenResourceError):  # the host gave up on it
                         await sender.send(("done", response))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
-from tests.harness import RunningGateway, keyless_config, serve_gateway
+from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.upstreams import changing_server, serve_handshake_only, serve_mcp, shelf_server
 
 MODERN = "2026-07-28"
@@ -243,3 +244,22 @@ async def test_an_upstreams_resource_not_found_reaches_the_host_with_its_uri(
     assert isinstance(found.contents[0], types.TextResourceContents)
     assert raised.value.error.code == RESOURCE_NOT_FOUND
     assert raised.value.error.data == {"uri": missing}
+
+
+async def test_a_failure_of_the_gateways_own_is_the_calls_error_not_an_http_500(
+    tmp_path: Path, http: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect in the gateway while it serves a 2026-07-28 call is that call's -32603, under its
+    id, as it is for a session-based host: not a bare HTTP 500 with `id: null`. No real fault
+    reaches this path (every upstream and store failure has an answer of its own), so the
+    tools/call handler is replaced by one that raises: a mock, for want of a real defect."""
+
+    async def broken(*args: object) -> dict[str, object]:
+        raise RuntimeError("a defect of the gateway's own")
+
+    async with serve_gateway(keyless_config(tmp_path, demo_stdio_yaml())) as running:
+        monkeypatch.setitem(running.gateway.endpoint.proxy._handlers, "tools/call", broken)
+        message = {**envelope("tools/call", {"name": "demo__echo", "arguments": {"text": "hi"}}), "id": 7}
+        reply = await post(http, running.url, message)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["id"] == 7 and reply.json()["error"]["code"] == -32603, reply.text
