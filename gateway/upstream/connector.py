@@ -234,8 +234,12 @@ class Connector:
         children: Children | None = None,
         listen_streams: ListenStreams | None = None,
         max_response_bytes: int = MAX_BODY_BYTES,
+        own_credential: HeaderSource | None = None,
     ) -> None:
         self.config = config
+        # The gateway's own token (client credentials, enterprise-managed): sent on every request
+        # no caller's credential replaces, the catalogue's, a shared pool's and checks included.
+        self._own = own_credential
         self._max_response_bytes = max_response_bytes  # a stdio child's longest line
         self.listen_streams = listen_streams
         self.children = children or Children(max_total=1_000_000)
@@ -275,7 +279,7 @@ class Connector:
                     return None  # asked again once it is back
                 except UpstreamUnauthorized:
                     self.health.reached({})  # it answered: only the credential was refused
-                    if credential is not None:
+                    if credential is not None or self._own is not None:
                         raise
                     return None  # no credential to ask with: whoever has one asks again
                 finally:
@@ -294,7 +298,12 @@ class Connector:
     async def _discover(self, pool: Pool, credential: HeaderSource | None = None) -> ModernUpstream | None:
         headers = None if credential is None else await credential()
         channel = HttpChannel(
-            self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
+            self.name,
+            pool,
+            _nowhere,
+            extra_headers=self._own,
+            modern_version=MODERN_VERSION,
+            listen_streams=self.listen_streams,
         )
         meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
         probe = {
@@ -510,7 +519,7 @@ class Connector:
                 config.name,
                 self._pool,
                 unsolicited,
-                extra_headers=credential,
+                extra_headers=credential or self._own,
                 listen_streams=self.listen_streams if own_listen_slot else None,
             )
         assert self._sse_client is not None and config.url is not None
