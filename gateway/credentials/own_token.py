@@ -97,7 +97,13 @@ class OwnToken:
             async with self._lock:  # one request for a token at a time; the others use it
                 held = self._held
                 if held is None or _due(held):
-                    held = self._held = await self._obtain()
+                    try:
+                        held = self._held = await self._obtain()
+                    except OAuthError as exc:
+                        raise OAuthError(
+                            f"upstream {self.config.name!r}: no token of the gateway's own: {exc}",
+                            permanent=exc.permanent,
+                        ) from exc
         return {"authorization": f"Bearer {held.access_token}"}
 
     def rejected(self, since: float) -> None:
@@ -187,15 +193,11 @@ class OwnToken:
         try:
             raw = await anyio.Path(idp.assertion_file).read_bytes()
         except OSError as exc:
-            raise OAuthError(
-                f"upstream {self.config.name!r}: cannot read the identity assertion {idp.assertion_file}: "
-                f"{exc.strerror or exc}"
-            ) from exc
+            why = exc.strerror or exc
+            raise OAuthError(f"cannot read the identity assertion {idp.assertion_file}: {why}") from exc
         text = raw[:_MAX_ASSERTION_BYTES].decode("ascii", errors="replace").strip()
         if not text or len(raw) > _MAX_ASSERTION_BYTES:
-            raise OAuthError(
-                f"upstream {self.config.name!r}: {idp.assertion_file} holds no identity assertion"
-            )
+            raise OAuthError(f"{idp.assertion_file} holds no identity assertion")
         return text
 
     async def _token_request(
