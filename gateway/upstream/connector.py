@@ -29,6 +29,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
 from gateway.errors import (
+    CredentialError,
     HandshakeRefused,
     UpstreamError,
     UpstreamTimeout,
@@ -348,32 +349,39 @@ class Connector:
 
     async def check(self) -> None:
         """Try to reach the upstream now, with a session of the gateway's own closed at once; what
-        comes of it is in `health`. For required upstreams at start-up, and while one is down."""
+        comes of it is in `health`. For required upstreams at start-up, and while one is down.
+        Without the gateway's own token (its token endpoint refused or cannot be reached) the
+        upstream cannot be used: down, with the reason, and tried again later like any other."""
         self.health.attempting()
         try:
-            if self._pool is not None:  # a 2026-07-28 server may answer no `initialize`
-                try:
-                    modern = await self._discover(self._pool)
-                except UpstreamUnreachable as exc:
-                    self.health.failed(exc, down=True)
-                    return
-                except UpstreamUnauthorized:
-                    # Up, but it wants a credential the gateway has none of its own for: the
-                    # first caller with one learns its revision (modern()).
-                    self.health.reached({})
-                    return
-                self._modern, self._probed_at = modern, time.monotonic()
-                if modern is not None:
-                    self.health.reached(modern.capabilities)
-                    return
-            try:
-                session = await self._opening(_CHECK, _nowhere, None, listen=False)
-            except UpstreamError:
-                return  # kept in `health`
-            with anyio.CancelScope(shield=True):
-                await session.channel.aclose()
+            await self._checking()
+        except CredentialError as exc:
+            self.health.failed(UpstreamUnavailable(self.name, str(exc)), down=True)
         finally:
             self.health.settled()
+
+    async def _checking(self) -> None:
+        if self._pool is not None:  # a 2026-07-28 server may answer no `initialize`
+            try:
+                modern = await self._discover(self._pool)
+            except UpstreamUnreachable as exc:
+                self.health.failed(exc, down=True)
+                return
+            except UpstreamUnauthorized:
+                # Up, but it wants a credential the gateway has none of its own for: the
+                # first caller with one learns its revision (modern()).
+                self.health.reached({})
+                return
+            self._modern, self._probed_at = modern, time.monotonic()
+            if modern is not None:
+                self.health.reached(modern.capabilities)
+                return
+        try:
+            session = await self._opening(_CHECK, _nowhere, None, listen=False)
+        except UpstreamError:
+            return  # kept in `health`
+        with anyio.CancelScope(shield=True):
+            await session.channel.aclose()
 
     def check_soon(self) -> None:
         start_guarded(self._task_group, f"upstream {self.name}: checking it", self.check)

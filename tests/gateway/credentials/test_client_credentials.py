@@ -16,6 +16,7 @@ import httpx2
 import pytest
 from joserfc.jwk import ECKey
 
+from gateway.upstream.connector import Connector
 from tests.api.conftest import McpClient
 from tests.connecting import leaks, text_of
 from tests.harness import RunningGateway, keyless_config, serve_gateway
@@ -176,3 +177,21 @@ async def test_a_refused_client_is_a_clear_error_naming_the_upstream_and_the_sec
     assert "reports" in said and "invalid_client" in said, answer
     assert not auth.machine_grants
     assert not leaks(tmp_path, caplog.text, ["not-the-secret"])
+
+
+async def test_a_required_upstream_whose_token_is_refused_is_down_in_readyz_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPORTS_SECRET", "not-the-secret")
+    async with running_auth_server() as auth:
+        secret_client(auth)
+        auth_yaml = "{kind: client_credentials, client_id: reports-gw, client_secret: '${REPORTS_SECRET}'}"
+        async with world_of(tmp_path, auth_yaml, auth, extra="required: true, ") as world:
+            connector = world.gateway.gateway.registry.connectors["reports"]
+            assert isinstance(connector, Connector)
+            with anyio.fail_after(TIMEOUT):
+                await connector.health.tried.wait()  # the start-up check has ended
+                ready = await world.host.http.get(f"{world.gateway.base_url}/readyz")
+    assert ready.status_code == 503
+    reports = ready.json()["upstreams"]["reports"]
+    assert reports["state"] == "down" and "invalid_client" in reports["last_error"], reports
