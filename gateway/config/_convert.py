@@ -289,6 +289,10 @@ def _own_token_auth(up: UpstreamModel, at: Loc, base: Path, problems: Problems) 
             needs = "enterprise_managed needs idp: {token_endpoint, client_id, assertion_file}"
             problems.append(((*at, "idp"), needs))
         else:
+            if model.token_endpoint is not None and model.idp.audience is None:
+                # The ID-JAG names its audience; without discovery nothing else tells the issuer.
+                why = "needs idp.audience (the authorization server's issuer) when token_endpoint is given"
+                problems.append(((*at, "idp", "audience"), why))
             idp = EnterpriseIdp(
                 token_endpoint=model.idp.token_endpoint,
                 client_id=model.idp.client_id,

@@ -138,18 +138,19 @@ class OwnToken:
         idp_origins = set() if auth.idp is None else {origin_of(httpx2.URL(auth.idp.token_endpoint))}
         if auth.token_endpoint is not None:
             assert self.config.url is not None
-            allowed = {*self._egress.origins(), origin_of(httpx2.URL(auth.token_endpoint)), *idp_origins}
-            audience = (
-                auth.token_endpoint if auth.idp is None or auth.idp.audience is None else auth.idp.audience
-            )
-            return _Target(auth.token_endpoint, self.config.url, audience, None, frozenset(allowed))
+            configured = origin_of(httpx2.URL(auth.token_endpoint))
+            allowed = frozenset({*self._egress.origins(), configured, *idp_origins})
+            # private_key_jwt's aud: the token endpoint, which RFC 7523 allows; an ID-JAG's is
+            # the issuer the config names (`idp.audience`, required with a token_endpoint).
+            audience = auth.token_endpoint if auth.idp is None else auth.idp.audience or auth.token_endpoint
+            return _Target(auth.token_endpoint, self.config.url, audience, None, allowed)
         server = await self._discovery.server()
         if server.metadata.token_endpoint is None:
             raise OAuthError(f"authorization server {server.issuer} names no token endpoint", permanent=True)
-        allowed = {*self._egress.origins(server.issuer), *idp_origins}
+        endpoint = str(server.metadata.token_endpoint)
+        allowed = frozenset({*self._egress.origins(server.issuer), *idp_origins})
         audience = server.issuer if auth.idp is None else auth.idp.audience or server.issuer
-        return _Target(str(server.metadata.token_endpoint), server.resource, audience, server.scope,
-                       frozenset(allowed))  # fmt: skip
+        return _Target(endpoint, server.resource, audience, server.scope, allowed)
 
     def _client_auth(self, target: _Target) -> ClientAuth:
         auth = self.config.auth

@@ -798,6 +798,12 @@ def test_bad_upstream_auth_is_refused_with_its_key_and_reason(
         ),
         ("{kind: enterprise_managed, client_id: c, client_secret: s}", "upstreams[0].auth.idp", "needs idp"),
         (
+            "{kind: enterprise_managed, client_id: c, client_secret: s, token_endpoint: 'https://a/t', "
+            "idp: {token_endpoint: 'https://i/t', client_id: g, assertion_file: a}}",
+            "upstreams[0].auth.idp.audience",
+            "the authorization server's issuer",
+        ),
+        (
             "{kind: enterprise_managed, client_id: c, client_secret: s, "
             "idp: {client_id: g, assertion_file: a}}",
             "upstreams[0].auth.idp.token_endpoint",
