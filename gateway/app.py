@@ -172,7 +172,20 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)
+        # Authorization servers get a client of their own: upstream pools carry upstream headers.
+        # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
+        # and a TLS connection verified for one name must not serve another on the same address.
+        oauth_http = await stack.enter_async_context(
+            httpx2.AsyncClient(timeout=30.0, limits=httpx2.Limits(max_keepalive_connections=0))
+        )
+
         connectors: dict[str, Connector] = {}
+
+        async def verify(upstream: UpstreamConfig, headers: Mapping[str, str]) -> None:
+            await connectors[upstream.name].verify(headers)
+
+        upstreams = {upstream.name: upstream for upstream in config.upstreams}
+        broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
         children = Children(config.sessions.max_children)
         # What upstreams write to the gateway's log is redacted by the record's own rules.
         log_redactor = Redactor.with_defaults(config.recording.redact_keys, config.recording.redact_patterns)
@@ -199,24 +212,13 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
                 children=children,
                 listen_streams=listen_streams,
                 max_response_bytes=most,
+                own_credential=own.headers if (own := broker.own_tokens.get(upstream.name)) else None,
             )
         pools = {name: SharedPool(connector) for name, connector in connectors.items()}
         for each in pools.values():
             stack.push_async_callback(each.aclose)
         lists = UpstreamLists(connectors, pools)
         router = Router(config.upstreams, lists)
-        # Authorization servers get a client of their own: upstream pools carry upstream headers.
-        # It keeps no idle connections: requests go to pinned addresses (credentials/egress.py),
-        # and a TLS connection verified for one name must not serve another on the same address.
-        oauth_http = await stack.enter_async_context(
-            httpx2.AsyncClient(timeout=30.0, limits=httpx2.Limits(max_keepalive_connections=0))
-        )
-
-        async def verify(upstream: UpstreamConfig, headers: Mapping[str, str]) -> None:
-            await connectors[upstream.name].verify(headers)
-
-        upstreams = {upstream.name: upstream for upstream in config.upstreams}
-        broker = CredentialBroker(store, upstreams, oauth_http, config.public_url, verify, metrics.refresh)
         # Replicas on one database reach each other through it (gateway/cluster.py); a gateway
         # alone builds nothing of that.
         cluster = Cluster(store.coordination, task_group) if store.coordination.shared else None

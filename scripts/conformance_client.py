@@ -8,7 +8,10 @@ driver makes the gateway the client the suite watches:
 1. It writes a config naming `<server-url>` as an `http` upstream with `prefix: ""`; for the
    `auth/*` scenarios with per-user OAuth (`auth: {kind: oauth, identity: user}`, the context's
    client id and secret when it has them), a user-bound API key, and `public_url` set so the
-   connect link and the OAuth redirect URI point at this gateway.
+   connect link and the OAuth redirect URI point at this gateway. The client-credentials and
+   enterprise-managed scenarios (OWN_TOKEN_SCENARIOS) get `kind: client_credentials` or
+   `kind: enterprise_managed` from the context instead (its private key and id_token written
+   to files), and nobody signs in.
 2. It starts `mcpgw serve` on an ephemeral loopback port and acts as a host through it with the
    MCP Python SDK's client (a 2025-11-25 session by default, as most hosts are today;
    MCPGW_HOST_MODE=2026-07-28 makes it a stateless host): it lists the tools, calls each one with
@@ -50,6 +53,14 @@ STEP_S = 30.0
 MAX_SIGN_INS = 4
 CONNECT_META_KEY = "mcpgw/connect"
 CIMD_URL = "https://conformance-test.local/client-metadata.json"
+# Scenarios where the gateway holds a token of its own for the upstream (no person signs in).
+OWN_TOKEN_SCENARIOS = frozenset(
+    {
+        "auth/client-credentials-basic",
+        "auth/client-credentials-jwt",
+        "auth/enterprise-managed-authorization",
+    }
+)
 
 
 def main(argv: list[str]) -> int:
@@ -91,7 +102,10 @@ def write_config(
 ) -> tuple[Path, dict[str, str]]:
     env = {**os.environ}
     upstream = f"{{name: conformance, transport: http, url: '{url}', prefix: ''"
-    if scenario.startswith("auth/"):
+    if scenario in OWN_TOKEN_SCENARIOS:
+        upstream += f", auth: {{{own_token_auth(work, scenario, context, env)}}}"
+        host_auth = "auth: {required: true}\n"
+    elif scenario.startswith("auth/"):
         # The suite's authorization servers expect this client id metadata document URL (its
         # own example client's); they do not fetch it. Without it the gateway offers its own,
         # <public_url>/oauth/client-metadata.json, which the suite counts as the wrong one.
@@ -116,6 +130,31 @@ def write_config(
         f"  - {upstream}}}\n"
     )
     return config, env
+
+
+def own_token_auth(work: Path, scenario: str, context: dict[str, Any], env: dict[str, str]) -> str:
+    """The upstream's `auth` for a scenario where the gateway gets a token of its own: client
+    credentials (the context's secret, or its private key written to a file) or
+    enterprise-managed authorization (the context's id_token written where the IdP exchange
+    reads it, as a sidecar renewing it would)."""
+    auth = f"client_id: '{context['client_id']}'"
+    if context.get("client_secret"):
+        env["CONFORMANCE_CLIENT_SECRET"] = str(context["client_secret"])
+        auth += ", client_secret: '${CONFORMANCE_CLIENT_SECRET}'"
+    if context.get("private_key_pem"):
+        key = work / "client-key.pem"
+        key.write_text(str(context["private_key_pem"]))
+        key.chmod(0o600)
+        auth += f", private_key_file: '{key}', signing_alg: {context.get('signing_algorithm', 'ES256')}"
+    if scenario == "auth/enterprise-managed-authorization":
+        assertion = work / "id-token.jwt"
+        assertion.write_text(str(context["idp_id_token"]))
+        idp = (
+            f"token_endpoint: '{context['idp_token_endpoint']}', client_id: '{context['idp_client_id']}', "
+            f"assertion_file: '{assertion}'"
+        )
+        return f"kind: enterprise_managed, {auth}, idp: {{{idp}}}"
+    return f"kind: client_credentials, {auth}"
 
 
 def create_key(config: Path, env: dict[str, str]) -> str:

@@ -68,6 +68,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.harness import base_url_of, listening_socket, serve_asgi_on
+from tests.oauth_grants import MACHINE_GRANTS, MachineClient, MachineGrant, TrustedIdp, machine_grant
 from tests.upstreams import ModernOnly
 
 METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -118,6 +119,13 @@ class AuthServer:
     # Scopes never granted, though asked for and consented to (a person unticking them, or a
     # policy of the server's): tokens carry the rest, and say so in their `scope`.
     withheld: tuple[str, ...] = ()
+    # Machine-to-machine clients and the grants they made (`tests.oauth_grants`).
+    machine_clients: dict[str, MachineClient] = field(default_factory=dict)
+    machine_grants: list[MachineGrant] = field(default_factory=list)
+    assertion_ids: set[str] = field(default_factory=set)  # private_key_jwt jtis seen
+    trusted_idp: TrustedIdp | None = None  # whose ID-JAGs the jwt-bearer grant takes
+    # When set, what those grants' answers say of `expires_in` (the token lives access_ttl_s).
+    machine_expires_in: int | None = None
 
     @property
     def metadata_url(self) -> str:
@@ -164,6 +172,7 @@ class AuthServer:
         subject: str | None,
         *,
         keep_refresh_token: str | None = None,
+        with_refresh: bool = True,
     ) -> OAuthToken:
         access = AccessToken(
             token=f"at_{secrets.token_urlsafe(32)}",
@@ -179,7 +188,7 @@ class AuthServer:
         self.access_tokens[access.token] = access
         self.issued.append(access.token)
         refresh_token = keep_refresh_token
-        if refresh_token is None:
+        if refresh_token is None and with_refresh:
             refresh = RefreshToken(
                 token=f"rt_{secrets.token_urlsafe(32)}",
                 client_id=client_id,
@@ -318,7 +327,13 @@ def _auth_app(server: AuthServer, *, advertise_pkce: bool) -> Starlette:
     ).model_copy(
         update={
             # The SDK's client authenticator accepts public clients, though its metadata omits them.
-            "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": [
+                "none",
+                "client_secret_post",
+                "client_secret_basic",
+                "private_key_jwt",
+            ],
+            "grant_types_supported": ["authorization_code", "refresh_token", *sorted(MACHINE_GRANTS)],
             "code_challenge_methods_supported": ["S256"] if advertise_pkce else None,
             "authorization_response_iss_parameter_supported": True,
             "client_id_metadata_document_supported": True if server.metadata_documents else None,
@@ -336,6 +351,10 @@ def _auth_app(server: AuthServer, *, advertise_pkce: bool) -> Starlette:
                 status_code=server.fail_token_endpoint_with,
                 headers=_NO_STORE,
             )
+        await request.body()  # kept on the request: the form below and the SDK's handler read it
+        form = await request.form()
+        if form.get("grant_type") in MACHINE_GRANTS:
+            return await machine_grant(server, request, form)
         request = await _with_client_id_from_basic(request)
         # Starlette caches the parsed form on the request, so the SDK's handler reads the same one.
         resource = (await request.form()).get("resource")

@@ -15,11 +15,13 @@ out once, by the loader.
 `config.example.yaml` at the repository root documents every key.
 """
 
+from gateway.config._checks import SigningKey, signing_key
 from gateway.config.loader import ConfigError, ConfigProblem, config_path_from, load_config
 from gateway.config.policy import ToolFilter, is_loopback_host, local_url, redirect_uri_problem
 from gateway.config.values import (
     AuthConfig,
     AuthKind,
+    EnterpriseIdp,
     GatewayConfig,
     HostSignInConfig,
     IdentityMode,
@@ -36,7 +38,9 @@ from gateway.config.values import (
     SessionMode,
     SessionsConfig,
     SignInClientConfig,
+    SigningAlg,
     Timeouts,
+    TokenEndpointAuthMethod,
     Transport,
     UpstreamAuth,
     UpstreamConfig,
@@ -47,6 +51,7 @@ __all__ = [
     "AuthKind",
     "ConfigError",
     "ConfigProblem",
+    "EnterpriseIdp",
     "GatewayConfig",
     "HostSignInConfig",
     "IdentityMode",
@@ -63,7 +68,10 @@ __all__ = [
     "SessionMode",
     "SessionsConfig",
     "SignInClientConfig",
+    "SigningAlg",
+    "SigningKey",
     "Timeouts",
+    "TokenEndpointAuthMethod",
     "ToolFilter",
     "Transport",
     "UpstreamAuth",
@@ -73,4 +81,5 @@ __all__ = [
     "load_config",
     "local_url",
     "redirect_uri_problem",
+    "signing_key",
 ]

@@ -4,7 +4,11 @@ the number and boolean readers accept it too."""
 
 import re
 from collections.abc import Callable
+from typing import Literal
 from urllib.parse import SplitResult, urlsplit
+
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
 
 def _number_from_text(value: object, number: Callable[[str], object]) -> object:
@@ -139,3 +143,25 @@ def check_no_nul(value: str) -> str:
     if "\0" in value:
         raise ValueError("must not contain a NUL character")
     return value
+
+
+SigningKey = RSAKey | ECKey | OKPKey
+_KEY_TYPES: tuple[Literal["RSA", "EC", "OKP"], ...] = ("RSA", "EC", "OKP")
+_EC_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+
+
+def signing_key(pem: str) -> tuple[SigningKey, str] | None:
+    """The private key a PEM text holds (RSA, EC or Ed25519/Ed448), with the JWS algorithm it
+    usually signs with; None when it holds no private key of those types."""
+    for key_type in _KEY_TYPES:
+        try:
+            key = import_key(pem, key_type)
+        except (ValueError, TypeError, JoseError):
+            continue
+        if not isinstance(key, (RSAKey, ECKey, OKPKey)) or not key.is_private:
+            return None
+        if isinstance(key, ECKey):
+            alg = _EC_ALGS.get(key.curve_name)
+            return None if alg is None else (key, alg)
+        return key, "RS256" if isinstance(key, RSAKey) else "EdDSA"
+    return None

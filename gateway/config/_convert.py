@@ -8,8 +8,10 @@ other keys or on the file's folder are worked out here.
 import base64
 import binascii
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config._checks import signing_key
 from gateway.config.policy import ToolFilter, is_loopback_host, local_url, redirect_uri_problem
 from gateway.config.schema import (
     GatewayModel,
@@ -23,6 +25,7 @@ from gateway.config.schema import (
 from gateway.config.values import (
     DEFAULT_SESSION_MODE,
     AuthConfig,
+    EnterpriseIdp,
     GatewayConfig,
     HostSignInConfig,
     ListenConfig,
@@ -61,6 +64,27 @@ _AUTH_KEYS: dict[str, tuple[str, ...]] = {
         "allow_private_addresses",
     ),
     "user_headers": ("identity", "headers"),
+    "client_credentials": (
+        "scopes",
+        "client_id",
+        "client_secret",
+        "allow_private_addresses",
+        "token_endpoint",
+        "token_endpoint_auth_method",
+        "private_key_file",
+        "signing_alg",
+    ),
+    "enterprise_managed": (
+        "scopes",
+        "client_id",
+        "client_secret",
+        "allow_private_addresses",
+        "token_endpoint",
+        "token_endpoint_auth_method",
+        "private_key_file",
+        "signing_alg",
+        "idp",
+    ),
 }
 _ANY_AUTH_KEY = tuple(dict.fromkeys(key for keys in _AUTH_KEYS.values() for key in keys))
 _NO_AUTH = UpstreamAuth()  # what an auth key the file leaves out stands for
@@ -158,7 +182,7 @@ def _upstream(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> U
         list_ttl_s=up.list_ttl_s,
         max_connections=up.max_connections,
         max_listen_streams=up.max_listen_streams,
-        auth=_upstream_auth(up, here, problems),
+        auth=_upstream_auth(up, here, base, problems),
     )
 
 
@@ -175,7 +199,7 @@ def _check_uri_prefixes(model: GatewayModel, problems: Problems) -> None:
         seen.append((i, up.uri_prefix))
 
 
-def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> UpstreamAuth:
+def _upstream_auth(up: UpstreamModel, here: Loc, base: Path, problems: Problems) -> UpstreamAuth:
     model = up.auth
     at: Loc = (*here, "auth")
     for key in _ANY_AUTH_KEY:
@@ -209,6 +233,7 @@ def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> Upstream
                     problems.append(((*at, "headers", name), "also set in the upstream's own headers"))
     if model.client_secret is not None and model.client_id is None:
         problems.append(((*at, "client_secret"), "needs client_id"))
+    own = _own_token_auth(up, at, base, problems) if model.kind in _OWN_TOKEN_KINDS else {}
     if model.client_metadata_url is not None and not model.client_metadata_url.startswith("https://"):
         problems.append(((*at, "client_metadata_url"), "must be an https:// URL"))
     return UpstreamAuth(
@@ -225,7 +250,77 @@ def _upstream_auth(up: UpstreamModel, here: Loc, problems: Problems) -> Upstream
         ),
         header_names=names,
         static_headers=static,
+        **own,
     )
+
+
+_OWN_TOKEN_KINDS = ("client_credentials", "enterprise_managed")
+
+
+def _own_token_auth(up: UpstreamModel, at: Loc, base: Path, problems: Problems) -> dict[str, Any]:
+    """The keys of a token the gateway holds itself: how it authenticates at the token endpoint
+    (a key file means private_key_jwt unless the file says otherwise), and the IdP."""
+    model = up.auth
+    if up.transport != "http":
+        problems.append(((*at, "kind"), f"{model.kind!r} needs an http (Streamable HTTP) upstream"))
+    if model.client_id is None:
+        problems.append(((*at, "client_id"), f"{model.kind} needs client_id"))
+    method = model.token_endpoint_auth_method or (
+        "private_key_jwt" if model.private_key_file is not None else "client_secret_basic"
+    )
+    key_file = None if model.private_key_file is None else base / Path(model.private_key_file).expanduser()
+    key = None
+    if method == "private_key_jwt":
+        if key_file is None:
+            problems.append(((*at, "private_key_file"), "private_key_jwt needs a PEM private key file"))
+        else:
+            key = _private_key(key_file, (*at, "private_key_file"), problems)
+        if model.client_secret is not None:
+            problems.append(((*at, "client_secret"), "not used with private_key_jwt"))
+    else:
+        if model.client_secret is None:
+            problems.append(((*at, "client_secret"), f"{method} needs client_secret (give it as ${{ENV}})"))
+        for key_name in ("private_key_file", "signing_alg"):
+            if getattr(model, key_name) is not None:
+                problems.append(((*at, key_name), f"used only with private_key_jwt, not {method}"))
+    idp = None
+    if model.kind == "enterprise_managed":
+        if model.idp is None:
+            needs = "enterprise_managed needs idp: {token_endpoint, client_id, assertion_file}"
+            problems.append(((*at, "idp"), needs))
+        else:
+            if model.token_endpoint is not None and model.idp.audience is None:
+                # The ID-JAG names its audience; without discovery nothing else tells the issuer.
+                why = "needs idp.audience (the authorization server's issuer) when token_endpoint is given"
+                problems.append(((*at, "idp", "audience"), why))
+            idp = EnterpriseIdp(
+                token_endpoint=model.idp.token_endpoint,
+                client_id=model.idp.client_id,
+                client_secret=model.idp.client_secret,
+                assertion_file=base / Path(model.idp.assertion_file).expanduser(),
+                audience=model.idp.audience,
+            )
+    return {
+        "token_endpoint": model.token_endpoint,
+        "token_endpoint_auth_method": method,
+        "private_key_file": key_file,
+        "private_key": key,
+        "signing_alg": model.signing_alg,
+        "idp": idp,
+    }
+
+
+def _private_key(path: Path, at: Loc, problems: Problems) -> str | None:
+    """The PEM text of a private key file, if it holds one joserfc can sign with."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append((at, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"))
+        return None
+    if signing_key(text) is None:
+        problems.append((at, f"{path} holds no PEM private key (RSA, EC P-256/384/521 or Ed25519)"))
+        return None
+    return text
 
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")

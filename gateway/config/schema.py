@@ -33,6 +33,7 @@ from gateway.config.policy import ToolFilter
 from gateway.config.values import (
     AuthConfig,
     AuthKind,
+    EnterpriseIdp,
     GatewayConfig,
     HostSignInConfig,
     IdentityMode,
@@ -50,8 +51,10 @@ from gateway.config.values import (
     SessionMode,
     SessionsConfig,
     SignInClientConfig,
+    SigningAlg,
     TelemetryConfig,
     Timeouts,
+    TokenEndpointAuthMethod,
     Transport,
     UpstreamAuth,
     UpstreamConfig,
@@ -144,6 +147,14 @@ class TimeoutsModel(Model):
     call_s: _Seconds = default_of(Timeouts, "call_s")
 
 
+class EnterpriseIdpModel(Model):
+    token_endpoint: Annotated[str, AfterValidator(check_url)]
+    client_id: _Text
+    client_secret: _Text | None = default_of(EnterpriseIdp, "client_secret")
+    assertion_file: _Text
+    audience: _Text | None = default_of(EnterpriseIdp, "audience")
+
+
 class UpstreamAuthModel(Model):
     kind: AuthKind = default_of(UpstreamAuth, "kind")
     # None: not given. Which of these a kind allows is checked on conversion, so absence must show.
@@ -155,6 +166,11 @@ class UpstreamAuthModel(Model):
     allow_private_addresses: _Bool | None = None
     # user_headers: a list of names; headers: a mapping of names to values.
     headers: list[_HeaderName] | dict[_HeaderName, _HeaderValue] | None = None
+    token_endpoint: Annotated[str, AfterValidator(check_url)] | None = None
+    token_endpoint_auth_method: TokenEndpointAuthMethod | None = None  # None: from the key or secret
+    private_key_file: _Text | None = None
+    signing_alg: SigningAlg | None = None
+    idp: EnterpriseIdpModel | None = None
 
 
 class UpstreamModel(Model):
@@ -327,6 +343,7 @@ MODEL_AT: dict[tuple[str, ...], type[Model]] = {
     ("upstreams", "tools"): ToolFilterModel,
     ("upstreams", "timeouts"): TimeoutsModel,
     ("upstreams", "auth"): UpstreamAuthModel,
+    ("upstreams", "auth", "idp"): EnterpriseIdpModel,
     ("secrets",): SecretsModel,
     ("recording",): RecordingModel,
     ("recording", "redact"): RedactModel,

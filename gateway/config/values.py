@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_SESSION_MODE",
     "AuthConfig",
     "AuthKind",
+    "EnterpriseIdp",
     "GatewayConfig",
     "HostSignInConfig",
     "IdentityMode",
@@ -33,13 +34,21 @@ __all__ = [
     "SessionMode",
     "SessionsConfig",
     "SignInClientConfig",
+    "SigningAlg",
     "Timeouts",
+    "TokenEndpointAuthMethod",
     "Transport",
     "UpstreamAuth",
     "UpstreamConfig",
 ]
 
-AuthKind: TypeAlias = Literal["none", "headers", "oauth", "user_headers"]
+AuthKind: TypeAlias = Literal[
+    "none", "headers", "oauth", "user_headers", "client_credentials", "enterprise_managed"
+]
+TokenEndpointAuthMethod: TypeAlias = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+SigningAlg: TypeAlias = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
 IdentityMode: TypeAlias = Literal["user", "vk", "session"]
 Transport: TypeAlias = Literal["stdio", "http", "sse"]
 LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
@@ -64,12 +73,29 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class EnterpriseIdp:
+    """Enterprise-managed authorization (SEP-990): the organisation's identity provider, where
+    an identity assertion (an OpenID Connect id_token) is exchanged (RFC 8693) for an ID-JAG,
+    which the upstream's authorization server takes in a JWT bearer grant (RFC 7523)."""
+
+    token_endpoint: str
+    client_id: str  # the gateway's client at the IdP (the id_token's audience)
+    assertion_file: Path  # the id_token to exchange, read again for every exchange (it expires)
+    client_secret: str | None = field(default=None, repr=False)
+    # The ID-JAG's audience: the upstream's authorization server. None: its discovered issuer.
+    audience: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamAuth:
     """How the gateway authenticates to one upstream.
 
     ``none`` and ``headers`` (static values, sent for everyone) need nothing per user;
     ``oauth`` and ``user_headers`` need a credential per identity: the user behind the API key
     (``user``), the API key itself (``vk``) or one host session (``session``).
+    ``client_credentials`` and ``enterprise_managed`` are the gateway's own token for the
+    upstream (machine to machine), the same for every caller, obtained and renewed by the
+    gateway (`gateway/credentials/own_token.py`).
     """
 
     kind: AuthKind = "none"
@@ -81,10 +107,24 @@ class UpstreamAuth:
     allow_private_addresses: bool = False  # oauth: discovery may reach RFC 1918/ULA addresses
     header_names: tuple[str, ...] = ()  # user_headers: what the form asks for
     static_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # headers
+    # client_credentials, enterprise_managed: the upstream's token endpoint (None: discovered
+    # from its protected resource metadata) and how the gateway authenticates there; the
+    # loader fills the method in (private_key_jwt with a key, else client_secret_basic).
+    token_endpoint: str | None = None
+    token_endpoint_auth_method: TokenEndpointAuthMethod = "client_secret_basic"
+    private_key_file: Path | None = None  # private_key_jwt: a PEM private key
+    private_key: str | None = field(default=None, repr=False)  # its contents, read at load
+    signing_alg: SigningAlg | None = None  # private_key_jwt; None: the key's usual one
+    idp: EnterpriseIdp | None = None  # enterprise_managed
 
     @property
     def per_identity(self) -> bool:
         return self.kind in ("oauth", "user_headers")
+
+    @property
+    def own_token(self) -> bool:
+        """Whether the gateway holds one token of its own for the upstream (not per identity)."""
+        return self.kind in ("client_credentials", "enterprise_managed")
 
 
 @dataclass(frozen=True, slots=True)

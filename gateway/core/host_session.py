@@ -83,13 +83,20 @@ class _Credentials:
         return credential
 
     async def rejected(
-        self, name: str, binding: Binding | None, *, final: bool, scope: str | None = None
+        self, name: str, binding: Binding | None, *, final: bool, since: float, scope: str | None = None
     ) -> bool:
         """Tell the broker the upstream refused what was sent (it refreshes, or says the user
         must act, for more `scope` if the refusal named one); False when this session sends
-        that upstream no credential of its own."""
-        if binding is None or self._broker is None:
+        that upstream no credential of its own. For the gateway's own token, what was sent
+        from monotonic time `since` on is dropped, and a retry asks for a new one."""
+        if self._broker is None:
             return False
+        if binding is None:
+            own = self._broker.own_tokens.get(name)
+            if own is None or final:
+                return False
+            own.rejected(since)
+            return True
         await self._broker.rejected(name, binding, self._sent.pop(name, {}), final=final, scope=scope)
         return True
 
@@ -267,17 +274,23 @@ class HostSession:
     async def _retrying_credential(self, name: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt`; if the upstream refuses the credential, have the broker refresh it (or
         say the user must act: `AuthRequired`) and run it once more on a fresh upstream session."""
+        started = time.monotonic()
         try:
             return await attempt()
         except UpstreamUnauthorized as exc:
-            if not await self._credentials.rejected(name, self.binding(name), final=False, scope=exc.scope):
+            refused = await self._credentials.rejected(
+                name, self.binding(name), final=False, since=started, scope=exc.scope
+            )
+            if not refused:
                 raise
             if name in self._upstreams:
                 await self.drop_upstream(name)
+        started = time.monotonic()
         try:
             return await attempt()
         except UpstreamUnauthorized as exc:
-            await self._credentials.rejected(name, self.binding(name), final=True, scope=exc.scope)
+            binding = self.binding(name)
+            await self._credentials.rejected(name, binding, final=True, since=started, scope=exc.scope)
             raise
 
     async def _forward(

@@ -44,6 +44,7 @@ from gateway.credentials.oauth import (
     new_pkce_secret,
     redirect_uri_for,
 )
+from gateway.credentials.own_token import OwnToken
 from gateway.errors import (
     AuthRequired,
     CredentialError,
@@ -110,6 +111,15 @@ class CredentialBroker:
             name: OAuthUpstream(config, http, store, self.redirect_uri, self.document_url)
             for name, config in upstreams.items()
             if config.auth.kind == "oauth"
+        }
+        # The gateway's own tokens (client credentials, enterprise-managed): one per upstream,
+        # for every caller; the upstream's connector sends it (`gateway/app.py`).
+        self.own_tokens = {
+            name: OwnToken(
+                config, http, OAuthUpstream(config, http, store, self.redirect_uri, self.document_url)
+            )
+            for name, config in upstreams.items()
+            if config.auth.own_token
         }
         self._cache: dict[Binding, _Cached] = {}
         self._listeners: list[Listener] = []

@@ -176,7 +176,8 @@ class OAuthUpstream:
         issuer = str(resource.authorization_servers[0])
         metadata = await self._server_metadata(issuer, url)
         methods = metadata.code_challenge_methods_supported or []
-        if "S256" not in methods:
+        # PKCE protects an authorization code; a token the gateway obtains itself has none.
+        if self.config.auth.kind == "oauth" and "S256" not in methods:
             raise OAuthError(
                 f"authorization server {issuer} does not offer PKCE S256; refusing it", permanent=True
             )

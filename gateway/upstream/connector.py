@@ -29,6 +29,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
 from gateway.errors import (
+    CredentialError,
     HandshakeRefused,
     UpstreamError,
     UpstreamTimeout,
@@ -234,8 +235,12 @@ class Connector:
         children: Children | None = None,
         listen_streams: ListenStreams | None = None,
         max_response_bytes: int = MAX_BODY_BYTES,
+        own_credential: HeaderSource | None = None,
     ) -> None:
         self.config = config
+        # The gateway's own token (client credentials, enterprise-managed): sent on every request
+        # no caller's credential replaces, the catalogue's, a shared pool's and checks included.
+        self._own = own_credential
         self._max_response_bytes = max_response_bytes  # a stdio child's longest line
         self.listen_streams = listen_streams
         self.children = children or Children(max_total=1_000_000)
@@ -275,7 +280,7 @@ class Connector:
                     return None  # asked again once it is back
                 except UpstreamUnauthorized:
                     self.health.reached({})  # it answered: only the credential was refused
-                    if credential is not None:
+                    if credential is not None or self._own is not None:
                         raise
                     return None  # no credential to ask with: whoever has one asks again
                 finally:
@@ -294,7 +299,12 @@ class Connector:
     async def _discover(self, pool: Pool, credential: HeaderSource | None = None) -> ModernUpstream | None:
         headers = None if credential is None else await credential()
         channel = HttpChannel(
-            self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
+            self.name,
+            pool,
+            _nowhere,
+            extra_headers=self._own,
+            modern_version=MODERN_VERSION,
+            listen_streams=self.listen_streams,
         )
         meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
         probe = {
@@ -339,32 +349,39 @@ class Connector:
 
     async def check(self) -> None:
         """Try to reach the upstream now, with a session of the gateway's own closed at once; what
-        comes of it is in `health`. For required upstreams at start-up, and while one is down."""
+        comes of it is in `health`. For required upstreams at start-up, and while one is down.
+        Without the gateway's own token (its token endpoint refused or cannot be reached) the
+        upstream cannot be used: down, with the reason, and tried again later like any other."""
         self.health.attempting()
         try:
-            if self._pool is not None:  # a 2026-07-28 server may answer no `initialize`
-                try:
-                    modern = await self._discover(self._pool)
-                except UpstreamUnreachable as exc:
-                    self.health.failed(exc, down=True)
-                    return
-                except UpstreamUnauthorized:
-                    # Up, but it wants a credential the gateway has none of its own for: the
-                    # first caller with one learns its revision (modern()).
-                    self.health.reached({})
-                    return
-                self._modern, self._probed_at = modern, time.monotonic()
-                if modern is not None:
-                    self.health.reached(modern.capabilities)
-                    return
-            try:
-                session = await self._opening(_CHECK, _nowhere, None, listen=False)
-            except UpstreamError:
-                return  # kept in `health`
-            with anyio.CancelScope(shield=True):
-                await session.channel.aclose()
+            await self._checking()
+        except CredentialError as exc:
+            self.health.failed(UpstreamUnavailable(self.name, str(exc)), down=True)
         finally:
             self.health.settled()
+
+    async def _checking(self) -> None:
+        if self._pool is not None:  # a 2026-07-28 server may answer no `initialize`
+            try:
+                modern = await self._discover(self._pool)
+            except UpstreamUnreachable as exc:
+                self.health.failed(exc, down=True)
+                return
+            except UpstreamUnauthorized:
+                # Up, but it wants a credential the gateway has none of its own for: the
+                # first caller with one learns its revision (modern()).
+                self.health.reached({})
+                return
+            self._modern, self._probed_at = modern, time.monotonic()
+            if modern is not None:
+                self.health.reached(modern.capabilities)
+                return
+        try:
+            session = await self._opening(_CHECK, _nowhere, None, listen=False)
+        except UpstreamError:
+            return  # kept in `health`
+        with anyio.CancelScope(shield=True):
+            await session.channel.aclose()
 
     def check_soon(self) -> None:
         start_guarded(self._task_group, f"upstream {self.name}: checking it", self.check)
@@ -510,7 +527,7 @@ class Connector:
                 config.name,
                 self._pool,
                 unsolicited,
-                extra_headers=credential,
+                extra_headers=credential or self._own,
                 listen_streams=self.listen_streams if own_listen_slot else None,
             )
         assert self._sse_client is not None and config.url is not None

@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from joserfc.jwk import ECKey
 
 from gateway.config import (
     ConfigError,
@@ -85,11 +86,24 @@ def test_example_config_commented_out_keys_are_valid_too(
     monkeypatch.setenv("OKTA_CLIENT_SECRET", "0kta-s3cret")
     monkeypatch.setenv("MCPGW_METRICS_TOKEN", "a-metrics-token-of-some-length")
     monkeypatch.setenv("HONEYCOMB_API_KEY", "a-collector-key")
+    monkeypatch.setenv("REPORTS_CLIENT_SECRET", "r3ports")
+    monkeypatch.setenv("CRM_CLIENT_SECRET", "crm-s3cret")
+    monkeypatch.setenv("IDP_CLIENT_SECRET", "1dp")
     path = tmp_path / "config.yaml"
     path.write_text(uncomment_examples(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
     config = load_config(path)
-    assert [u.name for u in config.upstreams] == ["demo", "docs", "github", "search", "internal", "legacy"]
-    demo, docs, github, search, internal, legacy = config.upstreams
+    names = ["demo", "docs", "github", "search", "internal", "reports", "crm", "legacy"]
+    assert [u.name for u in config.upstreams] == names
+    demo, docs, github, search, internal, reports, crm, legacy = config.upstreams
+    assert (reports.auth.kind, reports.auth.token_endpoint_auth_method, reports.auth.client_secret) == (
+        "client_credentials",
+        "client_secret_basic",
+        "r3ports",
+    )
+    assert reports.auth.own_token and not reports.auth.per_identity and reports.auth.token_endpoint is None
+    assert crm.auth.kind == "enterprise_managed" and crm.auth.idp is not None
+    assert crm.auth.idp.assertion_file == tmp_path / "idp" / "id-token.jwt"
+    assert "crm-s3cret" not in repr(config) and "1dp" not in repr(crm.auth.idp)
     assert (github.auth.kind, github.auth.identity, github.auth.scopes) == ("oauth", "user", ("read",))
     assert github.auth.allow_private_addresses is False
     assert config.auth.max_failures_per_minute == 20
@@ -740,6 +754,95 @@ def test_bad_upstream_auth_is_refused_with_its_key_and_reason(
     )
     error = load_error(tmp_path, f"upstreams: [{{name: a, {transport}, auth: {auth}}}]\n")
     assert where in str(error) and why in str(error), str(error)
+
+
+@pytest.mark.parametrize(
+    ("auth", "where", "why"),
+    [
+        ("{kind: client_credentials, client_secret: s}", "upstreams[0].auth.client_id", "needs client_id"),
+        (
+            "{kind: client_credentials, client_id: c}",
+            "upstreams[0].auth.client_secret",
+            "needs client_secret",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, token_endpoint_auth_method: private_key_jwt}",
+            "upstreams[0].auth.private_key_file",
+            "needs a PEM private key file",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, private_key_file: missing.pem}",
+            "upstreams[0].auth.private_key_file",
+            "cannot read",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, private_key_file: not-a-key.pem}",
+            "upstreams[0].auth.private_key_file",
+            "holds no PEM private key",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, client_secret: s, signing_alg: ES256}",
+            "upstreams[0].auth.signing_alg",
+            "used only with private_key_jwt",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, client_secret: s, identity: vk}",
+            "upstreams[0].auth.identity",
+            "not allowed for auth kind 'client_credentials'",
+        ),
+        (
+            "{kind: client_credentials, client_id: c, client_secret: s, idp: {token_endpoint: 'https://i/t', "
+            "client_id: g, assertion_file: a}}",
+            "upstreams[0].auth.idp",
+            "not allowed for auth kind 'client_credentials'",
+        ),
+        ("{kind: enterprise_managed, client_id: c, client_secret: s}", "upstreams[0].auth.idp", "needs idp"),
+        (
+            "{kind: enterprise_managed, client_id: c, client_secret: s, token_endpoint: 'https://a/t', "
+            "idp: {token_endpoint: 'https://i/t', client_id: g, assertion_file: a}}",
+            "upstreams[0].auth.idp.audience",
+            "the authorization server's issuer",
+        ),
+        (
+            "{kind: enterprise_managed, client_id: c, client_secret: s, "
+            "idp: {client_id: g, assertion_file: a}}",
+            "upstreams[0].auth.idp.token_endpoint",
+            "required key is missing",
+        ),
+    ],
+)
+def test_bad_own_token_auth_is_refused_with_its_key_and_reason(
+    tmp_path: Path, auth: str, where: str, why: str
+) -> None:
+    (tmp_path / "not-a-key.pem").write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    error = load_error(
+        tmp_path, f"upstreams: [{{name: a, transport: http, url: 'http://h/mcp', auth: {auth}}}]\n"
+    )
+    assert where in str(error) and why in str(error), str(error)
+
+
+def test_an_own_token_needs_an_http_upstream_and_takes_a_key_file_beside_the_config(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        "upstreams: [{name: a, transport: stdio, command: [x], auth: {kind: client_credentials, "
+        "client_id: c, client_secret: s}}]\n",
+    )
+    assert "upstreams[0].auth.kind" in str(error) and "needs an http" in str(error)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "gw.pem").write_bytes(ECKey.generate_key("P-384").as_pem(private=True))
+    config = load_config(
+        write(
+            tmp_path,
+            "upstreams: [{name: a, transport: http, url: 'http://h/mcp', sessions: shared, "
+            "auth: {kind: client_credentials, client_id: c, private_key_file: keys/gw.pem}}]\n",
+        )
+    )
+    auth = config.upstreams[0].auth
+    assert (auth.token_endpoint_auth_method, auth.private_key_file) == (
+        "private_key_jwt",
+        tmp_path / "keys" / "gw.pem",
+    )
+    assert auth.private_key is not None and auth.private_key not in repr(config)
 
 
 def test_a_secrets_key_must_be_32_bytes_of_base64url(tmp_path: Path) -> None:
