@@ -98,11 +98,10 @@ async def test_a_session_the_host_deletes_through_one_replica_is_refused_by_the_
         with anyio.fail_after(TIMEOUT):
             session = await open_session(http, a.url)
             assert (await echoed(http, b.url, session, 1)).status_code == 200  # b holds a copy now
-            session_id = session["mcp-session-id"]
-            assert b.gateway.registry.held(session_id) is not None
+            copy = b.gateway.registry.held(session["mcp-session-id"])
+            assert copy is not None
             assert (await http.delete(a.url, headers=session)).status_code == 200
-            while b.gateway.registry.held(session_id) is not None:  # its SessionEnded, over NOTIFY
-                await anyio.sleep(0.02)
+            await copy.ended.wait()  # b dropped its copy: a's SessionEnded came over NOTIFY
             for replica in (a, b):
                 refused = await echoed(http, replica.url, session, 2)
                 assert refused.status_code == 404, refused.text
