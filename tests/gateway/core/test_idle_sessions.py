@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from tests.api.conftest import ACCEPT, McpClient
-from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
+from tests.harness import ROOT, RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.processes import children
 
 TIMEOUT = 30.0
@@ -83,3 +83,35 @@ async def test_an_open_get_stream_keeps_a_quiet_session_until_it_closes(
         await forgetful.gateway.registry.reap()
     assert forgetful.gateway.registry.sessions() == []
     assert end_reasons(forgetful) == {"listening": "idle", "quiet": "idle"}
+
+
+async def test_idle_sessions_end_side_by_side_not_one_slow_child_after_another(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """Each session's stdio child here outlives its stdin (a wrapper that goes on after the
+    server exits), so ending one waits the two seconds the gateway gives a child before it
+    stops it. Four idle sessions ended one after another held the reaper (and every session
+    behind them) for eight seconds or more; side by side they take the two seconds once."""
+    slow = (
+        """
+  - name: demo
+    transport: stdio
+    command: [sh, -c, "python -m gateway.demo; sleep 30"]
+    env: {PYTHONPATH: "%s"}
+    sessions: per_host
+"""
+        % ROOT
+    )
+    config = keyless_config(tmp_path, slow, "sessions: {idle_s: 0.000001}\n")
+    async with serve_gateway(config) as running:
+        client = McpClient(http, running.url, "")
+        with anyio.fail_after(TIMEOUT):
+            for n in range(4):
+                session = await client.open(name=f"idle-{n}")
+                await client.call(session, "demo__echo", {"text": "then gone"})
+        started = anyio.current_time()
+        with anyio.fail_after(TIMEOUT):
+            await running.gateway.registry.reap()
+        took = anyio.current_time() - started
+    assert took < 6.0, f"the reaper took {took:.1f}s to end four idle sessions"
+    assert set(end_reasons(running).values()) == {"idle"}
