@@ -92,16 +92,13 @@ async def test_idle_sessions_end_side_by_side_not_one_slow_child_after_another(
     server exits), so ending one waits the two seconds the gateway gives a child before it
     stops it. Four idle sessions ended one after another held the reaper (and every session
     behind them) for eight seconds or more; side by side they take the two seconds once."""
-    slow = (
-        """
+    slow = f"""
   - name: demo
     transport: stdio
     command: [sh, -c, "python -m gateway.demo; sleep 30"]
-    env: {PYTHONPATH: "%s"}
+    env: {{PYTHONPATH: "{ROOT}"}}
     sessions: per_host
 """
-        % ROOT
-    )
     config = keyless_config(tmp_path, slow, "sessions: {idle_s: 0.000001}\n")
     async with serve_gateway(config) as running:
         client = McpClient(http, running.url, "")
