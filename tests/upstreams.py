@@ -174,6 +174,47 @@ async def serve_modern_only(server: MCPServer) -> AsyncIterator[str]:
         yield f"{base_url}/mcp"
 
 
+class Recording:
+    """In front of a real server: every POSTed JSON-RPC message, in order, to check what the
+    gateway sent (a request's id, its params) where no server reports it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.posted: list[dict[str, object]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            self.posted.append(parsed)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@asynccontextmanager
+async def serve_recorded_modern_only(server: MCPServer) -> AsyncIterator[tuple[str, Recording]]:
+    """`serve_modern_only`, with what the upstream was sent: its /mcp URL and the recording."""
+    recording = Recording(server.streamable_http_app())
+    async with serve_asgi(ModernOnly(recording)) as base_url:
+        yield f"{base_url}/mcp", recording
+
+
 class _Name(BaseModel):
     name: str
 

@@ -32,6 +32,7 @@ MAX_ROUNDS: Final = 16  # an upstream asking forever must not hold the call fore
 _MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 _ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 QUESTION_PREFIX: Final = "mcpgw-ask-"
+_ROUND_MARK: Final = "/mcpgw-round-"
 
 
 class HostQuestions:
@@ -84,11 +85,14 @@ async def bridged_request(
     the upstream needs on the way; the final answer as the host's revision has it. Every round,
     and every question to the host, spends the one budget of the call: it ends at `deadline`."""
     request = _with_envelope(message, handshake)
-    for _ in range(MAX_ROUNDS):
+    for round_number in range(1, MAX_ROUNDS + 1):
+        if round_number > 1:
+            # A retry is a new request (SEP-2322): a new id, told apart from the host's own ids.
+            request = {**request, "id": f"{message['id']}{_ROUND_MARK}{round_number}"}
         response = await modern.request(request, sink, credential, forwarded, deadline)
         result = response.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
-            return _without_modern_fields(response)
+            return {**_without_modern_fields(response), "id": message["id"]}
         asks = result.get("inputRequests")
         answers: JSONObject = {}
         for key, ask in (asks if isinstance(asks, dict) else {}).items():
