@@ -50,6 +50,9 @@ STEP_S = 30.0
 MAX_SIGN_INS = 4
 CONNECT_META_KEY = "mcpgw/connect"
 CIMD_URL = "https://conformance-test.local/client-metadata.json"
+# json-schema-2020-12-preservation: the host passes the focal tool's inputSchema to the echo tool.
+SCHEMA_ECHO_TOOL = "json_schema_echo"
+SCHEMA_FOCAL_TOOL = "json_schema_2020_12_tool"
 
 
 def main(argv: list[str]) -> int:
@@ -168,8 +171,13 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
             listed = await asyncio.wait_for(client.list_tools(), STEP_S)
             print(f"tools: {[tool.name for tool in listed.tools]}", file=sys.stderr)
             link = None
+            schemas = {tool.name: tool.input_schema for tool in listed.tools}
             for tool in listed.tools:
                 arguments = example(tool.input_schema)
+                if tool.name == SCHEMA_ECHO_TOOL and SCHEMA_FOCAL_TOOL in schemas:
+                    # The scenario's own instruction: the focal tool's schema, verbatim, as
+                    # the host received it, so that its server sees what the gateway kept.
+                    arguments = {"schema": schemas[SCHEMA_FOCAL_TOOL]}
                 result = await asyncio.wait_for(client.call_tool(tool.name, arguments), STEP_S)
                 meta = result.meta or {}
                 print(f"call {tool.name}({arguments}): error={result.is_error}", file=sys.stderr)

@@ -272,6 +272,47 @@ async def serve_handshake_only(server: MCPServer, *, slow_stream_s: float = 0.0)
         yield f"{base_url}/mcp"
 
 
+# A tool schema in JSON Schema 2020-12 with the keywords SEP-1613 and SEP-2106 name (the
+# conformance suite's `json-schema-2020-12-preservation` fixture): a host must receive it as is.
+RICH_SCHEMA: dict[str, object] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+def rich_schema_server() -> MCPServer:
+    """A server whose `contact` tool declares RICH_SCHEMA as its input schema."""
+    server: MCPServer = MCPServer("rich")
+
+    @server.tool(description="Takes a contact.", structured_output=False)
+    def contact(name: str = "", phone: str = "", email: str = "") -> str:
+        return f"contact {name}"
+
+    tool = server._tool_manager.get_tool("contact")  # the SDK derives schemas; this one is given
+    assert tool is not None
+    tool.parameters = json.loads(json.dumps(RICH_SCHEMA))
+    return server
+
+
 def shelf_server() -> MCPServer:
     """A server with a `shelf://book/{title}` template that has only the book titled `known`:
     any other title is the SDK's resource-not-found error (-32602, `data: {uri}`)."""
