@@ -30,7 +30,7 @@ async def test_a_2020_12_input_schema_reaches_the_host_unchanged(
         upstream = f"\n  - {{name: rich, transport: http, url: '{url}', prefix: ''}}"
         async with (
             serve_gateway(keyless_config(tmp_path, upstream)) as gateway,
-            Client(gateway.url, mode=mode, cache=None) as client,  # type: ignore[arg-type]
+            Client(gateway.url, mode=mode, cache=None) as client,
         ):
             with anyio.fail_after(TIMEOUT):
                 listed = (await client.list_tools()).tools
