@@ -24,7 +24,12 @@ from typing import Any, Protocol
 import anyio
 import httpx2
 from anyio.abc import TaskGroup
-from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
 
 from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
@@ -80,6 +85,7 @@ _CHECK = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "health che
 # declare no client capabilities, so a well-behaved server asks no host for sampling or input
 # (a listing session for a capability profile declares that profile's: `shared_handshake`).
 _SHARED_INFO = {"name": "mcpgw", "version": "shared session"}
+_PROBE_INFO = {"name": "mcpgw", "version": package_version("mcpgw")}  # SEP-2575: a SHOULD
 SHARED_HANDSHAKE = Handshake(_VERIFY_VERSION, {}, _SHARED_INFO, shared=True)
 
 
@@ -89,6 +95,16 @@ def shared_handshake(capabilities: JSONObject) -> Handshake:
 
 
 Recovered = Callable[[str, JSONObject], Awaitable[None]]
+
+
+def _names_our_version(response: JSONObject) -> bool:
+    """A -32022 (unsupported protocol version) refusal whose `supported` list has ours."""
+    failure = response.get("error")
+    if not isinstance(failure, dict) or failure.get("code") != UNSUPPORTED_PROTOCOL_VERSION:
+        return False
+    data = failure.get("data")
+    supported = data.get("supported") if isinstance(data, dict) else None
+    return isinstance(supported, list) and MODERN_VERSION in supported
 
 
 def _refused_if_down(health: UpstreamHealth | None, config: UpstreamConfig) -> None:
@@ -296,20 +312,27 @@ class Connector:
         channel = HttpChannel(
             self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
         )
-        meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
-        probe = {
-            "jsonrpc": "2.0",
-            "id": "mcpgw-discover",
-            "method": "server/discover",
-            "params": {"_meta": meta},
+        meta = {
+            PROTOCOL_VERSION_META_KEY: MODERN_VERSION,
+            CLIENT_CAPABILITIES_META_KEY: {},
+            CLIENT_INFO_META_KEY: _PROBE_INFO,
         }
-        try:
-            with anyio.fail_after(self.config.timeouts.connect_s):
-                response = await channel.request(probe, DISCARD, headers)
-        except (UpstreamUnreachable, UpstreamUnauthorized):
-            raise  # nothing there, or a refused credential: no answer about its revision either
-        except (UpstreamError, TimeoutError):
-            return None
+        probe: JSONObject = {"jsonrpc": "2.0", "method": "server/discover", "params": {"_meta": meta}}
+        response: JSONObject = {}
+        for attempt in (1, 2):
+            try:
+                with anyio.fail_after(self.config.timeouts.connect_s):
+                    response = await channel.request(
+                        {**probe, "id": f"mcpgw-discover-{attempt}"}, DISCARD, headers
+                    )
+            except (UpstreamUnreachable, UpstreamUnauthorized):
+                raise  # nothing there, or a refused credential: no answer about its revision either
+            except (UpstreamError, TimeoutError):
+                return None
+            if not _names_our_version(response):
+                break
+            # -32022 naming the version just asked for (SEP-2575): the refusal was not about
+            # it, and the upstream says it serves it; asked once more, under a new id.
         result = response.get("result")
         if not isinstance(result, dict) or MODERN_VERSION not in (result.get("supportedVersions") or []):
             return None
