@@ -22,6 +22,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOC
 from gateway.cluster import owned
 from gateway.errors import UpstreamTimeout
 from gateway.protocol.context import Deadline
+from gateway.protocol.elicitation import form_defaults, with_defaults
 from gateway.protocol.jsonrpc import INTERNAL_ERROR, JSONObject, error, params_of
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import MODERN_VERSION, Handshake, ModernUpstream
@@ -105,7 +106,7 @@ async def bridged_request(
                 raise UpstreamTimeout(modern.config.name, text) from None
             if "result" not in reply:  # the host refused: so does the call, with the host's words
                 return _refused(message, reply)
-            answers[key] = reply["result"]
+            answers[key] = with_defaults(reply, form_defaults(ask))["result"]
         params = {k: v for k, v in params_of(request).items() if k not in ("inputResponses", "requestState")}
         params["inputResponses"] = answers
         if "requestState" in result:

@@ -43,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.host.auth import Principal
 from gateway.protocol.context import NO_CONTEXT, Deadline, RequestContext
+from gateway.protocol.elicitation import form_defaults
 from gateway.protocol.jsonrpc import JSONObject, RequestId, notification
 from gateway.protocol.revisions import to_handshake_request, with_server_info
 from gateway.protocol.uris import outward
@@ -74,6 +75,7 @@ _ANNOUNCEMENTS = frozenset({*_LIST_CHANGED, "notifications/resources/updated"})
 class Outbound:
     upstream: UpstreamSession
     original_id: RequestId
+    defaults: JSONObject | None = None  # a form elicitation's, applied to the host's answer
 
 
 class OutboundRequests:
@@ -88,9 +90,11 @@ class OutboundRequests:
         self._ids = itertools.count(1)
         self.owner: str | None = None  # on replicas: this one's id, where the answer must come back
 
-    def add(self, upstream: UpstreamSession, original_id: RequestId) -> str:
+    def add(
+        self, upstream: UpstreamSession, original_id: RequestId, defaults: JSONObject | None = None
+    ) -> str:
         gateway_id = owned(f"mcpgw-{next(self._ids)}", self.owner)
-        self._pending[gateway_id] = Outbound(upstream, original_id)
+        self._pending[gateway_id] = Outbound(upstream, original_id, defaults)
         return gateway_id
 
     def take(self, gateway_id: object) -> Outbound | None:
@@ -569,7 +573,7 @@ class _Relay:
             return
         message = outward(self._upstream.config.uri_prefix, message)
         if "id" in message:
-            gateway_id = self._session.outbound.add(self._upstream, message["id"])
+            gateway_id = self._session.outbound.add(self._upstream, message["id"], form_defaults(message))
             message = {**message, "id": gateway_id}
         elif method in _LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).
