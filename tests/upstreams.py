@@ -181,6 +181,7 @@ class Recording:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.posted: list[dict[str, object]] = []
+        self.headers: list[dict[str, str]] = []  # each posted message's request headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -195,6 +196,9 @@ class Recording:
         parsed = json.loads(body)
         if isinstance(parsed, dict):
             self.posted.append(parsed)
+            self.headers.append(
+                {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            )
         sent = False
 
         async def replay() -> Message:

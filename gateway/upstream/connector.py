@@ -51,6 +51,7 @@ from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.listening import ListenStreams
+from gateway.upstream.param_headers import ToolHeaders
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
 
@@ -260,6 +261,7 @@ class Connector:
         self._pool = pool
         self._sse_client = sse_client
         self._modern: ModernUpstream | None = None
+        self.tool_headers = ToolHeaders(config.name)  # learned from any of its channels' listings
         self._probed_at: float | None = None
         self._probe_lock = anyio.Lock()
         self.health = UpstreamHealth(config, self._log_redactor, on_down=self._retry_soon, on_up=self._back)
@@ -310,7 +312,12 @@ class Connector:
     async def _discover(self, pool: Pool, credential: HeaderSource | None = None) -> ModernUpstream | None:
         headers = None if credential is None else await credential()
         channel = HttpChannel(
-            self.name, pool, _nowhere, modern_version=MODERN_VERSION, listen_streams=self.listen_streams
+            self.name,
+            pool,
+            _nowhere,
+            modern_version=MODERN_VERSION,
+            listen_streams=self.listen_streams,
+            tool_headers=self.tool_headers,
         )
         meta = {
             PROTOCOL_VERSION_META_KEY: MODERN_VERSION,
@@ -535,6 +542,7 @@ class Connector:
                 unsolicited,
                 extra_headers=credential,
                 listen_streams=self.listen_streams if own_listen_slot else None,
+                tool_headers=self.tool_headers,
             )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(
