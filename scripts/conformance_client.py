@@ -61,6 +61,9 @@ OWN_TOKEN_SCENARIOS = frozenset(
         "auth/enterprise-managed-authorization",
     }
 )
+# json-schema-2020-12-preservation: the host passes the focal tool's inputSchema to the echo tool.
+SCHEMA_ECHO_TOOL = "json_schema_echo"
+SCHEMA_FOCAL_TOOL = "json_schema_2020_12_tool"
 
 
 def main(argv: list[str]) -> int:
@@ -207,8 +210,13 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
             listed = await asyncio.wait_for(client.list_tools(), STEP_S)
             print(f"tools: {[tool.name for tool in listed.tools]}", file=sys.stderr)
             link = None
+            schemas = {tool.name: tool.input_schema for tool in listed.tools}
             for tool in listed.tools:
                 arguments = example(tool.input_schema)
+                if tool.name == SCHEMA_ECHO_TOOL and SCHEMA_FOCAL_TOOL in schemas:
+                    # The scenario's own instruction: the focal tool's schema, verbatim, as
+                    # the host received it, so that its server sees what the gateway kept.
+                    arguments = {"schema": schemas[SCHEMA_FOCAL_TOOL]}
                 result = await asyncio.wait_for(client.call_tool(tool.name, arguments), STEP_S)
                 meta = result.meta or {}
                 print(f"call {tool.name}({arguments}): error={result.is_error}", file=sys.stderr)

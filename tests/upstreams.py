@@ -174,6 +174,51 @@ async def serve_modern_only(server: MCPServer) -> AsyncIterator[str]:
         yield f"{base_url}/mcp"
 
 
+class Recording:
+    """In front of a real server: every POSTed JSON-RPC message, in order, to check what the
+    gateway sent (a request's id, its params) where no server reports it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.posted: list[dict[str, object]] = []
+        self.headers: list[dict[str, str]] = []  # each posted message's request headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            self.posted.append(parsed)
+            self.headers.append(
+                {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            )
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@asynccontextmanager
+async def serve_recorded_modern_only(server: MCPServer) -> AsyncIterator[tuple[str, Recording]]:
+    """`serve_modern_only`, with what the upstream was sent: its /mcp URL and the recording."""
+    recording = Recording(server.streamable_http_app())
+    async with serve_asgi(ModernOnly(recording)) as base_url:
+        yield f"{base_url}/mcp", recording
+
+
 class _Name(BaseModel):
     name: str
 
@@ -229,6 +274,47 @@ async def serve_handshake_only(server: MCPServer, *, slow_stream_s: float = 0.0)
     """Serve `server` over Streamable HTTP in the handshake era only; yield its /mcp URL."""
     async with serve_asgi(_HandshakeOnly(server.streamable_http_app(), slow_stream_s)) as base_url:
         yield f"{base_url}/mcp"
+
+
+# A tool schema in JSON Schema 2020-12 with the keywords SEP-1613 and SEP-2106 name (the
+# conformance suite's `json-schema-2020-12-preservation` fixture): a host must receive it as is.
+RICH_SCHEMA: dict[str, object] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+def rich_schema_server() -> MCPServer:
+    """A server whose `contact` tool declares RICH_SCHEMA as its input schema."""
+    server: MCPServer = MCPServer("rich")
+
+    @server.tool(description="Takes a contact.", structured_output=False)
+    def contact(name: str = "", phone: str = "", email: str = "") -> str:
+        return f"contact {name}"
+
+    tool = server._tool_manager.get_tool("contact")  # the SDK derives schemas; this one is given
+    assert tool is not None
+    tool.parameters = json.loads(json.dumps(RICH_SCHEMA))
+    return server
 
 
 def shelf_server() -> MCPServer:

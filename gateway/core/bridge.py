@@ -22,6 +22,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOC
 from gateway.cluster import owned
 from gateway.errors import UpstreamTimeout
 from gateway.protocol.context import Deadline
+from gateway.protocol.elicitation import form_defaults, with_defaults
 from gateway.protocol.jsonrpc import INTERNAL_ERROR, JSONObject, error, params_of
 from gateway.upstream.channel import MessageSink
 from gateway.upstream.connector import MODERN_VERSION, Handshake, ModernUpstream
@@ -32,6 +33,7 @@ MAX_ROUNDS: Final = 16  # an upstream asking forever must not hold the call fore
 _MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 _ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 QUESTION_PREFIX: Final = "mcpgw-ask-"
+_ROUND_MARK: Final = "/mcpgw-round-"
 
 
 class HostQuestions:
@@ -84,11 +86,14 @@ async def bridged_request(
     the upstream needs on the way; the final answer as the host's revision has it. Every round,
     and every question to the host, spends the one budget of the call: it ends at `deadline`."""
     request = _with_envelope(message, handshake)
-    for _ in range(MAX_ROUNDS):
+    for round_number in range(1, MAX_ROUNDS + 1):
+        if round_number > 1:
+            # A retry is a new request (SEP-2322): a new id, told apart from the host's own ids.
+            request = {**request, "id": f"{message['id']}{_ROUND_MARK}{round_number}"}
         response = await modern.request(request, sink, credential, forwarded, deadline)
         result = response.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
-            return _without_modern_fields(response)
+            return {**_without_modern_fields(response), "id": message["id"]}
         asks = result.get("inputRequests")
         answers: JSONObject = {}
         for key, ask in (asks if isinstance(asks, dict) else {}).items():
@@ -101,7 +106,7 @@ async def bridged_request(
                 raise UpstreamTimeout(modern.config.name, text) from None
             if "result" not in reply:  # the host refused: so does the call, with the host's words
                 return _refused(message, reply)
-            answers[key] = reply["result"]
+            answers[key] = with_defaults(reply, form_defaults(ask))["result"]
         params = {k: v for k, v in params_of(request).items() if k not in ("inputResponses", "requestState")}
         params["inputResponses"] = answers
         if "requestState" in result:

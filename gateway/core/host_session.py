@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.principal import Principal
 from gateway.protocol.context import NO_CONTEXT, Deadline, RequestContext
+from gateway.protocol.elicitation import form_defaults
 from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.protocol.uris import outward
 from gateway.upstream.channel import MessageSink
@@ -468,7 +469,7 @@ class _Relay:
             return
         message = outward(self._upstream.config.uri_prefix, message)
         if "id" in message:
-            gateway_id = self._session.outbound.add(self._upstream, message["id"])
+            gateway_id = self._session.outbound.add(self._upstream, message["id"], form_defaults(message))
             message = {**message, "id": gateway_id}
         elif method in LIST_CHANGED:
             # The merged list changed: route from a fresh listing next time (see router.py).

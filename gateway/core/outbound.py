@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass
 
 from gateway.cluster import owned
-from gateway.protocol.jsonrpc import RequestId
+from gateway.protocol.jsonrpc import JSONObject, RequestId
 from gateway.upstream.connector import UpstreamSession
 
 LOCAL_REQUEST_PREFIX = "mcpgw-local-"
@@ -16,6 +16,7 @@ LOCAL_REQUEST_PREFIX = "mcpgw-local-"
 class Outbound:
     upstream: UpstreamSession
     original_id: RequestId
+    defaults: JSONObject | None = None  # a form elicitation's, applied to the host's answer
 
 
 class OutboundRequests:
@@ -30,9 +31,11 @@ class OutboundRequests:
         self._ids = itertools.count(1)
         self.owner: str | None = None  # on replicas: this one's id, where the answer must come back
 
-    def add(self, upstream: UpstreamSession, original_id: RequestId) -> str:
+    def add(
+        self, upstream: UpstreamSession, original_id: RequestId, defaults: JSONObject | None = None
+    ) -> str:
         gateway_id = owned(f"mcpgw-{next(self._ids)}", self.owner)
-        self._pending[gateway_id] = Outbound(upstream, original_id)
+        self._pending[gateway_id] = Outbound(upstream, original_id, defaults)
         return gateway_id
 
     def take(self, gateway_id: object) -> Outbound | None:

@@ -34,6 +34,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.protocol.context import NO_CONTEXT, RequestContext
+from gateway.protocol.elicitation import with_defaults
 from gateway.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -174,7 +175,8 @@ class Proxy:
         if outbound is None:
             logger.info("session %s: a response to no pending request (id %r)", session.id, message.get("id"))
             return
-        await _quietly(outbound.upstream.channel.respond({**message, "id": outbound.original_id}))
+        answer = with_defaults({**message, "id": outbound.original_id}, outbound.defaults)
+        await _quietly(outbound.upstream.channel.respond(answer))
 
     async def _ping(
         self, session: HostSession, message: JSONObject, sink: MessageSink | None, context: RequestContext

@@ -24,7 +24,12 @@ from typing import Any, Protocol
 import anyio
 import httpx2
 from anyio.abc import TaskGroup
-from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
 
 from gateway.background import log_failure, start_guarded
 from gateway.config import UpstreamConfig
@@ -47,6 +52,7 @@ from gateway.upstream.children import Children
 from gateway.upstream.health import UpstreamHealth
 from gateway.upstream.http import HeaderSource, HttpChannel
 from gateway.upstream.listening import ListenStreams
+from gateway.upstream.param_headers import ToolHeaders
 from gateway.upstream.sse import SseChannel
 from gateway.upstream.stdio import StderrLog, StdioChannel
 
@@ -81,6 +87,7 @@ _CHECK = Handshake(_VERIFY_VERSION, {}, {"name": "mcpgw", "version": "health che
 # declare no client capabilities, so a well-behaved server asks no host for sampling or input
 # (a listing session for a capability profile declares that profile's: `shared_handshake`).
 _SHARED_INFO = {"name": "mcpgw", "version": "shared session"}
+_PROBE_INFO = {"name": "mcpgw", "version": package_version("mcpgw")}  # SEP-2575: a SHOULD
 SHARED_HANDSHAKE = Handshake(_VERIFY_VERSION, {}, _SHARED_INFO, shared=True)
 
 
@@ -90,6 +97,16 @@ def shared_handshake(capabilities: JSONObject) -> Handshake:
 
 
 Recovered = Callable[[str, JSONObject], Awaitable[None]]
+
+
+def _names_our_version(response: JSONObject) -> bool:
+    """A -32022 (unsupported protocol version) refusal whose `supported` list has ours."""
+    failure = response.get("error")
+    if not isinstance(failure, dict) or failure.get("code") != UNSUPPORTED_PROTOCOL_VERSION:
+        return False
+    data = failure.get("data")
+    supported = data.get("supported") if isinstance(data, dict) else None
+    return isinstance(supported, list) and MODERN_VERSION in supported
 
 
 def _refused_if_down(health: UpstreamHealth | None, config: UpstreamConfig) -> None:
@@ -249,6 +266,7 @@ class Connector:
         self._pool = pool
         self._sse_client = sse_client
         self._modern: ModernUpstream | None = None
+        self.tool_headers = ToolHeaders(config.name)  # learned from any of its channels' listings
         self._probed_at: float | None = None
         self._probe_lock = anyio.Lock()
         self.health = UpstreamHealth(config, self._log_redactor, on_down=self._retry_soon, on_up=self._back)
@@ -305,21 +323,29 @@ class Connector:
             extra_headers=self._own,
             modern_version=MODERN_VERSION,
             listen_streams=self.listen_streams,
+            tool_headers=self.tool_headers,
         )
-        meta = {PROTOCOL_VERSION_META_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_META_KEY: {}}
-        probe = {
-            "jsonrpc": "2.0",
-            "id": "mcpgw-discover",
-            "method": "server/discover",
-            "params": {"_meta": meta},
+        meta = {
+            PROTOCOL_VERSION_META_KEY: MODERN_VERSION,
+            CLIENT_CAPABILITIES_META_KEY: {},
+            CLIENT_INFO_META_KEY: _PROBE_INFO,
         }
-        try:
-            with anyio.fail_after(self.config.timeouts.connect_s):
-                response = await channel.request(probe, DISCARD, headers)
-        except (UpstreamUnreachable, UpstreamUnauthorized):
-            raise  # nothing there, or a refused credential: no answer about its revision either
-        except (UpstreamError, TimeoutError):
-            return None
+        probe: JSONObject = {"jsonrpc": "2.0", "method": "server/discover", "params": {"_meta": meta}}
+        response: JSONObject = {}
+        for attempt in (1, 2):
+            try:
+                with anyio.fail_after(self.config.timeouts.connect_s):
+                    response = await channel.request(
+                        {**probe, "id": f"mcpgw-discover-{attempt}"}, DISCARD, headers
+                    )
+            except (UpstreamUnreachable, UpstreamUnauthorized):
+                raise  # nothing there, or a refused credential: no answer about its revision either
+            except (UpstreamError, TimeoutError):
+                return None
+            if not _names_our_version(response):
+                break
+            # -32022 naming the version just asked for (SEP-2575): the refusal was not about
+            # it, and the upstream says it serves it; asked once more, under a new id.
         result = response.get("result")
         if not isinstance(result, dict) or MODERN_VERSION not in (result.get("supportedVersions") or []):
             return None
@@ -529,6 +555,7 @@ class Connector:
                 unsolicited,
                 extra_headers=credential or self._own,
                 listen_streams=self.listen_streams if own_listen_slot else None,
+                tool_headers=self.tool_headers,
             )
         assert self._sse_client is not None and config.url is not None
         return await SseChannel.start(

@@ -44,6 +44,7 @@ from gateway.upstream.channel import MessageSink, Unsolicited
 from gateway.upstream.demux import StrayResponses
 from gateway.upstream.events import Event, EventDecoder
 from gateway.upstream.listening import ListenStreams
+from gateway.upstream.param_headers import ToolHeaders
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class HttpChannel:
         extra_headers: HeaderSource | None = None,
         modern_version: str | None = None,
         listen_streams: ListenStreams | None = None,
+        tool_headers: ToolHeaders | None = None,
     ) -> None:
         self._name = name
+        self._tool_headers = tool_headers or ToolHeaders(name)  # the connector's, shared by its channels
         self._pool = pool
         self._listen_streams = listen_streams  # None: GET streams share the calls' pool
         self._unsolicited = unsolicited
@@ -114,8 +117,12 @@ class HttpChannel:
                 if resp.status >= 400:
                     return await self._error_response(resp, message)
                 if resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    return await self._relay_stream(resp, message, sink)
-                return self._as_response(loads_relayable(await resp.read()), message)
+                    response = await self._relay_stream(resp, message, sink)
+                else:
+                    response = self._as_response(loads_relayable(await resp.read()), message)
+                if message.get("method") == "tools/list" and self._speaks_modern():
+                    response = self._tool_headers.learn(response)
+                return response
             finally:
                 resp.close()
         except ResponseTooLarge as exc:
@@ -198,6 +205,9 @@ class HttpChannel:
             ):
                 (await self._pool.request("DELETE", await self._headers(None, None))).close()
 
+    def _speaks_modern(self) -> bool:
+        return self._modern_version is not None or self._protocol_version in MODERN_PROTOCOL_VERSIONS
+
     async def _headers(self, message: JSONObject | None, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"accept": _ACCEPT, "content-type": "application/json"}
         if self._extra_headers is not None:
@@ -206,7 +216,7 @@ class HttpChannel:
             headers["mcp-session-id"] = self._session_id
         if self._protocol_version is not None:
             headers["mcp-protocol-version"] = self._protocol_version
-        modern = self._modern_version is not None or self._protocol_version in MODERN_PROTOCOL_VERSIONS
+        modern = self._speaks_modern()
         if message is not None and message.get("method") == "initialize":
             # Before the revision is known: 2026-07-28 wants it, older servers ignore it.
             headers[MCP_METHOD_HEADER] = "initialize"
@@ -220,6 +230,8 @@ class HttpChannel:
                 value = message.get("params", {}).get(name_key)
                 if isinstance(value, str):
                     headers[MCP_NAME_HEADER] = encode_header_value(value)
+            if method == "tools/call":
+                headers.update(self._tool_headers.for_call(message))
         if extra:
             headers.update(extra)
         return headers

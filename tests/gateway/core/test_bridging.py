@@ -21,7 +21,7 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext
 
 from tests.harness import RunningGateway, keyless_config, serve_gateway
-from tests.upstreams import asking_server, serve_mcp, serve_modern_only
+from tests.upstreams import asking_server, serve_mcp, serve_modern_only, serve_recorded_modern_only
 
 TIMEOUT = 20.0
 
@@ -110,3 +110,18 @@ async def test_a_2025_host_lists_the_tools_of_a_2026_only_upstream_before_callin
             result = await client.call_tool("ask__haiku", {"topic": "frogs"})
     assert through == {f"ask__{name}" for name in direct} and direct
     assert not result.is_error
+
+
+async def test_each_round_of_a_bridged_call_goes_up_under_a_new_id_and_the_host_gets_its_own(
+    tmp_path: Path,
+) -> None:
+    # SEP-2322: the retry after `input_required` is a new request, so a new JSON-RPC id; the
+    # host, which sent one request, is answered under the id it used.
+    async with serve_recorded_modern_only(asking_server()) as (url, recording):
+        upstream = f"\n  - {{name: ask, transport: http, url: '{url}'}}"
+        async with serve_gateway(keyless_config(tmp_path, upstream)) as running:
+            result, questions = await _call(running.url, "ask__greet_user", {})
+    calls = [m for m in recording.posted if m.get("method") == "tools/call"]
+    assert len(calls) == 2 and questions
+    assert calls[0]["id"] != calls[1]["id"]
+    assert result["content"] == [{"type": "text", "text": "Hello, Grace!"}]
