@@ -10,16 +10,15 @@ skipped, saying so; they are never skipped where it is installed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
-from pathlib import Path
+
+from tests.apt import apt_get, apt_lock
 
 __all__ = ["BrowserUnavailable", "chromium_path"]
 
 INSTALL_TIMEOUT_S = 900.0
-_LOCK = Path("/tmp/mcpgw-chromium-install.lock")  # parallel runs install once
 
 
 class BrowserUnavailable(RuntimeError):
@@ -27,10 +26,7 @@ class BrowserUnavailable(RuntimeError):
 
 
 def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(
-        ["apt-get", *args], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False, env=env
-    )
+    return apt_get(*args, timeout_s=INSTALL_TIMEOUT_S)
 
 
 def chromium_path() -> str:
@@ -44,8 +40,7 @@ def chromium_path() -> str:
             "here (that needs root and apt-get): run `apt-get install chromium` as root, or set CHROMIUM "
             "to a chromium executable"
         )
-    with _LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with apt_lock():  # parallel workers and runs install once
         if found := shutil.which("chromium"):
             return found
         done = _apt("install", "-y", "--no-install-recommends", "chromium")

@@ -9,6 +9,7 @@ import anyio.to_thread
 import pytest
 import uvloop
 
+from tests.fuzz.world import TALLY
 from tests.harness import (
     RunningGateway,
     demo_stdio_yaml,
@@ -27,6 +28,36 @@ def pytest_asyncio_loop_factories(
     """uvloop, the loop `mcpgw serve` runs on (uvicorn picks it), so the tests exercise the
     transports and timing users get rather than the standard library's."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (scripts/test), the tests that share a costly fixture run on one
+    worker: the fuzz suite, whose package-scoped gateway (`fuzz_world`) is seconds to set up and
+    whose memory bound covers the whole package."""
+    fuzz = config.rootpath / "tests" / "fuzz"
+    for item in items:
+        if item.path.is_relative_to(fuzz):
+            item.add_marker(pytest.mark.xdist_group("fuzz"))
+
+
+@pytest.hookimpl(trylast=True)  # after the fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller prints
+        session.config.workeroutput["fuzz_tally"] = TALLY.to_wire()
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    wire = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if wire is not None:
+        TALLY.add(wire)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzz suite's counts (requests, 5xx, hangs, RSS), whichever worker ran it."""
+    if TALLY.requests or TALLY.schemathesis_cases:
+        terminalreporter.write_line(TALLY.summary())
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ with SIGTERM when the block ends.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import socket
@@ -29,6 +28,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
+from tests.apt import apt_get, apt_lock
 from tests.harness import base_url_of, listening_socket, stop_process
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 _INSTALL_TIMEOUT_S = 600
-_INSTALL_LOCK = Path(tempfile.gettempdir()) / "mcpgw-apt-haproxy.lock"  # test processes install once
 _failed: list[str] = []  # why the install failed, once tried in this process
 
 
@@ -54,15 +53,7 @@ def _on_path() -> str | None:
 
 
 def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    # Another install (chromium, postgresql) may hold dpkg's lock: wait for it rather than fail.
-    return subprocess.run(
-        ["apt-get", "-o", "DPkg::Lock::Timeout=300", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        timeout=_INSTALL_TIMEOUT_S,
-    )
+    return apt_get(*args, timeout_s=_INSTALL_TIMEOUT_S)
 
 
 def find_haproxy() -> str:
@@ -77,8 +68,7 @@ def find_haproxy() -> str:
             "no haproxy binary on this machine, and it cannot be installed here (that needs root and "
             "apt-get): run `apt-get install haproxy` as root"
         )
-    with _INSTALL_LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with apt_lock():  # parallel workers and runs install once
         if found := _on_path():
             return found
         done = _apt("install", "-y", "-q", "--no-install-recommends", "haproxy")

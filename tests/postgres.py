@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.apt import apt_get, apt_lock
+
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir"]
 
 SUPERUSER = "mcpgw_test"
@@ -55,15 +57,10 @@ def find_bindir() -> Path:
     candidates = _candidates()
     if not candidates and not _apt_tried and os.geteuid() == 0 and shutil.which("apt-get"):
         _apt_tried = True
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "postgresql"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            timeout=600,
-        )
-        candidates = _candidates()
+        with apt_lock():  # the other test workers wait, then find it installed
+            if not (candidates := _candidates()):
+                apt_get("install", "-y", "-q", "postgresql", timeout_s=600)
+                candidates = _candidates()
     if not candidates:
         why = "apt-get install postgresql failed" if _apt_tried else "not root, so it was not installed"
         raise PostgresUnavailable(f"no PostgreSQL server binaries (initdb, pg_ctl) on this machine ({why})")

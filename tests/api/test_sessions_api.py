@@ -283,7 +283,11 @@ async def test_keys_see_only_their_own_sessions_admins_their_whole_organisation(
     assert_problem(await get(http, keyed, f"/mcp/{org}/sessions/{alice_id}", mallory), 404, "NotFound")
 
 
-@pytest.mark.parametrize("session_id", ["not-a-uuid", str(uuid.uuid4()), "%20", "1" * 300])
+# A fixed well-formed id no session has: pytest-xdist's workers must collect the same test ids.
+_NO_SUCH_SESSION = "3f2a9c1e-7b4d-4e8a-9c61-0d5e2f8b7a34"
+
+
+@pytest.mark.parametrize("session_id", ["not-a-uuid", _NO_SUCH_SESSION, "%20", "1" * 300])
 async def test_an_unknown_session_is_404_session_not_found(
     keyed: RunningGateway, http: httpx2.AsyncClient, session_id: str
 ) -> None:

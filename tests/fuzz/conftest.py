@@ -221,8 +221,3 @@ async def _still_serves_within_memory(
     rss, peak = fuzz_world.gateway.memory()
     TALLY.rss_end, TALLY.rss_peak = rss, peak
     assert rss - TALLY.rss_start <= RSS_GROWTH_LIMIT, TALLY.summary()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TALLY.requests or TALLY.schemathesis_cases:
-        terminalreporter.write_line(TALLY.summary())

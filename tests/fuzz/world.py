@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -40,6 +40,19 @@ class Tally:
     rss_start: int = 0
     rss_end: int = 0
     rss_peak: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        """The counts as plain values, for a pytest-xdist worker to hand its controller."""
+        return {**asdict(self), "statuses": dict(self.statuses), "signin": dict(self.signin)}
+
+    def add(self, wire: Mapping[str, Any]) -> None:
+        """Add a worker's counts (`to_wire`) to these; its memory readings, if it ran the gateway."""
+        for name in ("requests", "server_errors", "hangs", "canaries", "schemathesis_cases"):
+            setattr(self, name, getattr(self, name) + wire[name])
+        self.statuses.update(wire["statuses"])
+        self.signin.update(wire["signin"])
+        if wire["rss_start"]:
+            self.rss_start, self.rss_end, self.rss_peak = wire["rss_start"], wire["rss_end"], wire["rss_peak"]
 
     def summary(self) -> str:
         mib = 1024 * 1024
