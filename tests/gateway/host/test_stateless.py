@@ -7,6 +7,7 @@ resource that does not exist is named in the error, as the spec's resource-not-f
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
+from store import RecordedInvocation, Seek
 from tests.harness import RunningGateway, demo_stdio_yaml, keyless_config, serve_gateway
 from tests.upstreams import changing_server, serve_handshake_only, serve_mcp, shelf_server
 
@@ -263,3 +265,43 @@ async def test_a_failure_of_the_gateways_own_is_the_calls_error_not_an_http_500(
         reply = await post(http, running.url, message)
     assert reply.status_code == 200, reply.text
     assert reply.json()["id"] == 7 and reply.json()["error"]["code"] == -32603, reply.text
+
+
+# --- a host that closes its stream cancels its call ----------------------------------------------
+
+
+async def test_a_host_that_cannot_be_asked_closing_its_stream_cancels_the_call_and_it_is_recorded(
+    gateway: RunningGateway, http: httpx2.AsyncClient
+) -> None:
+    """Such a call runs in the request's own task (no InputRequired round can follow); closing
+    the response stream is its cancellation, and the row still records it."""
+    steps = 997  # about 10 s of progress, and a count no other test asks for
+    message = envelope("tools/call", {"name": "demo__count_slowly", "arguments": {"steps": steps}})
+    message["params"]["_meta"]["progressToken"] = "closing"
+    headers = {**routing_headers(message), "mcp-param-steps": str(steps)}
+    with anyio.fail_after(TIMEOUT):
+        async with http.stream("POST", gateway.url, json=message, headers=headers) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):  # the first progress event: the call is upstream
+                    assert orjson.loads(line[5:])["method"] == "notifications/progress"
+                    break
+        closed = time.time()
+        # The row is written once the call has ended: soon after the close, not when the upstream
+        # would have finished (10 s of counting).
+        while not (rows := await _rows_of(gateway, "demo__count_slowly", f'"steps":{steps}')):
+            await anyio.lowlevel.checkpoint()  # each look is a store query: no timer needed
+    assert [row.outcome for row in rows] == ["cancelled"]
+    ended = rows[0].created_at.timestamp() + rows[0].duration_ms / 1000
+    assert ended - closed < 3.0
+
+
+async def _rows_of(gateway: RunningGateway, tool: str, arguments_hold: str) -> list[RecordedInvocation]:
+    store = gateway.gateway.store
+    sessions = await store.list_sessions(None, api_key_id=None, seek=Seek(), limit=500)
+    return [
+        row
+        for session in sessions.rows
+        for row in (await store.list_invocations(session.id, seek=Seek(), limit=500)).rows
+        if row.tool_name == tool and arguments_hold in (row.arguments_json or "")
+    ]
