@@ -25,6 +25,7 @@
     │   └── TooDeep                   nested deeper than the gateway can pass on
     ├── BodyTooLarge                  a host's request body over `security.max_body_bytes` (413)
     ├── RecordingFailed               a record could not be made durable: no success may be told
+    │   └── SessionsUnreachable       replicas: the live sessions' rows cannot be read or written (503)
     ├── WireError                     the upstream HTTP/1.1 client's failures (`upstream/_wire.py`)
     │   ├── ConnectTimeout            no connection within the connect timeout
     │   └── ConnectFailed             the upstream's address refused or could not be reached

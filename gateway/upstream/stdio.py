@@ -206,7 +206,13 @@ class StdioChannel:
             async with self._write_lock:
                 await self._process.stdin.send(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            raise UpstreamUnavailable(self._name, "the process went away") from exc
+            # A closed pipe is a process exiting, or about to: its exit code names the cause, so it
+            # is waited for (briefly: a child that closed its stdin and lives on is "gone" too).
+            with anyio.move_on_after(1):
+                await self._process.wait()
+            code = self._process.returncode
+            text = "the process went away" if code is None else f"the process exited (exit code {code})"
+            raise UpstreamUnavailable(self._name, text) from exc
 
     async def _run(self) -> None:
         try:
