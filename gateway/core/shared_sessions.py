@@ -112,7 +112,8 @@ class SharedSessions:
             # The row stays: the session is ended as idle later, by this replica or another.
             logger.warning("session %s: its end could not be shared with the replicas: %s", session_id, exc)
             return False
-        await self.cluster.publish(EVERYONE, SessionEnded(session_id))
+        if ended:  # else the replica that ended it told the others
+            await self.cluster.publish(EVERYONE, SessionEnded(session_id))
         return ended
 
     async def seen(self, used: Iterable[tuple[str, float]], now: float) -> None:
