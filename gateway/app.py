@@ -237,7 +237,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         hosts: Hosts = registry if cluster is None else FanOuts(cluster, registry)
         for each in pools.values():
             each.on_list_changed = hosts.upstream_list_changed
-        metrics.watch(lambda: _held_open(registry, stored, connectors, pools, children))
+        metrics.watch(lambda: _held_open(registry, stored, connectors, pools, children, cluster))
         broker.on_connected(hosts.connected)
         for connector in connectors.values():
             connector.on_recovered(hosts.upstream_recovered)
@@ -386,6 +386,7 @@ def _held_open(
     connectors: Mapping[str, Connector],
     pools: Mapping[str, SharedPool],
     children: Children,
+    cluster: Cluster | None,
 ) -> HeldOpen:
     kinds: Counter[str] = Counter()
     upstream_sessions: Counter[str] = Counter({name: pool.sessions() for name, pool in pools.items()})
@@ -397,7 +398,12 @@ def _held_open(
     running = {name: children.count(name) for name in connectors}
     states = {name: connector.health.state for name, connector in connectors.items()}
     return HeldOpen(
-        kinds, upstream_sessions, running, 0 if recorder is None else recorder.queue_depth, states
+        kinds,
+        upstream_sessions,
+        running,
+        0 if recorder is None else recorder.queue_depth,
+        states,
+        1 if cluster is None else len(cluster.live),
     )
 
 

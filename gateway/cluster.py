@@ -60,6 +60,9 @@ _OWNER_MARK = "@"
 _LIVENESS_CHECK_S = 5.0  # how often a forwarded call's asker checks that its owner still runs
 _WANTED_EVERY_S = 5.0  # a replica buffering for a stream asks at most this often where it is open
 _FORWARDED_EVENTS = 256  # events of one forwarded call not yet relayed before more are dropped
+# How often a replica looks for replicas that stopped beating (killed, cut off): their streams
+# are forgotten, so what was meant for them is buffered for the host's next stream instead.
+_INSTANCES_CHECK_S = 5.0
 
 
 def inbox(instance: str) -> str:
@@ -284,11 +287,12 @@ class SessionLink:
     def instance_id(self) -> str:
         return self._cluster.instance_id
 
-    async def send(self, message: JSONObject) -> bool:
-        """Send `message` to the streams open on other replicas: False if there is none."""
+    async def send(self, message: JSONObject, *, to_one: bool = False) -> bool:
+        """Send `message` to the streams open on other replicas (`to_one`: to one of them, the
+        same while it lasts): False if there is none."""
         if not self.holders:
             return False
-        for holder in list(self.holders):
+        for holder in [min(self.holders)] if to_one else list(self.holders):
             await self._cluster.publish(inbox(holder), ToStream(self.key, message))
         return True
 
@@ -335,16 +339,20 @@ class Cluster:
         self._kinds: dict[str, Served] = {}
         self._waiting: dict[str, MemoryObjectSendStream[_ForwardEvent | _ForwardEnd]] = {}
         self._serving: dict[str, anyio.CancelScope] = {}
+        self.live: frozenset[str] = frozenset({self.instance_id})  # as of the last check
+        self._watching = anyio.CancelScope()
         self._unsubscribe = [
             coordination.subscribe(EVERYONE, self._received),
             coordination.subscribe(inbox(self.instance_id), self._received),
         ]
+        task_group.start_soon(self._watch_instances)
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         for scope in self._serving.values():
             scope.cancel()
+        self._watching.cancel()
 
     # Sending.
 
@@ -449,6 +457,29 @@ class Cluster:
                 await handler(message)
             except Exception as exc:  # one failing handler must not cost the others the message
                 logger.error("replicas: handling %s failed: %s: %s", message.topic, type(exc).__name__, exc)
+
+    async def _watch_instances(self) -> None:
+        with self._watching:
+            while True:
+                await anyio.sleep(_INSTANCES_CHECK_S)  # a schedule, not synchronisation
+                await self.check_instances()
+
+    async def check_instances(self) -> None:
+        """Forget the streams of replicas gone without a word (`kill -9`, a lost machine): a
+        `StreamClosed` never comes from them, and what this replica sent them would be lost."""
+        try:
+            self.live = await self._coordination.live_instances()
+        except StoreError as exc:
+            logger.warning("replicas: could not list the live replicas: %s", exc)
+            return
+        gone: set[str] = set()
+        for key, holders in list(self._holders.items()):
+            gone |= holders - self.live
+            holders &= self.live
+            if not holders and key not in self._streams:
+                del self._holders[key]
+        if gone:
+            logger.warning("replicas: %s stopped beating; the streams open there are forgotten", sorted(gone))
 
     # Forwarding.
 

@@ -128,7 +128,8 @@ class HostSession:
         self.principal = principal
         self.handshake = handshake
         self.profile = profile_of(handshake.capabilities)  # what pools' sessions declare for it
-        self.listen = ListenStream(buffered=not self.announces_on_listen_only)
+        handshake_era = not self.announces_on_listen_only
+        self.listen = ListenStream(buffered=handshake_era, one_stream=handshake_era)
         self.last_activity = time.monotonic()
         self.log_level: str | None = None
         self.catalogue = Catalogue()  # what the router learnt of the upstreams' lists

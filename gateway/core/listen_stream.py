@@ -18,8 +18,12 @@ class ListenStream:
     """Where a session's server-initiated messages go: the host's GET stream, its 2026-07-28
     listen streams, or, while none is open, a small buffer."""
 
-    def __init__(self, *, buffered: bool = True) -> None:
+    def __init__(self, *, buffered: bool = True, one_stream: bool = True) -> None:
         self._sinks: list[MessageSink] = []
+        # A session-based session's messages go on one of its streams, never on all of them
+        # (Streamable HTTP: "MUST NOT broadcast the same message across multiple streams");
+        # a 2026-07-28 group's listen streams are its hosts' subscriptions, each told everything.
+        self._one_stream = one_stream
         # 2026-07-28 listen streams promise no replay, so a stateless group keeps nothing back.
         self._buffer: deque[JSONObject] = deque(maxlen=_BUFFERED_WHILE_NO_STREAM if buffered else 0)
         self._lock = anyio.Lock()
@@ -55,8 +59,11 @@ class ListenStream:
         async with self._lock:
             if not self._sinks:
                 self._buffer.append(message)
-            for sink in list(self._sinks):
-                await sink.send(message)
+            await self._write(message)
+
+    async def _write(self, message: JSONObject) -> None:
+        for sink in self._sinks[:1] if self._one_stream else list(self._sinks):
+            await sink.send(message)
 
     async def flush(self, send: Callable[[JSONObject], Awaitable[None]]) -> None:
         """What was buffered, handed to a stream opened on another replica."""
@@ -70,10 +77,12 @@ class ListenStream:
 
     async def send(self, message: JSONObject) -> None:
         async with self._lock:
-            elsewhere = self.link is not None and await self.link.send(message)
+            if self._one_stream and self._sinks:
+                await self._sinks[0].send(message)
+                return
+            elsewhere = self.link is not None and await self.link.send(message, to_one=self._one_stream)
             if not self._sinks and not elsewhere:
                 if self.link is not None and not self._buffer:
                     self.link.buffering()
                 self._buffer.append(message)
-            for sink in list(self._sinks):
-                await sink.send(message)
+            await self._write(message)

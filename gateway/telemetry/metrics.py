@@ -55,6 +55,7 @@ class HeldOpen:
     children: Mapping[str, int]  # stdio processes, by upstream
     recorder_queue: int
     upstream_states: Mapping[str, str] = field(default_factory=dict)  # unknown | starting | up | down
+    replicas: int = 1  # live replicas on the database, this one included, as of its last check
 
 
 @dataclass(slots=True)
@@ -230,6 +231,12 @@ class _HeldOpenCollector(Collector):
             for state in UPSTREAM_STATES:
                 states.add_metric([name, state], 1.0 if state == current else 0.0)
         yield states
+        yield GaugeMetricFamily(
+            "mcpgw_replicas_live",
+            "Replicas sharing this one's database whose heartbeat it saw at its last check (every"
+            " 5 s), itself included; 1 for a gateway alone.",
+            value=held.replicas,
+        )
         yield GaugeMetricFamily(
             "mcpgw_recorder_queue_depth",
             "Rows waiting for the recorder's next commit.",
