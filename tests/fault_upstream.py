@@ -14,6 +14,8 @@ tool is one fault:
 - `hang()`: never answers;
 - `twice(text)`: first writes `STRAYS` answers under ids it was never sent, then answers the
   call twice: `text`, then `SECOND_ANSWER` under the same id;
+- `flood(messages, size)`: sends `messages` progress notifications for the call (its
+  `progressToken`), each with a message of `size` characters, then answers `flooded`;
 - `ask_host(calls)`: holds the next `calls` tool calls it is sent unanswered (so that many more
   are in flight), then sends the host a `roots/list` request of its own mid-call, answers with
   what came back (`answered {...}`), then the held calls.
@@ -29,7 +31,7 @@ import json
 import sys
 from typing import Any
 
-TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "twice", "ask_host"]
+TOOLS = ["echo", "deep", "garbage", "leak", "chatter", "crash", "hang", "twice", "ask_host", "flood"]
 STRAYS = 100
 SECOND_ANSWER = "a second answer to the same call"
 # What `leak` writes on stderr: an OpenAI-style key, an AWS key id, a password assignment, and
@@ -90,6 +92,13 @@ def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
         sys.exit(3)
     if name == "ask_host":
         return _ask_host(int(arguments.get("calls", 0)))
+    if name == "flood":
+        token = arguments.get("_progressToken")
+        text = "f" * int(arguments.get("size", 1000))
+        for n in range(int(arguments.get("messages", 100))):
+            params = {"progressToken": token, "progress": n, "message": text}
+            _send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+        return _text("flooded")
     return None  # hang
 
 
@@ -124,7 +133,8 @@ def _answer(message: dict[str, Any]) -> dict[str, Any] | None:
         schema = {"type": "object"}
         return {"tools": [{"name": name, "inputSchema": schema} for name in TOOLS]}
     if method == "tools/call":
-        return _call(str(params.get("name")), params.get("arguments") or {})
+        token = (params.get("_meta") or {}).get("progressToken")
+        return _call(str(params.get("name")), {**(params.get("arguments") or {}), "_progressToken": token})
     if method == "ping":
         return {}
     return None

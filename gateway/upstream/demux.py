@@ -5,6 +5,12 @@ requests) down one stream, with no notion of "which call this belongs to". Respo
 their call by id; progress by its token; what a running call can cause (logs, elicitation,
 sampling, roots) goes to the newest call still running; anything else is `unsolicited`.
 
+The stream is read by one task, so nothing it reads may wait on a host: what goes to a call's
+host (and what is unsolicited) is handed to that destination's `Outbox`, a bounded queue with a
+task of its own that writes it. A host that stops reading holds up its own outbox only; past
+`OUTBOX_MESSAGES` waiting, what it is sent is dropped (logged) until the write timeout closes
+its connection (`security.write_timeout_s`), and every other call on the stream is answered.
+
 A response is taken only as the answer to a request this stream was sent and has not answered
 yet: one with an id it was never sent (another session's, another upstream's), or a second
 answer to the same request, is dropped and logged (`StrayResponses`: the first, then at most
@@ -19,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskGroup
 
 from gateway.errors import MessageError, TooDeep
 from gateway.protocol.jsonrpc import (
@@ -41,6 +48,7 @@ _CALL_SCOPED = frozenset(
 
 
 _STRAYS_LOGGED_EVERY_S = 60.0
+OUTBOX_MESSAGES = 256  # waiting for one destination before what it is sent is dropped
 
 
 class StrayResponses:
@@ -71,12 +79,53 @@ class StrayResponses:
         )
 
 
+class Outbox:
+    """What one destination is sent off the stream, in order, written by a task of its own."""
+
+    __slots__ = ("_deliver", "_dropped", "_name", "_receive", "_send", "drained")
+
+    def __init__(self, name: str, deliver: Callable[[JSONObject], Awaitable[None]]) -> None:
+        self._name = name
+        self._deliver = deliver
+        self._send, self._receive = anyio.create_memory_object_stream[JSONObject](OUTBOX_MESSAGES)
+        self._dropped = 0
+        self.drained = anyio.Event()  # set once closed and everything before is written
+
+    def put(self, message: JSONObject) -> None:
+        try:
+            self._send.send_nowait(message)
+        except anyio.WouldBlock:
+            self._dropped += 1
+            if self._dropped == 1:
+                logger.warning(
+                    "upstream %s: a host is not reading what it is sent; dropping its messages"
+                    " (%d waiting) until it reads again or its connection is closed",
+                    self._name,
+                    OUTBOX_MESSAGES,
+                )
+        except anyio.ClosedResourceError:
+            pass  # its call has ended: nothing more goes to it
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        try:
+            async with self._receive:
+                async for message in self._receive:
+                    await self._deliver(message)
+        finally:
+            self._send.close()  # cancelled with its stream's reader: nothing more is taken
+            self.drained.set()
+
+
 @dataclass(slots=True)
 class Pending:
     sink: MessageSink | None
     progress_token: object
     done: anyio.Event = field(default_factory=anyio.Event)
     response: JSONObject | None = None
+    outbox: Outbox | None = None
 
 
 class Demux:
@@ -85,6 +134,20 @@ class Demux:
         self._unsolicited = unsolicited
         self._pending: dict[RequestId, Pending] = {}
         self._strays = StrayResponses(name)
+        self._task_group: TaskGroup | None = None
+        self._unsolicited_box: Outbox | None = None
+
+    def writing_in(self, task_group: TaskGroup) -> None:
+        """Write what goes to hosts from tasks of `task_group` (the stream reader's, so they end
+        with it); until called, it is written by the reading task itself."""
+        self._task_group = task_group
+
+    def _outbox(self, deliver: Callable[[JSONObject], Awaitable[None]]) -> Outbox | None:
+        if self._task_group is None:
+            return None
+        outbox = Outbox(self._name, deliver)
+        self._task_group.start_soon(outbox.run)
+        return outbox
 
     def expect(self, message: JSONObject, sink: MessageSink | None) -> Pending:
         pending = Pending(sink, meta_of(message).get("progressToken"))
@@ -128,11 +191,21 @@ class Demux:
             pending.response = message
             pending.done.set()
             return
-        target = self._route(method, message)
-        if target is not None:
-            await target.send(message)
-        else:
+        pending = self._route(method, message)
+        if pending is not None and pending.sink is not None:
+            if pending.outbox is None:
+                pending.outbox = self._outbox(pending.sink.send)
+            if pending.outbox is None:
+                await pending.sink.send(message)
+            else:
+                pending.outbox.put(message)
+            return
+        if self._unsolicited_box is None:
+            self._unsolicited_box = self._outbox(self._unsolicited)
+        if self._unsolicited_box is None:
             await self._unsolicited(message)
+        else:
+            self._unsolicited_box.put(message)
 
     async def round_trip(
         self, message: JSONObject, sink: MessageSink | None, write: Callable[[JSONObject], Awaitable[None]]
@@ -144,6 +217,10 @@ class Demux:
             await pending.done.wait()
         finally:
             self.forget(message["id"])
+            if pending.outbox is not None:
+                pending.outbox.close()
+        if pending.outbox is not None:
+            await pending.outbox.drained.wait()  # what came before the answer reaches the host first
         return pending.response
 
     def fail_all(self) -> None:
@@ -151,15 +228,15 @@ class Demux:
         for pending in list(self._pending.values()):
             pending.done.set()
 
-    def _route(self, method: str, message: JSONObject) -> MessageSink | None:
+    def _route(self, method: str, message: JSONObject) -> Pending | None:
         if method == "notifications/progress":
             token = message.get("params", {}).get("progressToken")
             for pending in self._pending.values():
                 if pending.progress_token == token and pending.sink is not None:
-                    return pending.sink
+                    return pending
             return None
         if method in _CALL_SCOPED:
             for pending in reversed(self._pending.values()):
                 if pending.sink is not None:
-                    return pending.sink
+                    return pending
         return None

@@ -100,42 +100,46 @@ class SseChannel:
 
     async def _run(self) -> None:
         with self._scope:
-            try:
-                headers = {"accept": "text/event-stream"}
-                async with self._client.stream("GET", self._url, headers=headers) as response:
-                    if response.status_code != 200:
-                        refused = f"SSE stream refused (HTTP {response.status_code})"
-                        logger.warning("upstream %s: %s", self._name, refused)
-                        self._failure = UpstreamUnavailable(self._name, refused)
-                        return
-                    # The project's decoder, not httpx2's: it stops at an event over the limit
-                    # instead of buffering it whole.
-                    decoder = EventDecoder(self._max_event_bytes)
-                    async for chunk in response.aiter_bytes():
-                        for event in decoder.feed(chunk):
-                            if event.event == "endpoint":
-                                self._endpoint = self._same_origin(urljoin(self._url, event.data))
-                                self._ready.set()
-                            elif event.data:
-                                await self._demux.dispatch_raw(event.data)
-            except ResponseTooLarge as exc:
-                # The stream cannot be read past it: whose answer it was is unknown, so every
-                # call waiting on this stream fails with the limit, and the channel closes.
-                logger.warning("upstream %s: SSE stream ended: %s", self._name, exc)
-                self._failure = UpstreamUnavailable(self._name, str(exc))
-            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
-                logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
-                reason = f"could not connect ({exc or type(exc).__name__})"
-                self._failure = UpstreamUnreachable(self._name, reason)
-            except httpx2.HTTPError as exc:
-                logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
-                self._failure = UpstreamUnavailable(
-                    self._name, f"SSE stream failed: {exc or type(exc).__name__}"
-                )
-            finally:
-                self._closed = True
-                self._ready.set()
-                self._demux.fail_all()
+            async with anyio.create_task_group() as writers:  # what goes to hosts (demux.py)
+                self._demux.writing_in(writers)
+                await self._read()
+                writers.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        try:
+            headers = {"accept": "text/event-stream"}
+            async with self._client.stream("GET", self._url, headers=headers) as response:
+                if response.status_code != 200:
+                    refused = f"SSE stream refused (HTTP {response.status_code})"
+                    logger.warning("upstream %s: %s", self._name, refused)
+                    self._failure = UpstreamUnavailable(self._name, refused)
+                    return
+                # The project's decoder, not httpx2's: it stops at an event over the limit
+                # instead of buffering it whole.
+                decoder = EventDecoder(self._max_event_bytes)
+                async for chunk in response.aiter_bytes():
+                    for event in decoder.feed(chunk):
+                        if event.event == "endpoint":
+                            self._endpoint = self._same_origin(urljoin(self._url, event.data))
+                            self._ready.set()
+                        elif event.data:
+                            await self._demux.dispatch_raw(event.data)
+        except ResponseTooLarge as exc:
+            # The stream cannot be read past it: whose answer it was is unknown, so every
+            # call waiting on this stream fails with the limit, and the channel closes.
+            logger.warning("upstream %s: SSE stream ended: %s", self._name, exc)
+            self._failure = UpstreamUnavailable(self._name, str(exc))
+        except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+            logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
+            reason = f"could not connect ({exc or type(exc).__name__})"
+            self._failure = UpstreamUnreachable(self._name, reason)
+        except httpx2.HTTPError as exc:
+            logger.warning("upstream %s: SSE stream failed: %s", self._name, exc)
+            self._failure = UpstreamUnavailable(self._name, f"SSE stream failed: {exc or type(exc).__name__}")
+        finally:
+            self._closed = True
+            self._ready.set()
+            self._demux.fail_all()
 
     def _same_origin(self, endpoint: str) -> str | None:
         """Only POST to the server we connected to: an endpoint elsewhere would leak our messages."""

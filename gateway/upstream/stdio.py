@@ -218,6 +218,7 @@ class StdioChannel:
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
+                    self._demux.writing_in(tg)  # what goes to hosts, so reading never waits on one
                     tg.start_soon(self._drain_stderr)
                     await self._read_stdout()
                     tg.cancel_scope.cancel()

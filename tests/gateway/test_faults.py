@@ -411,3 +411,42 @@ async def test_a_2026_host_never_gets_an_upstream_answer_under_an_id_it_was_neve
         assert answer["error"]["code"] == expected, answer
     assert_host_got_what_was_recorded(gateway.gateway.config.database, tool, answer)
     await still_serving(gateway, http, earlier)
+
+
+async def test_a_request_id_already_in_flight_in_the_session_is_refused_and_the_first_call_answered(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """JSON-RPC ids are the requester's to keep unique; a host that reuses one still in flight
+    gets an error for the second request, and the first is answered under its id as if the
+    second never came (not the second's answer, nor a wait to its timeout). A gateway of its own:
+    the module's has spent its per_host children on the other tests' sessions."""
+    async with serve_gateway(keyless_config(tmp_path, demo_stdio_yaml())) as gateway:
+        await reused_id_refused(gateway, http)
+
+
+async def reused_id_refused(gateway: RunningGateway, http: httpx2.AsyncClient) -> None:
+    host = await Host(http, gateway.url).open()
+    params = {"name": "demo__count_slowly", "arguments": {"steps": 100}, "_meta": {"progressToken": "p"}}
+    again = {"jsonrpc": "2.0", "id": 77, "method": "tools/call"}
+    headers = {**ACCEPT, "content-type": "application/json", "mcp-session-id": host.session_id}
+    events: list[dict[str, Any]] = []
+    with anyio.fail_after(TIMEOUT):
+        body = httpx2_json({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": params})
+        async with http.stream("POST", gateway.url, content=body, headers=headers) as slow:
+            async for line in slow.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(orjson.loads(line[6:]))
+                if len(events) == 1:  # the first call is running: its first progress came
+                    second = await host.post_json(
+                        {**again, "params": {"name": "demo__echo", "arguments": {"text": "twice"}}}
+                    )
+                    refused = second.json()
+                    assert refused["id"] == 77 and refused["error"]["code"] == -32600, refused
+                    assert "already in flight" in refused["error"]["message"]
+
+    answers = [event for event in events if "id" in event]
+    assert len(answers) == 1, events[-3:]
+    [answer] = answers
+    assert answer["id"] == 77 and text_of(answer) == "counted 100", answer
+    await still_serving(gateway, http, host)
