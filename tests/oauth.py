@@ -36,7 +36,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -681,4 +681,52 @@ async def serve_protected_upstream(
         if modern_only:
             app = _TokenFirst(app, ModernOnly(app))
         async with serve_asgi_on(sock, _RecordAuthorization(app, upstream.seen_authorizations)):
+            yield upstream
+
+
+@dataclass
+class MigratingUpstream:
+    """A protected upstream whose protected resource metadata names `first` until `migrate()`,
+    then `second` (SEP-2352, an authorization server migration): from then on only `second`'s
+    tokens are taken, and `first`'s are refused with 401 as unknown."""
+
+    url: str
+    first: AuthServer
+    second: AuthServer
+    migrated: bool = False
+
+    def migrate(self) -> None:
+        self.migrated = True
+
+
+class _Migrating:
+    """The real protected server of whichever authorization server is current: one SDK app per
+    server, on the same URL (its metadata and token checks are the SDK's, fixed at build). The
+    lifespan runs both apps' (each SDK app's session manager lives in its lifespan)."""
+
+    def __init__(self, upstream: MigratingUpstream, before: Starlette, after: Starlette) -> None:
+        self.upstream, self.before, self.after = upstream, before, after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await (self.after if self.upstream.migrated else self.before)(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        async with AsyncExitStack() as stack:
+            for app in (self.before, self.after):
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+@asynccontextmanager
+async def serve_migrating_upstream(
+    first: AuthServer, second: AuthServer, *, scopes: Sequence[str] = ("read",)
+) -> AsyncIterator[MigratingUpstream]:
+    with listening_socket() as sock:
+        upstream = MigratingUpstream(f"{base_url_of(sock)}/mcp", first, second)
+        before = protected_server(first, upstream.url, scopes).streamable_http_app()
+        after = protected_server(second, upstream.url, scopes).streamable_http_app()
+        async with serve_asgi_on(sock, _Migrating(upstream, before, after)):
             yield upstream

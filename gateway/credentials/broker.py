@@ -217,6 +217,7 @@ class CredentialBroker:
         when `final`: the retry was refused too). `scope`: the refusal was a 403
         `insufficient_scope` naming it: the token stays good, and the user is asked to grant
         more (`_step_up`)."""
+        refused_at = time.monotonic()
         self._cache.pop(binding, None)
         config = self._upstreams[upstream]
         credential = await self._store.credentials.credential_for(binding)
@@ -224,16 +225,48 @@ class CredentialBroker:
             raise await self.auth_required(config, binding, "no credential yet: connect the account first")
         if credential.kind == "token" and scope is not None:
             await self._step_up(config, credential, scope)
-        if credential.kind == "token" and not final:
-            if sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
+        if credential.kind == "token":
+            if not final and sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
                 return  # already replaced since: try the new one
-            if credential.secret.get("refresh_token"):
+            await self._same_server(config, credential, refused_at)
+            if not final and credential.secret.get("refresh_token"):
                 await self._refresh(config, credential, force=True)
                 return
         status = "needs_reauth" if credential.kind == "token" else "needs_update"
         await self._set_status(credential, status)
         raise await self.auth_required(
             config, binding, f"the upstream refused the credential; it is now {status}"
+        )
+
+    async def _same_server(self, config: UpstreamConfig, credential: Credential, refused_at: float) -> None:
+        """A refused token may mean the upstream moved to another authorization server
+        (SEP-2352): discovery is done again, and if its resource metadata names another server
+        than the one the token came from, that token, its refresh token and the client are of
+        no use there (nor may they be shown to it): the person connects again, with a client
+        registered there (`OAuthUpstream.client`: one per server). A discovery that fails leaves
+        the refusal to the refresh, as before."""
+        oauth = self._oauth[config.name]
+        try:
+            server = await oauth.server(since=refused_at)
+        except OAuthError as exc:
+            logger.warning("upstream %s: discovery after a refused token failed: %s", config.name, exc)
+            return
+        client = None
+        if credential.oauth_client_id is not None:
+            client = await self._store.credentials.oauth_client_by_id(credential.oauth_client_id)
+        if client is None or client.issuer == server.issuer:
+            return
+        logger.info(
+            "upstream %s: its authorization server is now %s (was %s); the credential needs reauth",
+            config.name,
+            server.issuer,
+            client.issuer,
+        )
+        await self._set_status(credential, "needs_reauth")
+        raise await self.auth_required(
+            config,
+            credential.binding,
+            f"the upstream's authorization server is now {server.issuer}: connect again",
         )
 
     async def _step_up(self, config: UpstreamConfig, credential: Credential, challenged: str) -> None:
@@ -306,6 +339,11 @@ class CredentialBroker:
             try:
                 server = await oauth.server()
                 client = await self._client_of(oauth, current)
+                if client.issuer != server.issuer:  # moved to another server since (SEP-2352)
+                    await self._set_status(current, "needs_reauth")
+                    raise await self.auth_required(
+                        config, seen.binding, f"the upstream's authorization server is now {server.issuer}"
+                    )
                 tokens = await oauth.refresh(server, client, str(refresh_token))
             except OAuthError as exc:
                 if exc.permanent and (rotated := await self._rotated_since(current)) is not None:
