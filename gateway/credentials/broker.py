@@ -60,6 +60,8 @@ from store.coordination import Unsubscribe
 logger = logging.getLogger(__name__)
 
 FLOW_TTL = timedelta(minutes=15)
+MAX_STEP_UPS = 2  # step-ups in a row after a sign-in: three sign-ins at most, as the suite allows
+STEP_UP_WINDOW = timedelta(minutes=15)
 _REFRESH_AHEAD = timedelta(seconds=60)  # refresh a token this long before it expires
 _CACHE_S = 30.0
 _MAINTAIN_S = 60.0
@@ -286,7 +288,20 @@ class CredentialBroker:
                 f"which the last sign-in asked for already ({asked!r}); signing in again would "
                 "not change that"
             )
-        flow = await self.start_flow(config, credential.binding, reuse=True, scope=wanted)
+        # Each challenge may name a scope never asked for, and the next one another: the person
+        # would sign in again and again. At most MAX_STEP_UPS in a row within STEP_UP_WINDOW.
+        now = utc_now()
+        recent = [at for at in _step_up_times(credential.secret) if now - at < STEP_UP_WINDOW]
+        if len(recent) >= MAX_STEP_UPS:
+            minutes = int(STEP_UP_WINDOW.total_seconds() // 60)
+            raise CredentialError(
+                f"upstream {config.name!r} asks for more access again ({challenged!r}) after "
+                f"{len(recent) + 1} sign-ins within {minutes} minutes; the gateway does not ask "
+                "for another one now: try again later, or ask the upstream's owner which scopes it needs"
+            )
+        flow = await self.start_flow(
+            config, credential.binding, reuse=True, scope=wanted, step_ups=[*recent, now]
+        )
         raise AuthRequired(
             config.name,
             self.flow_url(flow),
@@ -370,6 +385,7 @@ class CredentialBroker:
                 **tokens.as_secret(),
                 "scope": tokens.scope or current.secret.get("scope"),
                 "requested_scope": current.secret.get("requested_scope"),
+                "step_ups": current.secret.get("step_ups"),
             }
             await self._store.credentials.refreshed(current.id, secret, tokens.expires_at, now)
             refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
@@ -407,10 +423,17 @@ class CredentialBroker:
         return AuthRequired(config.name, self.flow_url(flow), flow.id, reason=reason)
 
     async def start_flow(
-        self, config: UpstreamConfig, binding: Binding, *, reuse: bool, scope: str | None = None
+        self,
+        config: UpstreamConfig,
+        binding: Binding,
+        *,
+        reuse: bool,
+        scope: str | None = None,
+        step_ups: list[datetime] | None = None,
     ) -> AuthFlow:
         """A pending flow for `binding`: a live one from before if `reuse` and it has time left
-        (and asks for the same `scope`: an OAuth flow's own, instead of discovery's)."""
+        (and asks for the same `scope`: an OAuth flow's own, instead of discovery's). `step_ups`:
+        when the step-ups in a row that this one ends were asked for, kept with its credential."""
         kind = _flow_kind(config)
         assert kind is not None, "only per-identity upstreams have flows"
         now = utc_now()
@@ -425,6 +448,8 @@ class CredentialBroker:
         }
         if scope is not None:
             secret["scope"] = scope
+        if step_ups:
+            secret["step_ups"] = " ".join(at.isoformat() for at in step_ups)
         await self._store.credentials.create_flow(
             flow_id, binding, kind, secret=secret, oauth_client_id=None, now=now, expires_at=now + FLOW_TTL
         )
@@ -516,6 +541,8 @@ class CredentialBroker:
             tokens = replace(tokens, scope=requested)
         # What was asked for is kept too: a step-up asks for more, never for the same again.
         secret = {**tokens.as_secret(), "requested_scope": requested}
+        if flow.secret.get("step_ups"):
+            secret["step_ups"] = flow.secret["step_ups"]
         await self._keep(flow.binding, "token", secret, (), client.id, tokens)
         return flow.binding
 
@@ -655,6 +682,18 @@ def _may_reach(tools: ToolFilter, prefix: str) -> bool:
 
 def _flow_kind(config: UpstreamConfig) -> str | None:
     return {"oauth": "oauth", "user_headers": "headers"}.get(config.auth.kind)
+
+
+def _step_up_times(secret: Mapping[str, Any]) -> list[datetime]:
+    """When the step-ups that led to a credential were asked for (oldest first)."""
+    kept = secret.get("step_ups")
+    times = []
+    for word in kept.split() if isinstance(kept, str) else ():
+        try:
+            times.append(datetime.fromisoformat(word))
+        except ValueError:
+            continue
+    return times
 
 
 def _expiring(expires_at: datetime | None) -> bool:
