@@ -15,7 +15,8 @@ driver makes the gateway the client the suite watches:
 2. It starts `mcpgw serve` on an ephemeral loopback port and acts as a host through it with the
    MCP Python SDK's client (a 2025-11-25 session by default, as most hosts are today;
    MCPGW_HOST_MODE=2026-07-28 makes it a stateless host): it lists the tools, calls each one with
-   arguments made from its input schema, and, when a call answers with the gateway's connect link
+   the arguments the context's `toolCalls` name for it (else arguments made from its input
+   schema), and, when a call answers with the gateway's connect link
    (`_meta["mcpgw/connect"]`), opens that link as a browser would (it confirms whose credential
    the link makes, then every redirect is followed: the scenario's authorization server
    redirects straight back without a consent page), then lists
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
             )
             try:
                 wait_healthy(f"{base}/healthz")
-                return asyncio.run(act_as_host(f"{base}/mcp", key, mode))
+                return asyncio.run(act_as_host(f"{base}/mcp", key, mode, context))
             finally:
                 child.terminate()
                 try:
@@ -194,8 +195,15 @@ def wait_healthy(url: str) -> None:
     raise SystemExit(f"mcpgw did not answer {url} within {STARTUP_S:g}s")
 
 
-async def act_as_host(url: str, key: str | None, mode: str) -> int:
+async def act_as_host(url: str, key: str | None, mode: str, context: dict[str, Any]) -> int:
     headers = {"x-api-key": key} if key else {}
+    # Arguments the scenario names for its tools (`toolCalls`: http-custom-headers' values that
+    # need Base64, a null to be left out of the headers), used as given instead of made up.
+    given = {
+        str(call["name"]): call.get("arguments") or {}
+        for call in context.get("toolCalls") or []
+        if isinstance(call, dict) and "name" in call
+    }
     sign_ins = 0
     async with (
         httpx2.AsyncClient(headers=headers, timeout=STEP_S) as http,
@@ -212,7 +220,7 @@ async def act_as_host(url: str, key: str | None, mode: str) -> int:
             link = None
             schemas = {tool.name: tool.input_schema for tool in listed.tools}
             for tool in listed.tools:
-                arguments = example(tool.input_schema)
+                arguments = given[tool.name] if tool.name in given else example(tool.input_schema)
                 if tool.name == SCHEMA_ECHO_TOOL and SCHEMA_FOCAL_TOOL in schemas:
                     # The scenario's own instruction: the focal tool's schema, verbatim, as
                     # the host received it, so that its server sees what the gateway kept.

@@ -36,7 +36,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -586,12 +586,20 @@ class _StepUp:
     """Per-tool scopes (step-up authorization, MCP 2025-11-25 "Scope Challenge Handling"): a
     `tools/call` of a tool in `required` with a token lacking its scopes is answered 403
     `insufficient_scope`, the challenge naming the scopes the call needs. A filter in front of the
-    real server, whose SDK middleware checks one set of scopes for the whole endpoint."""
+    real server, whose SDK middleware checks one set of scopes for the whole endpoint. An
+    `escalating` one challenges for one more of a tool's scopes at a time, as a server that keeps
+    asking for more does."""
 
     def __init__(
-        self, app: ASGIApp, auth: AuthServer, required: Mapping[str, Sequence[str]], metadata_url: str
+        self,
+        app: ASGIApp,
+        auth: AuthServer,
+        required: Mapping[str, Sequence[str]],
+        metadata_url: str,
+        escalating: bool = False,
     ) -> None:
         self.app, self.auth, self.required, self.metadata_url = app, auth, required, metadata_url
+        self.escalating = escalating
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -603,9 +611,9 @@ class _StepUp:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        needed = self._needed(body)
         token = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
         access = self.auth.access_tokens.get(token)
+        needed = self._needed(body, access.scopes if access is not None else ())
         if needed and access is not None and not set(needed) <= set(access.scopes):
             challenge = (
                 f'Bearer error="insufficient_scope", scope="{" ".join(needed)}", '
@@ -627,7 +635,7 @@ class _StepUp:
 
         await self.app(scope, replay, send)
 
-    def _needed(self, body: bytes) -> Sequence[str]:
+    def _needed(self, body: bytes, granted: Sequence[str]) -> Sequence[str]:
         try:
             message = json.loads(body)
         except ValueError:
@@ -636,7 +644,11 @@ class _StepUp:
             return ()
         params = message.get("params")
         name = params.get("name") if isinstance(params, dict) else None
-        return self.required.get(name, ()) if isinstance(name, str) else ()
+        needed = self.required.get(name, ()) if isinstance(name, str) else ()
+        if self.escalating:  # one scope more than the token has, each time: it never has enough
+            missing = [scope for scope in needed if scope not in granted]
+            return [*granted, *missing[:1]] if missing else needed
+        return needed
 
 
 class _TokenFirst:
@@ -660,13 +672,14 @@ async def serve_protected_upstream(
     resource_at_origin: bool = False,
     modern_only: bool = False,
     tool_scopes: Mapping[str, Sequence[str]] | None = None,
+    escalating: bool = False,
 ) -> AsyncIterator[ProtectedUpstream]:
     """Serve an MCP server that `auth` protects, on an ephemeral loopback port. With
     `resource_at_origin` its resource identifier is its origin, its metadata at the root
     well-known path (RFC 9728 section 3.1), as many servers publish it. With `modern_only` it
     speaks 2026-07-28 only to a request with a token (`tests.upstreams.ModernOnly`): one without
     gets the 401 of every request without a token. `tool_scopes` names the scopes some tools'
-    calls need beyond `scopes` (`_StepUp`)."""
+    calls need beyond `scopes` (`_StepUp`; `escalating`: one more at a time)."""
     with listening_socket() as sock:
         base_url = base_url_of(sock)
         upstream = ProtectedUpstream(
@@ -677,8 +690,56 @@ async def serve_protected_upstream(
         resource = f"{base_url}/" if resource_at_origin else None
         app: ASGIApp = protected_server(auth, upstream.url, scopes, resource).streamable_http_app()
         if tool_scopes:
-            app = _StepUp(app, auth, tool_scopes, upstream.resource_metadata_url)
+            app = _StepUp(app, auth, tool_scopes, upstream.resource_metadata_url, escalating)
         if modern_only:
             app = _TokenFirst(app, ModernOnly(app))
         async with serve_asgi_on(sock, _RecordAuthorization(app, upstream.seen_authorizations)):
+            yield upstream
+
+
+@dataclass
+class MigratingUpstream:
+    """A protected upstream whose protected resource metadata names `first` until `migrate()`,
+    then `second` (SEP-2352, an authorization server migration): from then on only `second`'s
+    tokens are taken, and `first`'s are refused with 401 as unknown."""
+
+    url: str
+    first: AuthServer
+    second: AuthServer
+    migrated: bool = False
+
+    def migrate(self) -> None:
+        self.migrated = True
+
+
+class _Migrating:
+    """The real protected server of whichever authorization server is current: one SDK app per
+    server, on the same URL (its metadata and token checks are the SDK's, fixed at build). The
+    lifespan runs both apps' (each SDK app's session manager lives in its lifespan)."""
+
+    def __init__(self, upstream: MigratingUpstream, before: Starlette, after: Starlette) -> None:
+        self.upstream, self.before, self.after = upstream, before, after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await (self.after if self.upstream.migrated else self.before)(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        async with AsyncExitStack() as stack:
+            for app in (self.before, self.after):
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+@asynccontextmanager
+async def serve_migrating_upstream(
+    first: AuthServer, second: AuthServer, *, scopes: Sequence[str] = ("read",)
+) -> AsyncIterator[MigratingUpstream]:
+    with listening_socket() as sock:
+        upstream = MigratingUpstream(f"{base_url_of(sock)}/mcp", first, second)
+        before = protected_server(first, upstream.url, scopes).streamable_http_app()
+        after = protected_server(second, upstream.url, scopes).streamable_http_app()
+        async with serve_asgi_on(sock, _Migrating(upstream, before, after)):
             yield upstream

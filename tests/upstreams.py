@@ -6,6 +6,7 @@ They are real `MCPServer`s served over Streamable HTTP by uvicorn in the test pr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from mcp.server.mcpserver import (
     Sample,
 )
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp_types import (
     CreateMessageResult,
+    JSONRPCMessage,
     ListRootsResult,
     SamplingMessage,
     TextContent,
@@ -430,3 +433,45 @@ async def serve_faulty() -> AsyncIterator[str]:
     """`faulty_server()` behind `_Faulty`, over Streamable HTTP; yield its /mcp URL."""
     async with serve_asgi(_Faulty(faulty_server().streamable_http_app())) as base_url:
         yield f"{base_url}/mcp"
+
+
+class MemoryEventStore(EventStore):
+    """Every event an SDK server sends, kept so that a stream it closed can be resumed
+    (`Last-Event-ID`): what the SDK's resumability needs, and no more."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, str, JSONRPCMessage | None]] = []  # (stream, event id, message)
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        event_id = str(len(self._events) + 1)
+        self._events.append((stream_id, event_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        ids = [event_id for _, event_id, _m in self._events]
+        found = ids.index(last_event_id) if last_event_id in ids else None
+        if found is None:
+            return None
+        stream = self._events[found][0]
+        for stream_id, event_id, message in self._events[found + 1 :]:
+            if stream_id == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
+
+
+def resuming_server(retry_ms: int) -> tuple[MCPServer, ASGIApp, list[float]]:
+    """A handshake-era server whose `interrupted` tool closes its response stream before it
+    answers (SEP-1699: the server said `retry: retry_ms` in its priming event), so the answer
+    reaches only a client that resumes the stream with `Last-Event-ID`. The list gets the
+    monotonic time at which each such stream was closed."""
+    server: MCPServer = MCPServer("resuming")
+    closed: list[float] = []
+
+    @server.tool(description="Answers after closing the stream it was asked on.", structured_output=False)
+    async def interrupted(ctx: Context) -> str:
+        closed.append(time.monotonic())
+        await ctx.close_sse_stream()
+        return "finished after the stream was resumed"
+
+    app = server.streamable_http_app(event_store=MemoryEventStore(), retry_interval=retry_ms)
+    return server, _HandshakeOnly(app, 0.0), closed

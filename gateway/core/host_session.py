@@ -184,7 +184,13 @@ class HostSession:
 
     async def modern(self, name: str) -> ModernUpstream | None:
         """Upstream `name` as a 2026-07-28 server, when this session may use it so (a 2026 group,
-        or an upstream that speaks nothing else)."""
+        or an upstream that speaks nothing else).
+
+        A handshake-era session tries `initialize` first and asks `server/discover` only once
+        that is refused (`_modern_instead`), not before: a dual-era server's discover answer
+        (the SDK's lists 2026-07-28 alone) does not say whether it serves `initialize` too, and
+        reaching such servers statelessly would bridge what now passes through as it is
+        (tests/gateway/upstream/test_discover_first.py says what it broke)."""
         if name not in self._modern_only:
             return None
         return await self._connectors[name].modern(self._credential_source(name))

@@ -60,6 +60,8 @@ from store.coordination import Unsubscribe
 logger = logging.getLogger(__name__)
 
 FLOW_TTL = timedelta(minutes=15)
+MAX_STEP_UPS = 2  # step-ups in a row after a sign-in: three sign-ins at most, as the suite allows
+STEP_UP_WINDOW = timedelta(minutes=15)
 _REFRESH_AHEAD = timedelta(seconds=60)  # refresh a token this long before it expires
 _CACHE_S = 30.0
 _MAINTAIN_S = 60.0
@@ -217,6 +219,7 @@ class CredentialBroker:
         when `final`: the retry was refused too). `scope`: the refusal was a 403
         `insufficient_scope` naming it: the token stays good, and the user is asked to grant
         more (`_step_up`)."""
+        refused_at = time.monotonic()
         self._cache.pop(binding, None)
         config = self._upstreams[upstream]
         credential = await self._store.credentials.credential_for(binding)
@@ -224,16 +227,48 @@ class CredentialBroker:
             raise await self.auth_required(config, binding, "no credential yet: connect the account first")
         if credential.kind == "token" and scope is not None:
             await self._step_up(config, credential, scope)
-        if credential.kind == "token" and not final:
-            if sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
+        if credential.kind == "token":
+            if not final and sent.get("authorization") != f"Bearer {credential.secret['access_token']}":
                 return  # already replaced since: try the new one
-            if credential.secret.get("refresh_token"):
+            await self._same_server(config, credential, refused_at)
+            if not final and credential.secret.get("refresh_token"):
                 await self._refresh(config, credential, force=True)
                 return
         status = "needs_reauth" if credential.kind == "token" else "needs_update"
         await self._set_status(credential, status)
         raise await self.auth_required(
             config, binding, f"the upstream refused the credential; it is now {status}"
+        )
+
+    async def _same_server(self, config: UpstreamConfig, credential: Credential, refused_at: float) -> None:
+        """A refused token may mean the upstream moved to another authorization server
+        (SEP-2352): discovery is done again, and if its resource metadata names another server
+        than the one the token came from, that token, its refresh token and the client are of
+        no use there (nor may they be shown to it): the person connects again, with a client
+        registered there (`OAuthUpstream.client`: one per server). A discovery that fails leaves
+        the refusal to the refresh, as before."""
+        oauth = self._oauth[config.name]
+        try:
+            server = await oauth.server(since=refused_at)
+        except OAuthError as exc:
+            logger.warning("upstream %s: discovery after a refused token failed: %s", config.name, exc)
+            return
+        client = None
+        if credential.oauth_client_id is not None:
+            client = await self._store.credentials.oauth_client_by_id(credential.oauth_client_id)
+        if client is None or client.issuer == server.issuer:
+            return
+        logger.info(
+            "upstream %s: its authorization server is now %s (was %s); the credential needs reauth",
+            config.name,
+            server.issuer,
+            client.issuer,
+        )
+        await self._set_status(credential, "needs_reauth")
+        raise await self.auth_required(
+            config,
+            credential.binding,
+            f"the upstream's authorization server is now {server.issuer}: connect again",
         )
 
     async def _step_up(self, config: UpstreamConfig, credential: Credential, challenged: str) -> None:
@@ -253,7 +288,20 @@ class CredentialBroker:
                 f"which the last sign-in asked for already ({asked!r}); signing in again would "
                 "not change that"
             )
-        flow = await self.start_flow(config, credential.binding, reuse=True, scope=wanted)
+        # Each challenge may name a scope never asked for, and the next one another: the person
+        # would sign in again and again. At most MAX_STEP_UPS in a row within STEP_UP_WINDOW.
+        now = utc_now()
+        recent = [at for at in _step_up_times(credential.secret) if now - at < STEP_UP_WINDOW]
+        if len(recent) >= MAX_STEP_UPS:
+            minutes = int(STEP_UP_WINDOW.total_seconds() // 60)
+            raise CredentialError(
+                f"upstream {config.name!r} asks for more access again ({challenged!r}) after "
+                f"{len(recent) + 1} sign-ins within {minutes} minutes; the gateway does not ask "
+                "for another one now: try again later, or ask the upstream's owner which scopes it needs"
+            )
+        flow = await self.start_flow(
+            config, credential.binding, reuse=True, scope=wanted, step_ups=[*recent, now]
+        )
         raise AuthRequired(
             config.name,
             self.flow_url(flow),
@@ -306,6 +354,11 @@ class CredentialBroker:
             try:
                 server = await oauth.server()
                 client = await self._client_of(oauth, current)
+                if client.issuer != server.issuer:  # moved to another server since (SEP-2352)
+                    await self._set_status(current, "needs_reauth")
+                    raise await self.auth_required(
+                        config, seen.binding, f"the upstream's authorization server is now {server.issuer}"
+                    )
                 tokens = await oauth.refresh(server, client, str(refresh_token))
             except OAuthError as exc:
                 if exc.permanent and (rotated := await self._rotated_since(current)) is not None:
@@ -332,6 +385,7 @@ class CredentialBroker:
                 **tokens.as_secret(),
                 "scope": tokens.scope or current.secret.get("scope"),
                 "requested_scope": current.secret.get("requested_scope"),
+                "step_ups": current.secret.get("step_ups"),
             }
             await self._store.credentials.refreshed(current.id, secret, tokens.expires_at, now)
             refreshed = await self._store.credentials.credential(seen.binding.organisation_id, seen.id)
@@ -369,10 +423,17 @@ class CredentialBroker:
         return AuthRequired(config.name, self.flow_url(flow), flow.id, reason=reason)
 
     async def start_flow(
-        self, config: UpstreamConfig, binding: Binding, *, reuse: bool, scope: str | None = None
+        self,
+        config: UpstreamConfig,
+        binding: Binding,
+        *,
+        reuse: bool,
+        scope: str | None = None,
+        step_ups: list[datetime] | None = None,
     ) -> AuthFlow:
         """A pending flow for `binding`: a live one from before if `reuse` and it has time left
-        (and asks for the same `scope`: an OAuth flow's own, instead of discovery's)."""
+        (and asks for the same `scope`: an OAuth flow's own, instead of discovery's). `step_ups`:
+        when the step-ups in a row that this one ends were asked for, kept with its credential."""
         kind = _flow_kind(config)
         assert kind is not None, "only per-identity upstreams have flows"
         now = utc_now()
@@ -387,6 +448,8 @@ class CredentialBroker:
         }
         if scope is not None:
             secret["scope"] = scope
+        if step_ups:
+            secret["step_ups"] = " ".join(at.isoformat() for at in step_ups)
         await self._store.credentials.create_flow(
             flow_id, binding, kind, secret=secret, oauth_client_id=None, now=now, expires_at=now + FLOW_TTL
         )
@@ -478,6 +541,8 @@ class CredentialBroker:
             tokens = replace(tokens, scope=requested)
         # What was asked for is kept too: a step-up asks for more, never for the same again.
         secret = {**tokens.as_secret(), "requested_scope": requested}
+        if flow.secret.get("step_ups"):
+            secret["step_ups"] = flow.secret["step_ups"]
         await self._keep(flow.binding, "token", secret, (), client.id, tokens)
         return flow.binding
 
@@ -617,6 +682,18 @@ def _may_reach(tools: ToolFilter, prefix: str) -> bool:
 
 def _flow_kind(config: UpstreamConfig) -> str | None:
     return {"oauth": "oauth", "user_headers": "headers"}.get(config.auth.kind)
+
+
+def _step_up_times(secret: Mapping[str, Any]) -> list[datetime]:
+    """When the step-ups that led to a credential were asked for (oldest first)."""
+    kept = secret.get("step_ups")
+    times = []
+    for word in kept.split() if isinstance(kept, str) else ():
+        try:
+            times.append(datetime.fromisoformat(word))
+        except ValueError:
+            continue
+    return times
 
 
 def _expiring(expires_at: datetime | None) -> bool:

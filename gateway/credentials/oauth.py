@@ -132,11 +132,20 @@ class OAuthUpstream:
 
     # -- discovery -----------------------------------------------------------------------------
 
-    async def server(self) -> AuthServer:
+    async def server(self, *, since: float | None = None) -> AuthServer:
+        """What discovery found, discovered again after _DISCOVERY_TTL_S, and with `since` (a
+        monotonic time) unless a discovery started after it: the upstream refused a token then,
+        and may have moved to another authorization server (SEP-2352), which its resource
+        metadata would name now. Refusals at once share one discovery."""
         async with self._lock:
-            if self._server is None or time.monotonic() - self._discovered_at > _DISCOVERY_TTL_S:
+            now = time.monotonic()
+            if (
+                self._server is None
+                or now - self._discovered_at > _DISCOVERY_TTL_S
+                or (since is not None and self._discovered_at < since)
+            ):
                 self._server = await self._discover()
-                self._discovered_at = time.monotonic()
+                self._discovered_at = now
             return self._server
 
     async def _discover(self) -> AuthServer:

@@ -35,6 +35,23 @@ class EventDecoder:
         self._data: list[str] = []
         self._event = ""
         self._last_id = ""
+        self._retry_ms: int | None = None
+
+    @property
+    def last_event_id(self) -> str:
+        """The stream's last event ID ("" if none was sent): what a reconnection names."""
+        return self._last_id
+
+    @property
+    def retry_ms(self) -> int | None:
+        """The reconnection time the stream last set with `retry`, if it did."""
+        return self._retry_ms
+
+    def reconnected(self) -> None:
+        """The stream goes on over a new connection: what the old one left unfinished is
+        dropped, the last event ID and reconnection time are kept (as an EventSource keeps them)."""
+        self._pending, self._started = b"", False
+        self._data, self._event, self._size = [], "", 0
 
     def feed(self, chunk: bytes) -> list[Event]:
         buffer = self._pending + chunk
@@ -80,7 +97,9 @@ class EventDecoder:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._last_id = value
-        # `retry` only matters to a reconnecting browser; unknown fields are ignored.
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry_ms = int(value)
+        # Unknown fields are ignored.
         return None
 
     def _dispatch(self) -> Event | None:

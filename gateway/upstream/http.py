@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 HeaderSource = Callable[[], Awaitable[Mapping[str, str]]]
 _ACCEPT = "application/json, text/event-stream"
 _LISTEN_RETRY_S = 1.0
+_RESUME_DEFAULT_S = 1.0  # a response stream's reconnection time when the server set none (as the SDK's)
+_RESUME_ATTEMPTS = 3  # resumptions in a row that bring no new event before the call is given up
 _ONE_WAY_S = 30.0  # a notification or response is acknowledged at once (202) by any sane server
 
 
@@ -117,7 +119,7 @@ class HttpChannel:
                 if resp.status >= 400:
                     return await self._error_response(resp, message)
                 if resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    response = await self._relay_stream(resp, message, sink)
+                    response = await self._relay_stream(resp, message, sink, headers, pool or self._pool)
                 else:
                     response = self._as_response(loads_relayable(await resp.read()), message)
                 if message.get("method") == "tools/list" and self._speaks_modern():
@@ -237,10 +239,51 @@ class HttpChannel:
         return headers
 
     async def _relay_stream(
-        self, resp: Response, message: JSONObject, sink: MessageSink | None
+        self,
+        resp: Response,
+        message: JSONObject,
+        sink: MessageSink | None,
+        headers: Mapping[str, str] | None,
+        pool: Pool,
     ) -> JSONObject:
+        """The response a call's event stream carries, what comes before it relayed.
+
+        A stream that ends (or drops) before the response, after an event with an id, is resumed
+        as Streamable HTTP says ("Resumability and Redelivery", SEP-1699: a server MAY close it
+        then, and a disconnection is not a cancellation): after the `retry` the server last sent
+        (else _RESUME_DEFAULT_S), a GET with `Last-Event-ID`, on which the server replays what
+        the closed stream would have carried and goes on. A stream without an id cannot be
+        resumed; nor one whose resumptions bring no new event _RESUME_ATTEMPTS times running.
+        The call's deadline (the connector's) bounds it all."""
         request_id = message.get("id")
-        decoder = EventDecoder(self._pool.max_body_bytes)
+        decoder = EventDecoder(pool.max_body_bytes)
+        failed = 0
+        while True:
+            seen = decoder.last_event_id
+            try:
+                answer = await self._read_events(resp, decoder, request_id, sink)
+            except WireError:
+                if not decoder.last_event_id:
+                    raise  # dropped, and nothing to resume it from
+                answer = None
+            finally:
+                resp.close()
+            if answer is not None:
+                return answer
+            if not decoder.last_event_id:
+                raise UpstreamUnavailable(self._name, "the response stream ended before the response")
+            failed = 0 if decoder.last_event_id != seen else failed + 1
+            if failed >= _RESUME_ATTEMPTS:
+                reason = f"the response stream ended before the response, {failed} times after resuming it"
+                raise UpstreamUnavailable(self._name, reason)
+            resp = await self._resume(decoder, headers, pool)
+            decoder.reconnected()
+
+    async def _read_events(
+        self, resp: Response, decoder: EventDecoder, request_id: object, sink: MessageSink | None
+    ) -> JSONObject | None:
+        """Relay what one connection of a call's stream carries; its response, or None if the
+        connection ended first."""
         while True:
             chunk = await resp.chunk()
             for event in decoder.feed(chunk) if chunk else decoder.close():
@@ -257,7 +300,29 @@ class HttpChannel:
                 else:
                     await self._unsolicited(received)
             if not chunk:
-                raise UpstreamUnavailable(self._name, "the response stream ended before the response")
+                return None
+
+    async def _resume(self, decoder: EventDecoder, extra: Mapping[str, str] | None, pool: Pool) -> Response:
+        """The GET that resumes a call's stream after its last event, once the server's `retry`
+        has passed (the server said how long to wait: it MUST be respected)."""
+        retry_ms = decoder.retry_ms
+        await anyio.sleep(_RESUME_DEFAULT_S if retry_ms is None else retry_ms / 1000)
+        headers = await self._headers(None, extra)
+        headers["accept"] = "text/event-stream"
+        headers["last-event-id"] = decoder.last_event_id
+        resp = await pool.request("GET", headers)
+        if resp.status < 400 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return resp
+        try:
+            if resp.status in (401, 403):
+                raise _unauthorized(self._name, resp)
+            if resp.status == 404 and self._session_id is not None:
+                raise UpstreamSessionExpired(self._name, "the upstream no longer knows our session")
+        finally:
+            resp.close()
+        why = f"HTTP {resp.status}" if resp.status >= 400 else "not an event stream"
+        reason = f"the response stream ended before the response, and resuming it was refused ({why})"
+        raise UpstreamUnavailable(self._name, reason)
 
     async def _error_response(self, resp: Response, message: JSONObject) -> JSONObject:
         body = await resp.read()

@@ -38,11 +38,18 @@ class World:
 
 @asynccontextmanager
 async def world_of(
-    directory: Path, *, modern_only: bool, tool_scopes: Mapping[str, Sequence[str]] | None = None
+    directory: Path,
+    *,
+    modern_only: bool,
+    tool_scopes: Mapping[str, Sequence[str]] | None = None,
+    escalating: bool = False,
 ) -> AsyncIterator[World]:
+    scopes = ("read", "write", *{scope for needed in (tool_scopes or {}).values() for scope in needed})
     async with (
-        running_auth_server() as auth,
-        serve_protected_upstream(auth, modern_only=modern_only, tool_scopes=tool_scopes) as upstream,
+        running_auth_server(scopes=sorted(set(scopes))) as auth,
+        serve_protected_upstream(
+            auth, modern_only=modern_only, tool_scopes=tool_scopes, escalating=escalating
+        ) as upstream,
         httpx2.AsyncClient(timeout=TIMEOUT) as http,
     ):
         body = f"""
@@ -170,3 +177,29 @@ async def test_a_scope_challenge_for_a_scope_asked_for_already_fails_the_call_in
             assert again["isError"] is True and "mcpgw/connect" not in (again.get("_meta") or {})
             assert "signing in again would not change that" in again["content"][0]["text"]
             assert text_of(await host.call("gh__whoami", {})) == "alice@example"
+
+
+async def test_an_upstream_that_asks_for_more_after_every_sign_in_is_given_three_sign_ins_at_most(
+    tmp_path: Path,
+) -> None:
+    """An upstream whose challenges name one scope more after each sign-in (each one new, so
+    the check above never fires) would send the person through sign-in after sign-in. The
+    gateway's own limit: three sign-ins in a row for one credential within 15 minutes (the
+    first and two step-ups); the call after them fails, saying why, with no link. Before, every
+    challenge brought another link."""
+    ladder = {"echo": ["s1", "s2", "s3", "s4"]}
+    async with world_of(tmp_path, modern_only=False, tool_scopes=ladder, escalating=True) as world:
+        host = Host(world, "2025-11-25")
+        with anyio.fail_after(TIMEOUT):
+            asked = [await sign_in(world, connect_url(await host.call("gh__whoami", {})), "alice@example")]
+            for _ in range(2):
+                asked.append(
+                    await sign_in(
+                        world, connect_url(await host.call("gh__echo", {"text": "hi"})), "alice@example"
+                    )
+                )
+            assert [a["scope"] for a in asked] == [["read"], ["read s1"], ["read s1 s2"]]
+            again = (await host.call("gh__echo", {"text": "hi"}))["result"]
+            assert again["isError"] is True and "mcpgw/connect" not in (again.get("_meta") or {})
+            assert "3 sign-ins" in again["content"][0]["text"]
+            assert text_of(await host.call("gh__whoami", {})) == "alice@example"  # the token still works
