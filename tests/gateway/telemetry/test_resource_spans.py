@@ -12,7 +12,14 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.gateway.telemetry.otlp_receiver import attributes_of, otlp_receiver
-from tests.gateway.telemetry.test_tracing import MODERN, TIMEOUT, Host, gateway_with, quick_batches, telemetry_yaml
+from tests.gateway.telemetry.test_tracing import (
+    MODERN,
+    TIMEOUT,
+    Host,
+    gateway_with,
+    quick_batches,
+    telemetry_yaml,
+)
 
 __all__ = ["quick_batches"]  # the autouse fixture, in force here too
 
