@@ -148,6 +148,18 @@ def _sampler(config: TelemetryConfig, environ: Mapping[str, str]) -> Sampler:
 
 
 _KEY_VALUES_CACHED = 4096  # the attribute pairs kept encoded (method, tool, address: few distinct)
+# Attributes whose values hardly repeat: kept, they would fill the cache within a few thousand
+# calls and leave every later pair to be encoded anew (twice the export thread's CPU per span).
+_UNCACHED = frozenset(
+    {
+        "jsonrpc.request.id",
+        "client.port",
+        "mcp.session.id",
+        "mcp.resource.uri",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+    }
+)
 
 
 class QuickSpanExporter(OTLPSpanExporter):
@@ -214,20 +226,26 @@ class QuickSpanExporter(OTLPSpanExporter):
         return encoded_request
 
     def _pair(self, key: str, value: object) -> KeyValue:
+        if key in _UNCACHED:
+            return _encoded_pair(key, value)
         cached = self._pairs.get((key, value))
         if cached is not None:
             return cached
-        if isinstance(value, bool):
-            pair = KeyValue(key=key, value=AnyValue(bool_value=value))
-        elif isinstance(value, int):
-            pair = KeyValue(key=key, value=AnyValue(int_value=value))
-        elif isinstance(value, float):
-            pair = KeyValue(key=key, value=AnyValue(double_value=value))
-        else:
-            pair = KeyValue(key=key, value=AnyValue(string_value=str(value)))
-        if len(self._pairs) < _KEY_VALUES_CACHED:
-            self._pairs[(key, value)] = pair
+        pair = _encoded_pair(key, value)
+        if len(self._pairs) >= _KEY_VALUES_CACHED:
+            self._pairs.clear()  # what repeats now comes back at once; what did not is let go
+        self._pairs[(key, value)] = pair
         return pair
+
+
+def _encoded_pair(key: str, value: object) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 class _Counted(SpanExporter):

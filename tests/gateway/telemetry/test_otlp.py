@@ -84,3 +84,31 @@ def test_the_quick_encoding_is_the_sdks_message() -> None:
     quick = ExportTraceServiceRequest.FromString(exporter.encode(spans))
     quick_again = ExportTraceServiceRequest.FromString(exporter.encode(spans))  # from the cache
     assert quick == encode_spans(spans) == quick_again
+
+
+def test_the_encoding_keeps_caching_what_repeats_after_many_calls() -> None:
+    """Each call's request id, port and session are new: were they kept, the cache would be full
+    of them within a few thousand calls, and every span after would pay the full encoding (twice
+    the CPU). A value that repeats, seen after them, must still be kept encoded."""
+    resource = Resource.create({"service.name": "mcpgw"})
+    scope = InstrumentationScope("mcpgw")
+    exporter = QuickSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+
+    def call_span(number: int, tool: str) -> ReadableSpan:
+        attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool,
+                      "jsonrpc.request.id": str(number), "client.port": 40000 + number % 20000,
+                      "mcp.session.id": f"session-{number}"}  # fmt: skip
+        context = SpanContext(number + 1, number + 1, False, TraceFlags(1))
+        return ReadableSpan("tools/call", context, None, resource, attributes, kind=SpanKind.SERVER,
+                            start_time=1, end_time=2, instrumentation_scope=scope)  # fmt: skip
+
+    for start in range(0, 10_000, 500):
+        exporter.encode([call_span(n, "demo__echo") for n in range(start, start + 500)])
+    late = [call_span(10_000 + n, "demo__late") for n in range(10)]
+    assert ExportTraceServiceRequest.FromString(exporter.encode(late)) == encode_spans(late)
+    assert exporter._pair("gen_ai.tool.name", "demo__late") is exporter._pair(
+        "gen_ai.tool.name", "demo__late"
+    )
+    assert exporter._pair("gen_ai.tool.name", "demo__echo") is exporter._pair(
+        "gen_ai.tool.name", "demo__echo"
+    )
