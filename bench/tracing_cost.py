@@ -2,7 +2,7 @@
 with the real OTLP export (the SDK's batch processor and this gateway's encoder) sending to
 `bench/otlp_sink.py` in a child process, as `bench/run.py --tracing` does.
 
-    python bench/tracing_cost.py [--calls 20000] [--rate 3000] [--concurrency 1,16] [--modern]
+    python bench/tracing_cost.py [--calls 20000] [--rate 3000] [--concurrency 1,16] [--work-us 0] [--modern]
 
 Prints, per concurrency, the CPU per call of the event loop's thread (building the spans and the
 histogram points) and of the whole process once every span was sent (the export thread's
@@ -63,13 +63,22 @@ def start_sink() -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def run(
-    tracing: Tracing, calls: int, concurrency: int, modern: bool, rate: float, traced: bool = True
+    tracing: Tracing,
+    calls: int,
+    concurrency: int,
+    modern: bool,
+    rate: float,
+    traced: bool = True,
+    work_s: float = 0.0,
 ) -> None:
     version = MODERN if modern else "2025-11-25"
     session = _Session("Hq3f0c1e2d", _Handshake("2025-11-25"), modern)
     context = _Context("00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01")
 
     async def inner(session: Any, message: dict[str, Any], sink: Any, ctx: Any) -> dict[str, Any]:
+        until = time.thread_time() + work_s
+        while time.thread_time() < until:  # the gateway's own work on a call, in Python
+            pass
         now = time.time()
         tracing.called(
             CallRecord(
@@ -100,7 +109,9 @@ async def run(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def measure(url: str, calls: int, concurrency: int, modern: bool, rate: float) -> tuple[float, float]:
+def measure(
+    url: str, calls: int, concurrency: int, modern: bool, rate: float, work_s: float
+) -> tuple[float, float]:
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "5000"  # the SDK's default
     settings = otlp_settings(TelemetryConfig(endpoint=url, sampler="always_on"), {})
     assert settings is not None
@@ -112,10 +123,11 @@ def measure(url: str, calls: int, concurrency: int, modern: bool, rate: float) -
     export = OtlpExport(settings)
     tracing = Tracing(export, (upstream,), Redactor.with_defaults())
     thread = time.thread_time()
-    asyncio.run(run(tracing, calls, concurrency, modern, rate, traced=False))  # the stub call alone
+    # The stub call alone:
+    asyncio.run(run(tracing, calls, concurrency, modern, rate, traced=False, work_s=work_s))
     untraced_ms = (time.thread_time() - thread) * 1000 / calls
     process, thread = time.process_time(), time.thread_time()
-    asyncio.run(run(tracing, calls, concurrency, modern, rate))
+    asyncio.run(run(tracing, calls, concurrency, modern, rate, work_s=work_s))
     loop_ms = (time.thread_time() - thread) * 1000 / calls - untraced_ms
     export.shutdown()  # sends what is queued
     total_ms = (time.process_time() - process) * 1000 / calls - untraced_ms
@@ -128,12 +140,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--rate", type=float, default=3000.0, help="calls a second at most (default 3000)")
+    parser.add_argument(
+        "--work-us", type=float, default=0.0, help="CPU each call spends (a busy loop, as a gateway's is)"
+    )
     parser.add_argument("--modern", action="store_true", help="2026-07-28 requests (no session)")
     args = parser.parse_args()
     sink, url = start_sink()
     try:
         for concurrency in map(int, args.concurrency.split(",")):
-            loop_ms, total_ms = measure(url, args.calls, concurrency, args.modern, args.rate)
+            work_s = args.work_us / 1e6
+            loop_ms, total_ms = measure(url, args.calls, concurrency, args.modern, args.rate, work_s)
             print(
                 f"concurrency {concurrency:3}: loop thread {loop_ms:.4f} ms/call, "
                 f"process (export thread included) {total_ms:.4f} ms/call"
