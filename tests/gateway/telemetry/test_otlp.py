@@ -111,7 +111,7 @@ def test_the_encoding_keeps_caching_what_repeats_after_many_calls() -> None:
     exporter = QuickSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
 
     def call_span(number: int, tool: str) -> ReadableSpan:
-        attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool,
+        attributes: dict[str, str | int] = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool,
                       "jsonrpc.request.id": str(number), "client.port": 40000 + number % 20000,
                       "mcp.session.id": f"session-{number}"}  # fmt: skip
         context = SpanContext(number + 1, number + 1, False, TraceFlags(1))
