@@ -87,7 +87,8 @@ from gateway.signin.server import SignInServer
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.metrics import GatewayMetrics, HeldOpen
 from gateway.telemetry.otlp import OtlpExport, otlp_settings
-from gateway.telemetry.tracing import PeerAddress, Tracing
+from gateway.telemetry.peer import PeerAddress
+from gateway.telemetry.tracing import Tracing
 from gateway.telemetry.window import UpstreamWindow
 from gateway.upstream.children import Children
 from gateway.upstream.connector import Connector, pool_for, sse_client_for

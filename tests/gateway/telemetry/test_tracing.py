@@ -132,15 +132,27 @@ class Host:
         meta: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        params = {"name": tool, "arguments": arguments}
+        return await self.request("tools/call", params, meta=meta, headers=headers)
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        meta: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        statuses: tuple[int, ...] = (200,),  # a 2026-07-28 error is an HTTP 400
+    ) -> dict[str, Any]:
         meta = dict(meta or {})
         if self.generation == MODERN:
             meta |= {PROTOCOL_VERSION_META_KEY: MODERN, CLIENT_CAPABILITIES_META_KEY: {},
                      CLIENT_INFO_META_KEY: {"name": "traced-host", "version": "1"}}  # fmt: skip
-        params: dict[str, Any] = {"name": tool, "arguments": arguments, **({"_meta": meta} if meta else {})}
-        message = {"jsonrpc": "2.0", "id": next(self._ids), "method": "tools/call", "params": params}
+        params = {**params, **({"_meta": meta} if meta else {})}
+        message = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         with anyio.fail_after(TIMEOUT):
             response = await self.http.post(self.url, json=message, headers=self._headers(message, headers))
-        assert response.status_code == 200, response.text
+        assert response.status_code in statuses, response.text
         body: dict[str, Any] = response.json()
         return body
 
