@@ -19,6 +19,7 @@ from tests.harness import (
     stop_process,
 )
 from tests.node import install
+from tests.packages import start_installing
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 
@@ -39,6 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(fuzz):
             item.add_marker(pytest.mark.xdist_group("fuzz"))
+
+
+@pytest.hookimpl(trylast=True)  # once the items are final (deselected, -k): only what they need
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the OS packages the collected tests need (tests/packages.py) in the background, from
+    now on, rather than in the first test that needs each (chromium alone is minutes on a clean
+    machine). Every pytest-xdist worker collects every item; the second waits on the apt lock and
+    finds them installed."""
+    if not session.config.option.collectonly:
+        start_installing(session.items)
 
 
 @pytest.hookimpl(trylast=True)  # after the fixtures are torn down
