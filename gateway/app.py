@@ -236,7 +236,7 @@ async def running_gateway(config: GatewayConfig, shutdown: Shutdown | None = Non
         )
         hosts: Hosts = registry if cluster is None else FanOuts(cluster, registry)
         for each in pools.values():
-            each.on_list_changed = hosts.upstream_list_changed
+            each.on_list_changed(hosts.upstream_list_changed)
         metrics.watch(lambda: _held_open(registry, stored, connectors, pools, children, cluster))
         broker.on_connected(hosts.connected)
         for connector in connectors.values():

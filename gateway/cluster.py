@@ -24,6 +24,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol, TypeVar
 from weakref import WeakValueDictionary
@@ -460,6 +461,8 @@ class Cluster:
 
     async def _watch_instances(self) -> None:
         with self._watching:
+            with suppress(StoreError):
+                self.live = await self._coordination.live_instances()
             while True:
                 await anyio.sleep(_INSTANCES_CHECK_S)  # a schedule, not synchronisation
                 await self.check_instances()

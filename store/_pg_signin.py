@@ -11,7 +11,7 @@ first did. Every revocation of a grant notifies the other processes in its trans
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -72,9 +72,9 @@ async def _revoke(conn: Conn, grant_id: str, reason: str, now: int) -> bool:
 class PgSignIn:
     """The sign-in tables on the store's pool. Private to the package: callers see ``SignInStore``."""
 
-    def __init__(self, database: PgDatabase, revoked: Callable[[], None]) -> None:
+    def __init__(self, database: PgDatabase, revoked: Callable[[], Awaitable[None]]) -> None:
         self._db = database
-        self._revoked = revoked  # advances this process's key generation
+        self._revoked = revoked  # advances every live process's key generation
 
     async def _one(self, sql: str, parameters: Any) -> Any:
         return await self._db.one("read sign-ins", sql, parameters)
@@ -191,7 +191,7 @@ class PgSignIn:
                         "UPDATE signin_codes SET claimed_at = $1 WHERE code_hash = $2", at, digest
                     )
         if revoked:
-            self._revoked()
+            await self._revoked()
         if row is None:
             return None
         return SignInCode(
@@ -296,7 +296,7 @@ class PgSignIn:
                     )
                     rotated = True
         if revoked:
-            self._revoked()
+            await self._revoked()
         return rotated
 
     async def grant_of(self, token: str) -> Grant | None:
@@ -312,7 +312,7 @@ class PgSignIn:
             async with self._db.pool.acquire() as conn, conn.transaction():
                 revoked = await _revoke(conn, grant_id, reason, _ms(now))
         if revoked:
-            self._revoked()
+            await self._revoked()
         return revoked
 
     async def grants(self, organisation_id: str) -> list[Grant]:

@@ -14,6 +14,7 @@ due (``_pg.Availability``), and the pool reconnects by itself on the next use af
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Collection, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +26,7 @@ from uuid import uuid4
 import anyio
 import asyncpg
 
+from ._confirmations import Confirmations
 from ._credentials import CredentialSql
 from ._listing import find_session, get_session, list_invocations, list_sessions
 from ._live_sessions import (
@@ -63,7 +65,12 @@ from .sealing import Sealer
 
 __all__ = ["DEFAULT_POOL_SIZE", "PostgresStore", "open_postgres_store", "redacted_url"]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_POOL_SIZE = 10
+# How long a revocation waits for the other replicas to say they dropped their cached keys and
+# grants; a replica killed a moment ago (heartbeat not yet lapsed) costs the admin this once.
+REVOCATION_CONFIRM_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
 _ORGANISATION_COLUMNS = "id, name, created_at"
 _API_KEY_COLUMNS = (
@@ -115,8 +122,9 @@ class PostgresStore:
         self._writer = writer
         self._revocations = revocations
         self._credentials = None if sealer is None else CredentialSql(database, sealer)
-        self._signin = PgSignIn(database, self._revoked)
         self._coordination: Coordination = coordination or LocalCoordination()
+        self._signin = PgSignIn(database, self._revoked)
+        self._everyone = Confirmations(self._coordination, "revocations", revocations.advance)
 
     @property
     def credentials(self) -> CredentialStore:
@@ -137,8 +145,18 @@ class PostgresStore:
         """Whether revocations are heard now (else they are polled)."""
         return self._revocations.listening
 
-    def _revoked(self) -> None:
+    async def _revoked(self) -> None:
+        """A revocation committed: it holds here at once, and on every other live replica once
+        this returns (each has dropped its cached keys and grants, or is named in the log)."""
         self._revocations.advance()
+        silent = await self._everyone.everyone(REVOCATION_CONFIRM_S)
+        if silent:
+            logger.warning(
+                "revocation: replicas %s did not confirm within %gs; each refuses the revoked key or"
+                " grant once the revocation's notice reaches it",
+                sorted(silent),
+                REVOCATION_CONFIRM_S,
+            )
 
     async def _organisation_named(self, name: str) -> Organisation | None:
         row = await self._db.one(
@@ -286,7 +304,7 @@ class PostgresStore:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"key:{api_key_id}")
         if not exists:
             raise KeyNotFound(f"no API key {api_key_id!r}")
-        self._revoked()
+        await self._revoked()
 
     async def write_records(self, events: Sequence[RecordEvent]) -> None:
         await self._writer.write(events)

@@ -54,6 +54,16 @@ class ListenStream:
         if not self._sinks:
             self._none_open.set()
 
+    async def announce(self, message: JSONObject) -> None:
+        """A fan-out's message (an upstream's list changed or it recovered, a credential
+        connected), which every replica holding the session hears and sends its own copy of:
+        written to this replica's streams, else kept for the next one here unless a stream is
+        open on another replica (whose own copy reaches it); never passed to another replica."""
+        async with self._lock:
+            if not self._sinks and (self.link is None or not self.link.holders):
+                self._buffer.append(message)
+            await self._write(message)
+
     async def deliver_here(self, message: JSONObject) -> None:
         """A message another replica sent this one's streams: to them, or buffered."""
         async with self._lock:

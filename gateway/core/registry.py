@@ -316,7 +316,7 @@ class SessionRegistry:
                 same = False  # this session cannot hold a credential for it at all
             if same:
                 session.catalogue.forget()
-                await session.listen.send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+                await session.listen.announce(notification("notifications/tools/list_changed"))
 
     async def upstream_recovered(self, name: str, capabilities: JSONObject) -> None:
         """Upstream `name` answers again after being down: every session's lists lacked what it
@@ -329,7 +329,7 @@ class SessionRegistry:
         async def tell(session: HostSession) -> None:
             with anyio.move_on_after(1):  # a host whose GET stream does not read holds up no other
                 for kind in offered:
-                    await session.listen.send(notification(f"notifications/{kind}/list_changed"))
+                    await session.listen.announce(notification(f"notifications/{kind}/list_changed"))
 
         async with anyio.create_task_group() as tg:
             for session in list(self._sessions.values()):
@@ -347,7 +347,7 @@ class SessionRegistry:
 
         async def tell(session: HostSession) -> None:
             with anyio.move_on_after(1):  # a host whose GET stream does not read holds up no other
-                await session.listen.send(notification(method))
+                await session.listen.announce(notification(method))
 
         async with anyio.create_task_group() as tg:
             for session in list(self._sessions.values()):

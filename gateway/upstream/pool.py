@@ -103,14 +103,10 @@ class _Member:
         return {call.user.id for call in self.calls.values()}
 
 
-async def _nobody_listens(upstream: str, method: str) -> None:
-    return None
-
-
 class SharedPool:
-    def __init__(self, connector: Connects, on_list_changed: ListChanged = _nobody_listens) -> None:
+    def __init__(self, connector: Connects) -> None:
         self._connector = connector
-        self.on_list_changed = on_list_changed
+        self._list_changed: list[ListChanged] = []
         self._members: list[_Member] = []
         self._lock = anyio.Lock()
         # Hosts' capability profiles this pool opens sessions for, besides the empty one: at
@@ -121,6 +117,15 @@ class SharedPool:
         self._subscribers: dict[str, set[str]] = {}
         self._levels: dict[str, str] = {}
         self._sent_level: str | None = None
+
+    def on_list_changed(self, callback: ListChanged) -> None:
+        """Have `callback(upstream, method)` run whenever a session of this pool says one of the
+        upstream's lists changed (the lists are everybody's: its hosts share the session)."""
+        self._list_changed.append(callback)
+
+    async def list_changed(self, method: str) -> None:
+        for callback in self._list_changed:
+            await callback(self.name, method)
 
     @property
     def name(self) -> str:
@@ -314,7 +319,7 @@ class SharedPool:
         if "id" in message:  # a request of a host outside any call: no host it could go to
             await self._refuse(member, message)
         elif method in _LIST_CHANGED:
-            await self.on_list_changed(self.name, method)
+            await self.list_changed(method)
         elif method == "notifications/resources/updated":
             uri = params_of(message).get("uri")
             exposed = outward(self._connector.config.uri_prefix, message)  # as its hosts subscribed
@@ -384,7 +389,7 @@ class _CallSink:
             return
         method = message.get("method")
         if method in _LIST_CHANGED:  # said on a call's stream, but about everybody's lists
-            await self._pool.on_list_changed(self._pool.name, str(method))
+            await self._pool.list_changed(str(method))
             return
         if "id" in message:
             if len(self._member.hosts_in_flight()) != 1:

@@ -6,10 +6,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from store import PostgresStore, open_postgres_store
 from store._pg_coordination import INLINE_BYTES
+from store.postgres import REVOCATION_CONFIRM_S
 
 
 @pytest.fixture
@@ -119,3 +121,38 @@ async def test_each_replica_sees_the_other_live_until_it_stops(postgres_url: str
             assert await a.coordination.live_instances() == both
             gone = b.coordination.instance_id
         assert gone not in await a.coordination.live_instances()
+
+
+async def test_a_revocation_returns_once_the_other_replica_has_dropped_its_cached_keys(pair: Pair) -> None:
+    """Strict revocation: once `revoke_api_key` (or a grant's revocation) has returned on one
+    replica, the other's key generation has moved, so its next request reads the key again."""
+    a, b = pair
+    org = await a.ensure_organisation("default")
+    key = await a.create_api_key(org.id)
+    before = b.key_generation()
+
+    await a.revoke_api_key(key.key.id)
+
+    assert b.key_generation() != before
+
+
+async def test_a_revocation_waits_a_bounded_time_for_a_replica_that_beats_but_does_not_answer(
+    pair: Pair, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica killed a moment ago still has a fresh heartbeat row: the revocation does not
+    wait for it forever, and the log names it."""
+    a, _ = pair
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(
+            "INSERT INTO cluster_instances (id, started_at, seen_at) VALUES ('silent01', now(), now())"
+        )
+    finally:
+        await conn.close()
+    org = await a.ensure_organisation("default")
+    key = await a.create_api_key(org.id)
+
+    with anyio.fail_after(REVOCATION_CONFIRM_S + 5):
+        await a.revoke_api_key(key.key.id)
+
+    assert "silent01" in caplog.text and "did not confirm" in caplog.text

@@ -130,3 +130,30 @@ async def test_a_replica_that_stopped_beating_is_sent_nothing_and_the_message_is
         await listen.attach(reopened)
 
     assert (sent["dead"], reopened.got) == ([], [CHANGED])
+
+
+async def test_a_fan_out_is_written_by_each_replica_itself_never_passed_on() -> None:
+    """Every replica hears a fan-out (an upstream's list changed) and tells its own copy of the
+    session: the replica without the stream passing its copy on would write it twice."""
+    async with replica() as (here, coordination):
+        listen = ListenStream(buffered=True, one_stream=True)
+        listen.link = here.link("session-1", listen)
+        sent = await opened_elsewhere(coordination, "session-1", "b")
+
+        await listen.announce(CHANGED)
+        reopened = Stream()  # nor is it kept for a stream here: b's own copy went on b's stream
+        await listen.attach(reopened)
+
+    assert (sent["b"], reopened.got) == ([], [])
+
+
+async def test_a_fan_out_with_no_stream_open_anywhere_waits_for_the_next_one() -> None:
+    async with replica() as (here, _):
+        listen = ListenStream(buffered=True, one_stream=True)
+        listen.link = here.link("session-1", listen)
+
+        await listen.announce(CHANGED)
+        opened = Stream()
+        await listen.attach(opened)
+
+    assert opened.got == [CHANGED]

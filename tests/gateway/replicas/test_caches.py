@@ -40,9 +40,8 @@ def configs_for(tmp_path: Path, postgres_url: str) -> list[Path]:
 async def test_a_key_revoked_through_one_replica_is_refused_by_the_other(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """B has the key in memory (answered without a lookup); it is revoked through A's API. Once
-    B has heard the revocation (NOTIFY is asynchronous: the test waits for B's key generation
-    to move rather than race the notice), B's very next request with it is refused."""
+    """B has the key in memory (answered without a lookup); it is revoked through A's API. A
+    answers once B has dropped its cached keys, so B's very next request with it is refused."""
     async with open_postgres_store(postgres_url) as store:
         org = await store.ensure_organisation("default")
         host = await store.create_api_key(org.id, user_id="ada")
@@ -52,13 +51,10 @@ async def test_a_key_revoked_through_one_replica_is_refused_by_the_other(
             headers = {**ACCEPT, "x-api-key": host.secret}
             for _ in range(2):  # looked up, then answered from B's memory
                 assert (await http.post(b.url, json=INITIALIZE, headers=headers)).status_code == 200
-            before = b.gateway.store.key_generation()
             revoked = await http.post(
                 f"{a.base_url}/mcp/{org.id}/keys/{host.key.id}/revoke", headers={"x-api-key": admin.secret}
             )
             assert revoked.status_code in (200, 204), revoked.text
-            while b.gateway.store.key_generation() == before:  # noqa: ASYNC110
-                await anyio.sleep(0.001)
             refused = await http.post(b.url, json=INITIALIZE, headers=headers)
         assert refused.status_code == 401
         assert "revoked" in refused.json()["error"]["message"]

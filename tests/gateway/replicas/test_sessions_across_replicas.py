@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import asyncpg
 import httpx2
+import orjson
 
 from store import Seek, open_postgres_store
 from tests.harness import demo_stdio_yaml, gateway_process, serve_gateway
@@ -171,3 +172,66 @@ async def test_a_session_idle_on_every_replica_is_ended_once_and_not_while_one_s
                 assert replica.gateway.registry.held(session_id) is None
                 assert (await echoed(http, replica.url, session, 4)).status_code == 404
     assert await recorded(postgres_url) == [(3, "idle")]
+
+
+async def first_message(
+    http: httpx2.AsyncClient, url: str, headers: dict[str, str], method: str, told: anyio.Event | None = None
+) -> None:
+    """Hold a GET stream for the session through `url` until a message of `method` comes on it;
+    with `told`, set it then and hold the stream on until the replica goes away."""
+    try:
+        async with http.stream("GET", url, headers={**headers, "accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200, await stream.aread()
+            async for line in stream.aiter_lines():
+                if line.startswith("data: ") and orjson.loads(line[6:]).get("method") == method:
+                    if told is None:
+                        return
+                    told.set()
+    except httpx2.TransportError:
+        if told is None:
+            raise
+        return  # the replica was killed under the stream
+    raise AssertionError(f"the stream through {url} ended before a {method}")
+
+
+async def replicas_live(http: httpx2.AsyncClient, base_url: str) -> float:
+    metrics = (await http.get(f"{base_url}/metrics")).text
+    [line] = [line for line in metrics.splitlines() if line.startswith("mcpgw_replicas_live ")]
+    return float(line.split()[1])
+
+
+async def test_what_a_session_is_told_while_its_streams_replica_is_killed_waits_for_its_next_stream(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A killed replica sends no word that its GET stream closed: once its heartbeat lapses the
+    others stop sending it the session's messages and keep them for the host's next stream."""
+    first, second = configs(tmp_path, postgres_url)
+    changed = "notifications/tools/list_changed"
+    async with (
+        serve_gateway(first) as keeper,
+        gateway_process(second) as doomed,
+        httpx2.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            # Polling what the keeper reports (it checks every 5 s), not a guess at its timing.
+            while await replicas_live(http, keeper.base_url) != 2:  # noqa: ASYNC110
+                await anyio.sleep(0.2)
+            session = await open_session(http, keeper.url)
+            add = {"name": "demo__add_tool", "arguments": {"name": "before"}}
+            told = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first_message, http, doomed.url, session, changed, told)
+                # The keeper's stdio child says its list changed: the keeper sends that to the
+                # stream on the other replica (once it has heard of it: it asks where it is).
+                added = await http.post(keeper.url, json={**call(1), "params": add}, headers=session)
+                assert added.status_code == 200, added.text
+                await told.wait()
+                os.kill(doomed.process.pid, signal.SIGKILL)  # its stream open: no word of it closing
+                await doomed.process.wait()
+            while await replicas_live(http, keeper.base_url) != 1:  # noqa: ASYNC110 (a 6 s lapse)
+                await anyio.sleep(0.2)
+
+            add = {"name": "demo__add_tool", "arguments": {"name": "meanwhile"}}
+            added = await http.post(keeper.url, json={**call(2), "params": add}, headers=session)
+            assert added.status_code == 200, added.text
+            await first_message(http, keeper.url, session, changed)  # kept for the next stream

@@ -34,7 +34,11 @@ async def test_a_task_started_on_one_replica_is_answered_and_finished_on_the_oth
     tmp_path: Path, postgres_url: str, upstream_url: str
 ) -> None:
     configs = replica_configs(
-        tmp_path, postgres_url, upstream_yaml(upstream_url), replicas=3, extra_yaml="auth: {required: false}\n"
+        tmp_path,
+        postgres_url,
+        upstream_yaml(upstream_url),
+        replicas=3,
+        extra_yaml="auth: {required: false}\n",
     )
     async with serve_replicas(configs) as (a, b, c), httpx2.AsyncClient(timeout=TIMEOUT) as http:
         on_a, on_b, on_c = Host(http, a.url), Host(http, b.url), Host(http, c.url)
@@ -69,7 +73,9 @@ async def test_a_task_cancelled_through_another_replica_ends_cancelled_for_all(
     async with serve_replicas(configs) as (a, b), httpx2.AsyncClient(timeout=TIMEOUT) as http:
         on_a, on_b = Host(http, a.url), Host(http, b.url)
         with anyio.fail_after(TIMEOUT):
-            created = await on_a.call("tools/call", {"name": "work__slow_compute", "arguments": {"seconds": 60}})
+            created = await on_a.call(
+                "tools/call", {"name": "work__slow_compute", "arguments": {"seconds": 60}}
+            )
             await on_b.call("tasks/cancel", {"taskId": created["taskId"]})
             done = await on_a.until(created["taskId"], "completed", "failed", "cancelled")
         assert done["status"] == "cancelled"
