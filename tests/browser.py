@@ -19,6 +19,7 @@ from tests.apt import apt_get, apt_lock
 __all__ = ["BrowserUnavailable", "chromium_path"]
 
 INSTALL_TIMEOUT_S = 900.0
+_failed: list[str] = []  # why the install failed, once tried in this process
 
 
 class BrowserUnavailable(RuntimeError):
@@ -43,10 +44,13 @@ def chromium_path() -> str:
     with apt_lock():  # parallel workers and runs install once
         if found := shutil.which("chromium"):
             return found
+        if _failed:  # tried while this waited for the lock (tests/packages.py's thread)
+            raise BrowserUnavailable(_failed[0])
         done = _apt("install", "-y", "--no-install-recommends", "chromium")
         if done.returncode != 0:
             _apt("update")
             done = _apt("install", "-y", "--no-install-recommends", "chromium")
         if done.returncode != 0 or (found := shutil.which("chromium")) is None:
-            raise BrowserUnavailable(f"apt-get install chromium failed ({done.returncode}):\n{done.stderr}")
+            _failed.append(f"apt-get install chromium failed ({done.returncode}):\n{done.stderr}")
+            raise BrowserUnavailable(_failed[0])
     return found

@@ -19,6 +19,7 @@ from tests.harness import (
     stop_process,
 )
 from tests.node import install
+from tests.packages import start_installing
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 
@@ -33,12 +34,27 @@ def pytest_asyncio_loop_factories(
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup` (scripts/test), the tests that share a costly fixture run on one
-    worker: the fuzz suite, whose package-scoped gateway (`fuzz_world`) is seconds to set up and
-    whose memory bound covers the whole package."""
-    fuzz = config.rootpath / "tests" / "fuzz"
+    worker: each module's (many start a gateway, an upstream or a provider once per module, which
+    a module spread over both workers starts twice), and the fuzz suite's as one, whose
+    package-scoped gateway (`fuzz_world`) is seconds to set up and whose memory bound covers the
+    whole package."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+        return  # the group is added to each test's id: only where a scheduler reads it
+    tests = config.rootpath / "tests"
+    fuzz = tests / "fuzz"
     for item in items:
-        if item.path.is_relative_to(fuzz):
-            item.add_marker(pytest.mark.xdist_group("fuzz"))
+        group = "fuzz" if item.path.is_relative_to(fuzz) else item.path.relative_to(tests).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)  # once the items are final (deselected, -k): only what they need
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the OS packages the collected tests need (tests/packages.py) in the background, from
+    now on, rather than in the first test that needs each (chromium alone is minutes on a clean
+    machine). Every pytest-xdist worker collects every item; the second waits on the apt lock and
+    finds them installed."""
+    if not session.config.option.collectonly:
+        start_installing(session.items)
 
 
 @pytest.hookimpl(trylast=True)  # after the fixtures are torn down

@@ -71,6 +71,8 @@ def find_haproxy() -> str:
     with apt_lock():  # parallel workers and runs install once
         if found := _on_path():
             return found
+        if _failed:  # tried while this waited for the lock (tests/packages.py's thread)
+            raise LoadBalancerUnavailable(_failed[0])
         done = _apt("install", "-y", "-q", "--no-install-recommends", "haproxy")
         if done.returncode != 0:
             _apt("update", "-q")

@@ -55,10 +55,12 @@ def find_bindir() -> Path:
     """The newest installed PostgreSQL's bin directory, installing the package first if need be."""
     global _apt_tried
     candidates = _candidates()
-    if not candidates and not _apt_tried and os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_tried = True
+    if not candidates and os.geteuid() == 0 and shutil.which("apt-get"):
+        # The lock first, then `_apt_tried`: this process may be installing it in another thread
+        # (tests/packages.py), and a test that asks meanwhile waits for that to end.
         with apt_lock():  # the other test workers wait, then find it installed
-            if not (candidates := _candidates()):
+            if not (candidates := _candidates()) and not _apt_tried:
+                _apt_tried = True
                 apt_get("install", "-y", "-q", "postgresql", timeout_s=600)
                 candidates = _candidates()
     if not candidates:

@@ -151,7 +151,7 @@ async def _sdk_call(url: str, caller: Caller, mode: str) -> str:
 
 
 @pytest.fixture(scope="package")
-async def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def fuzz_world(tmp_path_factory: pytest.TempPathFactory, node_modules: None) -> AsyncIterator[World]:
     directory = tmp_path_factory.mktemp("fuzz")
     upstream, upstream_url = await start_demo_http()
     try:
