@@ -7,27 +7,16 @@ invocation row and the session (gateway/core/tasks.py), so no replica needs anot
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx2
-import pytest
 
-from tests.gateway.core.test_tasks import Host, recorded_calls, upstream_yaml
-from tests.harness import start_conformance_upstream, stop_process
+from tests.gateway.core.test_tasks import Host, recorded_calls, upstream_url, upstream_yaml
 from tests.replicas import replica_configs, serve_replicas
 
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def upstream_url() -> AsyncIterator[str]:
-    proc, url = await start_conformance_upstream()
-    try:
-        yield url
-    finally:
-        await stop_process(proc)
+__all__ = ["upstream_url"]  # the fixture, shared with the single-gateway tests
 
 
 async def test_a_task_started_on_one_replica_is_answered_and_finished_on_the_others(
